@@ -1,0 +1,286 @@
+//! Addresses and page frame numbers as checked newtypes.
+//!
+//! Models the kernel's `phys_addr_t`, `unsigned long` user addresses and `unsigned long pfn`,
+//! with the invariants the x86-64 hardware imposes made part of the type: a [`PhysAddr`] fits
+//! in 52 bits (`MAXPHYADDR` of the page-table format), a [`Pfn`] in 40, and a [`VirtAddr`] is
+//! canonical for the paging mode (48 bits with 4-level paging, 57 with LA57). Fields are
+//! private; the only way in is a checked constructor, so an unchecked value never reaches the
+//! page-table code. Arithmetic that could leave the valid range is `checked_*` and returns an
+//! `Option`: nothing wraps or rounds silently.
+
+use std::fmt;
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// Bits of physical address the x86-64 page-table entry format can hold (`MAXPHYADDR` ≤ 52).
+pub const PHYS_ADDR_BITS: u32 = 52;
+/// Base page size: 4 KiB.
+pub const PAGE_SIZE: u64 = 4096;
+/// `PAGE_SHIFT`.
+pub const PAGE_SHIFT: u32 = 12;
+
+/// Why an address or pfn was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AddrError {
+    /// A physical address at or above 2^52.
+    #[error("physical address {0:#x} is beyond the 52-bit physical address width")]
+    PhysTooWide(u64),
+    /// A pfn at or above 2^40.
+    #[error("pfn {0:#x} is beyond the 52-bit physical address width")]
+    PfnTooWide(u64),
+    /// A virtual address whose upper bits are not a sign extension of the top implemented bit.
+    #[error("virtual address {addr:#x} is not canonical for {bits}-bit virtual addresses")]
+    NotCanonical {
+        /// The address.
+        addr: u64,
+        /// 48 or 57.
+        bits: u32,
+    },
+}
+
+/// The x86-64 paging mode: how many levels the walk has and how wide a virtual address is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PagingMode {
+    /// 4-level paging, 48-bit virtual addresses (PGD → PUD → PMD → PTE; the P4D is folded).
+    #[default]
+    Level4,
+    /// 5-level paging (LA57), 57-bit virtual addresses (PGD → P4D → PUD → PMD → PTE).
+    Level5,
+}
+
+impl PagingMode {
+    /// Width of a virtual address in bits.
+    pub const fn va_bits(self) -> u32 {
+        match self {
+            PagingMode::Level4 => 48,
+            PagingMode::Level5 => 57,
+        }
+    }
+
+    /// Linux's `TASK_SIZE_MAX`: the end of user space (one guard page below the canonical hole).
+    pub const fn task_size(self) -> u64 {
+        (1u64 << (self.va_bits() - 1)) - PAGE_SIZE
+    }
+
+    /// Number of levels in a walk.
+    pub const fn levels(self) -> u32 {
+        match self {
+            PagingMode::Level4 => 4,
+            PagingMode::Level5 => 5,
+        }
+    }
+}
+
+impl fmt::Display for PagingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PagingMode::Level4 => f.write_str("x86_64 4-level"),
+            PagingMode::Level5 => f.write_str("x86_64 5-level (LA57)"),
+        }
+    }
+}
+
+/// A physical address below 2^52.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct PhysAddr(u64);
+
+impl PhysAddr {
+    /// Checks the 52-bit width.
+    pub const fn new(addr: u64) -> Result<Self, AddrError> {
+        if addr >> PHYS_ADDR_BITS != 0 {
+            Err(AddrError::PhysTooWide(addr))
+        } else {
+            Ok(PhysAddr(addr))
+        }
+    }
+
+    /// The raw value.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The frame this address lies in.
+    pub const fn pfn(self) -> Pfn {
+        Pfn(self.0 >> PAGE_SHIFT)
+    }
+
+    /// True if aligned to `align` (a power of two).
+    pub const fn is_aligned(self, align: u64) -> bool {
+        self.0 & (align - 1) == 0
+    }
+
+    /// `self + off`, if the result is still a valid physical address.
+    pub fn checked_add(self, off: u64) -> Option<PhysAddr> {
+        self.0.checked_add(off).and_then(|a| PhysAddr::new(a).ok())
+    }
+}
+
+impl fmt::Debug for PhysAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhysAddr({:#x})", self.0)
+    }
+}
+
+impl fmt::Display for PhysAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A page frame number: a physical address shifted right by 12, below 2^40.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct Pfn(u64);
+
+impl Pfn {
+    /// Largest pfn + 1.
+    pub const LIMIT: u64 = 1 << (PHYS_ADDR_BITS - PAGE_SHIFT);
+
+    /// Checks the 52-bit physical width.
+    pub const fn new(pfn: u64) -> Result<Self, AddrError> {
+        if pfn >= Self::LIMIT {
+            Err(AddrError::PfnTooWide(pfn))
+        } else {
+            Ok(Pfn(pfn))
+        }
+    }
+
+    /// The raw value.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The physical address of the frame's first byte.
+    pub const fn phys(self) -> PhysAddr {
+        PhysAddr(self.0 << PAGE_SHIFT)
+    }
+
+    /// `self + n`, if still within the physical width.
+    pub fn checked_add(self, n: u64) -> Option<Pfn> {
+        self.0.checked_add(n).and_then(|p| Pfn::new(p).ok())
+    }
+
+    /// True if `self` is a multiple of `2^order`.
+    pub const fn is_aligned_order(self, order: u32) -> bool {
+        self.0 & ((1u64 << order) - 1) == 0
+    }
+}
+
+impl fmt::Debug for Pfn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pfn({:#x})", self.0)
+    }
+}
+
+impl fmt::Display for Pfn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+/// A canonical virtual address (for 57-bit LA57 addresses, or the stricter 48-bit form).
+///
+/// The type only promises canonical form for the mode it was checked against; an [`crate::Mm`]
+/// checks again that the address lies in its user range.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct VirtAddr(u64);
+
+impl VirtAddr {
+    /// Checks that `addr` is canonical for `mode` (bits above the top implemented bit copy it).
+    pub const fn new(addr: u64, mode: PagingMode) -> Result<Self, AddrError> {
+        let bits = mode.va_bits();
+        let top = (addr as i64) >> (bits - 1);
+        if top == 0 || top == -1 {
+            Ok(VirtAddr(addr))
+        } else {
+            Err(AddrError::NotCanonical { addr, bits })
+        }
+    }
+
+    /// A user-space address: below 2^47 is canonical in every mode.
+    pub const fn new_user(addr: u64) -> Result<Self, AddrError> {
+        Self::new(addr, PagingMode::Level4)
+    }
+
+    /// The raw value.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// True if aligned to `align` (a power of two).
+    pub const fn is_aligned(self, align: u64) -> bool {
+        self.0 & (align - 1) == 0
+    }
+
+    /// Rounds down to `align` (a power of two). Never leaves the canonical range.
+    pub const fn align_down(self, align: u64) -> VirtAddr {
+        VirtAddr(self.0 & !(align - 1))
+    }
+
+    /// `self + off` if the sum is canonical for `mode`.
+    pub fn checked_add(self, off: u64, mode: PagingMode) -> Option<VirtAddr> {
+        self.0
+            .checked_add(off)
+            .and_then(|a| VirtAddr::new(a, mode).ok())
+    }
+}
+
+impl fmt::Debug for VirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VirtAddr({:#x})", self.0)
+    }
+}
+
+impl fmt::Display for VirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phys_width_is_checked() {
+        assert!(PhysAddr::new((1 << 52) - 1).is_ok());
+        assert_eq!(PhysAddr::new(1 << 52), Err(AddrError::PhysTooWide(1 << 52)));
+        assert!(Pfn::new((1 << 40) - 1).is_ok());
+        assert!(Pfn::new(1 << 40).is_err());
+        assert_eq!(Pfn::new(0x100000).unwrap().phys().as_u64(), 0x1_0000_0000);
+        assert_eq!(PhysAddr::new(0x1234_5678).unwrap().pfn().as_u64(), 0x12345);
+        assert!(
+            PhysAddr::new((1 << 52) - 4096)
+                .unwrap()
+                .checked_add(4096)
+                .is_none()
+        );
+        assert!(Pfn::new((1 << 40) - 1).unwrap().checked_add(1).is_none());
+    }
+
+    #[test]
+    fn canonical_48_and_57() {
+        let m4 = PagingMode::Level4;
+        let m5 = PagingMode::Level5;
+        assert!(VirtAddr::new(0x7fff_ffff_ffff, m4).is_ok());
+        assert!(VirtAddr::new(0x8000_0000_0000, m4).is_err());
+        assert!(VirtAddr::new(0xffff_8000_0000_0000, m4).is_ok());
+        assert!(VirtAddr::new(0x8000_0000_0000, m5).is_ok());
+        assert!(VirtAddr::new(0x00ff_ffff_ffff_ffff, m5).is_ok());
+        assert!(VirtAddr::new(0x0100_0000_0000_0000, m5).is_err());
+        assert!(VirtAddr::new(0xff00_0000_0000_0000, m5).is_ok());
+        assert_eq!(m4.task_size(), 0x7fff_ffff_f000);
+        assert_eq!(m5.task_size(), 0x00ff_ffff_ffff_f000);
+        let v = VirtAddr::new(0x7fff_ffff_f000, m4).unwrap();
+        assert!(v.checked_add(0x1000, m4).is_none());
+        assert!(v.checked_add(0x1000, m5).is_some());
+        assert_eq!(
+            VirtAddr::new_user(0x4000_3000).unwrap().align_down(1 << 30),
+            VirtAddr::new_user(0x4000_0000).unwrap()
+        );
+    }
+}

@@ -1,0 +1,566 @@
+//! The fault path: `handle_mm_fault`, the `vm_operations_struct` a driver implements, and the
+//! pfn inserts a driver calls from its handlers.
+//!
+//! Models `mm/memory.c` (`handle_mm_fault`, `__handle_mm_fault`, `create_huge_pud`,
+//! `create_huge_pmd`, `wp_huge_pud`, `wp_huge_pmd`, `handle_pte_fault`, `do_fault`,
+//! `vmf_insert_pfn`), `mm/huge_memory.c` (`vmf_insert_pfn_pmd`, `vmf_insert_pfn_pud`,
+//! `__thp_vma_allowable_orders` as in 6.12) and the access check of `arch/x86/mm/fault.c`
+//! (`access_error`).
+//!
+//! Deliberate differences from Linux 6.12:
+//! * `vmf_insert_pfn*` on an entry that holds a *different* pfn returns `SIGBUS` and counts a
+//!   warning; Linux WARNs (only for `write` inserts) and returns `VM_FAULT_NOPAGE`, leaving the
+//!   old mapping. An insert where a table or the same pfn already sits is `NOPAGE`, as in Linux.
+//! * The PUD insert uses the VMA's protection including its cache mode; Linux 6.12 had the bug
+//!   of upstream.md §3.5 (fixed 2025-06), which the PAT model here would show as a wrong memory type.
+//! * A write fault in a private (CoW) pfnmap is not handled yet (`do_cow_fault`): it is SIGBUS.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::addr::Pfn;
+use crate::entry::{self, Decoded, Leaf, ProtFlags};
+use crate::level::Level;
+use crate::pgtable::{PageTables, PartialHuge, Slot, WalkError};
+use crate::vma::{VmFlags, Vma};
+
+/// `vm_fault_t`: the outcome of a fault handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum VmFaultResult {
+    /// `VM_FAULT_NOPAGE`: the handler installed the entry itself (or found it installed).
+    NoPage,
+    /// `VM_FAULT_FALLBACK`: try the next smaller size.
+    Fallback,
+    /// `VM_FAULT_SIGBUS`.
+    Sigbus,
+    /// `VM_FAULT_SIGSEGV`.
+    Sigsegv,
+    /// `VM_FAULT_OOM`.
+    Oom,
+    /// `VM_FAULT_RETRY`: the lock was dropped; fault again.
+    Retry,
+    /// 0: handled without a handler (accessed bit set, spurious fault).
+    Done,
+}
+
+impl VmFaultResult {
+    /// `VM_FAULT_ERROR`: SIGBUS, SIGSEGV or OOM.
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            VmFaultResult::Sigbus | VmFaultResult::Sigsegv | VmFaultResult::Oom
+        )
+    }
+}
+
+bitflags::bitflags! {
+    /// `enum fault_flag`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct FaultFlags: u32 {
+        /// `FAULT_FLAG_WRITE`.
+        const WRITE = 1 << 0;
+        /// `FAULT_FLAG_MKWRITE`.
+        const MKWRITE = 1 << 1;
+        /// `FAULT_FLAG_ALLOW_RETRY`.
+        const ALLOW_RETRY = 1 << 2;
+        /// `FAULT_FLAG_RETRY_NOWAIT`.
+        const RETRY_NOWAIT = 1 << 3;
+        /// `FAULT_FLAG_KILLABLE`.
+        const KILLABLE = 1 << 4;
+        /// `FAULT_FLAG_TRIED`.
+        const TRIED = 1 << 5;
+        /// `FAULT_FLAG_USER`: the access came from user space.
+        const USER = 1 << 6;
+        /// `FAULT_FLAG_REMOTE`: GUP or `fixup_user_fault` on another mm.
+        const REMOTE = 1 << 7;
+        /// `FAULT_FLAG_INSTRUCTION`.
+        const INSTRUCTION = 1 << 8;
+    }
+}
+
+/// `struct vm_fault`: what a handler is told about the fault.
+pub struct VmFault<'a> {
+    /// The faulting VMA.
+    pub vma: &'a Vma,
+    /// `vmf->address`: the faulting address rounded down to the page.
+    pub address: u64,
+    /// `vmf->real_address`.
+    pub real_address: u64,
+    /// `vmf->flags`.
+    pub flags: FaultFlags,
+    /// `vmf->pgoff`: `linear_page_index(vma, address)`.
+    pub pgoff: u64,
+    pt: &'a PageTables,
+    stats: &'a FaultStats,
+}
+
+impl fmt::Debug for VmFault<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmFault")
+            .field("vma", self.vma)
+            .field("address", &format_args!("{:#x}", self.address))
+            .field("flags", &self.flags)
+            .field("pgoff", &format_args!("{:#x}", self.pgoff))
+            .finish()
+    }
+}
+
+impl<'a> VmFault<'a> {
+    /// A fault context for `vma` at `address` (used by `handle_mm_fault` and by tests that call a
+    /// driver's handlers directly).
+    pub fn new(
+        vma: &'a Vma,
+        address: u64,
+        flags: FaultFlags,
+        pt: &'a PageTables,
+        stats: &'a FaultStats,
+    ) -> Self {
+        let page = address & !0xfff;
+        VmFault {
+            vma,
+            address: page,
+            real_address: address,
+            flags,
+            pgoff: vma.linear_page_index(page),
+            pt,
+            stats,
+        }
+    }
+
+    /// True for a write fault.
+    pub fn is_write(&self) -> bool {
+        self.flags.contains(FaultFlags::WRITE)
+    }
+
+    /// The page tables being filled.
+    pub fn page_tables(&self) -> &PageTables {
+        self.pt
+    }
+}
+
+/// `struct vm_operations_struct`: a driver's handlers for a VMA.
+pub trait VmOperations: Send + Sync {
+    /// A name for messages.
+    fn name(&self) -> &str;
+
+    /// `->fault`: map the page at `vmf.address` (typically with [`vmf_insert_pfn`]).
+    fn fault(&self, vmf: &VmFault<'_>) -> VmFaultResult;
+
+    /// `->huge_fault`: map a block of `PAGE_SIZE << order` around the address, or return
+    /// [`VmFaultResult::Fallback`].
+    fn huge_fault(&self, vmf: &VmFault<'_>, order: u32) -> VmFaultResult {
+        let _ = (vmf, order);
+        VmFaultResult::Fallback
+    }
+
+    /// True if `huge_fault` is implemented (`vma->vm_ops->huge_fault != NULL`).
+    fn has_huge_fault(&self) -> bool {
+        false
+    }
+
+    /// `->open`: a new VMA refers to the driver (split, fork).
+    fn open(&self, vma: &Vma) {
+        let _ = vma;
+    }
+
+    /// `->close`: a VMA goes away.
+    fn close(&self, vma: &Vma) {
+        let _ = vma;
+    }
+}
+
+/// `/sys/kernel/mm/transparent_hugepage/enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ThpPolicy {
+    /// `[always]`.
+    #[default]
+    Always,
+    /// `[madvise]`: only VMAs with `MADV_HUGEPAGE`.
+    Madvise,
+    /// `[never]`.
+    Never,
+}
+
+impl std::str::FromStr for ThpPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(ThpPolicy::Always),
+            "madvise" => Ok(ThpPolicy::Madvise),
+            "never" => Ok(ThpPolicy::Never),
+            _ => Err(format!(
+                "unknown THP policy `{s}` (expected always, madvise or never)"
+            )),
+        }
+    }
+}
+
+/// `thp_vma_allowable_order(vma, vm_flags, TVA_IN_PF | TVA_ENFORCE_SYSFS, order)` for a
+/// file-backed VMA in Linux 6.12: the order must be one of `THP_ORDERS_ALL_SPECIAL` (PMD, PUD)
+/// and the VMA special-huge (a file and VM_PFNMAP/VM_MIXEDMAP); THP not disabled for it
+/// (VM_NOHUGEPAGE); the sysfs policy `always`, or `madvise` with VM_HUGEPAGE; and a `huge_fault`
+/// handler present. In a fault, alignment is the handler's business, not this gate's.
+pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpPolicy, order: u32) -> bool {
+    let Some(level) = Level::from_order(order) else {
+        return false;
+    };
+    if level == Level::Pte {
+        return false;
+    }
+    let special_huge =
+        vma.mapping.is_some() && vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP);
+    if !special_huge || vma.flags.contains(VmFlags::NOHUGEPAGE) {
+        return false;
+    }
+    let sysfs = match thp {
+        ThpPolicy::Always => true,
+        ThpPolicy::Madvise => vma.flags.contains(VmFlags::HUGEPAGE),
+        ThpPolicy::Never => false,
+    };
+    sysfs && vma.ops.as_ref().is_some_and(|o| o.has_huge_fault())
+}
+
+/// Counters of one process's faults (`current->min_flt`, split by the level that served them).
+#[derive(Debug, Default)]
+pub struct FaultStats {
+    minor: AtomicU64,
+    by_level: [AtomicU64; 3],
+    sigbus: AtomicU64,
+    sigsegv: AtomicU64,
+    oom: AtomicU64,
+    retries: AtomicU64,
+    insert_conflicts: AtomicU64,
+}
+
+/// A snapshot of [`FaultStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FaultCounts {
+    /// Minor faults (`ru_minflt`): handled faults, errors excluded.
+    pub faults: u64,
+    /// Faults whose handler mapped at PUD level.
+    pub pud: u64,
+    /// … at PMD level.
+    pub pmd: u64,
+    /// … at PTE level (and faults handled without a handler).
+    pub pte: u64,
+    /// Faults that ended in SIGBUS.
+    pub sigbus: u64,
+    /// Faults that ended in SIGSEGV.
+    pub sigsegv: u64,
+    /// Faults that ended in OOM.
+    pub oom: u64,
+    /// Faults retried.
+    pub retries: u64,
+    /// Inserts that met a different pfn (Linux would WARN).
+    pub insert_conflicts: u64,
+}
+
+impl FaultCounts {
+    /// `self - earlier`, field by field.
+    pub fn since(&self, earlier: &FaultCounts) -> FaultCounts {
+        FaultCounts {
+            faults: self.faults - earlier.faults,
+            pud: self.pud - earlier.pud,
+            pmd: self.pmd - earlier.pmd,
+            pte: self.pte - earlier.pte,
+            sigbus: self.sigbus - earlier.sigbus,
+            sigsegv: self.sigsegv - earlier.sigsegv,
+            oom: self.oom - earlier.oom,
+            retries: self.retries - earlier.retries,
+            insert_conflicts: self.insert_conflicts - earlier.insert_conflicts,
+        }
+    }
+}
+
+impl FaultStats {
+    /// Snapshot.
+    pub fn snapshot(&self) -> FaultCounts {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FaultCounts {
+            faults: g(&self.minor),
+            pud: g(&self.by_level[2]),
+            pmd: g(&self.by_level[1]),
+            pte: g(&self.by_level[0]),
+            sigbus: g(&self.sigbus),
+            sigsegv: g(&self.sigsegv),
+            oom: g(&self.oom),
+            retries: g(&self.retries),
+            insert_conflicts: g(&self.insert_conflicts),
+        }
+    }
+
+    /// `mm_account_fault`: errors and retries are not minor faults.
+    pub(crate) fn account(&self, r: VmFaultResult, level: Level) {
+        let inc = |a: &AtomicU64| {
+            a.fetch_add(1, Ordering::Relaxed);
+        };
+        match r {
+            VmFaultResult::Sigbus => inc(&self.sigbus),
+            VmFaultResult::Sigsegv => inc(&self.sigsegv),
+            VmFaultResult::Oom => inc(&self.oom),
+            VmFaultResult::Retry => inc(&self.retries),
+            VmFaultResult::NoPage | VmFaultResult::Done | VmFaultResult::Fallback => {
+                inc(&self.minor);
+                let i = match level {
+                    Level::Pud => 2,
+                    Level::Pmd => 1,
+                    _ => 0,
+                };
+                inc(&self.by_level[i]);
+            }
+        }
+    }
+}
+
+fn check_insert(vmf: &VmFault<'_>, addr: u64, level: Level) -> Option<VmFaultResult> {
+    let vma = vmf.vma;
+    // BUG_ON in Linux: huge pfnmaps never exist in CoW VMAs; neither may we create one.
+    if vma.flags.contains(VmFlags::PFNMAP) && vma.flags.is_cow_mapping() && level != Level::Pte {
+        return Some(VmFaultResult::Sigbus);
+    }
+    if !vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP) {
+        return Some(VmFaultResult::Sigbus);
+    }
+    let base = addr & !(level.size() - 1);
+    if base < vma.start || base.saturating_add(level.size()) > vma.end {
+        return Some(VmFaultResult::Sigbus);
+    }
+    None
+}
+
+fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultResult {
+    if let Some(r) = check_insert(vmf, addr, level) {
+        return r;
+    }
+    if !pfn.is_aligned_order(level.order()) {
+        // The SDM forbids it and Linux's pud_mkhuge() does not check (upstream.md §3.3).
+        return VmFaultResult::Sigbus;
+    }
+    let mut prot = vmf
+        .vma
+        .page_prot
+        .with(ProtFlags::SPECIAL, ProtFlags::empty());
+    if vmf.is_write() && prot.is_writable() {
+        prot = prot.with(ProtFlags::ACCESSED | ProtFlags::DIRTY, ProtFlags::empty());
+    }
+    let Ok(raw) = entry::encode_leaf(Leaf { pfn, prot, level }) else {
+        return VmFaultResult::Sigbus;
+    };
+    let slot: Slot = match vmf.pt.slot_alloc(addr, level) {
+        Ok(s) => s,
+        Err(WalkError::Oom) => return VmFaultResult::Oom,
+        // A bigger leaf already maps it: nothing to do (Linux: pmd not none → NOPAGE).
+        Err(WalkError::HugeAbove(_)) => return VmFaultResult::NoPage,
+        Err(WalkError::Bad(..)) => return VmFaultResult::Sigbus,
+    };
+    let ptl = vmf.pt.ptl(slot);
+    match vmf.pt.decode(slot) {
+        Decoded::None => {
+            vmf.pt.set(slot, raw);
+            VmFaultResult::NoPage
+        }
+        Decoded::Leaf(old) if old.pfn != pfn => {
+            drop(ptl);
+            vmf.stats.insert_conflicts.fetch_add(1, Ordering::Relaxed);
+            VmFaultResult::Sigbus
+        }
+        // The same pfn (a racing fault won), or a table below (the PTE-vs-PMD race of §3.4):
+        // Linux returns NOPAGE and the access faults again.
+        _ => VmFaultResult::NoPage,
+    }
+}
+
+/// `vmf_insert_pfn(vma, addr, pfn)`: a special 4 KiB entry with the VMA's protection.
+pub fn vmf_insert_pfn(vmf: &VmFault<'_>, addr: u64, pfn: Pfn) -> VmFaultResult {
+    insert_leaf(vmf, addr & !0xfff, pfn, Level::Pte)
+}
+
+/// `vmf_insert_pfn_pmd(vmf, pfn, write)`: a special 2 MiB leaf at `vmf.address`'s block.
+pub fn vmf_insert_pfn_pmd(vmf: &VmFault<'_>, pfn: Pfn) -> VmFaultResult {
+    insert_leaf(vmf, vmf.address & !(Level::Pmd.size() - 1), pfn, Level::Pmd)
+}
+
+/// `vmf_insert_pfn_pud(vmf, pfn, write)`: a special 1 GiB leaf at `vmf.address`'s block.
+pub fn vmf_insert_pfn_pud(vmf: &VmFault<'_>, pfn: Pfn) -> VmFaultResult {
+    insert_leaf(vmf, vmf.address & !(Level::Pud.size() - 1), pfn, Level::Pud)
+}
+
+/// How a fault ended, and at which level it was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FaultOutcome {
+    /// The result.
+    pub result: VmFaultResult,
+    /// The level whose handler returned it (PTE for faults handled without one).
+    pub level: Level,
+}
+
+/// `access_error()` of the x86 fault handler: may this VMA be accessed this way at all?
+pub fn access_error(vma: &Vma, write: bool) -> bool {
+    if write {
+        !vma.flags.contains(VmFlags::WRITE)
+    } else {
+        !vma.flags
+            .intersects(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC)
+    }
+}
+
+/// `__handle_mm_fault`: walk down, giving the driver a chance at PUD and PMD level, then the PTE
+/// path. The caller holds the mmap lock for read and has checked `access_error`.
+pub fn handle_mm_fault_locked(
+    vma: &Vma,
+    pt: &PageTables,
+    thp: ThpPolicy,
+    address: u64,
+    flags: FaultFlags,
+    stats: &FaultStats,
+) -> FaultOutcome {
+    let vmf = VmFault::new(vma, address, flags, pt, stats);
+    let write = vmf.is_write();
+    let done = |result, level| FaultOutcome { result, level };
+    let ops = vma.ops.as_deref();
+
+    // p4d_alloc + pud_alloc.
+    let pud = match pt.slot_alloc(address, Level::Pud) {
+        Ok(s) => s,
+        Err(WalkError::Oom) => return done(VmFaultResult::Oom, Level::Pud),
+        Err(_) => return done(VmFaultResult::Sigbus, Level::Pud),
+    };
+    let mut retries = 0;
+    'retry_pud: loop {
+        retries += 1;
+        if retries > 8 {
+            return done(VmFaultResult::Retry, Level::Pud);
+        }
+        match pt.decode(pud) {
+            Decoded::None if thp_vma_allowable_order(vma, thp, Level::Pud.order()) => {
+                // create_huge_pud
+                if let Some(o) = ops {
+                    let r = o.huge_fault(&vmf, Level::Pud.order());
+                    if r != VmFaultResult::Fallback {
+                        return done(r, Level::Pud);
+                    }
+                }
+            }
+            Decoded::Leaf(l) => {
+                if write && !l.prot.is_writable() {
+                    // wp_huge_pud
+                    if vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE)
+                        && let Some(o) = ops.filter(|o| o.has_huge_fault())
+                    {
+                        let r = o.huge_fault(&vmf, Level::Pud.order());
+                        if r != VmFaultResult::Fallback {
+                            return done(r, Level::Pud);
+                        }
+                    }
+                    // __split_huge_pud on a pfnmap: zap, then fall through.
+                    let _ = pt.zap_range(
+                        address & !(Level::Pud.size() - 1),
+                        (address & !(Level::Pud.size() - 1)) + Level::Pud.size(),
+                        PartialHuge::ZapWhole,
+                    );
+                } else {
+                    set_accessed(pt, pud, write);
+                    return done(VmFaultResult::Done, Level::Pud);
+                }
+            }
+            _ => {}
+        }
+        // pmd_alloc
+        let pmd = match pt.slot_alloc(address, Level::Pmd) {
+            Ok(s) => s,
+            Err(WalkError::Oom) => return done(VmFaultResult::Oom, Level::Pmd),
+            // pud_trans_unstable: a PUD leaf raced in.
+            Err(WalkError::HugeAbove(_)) => continue 'retry_pud,
+            Err(WalkError::Bad(..)) => return done(VmFaultResult::Sigbus, Level::Pmd),
+        };
+        match pt.decode(pmd) {
+            Decoded::None if thp_vma_allowable_order(vma, thp, Level::Pmd.order()) => {
+                if let Some(o) = ops {
+                    let r = o.huge_fault(&vmf, Level::Pmd.order());
+                    if r != VmFaultResult::Fallback {
+                        return done(r, Level::Pmd);
+                    }
+                }
+            }
+            Decoded::Leaf(l) => {
+                if write && !l.prot.is_writable() {
+                    if vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE)
+                        && let Some(o) = ops.filter(|o| o.has_huge_fault())
+                    {
+                        let r = o.huge_fault(&vmf, Level::Pmd.order());
+                        if r != VmFaultResult::Fallback {
+                            return done(r, Level::Pmd);
+                        }
+                    }
+                    let b = address & !(Level::Pmd.size() - 1);
+                    let _ = pt.zap_range(b, b + Level::Pmd.size(), PartialHuge::ZapWhole);
+                } else {
+                    set_accessed(pt, pmd, write);
+                    return done(VmFaultResult::Done, Level::Pmd);
+                }
+            }
+            _ => {}
+        }
+        break;
+    }
+    done(handle_pte_fault(&vmf, ops), Level::Pte)
+}
+
+fn set_accessed(pt: &PageTables, slot: Slot, write: bool) {
+    let _ptl = pt.ptl(slot);
+    let raw = pt.get(slot);
+    if let Decoded::Leaf(mut l) = entry::decode(raw, slot.level) {
+        l.prot.flags |= ProtFlags::ACCESSED;
+        if write && l.prot.is_writable() {
+            l.prot.flags |= ProtFlags::DIRTY;
+        }
+        if let Ok(new) = entry::encode_leaf(l) {
+            pt.set(slot, new);
+        }
+    }
+}
+
+/// `handle_pte_fault` → `do_pte_missing` → `do_fault` → `__do_fault` → `vm_ops->fault`.
+fn handle_pte_fault(vmf: &VmFault<'_>, ops: Option<&dyn VmOperations>) -> VmFaultResult {
+    let pt = vmf.pt;
+    match pt.slot(vmf.address, Level::Pte) {
+        Ok(Some(slot)) => {
+            if let Decoded::Leaf(l) = pt.decode(slot) {
+                if !l.prot.flags.contains(ProtFlags::PRESENT) {
+                    // PROT_NONE entry in an accessible VMA (NUMA hinting): not modelled.
+                    return VmFaultResult::Sigsegv;
+                }
+                if vmf.is_write() && !l.prot.is_writable() {
+                    // do_wp_page on a shared pfnmap: wp_pfn_shared makes it writable.
+                    if vmf.vma.flags.contains(VmFlags::SHARED) {
+                        let _ptl = pt.ptl(slot);
+                        let mut w = l;
+                        w.prot.flags |= ProtFlags::WRITE | ProtFlags::DIRTY | ProtFlags::ACCESSED;
+                        if let Ok(raw) = entry::encode_leaf(w) {
+                            pt.set(slot, raw);
+                        }
+                        return VmFaultResult::Done;
+                    }
+                    return VmFaultResult::Sigbus;
+                }
+                set_accessed(pt, slot, vmf.is_write());
+                return VmFaultResult::Done;
+            }
+        }
+        Ok(None) => {}
+        Err(WalkError::HugeAbove(_)) => return VmFaultResult::Done,
+        Err(_) => return VmFaultResult::Sigbus,
+    }
+    // do_fault
+    let Some(ops) = ops else {
+        return VmFaultResult::Sigbus;
+    };
+    if vmf.is_write() && !vmf.vma.flags.contains(VmFlags::SHARED) {
+        // do_cow_fault: not modelled yet.
+        return VmFaultResult::Sigbus;
+    }
+    ops.fault(vmf)
+}

@@ -1,0 +1,110 @@
+//! `follow_pfnmap_start()` / `follow_pfnmap_end()`: look up what maps an address in a VM_IO or
+//! VM_PFNMAP VMA, at whatever level, without handing out the entry itself.
+//!
+//! Models `mm/memory.c` as fixed by "mm/memory: fix PMD/PUD checks in follow_pfnmap_start()"
+//! (upstream.md §3.10): the leaf is found locklessly, then its page-table lock is taken and the
+//! entry re-read; gone or not present → `-EINVAL`, turned into a table → walk again. The lock is
+//! held until `end`: here the [`FollowPfnmap`] guard, whose drop is `follow_pfnmap_end`, and which
+//! borrows the mmap read lock so the lock cannot be released first (the kerneldoc's rule).
+
+use crate::addr::Pfn;
+use crate::entry::{self, Decoded, Pgprot};
+use crate::error::MmError;
+use crate::level::Level;
+use crate::mm::{Mm, MmapRead};
+use crate::pgtable::Ptl;
+
+/// `struct follow_pfnmap_args`, output half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowPfnmapArgs {
+    /// The pfn of the address itself (leaf base pfn + offset in the leaf).
+    pub pfn: Pfn,
+    /// `addr_mask`: `PAGE_MASK`, `PMD_MASK` or `PUD_MASK` of the leaf (6.15+).
+    pub addr_mask: u64,
+    /// The leaf's protection.
+    pub pgprot: Pgprot,
+    /// `pte_write()`.
+    pub writable: bool,
+    /// `pte_special()`.
+    pub special: bool,
+    /// The leaf's level (what `addr_mask` encodes).
+    pub level: Level,
+}
+
+impl FollowPfnmapArgs {
+    /// Bytes from the address to the end of its leaf.
+    pub fn bytes_to_leaf_end(&self, addr: u64) -> u64 {
+        (addr | !self.addr_mask) - addr + 1
+    }
+}
+
+/// The result of `follow_pfnmap_start`, valid while held; dropping it is `follow_pfnmap_end`.
+pub struct FollowPfnmap<'a> {
+    _ptl: Ptl<'a>,
+    /// What was found.
+    pub args: FollowPfnmapArgs,
+}
+
+impl std::fmt::Debug for FollowPfnmap<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FollowPfnmap")
+            .field("args", &self.args)
+            .finish()
+    }
+}
+
+impl FollowPfnmap<'_> {
+    /// `follow_pfnmap_end()`: drops the page-table lock.
+    pub fn end(self) {}
+}
+
+impl MmapRead<'_> {
+    /// `follow_pfnmap_start(args)` for `addr`, with the mmap lock held by `self`.
+    pub fn follow_pfnmap_start(&self, addr: u64) -> Result<FollowPfnmap<'_>, MmError> {
+        let vma = self.find_vma(addr).ok_or(MmError::NoVma(addr))?;
+        if !vma.is_pfnmap_or_io() {
+            return Err(MmError::NotPfnmap(vma.start));
+        }
+        let pt = self.mm().page_tables();
+        loop {
+            let Some((_, slot)) = pt.lookup(addr) else {
+                return Err(MmError::NotMapped(addr));
+            };
+            let ptl = pt.ptl(slot);
+            // Re-read under the lock (§3.10).
+            match entry::decode(pt.get(slot), slot.level) {
+                Decoded::Leaf(l) if l.prot.is_present() => {
+                    if !l.prot.flags.contains(entry::ProtFlags::PRESENT) {
+                        return Err(MmError::NotMapped(addr));
+                    }
+                    let size = slot.level.size();
+                    let off = (addr & (size - 1)) >> 12;
+                    let pfn = l.pfn.checked_add(off).ok_or(MmError::NotMapped(addr))?;
+                    return Ok(FollowPfnmap {
+                        _ptl: ptl,
+                        args: FollowPfnmapArgs {
+                            pfn,
+                            addr_mask: !(size - 1),
+                            pgprot: l.prot,
+                            writable: l.prot.is_writable(),
+                            special: l.prot.is_special(),
+                            level: slot.level,
+                        },
+                    });
+                }
+                // Became a table under us: walk again.
+                Decoded::Table(_) => continue,
+                _ => return Err(MmError::NotMapped(addr)),
+            }
+        }
+    }
+}
+
+impl Mm {
+    /// `follow_pfnmap_start` + copy + `follow_pfnmap_end`, taking the mmap lock for read.
+    pub fn follow_pfnmap(&self, addr: u64) -> Result<FollowPfnmapArgs, MmError> {
+        let g = self.mmap_read();
+        let f = g.follow_pfnmap_start(addr)?;
+        Ok(f.args)
+    }
+}

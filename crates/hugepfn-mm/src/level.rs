@@ -1,0 +1,208 @@
+//! Page-table levels, chosen at run time.
+//!
+//! Linux names the levels PGD, P4D, PUD, PMD and PTE and describes a leaf by its order
+//! (`PMD_ORDER` = 9, `PUD_ORDER` = 18 on x86-64). The fault path picks the leaf size at run time
+//! (upstream.md §3.7: orders are not compile-time constants on every architecture), so `Level`
+//! is a plain enum, not a type parameter.
+//!
+//! A [`Level`] names the *entries* of a table: a `Pmd` entry maps (or points at the table for)
+//! 2 MiB. With 4-level paging the P4D is folded as in Linux: the top table indexes bits 39–47 and
+//! is accounted as the PGD.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::addr::PagingMode;
+
+/// A level of the x86-64 page-table tree, named after the entries it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// 4 KiB entries.
+    Pte,
+    /// 2 MiB entries.
+    Pmd,
+    /// 1 GiB entries.
+    Pud,
+    /// 512 GiB entries (the top level with 4-level paging, accounted as PGD there).
+    P4d,
+    /// 256 TiB entries (5-level paging only).
+    Pgd,
+}
+
+impl Level {
+    /// The levels that can hold a leaf, largest first.
+    pub const LEAF_LEVELS: [Level; 3] = [Level::Pud, Level::Pmd, Level::Pte];
+
+    /// Every level, smallest first.
+    pub const ALL: [Level; 5] = [Level::Pte, Level::Pmd, Level::Pud, Level::P4d, Level::Pgd];
+
+    /// Address bit where this level's index starts (`PAGE_SHIFT`, `PMD_SHIFT`, …).
+    pub const fn shift(self) -> u32 {
+        match self {
+            Level::Pte => 12,
+            Level::Pmd => 21,
+            Level::Pud => 30,
+            Level::P4d => 39,
+            Level::Pgd => 48,
+        }
+    }
+
+    /// Bytes mapped by one entry of this level.
+    pub const fn size(self) -> u64 {
+        1u64 << self.shift()
+    }
+
+    /// `log2(size / PAGE_SIZE)`: 0, 9 (`PMD_ORDER`), 18 (`PUD_ORDER`), …
+    pub const fn order(self) -> u32 {
+        self.shift() - 12
+    }
+
+    /// The level whose leaves have this order, if any can be a leaf.
+    pub const fn from_order(order: u32) -> Option<Level> {
+        match order {
+            0 => Some(Level::Pte),
+            9 => Some(Level::Pmd),
+            18 => Some(Level::Pud),
+            _ => None,
+        }
+    }
+
+    /// Index of `va` in a table of this level.
+    pub const fn index(self, va: u64) -> usize {
+        ((va >> self.shift()) & 511) as usize
+    }
+
+    /// True if a leaf may sit at this level on x86-64 (PTE, 2 MiB PMD, 1 GiB PUD).
+    pub const fn can_be_leaf(self) -> bool {
+        matches!(self, Level::Pte | Level::Pmd | Level::Pud)
+    }
+
+    /// The next level down, if any.
+    pub const fn lower(self) -> Option<Level> {
+        match self {
+            Level::Pte => None,
+            Level::Pmd => Some(Level::Pte),
+            Level::Pud => Some(Level::Pmd),
+            Level::P4d => Some(Level::Pud),
+            Level::Pgd => Some(Level::P4d),
+        }
+    }
+
+    /// The top level of a walk in `mode`.
+    pub const fn top(mode: PagingMode) -> Level {
+        match mode {
+            PagingMode::Level4 => Level::P4d,
+            PagingMode::Level5 => Level::Pgd,
+        }
+    }
+
+    /// Lower-case name, as in `pud`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Level::Pte => "pte",
+            Level::Pmd => "pmd",
+            Level::Pud => "pud",
+            Level::P4d => "p4d",
+            Level::Pgd => "pgd",
+        }
+    }
+
+    /// The name Linux uses for the *table* holding entries of this level in `mode`
+    /// (the top table is always the PGD).
+    pub const fn table_name(self, mode: PagingMode) -> &'static str {
+        if matches!((self, mode), (Level::P4d, PagingMode::Level4)) {
+            "pgd"
+        } else {
+            self.name()
+        }
+    }
+
+    /// Position in [`Level::ALL`].
+    pub const fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Level::Pte => "PTE (4 KiB)",
+            Level::Pmd => "PMD (2 MiB)",
+            Level::Pud => "PUD (1 GiB)",
+            Level::P4d => "P4D (512 GiB)",
+            Level::Pgd => "PGD (256 TiB)",
+        })
+    }
+}
+
+/// The largest leaf a mapping may use: the RFC's huge `remap_pfn_range` (`Pud`), PMD only, or
+/// the pre-RFC behaviour of 4 KiB entries everywhere (`Pte`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LeafCap {
+    /// 4 KiB only.
+    Pte,
+    /// Up to 2 MiB.
+    Pmd,
+    /// Up to 1 GiB.
+    #[default]
+    Pud,
+}
+
+impl LeafCap {
+    /// The largest level allowed.
+    pub const fn max_level(self) -> Level {
+        match self {
+            LeafCap::Pte => Level::Pte,
+            LeafCap::Pmd => Level::Pmd,
+            LeafCap::Pud => Level::Pud,
+        }
+    }
+
+    /// Every cap, smallest first.
+    pub const ALL: [LeafCap; 3] = [LeafCap::Pte, LeafCap::Pmd, LeafCap::Pud];
+
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        self.max_level().name()
+    }
+}
+
+impl std::str::FromStr for LeafCap {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pte" | "4k" | "4K" => Ok(LeafCap::Pte),
+            "pmd" | "2m" | "2M" => Ok(LeafCap::Pmd),
+            "pud" | "1g" | "1G" => Ok(LeafCap::Pud),
+            _ => Err(format!("unknown leaf cap `{s}` (expected pte, pmd or pud)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_orders_indices() {
+        assert_eq!(Level::Pmd.size(), 2 << 20);
+        assert_eq!(Level::Pud.size(), 1 << 30);
+        assert_eq!(Level::Pmd.order(), 9);
+        assert_eq!(Level::Pud.order(), 18);
+        assert_eq!(Level::from_order(18), Some(Level::Pud));
+        assert_eq!(Level::from_order(1), None);
+        assert_eq!(Level::Pud.index(0x4000_0000), 1);
+        assert_eq!(Level::P4d.index(0x7f00_0000_0000), 254);
+        assert_eq!(
+            Level::top(PagingMode::Level4).table_name(PagingMode::Level4),
+            "pgd"
+        );
+        assert_eq!(Level::P4d.table_name(PagingMode::Level5), "p4d");
+        assert!(!Level::P4d.can_be_leaf());
+        assert_eq!("pmd".parse::<LeafCap>(), Ok(LeafCap::Pmd));
+        assert!("huge".parse::<LeafCap>().is_err());
+    }
+}

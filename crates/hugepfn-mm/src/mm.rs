@@ -1,0 +1,850 @@
+//! `struct mm_struct`: a process's VMAs, page tables, mmap lock and fault counters.
+//!
+//! Models `mm/mmap.c` and `mm/vma.c` (`mmap_region`, `__get_unmapped_area` with 6.12's THP
+//! alignment, `arch_get_unmapped_area_topdown`, `do_vmi_munmap`, `__split_vma`, `free_pgtables`),
+//! `remap_pfn_range` of `mm/memory.c` with the RFC's PUD and PMD leaves, and the CPU side of a
+//! user access (walk, fault, retry).
+//!
+//! Deliberate differences: lengths must be page-aligned (Linux rounds `len` up silently; we refuse,
+//! so no address is ever rounded behind the caller's back); a fixed mapping onto an existing one is
+//! refused (`MAP_FIXED_NOREPLACE`), never silently replaced; the mmap base is fixed, not randomised,
+//! so runs are reproducible.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+
+use crate::addr::{PAGE_SIZE, PagingMode, Pfn, VirtAddr};
+use crate::entry::{Pgprot, ProtFlags};
+use crate::error::MmError;
+use crate::fault::{
+    FaultCounts, FaultFlags, FaultOutcome, FaultStats, ThpPolicy, VmFaultResult, access_error,
+    handle_mm_fault_locked,
+};
+use crate::level::{LeafCap, Level};
+use crate::mapping::{AddressSpace, IMmapEntry};
+use crate::pgtable::{LeafCounts, PageTables, PartialHuge};
+use crate::phys::{PhysMem, TableCounts};
+use crate::vma::{VmFlags, Vma, vm_get_page_prot};
+
+static NEXT_MM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// `mmap_min_addr`.
+pub const MMAP_MIN_ADDR: u64 = 0x10000;
+
+/// How an `Mm` behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmConfig {
+    /// 4- or 5-level paging.
+    pub mode: PagingMode,
+    /// `/sys/kernel/mm/transparent_hugepage/enabled`.
+    pub thp: ThpPolicy,
+    /// Largest leaf `remap_pfn_range` installs (the RFC: PUD).
+    pub remap_cap: LeafCap,
+    /// Top of the mmap area (`mm->mmap_base`); default: 128 MiB below the end of user space.
+    pub mmap_base: Option<u64>,
+}
+
+impl Default for MmConfig {
+    fn default() -> Self {
+        MmConfig {
+            mode: PagingMode::Level4,
+            thp: ThpPolicy::Always,
+            remap_cap: LeafCap::Pud,
+            mmap_base: None,
+        }
+    }
+}
+
+/// `PROT_*` of an mmap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prot {
+    /// `PROT_READ`.
+    pub read: bool,
+    /// `PROT_WRITE`.
+    pub write: bool,
+    /// `PROT_EXEC`.
+    pub exec: bool,
+}
+
+impl Prot {
+    /// `PROT_READ | PROT_WRITE`.
+    pub const RW: Prot = Prot {
+        read: true,
+        write: true,
+        exec: false,
+    };
+    /// `PROT_READ`.
+    pub const R: Prot = Prot {
+        read: true,
+        write: false,
+        exec: false,
+    };
+    /// `PROT_NONE`.
+    pub const NONE: Prot = Prot {
+        read: false,
+        write: false,
+        exec: false,
+    };
+
+    /// The `VM_READ|VM_WRITE|VM_EXEC` bits.
+    pub fn vm_flags(self) -> VmFlags {
+        let mut f = VmFlags::empty();
+        if self.read {
+            f |= VmFlags::READ;
+        }
+        if self.write {
+            f |= VmFlags::WRITE;
+        }
+        if self.exec {
+            f |= VmFlags::EXEC;
+        }
+        f
+    }
+}
+
+/// Where an mmap goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmapAddr {
+    /// `mmap(NULL, …)`: the kernel chooses (`get_unmapped_area`).
+    Kernel,
+    /// `MAP_FIXED_NOREPLACE` at this address: refused if anything is mapped there.
+    Fixed(u64),
+}
+
+/// An mmap call.
+#[derive(Clone, Copy)]
+pub struct MmapRequest<'a> {
+    /// Placement.
+    pub addr: MmapAddr,
+    /// Length (page-aligned, non-zero).
+    pub len: u64,
+    /// Protection.
+    pub prot: Prot,
+    /// `MAP_SHARED` (else `MAP_PRIVATE`).
+    pub shared: bool,
+    /// Offset into the file in bytes (page-aligned).
+    pub offset: u64,
+    /// The file (its `f_op->mmap` runs), or none for a bare VMA of pfnmap kind.
+    pub file: Option<&'a dyn FileOps>,
+}
+
+/// A file's `file_operations` as far as mmap is concerned.
+pub trait FileOps: Send + Sync {
+    /// Name for messages and `/proc/<pid>/maps`.
+    fn name(&self) -> String;
+    /// The file's address space (`file->f_mapping`), if revocation through
+    /// `unmap_mapping_range` must find its VMAs.
+    fn mapping(&self) -> Option<Arc<AddressSpace>>;
+    /// `f_op->mmap`: set up the VMA (flags, `vm_ops`, `vm_page_prot`), possibly remap pfns.
+    fn mmap(&self, ctx: &mut MmapCtx<'_>) -> Result<(), MmError>;
+}
+
+/// What `f_op->mmap` may touch: the new VMA, and the page tables through `remap_pfn_range`.
+pub struct MmapCtx<'a> {
+    /// The VMA being created (not yet visible to anyone else).
+    pub vma: &'a mut Vma,
+    mm: &'a Mm,
+    /// Leaves installed by `remap_pfn_range` calls from the handler.
+    pub remapped: LeafCounts,
+}
+
+impl MmapCtx<'_> {
+    /// `remap_pfn_range(vma, addr, pfn, size, prot)` from inside `f_op->mmap`.
+    pub fn remap_pfn_range(
+        &mut self,
+        addr: u64,
+        pfn: u64,
+        size: u64,
+        prot: Pgprot,
+    ) -> Result<LeafCounts, MmError> {
+        let c =
+            self.mm
+                .remap_pfn_range_vma(self.vma, addr, pfn, size, prot, self.mm.cfg.remap_cap)?;
+        self.remapped.pud += c.pud;
+        self.remapped.pmd += c.pmd;
+        self.remapped.pte += c.pte;
+        Ok(c)
+    }
+
+    /// The mm's configuration.
+    pub fn config(&self) -> MmConfig {
+        self.mm.cfg
+    }
+}
+
+/// The VMAs of an `Mm`, ordered by start address (Linux's maple tree).
+#[derive(Debug, Default)]
+pub struct VmaTree {
+    vmas: BTreeMap<u64, Vma>,
+}
+
+impl VmaTree {
+    /// `vma_lookup()`: the VMA containing `addr`.
+    pub fn find(&self, addr: u64) -> Option<&Vma> {
+        self.vmas
+            .range(..=addr)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| v.contains(addr))
+    }
+
+    /// VMAs overlapping `[start, end)`, in order.
+    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+        let first = self
+            .vmas
+            .range(..=start)
+            .next_back()
+            .filter(|(_, v)| v.end > start)
+            .map(|(&k, _)| k)
+            .unwrap_or(start);
+        self.vmas
+            .range(first..end)
+            .map(|(_, v)| v)
+            .filter(move |v| v.end > start)
+    }
+
+    /// All VMAs in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Vma> {
+        self.vmas.values()
+    }
+
+    /// Number of VMAs.
+    pub fn len(&self) -> usize {
+        self.vmas.len()
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.vmas.is_empty()
+    }
+
+    /// End of the last VMA ending at or before `addr` (the `floor` of `free_pgtables`).
+    fn floor(&self, addr: u64) -> u64 {
+        self.vmas
+            .range(..addr)
+            .next_back()
+            .map(|(_, v)| v.end)
+            .filter(|&e| e <= addr)
+            .unwrap_or(0)
+    }
+
+    /// Start of the first VMA starting at or after `addr` (the `ceiling`).
+    fn ceiling(&self, addr: u64) -> u64 {
+        self.vmas
+            .range(addr..)
+            .next()
+            .map(|(&s, _)| s)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Highest free gap below `high` of at least `len` bytes: its end minus `len`
+    /// (`vm_unmapped_area` top-down, no alignment).
+    fn topdown(&self, len: u64, low: u64, high: u64) -> Option<u64> {
+        let mut gap_end = high;
+        for (&s, v) in self.vmas.range(..high).rev() {
+            if v.end < gap_end && gap_end - v.end.max(low) >= len && gap_end >= low + len {
+                return Some(gap_end - len);
+            }
+            gap_end = gap_end.min(s);
+            if gap_end < low + len {
+                return None;
+            }
+        }
+        (gap_end >= low.saturating_add(len)).then(|| gap_end - len)
+    }
+}
+
+/// A process address space.
+pub struct Mm {
+    id: u64,
+    me: Weak<Mm>,
+    cfg: MmConfig,
+    pt: PageTables,
+    mmap_lock: RwLock<VmaTree>,
+    stats: FaultStats,
+}
+
+impl std::fmt::Debug for Mm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mm")
+            .field("id", &self.id)
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one user access went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The walk found a leaf that allows the access; `faults` page faults were taken first.
+    Ok {
+        /// Faults taken (0: TLB/walk hit).
+        faults: u32,
+        /// Level of the leaf that served the access.
+        level: Level,
+    },
+    /// SIGBUS (the driver refused: memory decode off, out of the BAR…).
+    Sigbus,
+    /// SIGSEGV (no VMA, or the VMA forbids the access).
+    Sigsegv,
+    /// The fault path ran out of memory.
+    Oom,
+}
+
+/// The mmap lock held for read (`mmap_read_lock`).
+pub struct MmapRead<'a> {
+    mm: &'a Mm,
+    tree: RwLockReadGuard<'a, VmaTree>,
+}
+
+impl<'a> MmapRead<'a> {
+    /// The VMAs.
+    pub fn vmas(&self) -> &VmaTree {
+        &self.tree
+    }
+
+    /// The mm.
+    pub fn mm(&self) -> &'a Mm {
+        self.mm
+    }
+
+    /// `vma_lookup(mm, addr)`.
+    pub fn find_vma(&self, addr: u64) -> Option<&Vma> {
+        self.tree.find(addr)
+    }
+}
+
+impl Mm {
+    /// A new, empty address space on `phys` (`mm_alloc`).
+    pub fn new(phys: Arc<PhysMem>, cfg: MmConfig) -> Result<Arc<Mm>, MmError> {
+        let pt = PageTables::new(phys, cfg.mode).map_err(|_| MmError::Oom)?;
+        Ok(Arc::new_cyclic(|me| Mm {
+            id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
+            me: me.clone(),
+            cfg,
+            pt,
+            mmap_lock: RwLock::new(VmaTree::default()),
+            stats: FaultStats::default(),
+        }))
+    }
+
+    /// A unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> MmConfig {
+        self.cfg
+    }
+
+    /// The page tables.
+    pub fn page_tables(&self) -> &PageTables {
+        &self.pt
+    }
+
+    /// Fault counters so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.stats.snapshot()
+    }
+
+    /// Page-table pages held now.
+    pub fn table_counts(&self) -> TableCounts {
+        self.pt.table_counts()
+    }
+
+    /// Leaves mapped now in `[start, end)`.
+    pub fn leaves(&self, start: u64, end: u64) -> LeafCounts {
+        self.pt.count_leaves(start, end)
+    }
+
+    /// Leaves mapped now anywhere.
+    pub fn all_leaves(&self) -> LeafCounts {
+        self.pt.count_leaves(0, self.cfg.mode.task_size())
+    }
+
+    /// `mmap_read_lock`.
+    pub fn mmap_read(&self) -> MmapRead<'_> {
+        MmapRead {
+            mm: self,
+            tree: self.mmap_lock.read().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn mmap_write(&self) -> RwLockWriteGuard<'_, VmaTree> {
+        self.mmap_lock.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the VMA containing `addr`.
+    pub fn find_vma(&self, addr: u64) -> Option<Vma> {
+        self.mmap_read().find_vma(addr).cloned()
+    }
+
+    /// Copies of all VMAs, in order.
+    pub fn vmas(&self) -> Vec<Vma> {
+        self.mmap_read().vmas().iter().cloned().collect()
+    }
+
+    fn mmap_base(&self) -> u64 {
+        self.cfg
+            .mmap_base
+            .unwrap_or(self.cfg.mode.task_size() - (128 << 20))
+    }
+
+    fn check_range(&self, what: &'static str, addr: u64, len: u64) -> Result<u64, MmError> {
+        if len == 0 {
+            return Err(MmError::ZeroLength(what));
+        }
+        if !addr.is_multiple_of(PAGE_SIZE) {
+            return Err(MmError::Unaligned {
+                what: "address",
+                value: addr,
+                align: PAGE_SIZE,
+            });
+        }
+        if !len.is_multiple_of(PAGE_SIZE) {
+            return Err(MmError::Unaligned {
+                what: "length",
+                value: len,
+                align: PAGE_SIZE,
+            });
+        }
+        let limit = self.cfg.mode.task_size();
+        match addr.checked_add(len) {
+            Some(end) if end <= limit => Ok(end),
+            _ => Err(MmError::Overflow { addr, len, limit }),
+        }
+    }
+
+    /// `get_unmapped_area` for a file mapping in 6.12: with no hint and a length that is a
+    /// multiple of 2 MiB, `thp_get_unmapped_area` pads the search by 2 MiB and returns an address
+    /// congruent with the file offset modulo 2 MiB; otherwise plain top-down.
+    pub fn get_unmapped_area(&self, len: u64, offset: u64) -> Result<u64, MmError> {
+        let tree = self.mmap_read();
+        self.get_unmapped_area_locked(&tree.tree, len, offset)
+    }
+
+    fn get_unmapped_area_locked(
+        &self,
+        tree: &VmaTree,
+        len: u64,
+        offset: u64,
+    ) -> Result<u64, MmError> {
+        let size = Level::Pmd.size();
+        let low = MMAP_MIN_ADDR;
+        let high = self.mmap_base();
+        if len.is_multiple_of(size) {
+            // __thp_get_unmapped_area
+            let off_align = offset.div_ceil(size).saturating_mul(size);
+            let off_end = offset.saturating_add(len);
+            if off_end > off_align
+                && off_end - off_align >= size
+                && let Some(ret) = len
+                    .checked_add(size)
+                    .and_then(|pad| tree.topdown(pad, low, high))
+            {
+                let off_sub = offset.wrapping_sub(ret) & (size - 1);
+                return Ok(if off_sub == 0 {
+                    ret + size
+                } else {
+                    ret + off_sub
+                });
+            }
+        }
+        tree.topdown(len, low, high).ok_or(MmError::NoSpace(len))
+    }
+
+    /// A free range of `len` bytes starting at `skew` modulo `align`: what user space gets by
+    /// reserving `len + align + skew` bytes PROT_NONE and mapping MAP_FIXED at the first aligned
+    /// address plus `skew` (QEMU 9.2's `vfio/helpers: Align mmaps`, cloud-hypervisor).
+    pub fn find_aligned_area(&self, len: u64, align: u64, skew: u64) -> Result<u64, MmError> {
+        if !align.is_power_of_two() || align < PAGE_SIZE {
+            return Err(MmError::Invalid(format!(
+                "alignment {align:#x} is not a power of two of at least 4 KiB"
+            )));
+        }
+        if !skew.is_multiple_of(PAGE_SIZE) {
+            return Err(MmError::Unaligned {
+                what: "skew",
+                value: skew,
+                align: PAGE_SIZE,
+            });
+        }
+        let pad = len
+            .checked_add(align)
+            .and_then(|p| p.checked_add(skew))
+            .ok_or(MmError::NoSpace(len))?;
+        let tree = self.mmap_read();
+        let r = tree
+            .tree
+            .topdown(pad, MMAP_MIN_ADDR, self.mmap_base())
+            .ok_or(MmError::NoSpace(pad))?;
+        Ok(r.div_ceil(align) * align + skew)
+    }
+
+    /// `mmap()`: creates a VMA and runs the file's `mmap` handler. Returns the address.
+    pub fn mmap(&self, req: MmapRequest<'_>) -> Result<u64, MmError> {
+        if !req.offset.is_multiple_of(PAGE_SIZE) {
+            return Err(MmError::Unaligned {
+                what: "offset",
+                value: req.offset,
+                align: PAGE_SIZE,
+            });
+        }
+        if req.len == 0 {
+            return Err(MmError::ZeroLength("mmap"));
+        }
+        if req.offset.checked_add(req.len).is_none() {
+            return Err(MmError::Overflow {
+                addr: req.offset,
+                len: req.len,
+                limit: u64::MAX,
+            });
+        }
+        let mut tree = self.mmap_write();
+        let start = match req.addr {
+            MmapAddr::Fixed(a) => {
+                let end = self.check_range("mmap", a, req.len)?;
+                if a < MMAP_MIN_ADDR {
+                    return Err(MmError::Overflow {
+                        addr: a,
+                        len: req.len,
+                        limit: self.cfg.mode.task_size(),
+                    });
+                }
+                if let Some(v) = tree.overlapping(a, end).next() {
+                    return Err(MmError::Overlap {
+                        start: a,
+                        end,
+                        vma_start: v.start,
+                        vma_end: v.end,
+                    });
+                }
+                a
+            }
+            MmapAddr::Kernel => {
+                if !req.len.is_multiple_of(PAGE_SIZE) {
+                    return Err(MmError::Unaligned {
+                        what: "length",
+                        value: req.len,
+                        align: PAGE_SIZE,
+                    });
+                }
+                self.get_unmapped_area_locked(&tree, req.len, req.offset)?
+            }
+        };
+        let end = self.check_range("mmap", start, req.len)?;
+        let mut flags =
+            req.prot.vm_flags() | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
+        if req.shared {
+            flags |= VmFlags::SHARED | VmFlags::MAYSHARE;
+        }
+        let mut vma = Vma {
+            start,
+            end,
+            flags,
+            pgoff: req.offset / PAGE_SIZE,
+            page_prot: vm_get_page_prot(flags),
+            ops: None,
+            mapping: req.file.and_then(|f| f.mapping()),
+            name: req.file.map(|f| f.name()).unwrap_or_default(),
+        };
+        if let Some(file) = req.file {
+            let mut ctx = MmapCtx {
+                vma: &mut vma,
+                mm: self,
+                remapped: LeafCounts::default(),
+            };
+            if let Err(e) = file.mmap(&mut ctx) {
+                // unmap_region: undo whatever the handler mapped.
+                let _ = self.pt.zap_range(start, end, PartialHuge::ZapWhole);
+                self.pt
+                    .free_pgtables(start, end, tree.floor(start), tree.ceiling(end));
+                return Err(e);
+            }
+        }
+        self.link(&mut tree, vma);
+        Ok(start)
+    }
+
+    fn link(&self, tree: &mut VmaTree, vma: Vma) {
+        if let Some(m) = &vma.mapping {
+            m.link(
+                self.id,
+                IMmapEntry {
+                    mm: self.me.clone(),
+                    start: vma.start,
+                    end: vma.end,
+                    pgoff: vma.pgoff,
+                },
+            );
+        }
+        tree.vmas.insert(vma.start, vma);
+    }
+
+    fn unlink(&self, tree: &mut VmaTree, start: u64) -> Option<Vma> {
+        let v = tree.vmas.remove(&start)?;
+        if let Some(m) = &v.mapping {
+            m.unlink(self.id, v.start);
+        }
+        Some(v)
+    }
+
+    /// `remap_pfn_range(vma, addr, pfn, size, prot)` on the VMA containing `addr`, outside of
+    /// `f_op->mmap` (the caller of Linux's would hold the mmap lock for write: we take it).
+    /// Installs the largest leaves the alignment allows, up to the mm's `remap_cap`.
+    pub fn remap_pfn_range(
+        &self,
+        addr: u64,
+        pfn: u64,
+        size: u64,
+        prot: Pgprot,
+    ) -> Result<LeafCounts, MmError> {
+        self.remap_pfn_range_capped(addr, pfn, size, prot, self.cfg.remap_cap)
+    }
+
+    /// [`Mm::remap_pfn_range`] with an explicit cap on the leaf size.
+    pub fn remap_pfn_range_capped(
+        &self,
+        addr: u64,
+        pfn: u64,
+        size: u64,
+        prot: Pgprot,
+        cap: LeafCap,
+    ) -> Result<LeafCounts, MmError> {
+        self.check_range("remap_pfn_range", addr, size)?;
+        let mut tree = self.mmap_write();
+        let key = tree
+            .find(addr)
+            .map(|v| v.start)
+            .ok_or(MmError::NoVma(addr))?;
+        let mut vma = tree.vmas.get(&key).cloned().ok_or(MmError::NoVma(addr))?;
+        let r = self.remap_pfn_range_vma(&mut vma, addr, pfn, size, prot, cap)?;
+        tree.vmas.insert(key, vma);
+        Ok(r)
+    }
+
+    /// The body of `remap_pfn_range` on a given VMA. Checks everything before changing anything.
+    pub(crate) fn remap_pfn_range_vma(
+        &self,
+        vma: &mut Vma,
+        addr: u64,
+        pfn: u64,
+        size: u64,
+        prot: Pgprot,
+        cap: LeafCap,
+    ) -> Result<LeafCounts, MmError> {
+        let end = self.check_range("remap_pfn_range", addr, size)?;
+        if addr < vma.start || end > vma.end {
+            return Err(MmError::OutsideVma {
+                start: addr,
+                end,
+                vma_start: vma.start,
+                vma_end: vma.end,
+            });
+        }
+        let pages = size / PAGE_SIZE;
+        let first = Pfn::new(pfn)?;
+        if pfn.checked_add(pages).is_none_or(|e| e > Pfn::LIMIT) {
+            return Err(MmError::PfnTooWide { pfn, pages });
+        }
+        let mut cap = cap;
+        let cow = vma.flags.is_cow_mapping();
+        if cow {
+            if addr != vma.start || end != vma.end {
+                return Err(MmError::CowPartial {
+                    vma_start: vma.start,
+                    vma_end: vma.end,
+                });
+            }
+            // The RFC's point 3: CoW mappings keep small entries.
+            cap = LeafCap::Pte;
+        }
+        if let Some(va) = self.pt.first_mapped(addr, end) {
+            return Err(MmError::AlreadyMapped { va });
+        }
+        if cow {
+            vma.pgoff = pfn;
+        }
+        vma.flags |= VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND | VmFlags::DONTDUMP;
+        let prot = prot.with(ProtFlags::SPECIAL, ProtFlags::empty());
+        Ok(self.pt.remap_range(addr, end, first, prot, cap)?)
+    }
+
+    /// `munmap(addr, len)`: splits VMAs at the edges, zaps the range (a huge leaf partly inside is
+    /// split first in a remap-populated VMA, zapped whole in a fault-backed one), and frees the
+    /// page tables no VMA can use any more. Unmapping a range with no VMA succeeds, as in Linux.
+    pub fn munmap(&self, addr: u64, len: u64) -> Result<MunmapStats, MmError> {
+        let end = self.check_range("munmap", addr, len)?;
+        let mut tree = self.mmap_write();
+        let hit: Vec<Vma> = tree.overlapping(addr, end).cloned().collect();
+        let mut st = MunmapStats::default();
+        if hit.is_empty() {
+            return Ok(st);
+        }
+        // Page tables first, while the VMAs still say how to treat partial leaves.
+        for v in &hit {
+            let s = v.start.max(addr);
+            let e = v.end.min(end);
+            let policy = if v.is_fault_backed() {
+                PartialHuge::ZapWhole
+            } else {
+                PartialHuge::Split
+            };
+            let z = self.pt.zap_range(s, e, policy)?;
+            st.zapped.pud += z.cleared.pud;
+            st.zapped.pmd += z.cleared.pmd;
+            st.zapped.pte += z.cleared.pte;
+            st.splits += z.splits;
+        }
+        // Then the VMAs (__split_vma, unlink_file_vma) — before any table is freed.
+        for v in hit {
+            let mut v = self.unlink(&mut tree, v.start).unwrap_or(v);
+            if v.start < addr {
+                let tail = v.split_off(addr);
+                if let Some(o) = &tail.ops {
+                    o.open(&tail);
+                }
+                self.link(&mut tree, v);
+                st.vmas_split += 1;
+                v = tail;
+            }
+            if v.end > end {
+                let tail = v.split_off(end);
+                if let Some(o) = &tail.ops {
+                    o.open(&tail);
+                }
+                self.link(&mut tree, tail);
+                st.vmas_split += 1;
+            }
+            if let Some(o) = &v.ops {
+                o.close(&v);
+            }
+            st.vmas_removed += 1;
+        }
+        let floor = tree.floor(addr);
+        let ceiling = tree.ceiling(end);
+        st.tables_freed = self.pt.free_pgtables(addr, end, floor, ceiling);
+        Ok(st)
+    }
+
+    /// A user access to `addr`, as the CPU does it: walk; if no leaf allows the access, fault
+    /// (`handle_mm_fault` under the mmap read lock) and retry.
+    pub fn access(&self, addr: u64, write: bool) -> Access {
+        let mut faults = 0u32;
+        for _ in 0..8 {
+            if let Some((leaf, _)) = self.pt.lookup(addr)
+                && leaf
+                    .prot
+                    .flags
+                    .contains(ProtFlags::PRESENT | ProtFlags::USER)
+                && (!write || leaf.prot.is_writable())
+            {
+                return Access::Ok {
+                    faults,
+                    level: leaf.level,
+                };
+            }
+            let mut flags = FaultFlags::USER | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
+            if write {
+                flags |= FaultFlags::WRITE;
+            }
+            match self.handle_mm_fault(addr, flags) {
+                Ok(o) => match o.result {
+                    VmFaultResult::Sigbus => return Access::Sigbus,
+                    VmFaultResult::Sigsegv => return Access::Sigsegv,
+                    VmFaultResult::Oom => return Access::Oom,
+                    _ => faults += 1,
+                },
+                Err(_) => return Access::Sigsegv,
+            }
+        }
+        Access::Sigbus
+    }
+
+    /// `handle_mm_fault(vma, address, flags)` after `lock_vma_under_rcu`/`find_vma` and
+    /// `access_error`: `Err` is a bad area (no VMA, or an access the VMA forbids): SIGSEGV.
+    pub fn handle_mm_fault(&self, addr: u64, flags: FaultFlags) -> Result<FaultOutcome, MmError> {
+        VirtAddr::new(addr, self.cfg.mode)?;
+        let g = self.mmap_read();
+        let Some(vma) = g.find_vma(addr) else {
+            self.stats.account(VmFaultResult::Sigsegv, Level::Pte);
+            return Err(MmError::NoVma(addr));
+        };
+        if access_error(vma, flags.contains(FaultFlags::WRITE)) {
+            self.stats.account(VmFaultResult::Sigsegv, Level::Pte);
+            return Ok(FaultOutcome {
+                result: VmFaultResult::Sigsegv,
+                level: Level::Pte,
+            });
+        }
+        let o = handle_mm_fault_locked(vma, &self.pt, self.cfg.thp, addr, flags, &self.stats);
+        self.stats.account(o.result, o.level);
+        Ok(o)
+    }
+
+    /// Changes VMA flags on the VMA containing `addr` (used by madvise-like callers).
+    pub fn update_vma_flags(&self, addr: u64, set: VmFlags, clear: VmFlags) -> Result<(), MmError> {
+        let mut tree = self.mmap_write();
+        let key = tree
+            .find(addr)
+            .map(|v| v.start)
+            .ok_or(MmError::NoVma(addr))?;
+        if let Some(v) = tree.vmas.get_mut(&key) {
+            v.flags = (v.flags | set) - clear;
+        }
+        Ok(())
+    }
+
+    /// A weak handle to this mm.
+    pub fn weak(&self) -> Weak<Mm> {
+        self.me.clone()
+    }
+}
+
+impl Default for Vma {
+    fn default() -> Self {
+        Vma {
+            start: 0,
+            end: 0,
+            flags: VmFlags::empty(),
+            pgoff: 0,
+            page_prot: Pgprot::NONE,
+            ops: None,
+            mapping: None,
+            name: String::new(),
+        }
+    }
+}
+
+/// What a munmap did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MunmapStats {
+    /// Leaves cleared.
+    pub zapped: LeafCounts,
+    /// Huge leaves split in place.
+    pub splits: u64,
+    /// VMAs removed (wholly or the part inside the range).
+    pub vmas_removed: u64,
+    /// VMA splits.
+    pub vmas_split: u64,
+    /// Page-table pages freed.
+    pub tables_freed: u64,
+}
+
+impl Drop for Mm {
+    /// `exit_mmap`: unlink every file VMA from its reverse map; the page tables free themselves.
+    fn drop(&mut self) {
+        let tree = self.mmap_lock.get_mut().unwrap_or_else(|e| e.into_inner());
+        for v in tree.vmas.values() {
+            if let Some(m) = &v.mapping {
+                m.unlink(self.id, v.start);
+            }
+            if let Some(o) = &v.ops {
+                o.close(v);
+            }
+        }
+        tree.vmas.clear();
+    }
+}

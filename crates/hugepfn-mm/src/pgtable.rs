@@ -1,0 +1,768 @@
+//! One process's page-table tree: walk, allocate, install, split, zap and free.
+//!
+//! Models the page-table half of `mm/memory.c` and `mm/huge_memory.c`: `p4d_alloc`/`pud_alloc`/
+//! `pmd_alloc`/`pte_alloc` (allocate outside the lock, install under it, free on a lost race),
+//! `remap_p4d_range` … `remap_pte_range` (with the RFC's PUD/PMD leaves), `zap_pud_range` …
+//! `zap_pte_range`, `free_pgtables` (free a table only when no VMA can use it: the floor/ceiling
+//! rule of `free_pgd_range`), and splitting a huge leaf into next-level leaves of the same pfns
+//! and attributes.
+//!
+//! Locks are Linux's split locks: entries of PGD, P4D and PUD tables are written under
+//! `mm->page_table_lock` (`pud_lock`), entries of a PMD table under that table page's lock
+//! (`pmd_lock` with split PMD locks), entries of a PTE table under its page's lock
+//! (`pte_offset_map_lock`). Readers may walk without locks: every entry is an atomic.
+//!
+//! TLB flushes are recorded (count and ranges), not simulated: no TLB is modelled here.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::addr::{PAGE_SIZE, PagingMode, Pfn, PhysAddr};
+use crate::entry::{self, Decoded, Leaf, Pgprot};
+use crate::level::{LeafCap, Level};
+use crate::phys::{LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
+
+/// Where one entry lives: a table and an index in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// The table.
+    pub table: PhysAddr,
+    /// Index in the table.
+    pub index: usize,
+    /// Level of the entry.
+    pub level: Level,
+}
+
+/// A walk could not reach the level asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum WalkError {
+    /// A leaf sits above the level asked for (`pud_leaf`/`pmd_leaf` on the way down).
+    #[error("a {} leaf maps this address", .0.level)]
+    HugeAbove(Slot),
+    /// An entry on the way down is neither none, a table, nor a leaf.
+    #[error("non-present entry {1:#x} on the way down")]
+    Bad(Slot, u64),
+    /// Table allocation failed (`-ENOMEM`, `VM_FAULT_OOM`).
+    #[error("out of memory for page tables")]
+    Oom,
+}
+
+/// Leaves by level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct LeafCounts {
+    /// 1 GiB leaves.
+    pub pud: u64,
+    /// 2 MiB leaves.
+    pub pmd: u64,
+    /// 4 KiB leaves.
+    pub pte: u64,
+}
+
+impl LeafCounts {
+    /// Adds one leaf of `level`.
+    pub fn add(&mut self, level: Level, n: u64) {
+        match level {
+            Level::Pud => self.pud += n,
+            Level::Pmd => self.pmd += n,
+            Level::Pte => self.pte += n,
+            _ => {}
+        }
+    }
+
+    /// Count at `level`.
+    pub fn get(&self, level: Level) -> u64 {
+        match level {
+            Level::Pud => self.pud,
+            Level::Pmd => self.pmd,
+            Level::Pte => self.pte,
+            _ => 0,
+        }
+    }
+
+    /// Bytes mapped.
+    pub fn bytes(&self) -> u64 {
+        self.pud * Level::Pud.size() + self.pmd * Level::Pmd.size() + self.pte * Level::Pte.size()
+    }
+
+    /// Leaves in all.
+    pub fn total(&self) -> u64 {
+        self.pud + self.pmd + self.pte
+    }
+}
+
+/// One recorded TLB flush (`flush_tlb_range`, `tlb_finish_mmu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TlbFlush {
+    /// First address.
+    pub start: u64,
+    /// End (exclusive).
+    pub end: u64,
+    /// Why: "zap", "split", "free_pgtables", "overwrite", "protect".
+    pub reason: &'static str,
+}
+
+/// Record of TLB flushes: all counted, the most recent ranges kept.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlushLog {
+    /// Flushes in all.
+    pub count: u64,
+    /// Sum of the flushed ranges, in 4 KiB pages.
+    pub pages: u64,
+    /// The last [`FlushLog::KEEP`] flushes.
+    pub recent: VecDeque<TlbFlush>,
+}
+
+impl FlushLog {
+    /// How many ranges are kept.
+    pub const KEEP: usize = 4096;
+
+    fn record(&mut self, f: TlbFlush) {
+        self.count += 1;
+        self.pages += (f.end - f.start) / PAGE_SIZE;
+        if self.recent.len() == Self::KEEP {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(f);
+    }
+}
+
+/// What to do with a huge leaf only partly inside a zapped range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartialHuge {
+    /// Split it into next-level leaves with the same pfns and attributes, then zap the covered
+    /// part (remap-populated VMAs: nothing would refill it).
+    Split,
+    /// Zap all of it (`__split_huge_pud`/`__split_huge_pmd` on a pfnmap: the fault handler
+    /// refills what is still mapped).
+    ZapWhole,
+}
+
+/// What a zap did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ZapStats {
+    /// Leaves cleared, by level.
+    pub cleared: LeafCounts,
+    /// Huge leaves split in place.
+    pub splits: u64,
+    /// Lowest address cleared (the range actually zapped can exceed the request: `ZapWhole`).
+    pub lo: u64,
+    /// End of the highest cleared leaf.
+    pub hi: u64,
+}
+
+/// The page tables of one `Mm`.
+#[derive(Debug)]
+pub struct PageTables {
+    phys: Arc<PhysMem>,
+    mode: PagingMode,
+    root: PhysAddr,
+    tables: LevelCounters,
+    page_table_lock: Mutex<()>,
+    flushes: Mutex<FlushLog>,
+    tables_allocated: AtomicU64,
+    tables_freed: AtomicU64,
+}
+
+/// A held page-table lock (`spinlock_t *ptl`).
+pub type Ptl<'a> = MutexGuard<'a, ()>;
+
+impl PageTables {
+    /// A new tree with an empty PGD (`mm_alloc` → `pgd_alloc`).
+    pub fn new(phys: Arc<PhysMem>, mode: PagingMode) -> Result<Self, PhysError> {
+        let root = phys.alloc_table(Level::Pgd)?;
+        let tables = LevelCounters::default();
+        tables.add(Level::Pgd, 1);
+        Ok(PageTables {
+            phys,
+            mode,
+            root,
+            tables,
+            page_table_lock: Mutex::new(()),
+            flushes: Mutex::new(FlushLog::default()),
+            tables_allocated: AtomicU64::new(1),
+            tables_freed: AtomicU64::new(0),
+        })
+    }
+
+    /// The paging mode.
+    pub fn mode(&self) -> PagingMode {
+        self.mode
+    }
+
+    /// The physical memory the tables live in.
+    pub fn phys(&self) -> &Arc<PhysMem> {
+        &self.phys
+    }
+
+    /// Physical address of the PGD (what CR3 would hold).
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The top level of the walk.
+    pub fn top(&self) -> Level {
+        Level::top(self.mode)
+    }
+
+    /// Page-table pages this tree holds now, named as Linux names the tables.
+    pub fn table_counts(&self) -> TableCounts {
+        self.tables.snapshot()
+    }
+
+    /// Page-table pages allocated and freed over the tree's life.
+    pub fn alloc_free_counts(&self) -> (u64, u64) {
+        (
+            self.tables_allocated.load(Ordering::Relaxed),
+            self.tables_freed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The TLB flushes recorded so far.
+    pub fn flush_log(&self) -> FlushLog {
+        self.lock_flushes().clone()
+    }
+
+    fn lock_flushes(&self) -> MutexGuard<'_, FlushLog> {
+        self.flushes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a TLB flush of `[start, end)`.
+    pub fn flush_tlb_range(&self, start: u64, end: u64, reason: &'static str) {
+        if end > start {
+            self.lock_flushes().record(TlbFlush { start, end, reason });
+        }
+    }
+
+    fn table_name_level(&self, entry_level: Level) -> Level {
+        if entry_level == self.top() {
+            Level::Pgd
+        } else {
+            entry_level
+        }
+    }
+
+    /// The table page at `pa`. Every pointer in this tree names an allocated table.
+    #[inline]
+    pub fn table(&self, pa: PhysAddr) -> &TablePage {
+        match self.phys.table(pa) {
+            Some(t) => t,
+            None => unreachable_table(pa),
+        }
+    }
+
+    /// Reads the entry in `slot`.
+    #[inline]
+    pub fn get(&self, slot: Slot) -> u64 {
+        self.table(slot.table).get(slot.index)
+    }
+
+    /// Decodes the entry in `slot`.
+    #[inline]
+    pub fn decode(&self, slot: Slot) -> Decoded {
+        entry::decode(self.get(slot), slot.level)
+    }
+
+    /// Writes the entry in `slot`; the caller holds [`PageTables::ptl`] for it.
+    #[inline]
+    pub fn set(&self, slot: Slot, raw: u64) {
+        self.table(slot.table).set(slot.index, raw);
+    }
+
+    /// The lock protecting `slot`'s entry: `pud_lock` (= `mm->page_table_lock`) for PUD and
+    /// above, the table page's split lock for PMD and PTE tables.
+    pub fn ptl(&self, slot: Slot) -> Ptl<'_> {
+        match slot.level {
+            Level::Pte | Level::Pmd => self.table(slot.table).lock(),
+            _ => self
+                .page_table_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn alloc(&self, entry_level: Level) -> Result<PhysAddr, WalkError> {
+        let pa = self
+            .phys
+            .alloc_table(self.table_name_level(entry_level))
+            .map_err(|_| WalkError::Oom)?;
+        self.tables.add(self.table_name_level(entry_level), 1);
+        self.tables_allocated.fetch_add(1, Ordering::Relaxed);
+        Ok(pa)
+    }
+
+    fn free(&self, pa: PhysAddr, entry_level: Level) {
+        if self.phys.free_table(pa) {
+            self.tables.sub(self.table_name_level(entry_level), 1);
+            self.tables_freed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn top_slot(&self, va: u64) -> Slot {
+        let level = self.top();
+        Slot {
+            table: self.root,
+            index: level.index(va),
+            level,
+        }
+    }
+
+    /// Lockless walk to the slot holding `va`'s entry at `level`, without allocating
+    /// (`pmd_off`, `pte_offset_map`). `Ok(None)`: a table on the way is missing.
+    pub fn slot(&self, va: u64, level: Level) -> Result<Option<Slot>, WalkError> {
+        let mut slot = self.top_slot(va);
+        while slot.level > level {
+            match self.decode(slot) {
+                Decoded::None => return Ok(None),
+                Decoded::Table(pa) => slot = self.child_slot(pa, slot.level, va),
+                Decoded::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
+                Decoded::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
+            }
+        }
+        Ok(Some(slot))
+    }
+
+    fn child_slot(&self, pa: PhysAddr, parent: Level, va: u64) -> Slot {
+        let level = parent.lower().unwrap_or(Level::Pte);
+        Slot {
+            table: pa,
+            index: level.index(va),
+            level,
+        }
+    }
+
+    /// Walks to `va`'s slot at `level`, allocating missing tables (`p4d_alloc`, `pud_alloc`,
+    /// `pmd_alloc`, `pte_alloc`): allocate, take the parent's lock, install if still none,
+    /// otherwise free the new table (somebody else won the race).
+    pub fn slot_alloc(&self, va: u64, level: Level) -> Result<Slot, WalkError> {
+        let mut slot = self.top_slot(va);
+        while slot.level > level {
+            match self.decode(slot) {
+                Decoded::Table(pa) => slot = self.child_slot(pa, slot.level, va),
+                Decoded::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
+                Decoded::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
+                Decoded::None => {
+                    let child_level = slot.level.lower().unwrap_or(Level::Pte);
+                    let new = self.alloc(child_level)?;
+                    let ptl = self.ptl(slot);
+                    if self.get(slot) == 0 {
+                        self.set(slot, entry::encode_table(new));
+                        drop(ptl);
+                    } else {
+                        drop(ptl);
+                        self.free(new, child_level);
+                    }
+                    // Re-read under the new state (a leaf may have raced in).
+                }
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Lockless lookup of the leaf mapping `va`, with its slot.
+    pub fn lookup(&self, va: u64) -> Option<(Leaf, Slot)> {
+        let mut slot = self.top_slot(va);
+        loop {
+            match self.decode(slot) {
+                Decoded::Table(pa) if slot.level != Level::Pte => {
+                    slot = self.child_slot(pa, slot.level, va)
+                }
+                Decoded::Leaf(l) => return Some((l, slot)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The first address in `[start, end)` that has a leaf or a non-present entry, if any.
+    pub fn first_mapped(&self, start: u64, end: u64) -> Option<u64> {
+        self.first_mapped_in(self.root, self.top(), start, end)
+    }
+
+    fn first_mapped_in(&self, table: PhysAddr, level: Level, start: u64, end: u64) -> Option<u64> {
+        let t = self.table(table);
+        let mut va = start;
+        while va < end {
+            let next = (va | (level.size() - 1)).saturating_add(1).min(end);
+            match entry::decode(t.get(level.index(va)), level) {
+                Decoded::None => {}
+                Decoded::Table(pa) if level != Level::Pte => {
+                    if let Some(hit) = self.first_mapped_in(pa, level.lower()?, va, next) {
+                        return Some(hit);
+                    }
+                }
+                _ => return Some(va),
+            }
+            va = next;
+        }
+        None
+    }
+
+    /// Counts leaves (by level) whose first byte lies in `[start, end)`.
+    pub fn count_leaves(&self, start: u64, end: u64) -> LeafCounts {
+        let mut c = LeafCounts::default();
+        self.for_each_leaf(start, end, &mut |_, leaf| c.add(leaf.level, 1));
+        c
+    }
+
+    /// Calls `f(va, leaf)` for every leaf whose first byte lies in `[start, end)`, in address order.
+    pub fn for_each_leaf(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, Leaf)) {
+        self.for_each_leaf_in(self.root, self.top(), start, end, f);
+    }
+
+    fn for_each_leaf_in(
+        &self,
+        table: PhysAddr,
+        level: Level,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, Leaf),
+    ) {
+        let t = self.table(table);
+        let mut va = start;
+        while va < end {
+            let base = va & !(level.size() - 1);
+            let next = base.saturating_add(level.size()).min(end);
+            match entry::decode(t.get(level.index(va)), level) {
+                Decoded::Table(pa) if level != Level::Pte => {
+                    if let Some(lower) = level.lower() {
+                        self.for_each_leaf_in(pa, lower, va, next, f);
+                    }
+                }
+                Decoded::Leaf(l) if base >= start => f(base, l),
+                _ => {}
+            }
+            if next == base {
+                break;
+            }
+            va = next;
+        }
+    }
+
+    /// Installs leaves for `[start, end)` mapping to consecutive pfns from `pfn`: at each step the
+    /// largest leaf no bigger than `cap` whose block lies inside the range and whose pfn is
+    /// aligned to it (VA ≡ PA modulo the block size). The range must be empty (checked by the
+    /// caller under the mmap lock); an empty table where a huge leaf goes is freed.
+    /// Returns the leaves installed.
+    pub fn remap_range(
+        &self,
+        start: u64,
+        end: u64,
+        pfn: Pfn,
+        prot: Pgprot,
+        cap: LeafCap,
+    ) -> Result<LeafCounts, WalkError> {
+        let mut counts = LeafCounts::default();
+        let r = RemapArgs {
+            start,
+            pfn: pfn.as_u64(),
+            prot,
+            cap: cap.max_level(),
+        };
+        self.remap_in(self.root, self.top(), start, end, &r, &mut counts)?;
+        Ok(counts)
+    }
+
+    fn remap_in(
+        &self,
+        table: PhysAddr,
+        level: Level,
+        start: u64,
+        end: u64,
+        r: &RemapArgs,
+        counts: &mut LeafCounts,
+    ) -> Result<(), WalkError> {
+        let t = self.table(table);
+        if level == Level::Pte {
+            let first = level.index(start);
+            let n = ((end - start) / PAGE_SIZE) as usize;
+            let pfn = r.pfn + (start - r.start) / PAGE_SIZE;
+            let leaf = Leaf {
+                pfn: Pfn::new(pfn).map_err(|_| WalkError::Oom)?,
+                prot: r.prot,
+                level,
+            };
+            let base_raw = entry::encode_leaf(leaf).map_err(|_| WalkError::Oom)?;
+            let _ptl = t.lock();
+            for i in 0..n {
+                t.set(first + i, base_raw + (i as u64) * PAGE_SIZE);
+            }
+            counts.add(Level::Pte, n as u64);
+            return Ok(());
+        }
+        let mut va = start;
+        while va < end {
+            let base = va & !(level.size() - 1);
+            let next = base.saturating_add(level.size()).min(end);
+            let slot = Slot {
+                table,
+                index: level.index(va),
+                level,
+            };
+            let pfn = r.pfn + (va - r.start) / PAGE_SIZE;
+            let whole = base == va && next - va == level.size();
+            if level.can_be_leaf()
+                && level <= r.cap
+                && whole
+                && Pfn::new(pfn).is_ok_and(|p| p.is_aligned_order(level.order()))
+            {
+                let leaf = Leaf {
+                    pfn: Pfn::new(pfn).map_err(|_| WalkError::Oom)?,
+                    prot: r.prot,
+                    level,
+                };
+                let raw = entry::encode_leaf(leaf).map_err(|_| WalkError::Oom)?;
+                let ptl = self.ptl(slot);
+                let old = self.get(slot);
+                self.set(slot, raw);
+                drop(ptl);
+                if let Decoded::Table(pa) = entry::decode(old, level) {
+                    // An empty table was in the way: free it (paging-structure caches may hold it).
+                    self.free_subtree(pa, level.lower().unwrap_or(Level::Pte));
+                    self.flush_tlb_range(base, base + level.size(), "free_pgtables");
+                }
+                counts.add(level, 1);
+            } else {
+                let child = self.slot_alloc_at(slot, va)?;
+                self.remap_in(
+                    child,
+                    level.lower().unwrap_or(Level::Pte),
+                    va,
+                    next,
+                    r,
+                    counts,
+                )?;
+            }
+            va = next;
+        }
+        Ok(())
+    }
+
+    /// Returns the table below `slot`, allocating it if the entry is none.
+    fn slot_alloc_at(&self, slot: Slot, _va: u64) -> Result<PhysAddr, WalkError> {
+        loop {
+            match self.decode(slot) {
+                Decoded::Table(pa) => return Ok(pa),
+                Decoded::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
+                Decoded::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
+                Decoded::None => {
+                    let child_level = slot.level.lower().unwrap_or(Level::Pte);
+                    let new = self.alloc(child_level)?;
+                    let ptl = self.ptl(slot);
+                    if self.get(slot) == 0 {
+                        self.set(slot, entry::encode_table(new));
+                        return Ok(new);
+                    }
+                    drop(ptl);
+                    self.free(new, child_level);
+                }
+            }
+        }
+    }
+
+    /// Splits the huge leaf in `slot` into a table of 512 next-level leaves with the same pfns and
+    /// attributes (`__split_huge_pud_locked`/`__split_huge_pmd_locked` as the huge-remap RFC
+    /// series does it for remap-populated pfnmaps). Returns false if `slot` holds no huge leaf.
+    pub fn split_leaf(&self, slot: Slot) -> Result<bool, WalkError> {
+        let Some(lower) = slot.level.lower() else {
+            return Ok(false);
+        };
+        let Decoded::Leaf(leaf) = self.decode(slot) else {
+            return Ok(false);
+        };
+        let new = self.alloc(lower)?;
+        let nt = self.table(new);
+        let step = lower.size() / PAGE_SIZE;
+        for i in 0..512u64 {
+            let l = Leaf {
+                pfn: Pfn::new(leaf.pfn.as_u64() + i * step).map_err(|_| WalkError::Oom)?,
+                prot: leaf.prot,
+                level: lower,
+            };
+            nt.set(
+                i as usize,
+                entry::encode_leaf(l).map_err(|_| WalkError::Oom)?,
+            );
+        }
+        let ptl = self.ptl(slot);
+        if self.get(slot) != entry::encode_leaf(leaf).unwrap_or(0) {
+            drop(ptl);
+            self.free(new, lower);
+            return Ok(false);
+        }
+        self.set(slot, entry::encode_table(new));
+        drop(ptl);
+        Ok(true)
+    }
+
+    /// Clears every leaf in `[start, end)` (`zap_page_range_single`, `unmap_page_range`).
+    /// A huge leaf only partly inside is split or zapped whole, as `partial` says. Tables are
+    /// kept; [`PageTables::free_pgtables`] frees the ones no VMA can use any more.
+    pub fn zap_range(
+        &self,
+        start: u64,
+        end: u64,
+        partial: PartialHuge,
+    ) -> Result<ZapStats, WalkError> {
+        let mut st = ZapStats {
+            lo: u64::MAX,
+            ..ZapStats::default()
+        };
+        self.zap_in(self.root, self.top(), start, end, partial, &mut st)?;
+        if st.cleared.total() > 0 {
+            self.flush_tlb_range(st.lo, st.hi, "zap");
+        }
+        Ok(st)
+    }
+
+    fn zap_in(
+        &self,
+        table: PhysAddr,
+        level: Level,
+        start: u64,
+        end: u64,
+        partial: PartialHuge,
+        st: &mut ZapStats,
+    ) -> Result<(), WalkError> {
+        let t = self.table(table);
+        let mut va = start;
+        while va < end {
+            let base = va & !(level.size() - 1);
+            let next = base.saturating_add(level.size()).min(end);
+            let slot = Slot {
+                table,
+                index: level.index(va),
+                level,
+            };
+            match entry::decode(t.get(slot.index), level) {
+                Decoded::None => {}
+                Decoded::Table(pa) if level != Level::Pte => {
+                    if let Some(lower) = level.lower() {
+                        self.zap_in(pa, lower, va, next, partial, st)?;
+                    }
+                }
+                Decoded::Leaf(_) | Decoded::NonPresent(_) | Decoded::Table(_) => {
+                    let covered = base >= start && base + level.size() <= end;
+                    if covered || partial == PartialHuge::ZapWhole || level == Level::Pte {
+                        let ptl = self.ptl(slot);
+                        let old = t.swap(slot.index, 0);
+                        drop(ptl);
+                        if old != 0 {
+                            st.cleared.add(level, 1);
+                            st.lo = st.lo.min(base);
+                            st.hi = st.hi.max(base + level.size());
+                        }
+                    } else if self.split_leaf(slot)? {
+                        st.splits += 1;
+                        self.flush_tlb_range(base, base + level.size(), "split");
+                        continue; // re-read: now a table
+                    }
+                }
+            }
+            va = next;
+        }
+        Ok(())
+    }
+
+    /// Frees the tables under `[start, end)` whose whole span lies inside `[floor, ceiling)`,
+    /// the addresses no VMA uses (`free_pgtables`/`free_pgd_range`). Such tables are empty once
+    /// their range has been zapped. Returns how many were freed.
+    pub fn free_pgtables(&self, start: u64, end: u64, floor: u64, ceiling: u64) -> u64 {
+        let n = self.free_in(self.root, self.top(), start, end, floor, ceiling);
+        if n > 0 {
+            self.flush_tlb_range(start, end, "free_pgtables");
+        }
+        n
+    }
+
+    fn free_in(
+        &self,
+        table: PhysAddr,
+        level: Level,
+        start: u64,
+        end: u64,
+        floor: u64,
+        ceiling: u64,
+    ) -> u64 {
+        if level == Level::Pte {
+            return 0;
+        }
+        let Some(lower) = level.lower() else { return 0 };
+        let t = self.table(table);
+        let mut freed = 0;
+        let mut va = start;
+        while va < end {
+            let base = va & !(level.size() - 1);
+            let span_end = base.saturating_add(level.size());
+            let next = span_end.min(end);
+            let slot = Slot {
+                table,
+                index: level.index(va),
+                level,
+            };
+            if let Decoded::Table(pa) = entry::decode(t.get(slot.index), level) {
+                freed += self.free_in(pa, lower, va, next, floor, ceiling);
+                if base >= floor && span_end <= ceiling && self.table(pa).is_empty() {
+                    let ptl = self.ptl(slot);
+                    self.set(slot, 0);
+                    drop(ptl);
+                    self.free(pa, lower);
+                    freed += 1;
+                }
+            }
+            if span_end == base {
+                break;
+            }
+            va = next;
+        }
+        freed
+    }
+
+    /// Frees a whole subtree without looking at its leaves (teardown, and tables replaced by a
+    /// huge leaf). Returns the tables freed.
+    fn free_subtree(&self, pa: PhysAddr, level: Level) -> u64 {
+        let mut n = 0;
+        if let Some(lower) = level.lower() {
+            let t = self.table(pa);
+            for i in 0..512 {
+                if let Decoded::Table(child) = entry::decode(t.get(i), level) {
+                    n += self.free_subtree(child, lower);
+                }
+            }
+        }
+        self.free(pa, level);
+        n + 1
+    }
+}
+
+struct RemapArgs {
+    start: u64,
+    pfn: u64,
+    prot: Pgprot,
+    cap: Level,
+}
+
+#[cold]
+fn unreachable_table(pa: PhysAddr) -> ! {
+    panic!("page-table pointer {pa} does not name an allocated table: tree corrupted")
+}
+
+impl Drop for PageTables {
+    /// `free_pgd_range` over everything, then `pgd_free`.
+    fn drop(&mut self) {
+        let top = self.top();
+        let t = self.table(self.root);
+        let mut children = Vec::new();
+        for i in 0..512 {
+            if let Decoded::Table(child) = entry::decode(t.get(i), top) {
+                children.push(child);
+            }
+        }
+        for child in children {
+            self.free_subtree(child, top.lower().unwrap_or(Level::Pte));
+        }
+        self.free(self.root, top);
+    }
+}

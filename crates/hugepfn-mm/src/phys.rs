@@ -1,0 +1,491 @@
+//! Simulated physical memory: RAM frames for page tables, and device ranges that are never RAM.
+//!
+//! Models the buddy allocator's role for page-table pages (`pagetable_alloc`/`pagetable_free`,
+//! `ptlock_init`) and the split page-table lock that lives in each table's `struct ptdesc`.
+//! A frame holds 512 entries stored as `AtomicU64`, so lockless walkers (gup-fast, the hardware
+//! walker, `pmdp_get_lockless`) can read while a lock holder writes.
+//!
+//! Frames live in a two-level directory that only grows, so a walker turns a physical address
+//! into a table without taking a lock: chunk `pfn / 512` is a `OnceLock`, set once. Freed frames
+//! go back on a free list and are zeroed before reuse. Every allocation and free is counted per
+//! level; [`PhysMem::leak_check`] lists any frame still allocated.
+//!
+//! Deliberate difference: frames are freed at once. The RCU-deferred free that protects lockless
+//! walkers against a concurrent free is the concurrency issue's work.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use thiserror::Error;
+
+use crate::addr::{PAGE_SIZE, Pfn, PhysAddr};
+use crate::level::Level;
+
+/// Entries per table.
+pub const ENTRIES: usize = 512;
+const CHUNK: usize = 512;
+
+/// One 4 KiB page-table page: 512 entries and its split lock.
+#[derive(Debug)]
+pub struct TablePage {
+    lock: Mutex<()>,
+    level: AtomicU8,
+    entries: [AtomicU64; ENTRIES],
+}
+
+const NO_LEVEL: u8 = u8::MAX;
+
+impl TablePage {
+    fn new() -> Self {
+        TablePage {
+            lock: Mutex::new(()),
+            level: AtomicU8::new(NO_LEVEL),
+            entries: [const { AtomicU64::new(0) }; ENTRIES],
+        }
+    }
+
+    /// Reads entry `i` (`READ_ONCE`, acquire so a table pointer's contents are visible).
+    #[inline]
+    pub fn get(&self, i: usize) -> u64 {
+        self.entries[i].load(Ordering::Acquire)
+    }
+
+    /// Writes entry `i` (`WRITE_ONCE`, release). Callers hold the table's page-table lock.
+    #[inline]
+    pub fn set(&self, i: usize, raw: u64) {
+        self.entries[i].store(raw, Ordering::Release);
+    }
+
+    /// Atomically swaps entry `i`, returning the old value (`ptep_get_and_clear`).
+    #[inline]
+    pub fn swap(&self, i: usize, raw: u64) -> u64 {
+        self.entries[i].swap(raw, Ordering::AcqRel)
+    }
+
+    /// Takes this page's split lock (`ptlock_ptr`).
+    pub fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the split lock if it is free (tests use it to see that a lock is held).
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, ()>> {
+        self.lock.try_lock().ok()
+    }
+
+    /// The level of the entries this table holds.
+    pub fn level(&self) -> Option<Level> {
+        Level::ALL
+            .get(usize::from(self.level.load(Ordering::Relaxed)))
+            .copied()
+    }
+
+    /// True if all 512 entries are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.iter().all(|e| e.load(Ordering::Acquire) == 0)
+    }
+}
+
+/// Why physical memory refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PhysError {
+    /// The RAM set aside for page tables is used up (`-ENOMEM`).
+    #[error("out of page-table memory ({0} frames in use)")]
+    OutOfMemory(u64),
+    /// A device range overlaps RAM or another device.
+    #[error("device range {start:#x}..{end:#x} ({name}) overlaps {other}")]
+    Overlap {
+        /// Name of the new range.
+        name: String,
+        /// Start.
+        start: u64,
+        /// End (exclusive).
+        end: u64,
+        /// What it overlaps.
+        other: String,
+    },
+    /// A device range that is empty, unaligned or beyond the physical width.
+    #[error(
+        "device range {name} at {start:#x} size {size:#x} is empty, not 4 KiB aligned, or beyond 52 bits"
+    )]
+    BadRange {
+        /// Name.
+        name: String,
+        /// Start.
+        start: u64,
+        /// Size.
+        size: u64,
+    },
+}
+
+/// Where simulated RAM sits and how much of it there is.
+#[derive(Debug, Clone, Copy)]
+pub struct PhysConfig {
+    /// First byte of RAM usable for page tables.
+    pub ram_base: u64,
+    /// Number of 4 KiB frames.
+    pub ram_frames: u64,
+}
+
+impl Default for PhysConfig {
+    /// 16 GiB of RAM at 4 GiB: room for the 65,793 tables a 128 GiB BAR needs at 4 KiB, many times.
+    fn default() -> Self {
+        PhysConfig {
+            ram_base: 4 << 30,
+            ram_frames: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Alloc {
+    next: u64,
+    free: Vec<u64>,
+}
+
+/// A device memory range (a BAR): physical address space that is never RAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRange {
+    /// Who owns it, e.g. `0000:01:00.0 BAR1`.
+    pub name: String,
+    /// First byte.
+    pub start: PhysAddr,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Counts of allocated page-table pages, by the level of the entries they hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct TableCounts {
+    /// Tables of 4 KiB entries.
+    pub pte: u64,
+    /// Tables of 2 MiB entries.
+    pub pmd: u64,
+    /// Tables of 1 GiB entries.
+    pub pud: u64,
+    /// Tables of 512 GiB entries (the PGD with 4-level paging).
+    pub p4d: u64,
+    /// Tables of 256 TiB entries (5-level PGD).
+    pub pgd: u64,
+}
+
+impl TableCounts {
+    /// Sum over levels.
+    pub fn total(&self) -> u64 {
+        self.pte + self.pmd + self.pud + self.p4d + self.pgd
+    }
+
+    /// Bytes of page tables.
+    pub fn bytes(&self) -> u64 {
+        self.total() * PAGE_SIZE
+    }
+
+    /// The count at `level`.
+    pub fn get(&self, level: Level) -> u64 {
+        match level {
+            Level::Pte => self.pte,
+            Level::Pmd => self.pmd,
+            Level::Pud => self.pud,
+            Level::P4d => self.p4d,
+            Level::Pgd => self.pgd,
+        }
+    }
+}
+
+/// Per-level atomic counters.
+#[derive(Debug, Default)]
+pub struct LevelCounters([AtomicU64; 5]);
+
+impl LevelCounters {
+    /// Adds `n` at `level`.
+    pub fn add(&self, level: Level, n: u64) {
+        self.0[level.idx()].fetch_add(n, Ordering::Relaxed);
+    }
+    /// Subtracts `n` at `level`.
+    pub fn sub(&self, level: Level, n: u64) {
+        self.0[level.idx()].fetch_sub(n, Ordering::Relaxed);
+    }
+    /// Snapshot.
+    pub fn snapshot(&self) -> TableCounts {
+        let g = |l: Level| self.0[l.idx()].load(Ordering::Relaxed);
+        TableCounts {
+            pte: g(Level::Pte),
+            pmd: g(Level::Pmd),
+            pud: g(Level::Pud),
+            p4d: g(Level::P4d),
+            pgd: g(Level::Pgd),
+        }
+    }
+}
+
+/// The machine's physical memory.
+#[derive(Debug)]
+pub struct PhysMem {
+    cfg: PhysConfig,
+    dir: Box<[OnceLock<Box<[TablePage]>>]>,
+    alloc: Mutex<Alloc>,
+    in_use: LevelCounters,
+    allocs: AtomicU64,
+    frees: AtomicU64,
+    devices: Mutex<Vec<DeviceRange>>,
+}
+
+impl Default for PhysMem {
+    fn default() -> Self {
+        PhysMem::new(PhysConfig::default())
+    }
+}
+
+impl PhysMem {
+    /// Empty memory with the given RAM layout.
+    pub fn new(cfg: PhysConfig) -> Self {
+        let chunks = cfg.ram_frames.div_ceil(CHUNK as u64) as usize;
+        PhysMem {
+            cfg,
+            dir: (0..chunks).map(|_| OnceLock::new()).collect(),
+            alloc: Mutex::new(Alloc::default()),
+            in_use: LevelCounters::default(),
+            allocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+            devices: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The RAM layout.
+    pub fn config(&self) -> PhysConfig {
+        self.cfg
+    }
+
+    fn frame_index(&self, pa: PhysAddr) -> Option<u64> {
+        let a = pa.as_u64();
+        let off = a.checked_sub(self.cfg.ram_base)?;
+        let idx = off / PAGE_SIZE;
+        (idx < self.cfg.ram_frames).then_some(idx)
+    }
+
+    /// Allocates a zeroed page-table page for entries of `level` (`pagetable_alloc` + `ptlock_init`).
+    pub fn alloc_table(&self, level: Level) -> Result<PhysAddr, PhysError> {
+        let idx = {
+            let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+            match a.free.pop() {
+                Some(i) => i,
+                None => {
+                    if a.next >= self.cfg.ram_frames {
+                        return Err(PhysError::OutOfMemory(self.in_use.snapshot().total()));
+                    }
+                    a.next += 1;
+                    a.next - 1
+                }
+            }
+        };
+        let chunk = self.dir[(idx / CHUNK as u64) as usize]
+            .get_or_init(|| (0..CHUNK).map(|_| TablePage::new()).collect());
+        let page = &chunk[(idx % CHUNK as u64) as usize];
+        page.level.store(level as u8, Ordering::Relaxed);
+        self.in_use.add(level, 1);
+        self.allocs.fetch_add(1, Ordering::Relaxed);
+        Ok(PhysAddr::new(self.cfg.ram_base + idx * PAGE_SIZE).unwrap_or_default())
+    }
+
+    /// Frees a page-table page: zeroes it and returns it to the free list (`pagetable_free`).
+    ///
+    /// Returns false (and changes nothing) if `pa` is not an allocated table.
+    pub fn free_table(&self, pa: PhysAddr) -> bool {
+        let Some(idx) = self.frame_index(pa) else {
+            return false;
+        };
+        let Some(page) = self.table(pa) else {
+            return false;
+        };
+        let Some(level) = page.level() else {
+            return false;
+        };
+        for e in &page.entries {
+            e.store(0, Ordering::Relaxed);
+        }
+        page.level.store(NO_LEVEL, Ordering::Release);
+        self.in_use.sub(level, 1);
+        self.frees.fetch_add(1, Ordering::Relaxed);
+        self.alloc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .free
+            .push(idx);
+        true
+    }
+
+    /// The table at `pa`, lock-free (the kernel's direct map: `__va(pa)`).
+    #[inline]
+    pub fn table(&self, pa: PhysAddr) -> Option<&TablePage> {
+        let idx = self.frame_index(pa)?;
+        let chunk = self.dir.get((idx / CHUNK as u64) as usize)?.get()?;
+        chunk.get((idx % CHUNK as u64) as usize)
+    }
+
+    /// Page-table pages allocated now, by level.
+    pub fn tables_in_use(&self) -> TableCounts {
+        self.in_use.snapshot()
+    }
+
+    /// Total allocations and frees since boot.
+    pub fn alloc_free_counts(&self) -> (u64, u64) {
+        (
+            self.allocs.load(Ordering::Relaxed),
+            self.frees.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Lists every page-table page still allocated, as (physical address, level).
+    /// Empty after every `Mm` on this memory has been dropped.
+    pub fn leak_check(&self) -> Vec<(PhysAddr, Level)> {
+        let mut out = Vec::new();
+        for (c, chunk) in self.dir.iter().enumerate() {
+            let Some(chunk) = chunk.get() else { continue };
+            for (i, page) in chunk.iter().enumerate() {
+                if let Some(level) = page.level() {
+                    let idx = (c * CHUNK + i) as u64;
+                    let pa = PhysAddr::new(self.cfg.ram_base + idx * PAGE_SIZE).unwrap_or_default();
+                    out.push((pa, level));
+                }
+            }
+        }
+        out
+    }
+
+    /// Declares device memory (a BAR). It must not overlap RAM or another device.
+    pub fn add_device_range(
+        &self,
+        name: &str,
+        start: u64,
+        size: u64,
+    ) -> Result<PhysAddr, PhysError> {
+        let bad = || PhysError::BadRange {
+            name: name.to_string(),
+            start,
+            size,
+        };
+        let end = start.checked_add(size).ok_or_else(bad)?;
+        if size == 0 || !start.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
+            return Err(bad());
+        }
+        let pa = PhysAddr::new(start).map_err(|_| bad())?;
+        PhysAddr::new(end - 1).map_err(|_| bad())?;
+        let ram_end = self.cfg.ram_base + self.cfg.ram_frames * PAGE_SIZE;
+        let overlap = |s: u64, e: u64| start < e && s < end;
+        if overlap(self.cfg.ram_base, ram_end) {
+            return Err(PhysError::Overlap {
+                name: name.to_string(),
+                start,
+                end,
+                other: format!("RAM {:#x}..{:#x}", self.cfg.ram_base, ram_end),
+            });
+        }
+        let mut devs = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = devs
+            .iter()
+            .find(|d| overlap(d.start.as_u64(), d.start.as_u64() + d.size))
+        {
+            return Err(PhysError::Overlap {
+                name: name.to_string(),
+                start,
+                end,
+                other: d.name.clone(),
+            });
+        }
+        devs.push(DeviceRange {
+            name: name.to_string(),
+            start: pa,
+            size,
+        });
+        Ok(pa)
+    }
+
+    /// Removes a device range by name (hot-unplug). Returns whether it existed.
+    pub fn remove_device_range(&self, name: &str) -> bool {
+        let mut devs = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let before = devs.len();
+        devs.retain(|d| d.name != name);
+        devs.len() != before
+    }
+
+    /// The device range holding `pfn`, if any.
+    pub fn device_of(&self, pfn: Pfn) -> Option<DeviceRange> {
+        let a = pfn.phys().as_u64();
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|d| d.start.as_u64() <= a && a < d.start.as_u64() + d.size)
+            .cloned()
+    }
+
+    /// True if `pfn` is simulated RAM (has a "struct page"; `pfn_valid`).
+    pub fn is_ram(&self, pfn: Pfn) -> bool {
+        self.frame_index(pfn.phys()).is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alloc_free_reuse_and_leaks() {
+        let pm = PhysMem::new(PhysConfig {
+            ram_base: 1 << 30,
+            ram_frames: 2,
+        });
+        let a = pm.alloc_table(Level::Pte).unwrap();
+        let b = pm.alloc_table(Level::Pmd).unwrap();
+        assert!(matches!(
+            pm.alloc_table(Level::Pte),
+            Err(PhysError::OutOfMemory(2))
+        ));
+        assert_eq!(pm.tables_in_use().total(), 2);
+        pm.table(a).unwrap().set(3, 0x1234);
+        assert!(!pm.table(a).unwrap().is_empty());
+        assert!(pm.free_table(a));
+        assert!(!pm.free_table(a), "double free is refused");
+        assert_eq!(pm.leak_check(), vec![(b, Level::Pmd)]);
+        let c = pm.alloc_table(Level::Pud).unwrap();
+        assert_eq!(c, a, "freed frame is reused");
+        assert!(pm.table(c).unwrap().is_empty(), "and comes back zeroed");
+        assert!(pm.free_table(b) && pm.free_table(c));
+        assert!(pm.leak_check().is_empty());
+        assert_eq!(pm.alloc_free_counts(), (3, 3));
+    }
+
+    #[test]
+    fn device_ranges_never_overlap_ram_or_each_other() {
+        let pm = PhysMem::default();
+        assert!(
+            pm.add_device_range("bar1", 0x1000_0000_0000, 128 << 30)
+                .is_ok()
+        );
+        assert!(matches!(
+            pm.add_device_range("x", 0x1000_0000_0000 + (1 << 30), 4096),
+            Err(PhysError::Overlap { .. })
+        ));
+        assert!(matches!(
+            pm.add_device_range("ram", 5 << 30, 4096),
+            Err(PhysError::Overlap { .. })
+        ));
+        assert!(matches!(
+            pm.add_device_range("odd", 0x123, 4096),
+            Err(PhysError::BadRange { .. })
+        ));
+        assert!(matches!(
+            pm.add_device_range("wide", 1 << 52, 4096),
+            Err(PhysError::BadRange { .. })
+        ));
+        assert!(matches!(
+            pm.add_device_range("wrap", u64::MAX - 4095, 8192),
+            Err(PhysError::BadRange { .. })
+        ));
+        let pfn = Pfn::new(0x1000_0000_0000 >> 12).unwrap();
+        assert_eq!(pm.device_of(pfn).unwrap().name, "bar1");
+        assert!(!pm.is_ram(pfn));
+        assert!(pm.is_ram(Pfn::new((4 << 30) >> 12).unwrap()));
+        assert!(pm.remove_device_range("bar1"));
+        assert!(pm.device_of(pfn).is_none());
+    }
+}

@@ -1,0 +1,47 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use hugepfn_mm::{Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
+
+pub const G: u64 = 1 << 30;
+pub const M: u64 = 1 << 20;
+pub const K: u64 = 1 << 10;
+
+/// A fresh machine and process.
+pub fn mm() -> (Arc<PhysMem>, Arc<Mm>) {
+    mm_with(MmConfig::default())
+}
+
+pub fn mm_with(cfg: MmConfig) -> (Arc<PhysMem>, Arc<Mm>) {
+    let phys = Arc::new(PhysMem::default());
+    let mm = Mm::new(phys.clone(), cfg).expect("mm");
+    (phys, mm)
+}
+
+/// A bare shared read/write VMA at a fixed address (no file: what remap_pfn_range fills).
+pub fn vma(mm: &Mm, addr: u64, len: u64) -> u64 {
+    mm.mmap(MmapRequest {
+        addr: MmapAddr::Fixed(addr),
+        len,
+        prot: Prot::RW,
+        shared: true,
+        offset: 0,
+        file: None,
+    })
+    .expect("mmap")
+}
+
+/// A private writable (CoW) VMA.
+pub fn cow_vma(mm: &Mm, addr: u64, len: u64) -> u64 {
+    mm.mmap(MmapRequest {
+        addr: MmapAddr::Fixed(addr),
+        len,
+        prot: Prot::RW,
+        shared: false,
+        offset: 0,
+        file: None,
+    })
+    .expect("mmap")
+}

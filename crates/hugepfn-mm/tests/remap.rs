@@ -1,0 +1,353 @@
+//! remap_pfn_range: decomposition into the largest leaves, caps, errors, follow and munmap.
+
+mod common;
+
+use common::*;
+use hugepfn_mm::{CacheMode, LeafCap, Level, MmConfig, MmError, PagingMode, Pgprot, TableCounts};
+
+const BAR1: u64 = 0x1000_0000_0000;
+
+fn prot() -> Pgprot {
+    Pgprot::SHARED.with_cache(CacheMode::UcMinus)
+}
+
+fn sequence(mm: &hugepfn_mm::Mm, start: u64, end: u64) -> Vec<(u64, Level)> {
+    let mut v = Vec::new();
+    mm.page_tables()
+        .for_each_leaf(start, end, &mut |va, l| v.push((va, l.level)));
+    v
+}
+
+#[test]
+fn decomposition_3fdff000_to_80002000() {
+    let (_p, mm) = mm();
+    let (s, e) = (0x3fdf_f000u64, 0x8000_2000u64);
+    vma(&mm, s, e - s);
+    // PA congruent with VA modulo 1 GiB.
+    let pfn = (BAR1 + s) >> 12;
+    let c = mm.remap_pfn_range(s, pfn, e - s, prot()).unwrap();
+    assert_eq!((c.pud, c.pmd, c.pte), (1, 1, 3));
+    let seq: Vec<Level> = sequence(&mm, s, e).into_iter().map(|(_, l)| l).collect();
+    assert_eq!(
+        seq,
+        vec![Level::Pte, Level::Pmd, Level::Pud, Level::Pte, Level::Pte]
+    );
+    // Every page maps to its own pfn, at every level.
+    for va in (s..e).step_by(4096) {
+        let f = mm.follow_pfnmap(va).unwrap();
+        assert_eq!(f.pfn.as_u64(), (BAR1 + va) >> 12, "{va:#x}");
+        assert!(f.special && f.writable);
+        assert_eq!(f.pgprot.cache, CacheMode::UcMinus);
+    }
+}
+
+#[test]
+fn decomposition_needs_congruence() {
+    let (_p, mm) = mm();
+    vma(&mm, 0x4000_0000, 2 * G);
+    // PA ≡ VA + 2 MiB (mod 1 GiB): no PUD, all PMD.
+    let c = mm
+        .remap_pfn_range(0x4000_0000, (BAR1 + 2 * M) >> 12, 2 * G, prot())
+        .unwrap();
+    assert_eq!((c.pud, c.pmd, c.pte), (0, 1024, 0));
+    let (_p, mm) = self::mm();
+    vma(&mm, 0x4000_0000, 4 * M);
+    // PA ≡ VA + 4 KiB: only PTEs.
+    let c = mm
+        .remap_pfn_range(0x4000_0000, (BAR1 + 4096) >> 12, 4 * M, prot())
+        .unwrap();
+    assert_eq!((c.pud, c.pmd, c.pte), (0, 0, 1024));
+}
+
+#[test]
+fn caps_limit_the_leaf_size() {
+    for (cap, want) in [
+        (LeafCap::Pud, (2, 0, 0)),
+        (LeafCap::Pmd, (0, 1024, 0)),
+        (LeafCap::Pte, (0, 0, 524_288)),
+    ] {
+        let (_p, mm) = mm();
+        vma(&mm, G, 2 * G);
+        let c = mm
+            .remap_pfn_range_capped(G, BAR1 >> 12, 2 * G, prot(), cap)
+            .unwrap();
+        assert_eq!((c.pud, c.pmd, c.pte), want, "{cap:?}");
+        assert_eq!(mm.all_leaves(), c);
+    }
+}
+
+#[test]
+fn page_tables_are_counted_per_level() {
+    let (_p, mm) = mm();
+    vma(&mm, G, 2 * G);
+    mm.remap_pfn_range_capped(G, BAR1 >> 12, 2 * G, prot(), LeafCap::Pte)
+        .unwrap();
+    let t = mm.table_counts();
+    assert_eq!(
+        t,
+        TableCounts {
+            pte: 1024,
+            pmd: 2,
+            pud: 1,
+            p4d: 0,
+            pgd: 1
+        }
+    );
+}
+
+#[test]
+fn five_level_paging_walks_five_levels() {
+    let (_p, mm) = mm_with(MmConfig {
+        mode: PagingMode::Level5,
+        ..MmConfig::default()
+    });
+    let va = 0x00f0_0000_0000_0000u64; // above 2^47: needs LA57
+    vma(&mm, va, 2 * G);
+    let c = mm.remap_pfn_range(va, BAR1 >> 12, 2 * G, prot()).unwrap();
+    assert_eq!(c.pud, 2);
+    let t = mm.table_counts();
+    assert_eq!((t.pgd, t.p4d, t.pud, t.pmd, t.pte), (1, 1, 1, 0, 0));
+    assert_eq!(
+        mm.follow_pfnmap(va + G + 4096).unwrap().pfn.as_u64(),
+        (BAR1 + G + 4096) >> 12
+    );
+    // The same address is not canonical with 4-level paging.
+    let (_p, mm4) = common::mm();
+    assert!(matches!(
+        mm4.mmap(hugepfn_mm::MmapRequest {
+            addr: hugepfn_mm::MmapAddr::Fixed(va),
+            len: 2 * G,
+            prot: hugepfn_mm::Prot::RW,
+            shared: true,
+            offset: 0,
+            file: None
+        }),
+        Err(MmError::Overflow { .. })
+    ));
+}
+
+fn snapshot(mm: &hugepfn_mm::Mm) -> (Vec<(u64, Level)>, TableCounts, usize) {
+    (sequence(mm, 0, 1 << 47), mm.table_counts(), mm.vmas().len())
+}
+
+#[test]
+fn every_remap_error_leaves_everything_as_it_was() {
+    let (_p, mm) = mm();
+    vma(&mm, G, 2 * G);
+    mm.remap_pfn_range(G, BAR1 >> 12, G, prot()).unwrap();
+    let before = snapshot(&mm);
+    type Case = (u64, u64, u64, fn(&MmError) -> bool);
+    let cases: Vec<Case> = vec![
+        (G + 1, BAR1 >> 12, 4096, |e| {
+            matches!(
+                e,
+                MmError::Unaligned {
+                    what: "address",
+                    ..
+                }
+            )
+        }),
+        (2 * G, BAR1 >> 12, 4095, |e| {
+            matches!(e, MmError::Unaligned { what: "length", .. })
+        }),
+        (2 * G, BAR1 >> 12, 0, |e| {
+            matches!(e, MmError::ZeroLength(_))
+        }),
+        (2 * G, BAR1 >> 12, u64::MAX - 4095, |e| {
+            matches!(e, MmError::Overflow { .. })
+        }),
+        (2 * G, BAR1 >> 12, 2 * G, |e| {
+            matches!(e, MmError::OutsideVma { .. })
+        }),
+        (8 * G, BAR1 >> 12, 4096, |e| matches!(e, MmError::NoVma(_))),
+        (2 * G, (1 << 40) - 1, 8192, |e| {
+            matches!(e, MmError::PfnTooWide { .. })
+        }),
+        (2 * G, 1 << 40, 4096, |e| matches!(e, MmError::Addr(_))),
+        // Overlaps the GiB already mapped by a PUD.
+        (G + G - 4096, BAR1 >> 12, 8192, |e| {
+            matches!(
+                e,
+                MmError::OutsideVma { .. } | MmError::AlreadyMapped { .. }
+            )
+        }),
+        (
+            G + 4096,
+            BAR1 >> 12,
+            4096,
+            |e| matches!(e, MmError::AlreadyMapped { va } if *va == G + 4096),
+        ),
+    ];
+    for (addr, pfn, size, ok) in cases {
+        let e = mm.remap_pfn_range(addr, pfn, size, prot()).unwrap_err();
+        assert!(ok(&e), "{addr:#x} {pfn:#x} {size:#x}: {e}");
+        assert_eq!(snapshot(&mm), before, "{e} changed something");
+    }
+    // A half-overlapping range is refused whole: the free part stays free.
+    let e = mm
+        .remap_pfn_range(G + G - 2 * M, (BAR1 + G - 2 * M) >> 12, 4 * M, prot())
+        .unwrap_err();
+    assert!(matches!(e, MmError::AlreadyMapped { va } if va == 2 * G - 2 * M));
+    assert_eq!(snapshot(&mm), before);
+}
+
+#[test]
+fn cow_mappings_get_small_entries_and_whole_vma_only() {
+    let (_p, mm) = mm();
+    cow_vma(&mm, G, 4 * M);
+    let before = snapshot(&mm);
+    let e = mm
+        .remap_pfn_range(G, BAR1 >> 12, 2 * M, Pgprot::READONLY)
+        .unwrap_err();
+    assert!(matches!(e, MmError::CowPartial { .. }));
+    assert_eq!(snapshot(&mm), before);
+    let c = mm
+        .remap_pfn_range(G, BAR1 >> 12, 4 * M, Pgprot::READONLY)
+        .unwrap();
+    assert_eq!((c.pud, c.pmd, c.pte), (0, 0, 1024));
+    let v = mm.find_vma(G).unwrap();
+    assert_eq!(v.pgoff, BAR1 >> 12, "vm_pgoff = pfn for CoW pfnmaps");
+    assert!(v.flags.contains(
+        hugepfn_mm::VmFlags::PFNMAP
+            | hugepfn_mm::VmFlags::IO
+            | hugepfn_mm::VmFlags::DONTEXPAND
+            | hugepfn_mm::VmFlags::DONTDUMP
+    ));
+    assert!(!mm.follow_pfnmap(G).unwrap().writable);
+}
+
+#[test]
+fn follow_errors() {
+    let (_p, mm) = mm();
+    vma(&mm, G, 4 * M);
+    // Not VM_PFNMAP yet: nothing remapped.
+    assert!(matches!(mm.follow_pfnmap(G), Err(MmError::NotPfnmap(_))));
+    mm.remap_pfn_range(G, BAR1 >> 12, 2 * M, prot()).unwrap();
+    assert!(matches!(mm.follow_pfnmap(G - 4096), Err(MmError::NoVma(_))));
+    assert!(matches!(
+        mm.follow_pfnmap(G + 2 * M),
+        Err(MmError::NotMapped(_))
+    ));
+    let f = mm.follow_pfnmap(G + 0x1234).unwrap();
+    assert_eq!(f.level, Level::Pmd);
+    assert_eq!(f.addr_mask, !(2 * M - 1));
+    assert_eq!(f.pfn.as_u64(), (BAR1 >> 12) + 1);
+    assert_eq!(f.bytes_to_leaf_end(G + 0x1000), 2 * M - 0x1000);
+}
+
+#[test]
+fn follow_guard_holds_the_page_table_lock() {
+    let (_p, mm) = mm();
+    vma(&mm, G, 2 * M);
+    mm.remap_pfn_range(G, BAR1 >> 12, 2 * M, prot()).unwrap();
+    let g = mm.mmap_read();
+    let f = g.follow_pfnmap_start(G).unwrap();
+    let (_, slot) = mm.page_tables().lookup(G).unwrap();
+    // The PMD lock is the PMD table's split lock: taken, so try_lock fails.
+    let t = mm.page_tables().table(slot.table);
+    assert!(
+        t.try_lock().is_none(),
+        "PMD lock held between start and end"
+    );
+    assert_eq!(f.args.level, Level::Pmd);
+    f.end();
+    assert!(t.try_lock().is_some(), "end() released it");
+}
+
+#[test]
+fn munmap_splits_huge_leaves_of_remapped_vmas() {
+    let (phys, mm) = mm();
+    vma(&mm, G, 2 * G);
+    mm.remap_pfn_range(G, BAR1 >> 12, 2 * G, prot()).unwrap();
+    // A 4 KiB hole in the middle of the first GiB.
+    let hole = G + 0x3fe0_3000;
+    let st = mm.munmap(hole, 4096).unwrap();
+    assert_eq!(st.splits, 2, "PUD → PMDs, then one PMD → PTEs");
+    assert_eq!(st.vmas_split, 2, "one split at each edge of the hole");
+    let c = mm.all_leaves();
+    assert_eq!((c.pud, c.pmd, c.pte), (1, 511, 511));
+    assert!(matches!(mm.follow_pfnmap(hole), Err(MmError::NoVma(_))));
+    for va in [
+        G,
+        hole - 4096,
+        hole + 4096,
+        2 * G - 4096,
+        2 * G,
+        3 * G - 4096,
+    ] {
+        assert_eq!(
+            mm.follow_pfnmap(va).unwrap().pfn.as_u64(),
+            (BAR1 + va - G) >> 12
+        );
+    }
+    assert_eq!(mm.vmas().len(), 2);
+    // VM_PFNMAP and pgoff carried to the right-hand VMA.
+    let right = mm.find_vma(hole + 4096).unwrap();
+    assert_eq!(right.start, hole + 4096);
+    assert_eq!(right.pgoff, (hole + 4096 - G) >> 12);
+    // Unmap everything: every table but the PGD goes; then drop the mm: nothing leaks.
+    let st = mm.munmap(G, 2 * G).unwrap();
+    assert_eq!(st.vmas_removed, 2);
+    assert_eq!(mm.all_leaves().total(), 0);
+    assert_eq!(mm.table_counts().total(), 1);
+    assert!(mm.page_tables().flush_log().count >= 3);
+    drop(mm);
+    assert!(phys.leak_check().is_empty());
+}
+
+#[test]
+fn munmap_errors_change_nothing() {
+    let (_p, mm) = mm();
+    vma(&mm, G, 2 * M);
+    mm.remap_pfn_range(G, BAR1 >> 12, 2 * M, prot()).unwrap();
+    let before = snapshot(&mm);
+    assert!(matches!(
+        mm.munmap(G + 1, 4096),
+        Err(MmError::Unaligned { .. })
+    ));
+    assert!(matches!(mm.munmap(G, 4097), Err(MmError::Unaligned { .. })));
+    assert!(matches!(mm.munmap(G, 0), Err(MmError::ZeroLength(_))));
+    assert!(matches!(
+        mm.munmap(G, u64::MAX - 4095),
+        Err(MmError::Overflow { .. })
+    ));
+    assert!(matches!(
+        mm.munmap(0x7fff_ffff_f000, 8192),
+        Err(MmError::Overflow { .. })
+    ));
+    assert_eq!(snapshot(&mm), before);
+    // Nothing mapped there: fine, and still nothing changed.
+    assert_eq!(mm.munmap(8 * G, 4096).unwrap().vmas_removed, 0);
+    assert_eq!(snapshot(&mm), before);
+}
+
+#[test]
+fn mm_drop_frees_every_table() {
+    let (phys, mm) = mm();
+    vma(&mm, G, 4 * G);
+    mm.remap_pfn_range_capped(G, BAR1 >> 12, 4 * G, prot(), LeafCap::Pte)
+        .unwrap();
+    assert!(phys.tables_in_use().total() > 2000);
+    drop(mm);
+    assert!(phys.leak_check().is_empty());
+    let (a, f) = phys.alloc_free_counts();
+    assert_eq!(a, f);
+}
+
+#[test]
+fn mmap_fixed_refuses_overlap() {
+    let (_p, mm) = mm();
+    vma(&mm, G, 2 * M);
+    let e = mm
+        .mmap(hugepfn_mm::MmapRequest {
+            addr: hugepfn_mm::MmapAddr::Fixed(G + M),
+            len: 2 * M,
+            prot: hugepfn_mm::Prot::RW,
+            shared: true,
+            offset: 0,
+            file: None,
+        })
+        .unwrap_err();
+    assert!(matches!(e, MmError::Overlap { .. }));
+    assert_eq!(e.errno(), hugepfn_mm::Errno::EEXIST);
+}

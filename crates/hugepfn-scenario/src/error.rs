@@ -1,0 +1,349 @@
+//! Errors of [`crate::parse_scenario`] / [`crate::load_scenario`]: every one names the file,
+//! line and column it is about.
+
+use std::fmt;
+
+use hugepfn_units::{ParseSizeError, format_addr, format_size};
+use thiserror::Error;
+
+use crate::scenario::PlacementError;
+
+/// A place in a scenario file: `origin:line:column` (1-based; line 0 = the file as a whole).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// The file name (or the `origin` given to [`crate::parse_scenario`]).
+    pub origin: String,
+    /// 1-based line, 0 if unknown.
+    pub line: usize,
+    /// 1-based column in characters, 0 if unknown.
+    pub column: usize,
+}
+
+impl Location {
+    /// The location of byte `offset` of `text` (clamped to the end of the text).
+    pub fn from_offset(origin: &str, text: &str, offset: usize) -> Location {
+        let bytes = text.as_bytes();
+        let head = &bytes[..offset.min(bytes.len())];
+        let line_start = head
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |nl| nl + 1);
+        let line = 1 + head.iter().filter(|&&b| b == b'\n').count();
+        // Count characters, not bytes: skip UTF-8 continuation bytes.
+        let column = 1 + head[line_start..]
+            .iter()
+            .filter(|&&b| b & 0xC0 != 0x80)
+            .count();
+        Location {
+            origin: origin.to_string(),
+            line,
+            column,
+        }
+    }
+
+    /// A location that only names the file.
+    pub fn file(origin: &str) -> Location {
+        Location {
+            origin: origin.to_string(),
+            line: 0,
+            column: 0,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (0, _) => write!(f, "{}", self.origin),
+            (l, 0) => write!(f, "{}:{l}", self.origin),
+            (l, c) => write!(f, "{}:{l}:{c}", self.origin),
+        }
+    }
+}
+
+/// Why a scenario file was refused.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("{path}: cannot read the scenario file: {source}")]
+    Io {
+        /// The path as given.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML, or does not have the shape of a scenario: a syntax error, an
+    /// unknown key, a value of the wrong type, an unknown enum value (`thp = "sometimes"`), a
+    /// missing required key. `message` is the TOML/serde message.
+    #[error("{at}: {message}")]
+    Toml {
+        /// Where.
+        at: Location,
+        /// What the TOML reader said.
+        message: String,
+    },
+    /// Well-formed TOML whose content does not make sense (see [`Problem`]).
+    #[error("{at}: {problem}")]
+    Invalid {
+        /// Where.
+        at: Location,
+        /// What.
+        problem: Problem,
+    },
+}
+
+impl ScenarioError {
+    /// Where the error is, unless it is an I/O error.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ScenarioError::Io { .. } => None,
+            ScenarioError::Toml { at, .. } | ScenarioError::Invalid { at, .. } => Some(at),
+        }
+    }
+
+    /// The semantic problem, if this is one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            ScenarioError::Invalid { problem, .. } => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+/// A content error in a well-formed scenario file.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Problem {
+    /// `step` is not an array of tables.
+    #[error("`step` must be an array of tables: write each step as a [[step]] table")]
+    StepsNotTables,
+    /// A `[[step]]` without `op`.
+    #[error("this step has no `op`: expected op = one of {}", ops_list())]
+    MissingOp,
+    /// `op` is not a string.
+    #[error("`op` must be a string, one of {}", ops_list())]
+    OpNotString,
+    /// `op` names no known operation.
+    #[error("unknown op `{op}`, expected one of {}", ops_list())]
+    UnknownOp {
+        /// What the file said.
+        op: String,
+    },
+    /// A size, offset or length string that `parse_size` refused.
+    #[error("`{field}`: {source}")]
+    BadSize {
+        /// The key.
+        field: &'static str,
+        /// The parser's reason (it quotes the value).
+        source: ParseSizeError,
+    },
+    /// A negative integer where a size was expected.
+    #[error("`{field}` = {value}: a size cannot be negative")]
+    NegativeSize {
+        /// The key.
+        field: &'static str,
+        /// The value.
+        value: i64,
+    },
+    /// A `va` that is not a placement.
+    #[error("`va`: {0}")]
+    BadPlacement(PlacementError),
+    /// Two devices with the same name.
+    #[error("duplicate device name `{name}` (first defined on line {first_line})")]
+    DuplicateDevice {
+        /// The name.
+        name: String,
+        /// Line of the first definition.
+        first_line: usize,
+    },
+    /// A BAR index outside 0..=5.
+    #[error("BAR index {index} does not exist on a PCI function: expected 0..=5")]
+    BarIndexOutOfRange {
+        /// The value.
+        index: i64,
+    },
+    /// Two BARs with the same index in one device.
+    #[error("device `{device}` defines BAR {index} twice")]
+    DuplicateBar {
+        /// Device name.
+        device: String,
+        /// BAR index.
+        index: u8,
+    },
+    /// `phys` not 4 KiB aligned.
+    #[error("BAR {index}: phys {} is not 4 KiB aligned (a BAR that can be mmapped starts on a page boundary)", format_addr(*phys))]
+    BarPhysUnaligned {
+        /// BAR index.
+        index: u8,
+        /// The address.
+        phys: u64,
+    },
+    /// `size = 0`.
+    #[error("BAR {index}: size is zero")]
+    BarSizeZero {
+        /// BAR index.
+        index: u8,
+    },
+    /// `phys + size` beyond 2^64.
+    #[error("BAR {index}: phys {} + size {} overflows the 64-bit address space", format_addr(*phys), format_size(*size))]
+    BarOverflow {
+        /// BAR index.
+        index: u8,
+        /// Address.
+        phys: u64,
+        /// Size.
+        size: u64,
+    },
+    /// A step names a device that is not defined.
+    #[error("unknown device `{name}`{}", known_list("devices", known))]
+    UnknownDevice {
+        /// The name used.
+        name: String,
+        /// The names that exist.
+        known: Vec<String>,
+    },
+    /// An `mmap` names a BAR the device does not have.
+    #[error(
+        "device `{device}` has no BAR {index} (it has: {})",
+        bars_list(available)
+    )]
+    UnknownBar {
+        /// Device name.
+        device: String,
+        /// The index used.
+        index: i64,
+        /// The device's BAR indices.
+        available: Vec<u8>,
+    },
+    /// Two `mmap` steps with the same `name`.
+    #[error("duplicate mapping name `{name}` (first mmap on line {first_line})")]
+    DuplicateMapping {
+        /// The name.
+        name: String,
+        /// Line of the first `mmap`.
+        first_line: usize,
+    },
+    /// A step names a mapping that no `mmap` step creates.
+    #[error(
+        "unknown mapping `{name}`{}",
+        known_list("mappings created so far", known)
+    )]
+    UnknownMapping {
+        /// The name used.
+        name: String,
+        /// Mapping names created by earlier steps.
+        known: Vec<String>,
+    },
+    /// A step names a mapping that a later `mmap` creates.
+    #[error("mapping `{name}` is used before the mmap step that creates it (line {mmap_line})")]
+    MappingUsedBeforeMmap {
+        /// The name.
+        name: String,
+        /// Line of the `mmap` step.
+        mmap_line: usize,
+    },
+    /// `stride = 0`.
+    #[error("`stride` must be at least 1 byte (4K touches every page)")]
+    ZeroStride,
+    /// `offset + len` beyond 2^64.
+    #[error("`offset` {} + `len` {} overflows 64 bits", format_size(*offset), format_size(*len))]
+    RangeOverflow {
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+}
+
+fn ops_list() -> String {
+    crate::scenario::Step::OPS
+        .iter()
+        .map(|o| format!("`{o}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn known_list(what: &str, known: &[String]) -> String {
+    if known.is_empty() {
+        format!(" (no {what} are defined)")
+    } else {
+        let names: Vec<String> = known.iter().map(|n| format!("`{n}`")).collect();
+        format!(" ({what}: {})", names.join(", "))
+    }
+}
+
+fn bars_list(bars: &[u8]) -> String {
+    if bars.is_empty() {
+        "no BARs".to_string()
+    } else {
+        bars.iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        let text = "a = 1\nbé = 2\n\nc";
+        let at = |o| {
+            let l = Location::from_offset("f.toml", text, o);
+            (l.line, l.column)
+        };
+        assert_eq!(at(0), (1, 1));
+        assert_eq!(at(4), (1, 5));
+        assert_eq!(at(6), (2, 1));
+        // after the two-byte é the column counts characters
+        assert_eq!(at(9), (2, 3));
+        assert_eq!(at(14), (3, 1));
+        assert_eq!(at(15), (4, 1));
+        // past the end: clamped, no panic
+        assert_eq!(at(1000), (4, 2));
+        assert_eq!(Location::from_offset("f", "", 5).line, 1);
+        assert_eq!(
+            Location::from_offset("f.toml", text, 6).to_string(),
+            "f.toml:2:1"
+        );
+        assert_eq!(Location::file("f.toml").to_string(), "f.toml");
+        let line_only = Location {
+            origin: "f".into(),
+            line: 3,
+            column: 0,
+        };
+        assert_eq!(line_only.to_string(), "f:3");
+    }
+
+    #[test]
+    fn messages_read_well() {
+        let p = Problem::UnknownDevice {
+            name: "gpu".into(),
+            known: vec![],
+        };
+        assert_eq!(
+            p.to_string(),
+            "unknown device `gpu` (no devices are defined)"
+        );
+        let p = Problem::UnknownBar {
+            device: "gpu".into(),
+            index: 3,
+            available: vec![0, 1],
+        };
+        assert_eq!(p.to_string(), "device `gpu` has no BAR 3 (it has: 0, 1)");
+        let p = Problem::UnknownOp { op: "mmapp".into() };
+        assert!(p.to_string().contains("`mmap`, `touch`"), "{p}");
+        let e = ScenarioError::Invalid {
+            at: Location {
+                origin: "x.toml".into(),
+                line: 4,
+                column: 2,
+            },
+            problem: Problem::ZeroStride,
+        };
+        assert!(e.to_string().starts_with("x.toml:4:2: `stride`"), "{e}");
+        assert_eq!(e.problem(), Some(&Problem::ZeroStride));
+        assert_eq!(e.location().map(|l| l.line), Some(4));
+    }
+}

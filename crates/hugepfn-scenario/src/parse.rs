@@ -1,0 +1,610 @@
+//! TOML text → [`Scenario`].
+//!
+//! How: the document is read once into toml's spanned tree ([`DeTable`]). The `step` array is
+//! taken out of it; the rest is deserialized into a `deny_unknown_fields` head struct. Each step
+//! table is looked at for its `op`, then deserialized from its own spanned value into the
+//! per-op `deny_unknown_fields` struct, so an unknown key is reported at its own line and column
+//! (serde's `deny_unknown_fields` does not work through `#[serde(tag = "op")]`, hence this).
+//! Sizes, lengths and `va` are kept as spanned strings/integers until validation, so that
+//! [`Problem`]s also point at the offending value.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use hugepfn_units::{KIB, parse_size};
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::error::{Location, Problem, ScenarioError};
+use crate::scenario::{
+    Access, Arch, BarSpec, DeviceSpec, ExpectSpec, ExpectStep, Len, LevelCounts, Madvise,
+    MemoryStep, MmapStep, MunmapStep, Order, PowerState, PowerStep, ResetStep, Scenario, Step,
+    ThpMode, TouchStep, VaPlacement,
+};
+
+/// Reads the scenario file at `path`; errors name the path as given.
+pub fn load_scenario(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
+    let path = path.as_ref();
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+        path: origin.clone(),
+        source,
+    })?;
+    parse_scenario(&text, &origin)
+}
+
+/// Parses and validates scenario text. `origin` (usually the path) prefixes every error
+/// message: `origin:line:column: message`. Never panics.
+pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+    let cx = Cx { origin, text };
+    let mut root = DeTable::parse(text).map_err(|e| cx.syntax_error(&e))?;
+    let steps_value = root.get_mut().remove("step");
+    let head: RawHead = cx.de(ValueDeserializer::from(Spanned::new(
+        root.span(),
+        DeValue::Table(root.into_inner()),
+    )))?;
+
+    let devices = cx.devices(head.device)?;
+    let step_values = match steps_value {
+        None => Vec::new(),
+        Some(v) => {
+            let span = v.span();
+            match v.into_inner() {
+                DeValue::Array(a) => a.into_iter().collect(),
+                _ => return Err(cx.invalid(&span, Problem::StepsNotTables)),
+            }
+        }
+    };
+    let steps = cx.steps(step_values, &devices)?;
+
+    Ok(Scenario {
+        name: head.name,
+        origin: origin.to_string(),
+        arch: head.arch,
+        thp: head.thp,
+        description: head.description,
+        devices,
+        steps,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (as written) forms.
+
+/// A size, offset, length or address as written: a string for `parse_size`, or an integer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scalar {
+    Str(String),
+    Unsigned(u64),
+    Negative(i64),
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size string like \"4K\", \"2M\", \"1G\", \"0x1000\", or an integer")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Str(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Unsigned(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(u64::try_from(v).map_or(Scalar::Negative(v), Scalar::Unsigned))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHead {
+    name: String,
+    #[serde(default)]
+    arch: Arch,
+    #[serde(default)]
+    thp: ThpMode,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    device: Vec<Spanned<RawDevice>>,
+    /// Taken out before deserializing; listed so that error messages name it.
+    #[serde(default, rename = "step")]
+    _step: IgnoredAny,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    name: Spanned<String>,
+    #[serde(default)]
+    bars: Vec<RawBar>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBar {
+    index: Spanned<i64>,
+    phys: Spanned<Scalar>,
+    size: Spanned<Scalar>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMmap {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    name: Spanned<String>,
+    device: Spanned<String>,
+    bar: Spanned<i64>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    va: Option<Spanned<Scalar>>,
+    madvise: Option<Madvise>,
+    shared: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTouch {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    map: Spanned<String>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    stride: Option<Spanned<Scalar>>,
+    access: Option<Access>,
+    order: Option<Order>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMunmap {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    map: Spanned<String>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMemory {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    device: Spanned<String>,
+    enable: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReset {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    device: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPower {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    device: Spanned<String>,
+    state: PowerState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExpect {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    faults: Option<u64>,
+    faults_by_level: Option<LevelCounts>,
+    sigbus: Option<u64>,
+    sigsegv: Option<u64>,
+    skipped: Option<u64>,
+    leaves: Option<LevelCounts>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversion and validation.
+
+struct Cx<'a> {
+    origin: &'a str,
+    text: &'a str,
+}
+
+/// Mapping names, for reference checks while walking the steps in order.
+struct Maps {
+    /// Every mmap name in the file → line of its first mmap (found by a pre-pass).
+    anywhere: HashMap<String, usize>,
+    /// Names created by the steps seen so far → line, in creation order.
+    so_far: Vec<(String, usize)>,
+}
+
+impl Cx<'_> {
+    fn at(&self, span: &Range<usize>) -> Location {
+        Location::from_offset(self.origin, self.text, span.start)
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        self.at(span).line
+    }
+
+    fn invalid(&self, span: &Range<usize>, problem: Problem) -> ScenarioError {
+        ScenarioError::Invalid {
+            at: self.at(span),
+            problem,
+        }
+    }
+
+    /// A TOML syntax error (the message has no key context).
+    fn syntax_error(&self, e: &toml::de::Error) -> ScenarioError {
+        ScenarioError::Toml {
+            at: e
+                .span()
+                .map_or_else(|| Location::file(self.origin), |s| self.at(&s)),
+            message: e.message().to_string(),
+        }
+    }
+
+    /// A deserialization error: the message plus the key path toml adds ("... in `faults`").
+    fn de<'i, T: Deserialize<'i>>(&self, d: ValueDeserializer<'i>) -> Result<T, ScenarioError> {
+        T::deserialize(d).map_err(|e| {
+            let text = e.to_string();
+            let message = text.trim().replace('\n', " ");
+            ScenarioError::Toml {
+                at: e
+                    .span()
+                    .map_or_else(|| Location::file(self.origin), |s| self.at(&s)),
+                message,
+            }
+        })
+    }
+
+    fn size(&self, field: &'static str, v: &Spanned<Scalar>) -> Result<u64, ScenarioError> {
+        match v.get_ref() {
+            Scalar::Unsigned(n) => Ok(*n),
+            Scalar::Negative(n) => {
+                Err(self.invalid(&v.span(), Problem::NegativeSize { field, value: *n }))
+            }
+            Scalar::Str(s) => parse_size(s)
+                .map_err(|source| self.invalid(&v.span(), Problem::BadSize { field, source })),
+        }
+    }
+
+    fn size_or(
+        &self,
+        field: &'static str,
+        v: Option<&Spanned<Scalar>>,
+        default: u64,
+    ) -> Result<u64, ScenarioError> {
+        v.map_or(Ok(default), |v| self.size(field, v))
+    }
+
+    /// `len`: absent or `"all"` → [`Len::All`]; checks that `offset + len` fits in 64 bits.
+    fn len(&self, v: Option<&Spanned<Scalar>>, offset: u64) -> Result<Len, ScenarioError> {
+        let Some(v) = v else { return Ok(Len::All) };
+        if let Scalar::Str(s) = v.get_ref()
+            && s.trim() == "all"
+        {
+            return Ok(Len::All);
+        }
+        let len = self.size("len", v)?;
+        if offset.checked_add(len).is_none() {
+            return Err(self.invalid(&v.span(), Problem::RangeOverflow { offset, len }));
+        }
+        Ok(Len::Bytes(len))
+    }
+
+    fn placement(&self, v: Option<&Spanned<Scalar>>) -> Result<VaPlacement, ScenarioError> {
+        let Some(v) = v else {
+            return Ok(VaPlacement::Kernel);
+        };
+        match v.get_ref() {
+            Scalar::Unsigned(n) => Ok(VaPlacement::Fixed(*n)),
+            Scalar::Negative(n) => Err(self.invalid(
+                &v.span(),
+                Problem::NegativeSize {
+                    field: "va",
+                    value: *n,
+                },
+            )),
+            Scalar::Str(s) => s
+                .parse()
+                .map_err(|e| self.invalid(&v.span(), Problem::BadPlacement(e))),
+        }
+    }
+
+    fn devices(&self, raw: Vec<Spanned<RawDevice>>) -> Result<Vec<DeviceSpec>, ScenarioError> {
+        let mut out: Vec<DeviceSpec> = Vec::with_capacity(raw.len());
+        for rd in raw {
+            let line = self.line(&rd.span());
+            let rd = rd.into_inner();
+            if let Some(first) = out.iter().find(|d| d.name == *rd.name.get_ref()) {
+                return Err(self.invalid(
+                    &rd.name.span(),
+                    Problem::DuplicateDevice {
+                        name: rd.name.get_ref().clone(),
+                        first_line: first.line,
+                    },
+                ));
+            }
+            let mut bars: Vec<BarSpec> = Vec::with_capacity(rd.bars.len());
+            for rb in &rd.bars {
+                let index = match u8::try_from(*rb.index.get_ref()) {
+                    Ok(i) if i <= 5 => i,
+                    _ => {
+                        return Err(self.invalid(
+                            &rb.index.span(),
+                            Problem::BarIndexOutOfRange {
+                                index: *rb.index.get_ref(),
+                            },
+                        ));
+                    }
+                };
+                if bars.iter().any(|b| b.index == index) {
+                    return Err(self.invalid(
+                        &rb.index.span(),
+                        Problem::DuplicateBar {
+                            device: rd.name.get_ref().clone(),
+                            index,
+                        },
+                    ));
+                }
+                let phys = self.size("phys", &rb.phys)?;
+                if phys % (4 * KIB) != 0 {
+                    return Err(
+                        self.invalid(&rb.phys.span(), Problem::BarPhysUnaligned { index, phys })
+                    );
+                }
+                let size = self.size("size", &rb.size)?;
+                if size == 0 {
+                    return Err(self.invalid(&rb.size.span(), Problem::BarSizeZero { index }));
+                }
+                if phys.checked_add(size).is_none() {
+                    return Err(
+                        self.invalid(&rb.size.span(), Problem::BarOverflow { index, phys, size })
+                    );
+                }
+                bars.push(BarSpec { index, phys, size });
+            }
+            out.push(DeviceSpec {
+                name: rd.name.into_inner(),
+                line,
+                bars,
+            });
+        }
+        Ok(out)
+    }
+
+    fn device<'d>(
+        &self,
+        devices: &'d [DeviceSpec],
+        name: &Spanned<String>,
+    ) -> Result<&'d DeviceSpec, ScenarioError> {
+        devices
+            .iter()
+            .find(|d| d.name == *name.get_ref())
+            .ok_or_else(|| {
+                self.invalid(
+                    &name.span(),
+                    Problem::UnknownDevice {
+                        name: name.get_ref().clone(),
+                        known: devices.iter().map(|d| d.name.clone()).collect(),
+                    },
+                )
+            })
+    }
+
+    fn mapping(&self, maps: &Maps, name: &Spanned<String>) -> Result<(), ScenarioError> {
+        let n = name.get_ref();
+        if maps.so_far.iter().any(|(m, _)| m == n) {
+            return Ok(());
+        }
+        let problem = match maps.anywhere.get(n) {
+            Some(&mmap_line) => Problem::MappingUsedBeforeMmap {
+                name: n.clone(),
+                mmap_line,
+            },
+            None => Problem::UnknownMapping {
+                name: n.clone(),
+                known: maps.so_far.iter().map(|(m, _)| m.clone()).collect(),
+            },
+        };
+        Err(self.invalid(&name.span(), problem))
+    }
+
+    /// The `op` of a step value, with the span to blame.
+    fn op_of(&self, v: &Spanned<DeValue<'_>>) -> Result<String, ScenarioError> {
+        let DeValue::Table(t) = v.get_ref() else {
+            return Err(self.invalid(&v.span(), Problem::StepsNotTables));
+        };
+        let Some(op) = t.get("op") else {
+            return Err(self.invalid(&v.span(), Problem::MissingOp));
+        };
+        let Some(s) = op.get_ref().as_str() else {
+            return Err(self.invalid(&op.span(), Problem::OpNotString));
+        };
+        if !Step::OPS.contains(&s) {
+            return Err(self.invalid(&op.span(), Problem::UnknownOp { op: s.to_string() }));
+        }
+        Ok(s.to_string())
+    }
+
+    /// Pre-pass: every `mmap` step's `name` and line, so that a forward reference gets a
+    /// precise message. Malformed steps are skipped here and reported by the main pass.
+    fn mmap_names(&self, values: &[Spanned<DeValue<'_>>]) -> HashMap<String, usize> {
+        let mut names = HashMap::new();
+        for v in values {
+            let DeValue::Table(t) = v.get_ref() else {
+                continue;
+            };
+            let is_mmap = t.get("op").and_then(|o| o.get_ref().as_str()) == Some("mmap");
+            if let (true, Some(name)) = (is_mmap, t.get("name").and_then(|n| n.get_ref().as_str()))
+            {
+                names
+                    .entry(name.to_string())
+                    .or_insert_with(|| self.line(&v.span()));
+            }
+        }
+        names
+    }
+
+    fn steps(
+        &self,
+        values: Vec<Spanned<DeValue<'_>>>,
+        devices: &[DeviceSpec],
+    ) -> Result<Vec<Step>, ScenarioError> {
+        let mut maps = Maps {
+            anywhere: self.mmap_names(&values),
+            so_far: Vec::new(),
+        };
+        let mut steps = Vec::with_capacity(values.len());
+        for v in values {
+            let line = self.line(&v.span());
+            let op = self.op_of(&v)?;
+            let d = ValueDeserializer::from(v);
+            let step = match op.as_str() {
+                "mmap" => {
+                    let r: RawMmap = self.de(d)?;
+                    Step::Mmap(self.mmap(r, line, devices, &mut maps)?)
+                }
+                "touch" => {
+                    let r: RawTouch = self.de(d)?;
+                    self.mapping(&maps, &r.map)?;
+                    let offset = self.size_or("offset", r.offset.as_ref(), 0)?;
+                    let len = self.len(r.len.as_ref(), offset)?;
+                    let stride = self.size_or("stride", r.stride.as_ref(), 4 * KIB)?;
+                    if stride == 0 {
+                        let span = r.stride.as_ref().map_or(0..0, Spanned::span);
+                        return Err(self.invalid(&span, Problem::ZeroStride));
+                    }
+                    Step::Touch(TouchStep {
+                        line,
+                        map: r.map.into_inner(),
+                        offset,
+                        len,
+                        stride,
+                        access: r.access.unwrap_or_default(),
+                        order: r.order.unwrap_or_default(),
+                    })
+                }
+                "munmap" => {
+                    let r: RawMunmap = self.de(d)?;
+                    self.mapping(&maps, &r.map)?;
+                    let offset = self.size_or("offset", r.offset.as_ref(), 0)?;
+                    let len = self.len(r.len.as_ref(), offset)?;
+                    Step::Munmap(MunmapStep {
+                        line,
+                        map: r.map.into_inner(),
+                        offset,
+                        len,
+                    })
+                }
+                "memory" => {
+                    let r: RawMemory = self.de(d)?;
+                    self.device(devices, &r.device)?;
+                    Step::Memory(MemoryStep {
+                        line,
+                        device: r.device.into_inner(),
+                        enable: r.enable,
+                    })
+                }
+                "reset" => {
+                    let r: RawReset = self.de(d)?;
+                    self.device(devices, &r.device)?;
+                    Step::Reset(ResetStep {
+                        line,
+                        device: r.device.into_inner(),
+                    })
+                }
+                "power" => {
+                    let r: RawPower = self.de(d)?;
+                    self.device(devices, &r.device)?;
+                    Step::Power(PowerStep {
+                        line,
+                        device: r.device.into_inner(),
+                        state: r.state,
+                    })
+                }
+                _ => {
+                    // op_of() admitted only Step::OPS; "expect" is the last one.
+                    let r: RawExpect = self.de(d)?;
+                    Step::Expect(ExpectStep {
+                        line,
+                        expect: ExpectSpec {
+                            faults: r.faults,
+                            faults_by_level: r.faults_by_level,
+                            sigbus: r.sigbus,
+                            sigsegv: r.sigsegv,
+                            skipped: r.skipped,
+                            leaves: r.leaves,
+                        },
+                    })
+                }
+            };
+            steps.push(step);
+        }
+        Ok(steps)
+    }
+
+    fn mmap(
+        &self,
+        r: RawMmap,
+        line: usize,
+        devices: &[DeviceSpec],
+        maps: &mut Maps,
+    ) -> Result<MmapStep, ScenarioError> {
+        let dev = self.device(devices, &r.device)?;
+        let bar = u8::try_from(*r.bar.get_ref())
+            .ok()
+            .filter(|&i| dev.bar(i).is_some())
+            .ok_or_else(|| {
+                self.invalid(
+                    &r.bar.span(),
+                    Problem::UnknownBar {
+                        device: dev.name.clone(),
+                        index: *r.bar.get_ref(),
+                        available: dev.bars.iter().map(|b| b.index).collect(),
+                    },
+                )
+            })?;
+        if let Some((_, first_line)) = maps.so_far.iter().find(|(m, _)| m == r.name.get_ref()) {
+            return Err(self.invalid(
+                &r.name.span(),
+                Problem::DuplicateMapping {
+                    name: r.name.get_ref().clone(),
+                    first_line: *first_line,
+                },
+            ));
+        }
+        let offset = self.size_or("offset", r.offset.as_ref(), 0)?;
+        let len = self.len(r.len.as_ref(), offset)?;
+        let va = self.placement(r.va.as_ref())?;
+        maps.so_far.push((r.name.get_ref().clone(), line));
+        Ok(MmapStep {
+            line,
+            name: r.name.into_inner(),
+            device: r.device.into_inner(),
+            bar,
+            offset,
+            len,
+            va,
+            madvise: r.madvise,
+            shared: r.shared.unwrap_or(true),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,567 @@
+//! The result JSON: one [`RunReport`] per scenario run, printed identically by the model
+//! (`hugepfn run --json`, `source = "model"`) and by the real-kernel probe
+//! (`source = "kernel <uname -r>"`), so the two can be diffed field by field.
+//!
+//! Unknown values are `null`, never a made-up 0: the kernel cannot tell which level a fault
+//! installed, so its [`Counters::faults_by_level`] is `None`; a runner that cannot read page
+//! tables leaves [`StepReport::leaves`] and [`StepReport::page_table_pages`] `None`.
+//!
+//! **An expectation on a value the run cannot know fails.** [`check_expect`] reports it as a
+//! [`Mismatch`] with `actual: None` ("not measured"), so a scenario that checks
+//! `faults_by_level` fails against the kernel instead of passing a check that never happened.
+//! Scenarios meant for both sides check only `faults`, `sigbus`, `sigsegv`, `skipped`.
+//!
+//! All types reject unknown JSON fields: both producers use this crate, so an unknown field
+//! means a version mismatch.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{ExpectSpec, LevelCounts, Step};
+
+/// The outcome of running one scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunReport {
+    /// [`crate::Scenario::name`].
+    pub scenario: String,
+    /// `"model"` or `"kernel <uname -r>"`.
+    pub source: String,
+    /// One entry per step, in order (also for steps after a failed expectation).
+    pub steps: Vec<StepReport>,
+    /// Sum of the steps' counters.
+    pub totals: Counters,
+    /// Every `expect` step passed.
+    pub ok: bool,
+}
+
+impl RunReport {
+    /// Builds the report from its steps: `totals` is the sum of the step counters
+    /// ([`Counters::add`]; `faults_by_level` only if every step knows it), `ok` is true when
+    /// every step with an `expect` outcome passed. A step with an `errno` does not by itself
+    /// make the run fail (a scenario may provoke an error on purpose); a runner that aborts on
+    /// an unexpected error should set `ok = false` itself.
+    pub fn new(
+        scenario: impl Into<String>,
+        source: impl Into<String>,
+        steps: Vec<StepReport>,
+    ) -> Self {
+        let levels_known =
+            !steps.is_empty() && steps.iter().all(|s| s.counters.faults_by_level.is_some());
+        let mut totals = Counters::zero(levels_known);
+        for s in &steps {
+            totals.add(&s.counters);
+        }
+        let ok = steps
+            .iter()
+            .all(|s| s.expect.as_ref().is_none_or(|e| e.passed));
+        RunReport {
+            scenario: scenario.into(),
+            source: source.into(),
+            steps,
+            totals,
+            ok,
+        }
+    }
+}
+
+/// What happened during one step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepReport {
+    /// 0-based position in [`crate::Scenario::steps`] (messages to people print `index + 1`).
+    pub index: usize,
+    /// Source line of the step ([`Step::line`]).
+    pub line: usize,
+    /// [`Step::op`]: `"mmap"`, `"touch"`, ...
+    pub op: String,
+    /// Counters of this step alone (a delta).
+    pub counters: Counters,
+    /// Leaves mapped after the step, all mappings of the run; `None` if the runner cannot see
+    /// page tables (the kernel).
+    pub leaves: Option<Levels>,
+    /// Page-table pages allocated after the step; `None` if unknown.
+    pub page_table_pages: Option<PtPages>,
+    /// The error of the step's system call, e.g. `"EINVAL"`; `None` if it succeeded.
+    pub errno: Option<String>,
+    /// Outcome of an `expect` step; `None` for other ops.
+    pub expect: Option<ExpectOutcome>,
+}
+
+impl StepReport {
+    /// An empty report for `step` at `index`: zero counters (levels known or not), nothing else.
+    pub fn for_step(index: usize, step: &Step, levels_known: bool) -> Self {
+        StepReport {
+            index,
+            line: step.line(),
+            op: step.op().to_string(),
+            counters: Counters::zero(levels_known),
+            leaves: None,
+            page_table_pages: None,
+            errno: None,
+            expect: None,
+        }
+    }
+}
+
+/// Event counters. In a [`StepReport`] they are the step's delta; in [`RunReport::totals`] the
+/// whole run's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Counters {
+    /// Minor faults on the device mappings (the kernel: `ru_minflt` delta).
+    pub faults: u64,
+    /// Faults by the level of the leaf they installed; `None` when unknown (the kernel).
+    pub faults_by_level: Option<Levels>,
+    /// Accesses that ended in SIGBUS (such faults are not in `faults`).
+    pub sigbus: u64,
+    /// Accesses that ended in SIGSEGV (not in `faults`).
+    pub sigsegv: u64,
+    /// Strides that `touch` skipped because they were unmapped or PROT_NONE.
+    pub skipped: u64,
+}
+
+impl Counters {
+    /// All zero; `faults_by_level` is `Some(zero)` if the runner knows levels, else `None`.
+    pub fn zero(levels_known: bool) -> Self {
+        Counters {
+            faults_by_level: levels_known.then_some(Levels::default()),
+            ..Counters::default()
+        }
+    }
+
+    /// Adds `other` (saturating). `faults_by_level` stays known only if both sides know it:
+    /// an unknown part makes the sum unknown.
+    pub fn add(&mut self, other: &Counters) {
+        self.faults = self.faults.saturating_add(other.faults);
+        self.sigbus = self.sigbus.saturating_add(other.sigbus);
+        self.sigsegv = self.sigsegv.saturating_add(other.sigsegv);
+        self.skipped = self.skipped.saturating_add(other.skipped);
+        self.faults_by_level = match (self.faults_by_level, other.faults_by_level) {
+            (Some(a), Some(b)) => Some(a.saturating_add(&b)),
+            _ => None,
+        };
+    }
+
+    /// `self − earlier` (saturating at 0), for cumulative counters read at two points in time.
+    /// `faults_by_level` is known only if known at both points.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            faults: self.faults.saturating_sub(earlier.faults),
+            faults_by_level: match (self.faults_by_level, earlier.faults_by_level) {
+                (Some(a), Some(b)) => Some(a.saturating_sub(&b)),
+                _ => None,
+            },
+            sigbus: self.sigbus.saturating_sub(earlier.sigbus),
+            sigsegv: self.sigsegv.saturating_sub(earlier.sigsegv),
+            skipped: self.skipped.saturating_sub(earlier.skipped),
+        }
+    }
+}
+
+/// A count per leaf level (faults or leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Levels {
+    /// 1 GiB.
+    pub pud: u64,
+    /// 2 MiB.
+    pub pmd: u64,
+    /// 4 KiB.
+    pub pte: u64,
+}
+
+impl Levels {
+    /// Sum of the three.
+    pub fn total(&self) -> u64 {
+        self.pud.saturating_add(self.pmd).saturating_add(self.pte)
+    }
+
+    fn saturating_add(&self, o: &Levels) -> Levels {
+        Levels {
+            pud: self.pud.saturating_add(o.pud),
+            pmd: self.pmd.saturating_add(o.pmd),
+            pte: self.pte.saturating_add(o.pte),
+        }
+    }
+
+    fn saturating_sub(&self, o: &Levels) -> Levels {
+        Levels {
+            pud: self.pud.saturating_sub(o.pud),
+            pmd: self.pmd.saturating_sub(o.pmd),
+            pte: self.pte.saturating_sub(o.pte),
+        }
+    }
+}
+
+/// Page-table pages (4 KiB each) per level, including the top-level PGD page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PtPages {
+    /// PGD pages (1 per mm).
+    pub pgd: u64,
+    /// P4D pages (0 with 4-level paging, where the p4d is folded).
+    pub p4d: u64,
+    /// PUD pages.
+    pub pud: u64,
+    /// PMD pages.
+    pub pmd: u64,
+    /// PTE pages.
+    pub pte: u64,
+}
+
+/// The outcome of one `expect` step.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectOutcome {
+    /// No mismatches.
+    pub passed: bool,
+    /// Every checked field that differed or could not be measured, in a fixed order.
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// One failed check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mismatch {
+    /// `"faults"`, `"faults_by_level.pud"`, `"sigbus"`, `"sigsegv"`, `"skipped"`,
+    /// `"leaves.pmd"`, ...
+    pub field: String,
+    /// The value the scenario expected.
+    pub expected: u64,
+    /// The measured value; `None` = this run cannot measure it (JSON `null`), which fails too.
+    pub actual: Option<u64>,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.actual {
+            Some(a) => write!(f, "{}: expected {}, got {a}", self.field, self.expected),
+            None => write!(
+                f,
+                "{}: expected {}, but this run cannot measure it (not checked, counted as a failure)",
+                self.field, self.expected
+            ),
+        }
+    }
+}
+
+/// Checks an `expect` step: counters against `since_last` (the delta since the previous
+/// `expect`, or since the start), `leaves` against `leaves_now` (`None` = the runner cannot
+/// see leaves). A field the runner cannot know (`faults_by_level` when
+/// `since_last.faults_by_level` is `None`, `leaves` when `leaves_now` is `None`) fails with
+/// `actual: None`. Mismatch order: faults, faults_by_level.{pud,pmd,pte}, sigbus, sigsegv,
+/// skipped, leaves.{pud,pmd,pte}.
+pub fn check_expect(
+    expect: &ExpectSpec,
+    since_last: &Counters,
+    leaves_now: Option<&Levels>,
+) -> ExpectOutcome {
+    let mut out: Vec<Mismatch> =
+        scalar_mismatches([("faults", expect.faults, since_last.faults)]).collect();
+    out.extend(level_mismatches(
+        "faults_by_level",
+        expect.faults_by_level.as_ref(),
+        since_last.faults_by_level.as_ref(),
+    ));
+    out.extend(scalar_mismatches([
+        ("sigbus", expect.sigbus, since_last.sigbus),
+        ("sigsegv", expect.sigsegv, since_last.sigsegv),
+        ("skipped", expect.skipped, since_last.skipped),
+    ]));
+    out.extend(level_mismatches(
+        "leaves",
+        expect.leaves.as_ref(),
+        leaves_now,
+    ));
+    ExpectOutcome {
+        passed: out.is_empty(),
+        mismatches: out,
+    }
+}
+
+fn scalar_mismatches<const N: usize>(
+    checks: [(&str, Option<u64>, u64); N],
+) -> impl Iterator<Item = Mismatch> {
+    checks.into_iter().filter_map(|(field, want, have)| {
+        let expected = want?;
+        (expected != have).then(|| Mismatch {
+            field: field.to_string(),
+            expected,
+            actual: Some(have),
+        })
+    })
+}
+
+fn level_mismatches(
+    prefix: &str,
+    want: Option<&LevelCounts>,
+    have: Option<&Levels>,
+) -> Vec<Mismatch> {
+    let Some(w) = want else { return Vec::new() };
+    [
+        ("pud", w.pud, have.map(|h| h.pud)),
+        ("pmd", w.pmd, have.map(|h| h.pmd)),
+        ("pte", w.pte, have.map(|h| h.pte)),
+    ]
+    .into_iter()
+    .filter_map(|(lvl, expected, actual)| {
+        let expected = expected?;
+        (actual != Some(expected)).then(|| Mismatch {
+            field: format!("{prefix}.{lvl}"),
+            expected,
+            actual,
+        })
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::{ExpectStep, ResetStep};
+
+    fn counters(faults: u64, levels: Option<(u64, u64, u64)>) -> Counters {
+        Counters {
+            faults,
+            faults_by_level: levels.map(|(pud, pmd, pte)| Levels { pud, pmd, pte }),
+            ..Counters::default()
+        }
+    }
+
+    fn spec(faults: Option<u64>, by_level: Option<LevelCounts>) -> ExpectSpec {
+        ExpectSpec {
+            faults,
+            faults_by_level: by_level,
+            ..ExpectSpec::default()
+        }
+    }
+
+    #[test]
+    fn matching_expectation_passes() {
+        let e = ExpectSpec {
+            faults: Some(2),
+            faults_by_level: Some(LevelCounts {
+                pud: Some(2),
+                pmd: Some(0),
+                pte: None,
+            }),
+            sigbus: Some(0),
+            sigsegv: Some(0),
+            skipped: Some(0),
+            leaves: Some(LevelCounts {
+                pud: Some(2),
+                ..LevelCounts::default()
+            }),
+        };
+        let leaves = Levels {
+            pud: 2,
+            pmd: 0,
+            pte: 7,
+        };
+        let out = check_expect(&e, &counters(2, Some((2, 0, 9))), Some(&leaves));
+        assert_eq!(
+            out,
+            ExpectOutcome {
+                passed: true,
+                mismatches: vec![]
+            }
+        );
+        // an empty expectation always passes
+        assert!(check_expect(&ExpectSpec::default(), &counters(5, None), None).passed);
+    }
+
+    #[test]
+    fn every_field_can_mismatch_in_a_fixed_order() {
+        let some = |n| Some(n);
+        let all = LevelCounts {
+            pud: some(1),
+            pmd: some(1),
+            pte: some(1),
+        };
+        let e = ExpectSpec {
+            faults: some(1),
+            faults_by_level: Some(all),
+            sigbus: some(1),
+            sigsegv: some(1),
+            skipped: some(1),
+            leaves: Some(all),
+        };
+        let out = check_expect(&e, &counters(0, Some((0, 0, 0))), Some(&Levels::default()));
+        assert!(!out.passed);
+        let fields: Vec<&str> = out.mismatches.iter().map(|m| m.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "faults",
+                "faults_by_level.pud",
+                "faults_by_level.pmd",
+                "faults_by_level.pte",
+                "sigbus",
+                "sigsegv",
+                "skipped",
+                "leaves.pud",
+                "leaves.pmd",
+                "leaves.pte"
+            ]
+        );
+        assert!(
+            out.mismatches
+                .iter()
+                .all(|m| m.expected == 1 && m.actual == Some(0))
+        );
+        assert_eq!(out.mismatches[0].to_string(), "faults: expected 1, got 0");
+    }
+
+    #[test]
+    fn expecting_what_the_run_cannot_know_fails() {
+        // the kernel: no fault levels, no leaves
+        let e = ExpectSpec {
+            faults: Some(2),
+            faults_by_level: Some(LevelCounts {
+                pud: Some(2),
+                ..LevelCounts::default()
+            }),
+            leaves: Some(LevelCounts {
+                pmd: Some(0),
+                ..LevelCounts::default()
+            }),
+            ..ExpectSpec::default()
+        };
+        let out = check_expect(&e, &counters(2, None), None);
+        assert!(!out.passed);
+        assert_eq!(
+            out.mismatches,
+            vec![
+                Mismatch {
+                    field: "faults_by_level.pud".into(),
+                    expected: 2,
+                    actual: None
+                },
+                Mismatch {
+                    field: "leaves.pmd".into(),
+                    expected: 0,
+                    actual: None
+                },
+            ]
+        );
+        assert!(out.mismatches[0].to_string().contains("cannot measure"));
+        // expecting only faults works against the kernel
+        assert!(check_expect(&spec(Some(2), None), &counters(2, None), None).passed);
+    }
+
+    #[test]
+    fn counters_add_and_subtract() {
+        let mut t = Counters::zero(true);
+        assert_eq!(t.faults_by_level, Some(Levels::default()));
+        t.add(&counters(3, Some((1, 2, 0))));
+        t.add(&Counters {
+            sigbus: 1,
+            sigsegv: 2,
+            skipped: 3,
+            ..counters(1, Some((0, 0, 1)))
+        });
+        assert_eq!(
+            t,
+            Counters {
+                faults: 4,
+                faults_by_level: Some(Levels {
+                    pud: 1,
+                    pmd: 2,
+                    pte: 1
+                }),
+                sigbus: 1,
+                sigsegv: 2,
+                skipped: 3
+            }
+        );
+        assert_eq!(t.faults_by_level.map(|l| l.total()), Some(4));
+        let d = t.since(&counters(1, Some((1, 0, 0))));
+        assert_eq!((d.faults, d.faults_by_level.map(|l| l.pud)), (3, Some(0)));
+        // unknown levels make the sum / difference unknown; subtraction saturates
+        t.add(&counters(1, None));
+        assert_eq!(t.faults_by_level, None);
+        assert_eq!(
+            counters(1, None).since(&counters(5, Some((0, 0, 0)))),
+            counters(0, None)
+        );
+        let mut big = counters(u64::MAX, None);
+        big.add(&counters(1, None));
+        assert_eq!(big.faults, u64::MAX);
+    }
+
+    #[test]
+    fn run_report_totals_ok_and_json_round_trip() {
+        let reset = Step::Reset(ResetStep {
+            line: 7,
+            device: "gpu".into(),
+        });
+        let expect = Step::Expect(ExpectStep {
+            line: 12,
+            expect: spec(Some(2), None),
+        });
+        let mut s0 = StepReport::for_step(0, &reset, false);
+        s0.counters.faults = 2;
+        s0.errno = Some("EINVAL".into());
+        let mut s1 = StepReport::for_step(1, &expect, false);
+        s1.expect = Some(check_expect(&spec(Some(2), None), &s0.counters, None));
+        let r = RunReport::new(
+            "lab",
+            "kernel 6.12.95+deb12-amd64",
+            vec![s0.clone(), s1.clone()],
+        );
+        assert!(r.ok);
+        assert_eq!(r.totals, counters(2, None));
+        assert_eq!((s1.index, s1.line, s1.op.as_str()), (1, 12, "expect"));
+
+        let json = serde_json::to_string(&r).expect("serialize");
+        assert!(json.contains("\"faults_by_level\":null"), "{json}");
+        assert!(json.contains("\"errno\":\"EINVAL\""), "{json}");
+        let back: RunReport = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, r);
+
+        let mut bad = s1;
+        bad.expect = Some(check_expect(&spec(Some(3), None), &s0.counters, None));
+        let r = RunReport::new("lab", "model", vec![s0, bad]);
+        assert!(!r.ok);
+        let json = serde_json::to_string_pretty(&r).expect("serialize");
+        assert!(json.contains("\"actual\": 2"), "{json}");
+
+        // the model: levels known everywhere → totals know them too
+        let mut m = StepReport::for_step(0, &reset, true);
+        m.counters = counters(2, Some((2, 0, 0)));
+        m.leaves = Some(Levels {
+            pud: 2,
+            pmd: 0,
+            pte: 0,
+        });
+        m.page_table_pages = Some(PtPages {
+            pgd: 1,
+            p4d: 0,
+            pud: 1,
+            pmd: 0,
+            pte: 0,
+        });
+        let r = RunReport::new("x", "model", vec![m]);
+        assert_eq!(r.totals.faults_by_level.map(|l| l.pud), Some(2));
+        let back: RunReport =
+            serde_json::from_str(&serde_json::to_string(&r).expect("ser")).expect("de");
+        assert_eq!(back, r);
+        assert_eq!(
+            RunReport::new("x", "model", vec![]).totals,
+            Counters::zero(false)
+        );
+    }
+
+    #[test]
+    fn json_rejects_unknown_fields() {
+        let j = r#"{"faults":1,"faults_by_level":null,"sigbus":0,"sigsegv":0,"skipped":0,"majfaults":0}"#;
+        assert!(serde_json::from_str::<Counters>(j).is_err());
+        let j = r#"{"faults":1,"sigbus":0,"sigsegv":0,"skipped":0}"#;
+        assert_eq!(
+            serde_json::from_str::<Counters>(j).expect("faults_by_level may be omitted"),
+            counters(1, None)
+        );
+    }
+}

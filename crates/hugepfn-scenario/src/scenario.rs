@@ -1,0 +1,579 @@
+//! The validated, strongly typed form of a scenario file.
+//!
+//! Everything here has already passed [`crate::parse_scenario`]: names are unique, every
+//! reference resolves, sizes are numbers. A runner (the model or the real-kernel probe) can use
+//! these values without re-checking them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use hugepfn_units::{ParseSizeError, format_size, parse_size};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// A parsed and validated scenario file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// `name = "..."` (required).
+    pub name: String,
+    /// Where the text came from (a path, or whatever the caller passed as `origin`).
+    pub origin: String,
+    /// `arch`, default [`Arch::X86_64`].
+    pub arch: Arch,
+    /// `thp` (the sysfs `transparent_hugepage/enabled` mode), default [`ThpMode::Always`].
+    pub thp: ThpMode,
+    /// Optional free text.
+    pub description: Option<String>,
+    /// `[[device]]` tables, in file order. Names are unique.
+    pub devices: Vec<DeviceSpec>,
+    /// `[[step]]` tables, in file order.
+    pub steps: Vec<Step>,
+}
+
+impl Scenario {
+    /// The device called `name`.
+    pub fn device(&self, name: &str) -> Option<&DeviceSpec> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+
+    /// The `mmap` step that creates the mapping called `name`.
+    pub fn mapping(&self, name: &str) -> Option<&MmapStep> {
+        self.steps.iter().find_map(|s| match s {
+            Step::Mmap(m) if m.name == name => Some(m),
+            _ => None,
+        })
+    }
+}
+
+/// Paging mode of the modelled machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+pub enum Arch {
+    /// 4-level paging (PGD → PUD → PMD → PTE, p4d folded). `"x86_64"`.
+    #[default]
+    #[serde(rename = "x86_64")]
+    X86_64,
+    /// 5-level paging (LA57). `"x86_64-5level"`.
+    #[serde(rename = "x86_64-5level")]
+    X86_64_5Level,
+}
+
+/// `/sys/kernel/mm/transparent_hugepage/enabled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThpMode {
+    /// Huge mappings unless the VMA has `MADV_NOHUGEPAGE`.
+    #[default]
+    Always,
+    /// Huge mappings only for VMAs with `MADV_HUGEPAGE`.
+    Madvise,
+    /// Never huge: 4 KiB PTEs only.
+    Never,
+}
+
+/// One `[[device]]`: a PCI function whose BARs can be mapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// Unique name, referenced by steps.
+    pub name: String,
+    /// Line of the `[[device]]` table.
+    pub line: usize,
+    /// BARs in file order; indices are unique.
+    pub bars: Vec<BarSpec>,
+}
+
+impl DeviceSpec {
+    /// The BAR with this index.
+    pub fn bar(&self, index: u8) -> Option<&BarSpec> {
+        self.bars.iter().find(|b| b.index == index)
+    }
+}
+
+/// One memory BAR. Invariants (checked by the parser): `index <= 5`, `phys` is 4 KiB aligned,
+/// `size > 0`, `phys + size` does not overflow 64 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BarSpec {
+    /// BAR index 0..=5.
+    pub index: u8,
+    /// Physical (bus) address of the BAR.
+    pub phys: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl BarSpec {
+    /// One past the last byte of the BAR (cannot overflow, see the invariants).
+    pub fn end(&self) -> u64 {
+        self.phys.saturating_add(self.size)
+    }
+}
+
+/// A length that defaults to "the rest" (of the BAR for `mmap`, of the mapping for `touch` and
+/// `munmap`), counted from the step's `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Len {
+    /// `"all"` or absent.
+    #[default]
+    All,
+    /// An explicit byte count.
+    Bytes(u64),
+}
+
+impl Len {
+    /// The byte count, where `rest` is what `All` stands for.
+    pub fn resolve(self, rest: u64) -> u64 {
+        match self {
+            Len::All => rest,
+            Len::Bytes(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Len {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Len::All => f.write_str("all"),
+            Len::Bytes(n) => f.write_str(&format_size(*n)),
+        }
+    }
+}
+
+/// Where `mmap` puts the mapping (`va = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum VaPlacement {
+    /// `"kernel"`: `mmap(NULL, ...)`, the kernel's `get_unmapped_area` chooses.
+    #[default]
+    Kernel,
+    /// `"align:SIZE"` / `"align:SIZE+SKEW"`: MAP_FIXED at a SIZE-aligned VA plus SKEW (the lab's
+    /// `align=`/`skew=`; SKEW may be >= SIZE, e.g. `align:1G+1G`). SIZE is a power of two.
+    Align {
+        /// Alignment, a power of two.
+        size: u64,
+        /// Added to the aligned address.
+        skew: u64,
+    },
+    /// `"congruent:SIZE"`: a VA congruent to the physical address of the mapped BAR offset,
+    /// modulo SIZE (a power of two), i.e. the best VA for leaves up to SIZE.
+    Congruent {
+        /// Modulus, a power of two.
+        size: u64,
+    },
+    /// `"0x7f0000000000"` (or any size/address string, or a TOML integer): MAP_FIXED here.
+    Fixed(u64),
+}
+
+/// Why a `va` string is not a placement.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PlacementError {
+    /// Not `kernel`, `align:`, `congruent:` nor an address.
+    #[error(
+        "`{0}` is not a VA placement: expected \"kernel\", \"align:SIZE\", \"align:SIZE+SKEW\", \"congruent:SIZE\" or an address like \"0x7f0000000000\""
+    )]
+    Unrecognized(String),
+    /// A SIZE, SKEW or address part did not parse.
+    #[error("VA placement `{value}`: {source}")]
+    BadNumber {
+        /// The whole `va` string.
+        value: String,
+        /// What `parse_size` said about the part.
+        source: ParseSizeError,
+    },
+    /// The SIZE of `align:` / `congruent:` is not a power of two (or is zero).
+    #[error(
+        "VA placement `{value}`: {} is not a power of two (the alignment must be 4K, 2M, 1G, ...)",
+        format_size(*size)
+    )]
+    NotPowerOfTwo {
+        /// The whole `va` string.
+        value: String,
+        /// The offending SIZE.
+        size: u64,
+    },
+}
+
+impl FromStr for VaPlacement {
+    type Err = PlacementError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let num = |part: &str| {
+            parse_size(part).map_err(|source| PlacementError::BadNumber {
+                value: t.to_string(),
+                source,
+            })
+        };
+        let pow2 = |size: u64| {
+            if size.is_power_of_two() {
+                Ok(size)
+            } else {
+                Err(PlacementError::NotPowerOfTwo {
+                    value: t.to_string(),
+                    size,
+                })
+            }
+        };
+        if t == "kernel" {
+            return Ok(VaPlacement::Kernel);
+        }
+        if let Some(rest) = t.strip_prefix("align:") {
+            let (size, skew) = match rest.split_once('+') {
+                Some((size, skew)) => (num(size)?, num(skew)?),
+                None => (num(rest)?, 0),
+            };
+            return Ok(VaPlacement::Align {
+                size: pow2(size)?,
+                skew,
+            });
+        }
+        if let Some(rest) = t.strip_prefix("congruent:") {
+            return Ok(VaPlacement::Congruent {
+                size: pow2(num(rest)?)?,
+            });
+        }
+        if t.starts_with(|c: char| c.is_ascii_digit()) {
+            return Ok(VaPlacement::Fixed(num(t)?));
+        }
+        Err(PlacementError::Unrecognized(t.to_string()))
+    }
+}
+
+impl fmt::Display for VaPlacement {
+    /// The canonical spelling, which parses back to the same value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            VaPlacement::Kernel => f.write_str("kernel"),
+            VaPlacement::Align { size, skew: 0 } => write!(f, "align:{}", format_size(size)),
+            VaPlacement::Align { size, skew } => {
+                write!(f, "align:{}+{}", format_size(size), format_size(skew))
+            }
+            VaPlacement::Congruent { size } => write!(f, "congruent:{}", format_size(size)),
+            VaPlacement::Fixed(va) => write!(f, "{va:#x}"),
+        }
+    }
+}
+
+/// `madvise` advice applied right after `mmap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Madvise {
+    /// `MADV_HUGEPAGE`.
+    Hugepage,
+    /// `MADV_NOHUGEPAGE`.
+    Nohugepage,
+}
+
+/// How `touch` accesses each stride.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Load.
+    Read,
+    /// Store (the lab's default `touch=rw` writes then reads the same byte; the read never
+    /// faults again, so `write` stands for it).
+    #[default]
+    Write,
+}
+
+/// The direction of a `touch` pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Lowest address first.
+    #[default]
+    Forward,
+    /// Highest address first.
+    Reverse,
+}
+
+/// PCI power state for `power`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    /// D0 (on).
+    D0,
+    /// D3hot.
+    D3hot,
+}
+
+/// Per-level counts in an expectation: `None` = not checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelCounts {
+    /// 1 GiB leaves / faults.
+    pub pud: Option<u64>,
+    /// 2 MiB leaves / faults.
+    pub pmd: Option<u64>,
+    /// 4 KiB leaves / faults.
+    pub pte: Option<u64>,
+}
+
+/// What an `expect` step checks; every `None` field is not checked.
+///
+/// Counters (`faults`, `faults_by_level`, `sigbus`, `sigsegv`, `skipped`) are deltas since the
+/// previous `expect` step (or since the start); `leaves` is the state now. See
+/// [`crate::check_expect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectSpec {
+    /// Minor faults.
+    pub faults: Option<u64>,
+    /// Faults by the level of the leaf they installed (the model only).
+    pub faults_by_level: Option<LevelCounts>,
+    /// Accesses that ended in SIGBUS.
+    pub sigbus: Option<u64>,
+    /// Accesses that ended in SIGSEGV.
+    pub sigsegv: Option<u64>,
+    /// Strides that `touch` skipped (unmapped or PROT_NONE).
+    pub skipped: Option<u64>,
+    /// Leaves mapped now (not a delta).
+    pub leaves: Option<LevelCounts>,
+}
+
+impl ExpectSpec {
+    /// True when the expectation checks nothing (it then only resets the "since" baseline).
+    pub fn is_empty(&self) -> bool {
+        *self == ExpectSpec::default()
+    }
+}
+
+/// One `[[step]]`. Every variant carries the line of its `[[step]]` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `op = "mmap"`.
+    Mmap(MmapStep),
+    /// `op = "touch"`.
+    Touch(TouchStep),
+    /// `op = "munmap"`.
+    Munmap(MunmapStep),
+    /// `op = "memory"`.
+    Memory(MemoryStep),
+    /// `op = "reset"`.
+    Reset(ResetStep),
+    /// `op = "power"`.
+    Power(PowerStep),
+    /// `op = "expect"`.
+    Expect(ExpectStep),
+}
+
+impl Step {
+    /// All `op` values, in the order the documentation lists them.
+    pub const OPS: [&'static str; 7] = [
+        "mmap", "touch", "munmap", "memory", "reset", "power", "expect",
+    ];
+
+    /// Source line of the step (1-based).
+    pub fn line(&self) -> usize {
+        match self {
+            Step::Mmap(s) => s.line,
+            Step::Touch(s) => s.line,
+            Step::Munmap(s) => s.line,
+            Step::Memory(s) => s.line,
+            Step::Reset(s) => s.line,
+            Step::Power(s) => s.line,
+            Step::Expect(s) => s.line,
+        }
+    }
+
+    /// The `op` string (`"mmap"`, `"touch"`, ...), as used in [`crate::StepReport::op`].
+    pub fn op(&self) -> &'static str {
+        match self {
+            Step::Mmap(_) => "mmap",
+            Step::Touch(_) => "touch",
+            Step::Munmap(_) => "munmap",
+            Step::Memory(_) => "memory",
+            Step::Reset(_) => "reset",
+            Step::Power(_) => "power",
+            Step::Expect(_) => "expect",
+        }
+    }
+}
+
+/// Map (part of) a BAR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MmapStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name, unique in the scenario.
+    pub name: String,
+    /// Device name (exists).
+    pub device: String,
+    /// BAR index (the device has it).
+    pub bar: u8,
+    /// Offset into the BAR, default 0.
+    pub offset: u64,
+    /// Length, default [`Len::All`] = BAR size − offset.
+    pub len: Len,
+    /// VA placement, default [`VaPlacement::Kernel`].
+    pub va: VaPlacement,
+    /// Optional `madvise` right after the mmap.
+    pub madvise: Option<Madvise>,
+    /// `MAP_SHARED` (default true) or `MAP_PRIVATE`.
+    pub shared: bool,
+}
+
+/// Access a range of a mapping, one access per stride.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TouchStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name (created by an earlier `mmap`).
+    pub map: String,
+    /// Offset into the mapping, default 0.
+    pub offset: u64,
+    /// Length, default [`Len::All`] = the rest of the mapping.
+    pub len: Len,
+    /// Distance between accesses, default 4 KiB, never 0.
+    pub stride: u64,
+    /// Read or write, default write.
+    pub access: Access,
+    /// Forward or reverse, default forward.
+    pub order: Order,
+}
+
+/// Unmap a range of a mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MunmapStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name (created by an earlier `mmap`).
+    pub map: String,
+    /// Offset into the mapping, default 0.
+    pub offset: u64,
+    /// Length, default [`Len::All`] = the rest of the mapping.
+    pub len: Len,
+}
+
+/// Set or clear PCI_COMMAND_MEMORY through config space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryStep {
+    /// Source line.
+    pub line: usize,
+    /// Device name.
+    pub device: String,
+    /// New value of the memory-decode bit.
+    pub enable: bool,
+}
+
+/// Function-level reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetStep {
+    /// Source line.
+    pub line: usize,
+    /// Device name.
+    pub device: String,
+}
+
+/// PCI power-state change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerStep {
+    /// Source line.
+    pub line: usize,
+    /// Device name.
+    pub device: String,
+    /// Target state.
+    pub state: PowerState,
+}
+
+/// Check counters since the previous `expect` and the leaves mapped now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectStep {
+    /// Source line.
+    pub line: usize,
+    /// What to check.
+    pub expect: ExpectSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hugepfn_units::{GIB, KIB, MIB};
+
+    #[test]
+    fn placements_parse_and_print_back() {
+        for (s, want) in [
+            ("kernel", VaPlacement::Kernel),
+            ("align:1G", VaPlacement::Align { size: GIB, skew: 0 }),
+            (
+                "align:1G+2M",
+                VaPlacement::Align {
+                    size: GIB,
+                    skew: 2 * MIB,
+                },
+            ),
+            (
+                "align:1G+1G",
+                VaPlacement::Align {
+                    size: GIB,
+                    skew: GIB,
+                },
+            ),
+            ("congruent:2M", VaPlacement::Congruent { size: 2 * MIB }),
+            ("0x7f0000000000", VaPlacement::Fixed(0x7f00_0000_0000)),
+            ("4096", VaPlacement::Fixed(4 * KIB)),
+        ] {
+            let got: VaPlacement = s.parse().expect(s);
+            assert_eq!(got, want, "{s}");
+            assert_eq!(got.to_string().parse::<VaPlacement>(), Ok(want), "{s}");
+        }
+        assert_eq!(VaPlacement::default().to_string(), "kernel");
+    }
+
+    #[test]
+    fn placement_errors() {
+        assert!(matches!(
+            "somewhere".parse::<VaPlacement>(),
+            Err(PlacementError::Unrecognized(_))
+        ));
+        assert!(matches!(
+            "".parse::<VaPlacement>(),
+            Err(PlacementError::Unrecognized(_))
+        ));
+        assert!(matches!(
+            "align:".parse::<VaPlacement>(),
+            Err(PlacementError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            "align:1G+".parse::<VaPlacement>(),
+            Err(PlacementError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            "align:1G+2Q".parse::<VaPlacement>(),
+            Err(PlacementError::BadNumber { .. })
+        ));
+        assert!(matches!(
+            "0x7g".parse::<VaPlacement>(),
+            Err(PlacementError::BadNumber { .. })
+        ));
+        assert_eq!(
+            "align:3M".parse::<VaPlacement>(),
+            Err(PlacementError::NotPowerOfTwo {
+                value: "align:3M".into(),
+                size: 3 * MIB
+            })
+        );
+        assert!(matches!(
+            "align:0".parse::<VaPlacement>(),
+            Err(PlacementError::NotPowerOfTwo { size: 0, .. })
+        ));
+        assert!(matches!(
+            "congruent:1050M".parse::<VaPlacement>(),
+            Err(PlacementError::NotPowerOfTwo { .. })
+        ));
+        let msg = "align:3M".parse::<VaPlacement>().unwrap_err().to_string();
+        assert!(msg.contains("3M is not a power of two"), "{msg}");
+    }
+
+    #[test]
+    fn len_and_bar_helpers() {
+        assert_eq!(Len::All.resolve(7), 7);
+        assert_eq!(Len::Bytes(3).resolve(7), 3);
+        assert_eq!(Len::All.to_string(), "all");
+        assert_eq!(Len::Bytes(2 * MIB).to_string(), "2M");
+        let b = BarSpec {
+            index: 2,
+            phys: 0xff_0000_0000,
+            size: 2 * GIB,
+        };
+        assert_eq!(b.end(), 0xff_8000_0000);
+        assert!(ExpectSpec::default().is_empty());
+    }
+}
