@@ -30,7 +30,9 @@ pub use fault::{FaultCounts, FaultFlags, ThpPolicy, VmFault, VmFaultResult, VmOp
 pub use follow::{FollowPfnmap, FollowPfnmapArgs};
 pub use level::{LeafCap, Level};
 pub use mapping::AddressSpace;
-pub use mm::{Access, FileOps, Mm, MmConfig, MmapAddr, MmapCtx, MmapRead, MmapRequest, Prot};
+pub use mm::{
+    Access, FileOps, Mm, MmConfig, MmapAddr, MmapCtx, MmapRead, MmapRequest, Prot, RangeAccess,
+};
 pub use pgtable::{LeafCounts, PageTables};
 pub use phys::{PhysConfig, PhysMem, TableCounts};
 pub use vma::{VmFlags, Vma};

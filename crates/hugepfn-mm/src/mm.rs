@@ -290,6 +290,25 @@ pub enum Access {
     Sigsegv,
     /// The fault path ran out of memory.
     Oom,
+    /// No VMA maps the address (the CPU would raise SIGSEGV; a prober skips such pages).
+    NoVma,
+}
+
+/// What a run of accesses met.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeAccess {
+    /// Accesses made.
+    pub accesses: u64,
+    /// Of which served by the previous walk's leaf.
+    pub tlb_hits: u64,
+    /// Accesses that ended in SIGBUS.
+    pub sigbus: u64,
+    /// Accesses that ended in SIGSEGV.
+    pub sigsegv: u64,
+    /// Accesses that hit no VMA.
+    pub no_vma: u64,
+    /// Accesses whose fault ran out of memory.
+    pub oom: u64,
 }
 
 /// The mmap lock held for read (`mmap_read_lock`).
@@ -757,10 +776,55 @@ impl Mm {
                     VmFaultResult::Oom => return Access::Oom,
                     _ => faults += 1,
                 },
+                Err(MmError::NoVma(_)) => return Access::NoVma,
                 Err(_) => return Access::Sigsegv,
             }
         }
         Access::Sigbus
+    }
+
+    /// Accesses `count` addresses `start, start + stride, …` (or the same set from the top down
+    /// with `reverse`), like a program touching a buffer. Accesses that land in a leaf the
+    /// previous access already walked are TLB hits and are not walked again (a one-entry TLB:
+    /// the mapping cannot change under a single-threaded loop).
+    pub fn access_range(
+        &self,
+        start: u64,
+        count: u64,
+        stride: u64,
+        write: bool,
+        reverse: bool,
+    ) -> RangeAccess {
+        let mut out = RangeAccess::default();
+        let stride = stride.max(1);
+        let mut i = 0u64;
+        while i < count {
+            let k = if reverse { count - 1 - i } else { i };
+            let addr = start + k * stride;
+            let a = self.access(addr, write);
+            out.accesses += 1;
+            match a {
+                Access::Ok { level, .. } => {
+                    // Every later stride inside the same leaf hits the TLB.
+                    let base = addr & !(level.size() - 1);
+                    let more = if reverse {
+                        (addr - base) / stride
+                    } else {
+                        (base + level.size() - 1 - addr) / stride
+                    };
+                    let more = more.min(count - 1 - i);
+                    out.accesses += more;
+                    out.tlb_hits += more;
+                    i += more;
+                }
+                Access::Sigbus => out.sigbus += 1,
+                Access::Sigsegv => out.sigsegv += 1,
+                Access::Oom => out.oom += 1,
+                Access::NoVma => out.no_vma += 1,
+            }
+            i += 1;
+        }
+        out
     }
 
     /// `handle_mm_fault(vma, address, flags)` after `lock_vma_under_rcu`/`find_vma` and

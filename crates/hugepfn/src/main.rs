@@ -1,1 +1,148 @@
-fn main() {}
+//! `hugepfn`: what mapping a device BAR really costs, modelled after Linux.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hugepfn::{demo, output, runner};
+use hugepfn_vfio::HugeFaultLogic;
+
+#[derive(Parser)]
+#[command(
+    name = "hugepfn",
+    version,
+    about = "Huge PFN mappings of device memory (PUD 1 GiB / PMD 2 MiB / PTE 4 KiB), modelled after Linux"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Logic {
+    /// Linux 6.15+ / 6.12.y stable: align down, check the pfn.
+    Fixed,
+    /// As merged in 6.12: faulting address must be aligned; pfn not checked.
+    V612,
+    /// 6.13: pfn checked, address not aligned down.
+    V613,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Map the built-in H100-like device (or a sysfs resource file): huge remap_pfn_range per
+    /// leaf policy, and the vfio-pci fault path at a kernel-chosen and a 1 GiB-aligned VA.
+    Demo {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Only this BAR.
+        #[arg(long)]
+        bar: Option<u8>,
+        /// BARs from a sysfs `resource` file (e.g. /sys/bus/pci/devices/0000:01:00.0/resource).
+        #[arg(long)]
+        resource: Option<PathBuf>,
+    },
+    /// Run a scenario file on the model; exit 1 if an `expect` fails, 2 if the file is malformed.
+    Run {
+        /// The scenario (TOML).
+        file: PathBuf,
+        /// Print the report as JSON (the same format the real-kernel probe prints).
+        #[arg(long)]
+        json: bool,
+        /// Which vfio_pci_mmap_huge_fault to run.
+        #[arg(long, value_enum, default_value = "fixed")]
+        logic: Logic,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Demo {
+            json,
+            bar,
+            resource,
+        } => {
+            let bars = match resource {
+                Some(p) => {
+                    let text = match std::fs::read_to_string(&p) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            eprintln!("hugepfn: {}: {e}", p.display());
+                            return ExitCode::from(2);
+                        }
+                    };
+                    match hugepfn_vfio::parse_sysfs_resource(&text) {
+                        Ok(b) => Some(b),
+                        Err(e) => {
+                            eprintln!("hugepfn: {}: {e}", p.display());
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                None => None,
+            };
+            match demo::run(bars, bar) {
+                Ok(d) => {
+                    if json {
+                        match serde_json::to_string_pretty(&d) {
+                            Ok(s) => println!("{s}"),
+                            Err(e) => {
+                                eprintln!("hugepfn: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    } else {
+                        print!("{}", demo::format(&d));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hugepfn demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Run { file, json, logic } => {
+            let sc = match hugepfn_scenario::load_scenario(&file) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("hugepfn: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = runner::RunOptions {
+                logic: match logic {
+                    Logic::Fixed => HugeFaultLogic::Fixed,
+                    Logic::V612 => HugeFaultLogic::V6_12,
+                    Logic::V613 => HugeFaultLogic::V6_13,
+                },
+            };
+            let report = match runner::run_scenario(&sc, opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("hugepfn: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("hugepfn: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", output::format_report(&sc, &report));
+            }
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! `hugepfn demo`: the built-in H100-like device mapped two ways.
+//!
+//! 1. The RFC's huge `remap_pfn_range`: each BAR mapped at mmap time at a 1 GiB-aligned VA, once
+//!    per leaf policy (4 KiB only, up to PMD, up to PUD).
+//! 2. The vfio-pci path Linux merged: each BAR mmapped through vfio-pci at a kernel-chosen VA
+//!    and at a 1 GiB-aligned VA, then touched page by page (faults fill it on demand).
+//!
+//! Every number is read back from the model after the fact: leaves by walking the page tables,
+//! table pages from the allocator's accounting, faults from the process's counters.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hugepfn_mm::remap_file::RemapPfnFile;
+use hugepfn_mm::{
+    CacheMode, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, PhysMem,
+    Prot, TableCounts,
+};
+use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, presets, region_offset};
+use serde::Serialize;
+
+/// Leaves by level, as the JSON prints them.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Leaves {
+    /// 1 GiB leaves.
+    pub pud: u64,
+    /// 2 MiB leaves.
+    pub pmd: u64,
+    /// 4 KiB leaves.
+    pub pte: u64,
+}
+
+impl From<LeafCounts> for Leaves {
+    fn from(c: LeafCounts) -> Self {
+        Leaves {
+            pud: c.pud,
+            pmd: c.pmd,
+            pte: c.pte,
+        }
+    }
+}
+
+/// One BAR mapped by `remap_pfn_range` under one policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemapRow {
+    /// BAR index.
+    pub bar: u8,
+    /// `pte`, `pmd` or `pud`: the largest leaf allowed.
+    pub policy: &'static str,
+    /// Leaves now mapped, by level (counted by walking the tables).
+    pub leaves: Leaves,
+    /// Page-table pages the mm holds (PGD included).
+    pub page_table_pages: u64,
+    /// The same in bytes.
+    pub page_table_bytes: u64,
+    /// Time of the mmap call that ran remap_pfn_range.
+    pub elapsed_ns: u64,
+}
+
+/// One BAR mapped through vfio-pci and touched.
+#[derive(Debug, Clone, Serialize)]
+pub struct VfioRow {
+    /// BAR index.
+    pub bar: u8,
+    /// `kernel` (mmap(NULL)) or `align:1G`.
+    pub placement: &'static str,
+    /// The VA the mapping got.
+    pub va: String,
+    /// Page faults of the full touch.
+    pub faults: u64,
+    /// Of which served at PUD, PMD, PTE level.
+    pub faults_by_level: Leaves,
+    /// Leaves after the touch.
+    pub leaves: Leaves,
+    /// Page-table pages after the touch (PGD included).
+    pub page_table_pages: u64,
+    /// The same in bytes.
+    pub page_table_bytes: u64,
+    /// Time of the touch loop.
+    pub elapsed_ns: u64,
+}
+
+/// The whole demo output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Demo {
+    /// RFC huge remap_pfn_range, per BAR and policy.
+    pub mappings: Vec<RemapRow>,
+    /// vfio-pci fault path, per BAR and placement.
+    pub vfio: Vec<VfioRow>,
+}
+
+fn total(t: &TableCounts) -> (u64, u64) {
+    (t.total(), t.bytes())
+}
+
+/// Maps `bar` with `remap_pfn_range` at a 1 GiB-aligned VA, leaves capped at `cap`.
+pub fn remap_bar(bar: &Bar, cap: LeafCap) -> Result<RemapRow, MmError> {
+    let phys = Arc::new(PhysMem::default());
+    phys.add_device_range("bar", bar.phys, bar.size)
+        .map_err(|e| MmError::Invalid(e.to_string()))?;
+    let mm = Mm::new(
+        phys,
+        MmConfig {
+            remap_cap: cap,
+            ..MmConfig::default()
+        },
+    )?;
+    let file = RemapPfnFile {
+        name: format!("BAR{}", bar.index),
+        base: Pfn::new(bar.phys >> 12)?,
+        size: bar.size,
+        cache: CacheMode::UcMinus,
+    };
+    let va = mm.find_aligned_area(bar.size, 1 << 30, 0)?;
+    let t0 = Instant::now();
+    mm.mmap(MmapRequest {
+        addr: MmapAddr::Fixed(va),
+        len: bar.size,
+        prot: Prot::RW,
+        shared: true,
+        offset: 0,
+        file: Some(&file),
+    })?;
+    let elapsed_ns = t0.elapsed().as_nanos() as u64;
+    let (pages, bytes) = total(&mm.table_counts());
+    Ok(RemapRow {
+        bar: bar.index,
+        policy: cap.name(),
+        leaves: mm.leaves(va, va + bar.size).into(),
+        page_table_pages: pages,
+        page_table_bytes: bytes,
+        elapsed_ns,
+    })
+}
+
+/// mmaps `bar` through vfio-pci at `placement` and touches every 4 KiB page.
+pub fn vfio_touch_bar(bars: &[Bar], index: u8, aligned: bool) -> Result<VfioRow, MmError> {
+    let phys = Arc::new(PhysMem::default());
+    let dev = VfioPciDevice::new(phys.clone(), "gpu", bars.to_vec(), HugeFaultLogic::Fixed)
+        .map_err(|e| MmError::Invalid(e.to_string()))?;
+    let bar = *dev
+        .bar(index)
+        .ok_or_else(|| MmError::Invalid(format!("no BAR{index}")))?;
+    let mm = Mm::new(phys, MmConfig::default())?;
+    let addr = if aligned {
+        MmapAddr::Fixed(mm.find_aligned_area(bar.size, 1 << 30, 0)?)
+    } else {
+        MmapAddr::Kernel
+    };
+    let file = dev.open();
+    let va = mm.mmap(MmapRequest {
+        addr,
+        len: bar.size,
+        prot: Prot::RW,
+        shared: true,
+        offset: region_offset(index),
+        file: Some(&file),
+    })?;
+    let before = mm.fault_counts();
+    let t0 = Instant::now();
+    mm.access_range(va, bar.size / 4096, 4096, true, false);
+    let elapsed_ns = t0.elapsed().as_nanos() as u64;
+    let f = mm.fault_counts().since(&before);
+    let (pages, bytes) = total(&mm.table_counts());
+    Ok(VfioRow {
+        bar: index,
+        placement: if aligned { "align:1G" } else { "kernel" },
+        va: format!("{va:#x}"),
+        faults: f.faults,
+        faults_by_level: Leaves {
+            pud: f.pud,
+            pmd: f.pmd,
+            pte: f.pte,
+        },
+        leaves: mm.leaves(va, va + bar.size).into(),
+        page_table_pages: pages,
+        page_table_bytes: bytes,
+        elapsed_ns,
+    })
+}
+
+/// Runs the demo on `bars` (default: the H100 layout). `bar_filter` keeps one BAR.
+pub fn run(bars: Option<Vec<Bar>>, bar_filter: Option<u8>) -> Result<Demo, MmError> {
+    let bars = bars.unwrap_or_else(presets::h100_bars);
+    let chosen: Vec<&Bar> = bars
+        .iter()
+        .filter(|b| bar_filter.is_none_or(|i| i == b.index))
+        .collect();
+    let mut mappings = Vec::new();
+    let mut vfio = Vec::new();
+    for b in &chosen {
+        for cap in LeafCap::ALL {
+            mappings.push(remap_bar(b, cap)?);
+        }
+    }
+    for b in &chosen {
+        for aligned in [false, true] {
+            vfio.push(vfio_touch_bar(&bars, b.index, aligned)?);
+        }
+    }
+    Ok(Demo { mappings, vfio })
+}
+
+fn ms(ns: u64) -> String {
+    format!("{:.3} ms", ns as f64 / 1e6)
+}
+
+/// The demo as text tables.
+pub fn format(d: &Demo) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "RFC huge remap_pfn_range at a 1 GiB-aligned VA (built-in H100-like device)\n"
+    );
+    let _ = writeln!(
+        s,
+        "{:<5} {:<7} {:>6} {:>7} {:>10} {:>10} {:>14} {:>12}",
+        "BAR", "policy", "PUD", "PMD", "PTE", "PT pages", "PT bytes", "time"
+    );
+    for r in &d.mappings {
+        let _ = writeln!(
+            s,
+            "{:<5} {:<7} {:>6} {:>7} {:>10} {:>10} {:>14} {:>12}",
+            r.bar,
+            r.policy,
+            r.leaves.pud,
+            r.leaves.pmd,
+            r.leaves.pte,
+            r.page_table_pages,
+            hugepfn_units::format_size(r.page_table_bytes),
+            ms(r.elapsed_ns)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nvfio-pci (huge_fault, Linux 6.12+): mmap, then touch every 4 KiB page\n"
+    );
+    let _ = writeln!(
+        s,
+        "{:<5} {:<9} {:>16} {:>9} {:>14} {:>16} {:>10} {:>12}",
+        "BAR", "VA", "address", "faults", "pud/pmd/pte", "leaves", "PT pages", "touch time"
+    );
+    for r in &d.vfio {
+        let _ = writeln!(
+            s,
+            "{:<5} {:<9} {:>16} {:>9} {:>14} {:>16} {:>10} {:>12}",
+            r.bar,
+            r.placement,
+            r.va,
+            r.faults,
+            format!(
+                "{}/{}/{}",
+                r.faults_by_level.pud, r.faults_by_level.pmd, r.faults_by_level.pte
+            ),
+            format!("{}/{}/{}", r.leaves.pud, r.leaves.pmd, r.leaves.pte),
+            r.page_table_pages,
+            ms(r.elapsed_ns)
+        );
+    }
+    s
+}

@@ -1,0 +1,8 @@
+//! The `hugepfn` tool as a library: the scenario runner on the model, the demo, and the text
+//! and JSON output the CLI prints. `main.rs` is only argument parsing.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod demo;
+pub mod output;
+pub mod runner;

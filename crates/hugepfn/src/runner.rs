@@ -1,0 +1,288 @@
+//! Runs a scenario on the model: devices bound to vfio-pci, an mmap per `mmap` step, accesses
+//! through the simulated CPU (walk, fault, retry), revocations, and `expect` checks.
+//!
+//! It produces the same [`RunReport`] JSON as the real-kernel probe, with what only the model can
+//! see added (faults by level, leaves, page-table pages).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hugepfn_mm::{
+    FaultCounts, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PagingMode, PhysMem, Prot,
+    TableCounts, ThpPolicy, VmFlags,
+};
+use hugepfn_scenario::{
+    Access, Arch, Counters, Levels, Madvise, Order, PowerState, PtPages, RunReport, Scenario, Step,
+    StepReport, ThpMode, VaPlacement, check_expect,
+};
+use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
+use thiserror::Error;
+
+/// A scenario the model could not set up (distinct from an `expect` that failed).
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// A device could not be created (overlapping BARs, BAR over RAM).
+    #[error("{origin}:{line}: device {name}: {source}")]
+    Device {
+        /// File.
+        origin: String,
+        /// Line.
+        line: usize,
+        /// Device.
+        name: String,
+        /// Why.
+        source: hugepfn_vfio::VfioError,
+    },
+    /// The mm could not be created.
+    #[error("cannot create the address space: {0}")]
+    Mm(#[from] hugepfn_mm::MmError),
+}
+
+/// Knobs that are not part of the scenario file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Which `vfio_pci_mmap_huge_fault` runs.
+    pub logic: HugeFaultLogic,
+}
+
+struct MapState {
+    va: Option<u64>,
+    len: u64,
+}
+
+/// The model's world for one scenario run.
+pub struct ModelRun {
+    /// Physical memory.
+    pub phys: Arc<PhysMem>,
+    /// The process.
+    pub mm: Arc<Mm>,
+    devices: HashMap<String, Arc<VfioPciDevice>>,
+    maps: HashMap<String, MapState>,
+}
+
+fn levels(c: &LeafCounts) -> Levels {
+    Levels {
+        pud: c.pud,
+        pmd: c.pmd,
+        pte: c.pte,
+    }
+}
+
+fn pt_pages(t: &TableCounts) -> PtPages {
+    PtPages {
+        pgd: t.pgd,
+        p4d: t.p4d,
+        pud: t.pud,
+        pmd: t.pmd,
+        pte: t.pte,
+    }
+}
+
+fn counters(f: &FaultCounts, skipped: u64) -> Counters {
+    Counters {
+        faults: f.faults,
+        faults_by_level: Some(Levels {
+            pud: f.pud,
+            pmd: f.pmd,
+            pte: f.pte,
+        }),
+        sigbus: f.sigbus,
+        sigsegv: f.sigsegv,
+        skipped,
+    }
+}
+
+impl ModelRun {
+    /// Creates the devices and the process of `sc`.
+    pub fn new(sc: &Scenario, opts: RunOptions) -> Result<ModelRun, RunError> {
+        let phys = Arc::new(PhysMem::default());
+        let mut devices = HashMap::new();
+        for d in &sc.devices {
+            let bars = d
+                .bars
+                .iter()
+                .map(|b| Bar::mem64(b.index, b.phys, b.size))
+                .collect();
+            let dev = VfioPciDevice::new(phys.clone(), &d.name, bars, opts.logic).map_err(|e| {
+                RunError::Device {
+                    origin: sc.origin.clone(),
+                    line: d.line,
+                    name: d.name.clone(),
+                    source: e,
+                }
+            })?;
+            devices.insert(d.name.clone(), dev);
+        }
+        let cfg = MmConfig {
+            mode: match sc.arch {
+                Arch::X86_64 => PagingMode::Level4,
+                Arch::X86_64_5Level => PagingMode::Level5,
+            },
+            thp: match sc.thp {
+                ThpMode::Always => ThpPolicy::Always,
+                ThpMode::Madvise => ThpPolicy::Madvise,
+                ThpMode::Never => ThpPolicy::Never,
+            },
+            ..MmConfig::default()
+        };
+        let mm = Mm::new(phys.clone(), cfg)?;
+        Ok(ModelRun {
+            phys,
+            mm,
+            devices,
+            maps: HashMap::new(),
+        })
+    }
+
+    /// A device by name.
+    pub fn device(&self, name: &str) -> Option<&Arc<VfioPciDevice>> {
+        self.devices.get(name)
+    }
+
+    /// The VA a mapping got, if its mmap succeeded.
+    pub fn mapping_va(&self, name: &str) -> Option<u64> {
+        self.maps.get(name).and_then(|m| m.va)
+    }
+
+    /// Runs one step; returns its errno (if its system call failed) and the strides skipped.
+    fn step(&mut self, step: &Step) -> (Option<String>, u64) {
+        match step {
+            Step::Mmap(m) => {
+                let Some(dev) = self.devices.get(&m.device).cloned() else {
+                    return (Some("ENODEV".into()), 0);
+                };
+                let bar_size = dev.bar(m.bar).map_or(0, |b| b.size);
+                let bar_phys = dev.bar(m.bar).map_or(0, |b| b.phys);
+                let len = m.len.resolve(bar_size.saturating_sub(m.offset));
+                let addr = match m.va {
+                    VaPlacement::Kernel => Ok(MmapAddr::Kernel),
+                    VaPlacement::Align { size, skew } => self
+                        .mm
+                        .find_aligned_area(len, size, skew)
+                        .map(MmapAddr::Fixed),
+                    VaPlacement::Congruent { size } => self
+                        .mm
+                        .find_aligned_area(len, size, (bar_phys + m.offset) % size)
+                        .map(MmapAddr::Fixed),
+                    VaPlacement::Fixed(a) => Ok(MmapAddr::Fixed(a)),
+                };
+                let file = dev.open();
+                let r = addr.and_then(|addr| {
+                    self.mm.mmap(MmapRequest {
+                        addr,
+                        len,
+                        prot: Prot::RW,
+                        shared: m.shared,
+                        offset: region_offset(m.bar) + m.offset,
+                        file: Some(&file),
+                    })
+                });
+                let (va, errno) = match r {
+                    Ok(va) => (Some(va), None),
+                    Err(e) => (None, Some(e.errno().name().to_string())),
+                };
+                if let (Some(va), Some(adv)) = (va, m.madvise) {
+                    let (set, clear) = match adv {
+                        Madvise::Hugepage => (VmFlags::HUGEPAGE, VmFlags::NOHUGEPAGE),
+                        Madvise::Nohugepage => (VmFlags::NOHUGEPAGE, VmFlags::HUGEPAGE),
+                    };
+                    let _ = self.mm.update_vma_flags(va, set, clear);
+                }
+                self.maps.insert(m.name.clone(), MapState { va, len });
+                (errno, 0)
+            }
+            Step::Touch(t) => {
+                let Some(map) = self.maps.get(&t.map) else {
+                    return (Some("EINVAL".into()), 0);
+                };
+                let Some(va) = map.va else {
+                    // The mmap failed: every stride is unmapped.
+                    let len = t.len.resolve(map.len.saturating_sub(t.offset));
+                    return (None, len.div_ceil(t.stride));
+                };
+                let len = t.len.resolve(map.len.saturating_sub(t.offset));
+                let n = len.div_ceil(t.stride);
+                let write = t.access == Access::Write;
+                let r = self.mm.access_range(
+                    va + t.offset,
+                    n,
+                    t.stride,
+                    write,
+                    t.order == Order::Reverse,
+                );
+                (None, r.no_vma)
+            }
+            Step::Munmap(u) => {
+                let Some(map) = self.maps.get(&u.map) else {
+                    return (Some("EINVAL".into()), 0);
+                };
+                let Some(va) = map.va else {
+                    return (Some("EINVAL".into()), 0);
+                };
+                let len = u.len.resolve(map.len.saturating_sub(u.offset));
+                match self.mm.munmap(va + u.offset, len) {
+                    Ok(_) => (None, 0),
+                    Err(e) => (Some(e.errno().name().to_string()), 0),
+                }
+            }
+            Step::Memory(m) => match self.devices.get(&m.device) {
+                Some(d) => {
+                    d.set_memory_enable(m.enable);
+                    (None, 0)
+                }
+                None => (Some("ENODEV".into()), 0),
+            },
+            Step::Reset(r) => match self.devices.get(&r.device) {
+                Some(d) => {
+                    d.reset();
+                    (None, 0)
+                }
+                None => (Some("ENODEV".into()), 0),
+            },
+            Step::Power(p) => match self.devices.get(&p.device) {
+                Some(d) => {
+                    d.set_power_state(match p.state {
+                        PowerState::D0 => hugepfn_vfio::PowerState::D0,
+                        PowerState::D3hot => hugepfn_vfio::PowerState::D3hot,
+                    });
+                    (None, 0)
+                }
+                None => (Some("ENODEV".into()), 0),
+            },
+            Step::Expect(_) => (None, 0),
+        }
+    }
+
+    /// Runs every step of `sc`, checking `expect` steps. Never stops early: every mismatch is
+    /// reported.
+    pub fn run(&mut self, sc: &Scenario) -> RunReport {
+        let mut reports = Vec::new();
+        let mut since_expect = Counters::zero(true);
+        for (i, step) in sc.steps.iter().enumerate() {
+            let before = self.mm.fault_counts();
+            let (errno, skipped) = self.step(step);
+            let after = self.mm.fault_counts();
+            let delta = counters(&after.since(&before), skipped);
+            let mut rep = StepReport::for_step(i, step, true);
+            rep.counters = delta;
+            rep.errno = errno;
+            let leaves = levels(&self.mm.all_leaves());
+            rep.leaves = Some(leaves);
+            rep.page_table_pages = Some(pt_pages(&self.mm.table_counts()));
+            if let Step::Expect(e) = step {
+                rep.expect = Some(check_expect(&e.expect, &since_expect, Some(&leaves)));
+                since_expect = Counters::zero(true);
+            } else {
+                since_expect.add(&delta);
+            }
+            reports.push(rep);
+        }
+        RunReport::new(sc.name.clone(), "model", reports)
+    }
+}
+
+/// Loads nothing, runs `sc` on a fresh model.
+pub fn run_scenario(sc: &Scenario, opts: RunOptions) -> Result<RunReport, RunError> {
+    let mut m = ModelRun::new(sc, opts)?;
+    Ok(m.run(sc))
+}
