@@ -31,6 +31,7 @@ enum Logic {
 
 #[derive(Subcommand)]
 enum Cmd {
+    // Subcommands are listed in the order a user meets them: demo, run, bench, lab.
     /// Map the built-in H100-like device (or a sysfs resource file): huge remap_pfn_range per
     /// leaf policy, and the vfio-pci fault path at a kernel-chosen and a 1 GiB-aligned VA.
     Demo {
