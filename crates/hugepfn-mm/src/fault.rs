@@ -92,6 +92,8 @@ pub struct VmFault<'a> {
     pub flags: FaultFlags,
     /// `vmf->pgoff`: `linear_page_index(vma, address)`.
     pub pgoff: u64,
+    /// `vmf->pmd`: the PMD slot of the address once the fault path has reached it.
+    pmd: std::cell::Cell<Option<Slot>>,
     pt: &'a PageTables,
     stats: &'a FaultStats,
 }
@@ -124,6 +126,7 @@ impl<'a> VmFault<'a> {
             real_address: address,
             flags,
             pgoff: vma.linear_page_index(page),
+            pmd: std::cell::Cell::new(None),
             pt,
             stats,
         }
@@ -349,7 +352,18 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     let Ok(raw) = entry::encode_leaf(Leaf { pfn, prot, level }) else {
         return VmFaultResult::Sigbus;
     };
-    let slot: Slot = match vmf.pt.slot_alloc(addr, level) {
+    // A PTE insert at the faulting address starts from vmf->pmd, as Linux's does.
+    let from = match (level, vmf.pmd.get()) {
+        (Level::Pte, Some(pmd)) if addr & !(Level::Pmd.size() - 1) == vmf.address & !(Level::Pmd.size() - 1) => {
+            Ok(pmd)
+        }
+        _ => Err(()),
+    };
+    let walked = match from {
+        Ok(pmd) => vmf.pt.slot_alloc_from(pmd, addr, level),
+        Err(()) => vmf.pt.slot_alloc(addr, level),
+    };
+    let slot: Slot = match walked {
         Ok(s) => s,
         Err(WalkError::Oom) => return VmFaultResult::Oom,
         // A bigger leaf already maps it: nothing to do (Linux: pmd not none → NOPAGE).
@@ -469,7 +483,7 @@ pub fn handle_mm_fault_locked(
             _ => {}
         }
         // pmd_alloc
-        let pmd = match pt.slot_alloc(address, Level::Pmd) {
+        let pmd = match pt.slot_alloc_from(pud, address, Level::Pmd) {
             Ok(s) => s,
             Err(WalkError::Oom) => return done(VmFaultResult::Oom, Level::Pmd),
             // pud_trans_unstable: a PUD leaf raced in.
@@ -504,6 +518,7 @@ pub fn handle_mm_fault_locked(
             }
             _ => {}
         }
+        vmf.pmd.set(Some(pmd));
         break;
     }
     done(handle_pte_fault(&vmf, ops), Level::Pte)
@@ -526,7 +541,20 @@ fn set_accessed(pt: &PageTables, slot: Slot, write: bool) {
 /// `handle_pte_fault` → `do_pte_missing` → `do_fault` → `__do_fault` → `vm_ops->fault`.
 fn handle_pte_fault(vmf: &VmFault<'_>, ops: Option<&dyn VmOperations>) -> VmFaultResult {
     let pt = vmf.pt;
-    match pt.slot(vmf.address, Level::Pte) {
+    let pte = match vmf.pmd.get() {
+        Some(pmd) => match pt.decode(pmd) {
+            Decoded::Table(pa) => Ok(Some(Slot {
+                table: pa,
+                index: Level::Pte.index(vmf.address),
+                level: Level::Pte,
+            })),
+            Decoded::None => Ok(None),
+            Decoded::Leaf(_) => Err(WalkError::HugeAbove(pmd)),
+            Decoded::NonPresent(raw) => Err(WalkError::Bad(pmd, raw)),
+        },
+        None => pt.slot(vmf.address, Level::Pte),
+    };
+    match pte {
         Ok(Some(slot)) => {
             if let Decoded::Leaf(l) = pt.decode(slot) {
                 if !l.prot.flags.contains(ProtFlags::PRESENT) {

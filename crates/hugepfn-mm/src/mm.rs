@@ -305,7 +305,7 @@ pub struct RangeAccess {
     pub sigbus: u64,
     /// Accesses that ended in SIGSEGV.
     pub sigsegv: u64,
-    /// Accesses that hit no VMA.
+    /// Addresses skipped because no VMA maps them (not accessed, so no SIGSEGV).
     pub no_vma: u64,
     /// Accesses whose fault ran out of memory.
     pub oom: u64,
@@ -751,6 +751,10 @@ impl Mm {
     /// A user access to `addr`, as the CPU does it: walk; if no leaf allows the access, fault
     /// (`handle_mm_fault` under the mmap read lock) and retry.
     pub fn access(&self, addr: u64, write: bool) -> Access {
+        self.access_inner(addr, write, true)
+    }
+
+    fn access_inner(&self, addr: u64, write: bool, count_segv: bool) -> Access {
         let mut faults = 0u32;
         for _ in 0..8 {
             if let Some((leaf, _)) = self.pt.lookup(addr)
@@ -776,7 +780,12 @@ impl Mm {
                     VmFaultResult::Oom => return Access::Oom,
                     _ => faults += 1,
                 },
-                Err(MmError::NoVma(_)) => return Access::NoVma,
+                Err(MmError::NoVma(_)) => {
+                    if count_segv {
+                        self.stats.account(VmFaultResult::Sigsegv, Level::Pte);
+                    }
+                    return Access::NoVma;
+                }
                 Err(_) => return Access::Sigsegv,
             }
         }
@@ -801,7 +810,13 @@ impl Mm {
         while i < count {
             let k = if reverse { count - 1 - i } else { i };
             let addr = start + k * stride;
-            let a = self.access(addr, write);
+            let a = self.access_inner(addr, write, false);
+            if a == Access::NoVma {
+                // Unmapped: a prober skips it rather than take the SIGSEGV.
+                out.no_vma += 1;
+                i += 1;
+                continue;
+            }
             out.accesses += 1;
             match a {
                 Access::Ok { level, .. } => {
@@ -833,7 +848,7 @@ impl Mm {
         VirtAddr::new(addr, self.cfg.mode)?;
         let g = self.mmap_read();
         let Some(vma) = g.find_vma(addr) else {
-            self.stats.account(VmFaultResult::Sigsegv, Level::Pte);
+            // bad_area: the caller (the CPU, GUP) decides what to raise and count.
             return Err(MmError::NoVma(addr));
         };
         if access_error(vma, flags.contains(FaultFlags::WRITE)) {

@@ -338,7 +338,13 @@ impl PageTables {
     /// `pmd_alloc`, `pte_alloc`): allocate, take the parent's lock, install if still none,
     /// otherwise free the new table (somebody else won the race).
     pub fn slot_alloc(&self, va: u64, level: Level) -> Result<Slot, WalkError> {
-        let mut slot = self.top_slot(va);
+        self.slot_alloc_from(self.top_slot(va), va, level)
+    }
+
+    /// [`PageTables::slot_alloc`] starting from a slot already reached for `va` (Linux passes
+    /// `vmf->pud`/`vmf->pmd` down instead of walking again).
+    pub fn slot_alloc_from(&self, from: Slot, va: u64, level: Level) -> Result<Slot, WalkError> {
+        let mut slot = from;
         while slot.level > level {
             match self.decode(slot) {
                 Decoded::Table(pa) => slot = self.child_slot(pa, slot.level, va),

@@ -17,9 +17,9 @@ pub fn h100_bars() -> Vec<Bar> {
 }
 
 /// The lab's ivshmem-plain device: BAR2 of `size` bytes, at 0xff00000000 for 2 GiB and
-/// 0xfe00000000 for 4 GiB (1 TiB minus the size, as SeaBIOS placed it).
+/// 0xfe00000000 for 4 GiB (1 TiB minus twice the size, where SeaBIOS placed it in the lab).
 pub fn ivshmem_bars(size: u64) -> Vec<Bar> {
-    vec![Bar::mem64(2, (1u64 << 40) - size, size)]
+    vec![Bar::mem64(2, (1u64 << 40) - 2 * size, size)]
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hugepfn::{demo, output, runner};
+use hugepfn::{bench, demo, output, runner};
 use hugepfn_vfio::HugeFaultLogic;
 
 #[derive(Parser)]
@@ -55,6 +55,16 @@ enum Cmd {
         /// Which vfio_pci_mmap_huge_fault to run.
         #[arg(long, value_enum, default_value = "fixed")]
         logic: Logic,
+    },
+    /// Time the workloads behind the speed targets once (build with --release) and print
+    /// the ratios between them; `cargo bench` gives the statistics.
+    Bench {
+        /// 8 GiB instead of 128 GiB.
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -106,6 +116,26 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Bench { quick, json } => match bench::run_all(quick) {
+            Ok(figs) => {
+                if json {
+                    match serde_json::to_string_pretty(&figs) {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => {
+                            eprintln!("hugepfn: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else {
+                    print!("{}", bench::format(&figs));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hugepfn bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Run { file, json, logic } => {
             let sc = match hugepfn_scenario::load_scenario(&file) {
                 Ok(s) => s,
