@@ -320,8 +320,9 @@ impl FaultStats {
 
 fn check_insert(vmf: &VmFault<'_>, addr: u64, level: Level) -> Option<VmFaultResult> {
     let vma = vmf.vma;
-    // BUG_ON in Linux: huge pfnmaps never exist in CoW VMAs; neither may we create one.
-    if vma.flags.contains(VmFlags::PFNMAP) && vma.flags.is_cow_mapping() && level != Level::Pte {
+    // BUG_ON in Linux (vmf_insert_pfn_prot, vmf_insert_pfn_pmd/pud): a driver never inserts pfns
+    // into a CoW pfnmap, so huge pfnmaps never exist in CoW VMAs. We refuse instead of crashing.
+    if vma.flags.contains(VmFlags::PFNMAP) && vma.flags.is_cow_mapping() {
         return Some(VmFaultResult::Sigbus);
     }
     if !vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP) {
@@ -354,7 +355,9 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     };
     // A PTE insert at the faulting address starts from vmf->pmd, as Linux's does.
     let from = match (level, vmf.pmd.get()) {
-        (Level::Pte, Some(pmd)) if addr & !(Level::Pmd.size() - 1) == vmf.address & !(Level::Pmd.size() - 1) => {
+        (Level::Pte, Some(pmd))
+            if addr & !(Level::Pmd.size() - 1) == vmf.address & !(Level::Pmd.size() - 1) =>
+        {
             Ok(pmd)
         }
         _ => Err(()),

@@ -15,6 +15,7 @@ pub mod entry;
 pub mod error;
 pub mod fault;
 pub mod follow;
+pub mod gup;
 pub mod level;
 pub mod mapping;
 pub mod mm;
@@ -28,11 +29,12 @@ pub use entry::{CacheMode, Leaf, Pgprot, ProtFlags};
 pub use error::{Errno, MmError};
 pub use fault::{FaultCounts, FaultFlags, ThpPolicy, VmFault, VmFaultResult, VmOperations};
 pub use follow::{FollowPfnmap, FollowPfnmapArgs};
+pub use gup::{FollFlags, GupFast};
 pub use level::{LeafCap, Level};
 pub use mapping::AddressSpace;
 pub use mm::{
     Access, FileOps, Mm, MmConfig, MmapAddr, MmapCtx, MmapRead, MmapRequest, Prot, RangeAccess,
 };
-pub use pgtable::{LeafCounts, PageTables};
+pub use pgtable::{LeafCounts, MmuNotifier, PageTables};
 pub use phys::{PhysConfig, PhysMem, TableCounts};
 pub use vma::{VmFlags, Vma};

@@ -154,8 +154,15 @@ pub struct ZapStats {
     pub hi: u64,
 }
 
+/// `struct mmu_notifier_ops`, the part secondary MMUs (KVM, IOMMU SVA) need: told of every range
+/// whose translations are cleared or weakened, after the primary entries changed and before the
+/// zap returns, so they drop their own copies (`mmu_notifier_invalidate_range_start/end`).
+pub trait MmuNotifier: Send + Sync {
+    /// `[start, end)` of this mm no longer maps what it did (zap, revoke, munmap, mprotect).
+    fn invalidate_range(&self, start: u64, end: u64);
+}
+
 /// The page tables of one `Mm`.
-#[derive(Debug)]
 pub struct PageTables {
     phys: Arc<PhysMem>,
     mode: PagingMode,
@@ -165,6 +172,17 @@ pub struct PageTables {
     flushes: Mutex<FlushLog>,
     tables_allocated: AtomicU64,
     tables_freed: AtomicU64,
+    notifiers: std::sync::RwLock<Vec<Arc<dyn MmuNotifier>>>,
+}
+
+impl std::fmt::Debug for PageTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageTables")
+            .field("mode", &self.mode)
+            .field("root", &self.root)
+            .field("tables", &self.tables.snapshot())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A held page-table lock (`spinlock_t *ptl`).
@@ -185,6 +203,7 @@ impl PageTables {
             flushes: Mutex::new(FlushLog::default()),
             tables_allocated: AtomicU64::new(1),
             tables_freed: AtomicU64::new(0),
+            notifiers: std::sync::RwLock::new(Vec::new()),
         })
     }
 
@@ -219,6 +238,25 @@ impl PageTables {
             self.tables_allocated.load(Ordering::Relaxed),
             self.tables_freed.load(Ordering::Relaxed),
         )
+    }
+
+    /// `mmu_notifier_register`: `n` is told of every invalidation from now on.
+    pub fn register_mmu_notifier(&self, n: Arc<dyn MmuNotifier>) {
+        self.notifiers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(n);
+    }
+
+    /// Tells every registered notifier that `[start, end)` changed.
+    pub fn mmu_notifier_invalidate(&self, start: u64, end: u64) {
+        if end <= start {
+            return;
+        }
+        let ns = self.notifiers.read().unwrap_or_else(|e| e.into_inner());
+        for n in ns.iter() {
+            n.invalidate_range(start, end);
+        }
     }
 
     /// The TLB flushes recorded so far.
@@ -619,6 +657,7 @@ impl PageTables {
         self.zap_in(self.root, self.top(), start, end, partial, &mut st)?;
         if st.cleared.total() > 0 {
             self.flush_tlb_range(st.lo, st.hi, "zap");
+            self.mmu_notifier_invalidate(st.lo, st.hi);
         }
         Ok(st)
     }

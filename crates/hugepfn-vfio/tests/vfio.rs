@@ -74,10 +74,18 @@ fn mmap_is_checked_like_vfio_pci_core_mmap() {
     let private = mm.mmap(req(false, region_offset(2), 2 * M)).unwrap_err();
     assert_eq!(private.errno(), Errno::EINVAL, "{private}");
     assert!(private.to_string().contains("MAP_SHARED"));
-    let beyond = mm.mmap(req(true, region_offset(2) + 2 * G - 4096, 8192)).unwrap_err();
+    let beyond = mm
+        .mmap(req(true, region_offset(2) + 2 * G - 4096, 8192))
+        .unwrap_err();
     assert_eq!(beyond.errno(), Errno::EINVAL);
-    assert!(mm.mmap(req(true, region_offset(0), 4096)).is_err(), "no BAR0");
-    assert!(mm.mmap(req(true, region_offset(7), 4096)).is_err(), "not a BAR region");
+    assert!(
+        mm.mmap(req(true, region_offset(0), 4096)).is_err(),
+        "no BAR0"
+    );
+    assert!(
+        mm.mmap(req(true, region_offset(7), 4096)).is_err(),
+        "not a BAR region"
+    );
     assert!(mm.vmas().is_empty(), "nothing mapped after refusals");
     assert_eq!(mm.table_counts().total(), 1);
 
@@ -87,7 +95,11 @@ fn mmap_is_checked_like_vfio_pci_core_mmap() {
         VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND | VmFlags::DONTDUMP | VmFlags::SHARED
     ));
     assert_eq!(v.page_prot.cache, CacheMode::UcMinus);
-    assert_eq!(mm.all_leaves().total(), 0, "nothing is installed at mmap time");
+    assert_eq!(
+        mm.all_leaves().total(),
+        0,
+        "nothing is installed at mmap time"
+    );
     // 6.12 placement: 2 MiB-aligned, congruent with the file offset, never 1 GiB aligned here.
     assert_eq!(va % (2 * M), 0);
 }
@@ -109,16 +121,21 @@ fn lab_rules_pud_pmd_pte() {
         let va = map(&w, &mm, 2, off, len, at(&mm, len, align, skew)).unwrap();
         touch(&mm, va, len);
         let f = mm.fault_counts();
-        assert_eq!((f.pud, f.pmd, f.pte), want, "align {align:#x}+{skew:#x} off {off:#x} len {len:#x}");
+        assert_eq!(
+            (f.pud, f.pmd, f.pte),
+            want,
+            "align {align:#x}+{skew:#x} off {off:#x} len {len:#x}"
+        );
         assert_eq!(f.faults, want.0 + want.1 + want.2);
         let l = mm.all_leaves();
         assert_eq!((l.pud, l.pmd, l.pte), want);
         // The pfn of every leaf is the BAR address of its offset.
-        mm.page_tables().for_each_leaf(va, va + len, &mut |lva, leaf| {
-            assert_eq!(leaf.pfn.as_u64(), (0xff_0000_0000 + off + (lva - va)) >> 12);
-            assert!(leaf.prot.is_special());
-            assert_eq!(leaf.prot.cache, CacheMode::UcMinus);
-        });
+        mm.page_tables()
+            .for_each_leaf(va, va + len, &mut |lva, leaf| {
+                assert_eq!(leaf.pfn.as_u64(), (0xff_0000_0000 + off + (lva - va)) >> 12);
+                assert!(leaf.prot.is_special());
+                assert_eq!(leaf.prot.cache, CacheMode::UcMinus);
+            });
         // Follow reports the level and addr_mask.
         let fl = mm.follow_pfnmap(va + len - 4096).unwrap();
         assert_eq!(fl.pfn.as_u64(), (0xff_0000_0000 + off + len - 4096) >> 12);
@@ -176,7 +193,10 @@ fn memory_disable_revokes_every_mapping_in_every_process() {
     assert_eq!(a.access(va2, false), Access::Sigbus);
 
     // Re-enable: everything refaults at the size it had.
-    assert!(w.dev.set_memory_enable(true).is_none(), "enabling revokes nothing");
+    assert!(
+        w.dev.set_memory_enable(true).is_none(),
+        "enabling revokes nothing"
+    );
     let before = a.fault_counts();
     touch(&a, va1, G);
     touch(&a, va2, G);
@@ -200,7 +220,13 @@ fn d3hot_and_reset_revoke() {
     let st = w.dev.reset();
     assert_eq!(st.zapped.pud, 2);
     // After reset memory decode is restored: refault works at once.
-    assert!(matches!(mm.access(va, true), Access::Ok { faults: 1, level: Level::Pud }));
+    assert!(matches!(
+        mm.access(va, true),
+        Access::Ok {
+            faults: 1,
+            level: Level::Pud
+        }
+    ));
 }
 
 #[test]
@@ -212,7 +238,10 @@ fn munmap_of_a_fault_backed_vma_zaps_whole_leaves_and_the_rest_refaults() {
     // A 4 KiB hole at 1022 MiB + 4 KiB of the first GiB.
     let hole = va + 1022 * M + 4096;
     let st = mm.munmap(hole, 4096).unwrap();
-    assert_eq!(st.zapped.pud, 1, "the PUD leaf cut by the hole is zapped whole");
+    assert_eq!(
+        st.zapped.pud, 1,
+        "the PUD leaf cut by the hole is zapped whole"
+    );
     assert_eq!(st.splits, 0, "no in-place split for fault-backed VMAs");
     assert_eq!(mm.all_leaves().pud, 1, "the second GiB stays");
     let before = mm.fault_counts();
@@ -281,7 +310,16 @@ fn regress_c1d9dac0db16_align_huge_fault_to_order() {
     let mm = process(&w, ThpPolicy::Always);
     let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
     let a = mm.access(va + 0x4000_3000 - G, true);
-    assert!(matches!(a, Access::Ok { faults: 1, level: Level::Pud }), "{a:?}");
+    assert!(
+        matches!(
+            a,
+            Access::Ok {
+                faults: 1,
+                level: Level::Pud
+            }
+        ),
+        "{a:?}"
+    );
     touch(&mm, va, 2 * G);
     assert_eq!(mm.fault_counts().faults, 2);
 
@@ -289,7 +327,16 @@ fn regress_c1d9dac0db16_align_huge_fault_to_order() {
     let mm = process(&w, ThpPolicy::Always);
     let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
     let a = mm.access(va + 0x3000, true);
-    assert!(matches!(a, Access::Ok { faults: 1, level: Level::Pte }), "{a:?}");
+    assert!(
+        matches!(
+            a,
+            Access::Ok {
+                faults: 1,
+                level: Level::Pte
+            }
+        ),
+        "{a:?}"
+    );
     touch(&mm, va, 2 * G);
     let f = mm.fault_counts();
     // The first GiB is now a PMD table: 511 PMDs + the 2 MiB block of 4 KiB pages; the second a PUD.
@@ -299,10 +346,20 @@ fn regress_c1d9dac0db16_align_huge_fault_to_order() {
 #[test]
 fn overlapping_bars_and_bad_bars_are_refused() {
     let phys = Arc::new(PhysMem::default());
-    let a = VfioPciDevice::new(phys.clone(), "a", presets::h100_bars(), HugeFaultLogic::Fixed)
-        .unwrap();
-    let e = VfioPciDevice::new(phys.clone(), "b", presets::h100_bars(), HugeFaultLogic::Fixed)
-        .unwrap_err();
+    let a = VfioPciDevice::new(
+        phys.clone(),
+        "a",
+        presets::h100_bars(),
+        HugeFaultLogic::Fixed,
+    )
+    .unwrap();
+    let e = VfioPciDevice::new(
+        phys.clone(),
+        "b",
+        presets::h100_bars(),
+        HugeFaultLogic::Fixed,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("overlaps"), "{e}");
     let e = VfioPciDevice::new(
         phys.clone(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hugepfn_mm::{
-    CacheMode, LeafCap, Mm, MmConfig, MmError, MmapAddr, MmapRequest, PhysMem, Pgprot, Prot,
+    CacheMode, LeafCap, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pgprot, PhysMem, Prot,
 };
 use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
 use serde::Serialize;
@@ -133,7 +133,11 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
     // follow_pfnmap_start + end on a mapped address, 4 KiB leaf (the deepest walk): the same
     // address (hot caches, the target), then random addresses over 256 MiB of tables (cold).
     for (what, random, target) in [
-        ("follow_pfnmap_start + end, one address (4 KiB leaf)", false, Some(100)),
+        (
+            "follow_pfnmap_start + end, one address (4 KiB leaf)",
+            false,
+            Some(100),
+        ),
         ("follow_pfnmap_start + end, random addresses", true, None),
     ] {
         let iters = 1_000_000u64;
@@ -141,7 +145,11 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
             let g = mm.mmap_read();
             let mut sum = 0u64;
             for i in 0..iters {
-                let page = if random { (i * 7919) % (big / 4096) } else { 12345 };
+                let page = if random {
+                    (i * 7919) % (big / 4096)
+                } else {
+                    12345
+                };
                 if let Ok(f) = g.follow_pfnmap_start(va + page * 4096) {
                     sum = sum.wrapping_add(f.args.pfn.as_u64());
                 }
@@ -154,7 +162,9 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
             name: what.into(),
             elapsed_ns: ns,
             ops: 1,
-            target: target.map_or("(no target; cache-cold walks)".into(), |t| format!("< {t} ns")),
+            target: target.map_or("(no target; cache-cold walks)".into(), |t| {
+                format!("< {t} ns")
+            }),
             met: target.is_none_or(|t| ns < t),
         });
     }

@@ -1,0 +1,94 @@
+//! GUP, fixup_user_fault and MMU notifiers on a vfio BAR mapping.
+
+use std::sync::{Arc, Mutex};
+
+use hugepfn_mm::{
+    Errno, FollFlags, Level, Mm, MmConfig, MmapAddr, MmapRequest, MmuNotifier, PhysMem, Prot,
+};
+use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
+
+const G: u64 = 1 << 30;
+
+#[derive(Default)]
+struct Log(Mutex<Vec<(u64, u64)>>);
+
+impl MmuNotifier for Log {
+    fn invalidate_range(&self, start: u64, end: u64) {
+        self.0.lock().unwrap().push((start, end));
+    }
+}
+
+fn setup() -> (Arc<VfioPciDevice>, Arc<Mm>, u64) {
+    let phys = Arc::new(PhysMem::default());
+    let dev = VfioPciDevice::new(
+        phys.clone(),
+        "d",
+        presets::ivshmem_bars(2 * G),
+        HugeFaultLogic::Fixed,
+    )
+    .unwrap();
+    let mm = Mm::new(phys, MmConfig::default()).unwrap();
+    let va = mm.find_aligned_area(2 * G, G, 0).unwrap();
+    let f = dev.open();
+    mm.mmap(MmapRequest {
+        addr: MmapAddr::Fixed(va),
+        len: 2 * G,
+        prot: Prot::RW,
+        shared: true,
+        offset: region_offset(2),
+        file: Some(&f),
+    })
+    .unwrap();
+    (dev, mm, va)
+}
+
+#[test]
+fn gup_fast_refuses_special_huge_leaves_and_slow_gup_efaults() {
+    let (_d, mm, va) = setup();
+    let w = FollFlags {
+        write: true,
+        longterm: false,
+    };
+    assert_eq!(
+        mm.get_user_pages_fast(va, 4, w).stopped,
+        Some("not present")
+    );
+    mm.fixup_user_fault(va, true).unwrap();
+    let g = mm.get_user_pages_fast(va, 4, w);
+    assert_eq!(
+        (g.pinned, g.stopped),
+        (0, Some("special")),
+        "a special PUD leaf is refused"
+    );
+    assert_eq!(mm.get_user_pages(va, 4, w), Err(Errno::EFAULT));
+}
+
+#[test]
+fn fixup_user_fault_then_follow_sees_the_pud() {
+    let (dev, mm, va) = setup();
+    mm.fixup_user_fault(va + G + 0x5000, false).unwrap();
+    let f = mm.follow_pfnmap(va + G + 0x5000).unwrap();
+    assert_eq!(f.level, Level::Pud);
+    assert_eq!(f.pfn.as_u64(), (0xff_0000_0000u64 + G + 0x5000) >> 12);
+    dev.set_memory_enable(false);
+    assert_eq!(mm.fixup_user_fault(va, false), Err(Errno::EFAULT));
+    assert_eq!(mm.fixup_user_fault(va - 4096, false), Err(Errno::EFAULT));
+}
+
+#[test]
+fn revoke_and_munmap_notify_secondary_mmus() {
+    let (dev, mm, va) = setup();
+    let log = Arc::new(Log::default());
+    mm.page_tables().register_mmu_notifier(log.clone());
+    mm.access_range(va, 2 * G / 4096, 4096, true, false);
+    dev.set_memory_enable(false);
+    assert_eq!(*log.0.lock().unwrap(), vec![(va, va + 2 * G)]);
+    dev.set_memory_enable(true);
+    mm.fixup_user_fault(va, true).unwrap();
+    mm.munmap(va, 4096).unwrap();
+    assert_eq!(
+        log.0.lock().unwrap().last(),
+        Some(&(va, va + G)),
+        "the whole PUD is zapped"
+    );
+}
