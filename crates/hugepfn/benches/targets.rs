@@ -42,7 +42,9 @@ fn follow_benches(c: &mut Criterion) {
     let g = mm.mmap_read();
     c.bench_function("follow_pfnmap_start+end 4K leaf", |b| {
         b.iter(|| {
-            let f = g.follow_pfnmap_start(std::hint::black_box(va + 0x1234_5000)).expect("mapped");
+            let f = g
+                .follow_pfnmap_start(std::hint::black_box(va + 0x1234_5000))
+                .expect("mapped");
             f.args.pfn
         })
     });

@@ -200,8 +200,8 @@ pub fn format(figs: &[Figure]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<48} {:>14} {:>10} {:>12}  {}",
-        "workload", "time", "ops", "ns/op", "target"
+        "{:<48} {:>14} {:>10} {:>12}  target",
+        "workload", "time", "ops", "ns/op"
     );
     for f in figs {
         let _ = writeln!(
