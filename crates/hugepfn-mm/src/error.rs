@@ -113,6 +113,16 @@ pub enum MmError {
     /// An invalid argument combination, explained.
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// A system call refused with the errno Linux returns, and why.
+    #[error("{op}: {reason} ({errno})")]
+    Refused {
+        /// The call: "mprotect", "madvise", "mremap".
+        op: &'static str,
+        /// Linux's errno.
+        errno: Errno,
+        /// Why, for a person.
+        reason: String,
+    },
     /// A leaf of this level cannot be placed here.
     #[error("{0} leaf not possible here")]
     Level(Level),
@@ -173,7 +183,7 @@ impl MmError {
         match self {
             MmError::NoSpace(_) | MmError::Oom => Errno::ENOMEM,
             MmError::Overlap { .. } => Errno::EEXIST,
-            MmError::Driver { errno, .. } => *errno,
+            MmError::Driver { errno, .. } | MmError::Refused { errno, .. } => *errno,
             MmError::NotMapped(_) | MmError::NoVma(_) => Errno::EINVAL,
             _ => Errno::EINVAL,
         }

@@ -565,17 +565,7 @@ fn handle_pte_fault(vmf: &VmFault<'_>, ops: Option<&dyn VmOperations>) -> VmFaul
                     return VmFaultResult::Sigsegv;
                 }
                 if vmf.is_write() && !l.prot.is_writable() {
-                    // do_wp_page on a shared pfnmap: wp_pfn_shared makes it writable.
-                    if vmf.vma.flags.contains(VmFlags::SHARED) {
-                        let _ptl = pt.ptl(slot);
-                        let mut w = l;
-                        w.prot.flags |= ProtFlags::WRITE | ProtFlags::DIRTY | ProtFlags::ACCESSED;
-                        if let Ok(raw) = entry::encode_leaf(w) {
-                            pt.set(slot, raw);
-                        }
-                        return VmFaultResult::Done;
-                    }
-                    return VmFaultResult::Sigbus;
+                    return do_wp_page(vmf, slot, l);
                 }
                 set_accessed(pt, slot, vmf.is_write());
                 return VmFaultResult::Done;
@@ -594,4 +584,70 @@ fn handle_pte_fault(vmf: &VmFault<'_>, ops: Option<&dyn VmOperations>) -> VmFaul
         return VmFaultResult::Sigbus;
     }
     ops.fault(vmf)
+}
+
+/// `vm_normal_page()`: the page behind a leaf, if it has one. Special entries (pfnmaps) have
+/// none; in a CoW pfnmap a non-special entry is an anonymous copy.
+pub fn vm_normal_page(pt: &PageTables, leaf: &Leaf) -> Option<Pfn> {
+    (!leaf.prot.is_special() && pt.phys().page_refs(leaf.pfn) > 0).then_some(leaf.pfn)
+}
+
+/// `do_wp_page`: a write to a present, read-only PTE. Shared mappings are made writable
+/// (`wp_pfn_shared`); in a private mapping the page is copied (`wp_page_copy`) unless it is an
+/// anonymous page only this mapping uses (`wp_can_reuse_anon_folio`).
+fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
+    let pt = vmf.pt;
+    let vma = vmf.vma;
+    if !vma.flags.contains(VmFlags::WRITE) {
+        return VmFaultResult::Sigsegv;
+    }
+    let ptl = pt.ptl(slot);
+    if pt.get(slot) != entry::encode_leaf(l).unwrap_or(0) {
+        return VmFaultResult::Done; // changed under us: retry the access
+    }
+    let writable = ProtFlags::WRITE | ProtFlags::DIRTY | ProtFlags::ACCESSED;
+    if vma.flags.contains(VmFlags::SHARED) {
+        let mut w = l;
+        w.prot.flags |= writable;
+        if let Ok(raw) = entry::encode_leaf(w) {
+            pt.set(slot, raw);
+        }
+        return VmFaultResult::Done;
+    }
+    let phys = pt.phys();
+    if let Some(page) = vm_normal_page(pt, &l)
+        && phys.page_refs(page) == 1
+    {
+        let mut w = l;
+        w.prot.flags |= writable;
+        if let Ok(raw) = entry::encode_leaf(w) {
+            pt.set(slot, raw);
+        }
+        return VmFaultResult::Done;
+    }
+    // wp_page_copy: the data of the old page (device memory, or a shared anon page) is copied.
+    let content = match vm_normal_page(pt, &l) {
+        Some(p) => phys.page_content(p).unwrap_or(0),
+        None => l.pfn.as_u64(),
+    };
+    let Ok(new) = phys.alloc_anon_page(content) else {
+        return VmFaultResult::Oom;
+    };
+    let prot = vma.page_prot.with(writable, ProtFlags::SPECIAL);
+    let Ok(raw) = entry::encode_leaf(Leaf {
+        pfn: new,
+        prot,
+        level: Level::Pte,
+    }) else {
+        phys.put_page(new);
+        return VmFaultResult::Sigbus;
+    };
+    let old = pt.get(slot);
+    pt.set(slot, raw);
+    drop(ptl);
+    pt.release_leaf(old, Level::Pte);
+    let base = vmf.address;
+    pt.flush_tlb_range(base, base + 4096, "cow");
+    pt.mmu_notifier_invalidate(base, base + 4096);
+    VmFaultResult::Done
 }

@@ -176,7 +176,7 @@ impl MmapCtx<'_> {
 /// The VMAs of an `Mm`, ordered by start address (Linux's maple tree).
 #[derive(Debug, Default)]
 pub struct VmaTree {
-    vmas: BTreeMap<u64, Vma>,
+    pub(crate) vmas: BTreeMap<u64, Vma>,
 }
 
 impl VmaTree {
@@ -220,7 +220,7 @@ impl VmaTree {
     }
 
     /// End of the last VMA ending at or before `addr` (the `floor` of `free_pgtables`).
-    fn floor(&self, addr: u64) -> u64 {
+    pub(crate) fn floor(&self, addr: u64) -> u64 {
         self.vmas
             .range(..addr)
             .next_back()
@@ -230,7 +230,7 @@ impl VmaTree {
     }
 
     /// Start of the first VMA starting at or after `addr` (the `ceiling`).
-    fn ceiling(&self, addr: u64) -> u64 {
+    pub(crate) fn ceiling(&self, addr: u64) -> u64 {
         self.vmas
             .range(addr..)
             .next()
@@ -240,7 +240,7 @@ impl VmaTree {
 
     /// Highest free gap below `high` of at least `len` bytes: its end minus `len`
     /// (`vm_unmapped_area` top-down, no alignment).
-    fn topdown(&self, len: u64, low: u64, high: u64) -> Option<u64> {
+    pub(crate) fn topdown(&self, len: u64, low: u64, high: u64) -> Option<u64> {
         let mut gap_end = high;
         for (&s, v) in self.vmas.range(..high).rev() {
             if v.end < gap_end && gap_end - v.end.max(low) >= len && gap_end >= low + len {
@@ -257,12 +257,12 @@ impl VmaTree {
 
 /// A process address space.
 pub struct Mm {
-    id: u64,
-    me: Weak<Mm>,
-    cfg: MmConfig,
-    pt: PageTables,
-    mmap_lock: RwLock<VmaTree>,
-    stats: FaultStats,
+    pub(crate) id: u64,
+    pub(crate) me: Weak<Mm>,
+    pub(crate) cfg: MmConfig,
+    pub(crate) pt: PageTables,
+    pub(crate) mmap_lock: RwLock<VmaTree>,
+    pub(crate) stats: FaultStats,
 }
 
 impl std::fmt::Debug for Mm {
@@ -391,7 +391,7 @@ impl Mm {
         }
     }
 
-    fn mmap_write(&self) -> RwLockWriteGuard<'_, VmaTree> {
+    pub(crate) fn mmap_write(&self) -> RwLockWriteGuard<'_, VmaTree> {
         self.mmap_lock.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -405,13 +405,18 @@ impl Mm {
         self.mmap_read().vmas().iter().cloned().collect()
     }
 
-    fn mmap_base(&self) -> u64 {
+    pub(crate) fn mmap_base(&self) -> u64 {
         self.cfg
             .mmap_base
             .unwrap_or(self.cfg.mode.task_size() - (128 << 20))
     }
 
-    fn check_range(&self, what: &'static str, addr: u64, len: u64) -> Result<u64, MmError> {
+    pub(crate) fn check_range(
+        &self,
+        what: &'static str,
+        addr: u64,
+        len: u64,
+    ) -> Result<u64, MmError> {
         if len == 0 {
             return Err(MmError::ZeroLength(what));
         }
@@ -587,7 +592,74 @@ impl Mm {
         Ok(start)
     }
 
-    fn link(&self, tree: &mut VmaTree, vma: Vma) {
+    /// `__split_vma` at `addr` if a VMA straddles it, making `addr` a leaf boundary first
+    /// (`vma_adjust_trans_huge`). Returns whether a split happened.
+    pub(crate) fn split_vma_at(&self, tree: &mut VmaTree, addr: u64) -> Result<bool, MmError> {
+        let Some(v) = tree.find(addr).filter(|v| v.start < addr).cloned() else {
+            return Ok(false);
+        };
+        let policy = if v.is_fault_backed() {
+            PartialHuge::ZapWhole
+        } else {
+            PartialHuge::Split
+        };
+        self.pt.adjust_trans_huge(addr, policy)?;
+        let mut head = self.unlink(tree, v.start).unwrap_or(v);
+        let tail = head.split_off(addr);
+        if let Some(o) = &tail.ops {
+            o.open(&tail);
+        }
+        self.link(tree, head);
+        self.link(tree, tail);
+        Ok(true)
+    }
+
+    /// `vma_merge` after a change to the VMAs around `[start, end)`: neighbours with the same
+    /// flags, protection, file, ops and contiguous `vm_pgoff` become one. VM_SPECIAL VMAs
+    /// (VM_IO, VM_DONTEXPAND, VM_PFNMAP, VM_MIXEDMAP) are never merged, as in Linux.
+    pub(crate) fn merge_around(&self, tree: &mut VmaTree, start: u64, end: u64) -> u64 {
+        let special = VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::PFNMAP | VmFlags::MIXEDMAP;
+        let mut merged = 0;
+        let lo = tree.floor(start).min(start);
+        let keys: Vec<u64> = tree
+            .vmas
+            .range(lo.saturating_sub(1)..=end)
+            .map(|(k, _)| *k)
+            .collect();
+        for w in keys.windows(2) {
+            let (Some(a), Some(b)) = (tree.vmas.get(&w[0]).cloned(), tree.vmas.get(&w[1]).cloned())
+            else {
+                continue;
+            };
+            let same_ops = match (&a.ops, &b.ops) {
+                (None, None) => true,
+                (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                _ => false,
+            };
+            let same_file = match (&a.mapping, &b.mapping) {
+                (None, None) => true,
+                (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                _ => false,
+            };
+            if a.end == b.start
+                && !a.flags.intersects(special)
+                && a.flags == b.flags
+                && a.page_prot == b.page_prot
+                && same_ops
+                && same_file
+                && a.pgoff + (a.len() >> 12) == b.pgoff
+            {
+                let mut m = self.unlink(tree, a.start).unwrap_or(a);
+                self.unlink(tree, b.start);
+                m.end = b.end;
+                self.link(tree, m);
+                merged += 1;
+            }
+        }
+        merged
+    }
+
+    pub(crate) fn link(&self, tree: &mut VmaTree, vma: Vma) {
         if let Some(m) = &vma.mapping {
             m.link(
                 self.id,
@@ -602,7 +674,7 @@ impl Mm {
         tree.vmas.insert(vma.start, vma);
     }
 
-    fn unlink(&self, tree: &mut VmaTree, start: u64) -> Option<Vma> {
+    pub(crate) fn unlink(&self, tree: &mut VmaTree, start: u64) -> Option<Vma> {
         let v = tree.vmas.remove(&start)?;
         if let Some(m) = &v.mapping {
             m.unlink(self.id, v.start);

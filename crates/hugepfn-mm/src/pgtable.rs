@@ -22,7 +22,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::addr::{PAGE_SIZE, PagingMode, Pfn, PhysAddr};
-use crate::entry::{self, Decoded, Leaf, Pgprot};
+use crate::entry::{self, Decoded, Leaf, Pgprot, ProtFlags};
 use crate::level::{LeafCap, Level};
 use crate::phys::{LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
 
@@ -641,6 +641,124 @@ impl PageTables {
         Ok(true)
     }
 
+    /// Makes `addr` a leaf boundary before a VMA is split there (`vma_adjust_trans_huge`): a huge
+    /// leaf straddling it is zapped (fault-backed VMAs: `__split_huge_pud/pmd` on a pfnmap) or
+    /// split in place until a boundary falls at `addr` (remap-populated VMAs).
+    pub fn adjust_trans_huge(&self, addr: u64, partial: PartialHuge) -> Result<(), WalkError> {
+        loop {
+            let Some((leaf, slot)) = self.lookup(addr) else {
+                return Ok(());
+            };
+            let base = addr & !(leaf.level.size() - 1);
+            if leaf.level == Level::Pte || base == addr {
+                return Ok(());
+            }
+            match partial {
+                PartialHuge::ZapWhole => {
+                    self.zap_range(base, base + leaf.level.size(), PartialHuge::ZapWhole)?;
+                    return Ok(());
+                }
+                PartialHuge::Split => {
+                    if !self.split_leaf(slot)? {
+                        return Ok(());
+                    }
+                    self.flush_tlb_range(base, base + leaf.level.size(), "split");
+                }
+            }
+        }
+    }
+
+    /// Rewrites the protection of every leaf in `[start, end)` (`change_protection`,
+    /// `change_huge_pud`/`change_huge_pmd`/`change_pte_range`): access bits from `newprot`,
+    /// while pfn, special, accessed, dirty and the memory type are kept (`pte_modify`). Leaves
+    /// must not straddle the range (split them first). Returns the leaves changed.
+    pub fn change_protection(&self, start: u64, end: u64, newprot: Pgprot) -> LeafCounts {
+        let mut items = Vec::new();
+        self.for_each_leaf(start, end, &mut |va, l| items.push((va, l)));
+        let mut n = LeafCounts::default();
+        for (va, l) in items {
+            let Ok(Some(slot)) = self.slot(va, l.level) else {
+                continue;
+            };
+            let keep = l.prot.flags & (ProtFlags::ACCESSED | ProtFlags::DIRTY | ProtFlags::SPECIAL);
+            let mut flags = newprot.flags | keep;
+            if !l.prot.is_special() && self.phys.page_refs(l.pfn) > 1 {
+                flags.remove(ProtFlags::WRITE); // still shared with a fork: keep CoW
+            }
+            let new = Leaf {
+                pfn: l.pfn,
+                prot: Pgprot {
+                    flags,
+                    cache: l.prot.cache,
+                },
+                level: l.level,
+            };
+            if let Ok(raw) = entry::encode_leaf(new) {
+                let _ptl = self.ptl(slot);
+                self.set(slot, raw);
+                n.add(l.level, 1);
+            }
+        }
+        if n.total() > 0 {
+            self.flush_tlb_range(start, end, "protect");
+            self.mmu_notifier_invalidate(start, end);
+        }
+        n
+    }
+
+    /// Moves the leaves of `[old, old + len)` to `[new, new + len)` (`move_page_tables`): a leaf
+    /// moves whole when the new address keeps its alignment (`move_huge_pud`/`move_huge_pmd`);
+    /// otherwise it is zapped (fault-backed VMAs refault it) or split until its pieces can move
+    /// (remap-populated VMAs). Returns (leaves moved, leaves zapped).
+    pub fn move_page_tables(
+        &self,
+        old: u64,
+        new: u64,
+        len: u64,
+        partial: PartialHuge,
+    ) -> Result<(LeafCounts, LeafCounts), WalkError> {
+        let mut moved = LeafCounts::default();
+        let mut zapped = LeafCounts::default();
+        let mut va = old;
+        while va < old + len {
+            let Some((leaf, slot)) = self.lookup(va) else {
+                // Skip to the next page (holes are rare; correctness over speed).
+                va += PAGE_SIZE;
+                continue;
+            };
+            let size = leaf.level.size();
+            let base = va & !(size - 1);
+            let dst = new + (base - old);
+            if base >= old && base + size <= old + len && dst.is_multiple_of(size) {
+                let raw = self.get(slot);
+                let d = self.slot_alloc(dst, leaf.level)?;
+                {
+                    let _ptl = self.ptl(d);
+                    self.set(d, raw);
+                }
+                {
+                    let _ptl = self.ptl(slot);
+                    self.set(slot, 0);
+                }
+                moved.add(leaf.level, 1);
+                va = base + size;
+            } else if partial == PartialHuge::ZapWhole || leaf.level == Level::Pte {
+                let z = self.zap_range(
+                    base.max(old),
+                    (base + size).min(old + len),
+                    PartialHuge::ZapWhole,
+                )?;
+                zapped.add(leaf.level, z.cleared.get(leaf.level));
+                va = base + size;
+            } else {
+                self.split_leaf(slot)?;
+            }
+        }
+        self.flush_tlb_range(old, old + len, "mremap");
+        self.mmu_notifier_invalidate(old, old + len);
+        Ok((moved, zapped))
+    }
+
     /// Clears every leaf in `[start, end)` (`zap_page_range_single`, `unmap_page_range`).
     /// A huge leaf only partly inside is split or zapped whole, as `partial` says. Tables are
     /// kept; [`PageTables::free_pgtables`] frees the ones no VMA can use any more.
@@ -694,6 +812,7 @@ impl PageTables {
                         let ptl = self.ptl(slot);
                         let old = t.swap(slot.index, 0);
                         drop(ptl);
+                        self.release_leaf(old, level);
                         if old != 0 {
                             st.cleared.add(level, 1);
                             st.lo = st.lo.min(base);
@@ -765,16 +884,30 @@ impl PageTables {
         freed
     }
 
-    /// Frees a whole subtree without looking at its leaves (teardown, and tables replaced by a
-    /// huge leaf). Returns the tables freed.
+    /// Drops the page reference a cleared leaf held (`zap_present_ptes` → `folio_remove_rmap`):
+    /// only anonymous pages (not special) have one.
+    pub fn release_leaf(&self, raw: u64, level: Level) {
+        if let Decoded::Leaf(l) = entry::decode(raw, level)
+            && !l.prot.is_special()
+        {
+            self.phys.put_page(l.pfn);
+        }
+    }
+
+    /// Frees a whole subtree (teardown, and tables replaced by a huge leaf), dropping the page
+    /// references its leaves hold. Returns the tables freed.
     fn free_subtree(&self, pa: PhysAddr, level: Level) -> u64 {
         let mut n = 0;
-        if let Some(lower) = level.lower() {
-            let t = self.table(pa);
-            for i in 0..512 {
-                if let Decoded::Table(child) = entry::decode(t.get(i), level) {
-                    n += self.free_subtree(child, lower);
+        let t = self.table(pa);
+        for i in 0..512 {
+            match entry::decode(t.get(i), level) {
+                Decoded::Table(child) if level != Level::Pte => {
+                    if let Some(lower) = level.lower() {
+                        n += self.free_subtree(child, lower);
+                    }
                 }
+                Decoded::Leaf(_) => self.release_leaf(t.get(i), level),
+                _ => {}
             }
         }
         self.free(pa, level);

@@ -30,16 +30,20 @@ const CHUNK: usize = 512;
 pub struct TablePage {
     lock: Mutex<()>,
     level: AtomicU8,
+    refs: std::sync::atomic::AtomicU32,
     entries: [AtomicU64; ENTRIES],
 }
 
 const NO_LEVEL: u8 = u8::MAX;
+/// Marks a frame used as an anonymous page (a CoW copy), not a table.
+const ANON: u8 = 100;
 
 impl TablePage {
     fn new() -> Self {
         TablePage {
             lock: Mutex::new(()),
             level: AtomicU8::new(NO_LEVEL),
+            refs: std::sync::atomic::AtomicU32::new(0),
             entries: [const { AtomicU64::new(0) }; ENTRIES],
         }
     }
@@ -226,6 +230,7 @@ pub struct PhysMem {
     in_use: LevelCounters,
     allocs: AtomicU64,
     frees: AtomicU64,
+    anon: AtomicU64,
     devices: Mutex<Vec<DeviceRange>>,
 }
 
@@ -246,6 +251,7 @@ impl PhysMem {
             in_use: LevelCounters::default(),
             allocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
+            anon: AtomicU64::new(0),
             devices: Mutex::new(Vec::new()),
         }
     }
@@ -264,22 +270,8 @@ impl PhysMem {
 
     /// Allocates a zeroed page-table page for entries of `level` (`pagetable_alloc` + `ptlock_init`).
     pub fn alloc_table(&self, level: Level) -> Result<PhysAddr, PhysError> {
-        let idx = {
-            let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
-            match a.free.pop() {
-                Some(i) => i,
-                None => {
-                    if a.next >= self.cfg.ram_frames {
-                        return Err(PhysError::OutOfMemory(self.in_use.snapshot().total()));
-                    }
-                    a.next += 1;
-                    a.next - 1
-                }
-            }
-        };
-        let chunk = self.dir[(idx / CHUNK as u64) as usize]
-            .get_or_init(|| (0..CHUNK).map(|_| TablePage::new()).collect());
-        let page = &chunk[(idx % CHUNK as u64) as usize];
+        let idx = self.alloc_index()?;
+        let page = self.page_at(idx);
         page.level.store(level as u8, Ordering::Relaxed);
         self.in_use.add(level, 1);
         self.allocs.fetch_add(1, Ordering::Relaxed);
@@ -326,6 +318,86 @@ impl PhysMem {
         self.in_use.snapshot()
     }
 
+    fn alloc_index(&self) -> Result<u64, PhysError> {
+        let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        match a.free.pop() {
+            Some(i) => Ok(i),
+            None => {
+                if a.next >= self.cfg.ram_frames {
+                    return Err(PhysError::OutOfMemory(self.in_use.snapshot().total()));
+                }
+                a.next += 1;
+                Ok(a.next - 1)
+            }
+        }
+    }
+
+    fn page_at(&self, idx: u64) -> &TablePage {
+        let chunk = self.dir[(idx / CHUNK as u64) as usize]
+            .get_or_init(|| (0..CHUNK).map(|_| TablePage::new()).collect());
+        &chunk[(idx % CHUNK as u64) as usize]
+    }
+
+    /// Allocates an anonymous page with one reference (`folio_prealloc` for a CoW copy), whose
+    /// first word records `content` (the model keeps one word of data per page: where it came from).
+    pub fn alloc_anon_page(&self, content: u64) -> Result<Pfn, PhysError> {
+        let idx = self.alloc_index()?;
+        let page = self.page_at(idx);
+        page.level.store(ANON, Ordering::Relaxed);
+        page.refs.store(1, Ordering::Relaxed);
+        page.entries[0].store(content, Ordering::Relaxed);
+        self.anon.fetch_add(1, Ordering::Relaxed);
+        Ok(PhysAddr::new(self.cfg.ram_base + idx * PAGE_SIZE)
+            .unwrap_or_default()
+            .pfn())
+    }
+
+    fn anon_page(&self, pfn: Pfn) -> Option<&TablePage> {
+        let p = self.table(pfn.phys())?;
+        (p.level.load(Ordering::Relaxed) == ANON).then_some(p)
+    }
+
+    /// `folio_get`: one more mapping of an anonymous page. False if `pfn` is not one.
+    pub fn get_page(&self, pfn: Pfn) -> bool {
+        self.anon_page(pfn)
+            .map(|p| p.refs.fetch_add(1, Ordering::AcqRel))
+            .is_some()
+    }
+
+    /// `folio_put`: drops a reference; the page is freed with the last one.
+    pub fn put_page(&self, pfn: Pfn) {
+        let Some(p) = self.anon_page(pfn) else { return };
+        if p.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            p.entries[0].store(0, Ordering::Relaxed);
+            p.level.store(NO_LEVEL, Ordering::Release);
+            self.anon.fetch_sub(1, Ordering::Relaxed);
+            if let Some(idx) = self.frame_index(pfn.phys()) {
+                self.alloc
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .free
+                    .push(idx);
+            }
+        }
+    }
+
+    /// References to an anonymous page (0 if it is not one).
+    pub fn page_refs(&self, pfn: Pfn) -> u32 {
+        self.anon_page(pfn)
+            .map_or(0, |p| p.refs.load(Ordering::Acquire))
+    }
+
+    /// The word of data an anonymous page holds.
+    pub fn page_content(&self, pfn: Pfn) -> Option<u64> {
+        self.anon_page(pfn)
+            .map(|p| p.entries[0].load(Ordering::Acquire))
+    }
+
+    /// Anonymous pages allocated now.
+    pub fn anon_pages(&self) -> u64 {
+        self.anon.load(Ordering::Relaxed)
+    }
+
     /// Total allocations and frees since boot.
     pub fn alloc_free_counts(&self) -> (u64, u64) {
         (
@@ -335,7 +407,8 @@ impl PhysMem {
     }
 
     /// Lists every page-table page still allocated, as (physical address, level).
-    /// Empty after every `Mm` on this memory has been dropped.
+    /// Empty after every `Mm` on this memory has been dropped (anonymous pages are counted by
+    /// [`PhysMem::anon_pages`]).
     pub fn leak_check(&self) -> Vec<(PhysAddr, Level)> {
         let mut out = Vec::new();
         for (c, chunk) in self.dir.iter().enumerate() {

@@ -1,0 +1,145 @@
+//! `mremap()`: shrink, move (MREMAP_MAYMOVE, MREMAP_FIXED) and the refused expand of pfnmaps.
+//!
+//! Models `mm/mremap.c` (6.12): `vma_to_resize` (`-EFAULT` when the old range is not inside one
+//! VMA, or when a VM_DONTEXPAND|VM_PFNMAP mapping would grow), `mremap_to` (the destination is
+//! unmapped first, MAP_FIXED-style; overlapping ranges are `-EINVAL`), `move_vma` with
+//! `move_page_tables`: a huge leaf moves whole when the new address keeps its alignment,
+//! otherwise it is split — which for a pfnmap means zapped, to be refaulted (fault-backed) — or,
+//! for remap-populated VMAs that nothing would refill, split in place and moved in pieces.
+
+use crate::error::{Errno, MmError};
+use crate::mm::Mm;
+use crate::pgtable::{LeafCounts, PartialHuge};
+use crate::vma::VmFlags;
+
+/// `MREMAP_*` and the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MremapFlags {
+    /// `MREMAP_MAYMOVE`.
+    pub maymove: bool,
+    /// `MREMAP_FIXED` with this destination.
+    pub fixed: Option<u64>,
+}
+
+/// What an mremap did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MremapStats {
+    /// The mapping's address now.
+    pub addr: u64,
+    /// Leaves moved whole.
+    pub moved: LeafCounts,
+    /// Leaves zapped (to be refaulted at the new place).
+    pub zapped: LeafCounts,
+}
+
+fn refused(errno: Errno, reason: String) -> MmError {
+    MmError::Refused {
+        op: "mremap",
+        errno,
+        reason,
+    }
+}
+
+impl Mm {
+    /// `mremap(old_addr, old_len, new_len, flags, new_addr)`.
+    pub fn mremap(
+        &self,
+        old_addr: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: MremapFlags,
+    ) -> Result<MremapStats, MmError> {
+        let einval = |why: String| refused(Errno::EINVAL, why);
+        if !old_addr.is_multiple_of(4096) {
+            return Err(einval(format!(
+                "old address {old_addr:#x} not page aligned"
+            )));
+        }
+        if new_len == 0 || !new_len.is_multiple_of(4096) || !old_len.is_multiple_of(4096) {
+            return Err(einval(format!(
+                "lengths {old_len:#x} -> {new_len:#x} must be non-zero multiples of 4 KiB"
+            )));
+        }
+        if flags.fixed.is_some() && !flags.maymove {
+            return Err(einval("MREMAP_FIXED needs MREMAP_MAYMOVE".into()));
+        }
+        let old_end = self
+            .check_range("mremap", old_addr, old_len)
+            .map_err(|e| einval(e.to_string()))?;
+        let vma = self
+            .find_vma(old_addr)
+            .ok_or_else(|| refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")))?;
+        if old_end > vma.end {
+            return Err(refused(
+                Errno::EFAULT,
+                "the old range is not inside one VMA".into(),
+            ));
+        }
+        if new_len > old_len && vma.flags.intersects(VmFlags::DONTEXPAND | VmFlags::PFNMAP) {
+            return Err(refused(
+                Errno::EFAULT,
+                "a VM_DONTEXPAND|VM_PFNMAP mapping cannot grow".into(),
+            ));
+        }
+        // Shrink in place.
+        if flags.fixed.is_none() && new_len <= old_len {
+            if new_len < old_len {
+                self.munmap(old_addr + new_len, old_len - new_len)?;
+            }
+            return Ok(MremapStats {
+                addr: old_addr,
+                ..MremapStats::default()
+            });
+        }
+        if flags.fixed.is_none() && !flags.maymove {
+            return Err(refused(Errno::ENOMEM, "cannot grow in place".into()));
+        }
+        // Where to.
+        let dst = match flags.fixed {
+            Some(d) => {
+                if !d.is_multiple_of(4096) {
+                    return Err(einval(format!("new address {d:#x} not page aligned")));
+                }
+                let dend = self
+                    .check_range("mremap", d, new_len)
+                    .map_err(|e| einval(e.to_string()))?;
+                if d < old_end && old_addr < dend {
+                    return Err(einval("old and new ranges overlap".into()));
+                }
+                self.munmap(d, new_len)?;
+                d
+            }
+            None => self.get_unmapped_area(new_len, vma.pgoff << 12)?,
+        };
+        // Shrinking and moving: drop the tail first.
+        let move_len = old_len.min(new_len);
+        if new_len < old_len {
+            self.munmap(old_addr + new_len, old_len - new_len)?;
+        }
+        let mut tree = self.mmap_write();
+        self.split_vma_at(&mut tree, old_addr)?;
+        self.split_vma_at(&mut tree, old_addr + move_len)?;
+        let piece = self
+            .unlink(&mut tree, old_addr)
+            .ok_or_else(|| refused(Errno::EFAULT, "VMA vanished".into()))?;
+        let policy = if piece.is_fault_backed() {
+            PartialHuge::ZapWhole
+        } else {
+            PartialHuge::Split
+        };
+        let (moved, zapped) = self.pt.move_page_tables(old_addr, dst, move_len, policy)?;
+        let mut newv = piece.clone();
+        newv.start = dst;
+        newv.end = dst + move_len;
+        self.link(&mut tree, newv);
+        let floor = tree.floor(old_addr);
+        let ceiling = tree.ceiling(old_addr + move_len);
+        self.pt
+            .free_pgtables(old_addr, old_addr + move_len, floor, ceiling);
+        Ok(MremapStats {
+            addr: dst,
+            moved,
+            zapped,
+        })
+    }
+}
