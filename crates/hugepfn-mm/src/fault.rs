@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::addr::Pfn;
 use crate::entry::{self, Decoded, Leaf, ProtFlags};
 use crate::level::Level;
-use crate::pgtable::{PageTables, PartialHuge, Slot, WalkError};
+use crate::pgtable::{Hazard, PageTables, PartialHuge, Slot, WalkError};
 use crate::vma::{VmFlags, Vma};
 
 /// `vm_fault_t`: the outcome of a fault handler.
@@ -94,6 +94,8 @@ pub struct VmFault<'a> {
     pub pgoff: u64,
     /// `vmf->pmd`: the PMD slot of the address once the fault path has reached it.
     pmd: std::cell::Cell<Option<Slot>>,
+    /// The level of the leaf a handler installed, if it installed one.
+    installed: std::cell::Cell<Option<Level>>,
     pt: &'a PageTables,
     stats: &'a FaultStats,
 }
@@ -127,6 +129,7 @@ impl<'a> VmFault<'a> {
             flags,
             pgoff: vma.linear_page_index(page),
             pmd: std::cell::Cell::new(None),
+            installed: std::cell::Cell::new(None),
             pt,
             stats,
         }
@@ -163,6 +166,13 @@ pub trait VmOperations: Send + Sync {
         false
     }
 
+    /// The RFC's design (b): called first, before any PUD/PMD table is allocated, on VMAs with
+    /// `VM_HUGEPFNMAP`; the driver picks the leaf size itself.
+    fn early_fault(&self, vmf: &VmFault<'_>) -> VmFaultResult {
+        let _ = vmf;
+        VmFaultResult::Fallback
+    }
+
     /// `->open`: a new VMA refers to the driver (split, fork).
     fn open(&self, vma: &Vma) {
         let _ = vma;
@@ -171,6 +181,55 @@ pub trait VmOperations: Send + Sync {
     /// `->close`: a VMA goes away.
     fn close(&self, vma: &Vma) {
         let _ = vma;
+    }
+}
+
+/// The RFC's three ways to let a driver install huge pfn leaves on fault ("which of these folks
+/// find least offensive?").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultPath {
+    /// (a) What Linux merged in 6.12: `vm_ops->huge_fault(vmf, order)` at the PUD and PMD levels
+    /// of `__handle_mm_fault`, gated by `thp_vma_allowable_order`.
+    #[default]
+    HugeFault,
+    /// (b) A `VM_HUGEPFNMAP` VMA flag: `__handle_mm_fault` calls the driver before allocating
+    /// PUD/PMD tables; the driver chooses the size (no THP gate).
+    EarlyFault,
+    /// (c) The driver calls `remap_pfn_range` from `->fault`, overwriting the PMD/PTE tables the
+    /// core allocated on the way down with a huge leaf, and freeing them.
+    RemapOverwrite,
+}
+
+impl FaultPath {
+    /// All three, in the RFC's order.
+    pub const ALL: [FaultPath; 3] = [
+        FaultPath::HugeFault,
+        FaultPath::EarlyFault,
+        FaultPath::RemapOverwrite,
+    ];
+
+    /// The scenario-file name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            FaultPath::HugeFault => "huge_fault",
+            FaultPath::EarlyFault => "early_fault",
+            FaultPath::RemapOverwrite => "remap_overwrite",
+        }
+    }
+}
+
+impl std::str::FromStr for FaultPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        FaultPath::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown fault path `{s}` (expected huge_fault, early_fault or remap_overwrite)"
+                )
+            })
     }
 }
 
@@ -377,6 +436,7 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     match vmf.pt.decode(slot) {
         Decoded::None => {
             vmf.pt.set(slot, raw);
+            vmf.installed.set(Some(level));
             VmFaultResult::NoPage
         }
         Decoded::Leaf(old) if old.pfn != pfn => {
@@ -436,8 +496,22 @@ pub fn handle_mm_fault_locked(
 ) -> FaultOutcome {
     let vmf = VmFault::new(vma, address, flags, pt, stats);
     let write = vmf.is_write();
-    let done = |result, level| FaultOutcome { result, level };
+    // The level a fault is counted at: the leaf its handler installed, else the path's level.
+    let done = |result, level| FaultOutcome {
+        result,
+        level: vmf.installed.get().unwrap_or(level),
+    };
     let ops = vma.ops.as_deref();
+
+    // Design (b): the driver first, before any table is allocated for it.
+    if vma.flags.contains(VmFlags::HUGEPFNMAP)
+        && let Some(o) = ops
+    {
+        let r = o.early_fault(&vmf);
+        if r != VmFaultResult::Fallback {
+            return done(r, Level::Pte);
+        }
+    }
 
     // p4d_alloc + pud_alloc.
     let pud = match pt.slot_alloc(address, Level::Pud) {
@@ -580,10 +654,19 @@ fn handle_pte_fault(vmf: &VmFault<'_>, ops: Option<&dyn VmOperations>) -> VmFaul
         return VmFaultResult::Sigbus;
     };
     if vmf.is_write() && !vmf.vma.flags.contains(VmFlags::SHARED) {
-        // do_cow_fault: not modelled yet.
+        // do_cow_fault on a pfnmap: drivers never insert into CoW pfnmaps (see check_insert).
         return VmFaultResult::Sigbus;
     }
-    ops.fault(vmf)
+    // __do_fault preallocates a PTE table when the PMD is empty (and frees it if unused).
+    let prealloc = match vmf.pmd.get() {
+        Some(pmd) if pt.get(pmd) == 0 => pt.prealloc_pte().ok(),
+        _ => None,
+    };
+    let r = ops.fault(vmf);
+    if let Some(t) = prealloc {
+        pt.free_prealloc_pte(t);
+    }
+    r
 }
 
 /// `vm_normal_page()`: the page behind a leaf, if it has one. Special entries (pfnmaps) have
@@ -650,4 +733,47 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
     pt.flush_tlb_range(base, base + 4096, "cow");
     pt.mmu_notifier_invalidate(base, base + 4096);
     VmFaultResult::Done
+}
+
+/// Design (c): `remap_pfn_range` called from `->fault` for the block of `level` around the
+/// fault, overwriting whatever the core put there on the way down (a PMD table, a PTE table) and
+/// freeing it. Linux's `remap_pfn_range` wants the mmap lock held for write; a fault holds it for
+/// read, and lockless walkers (gup-fast, the hardware walker, other CPUs' TLB fills) may still
+/// be inside the tables freed here: both are counted as hazards on the page tables.
+pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFaultResult {
+    let addr = vmf.address & !(level.size() - 1);
+    if let Some(r) = check_insert(vmf, addr, level) {
+        return r;
+    }
+    if !pfn.is_aligned_order(level.order()) {
+        return VmFaultResult::Sigbus;
+    }
+    let prot = vmf
+        .vma
+        .page_prot
+        .with(ProtFlags::SPECIAL, ProtFlags::empty());
+    let Ok(raw) = entry::encode_leaf(Leaf { pfn, prot, level }) else {
+        return VmFaultResult::Sigbus;
+    };
+    let pt = vmf.pt;
+    pt.note_hazard(Hazard::RemapUnderReadLock);
+    let slot = match pt.slot_alloc(addr, level) {
+        Ok(s) => s,
+        Err(WalkError::Oom) => return VmFaultResult::Oom,
+        Err(WalkError::HugeAbove(_)) => return VmFaultResult::NoPage,
+        Err(WalkError::Bad(..)) => return VmFaultResult::Sigbus,
+    };
+    let ptl = pt.ptl(slot);
+    let old = pt.get(slot);
+    pt.set(slot, raw);
+    drop(ptl);
+    vmf.installed.set(Some(level));
+    if let (Decoded::Table(t), Some(lower)) = (entry::decode(old, level), level.lower()) {
+        let freed = pt.free_table_tree(t, lower);
+        for _ in 0..freed {
+            pt.note_hazard(Hazard::LiveTableFreed);
+        }
+        pt.flush_tlb_range(addr, addr + level.size(), "overwrite");
+    }
+    VmFaultResult::NoPage
 }

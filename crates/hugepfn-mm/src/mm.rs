@@ -18,8 +18,8 @@ use crate::addr::{PAGE_SIZE, PagingMode, Pfn, VirtAddr};
 use crate::entry::{Pgprot, ProtFlags};
 use crate::error::MmError;
 use crate::fault::{
-    FaultCounts, FaultFlags, FaultOutcome, FaultStats, ThpPolicy, VmFaultResult, access_error,
-    handle_mm_fault_locked,
+    FaultCounts, FaultFlags, FaultOutcome, FaultPath, FaultStats, ThpPolicy, VmFaultResult,
+    access_error, handle_mm_fault_locked,
 };
 use crate::level::{LeafCap, Level};
 use crate::mapping::{AddressSpace, IMmapEntry};
@@ -43,6 +43,8 @@ pub struct MmConfig {
     pub remap_cap: LeafCap,
     /// Top of the mmap area (`mm->mmap_base`); default: 128 MiB below the end of user space.
     pub mmap_base: Option<u64>,
+    /// How drivers get to install huge leaves on fault (the RFC's three designs).
+    pub fault_path: FaultPath,
 }
 
 impl Default for MmConfig {
@@ -52,6 +54,7 @@ impl Default for MmConfig {
             thp: ThpPolicy::Always,
             remap_cap: LeafCap::Pud,
             mmap_base: None,
+            fault_path: FaultPath::HugeFault,
         }
     }
 }

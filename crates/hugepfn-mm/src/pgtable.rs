@@ -162,6 +162,26 @@ pub trait MmuNotifier: Send + Sync {
     fn invalidate_range(&self, start: u64, end: u64);
 }
 
+/// A correctness hazard a fault-path design ran into (for `hugepfn compare`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Hazard {
+    /// A page-table page still linked into the tree was freed outside the mmap write lock, with
+    /// no RCU grace period: a lockless walker may be reading it (use after free).
+    LiveTableFreed,
+    /// `remap_pfn_range` ran with the mmap lock held only for read (lockdep complains; concurrent
+    /// faults on the same range race).
+    RemapUnderReadLock,
+}
+
+/// Hazard counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HazardCounts {
+    /// [`Hazard::LiveTableFreed`].
+    pub live_table_freed: u64,
+    /// [`Hazard::RemapUnderReadLock`].
+    pub remap_under_read_lock: u64,
+}
+
 /// The page tables of one `Mm`.
 pub struct PageTables {
     phys: Arc<PhysMem>,
@@ -173,6 +193,7 @@ pub struct PageTables {
     tables_allocated: AtomicU64,
     tables_freed: AtomicU64,
     notifiers: std::sync::RwLock<Vec<Arc<dyn MmuNotifier>>>,
+    hazards: [AtomicU64; 2],
 }
 
 impl std::fmt::Debug for PageTables {
@@ -204,6 +225,7 @@ impl PageTables {
             tables_allocated: AtomicU64::new(1),
             tables_freed: AtomicU64::new(0),
             notifiers: std::sync::RwLock::new(Vec::new()),
+            hazards: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -238,6 +260,39 @@ impl PageTables {
             self.tables_allocated.load(Ordering::Relaxed),
             self.tables_freed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Counts a hazard.
+    pub fn note_hazard(&self, h: Hazard) {
+        let i = match h {
+            Hazard::LiveTableFreed => 0,
+            Hazard::RemapUnderReadLock => 1,
+        };
+        self.hazards[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Hazards met so far.
+    pub fn hazards(&self) -> HazardCounts {
+        HazardCounts {
+            live_table_freed: self.hazards[0].load(Ordering::Relaxed),
+            remap_under_read_lock: self.hazards[1].load(Ordering::Relaxed),
+        }
+    }
+
+    /// `pte_alloc_one`: a PTE table not linked anywhere yet (`vmf->prealloc_pte`).
+    pub fn prealloc_pte(&self) -> Result<PhysAddr, WalkError> {
+        self.alloc(Level::Pte)
+    }
+
+    /// `pte_free` of an unused preallocated table.
+    pub fn free_prealloc_pte(&self, pa: PhysAddr) {
+        self.free(pa, Level::Pte);
+    }
+
+    /// Frees a subtree that has just been unlinked (its leaves' page references dropped).
+    /// Returns the tables freed.
+    pub fn free_table_tree(&self, pa: PhysAddr, level: Level) -> u64 {
+        self.free_subtree(pa, level)
     }
 
     /// `mmu_notifier_register`: `n` is told of every invalidation from now on.

@@ -61,6 +61,9 @@ bitflags! {
         const HUGEPAGE = 0x2000_0000;
         /// `VM_NOHUGEPAGE`: MADV_NOHUGEPAGE.
         const NOHUGEPAGE = 0x4000_0000;
+        /// `VM_HUGEPFNMAP`: the RFC's design (b), not in Linux: call the driver's fault handler
+        /// before `__handle_mm_fault` allocates PUD/PMD tables. Bit 32 is unused on x86-64.
+        const HUGEPFNMAP = 0x1_0000_0000;
     }
 }
 

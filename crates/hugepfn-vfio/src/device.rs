@@ -18,7 +18,8 @@ use std::sync::{Arc, RwLock};
 
 use hugepfn_mm::error::{Errno, MmError};
 use hugepfn_mm::fault::{
-    VmFault, VmFaultResult, VmOperations, vmf_insert_pfn, vmf_insert_pfn_pmd, vmf_insert_pfn_pud,
+    FaultPath, VmFault, VmFaultResult, VmOperations, vmf_insert_pfn, vmf_insert_pfn_pmd,
+    vmf_insert_pfn_pud, vmf_remap_overwrite,
 };
 use hugepfn_mm::mapping::{AddressSpace, UnmapMappingStats};
 use hugepfn_mm::vma::{VmFlags, pgprot_noncached};
@@ -336,6 +337,7 @@ impl FileOps for VfioDeviceFile {
 
     /// `vfio_pci_core_mmap`.
     fn mmap(&self, ctx: &mut MmapCtx<'_>) -> Result<(), MmError> {
+        let design = ctx.config().fault_path;
         let vma = &mut *ctx.vma;
         let dev = &self.dev;
         let index = vma.pgoff >> (VFIO_PCI_OFFSET_SHIFT - 12);
@@ -370,17 +372,24 @@ impl FileOps for VfioDeviceFile {
         }
         vma.page_prot = pgprot_noncached(vma.page_prot);
         vma.flags |= VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND | VmFlags::DONTDUMP;
-        vma.ops = Some(Arc::new(VfioPciMmapOps {
+        if design == FaultPath::EarlyFault {
+            ctx.vma.flags |= VmFlags::HUGEPFNMAP;
+        }
+        ctx.vma.ops = Some(Arc::new(VfioPciMmapOps {
             dev: self.dev.clone(),
+            design,
         }));
         Ok(())
     }
 }
 
-/// `vfio_pci_mmap_ops`: `.fault` = `.huge_fault(vmf, 0)`, `.huge_fault` below.
+/// `vfio_pci_mmap_ops`: `.fault` = `.huge_fault(vmf, 0)`, `.huge_fault` below — or, for the
+/// RFC's other two designs, an early fault that picks the size itself (b), or a `.fault` that
+/// remaps the largest aligned block over whatever tables the core allocated (c).
 #[derive(Debug)]
 pub struct VfioPciMmapOps {
     dev: Arc<VfioPciDevice>,
+    design: FaultPath,
 }
 
 impl VfioPciMmapOps {
@@ -442,13 +451,47 @@ impl VfioPciMmapOps {
     }
 }
 
+impl VfioPciMmapOps {
+    /// Design (c): the pre-6.10 style `.fault` that remaps, here with the RFC's huge
+    /// `remap_pfn_range`: the largest block around the address that lies in the VMA and whose
+    /// pfn is aligned, installed over whatever is there.
+    fn remap_fault(&self, vmf: &VmFault<'_>) -> VmFaultResult {
+        let dev = &self.dev;
+        let vma = vmf.vma;
+        let Some(base_pfn) = dev.vma_to_pfn(vma.pgoff) else {
+            return VmFaultResult::Sigbus;
+        };
+        let s = dev.state();
+        if s.power != PowerState::D0 || !s.config.memory_enabled() {
+            dev.sigbus.fetch_add(1, Ordering::Relaxed);
+            return VmFaultResult::Sigbus;
+        }
+        for level in Level::LEAF_LEVELS {
+            let size = level.size();
+            let addr = vmf.address & !(size - 1);
+            let pfn = base_pfn + (addr.wrapping_sub(vma.start) >> 12);
+            if addr >= vma.start && addr + size <= vma.end && pfn.is_multiple_of(1 << level.order())
+            {
+                let Ok(pfn) = Pfn::new(pfn) else {
+                    return VmFaultResult::Sigbus;
+                };
+                return vmf_remap_overwrite(vmf, pfn, level);
+            }
+        }
+        VmFaultResult::Sigbus
+    }
+}
+
 impl VmOperations for VfioPciMmapOps {
     fn name(&self) -> &str {
         "vfio_pci_mmap_ops"
     }
 
     fn fault(&self, vmf: &VmFault<'_>) -> VmFaultResult {
-        self.huge_fault_impl(vmf, 0)
+        match self.design {
+            FaultPath::RemapOverwrite => self.remap_fault(vmf),
+            _ => self.huge_fault_impl(vmf, 0),
+        }
     }
 
     fn huge_fault(&self, vmf: &VmFault<'_>, order: u32) -> VmFaultResult {
@@ -456,6 +499,19 @@ impl VmOperations for VfioPciMmapOps {
     }
 
     fn has_huge_fault(&self) -> bool {
-        true
+        self.design == FaultPath::HugeFault
+    }
+
+    fn early_fault(&self, vmf: &VmFault<'_>) -> VmFaultResult {
+        if self.design != FaultPath::EarlyFault {
+            return VmFaultResult::Fallback;
+        }
+        for level in Level::LEAF_LEVELS {
+            let r = self.huge_fault_impl(vmf, level.order());
+            if r != VmFaultResult::Fallback {
+                return r;
+            }
+        }
+        VmFaultResult::Fallback
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hugepfn::{bench, demo, output, runner};
+use hugepfn::{bench, compare, demo, output, runner};
 use hugepfn_vfio::HugeFaultLogic;
 
 #[derive(Parser)]
@@ -55,6 +55,15 @@ enum Cmd {
         /// Which vfio_pci_mmap_huge_fault to run.
         #[arg(long, value_enum, default_value = "fixed")]
         logic: Logic,
+    },
+    /// Run one scenario under the RFC's three fault-path designs (huge_fault, early_fault,
+    /// remap_overwrite) and print faults, page tables, TLB flushes, time and hazards side by side.
+    Compare {
+        /// The scenario (TOML).
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Time the workloads behind the speed targets once (build with --release) and print
     /// the ratios between them; `cargo bench` gives the statistics.
@@ -116,6 +125,35 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Compare { file, json } => {
+            let sc = match hugepfn_scenario::load_scenario(&file) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("hugepfn: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match compare::compare(&sc, runner::RunOptions::default()) {
+                Ok(rows) => {
+                    if json {
+                        match serde_json::to_string_pretty(&rows) {
+                            Ok(s) => println!("{s}"),
+                            Err(e) => {
+                                eprintln!("hugepfn: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    } else {
+                        print!("{}", compare::format(&sc, &rows));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hugepfn: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Bench { quick, json } => match bench::run_all(quick) {
             Ok(figs) => {
                 if json {
@@ -150,6 +188,7 @@ fn main() -> ExitCode {
                     Logic::V612 => HugeFaultLogic::V6_12,
                     Logic::V613 => HugeFaultLogic::V6_13,
                 },
+                ..runner::RunOptions::default()
             };
             let report = match runner::run_scenario(&sc, opts) {
                 Ok(r) => r,
