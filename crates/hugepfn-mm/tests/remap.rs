@@ -351,3 +351,24 @@ fn mmap_fixed_refuses_overlap() {
     assert!(matches!(e, MmError::Overlap { .. }));
     assert_eq!(e.errno(), hugepfn_mm::Errno::EEXIST);
 }
+
+#[test]
+fn mm_and_page_tables_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<hugepfn_mm::Mm>();
+    check::<hugepfn_mm::PageTables>();
+    check::<hugepfn_mm::PhysMem>();
+    // And an Mm really is used from several threads at once.
+    let (_p, mm) = common::mm();
+    common::vma(&mm, G, 2 * M);
+    mm.remap_pfn_range(G, BAR1 >> 12, 2 * M, prot()).unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                for i in 0..512 {
+                    assert_eq!(mm.follow_pfnmap(G + i * 4096).unwrap().pfn.as_u64(), (BAR1 >> 12) + i);
+                }
+            });
+        }
+    });
+}
