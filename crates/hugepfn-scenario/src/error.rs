@@ -244,6 +244,44 @@ pub enum Problem {
     /// `stride = 0`.
     #[error("`stride` must be at least 1 byte (4K touches every page)")]
     ZeroStride,
+    /// An `errno` expectation that is not an errno name.
+    #[error(
+        "`errno`: `{value}` is not an errno name: expected \"0\" (no error) or a name like \"EINVAL\", \"EFAULT\", \"EEXIST\""
+    )]
+    UnknownErrno {
+        /// What the file said.
+        value: String,
+    },
+    /// A step names a process that no `fork` creates.
+    #[error("unknown process `{name}`{}", known_list("processes so far", known))]
+    UnknownProcess {
+        /// The name used.
+        name: String,
+        /// The processes that exist at this step (`main` first).
+        known: Vec<String>,
+    },
+    /// A step names a process that a later `fork` creates.
+    #[error("process `{name}` is used before the fork step that creates it (line {fork_line})")]
+    ProcessUsedBeforeFork {
+        /// The name.
+        name: String,
+        /// Line of the `fork` step.
+        fork_line: usize,
+    },
+    /// A `fork` whose `child` names an existing process.
+    #[error("duplicate process name `{name}` ({})", first_process(*first_line))]
+    DuplicateProcess {
+        /// The name.
+        name: String,
+        /// Line of the `fork` that created it; 0 for the first process, `main`.
+        first_line: usize,
+    },
+    /// A memslot flag listed twice.
+    #[error("`flags`: `{flag}` is listed twice")]
+    DuplicateFlag {
+        /// The flag's spelling.
+        flag: String,
+    },
     /// `offset + len` beyond 2^64.
     #[error("`offset` {} + `len` {} overflows 64 bits", format_size(*offset), format_size(*len))]
     RangeOverflow {
@@ -260,6 +298,14 @@ fn ops_list() -> String {
         .map(|o| format!("`{o}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn first_process(first_line: usize) -> String {
+    if first_line == 0 {
+        format!("`{}` is the first process", crate::MAIN_PROCESS)
+    } else {
+        format!("first forked on line {first_line}")
+    }
 }
 
 fn known_list(what: &str, known: &[String]) -> String {
@@ -343,6 +389,30 @@ mod tests {
             problem: Problem::ZeroStride,
         };
         assert!(e.to_string().starts_with("x.toml:4:2: `stride`"), "{e}");
+        let p = Problem::DuplicateProcess {
+            name: "main".into(),
+            first_line: 0,
+        };
+        assert_eq!(
+            p.to_string(),
+            "duplicate process name `main` (`main` is the first process)"
+        );
+        let p = Problem::DuplicateProcess {
+            name: "c1".into(),
+            first_line: 9,
+        };
+        assert_eq!(
+            p.to_string(),
+            "duplicate process name `c1` (first forked on line 9)"
+        );
+        let p = Problem::UnknownProcess {
+            name: "c2".into(),
+            known: vec!["main".into(), "c1".into()],
+        };
+        assert_eq!(
+            p.to_string(),
+            "unknown process `c2` (processes so far: `main`, `c1`)"
+        );
         assert_eq!(e.problem(), Some(&Problem::ZeroStride));
         assert_eq!(e.location().map(|l| l.line), Some(4));
     }

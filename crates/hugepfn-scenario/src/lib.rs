@@ -2,8 +2,9 @@
 //!
 //! A *scenario* (TOML) describes PCI devices with memory BARs (as vfio-pci exposes them) and a
 //! sequence of steps: `mmap` a BAR range at a chosen kind of virtual address, `touch` it,
-//! `munmap` part of it, toggle the PCI memory-decode bit, reset, change the power state, and
-//! `expect` fault / signal / leaf counts. The same file drives the executable mm model
+//! `munmap` part of it, toggle the PCI memory-decode bit, reset, change the power state,
+//! `mprotect` / `mremap` / `madvise` / `fork`, DMA-map it through vfio type1, give it to a KVM
+//! guest, and `expect` fault / signal / leaf / IOMMU / EPT counts. The same file drives the executable mm model
 //! (`hugepfn run`) and the real-kernel probe; both print a [`RunReport`] as JSON.
 //!
 //! This crate is only the format: serde types, parsing, validation and the pure expectation
@@ -48,6 +49,85 @@
 //! `power` (device, state = "d0" | "d3hot"). Sizes are strings read by
 //! [`hugepfn_units::parse_size`] (`"4K"`, `"1G"`, `"0x1000"`) or TOML integers.
 //!
+//! ## Processes, mprotect, mremap, madvise, fork (issue 5)
+//!
+//! ```toml
+//! [[step]]
+//! op = "mprotect"
+//! map = "b1"
+//! offset = "1G"              # default 0
+//! len = "2M"                 # default all
+//! prot = "read"              # none | read | write (write means read+write)
+//! [[step]]
+//! op = "mremap"              # moves the whole mapping (MREMAP_MAYMOVE|MREMAP_FIXED)
+//! map = "b1"
+//! va = "align:1G+2M"         # the placement forms of mmap; default "kernel" (MAYMOVE only)
+//! new_len = "4G"             # optional: shrink/expand (default: same length)
+//! [[step]]
+//! op = "madvise"
+//! map = "b1"
+//! offset = "0"               # default 0
+//! len = "2M"                 # default all
+//! advice = "dontneed"        # dontneed | dontneed_locked | free | wipeonfork | keeponfork |
+//!                            # cold | pageout | populate_read | populate_write | hugepage |
+//!                            # nohugepage | normal | random | sequential | willneed |
+//!                            # dontfork | dofork | dontdump | dodump
+//! [[step]]
+//! op = "fork"                # of the first process
+//! child = "c1"               # a new process; later steps may say process = "c1"
+//! [[step]]
+//! op = "expect"
+//! process = "c1"             # that process's counters since its previous expect
+//! errno = "EINVAL"           # the errno of the last failed op since the previous expect;
+//!                            # "0" = none failed
+//! ```
+//!
+//! `process = "NAME"` is accepted by `touch`, `munmap`, `mprotect`, `mremap`, `madvise`,
+//! `expect`, `dma_map`, `dma_unmap`, `kvm_memslot` and `guest_touch`; without it a step acts in
+//! the first process, [`MAIN_PROCESS`] (`"main"`). `mmap`, `memory`, `reset`, `power` and `fork`
+//! always act in the first process. A name must be created by an earlier `fork`.
+//!
+//! ## Consumers: vfio type1 DMA and KVM (issue 6)
+//!
+//! ```toml
+//! [[step]]
+//! op = "dma_map"             # VFIO_IOMMU_MAP_DMA of (part of) a mapping
+//! map = "b1"
+//! offset = "0"               # default 0
+//! len = "all"                # default all
+//! iova = "0x100000000000"    # required
+//! mode = "batched"           # batched (addr_mask, Linux 6.15+; default) | per_page (before)
+//! [[step]]
+//! op = "dma_unmap"           # VFIO_IOMMU_UNMAP_DMA
+//! iova = "0x100000000000"    # required
+//! len = "128G"               # required
+//! [[step]]
+//! op = "kvm_memslot"         # KVM_SET_USER_MEMORY_REGION of a mapping
+//! slot = 0                   # required
+//! gpa = "0x4000000000"       # required
+//! map = "b1"                 # required
+//! offset = "0"               # default 0
+//! len = "all"                # default all; 0 deletes the slot (as KVM does)
+//! flags = []                 # readonly | log_dirty_pages
+//! [[step]]
+//! op = "guest_touch"         # the guest accesses guest-physical memory (EPT violations)
+//! gpa = "0x4000000000"       # required
+//! len = "128G"               # required
+//! stride = "4K"              # default 4K
+//! access = "write"           # read | write; default write
+//! [[step]]
+//! op = "expect"
+//! dma_lookups = 32           # follow_pfnmap lookups by vaddr_get_pfns since the previous expect
+//! iommu_entries = { pud = 32 }   # IOMMU leaves mapped now (1G/2M/4K), any subset
+//! ept_violations = 128       # since the previous expect
+//! ept_leaves = { pud = 128 } # EPT leaves mapped now
+//! mmu_invalidations = 1      # MMU-notifier invalidations since the previous expect
+//! ```
+//!
+//! Only the format is checked here (names, references, sizes, that ranges fit in 64 bits);
+//! what the kernel would refuse (an unaligned `iova`, an overlapping range, `len = 0`, a slot
+//! number above `KVM_USER_MEM_SLOTS`) is the runner's business, reported as the step's errno.
+//!
 //! # Errors
 //!
 //! Unknown keys, ops and enum values are errors. Every error names `file:line:column`
@@ -62,10 +142,16 @@ mod scenario;
 pub use error::{Location, Problem, ScenarioError};
 pub use parse::{load_scenario, parse_scenario};
 pub use report::{
-    Counters, ExpectOutcome, Levels, Mismatch, PtPages, RunReport, StepReport, check_expect,
+    Counters, ExpectNow, ExpectOutcome, ExpectValue, Levels, Mismatch, PtPages, RunReport,
+    StepReport, check_expect,
 };
 pub use scenario::{
-    Access, Arch, BarSpec, DeviceSpec, ExpectSpec, ExpectStep, Len, LevelCounts, Madvise,
-    MemoryStep, MmapStep, MunmapStep, Order, PlacementError, PowerState, PowerStep, ResetStep,
-    Scenario, Step, ThpMode, TouchStep, VaPlacement,
+    Access, Advice, Arch, BarSpec, DeviceSpec, DmaMapStep, DmaMode, DmaUnmapStep, ErrnoName,
+    ExpectSpec, ExpectStep, FaultPathSpec, ForkStep, GuestTouchStep, KvmMemslotStep, Len,
+    LevelCounts, Madvise, MadviseStep, MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep,
+    MunmapStep, Order, PlacementError, PowerState, PowerStep, ProtSpec, ResetStep, Scenario, Step,
+    ThpMode, TouchStep, VaPlacement,
 };
+
+/// The name of the first process, the one every step acts in unless it says `process = ...`.
+pub const MAIN_PROCESS: &str = "main";

@@ -21,9 +21,11 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::error::{Location, Problem, ScenarioError};
 use crate::scenario::{
-    Access, Arch, BarSpec, DeviceSpec, ExpectSpec, ExpectStep, Len, LevelCounts, Madvise,
-    MemoryStep, MmapStep, MunmapStep, Order, PowerState, PowerStep, ResetStep, Scenario, Step,
-    ThpMode, TouchStep, VaPlacement,
+    Access, Advice, Arch, BarSpec, DeviceSpec, DmaMapStep, DmaMode, DmaUnmapStep, ErrnoName,
+    ExpectSpec, ExpectStep, FaultPathSpec, ForkStep, GuestTouchStep, KvmMemslotStep, Len,
+    LevelCounts, Madvise, MadviseStep, MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep,
+    MunmapStep, Order, PowerState, PowerStep, ProtSpec, ResetStep, Scenario, Step, ThpMode,
+    TouchStep, VaPlacement,
 };
 
 /// Reads the scenario file at `path`; errors name the path as given.
@@ -66,6 +68,7 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
         origin: origin.to_string(),
         arch: head.arch,
         thp: head.thp,
+        fault_path: head.fault_path,
         description: head.description,
         devices,
         steps,
@@ -113,6 +116,8 @@ struct RawHead {
     arch: Arch,
     #[serde(default)]
     thp: ThpMode,
+    #[serde(default)]
+    fault_path: FaultPathSpec,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]
@@ -164,6 +169,7 @@ struct RawTouch {
     stride: Option<Spanned<Scalar>>,
     access: Option<Access>,
     order: Option<Order>,
+    process: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -174,6 +180,99 @@ struct RawMunmap {
     map: Spanned<String>,
     offset: Option<Spanned<Scalar>>,
     len: Option<Spanned<Scalar>>,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMprotect {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    map: Spanned<String>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    prot: ProtSpec,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMremap {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    map: Spanned<String>,
+    va: Option<Spanned<Scalar>>,
+    new_len: Option<Spanned<Scalar>>,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMadvise {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    map: Spanned<String>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    advice: Advice,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFork {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    child: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDmaMap {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    map: Spanned<String>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    iova: Spanned<Scalar>,
+    mode: Option<DmaMode>,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDmaUnmap {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    iova: Spanned<Scalar>,
+    len: Spanned<Scalar>,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKvmMemslot {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    slot: u32,
+    gpa: Spanned<Scalar>,
+    map: Spanned<String>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    flags: Option<Spanned<Vec<MemslotFlag>>>,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuestTouch {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    gpa: Spanned<Scalar>,
+    len: Spanned<Scalar>,
+    stride: Option<Spanned<Scalar>>,
+    access: Option<Access>,
+    process: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +312,13 @@ struct RawExpect {
     sigsegv: Option<u64>,
     skipped: Option<u64>,
     leaves: Option<LevelCounts>,
+    errno: Option<Spanned<String>>,
+    dma_lookups: Option<u64>,
+    iommu_entries: Option<LevelCounts>,
+    ept_violations: Option<u64>,
+    ept_leaves: Option<LevelCounts>,
+    mmu_invalidations: Option<u64>,
+    process: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,6 +327,14 @@ struct RawExpect {
 struct Cx<'a> {
     origin: &'a str,
     text: &'a str,
+}
+
+/// Process names, for reference checks while walking the steps in order.
+struct Procs {
+    /// Every `fork` child in the file → line of its first fork (found by a pre-pass).
+    anywhere: HashMap<String, usize>,
+    /// [`crate::MAIN_PROCESS`] (line 0), then the children forked so far → line.
+    so_far: Vec<(String, usize)>,
 }
 
 /// Mapping names, for reference checks while walking the steps in order.
@@ -424,6 +538,256 @@ impl Cx<'_> {
         Err(self.invalid(&name.span(), problem))
     }
 
+    /// Checks an optional `process = ...` against the processes forked so far.
+    fn process(
+        &self,
+        procs: &Procs,
+        name: Option<Spanned<String>>,
+    ) -> Result<Option<String>, ScenarioError> {
+        let Some(name) = name else { return Ok(None) };
+        let n = name.get_ref();
+        if procs.so_far.iter().any(|(p, _)| p == n) {
+            return Ok(Some(name.into_inner()));
+        }
+        let problem = match procs.anywhere.get(n) {
+            Some(&fork_line) => Problem::ProcessUsedBeforeFork {
+                name: n.clone(),
+                fork_line,
+            },
+            None => Problem::UnknownProcess {
+                name: n.clone(),
+                known: procs.so_far.iter().map(|(p, _)| p.clone()).collect(),
+            },
+        };
+        Err(self.invalid(&name.span(), problem))
+    }
+
+    /// A required size with its key (`iova`, `gpa`, `len`).
+    fn req_size(&self, field: &'static str, v: &Spanned<Scalar>) -> Result<u64, ScenarioError> {
+        self.size(field, v)
+    }
+
+    /// `offset` (default 0) and `len` (default all) of a range in a mapping.
+    fn range(
+        &self,
+        offset: Option<&Spanned<Scalar>>,
+        len: Option<&Spanned<Scalar>>,
+    ) -> Result<(u64, Len), ScenarioError> {
+        let offset = self.size_or("offset", offset, 0)?;
+        let len = self.len(len, offset)?;
+        Ok((offset, len))
+    }
+
+    /// `stride`, default 4 KiB, never 0.
+    fn stride(&self, v: Option<&Spanned<Scalar>>) -> Result<u64, ScenarioError> {
+        let stride = self.size_or("stride", v, 4 * KIB)?;
+        if stride == 0 {
+            let span = v.map_or(0..0, Spanned::span);
+            return Err(self.invalid(&span, Problem::ZeroStride));
+        }
+        Ok(stride)
+    }
+
+    /// `start + len` must fit in 64 bits (`iova`/`gpa` ranges).
+    fn fits(&self, start: u64, len: u64, span: &Range<usize>) -> Result<(), ScenarioError> {
+        match start.checked_add(len) {
+            Some(_) => Ok(()),
+            None => Err(self.invalid(span, Problem::RangeOverflow { offset: start, len })),
+        }
+    }
+
+    fn fork(&self, r: RawFork, line: usize, procs: &mut Procs) -> Result<ForkStep, ScenarioError> {
+        if let Some((_, first_line)) = procs.so_far.iter().find(|(p, _)| p == r.child.get_ref()) {
+            return Err(self.invalid(
+                &r.child.span(),
+                Problem::DuplicateProcess {
+                    name: r.child.get_ref().clone(),
+                    first_line: *first_line,
+                },
+            ));
+        }
+        procs.so_far.push((r.child.get_ref().clone(), line));
+        Ok(ForkStep {
+            line,
+            child: r.child.into_inner(),
+        })
+    }
+
+    fn expect(
+        &self,
+        r: RawExpect,
+        line: usize,
+        procs: &Procs,
+    ) -> Result<ExpectStep, ScenarioError> {
+        let errno = match r.errno {
+            None => None,
+            Some(v) => Some(
+                v.get_ref()
+                    .parse::<ErrnoName>()
+                    .map_err(|value| self.invalid(&v.span(), Problem::UnknownErrno { value }))?,
+            ),
+        };
+        Ok(ExpectStep {
+            line,
+            expect: ExpectSpec {
+                faults: r.faults,
+                faults_by_level: r.faults_by_level,
+                sigbus: r.sigbus,
+                sigsegv: r.sigsegv,
+                skipped: r.skipped,
+                leaves: r.leaves,
+                errno,
+                dma_lookups: r.dma_lookups,
+                iommu_entries: r.iommu_entries,
+                ept_violations: r.ept_violations,
+                ept_leaves: r.ept_leaves,
+                mmu_invalidations: r.mmu_invalidations,
+            },
+            process: self.process(procs, r.process)?,
+        })
+    }
+
+    /// The steps of issues 5 and 6 (everything after `expect` in [`Step::OPS`]).
+    fn later_step(
+        &self,
+        op: &str,
+        d: ValueDeserializer<'_>,
+        line: usize,
+        maps: &Maps,
+        procs: &mut Procs,
+    ) -> Result<Step, ScenarioError> {
+        Ok(match op {
+            "mprotect" => {
+                let r: RawMprotect = self.de(d)?;
+                self.mapping(maps, &r.map)?;
+                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                Step::Mprotect(MprotectStep {
+                    line,
+                    map: r.map.into_inner(),
+                    offset,
+                    len,
+                    prot: r.prot,
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            "mremap" => {
+                let r: RawMremap = self.de(d)?;
+                self.mapping(maps, &r.map)?;
+                let va = self.placement(r.va.as_ref())?;
+                let new_len = match &r.new_len {
+                    None => None,
+                    Some(v) => Some(self.size("new_len", v)?),
+                };
+                Step::Mremap(MremapStep {
+                    line,
+                    map: r.map.into_inner(),
+                    va,
+                    new_len,
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            "madvise" => {
+                let r: RawMadvise = self.de(d)?;
+                self.mapping(maps, &r.map)?;
+                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                Step::Madvise(MadviseStep {
+                    line,
+                    map: r.map.into_inner(),
+                    offset,
+                    len,
+                    advice: r.advice,
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            "fork" => {
+                let r: RawFork = self.de(d)?;
+                Step::Fork(self.fork(r, line, procs)?)
+            }
+            "dma_map" => {
+                let r: RawDmaMap = self.de(d)?;
+                self.mapping(maps, &r.map)?;
+                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                let iova = self.req_size("iova", &r.iova)?;
+                if let Len::Bytes(n) = len {
+                    self.fits(iova, n, &r.iova.span())?;
+                }
+                Step::DmaMap(DmaMapStep {
+                    line,
+                    map: r.map.into_inner(),
+                    offset,
+                    len,
+                    iova,
+                    mode: r.mode.unwrap_or_default(),
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            "dma_unmap" => {
+                let r: RawDmaUnmap = self.de(d)?;
+                let iova = self.req_size("iova", &r.iova)?;
+                let len = self.req_size("len", &r.len)?;
+                self.fits(iova, len, &r.len.span())?;
+                Step::DmaUnmap(DmaUnmapStep {
+                    line,
+                    iova,
+                    len,
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            "kvm_memslot" => {
+                let r: RawKvmMemslot = self.de(d)?;
+                self.mapping(maps, &r.map)?;
+                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                let gpa = self.req_size("gpa", &r.gpa)?;
+                if let Len::Bytes(n) = len {
+                    self.fits(gpa, n, &r.gpa.span())?;
+                }
+                let (flags_span, flags) = r
+                    .flags
+                    .map_or((0..0, Vec::new()), |f| (f.span(), f.into_inner()));
+                for (i, f) in flags.iter().enumerate() {
+                    if flags[..i].contains(f) {
+                        return Err(self.invalid(
+                            &flags_span,
+                            Problem::DuplicateFlag {
+                                flag: memslot_flag_name(*f).to_string(),
+                            },
+                        ));
+                    }
+                }
+                Step::KvmMemslot(KvmMemslotStep {
+                    line,
+                    slot: r.slot,
+                    gpa,
+                    map: r.map.into_inner(),
+                    offset,
+                    len,
+                    flags,
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            "guest_touch" => {
+                let r: RawGuestTouch = self.de(d)?;
+                let gpa = self.req_size("gpa", &r.gpa)?;
+                let len = self.req_size("len", &r.len)?;
+                self.fits(gpa, len, &r.len.span())?;
+                let stride = self.stride(r.stride.as_ref())?;
+                Step::GuestTouch(GuestTouchStep {
+                    line,
+                    gpa,
+                    len,
+                    stride,
+                    access: r.access.unwrap_or_default(),
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            _ => {
+                // op_of() admitted only Step::OPS; the earlier ones are handled by steps().
+                let r: RawExpect = self.de(d)?;
+                Step::Expect(self.expect(r, line, procs)?)
+            }
+        })
+    }
+
     /// The `op` of a step value, with the span to blame.
     fn op_of(&self, v: &Spanned<DeValue<'_>>) -> Result<String, ScenarioError> {
         let DeValue::Table(t) = v.get_ref() else {
@@ -441,17 +805,22 @@ impl Cx<'_> {
         Ok(s.to_string())
     }
 
-    /// Pre-pass: every `mmap` step's `name` and line, so that a forward reference gets a
-    /// precise message. Malformed steps are skipped here and reported by the main pass.
-    fn mmap_names(&self, values: &[Spanned<DeValue<'_>>]) -> HashMap<String, usize> {
+    /// Pre-pass: the `key` (`name` of `mmap`, `child` of `fork`) of every step with this `op`,
+    /// and its line, so that a forward reference gets a precise message. Malformed steps are
+    /// skipped here and reported by the main pass.
+    fn names_of(
+        &self,
+        values: &[Spanned<DeValue<'_>>],
+        op: &str,
+        key: &str,
+    ) -> HashMap<String, usize> {
         let mut names = HashMap::new();
         for v in values {
             let DeValue::Table(t) = v.get_ref() else {
                 continue;
             };
-            let is_mmap = t.get("op").and_then(|o| o.get_ref().as_str()) == Some("mmap");
-            if let (true, Some(name)) = (is_mmap, t.get("name").and_then(|n| n.get_ref().as_str()))
-            {
+            let is_op = t.get("op").and_then(|o| o.get_ref().as_str()) == Some(op);
+            if let (true, Some(name)) = (is_op, t.get(key).and_then(|n| n.get_ref().as_str())) {
                 names
                     .entry(name.to_string())
                     .or_insert_with(|| self.line(&v.span()));
@@ -466,8 +835,12 @@ impl Cx<'_> {
         devices: &[DeviceSpec],
     ) -> Result<Vec<Step>, ScenarioError> {
         let mut maps = Maps {
-            anywhere: self.mmap_names(&values),
+            anywhere: self.names_of(&values, "mmap", "name"),
             so_far: Vec::new(),
+        };
+        let mut procs = Procs {
+            anywhere: self.names_of(&values, "fork", "child"),
+            so_far: vec![(crate::MAIN_PROCESS.to_string(), 0)],
         };
         let mut steps = Vec::with_capacity(values.len());
         for v in values {
@@ -482,13 +855,8 @@ impl Cx<'_> {
                 "touch" => {
                     let r: RawTouch = self.de(d)?;
                     self.mapping(&maps, &r.map)?;
-                    let offset = self.size_or("offset", r.offset.as_ref(), 0)?;
-                    let len = self.len(r.len.as_ref(), offset)?;
-                    let stride = self.size_or("stride", r.stride.as_ref(), 4 * KIB)?;
-                    if stride == 0 {
-                        let span = r.stride.as_ref().map_or(0..0, Spanned::span);
-                        return Err(self.invalid(&span, Problem::ZeroStride));
-                    }
+                    let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                    let stride = self.stride(r.stride.as_ref())?;
                     Step::Touch(TouchStep {
                         line,
                         map: r.map.into_inner(),
@@ -497,18 +865,19 @@ impl Cx<'_> {
                         stride,
                         access: r.access.unwrap_or_default(),
                         order: r.order.unwrap_or_default(),
+                        process: self.process(&procs, r.process)?,
                     })
                 }
                 "munmap" => {
                     let r: RawMunmap = self.de(d)?;
                     self.mapping(&maps, &r.map)?;
-                    let offset = self.size_or("offset", r.offset.as_ref(), 0)?;
-                    let len = self.len(r.len.as_ref(), offset)?;
+                    let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
                     Step::Munmap(MunmapStep {
                         line,
                         map: r.map.into_inner(),
                         offset,
                         len,
+                        process: self.process(&procs, r.process)?,
                     })
                 }
                 "memory" => {
@@ -537,21 +906,7 @@ impl Cx<'_> {
                         state: r.state,
                     })
                 }
-                _ => {
-                    // op_of() admitted only Step::OPS; "expect" is the last one.
-                    let r: RawExpect = self.de(d)?;
-                    Step::Expect(ExpectStep {
-                        line,
-                        expect: ExpectSpec {
-                            faults: r.faults,
-                            faults_by_level: r.faults_by_level,
-                            sigbus: r.sigbus,
-                            sigsegv: r.sigsegv,
-                            skipped: r.skipped,
-                            leaves: r.leaves,
-                        },
-                    })
-                }
+                _ => self.later_step(&op, d, line, &maps, &mut procs)?,
             };
             steps.push(step);
         }
@@ -606,5 +961,14 @@ impl Cx<'_> {
     }
 }
 
+fn memslot_flag_name(f: MemslotFlag) -> &'static str {
+    match f {
+        MemslotFlag::LogDirtyPages => "log_dirty_pages",
+        MemslotFlag::Readonly => "readonly",
+    }
+}
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_new_ops;

@@ -9,7 +9,12 @@
 //! **An expectation on a value the run cannot know fails.** [`check_expect`] reports it as a
 //! [`Mismatch`] with `actual: None` ("not measured"), so a scenario that checks
 //! `faults_by_level` fails against the kernel instead of passing a check that never happened.
-//! Scenarios meant for both sides check only `faults`, `sigbus`, `sigsegv`, `skipped`.
+//! Scenarios meant for both sides check only `faults`, `sigbus`, `sigsegv`, `skipped`
+//! (and `errno`). The consumer counters ([`Counters::dma_lookups`],
+//! [`Counters::ept_violations`], [`Counters::mmu_invalidations`]) are plain numbers (0 in old
+//! JSON); whether the run measured them is told to [`check_expect`] by
+//! [`ExpectNow::consumers_measured`], so an expectation on them still fails against a run that
+//! could not count them.
 //!
 //! All types reject unknown JSON fields: both producers use this crate, so an unknown field
 //! means a version mismatch.
@@ -83,6 +88,17 @@ pub struct StepReport {
     pub leaves: Option<Levels>,
     /// Page-table pages allocated after the step; `None` if unknown.
     pub page_table_pages: Option<PtPages>,
+    /// IOMMU page-table leaves mapped after the step (all containers), by size; `None` if
+    /// unknown or the run has no IOMMU.
+    #[serde(default)]
+    pub iommu_entries: Option<Levels>,
+    /// EPT leaves mapped after the step, by size; `None` if unknown or the run has no VM.
+    #[serde(default)]
+    pub ept_leaves: Option<Levels>,
+    /// The process the step acted in when the step names one ([`Step::process`]); `None` =
+    /// the first process, [`crate::MAIN_PROCESS`] (or a step that is not per process).
+    #[serde(default)]
+    pub process: Option<String>,
     /// The error of the step's system call, e.g. `"EINVAL"`; `None` if it succeeded.
     pub errno: Option<String>,
     /// Outcome of an `expect` step; `None` for other ops.
@@ -99,6 +115,9 @@ impl StepReport {
             counters: Counters::zero(levels_known),
             leaves: None,
             page_table_pages: None,
+            iommu_entries: None,
+            ept_leaves: None,
+            process: step.process().map(str::to_string),
             errno: None,
             expect: None,
         }
@@ -120,6 +139,15 @@ pub struct Counters {
     pub sigsegv: u64,
     /// Strides that `touch` skipped because they were unmapped or PROT_NONE.
     pub skipped: u64,
+    /// `follow_pfnmap_start` lookups by vfio type1 `vaddr_get_pfns` (one per round).
+    #[serde(default)]
+    pub dma_lookups: u64,
+    /// EPT violations the guest took.
+    #[serde(default)]
+    pub ept_violations: u64,
+    /// MMU-notifier invalidations (`invalidate_range_start`) KVM received.
+    #[serde(default)]
+    pub mmu_invalidations: u64,
 }
 
 impl Counters {
@@ -138,6 +166,11 @@ impl Counters {
         self.sigbus = self.sigbus.saturating_add(other.sigbus);
         self.sigsegv = self.sigsegv.saturating_add(other.sigsegv);
         self.skipped = self.skipped.saturating_add(other.skipped);
+        self.dma_lookups = self.dma_lookups.saturating_add(other.dma_lookups);
+        self.ept_violations = self.ept_violations.saturating_add(other.ept_violations);
+        self.mmu_invalidations = self
+            .mmu_invalidations
+            .saturating_add(other.mmu_invalidations);
         self.faults_by_level = match (self.faults_by_level, other.faults_by_level) {
             (Some(a), Some(b)) => Some(a.saturating_add(&b)),
             _ => None,
@@ -156,6 +189,11 @@ impl Counters {
             sigbus: self.sigbus.saturating_sub(earlier.sigbus),
             sigsegv: self.sigsegv.saturating_sub(earlier.sigsegv),
             skipped: self.skipped.saturating_sub(earlier.skipped),
+            dma_lookups: self.dma_lookups.saturating_sub(earlier.dma_lookups),
+            ept_violations: self.ept_violations.saturating_sub(earlier.ept_violations),
+            mmu_invalidations: self
+                .mmu_invalidations
+                .saturating_sub(earlier.mmu_invalidations),
         }
     }
 }
@@ -226,17 +264,68 @@ pub struct ExpectOutcome {
 #[serde(deny_unknown_fields)]
 pub struct Mismatch {
     /// `"faults"`, `"faults_by_level.pud"`, `"sigbus"`, `"sigsegv"`, `"skipped"`,
-    /// `"leaves.pmd"`, ...
+    /// `"leaves.pmd"`, `"errno"`, `"dma_lookups"`, `"iommu_entries.pud"`, ...
     pub field: String,
     /// The value the scenario expected.
-    pub expected: u64,
+    pub expected: ExpectValue,
     /// The measured value; `None` = this run cannot measure it (JSON `null`), which fails too.
-    pub actual: Option<u64>,
+    pub actual: Option<ExpectValue>,
+}
+
+/// A checked value: a count (JSON number), or a name (`errno`, JSON string).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ExpectValue {
+    /// A count.
+    Count(u64),
+    /// A name, e.g. `"EINVAL"` or `"0"`.
+    Text(String),
+}
+
+impl From<u64> for ExpectValue {
+    fn from(n: u64) -> Self {
+        ExpectValue::Count(n)
+    }
+}
+
+impl PartialEq<u64> for ExpectValue {
+    fn eq(&self, other: &u64) -> bool {
+        matches!(self, ExpectValue::Count(n) if n == other)
+    }
+}
+
+impl fmt::Display for ExpectValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectValue::Count(n) => write!(f, "{n}"),
+            ExpectValue::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// What [`check_expect`] compares the state-now fields of an `expect` against. `None` in a
+/// `Levels` field = the run cannot see it (the kernel cannot see page tables); the default is
+/// "nothing known, no error".
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExpectNow {
+    /// CPU leaves mapped now (`leaves`).
+    pub leaves: Option<Levels>,
+    /// IOMMU leaves mapped now (`iommu_entries`).
+    pub iommu_entries: Option<Levels>,
+    /// EPT leaves mapped now (`ept_leaves`).
+    pub ept_leaves: Option<Levels>,
+    /// The errno name of the last failed op since the previous `expect` (`errno`); `None` (or
+    /// `Some("0")`) = none failed.
+    pub last_errno: Option<String>,
+    /// The run counts [`Counters::dma_lookups`], [`Counters::ept_violations`] and
+    /// [`Counters::mmu_invalidations`] (the model does). When false, expecting one of them
+    /// fails with `actual: None`.
+    pub consumers_measured: bool,
 }
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.actual {
+        match &self.actual {
             Some(a) => write!(f, "{}: expected {}, got {a}", self.field, self.expected),
             None => write!(
                 f,
@@ -248,33 +337,66 @@ impl fmt::Display for Mismatch {
 }
 
 /// Checks an `expect` step: counters against `since_last` (the delta since the previous
-/// `expect`, or since the start), `leaves` against `leaves_now` (`None` = the runner cannot
-/// see leaves). A field the runner cannot know (`faults_by_level` when
-/// `since_last.faults_by_level` is `None`, `leaves` when `leaves_now` is `None`) fails with
-/// `actual: None`. Mismatch order: faults, faults_by_level.{pud,pmd,pte}, sigbus, sigsegv,
-/// skipped, leaves.{pud,pmd,pte}.
-pub fn check_expect(
-    expect: &ExpectSpec,
-    since_last: &Counters,
-    leaves_now: Option<&Levels>,
-) -> ExpectOutcome {
+/// `expect`, or since the start), state-now fields against `now`. A field the runner cannot
+/// know (`faults_by_level` when `since_last.faults_by_level` is `None`, `leaves` /
+/// `iommu_entries` / `ept_leaves` when `now` has `None`, the consumer counters when
+/// `now.consumers_measured` is false) fails with `actual: None`. Mismatch order: faults,
+/// faults_by_level.{pud,pmd,pte}, sigbus, sigsegv, skipped, leaves.{pud,pmd,pte}, errno,
+/// dma_lookups, iommu_entries.*, ept_violations, ept_leaves.*, mmu_invalidations.
+pub fn check_expect(expect: &ExpectSpec, since_last: &Counters, now: &ExpectNow) -> ExpectOutcome {
     let mut out: Vec<Mismatch> =
-        scalar_mismatches([("faults", expect.faults, since_last.faults)]).collect();
+        scalar_mismatches([("faults", expect.faults, Some(since_last.faults))]).collect();
     out.extend(level_mismatches(
         "faults_by_level",
         expect.faults_by_level.as_ref(),
         since_last.faults_by_level.as_ref(),
     ));
     out.extend(scalar_mismatches([
-        ("sigbus", expect.sigbus, since_last.sigbus),
-        ("sigsegv", expect.sigsegv, since_last.sigsegv),
-        ("skipped", expect.skipped, since_last.skipped),
+        ("sigbus", expect.sigbus, Some(since_last.sigbus)),
+        ("sigsegv", expect.sigsegv, Some(since_last.sigsegv)),
+        ("skipped", expect.skipped, Some(since_last.skipped)),
     ]));
     out.extend(level_mismatches(
         "leaves",
         expect.leaves.as_ref(),
-        leaves_now,
+        now.leaves.as_ref(),
     ));
+    if let Some(want) = expect.errno {
+        let have = now.last_errno.as_deref();
+        if !want.matches(have) {
+            out.push(Mismatch {
+                field: "errno".to_string(),
+                expected: ExpectValue::Text(want.as_str().to_string()),
+                actual: Some(ExpectValue::Text(have.unwrap_or("0").to_string())),
+            });
+        }
+    }
+    let measured = |n: u64| now.consumers_measured.then_some(n);
+    out.extend(scalar_mismatches([(
+        "dma_lookups",
+        expect.dma_lookups,
+        measured(since_last.dma_lookups),
+    )]));
+    out.extend(level_mismatches(
+        "iommu_entries",
+        expect.iommu_entries.as_ref(),
+        now.iommu_entries.as_ref(),
+    ));
+    out.extend(scalar_mismatches([(
+        "ept_violations",
+        expect.ept_violations,
+        measured(since_last.ept_violations),
+    )]));
+    out.extend(level_mismatches(
+        "ept_leaves",
+        expect.ept_leaves.as_ref(),
+        now.ept_leaves.as_ref(),
+    ));
+    out.extend(scalar_mismatches([(
+        "mmu_invalidations",
+        expect.mmu_invalidations,
+        measured(since_last.mmu_invalidations),
+    )]));
     ExpectOutcome {
         passed: out.is_empty(),
         mismatches: out,
@@ -282,14 +404,14 @@ pub fn check_expect(
 }
 
 fn scalar_mismatches<const N: usize>(
-    checks: [(&str, Option<u64>, u64); N],
+    checks: [(&str, Option<u64>, Option<u64>); N],
 ) -> impl Iterator<Item = Mismatch> {
     checks.into_iter().filter_map(|(field, want, have)| {
         let expected = want?;
-        (expected != have).then(|| Mismatch {
+        (have != Some(expected)).then(|| Mismatch {
             field: field.to_string(),
-            expected,
-            actual: Some(have),
+            expected: expected.into(),
+            actual: have.map(ExpectValue::Count),
         })
     })
 }
@@ -310,8 +432,8 @@ fn level_mismatches(
         let expected = expected?;
         (actual != Some(expected)).then(|| Mismatch {
             field: format!("{prefix}.{lvl}"),
-            expected,
-            actual,
+            expected: expected.into(),
+            actual: actual.map(ExpectValue::Count),
         })
     })
     .collect()
@@ -320,13 +442,20 @@ fn level_mismatches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::{ExpectStep, ResetStep};
+    use crate::scenario::{ErrnoName, ExpectStep, ResetStep};
 
     fn counters(faults: u64, levels: Option<(u64, u64, u64)>) -> Counters {
         Counters {
             faults,
             faults_by_level: levels.map(|(pud, pmd, pte)| Levels { pud, pmd, pte }),
             ..Counters::default()
+        }
+    }
+
+    fn now(leaves: Option<Levels>) -> ExpectNow {
+        ExpectNow {
+            leaves,
+            ..ExpectNow::default()
         }
     }
 
@@ -354,13 +483,14 @@ mod tests {
                 pud: Some(2),
                 ..LevelCounts::default()
             }),
+            ..ExpectSpec::default()
         };
         let leaves = Levels {
             pud: 2,
             pmd: 0,
             pte: 7,
         };
-        let out = check_expect(&e, &counters(2, Some((2, 0, 9))), Some(&leaves));
+        let out = check_expect(&e, &counters(2, Some((2, 0, 9))), &now(Some(leaves)));
         assert_eq!(
             out,
             ExpectOutcome {
@@ -369,7 +499,7 @@ mod tests {
             }
         );
         // an empty expectation always passes
-        assert!(check_expect(&ExpectSpec::default(), &counters(5, None), None).passed);
+        assert!(check_expect(&ExpectSpec::default(), &counters(5, None), &now(None)).passed);
     }
 
     #[test]
@@ -387,8 +517,13 @@ mod tests {
             sigsegv: some(1),
             skipped: some(1),
             leaves: Some(all),
+            ..ExpectSpec::default()
         };
-        let out = check_expect(&e, &counters(0, Some((0, 0, 0))), Some(&Levels::default()));
+        let out = check_expect(
+            &e,
+            &counters(0, Some((0, 0, 0))),
+            &now(Some(Levels::default())),
+        );
         assert!(!out.passed);
         let fields: Vec<&str> = out.mismatches.iter().map(|m| m.field.as_str()).collect();
         assert_eq!(
@@ -409,7 +544,7 @@ mod tests {
         assert!(
             out.mismatches
                 .iter()
-                .all(|m| m.expected == 1 && m.actual == Some(0))
+                .all(|m| m.expected == 1 && m.actual == Some(ExpectValue::Count(0)))
         );
         assert_eq!(out.mismatches[0].to_string(), "faults: expected 1, got 0");
     }
@@ -429,26 +564,26 @@ mod tests {
             }),
             ..ExpectSpec::default()
         };
-        let out = check_expect(&e, &counters(2, None), None);
+        let out = check_expect(&e, &counters(2, None), &now(None));
         assert!(!out.passed);
         assert_eq!(
             out.mismatches,
             vec![
                 Mismatch {
                     field: "faults_by_level.pud".into(),
-                    expected: 2,
+                    expected: ExpectValue::Count(2),
                     actual: None
                 },
                 Mismatch {
                     field: "leaves.pmd".into(),
-                    expected: 0,
+                    expected: ExpectValue::Count(0),
                     actual: None
                 },
             ]
         );
         assert!(out.mismatches[0].to_string().contains("cannot measure"));
         // expecting only faults works against the kernel
-        assert!(check_expect(&spec(Some(2), None), &counters(2, None), None).passed);
+        assert!(check_expect(&spec(Some(2), None), &counters(2, None), &now(None)).passed);
     }
 
     #[test]
@@ -473,7 +608,8 @@ mod tests {
                 }),
                 sigbus: 1,
                 sigsegv: 2,
-                skipped: 3
+                skipped: 3,
+                ..Counters::default()
             }
         );
         assert_eq!(t.faults_by_level.map(|l| l.total()), Some(4));
@@ -500,12 +636,13 @@ mod tests {
         let expect = Step::Expect(ExpectStep {
             line: 12,
             expect: spec(Some(2), None),
+            process: None,
         });
         let mut s0 = StepReport::for_step(0, &reset, false);
         s0.counters.faults = 2;
         s0.errno = Some("EINVAL".into());
         let mut s1 = StepReport::for_step(1, &expect, false);
-        s1.expect = Some(check_expect(&spec(Some(2), None), &s0.counters, None));
+        s1.expect = Some(check_expect(&spec(Some(2), None), &s0.counters, &now(None)));
         let r = RunReport::new(
             "lab",
             "kernel 6.12.95+deb12-amd64",
@@ -522,7 +659,7 @@ mod tests {
         assert_eq!(back, r);
 
         let mut bad = s1;
-        bad.expect = Some(check_expect(&spec(Some(3), None), &s0.counters, None));
+        bad.expect = Some(check_expect(&spec(Some(3), None), &s0.counters, &now(None)));
         let r = RunReport::new("lab", "model", vec![s0, bad]);
         assert!(!r.ok);
         let json = serde_json::to_string_pretty(&r).expect("serialize");
@@ -563,5 +700,221 @@ mod tests {
             serde_json::from_str::<Counters>(j).expect("faults_by_level may be omitted"),
             counters(1, None)
         );
+    }
+
+    fn consumer_spec() -> ExpectSpec {
+        ExpectSpec {
+            errno: Some("EINVAL".parse().expect("errno")),
+            dma_lookups: Some(32),
+            iommu_entries: Some(LevelCounts {
+                pud: Some(32),
+                ..LevelCounts::default()
+            }),
+            ept_violations: Some(128),
+            ept_leaves: Some(LevelCounts {
+                pud: Some(128),
+                pte: Some(0),
+                ..LevelCounts::default()
+            }),
+            mmu_invalidations: Some(1),
+            ..ExpectSpec::default()
+        }
+    }
+
+    fn consumer_counters() -> Counters {
+        Counters {
+            dma_lookups: 32,
+            ept_violations: 128,
+            mmu_invalidations: 1,
+            ..counters(0, Some((0, 0, 0)))
+        }
+    }
+
+    #[test]
+    fn consumer_fields_pass_when_measured_and_equal() {
+        let n = ExpectNow {
+            iommu_entries: Some(Levels {
+                pud: 32,
+                pmd: 0,
+                pte: 0,
+            }),
+            ept_leaves: Some(Levels {
+                pud: 128,
+                pmd: 0,
+                pte: 0,
+            }),
+            last_errno: Some("EINVAL".into()),
+            consumers_measured: true,
+            ..ExpectNow::default()
+        };
+        let out = check_expect(&consumer_spec(), &consumer_counters(), &n);
+        assert!(out.passed, "{:?}", out.mismatches);
+    }
+
+    #[test]
+    fn consumer_fields_mismatch_in_order() {
+        let n = ExpectNow {
+            iommu_entries: Some(Levels::default()),
+            ept_leaves: Some(Levels {
+                pud: 0,
+                pmd: 0,
+                pte: 7,
+            }),
+            last_errno: None,
+            consumers_measured: true,
+            ..ExpectNow::default()
+        };
+        let out = check_expect(&consumer_spec(), &counters(0, Some((0, 0, 0))), &n);
+        let got: Vec<(String, String, Option<String>)> = out
+            .mismatches
+            .iter()
+            .map(|m| {
+                (
+                    m.field.clone(),
+                    m.expected.to_string(),
+                    m.actual.as_ref().map(ToString::to_string),
+                )
+            })
+            .collect();
+        let s = |x: &str| x.to_string();
+        assert_eq!(
+            got,
+            vec![
+                (s("errno"), s("EINVAL"), Some(s("0"))),
+                (s("dma_lookups"), s("32"), Some(s("0"))),
+                (s("iommu_entries.pud"), s("32"), Some(s("0"))),
+                (s("ept_violations"), s("128"), Some(s("0"))),
+                (s("ept_leaves.pud"), s("128"), Some(s("0"))),
+                (s("ept_leaves.pte"), s("0"), Some(s("7"))),
+                (s("mmu_invalidations"), s("1"), Some(s("0"))),
+            ]
+        );
+        assert_eq!(
+            out.mismatches[0].to_string(),
+            "errno: expected EINVAL, got 0"
+        );
+    }
+
+    #[test]
+    fn consumer_fields_unknown_to_the_run_fail_with_null() {
+        // the kernel probe: no IOMMU/EPT view, no consumer counters
+        let out = check_expect(&consumer_spec(), &consumer_counters(), &now(None));
+        let unknown: Vec<&str> = out
+            .mismatches
+            .iter()
+            .filter(|m| m.actual.is_none())
+            .map(|m| m.field.as_str())
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                "dma_lookups",
+                "iommu_entries.pud",
+                "ept_violations",
+                "ept_leaves.pud",
+                "ept_leaves.pte",
+                "mmu_invalidations"
+            ]
+        );
+        // errno is always known: no error happened, EINVAL was expected
+        assert_eq!(out.mismatches[0].field, "errno");
+        assert_eq!(
+            out.mismatches[0].actual,
+            Some(ExpectValue::Text("0".into()))
+        );
+    }
+
+    #[test]
+    fn errno_zero_means_none_failed() {
+        let e = ExpectSpec {
+            errno: Some(ErrnoName::NONE),
+            ..ExpectSpec::default()
+        };
+        assert!(check_expect(&e, &Counters::default(), &now(None)).passed);
+        let zero = ExpectNow {
+            last_errno: Some("0".into()),
+            ..ExpectNow::default()
+        };
+        assert!(check_expect(&e, &Counters::default(), &zero).passed);
+        let failed = ExpectNow {
+            last_errno: Some("EFAULT".into()),
+            ..ExpectNow::default()
+        };
+        let out = check_expect(&e, &Counters::default(), &failed);
+        assert_eq!(
+            out.mismatches,
+            vec![Mismatch {
+                field: "errno".into(),
+                expected: ExpectValue::Text("0".into()),
+                actual: Some(ExpectValue::Text("EFAULT".into())),
+            }]
+        );
+    }
+
+    #[test]
+    fn new_counters_add_subtract_and_default_in_old_json() {
+        let mut t = Counters::zero(true);
+        t.add(&consumer_counters());
+        t.add(&consumer_counters());
+        assert_eq!(
+            (t.dma_lookups, t.ept_violations, t.mmu_invalidations),
+            (64, 256, 2)
+        );
+        let d = t.since(&consumer_counters());
+        assert_eq!(
+            (d.dma_lookups, d.ept_violations, d.mmu_invalidations),
+            (32, 128, 1)
+        );
+        // JSON written before these counters existed still reads
+        let j = r#"{"faults":1,"faults_by_level":null,"sigbus":0,"sigsegv":0,"skipped":0}"#;
+        let c: Counters = serde_json::from_str(j).expect("old counters");
+        assert_eq!(c.dma_lookups, 0);
+        let j = r#"{"index":0,"line":3,"op":"touch","counters":{"faults":0,"sigbus":0,"sigsegv":0,"skipped":0},"leaves":null,"page_table_pages":null,"errno":null,"expect":null}"#;
+        let r: StepReport = serde_json::from_str(j).expect("old step report");
+        assert_eq!(
+            (r.iommu_entries, r.ept_leaves, r.process),
+            (None, None, None)
+        );
+        // mismatches keep numbers as numbers and names as strings
+        let m = Mismatch {
+            field: "errno".into(),
+            expected: ExpectValue::Text("EEXIST".into()),
+            actual: Some(ExpectValue::Text("0".into())),
+        };
+        let json = serde_json::to_string(&m).expect("ser");
+        assert_eq!(
+            json,
+            r#"{"field":"errno","expected":"EEXIST","actual":"0"}"#
+        );
+        assert_eq!(serde_json::from_str::<Mismatch>(&json).expect("de"), m);
+        let m = Mismatch {
+            field: "faults".into(),
+            expected: 2.into(),
+            actual: None,
+        };
+        let json = serde_json::to_string(&m).expect("ser");
+        assert_eq!(json, r#"{"field":"faults","expected":2,"actual":null}"#);
+        assert_eq!(serde_json::from_str::<Mismatch>(&json).expect("de"), m);
+    }
+
+    #[test]
+    fn step_reports_carry_the_process_of_the_step() {
+        let touch = Step::Touch(crate::scenario::TouchStep {
+            line: 4,
+            map: "b1".into(),
+            offset: 0,
+            len: crate::scenario::Len::All,
+            stride: 4096,
+            access: crate::scenario::Access::Write,
+            order: crate::scenario::Order::Forward,
+            process: Some("c1".into()),
+        });
+        let r = StepReport::for_step(0, &touch, true);
+        assert_eq!(r.process.as_deref(), Some("c1"));
+        let reset = Step::Reset(ResetStep {
+            line: 7,
+            device: "gpu".into(),
+        });
+        assert_eq!(StepReport::for_step(1, &reset, true).process, None);
     }
 }

@@ -22,6 +22,9 @@ pub struct Scenario {
     pub arch: Arch,
     /// `thp` (the sysfs `transparent_hugepage/enabled` mode), default [`ThpMode::Always`].
     pub thp: ThpMode,
+    /// `fault_path`: which of the RFC's three fault-path designs the model runs (the real kernel
+    /// always runs `huge_fault`), default [`FaultPathSpec::HugeFault`].
+    pub fault_path: FaultPathSpec,
     /// Optional free text.
     pub description: Option<String>,
     /// `[[device]]` tables, in file order. Names are unique.
@@ -68,6 +71,19 @@ pub enum ThpMode {
     Madvise,
     /// Never huge: 4 KiB PTEs only.
     Never,
+}
+
+/// `fault_path = "huge_fault" | "early_fault" | "remap_overwrite"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultPathSpec {
+    /// Linux 6.12's `vm_ops->huge_fault`.
+    #[default]
+    HugeFault,
+    /// The RFC's VM_HUGEPFNMAP flag: the driver is called before PUD/PMD tables are allocated.
+    EarlyFault,
+    /// The driver calls `remap_pfn_range` from `->fault`, overwriting tables.
+    RemapOverwrite,
 }
 
 /// One `[[device]]`: a PCI function whose BARs can be mapped.
@@ -294,6 +310,192 @@ pub enum PowerState {
     D3hot,
 }
 
+/// An errno name as `strerrorname_np` prints it (`"EINVAL"`), or `"0"` for "no error".
+///
+/// Only the names Linux defines on x86-64 for the errors these system calls return are
+/// accepted (see [`ErrnoName::KNOWN`]), so that a typo is an error at parse time rather than an
+/// expectation that can never hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ErrnoName(&'static str);
+
+impl ErrnoName {
+    /// `"0"`: no op failed.
+    pub const NONE: ErrnoName = ErrnoName("0");
+
+    /// Every accepted spelling: `"0"`, then `errno-base.h` (1..=34) and the few others that
+    /// mm, vfio and KVM ioctls return.
+    pub const KNOWN: [&'static str; 41] = [
+        "0",
+        "EPERM",
+        "ENOENT",
+        "ESRCH",
+        "EINTR",
+        "EIO",
+        "ENXIO",
+        "E2BIG",
+        "ENOEXEC",
+        "EBADF",
+        "ECHILD",
+        "EAGAIN",
+        "ENOMEM",
+        "EACCES",
+        "EFAULT",
+        "ENOTBLK",
+        "EBUSY",
+        "EEXIST",
+        "EXDEV",
+        "ENODEV",
+        "ENOTDIR",
+        "EISDIR",
+        "EINVAL",
+        "ENFILE",
+        "EMFILE",
+        "ENOTTY",
+        "ETXTBSY",
+        "EFBIG",
+        "ENOSPC",
+        "ESPIPE",
+        "EROFS",
+        "EMLINK",
+        "EPIPE",
+        "EDOM",
+        "ERANGE",
+        "ENOSYS",
+        "EOVERFLOW",
+        "EOPNOTSUPP",
+        "ETIMEDOUT",
+        "EHWPOISON",
+        "ENOTSUPP",
+    ];
+
+    /// The name (`"0"` for none).
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+
+    /// True for `"0"`.
+    pub fn is_none(self) -> bool {
+        self.0 == "0"
+    }
+
+    /// True when `actual` (a runner's "errno of the last failed op", `None` = no failure)
+    /// is this expectation. `Some("0")` counts as no failure.
+    pub fn matches(self, actual: Option<&str>) -> bool {
+        match actual {
+            None => self.is_none(),
+            Some(a) => a == self.0,
+        }
+    }
+}
+
+impl FromStr for ErrnoName {
+    type Err = String;
+
+    /// Accepts a name of [`ErrnoName::KNOWN`] (exact case); the error is the trimmed input.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        ErrnoName::KNOWN
+            .iter()
+            .find(|k| **k == t)
+            .map(|k| ErrnoName(k))
+            .ok_or_else(|| t.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrnoName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|bad| {
+            serde::de::Error::custom(format!(
+                "`{bad}` is not an errno name (expected \"0\" or a name like \"EINVAL\")"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for ErrnoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// `mprotect` protection (`prot = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtSpec {
+    /// `PROT_NONE`.
+    None,
+    /// `PROT_READ`.
+    Read,
+    /// `PROT_READ | PROT_WRITE` (`"write"`).
+    Write,
+}
+
+/// `madvise` advice (`advice = ...`), the `MADV_*` names in lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Advice {
+    /// `MADV_DONTNEED`.
+    Dontneed,
+    /// `MADV_DONTNEED_LOCKED`.
+    DontneedLocked,
+    /// `MADV_FREE`.
+    Free,
+    /// `MADV_WIPEONFORK`.
+    Wipeonfork,
+    /// `MADV_KEEPONFORK`.
+    Keeponfork,
+    /// `MADV_COLD`.
+    Cold,
+    /// `MADV_PAGEOUT`.
+    Pageout,
+    /// `MADV_POPULATE_READ`.
+    PopulateRead,
+    /// `MADV_POPULATE_WRITE`.
+    PopulateWrite,
+    /// `MADV_HUGEPAGE`.
+    Hugepage,
+    /// `MADV_NOHUGEPAGE`.
+    Nohugepage,
+    /// `MADV_NORMAL`.
+    Normal,
+    /// `MADV_RANDOM`.
+    Random,
+    /// `MADV_SEQUENTIAL`.
+    Sequential,
+    /// `MADV_WILLNEED`.
+    Willneed,
+    /// `MADV_DONTFORK`.
+    Dontfork,
+    /// `MADV_DOFORK`.
+    Dofork,
+    /// `MADV_DONTDUMP`.
+    Dontdump,
+    /// `MADV_DODUMP`.
+    Dodump,
+}
+
+/// How vfio type1 walks a PFNMAP range in `vaddr_get_pfns` (`mode = ...` of `dma_map`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DmaMode {
+    /// Linux 6.15+: one `follow_pfnmap_start` per host leaf, using `addr_mask`.
+    #[default]
+    Batched,
+    /// Before 6.15: one `follow_pfnmap_start` per 4 KiB page.
+    PerPage,
+}
+
+/// A `KVM_SET_USER_MEMORY_REGION` flag (`flags = [...]` of `kvm_memslot`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemslotFlag {
+    /// `KVM_MEM_LOG_DIRTY_PAGES`.
+    LogDirtyPages,
+    /// `KVM_MEM_READONLY`.
+    Readonly,
+}
+
 /// Per-level counts in an expectation: `None` = not checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -326,6 +528,20 @@ pub struct ExpectSpec {
     pub skipped: Option<u64>,
     /// Leaves mapped now (not a delta).
     pub leaves: Option<LevelCounts>,
+    /// The errno of the last failed op since the previous `expect` of the same process;
+    /// [`ErrnoName::NONE`] (`"0"`) = every op succeeded.
+    pub errno: Option<ErrnoName>,
+    /// `follow_pfnmap_start` lookups made by vfio type1 `vaddr_get_pfns` (one per round) since
+    /// the previous `expect` (a delta).
+    pub dma_lookups: Option<u64>,
+    /// IOMMU page-table leaves mapped now, by size (1 GiB / 2 MiB / 4 KiB), all containers.
+    pub iommu_entries: Option<LevelCounts>,
+    /// EPT violations (second-stage faults) taken by the guest since the previous `expect`.
+    pub ept_violations: Option<u64>,
+    /// EPT leaves mapped now, by size.
+    pub ept_leaves: Option<LevelCounts>,
+    /// MMU-notifier invalidations KVM received since the previous `expect`.
+    pub mmu_invalidations: Option<u64>,
 }
 
 impl ExpectSpec {
@@ -336,6 +552,9 @@ impl ExpectSpec {
 }
 
 /// One `[[step]]`. Every variant carries the line of its `[[step]]` header.
+// `Expect` is the largest variant (a dozen optional checks); a scenario has tens of steps,
+// parsed once, so boxing it would only make matching clumsier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// `op = "mmap"`.
@@ -352,12 +571,42 @@ pub enum Step {
     Power(PowerStep),
     /// `op = "expect"`.
     Expect(ExpectStep),
+    /// `op = "mprotect"`.
+    Mprotect(MprotectStep),
+    /// `op = "mremap"`.
+    Mremap(MremapStep),
+    /// `op = "madvise"`.
+    Madvise(MadviseStep),
+    /// `op = "fork"`.
+    Fork(ForkStep),
+    /// `op = "dma_map"`.
+    DmaMap(DmaMapStep),
+    /// `op = "dma_unmap"`.
+    DmaUnmap(DmaUnmapStep),
+    /// `op = "kvm_memslot"`.
+    KvmMemslot(KvmMemslotStep),
+    /// `op = "guest_touch"`.
+    GuestTouch(GuestTouchStep),
 }
 
 impl Step {
     /// All `op` values, in the order the documentation lists them.
-    pub const OPS: [&'static str; 7] = [
-        "mmap", "touch", "munmap", "memory", "reset", "power", "expect",
+    pub const OPS: [&'static str; 15] = [
+        "mmap",
+        "touch",
+        "munmap",
+        "memory",
+        "reset",
+        "power",
+        "expect",
+        "mprotect",
+        "mremap",
+        "madvise",
+        "fork",
+        "dma_map",
+        "dma_unmap",
+        "kvm_memslot",
+        "guest_touch",
     ];
 
     /// Source line of the step (1-based).
@@ -370,7 +619,41 @@ impl Step {
             Step::Reset(s) => s.line,
             Step::Power(s) => s.line,
             Step::Expect(s) => s.line,
+            Step::Mprotect(s) => s.line,
+            Step::Mremap(s) => s.line,
+            Step::Madvise(s) => s.line,
+            Step::Fork(s) => s.line,
+            Step::DmaMap(s) => s.line,
+            Step::DmaUnmap(s) => s.line,
+            Step::KvmMemslot(s) => s.line,
+            Step::GuestTouch(s) => s.line,
         }
+    }
+
+    /// The `process = ...` the step names, `None` when it names none (then it acts in the
+    /// first process, [`crate::MAIN_PROCESS`]) or cannot name one (`mmap`, `memory`, `reset`,
+    /// `power`, `fork`).
+    pub fn process(&self) -> Option<&str> {
+        match self {
+            Step::Touch(s) => s.process.as_deref(),
+            Step::Munmap(s) => s.process.as_deref(),
+            Step::Expect(s) => s.process.as_deref(),
+            Step::Mprotect(s) => s.process.as_deref(),
+            Step::Mremap(s) => s.process.as_deref(),
+            Step::Madvise(s) => s.process.as_deref(),
+            Step::DmaMap(s) => s.process.as_deref(),
+            Step::DmaUnmap(s) => s.process.as_deref(),
+            Step::KvmMemslot(s) => s.process.as_deref(),
+            Step::GuestTouch(s) => s.process.as_deref(),
+            Step::Mmap(_) | Step::Memory(_) | Step::Reset(_) | Step::Power(_) | Step::Fork(_) => {
+                None
+            }
+        }
+    }
+
+    /// The process the step acts in: its `process`, or [`crate::MAIN_PROCESS`].
+    pub fn process_or_main(&self) -> &str {
+        self.process().unwrap_or(crate::MAIN_PROCESS)
     }
 
     /// The `op` string (`"mmap"`, `"touch"`, ...), as used in [`crate::StepReport::op`].
@@ -383,6 +666,14 @@ impl Step {
             Step::Reset(_) => "reset",
             Step::Power(_) => "power",
             Step::Expect(_) => "expect",
+            Step::Mprotect(_) => "mprotect",
+            Step::Mremap(_) => "mremap",
+            Step::Madvise(_) => "madvise",
+            Step::Fork(_) => "fork",
+            Step::DmaMap(_) => "dma_map",
+            Step::DmaUnmap(_) => "dma_unmap",
+            Step::KvmMemslot(_) => "kvm_memslot",
+            Step::GuestTouch(_) => "guest_touch",
         }
     }
 }
@@ -427,6 +718,8 @@ pub struct TouchStep {
     pub access: Access,
     /// Forward or reverse, default forward.
     pub order: Order,
+    /// `process = ...`: `None` = the first process.
+    pub process: Option<String>,
 }
 
 /// Unmap a range of a mapping.
@@ -440,6 +733,8 @@ pub struct MunmapStep {
     pub offset: u64,
     /// Length, default [`Len::All`] = the rest of the mapping.
     pub len: Len,
+    /// `process = ...`: `None` = the first process.
+    pub process: Option<String>,
 }
 
 /// Set or clear PCI_COMMAND_MEMORY through config space.
@@ -480,6 +775,140 @@ pub struct ExpectStep {
     pub line: usize,
     /// What to check.
     pub expect: ExpectSpec,
+    /// `process = ...`: whose counters (since that process's previous `expect`); `None` = the
+    /// first process.
+    pub process: Option<String>,
+}
+
+/// `mprotect(va + offset, len, prot)` on a mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MprotectStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name.
+    pub map: String,
+    /// Offset into the mapping, default 0.
+    pub offset: u64,
+    /// Length, default [`Len::All`] = the rest of the mapping.
+    pub len: Len,
+    /// New protection.
+    pub prot: ProtSpec,
+    /// `process = ...`: `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// `mremap` of a whole mapping, `MREMAP_MAYMOVE | MREMAP_FIXED` to the placement `va`
+/// ([`VaPlacement::Kernel`]: `MREMAP_MAYMOVE` only, the kernel picks). The mapping keeps its
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MremapStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name.
+    pub map: String,
+    /// Where to move it, default [`VaPlacement::Kernel`].
+    pub va: VaPlacement,
+    /// New length; `None` = the same length.
+    pub new_len: Option<u64>,
+    /// `process = ...`: `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// `madvise(va + offset, len, advice)` on a mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadviseStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name.
+    pub map: String,
+    /// Offset into the mapping, default 0.
+    pub offset: u64,
+    /// Length, default [`Len::All`] = the rest of the mapping.
+    pub len: Len,
+    /// The advice.
+    pub advice: Advice,
+    /// `process = ...`: `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// `fork()` of the first process: a child that later steps name with `process = child`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForkStep {
+    /// Source line.
+    pub line: usize,
+    /// The child's name, unique, not [`crate::MAIN_PROCESS`].
+    pub child: String,
+}
+
+/// `VFIO_IOMMU_MAP_DMA` of (part of) a mapping at `iova`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmaMapStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name (its VA is the `vaddr`).
+    pub map: String,
+    /// Offset into the mapping, default 0.
+    pub offset: u64,
+    /// Length, default [`Len::All`] = the rest of the mapping.
+    pub len: Len,
+    /// The I/O virtual address.
+    pub iova: u64,
+    /// `vaddr_get_pfns` per page or batched by `addr_mask`, default batched.
+    pub mode: DmaMode,
+    /// `process = ...` (whose container): `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// `VFIO_IOMMU_UNMAP_DMA(iova, len)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmaUnmapStep {
+    /// Source line.
+    pub line: usize,
+    /// The I/O virtual address.
+    pub iova: u64,
+    /// Bytes.
+    pub len: u64,
+    /// `process = ...` (whose container): `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// `KVM_SET_USER_MEMORY_REGION`: slot `slot` maps guest-physical `gpa` to the mapping's VA
+/// plus `offset`, for `len` bytes (`len = 0` deletes the slot, as in KVM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvmMemslotStep {
+    /// Source line.
+    pub line: usize,
+    /// Slot id.
+    pub slot: u32,
+    /// Guest-physical address.
+    pub gpa: u64,
+    /// Mapping name (the memslot's `userspace_addr` is in it).
+    pub map: String,
+    /// Offset into the mapping, default 0.
+    pub offset: u64,
+    /// Length, default [`Len::All`] = the rest of the mapping; 0 deletes the slot.
+    pub len: Len,
+    /// Flags, default none; no duplicates.
+    pub flags: Vec<MemslotFlag>,
+    /// `process = ...` (whose VM): `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// The guest accesses guest-physical memory, one access per stride (EPT violations on a miss).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestTouchStep {
+    /// Source line.
+    pub line: usize,
+    /// First guest-physical address.
+    pub gpa: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Distance between accesses, default 4 KiB, never 0.
+    pub stride: u64,
+    /// Read or write, default write.
+    pub access: Access,
+    /// `process = ...` (whose VM): `None` = the first process.
+    pub process: Option<String>,
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ pub fn format_report(sc: &Scenario, r: &RunReport) -> String {
             for m in &e.mismatches {
                 let actual = m
                     .actual
+                    .as_ref()
                     .map_or_else(|| "unknown to this run".to_string(), |a| a.to_string());
                 let _ = writeln!(
                     s,

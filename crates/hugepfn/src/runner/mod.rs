@@ -8,15 +8,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hugepfn_mm::{
-    FaultCounts, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PagingMode, PhysMem, Prot,
-    TableCounts, ThpPolicy, VmFlags,
+    FaultCounts, FaultPath, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PagingMode, PhysMem,
+    Prot, TableCounts, ThpPolicy, VmFlags,
 };
 use hugepfn_scenario::{
-    Access, Arch, Counters, Levels, Madvise, Order, PowerState, PtPages, RunReport, Scenario, Step,
-    StepReport, ThpMode, VaPlacement, check_expect,
+    Access, Arch, Counters, ExpectNow, FaultPathSpec, Levels, Madvise, Order, PowerState, PtPages,
+    RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement, check_expect,
 };
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 use thiserror::Error;
+
+mod lifecycle;
 
 /// A scenario the model could not set up (distinct from an `expect` that failed).
 #[derive(Debug, Error)]
@@ -43,19 +45,40 @@ pub enum RunError {
 pub struct RunOptions {
     /// Which `vfio_pci_mmap_huge_fault` runs.
     pub logic: HugeFaultLogic,
+    /// Overrides the scenario's fault-path design (`hugepfn compare` runs all three).
+    pub fault_path: Option<FaultPath>,
 }
 
 struct MapState {
+    /// The VA in the first process (None: the mmap failed).
     va: Option<u64>,
+    /// Where other processes have it, when it differs (after an mremap in one of them).
+    va_in: HashMap<String, Option<u64>>,
     len: u64,
+    /// Physical address of the mapped BAR offset (for `congruent:` placements).
+    phys: u64,
 }
+
+impl MapState {
+    fn va(&self, proc: &str) -> Option<u64> {
+        match self.va_in.get(proc) {
+            Some(v) => *v,
+            None => self.va,
+        }
+    }
+}
+
+/// The name of the first process.
+pub const MAIN: &str = hugepfn_scenario::MAIN_PROCESS;
 
 /// The model's world for one scenario run.
 pub struct ModelRun {
     /// Physical memory.
     pub phys: Arc<PhysMem>,
-    /// The process.
+    /// The first process.
     pub mm: Arc<Mm>,
+    /// Processes created by `fork` steps.
+    pub children: HashMap<String, Arc<Mm>>,
     devices: HashMap<String, Arc<VfioPciDevice>>,
     maps: HashMap<String, MapState>,
 }
@@ -89,6 +112,7 @@ fn counters(f: &FaultCounts, skipped: u64) -> Counters {
         sigbus: f.sigbus,
         sigsegv: f.sigsegv,
         skipped,
+        ..Counters::default()
     }
 }
 
@@ -123,12 +147,18 @@ impl ModelRun {
                 ThpMode::Madvise => ThpPolicy::Madvise,
                 ThpMode::Never => ThpPolicy::Never,
             },
+            fault_path: opts.fault_path.unwrap_or(match sc.fault_path {
+                FaultPathSpec::HugeFault => FaultPath::HugeFault,
+                FaultPathSpec::EarlyFault => FaultPath::EarlyFault,
+                FaultPathSpec::RemapOverwrite => FaultPath::RemapOverwrite,
+            }),
             ..MmConfig::default()
         };
         let mm = Mm::new(phys.clone(), cfg)?;
         Ok(ModelRun {
             phys,
             mm,
+            children: HashMap::new(),
             devices,
             maps: HashMap::new(),
         })
@@ -142,6 +172,34 @@ impl ModelRun {
     /// The VA a mapping got, if its mmap succeeded.
     pub fn mapping_va(&self, name: &str) -> Option<u64> {
         self.maps.get(name).and_then(|m| m.va)
+    }
+
+    /// A process by name (`None` or `"main"`: the first one).
+    pub fn process(&self, name: Option<&str>) -> Option<Arc<Mm>> {
+        match name {
+            None | Some(MAIN) => Some(self.mm.clone()),
+            Some(n) => self.children.get(n).cloned(),
+        }
+    }
+
+    /// Every process, the first one first.
+    fn processes(&self) -> Vec<(String, Arc<Mm>)> {
+        let mut v = vec![(MAIN.to_string(), self.mm.clone())];
+        let mut kids: Vec<_> = self
+            .children
+            .iter()
+            .map(|(k, m)| (k.clone(), m.clone()))
+            .collect();
+        kids.sort_by(|a, b| a.0.cmp(&b.0));
+        v.extend(kids);
+        v
+    }
+
+    /// The process a step acts on, and the mapping's VA and length there.
+    fn target(&self, proc: Option<&str>, map: &str) -> Result<(Arc<Mm>, Option<u64>, u64), String> {
+        let mm = self.process(proc).ok_or_else(|| "ESRCH".to_string())?;
+        let m = self.maps.get(map).ok_or_else(|| "EINVAL".to_string())?;
+        Ok((mm, m.va(proc.unwrap_or(MAIN)), m.len))
     }
 
     /// Runs one step; returns its errno (if its system call failed) and the strides skipped.
@@ -188,42 +246,49 @@ impl ModelRun {
                     };
                     let _ = self.mm.update_vma_flags(va, set, clear);
                 }
-                self.maps.insert(m.name.clone(), MapState { va, len });
+                self.maps.insert(
+                    m.name.clone(),
+                    MapState {
+                        va,
+                        va_in: HashMap::new(),
+                        len,
+                        phys: bar_phys + m.offset,
+                    },
+                );
                 (errno, 0)
             }
             Step::Touch(t) => {
-                let Some(map) = self.maps.get(&t.map) else {
-                    return (Some("EINVAL".into()), 0);
+                let (mm, va, maplen) = match self.target(t.process.as_deref(), &t.map) {
+                    Ok(x) => x,
+                    Err(e) => return (Some(e), 0),
                 };
-                let Some(va) = map.va else {
+                let len = t.len.resolve(maplen.saturating_sub(t.offset));
+                let Some(va) = va else {
                     // The mmap failed: every stride is unmapped.
-                    let len = t.len.resolve(map.len.saturating_sub(t.offset));
                     return (None, len.div_ceil(t.stride));
                 };
-                let len = t.len.resolve(map.len.saturating_sub(t.offset));
                 let n = len.div_ceil(t.stride);
                 let write = t.access == Access::Write;
-                let r = self.mm.access_range(
-                    va + t.offset,
-                    n,
-                    t.stride,
-                    write,
-                    t.order == Order::Reverse,
-                );
+                let r =
+                    mm.access_range(va + t.offset, n, t.stride, write, t.order == Order::Reverse);
                 (None, r.no_vma)
             }
             Step::Munmap(u) => {
-                let Some(map) = self.maps.get(&u.map) else {
+                let (mm, va, maplen) = match self.target(u.process.as_deref(), &u.map) {
+                    Ok(x) => x,
+                    Err(e) => return (Some(e), 0),
+                };
+                let Some(va) = va else {
                     return (Some("EINVAL".into()), 0);
                 };
-                let Some(va) = map.va else {
-                    return (Some("EINVAL".into()), 0);
-                };
-                let len = u.len.resolve(map.len.saturating_sub(u.offset));
-                match self.mm.munmap(va + u.offset, len) {
+                let len = u.len.resolve(maplen.saturating_sub(u.offset));
+                match mm.munmap(va + u.offset, len) {
                     Ok(_) => (None, 0),
                     Err(e) => (Some(e.errno().name().to_string()), 0),
                 }
+            }
+            Step::Mprotect(_) | Step::Mremap(_) | Step::Madvise(_) | Step::Fork(_) => {
+                (self.lifecycle_step(step), 0)
             }
             Step::Memory(m) => match self.devices.get(&m.device) {
                 Some(d) => {
@@ -250,6 +315,10 @@ impl ModelRun {
                 None => (Some("ENODEV".into()), 0),
             },
             Step::Expect(_) => (None, 0),
+            // Not modelled yet (issue 6).
+            Step::DmaMap(_) | Step::DmaUnmap(_) | Step::KvmMemslot(_) | Step::GuestTouch(_) => {
+                (Some("ENOSYS".into()), 0)
+            }
         }
     }
 
@@ -257,23 +326,58 @@ impl ModelRun {
     /// reported.
     pub fn run(&mut self, sc: &Scenario) -> RunReport {
         let mut reports = Vec::new();
-        let mut since_expect = Counters::zero(true);
+        // Per process: counters and the last errno since its previous expect.
+        let mut since_expect: HashMap<String, Counters> = HashMap::new();
+        let mut last_errno: HashMap<String, String> = HashMap::new();
         for (i, step) in sc.steps.iter().enumerate() {
-            let before = self.mm.fault_counts();
+            let actor = step.process().unwrap_or(MAIN).to_string();
+            let before: HashMap<String, FaultCounts> = self
+                .processes()
+                .into_iter()
+                .map(|(n, m)| (n, m.fault_counts()))
+                .collect();
             let (errno, skipped) = self.step(step);
-            let after = self.mm.fault_counts();
-            let delta = counters(&after.since(&before), skipped);
+            let mut delta_actor = counters(&FaultCounts::default(), 0);
+            for (name, mm) in self.processes() {
+                let after = mm.fault_counts();
+                let d = match before.get(&name) {
+                    Some(b) => after.since(b),
+                    None => FaultCounts::default(),
+                };
+                let c = counters(&d, if name == actor { skipped } else { 0 });
+                if name == actor {
+                    delta_actor = c;
+                }
+                if !matches!(step, Step::Expect(e) if e.process.as_deref().unwrap_or(MAIN) == name)
+                {
+                    since_expect
+                        .entry(name)
+                        .or_insert_with(|| Counters::zero(true))
+                        .add(&c);
+                }
+            }
             let mut rep = StepReport::for_step(i, step, true);
-            rep.counters = delta;
+            rep.counters = delta_actor;
+            if let Some(e) = &errno {
+                last_errno.insert(actor.clone(), e.clone());
+            }
             rep.errno = errno;
-            let leaves = levels(&self.mm.all_leaves());
+            let mm = self
+                .process(Some(&actor))
+                .unwrap_or_else(|| self.mm.clone());
+            let leaves = levels(&mm.all_leaves());
             rep.leaves = Some(leaves);
-            rep.page_table_pages = Some(pt_pages(&self.mm.table_counts()));
+            rep.page_table_pages = Some(pt_pages(&mm.table_counts()));
             if let Step::Expect(e) = step {
-                rep.expect = Some(check_expect(&e.expect, &since_expect, Some(&leaves)));
-                since_expect = Counters::zero(true);
-            } else {
-                since_expect.add(&delta);
+                let now = ExpectNow {
+                    leaves: Some(leaves),
+                    last_errno: Some(last_errno.remove(&actor).unwrap_or_else(|| "0".into())),
+                    ..ExpectNow::default()
+                };
+                let since = since_expect
+                    .remove(&actor)
+                    .unwrap_or_else(|| Counters::zero(true));
+                rep.expect = Some(check_expect(&e.expect, &since, &now));
             }
             reports.push(rep);
         }
