@@ -15,8 +15,8 @@
 //!   of upstream.md §3.5 (fixed 2025-06), which the PAT model here would show as a wrong memory type.
 //! * A write fault in a private (CoW) pfnmap is not handled yet (`do_cow_fault`): it is SIGBUS.
 
+use crate::sync::atomic::{AtomicU64, Ordering};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
@@ -428,6 +428,13 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     let slot: Slot = match walked {
         Ok(s) => s,
         Err(WalkError::Oom) => return VmFaultResult::Oom,
+        // 6.12's get_locked_pte returned NULL here, and the fault ended in VM_FAULT_OOM.
+        Err(WalkError::HugeAbove(_))
+            if level == Level::Pte
+                && vmf.pt.bugs().contains(crate::pgtable::Bugs::PTE_INSERT_OOM) =>
+        {
+            return VmFaultResult::Oom;
+        }
         // A bigger leaf already maps it: nothing to do (Linux: pmd not none → NOPAGE).
         Err(WalkError::HugeAbove(_)) => return VmFaultResult::NoPage,
         Err(WalkError::Bad(..)) => return VmFaultResult::Sigbus,

@@ -43,6 +43,8 @@ pub struct FollowPfnmap<'a> {
     _ptl: Ptl<'a>,
     /// What was found.
     pub args: FollowPfnmapArgs,
+    /// Where the entry lives (its lock is held until the guard drops).
+    pub slot: crate::pgtable::Slot,
 }
 
 impl std::fmt::Debug for FollowPfnmap<'_> {
@@ -67,12 +69,17 @@ impl MmapRead<'_> {
         }
         let pt = self.mm().page_tables();
         loop {
-            let Some((_, slot)) = pt.lookup(addr) else {
+            let Some((seen, slot)) = pt.lookup(addr) else {
                 return Err(MmError::NotMapped(addr));
             };
             let ptl = pt.ptl(slot);
-            // Re-read under the lock (§3.10).
-            match entry::decode(pt.get(slot), slot.level) {
+            // Re-read under the lock (§3.10); the buggy variant trusts the lockless read.
+            let now = if pt.bugs().contains(crate::pgtable::Bugs::FOLLOW_NO_RECHECK) {
+                entry::encode_leaf(seen).unwrap_or(0)
+            } else {
+                pt.get(slot)
+            };
+            match entry::decode(now, slot.level) {
                 Decoded::Leaf(l) if l.prot.is_present() => {
                     if !l.prot.flags.contains(entry::ProtFlags::PRESENT) {
                         return Err(MmError::NotMapped(addr));
@@ -82,6 +89,7 @@ impl MmapRead<'_> {
                     let pfn = l.pfn.checked_add(off).ok_or(MmError::NotMapped(addr))?;
                     return Ok(FollowPfnmap {
                         _ptl: ptl,
+                        slot,
                         args: FollowPfnmapArgs {
                             pfn,
                             addr_mask: !(size - 1),

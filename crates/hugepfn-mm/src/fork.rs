@@ -9,8 +9,8 @@
 //! is only looked at on a *present* entry: a non-present huge entry (a migration entry) whose
 //! software bits happen to include bit 9 is copied as the non-present entry it is).
 
+use crate::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::entry::{self, Decoded, ProtFlags};
 use crate::error::MmError;
@@ -37,7 +37,8 @@ pub struct ForkStats {
     pub warnings: u64,
 }
 
-static FORK_WARNINGS: AtomicU64 = AtomicU64::new(0);
+// A plain std atomic: shared by every shuttle execution, not part of any protocol.
+static FORK_WARNINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How often the fork sanity check fired in this process (tests look at it).
 pub fn fork_warnings() -> u64 {

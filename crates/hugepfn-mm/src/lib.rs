@@ -23,9 +23,11 @@ pub mod mapping;
 pub mod mm;
 pub mod mprotect;
 pub mod mremap;
+pub mod pagewalk;
 pub mod pgtable;
 pub mod phys;
 pub mod remap_file;
+pub mod sync;
 pub mod vma;
 
 pub use addr::{AddrError, PAGE_SIZE, PagingMode, Pfn, PhysAddr, VirtAddr};

@@ -9,7 +9,9 @@
 //! (`vma_link`/`__split_vma`/`unlink_file_vma`), always before page tables are freed.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
+
+use crate::sync::RwLock;
 
 use crate::mm::Mm;
 use crate::pgtable::{PartialHuge, ZapStats};

@@ -10,9 +10,11 @@
 //! refused (`MAP_FIXED_NOREPLACE`), never silently replaced; the mmap base is fixed, not randomised,
 //! so runs are reproducible.
 
+use crate::sync::atomic::Ordering;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, Weak};
+
+use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::addr::{PAGE_SIZE, PagingMode, Pfn, VirtAddr};
 use crate::entry::{Pgprot, ProtFlags};
@@ -27,7 +29,8 @@ use crate::pgtable::{LeafCounts, PageTables, PartialHuge};
 use crate::phys::{PhysMem, TableCounts};
 use crate::vma::{VmFlags, Vma, vm_get_page_prot};
 
-static NEXT_MM_ID: AtomicU64 = AtomicU64::new(1);
+// A plain std atomic: shared by every shuttle execution, not part of any protocol.
+static NEXT_MM_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// `mmap_min_addr`.
 pub const MMAP_MIN_ADDR: u64 = 0x10000;
@@ -45,6 +48,8 @@ pub struct MmConfig {
     pub mmap_base: Option<u64>,
     /// How drivers get to install huge leaves on fault (the RFC's three designs).
     pub fault_path: FaultPath,
+    /// Known-buggy protocol variants, for the concurrency tests (empty: all fixed).
+    pub bugs: crate::pgtable::Bugs,
 }
 
 impl Default for MmConfig {
@@ -55,6 +60,7 @@ impl Default for MmConfig {
             remap_cap: LeafCap::Pud,
             mmap_base: None,
             fault_path: FaultPath::HugeFault,
+            bugs: crate::pgtable::Bugs::empty(),
         }
     }
 }
@@ -340,7 +346,9 @@ impl<'a> MmapRead<'a> {
 impl Mm {
     /// A new, empty address space on `phys` (`mm_alloc`).
     pub fn new(phys: Arc<PhysMem>, cfg: MmConfig) -> Result<Arc<Mm>, MmError> {
-        let pt = PageTables::new(phys, cfg.mode).map_err(|_| MmError::Oom)?;
+        let pt = PageTables::new(phys, cfg.mode)
+            .map_err(|_| MmError::Oom)?
+            .with_bugs(cfg.bugs);
         Ok(Arc::new_cyclic(|me| Mm {
             id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
             me: me.clone(),

@@ -14,9 +14,11 @@
 //!
 //! TLB flushes are recorded (count and ranges), not simulated: no TLB is modelled here.
 
+use crate::sync::atomic::{AtomicU64, Ordering};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use crate::sync::{Mutex, MutexGuard, RwLock};
 
 use serde::Serialize;
 use thiserror::Error;
@@ -162,6 +164,27 @@ pub trait MmuNotifier: Send + Sync {
     fn invalidate_range(&self, start: u64, end: u64);
 }
 
+bitflags::bitflags! {
+    /// Known-buggy variants of the lock protocol, selectable so that the concurrency tests can
+    /// show their checker catches each upstream race. Empty (all fixed) unless a test asks.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct Bugs: u32 {
+        /// `__pmd_alloc`/`__pte_alloc` install the new table without re-checking, under the lock,
+        /// that the entry is still empty (two racing faults: a leaked table and a lost entry).
+        const ALLOC_NO_RECHECK = 1 << 0;
+        /// `follow_pfnmap_start` before "mm/memory: fix PMD/PUD checks in follow_pfnmap_start()"
+        /// (upstream.md §3.10): uses the entry it read locklessly instead of re-reading it under
+        /// the page-table lock, so a concurrent zap hands back a stale pfn.
+        const FOLLOW_NO_RECHECK = 1 << 1;
+        /// `walk_pmd_range` before 9b25a6e3d243 (§3.11): after splitting a PUD it descends into
+        /// whatever the PUD entry holds, even a leaf a concurrent fault just installed.
+        const PAGEWALK_NO_RECHECK = 1 << 2;
+        /// 6.12's `vmf_insert_pfn`: `get_locked_pte` meets a PMD leaf a concurrent PMD fault
+        /// installed and returns NULL → VM_FAULT_OOM (§3.4, the VM killed with "Bad address").
+        const PTE_INSERT_OOM = 1 << 3;
+    }
+}
+
 /// A correctness hazard a fault-path design ran into (for `hugepfn compare`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Hazard {
@@ -192,8 +215,25 @@ pub struct PageTables {
     flushes: Mutex<FlushLog>,
     tables_allocated: AtomicU64,
     tables_freed: AtomicU64,
-    notifiers: std::sync::RwLock<Vec<Arc<dyn MmuNotifier>>>,
+    notifiers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
     hazards: [AtomicU64; 2],
+    bugs: Bugs,
+    /// Lockless walkers inside the tree now (`rcu_read_lock` sections).
+    readers: AtomicU64,
+    /// Unlinked tables waiting for a grace period.
+    deferred: Mutex<Vec<(PhysAddr, Level)>>,
+}
+
+/// A lockless walk in progress (`rcu_read_lock()`…`rcu_read_unlock()`, or IRQs off for
+/// gup-fast): tables unlinked meanwhile are not freed until it ends.
+pub struct RcuReadGuard<'a> {
+    pt: &'a PageTables,
+}
+
+impl Drop for RcuReadGuard<'_> {
+    fn drop(&mut self) {
+        self.pt.readers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for PageTables {
@@ -224,8 +264,11 @@ impl PageTables {
             flushes: Mutex::new(FlushLog::default()),
             tables_allocated: AtomicU64::new(1),
             tables_freed: AtomicU64::new(0),
-            notifiers: std::sync::RwLock::new(Vec::new()),
+            notifiers: RwLock::new(Vec::new()),
             hazards: [AtomicU64::new(0), AtomicU64::new(0)],
+            bugs: Bugs::empty(),
+            readers: AtomicU64::new(0),
+            deferred: Mutex::new(Vec::new()),
         })
     }
 
@@ -260,6 +303,53 @@ impl PageTables {
             self.tables_allocated.load(Ordering::Relaxed),
             self.tables_freed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Enters a lockless walk.
+    pub fn rcu_read_lock(&self) -> RcuReadGuard<'_> {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        RcuReadGuard { pt: self }
+    }
+
+    /// Frees an unlinked table once no lockless walker can still hold it (`pte_free_defer`,
+    /// `tlb_remove_table` with RCU): at once if no walk is in progress, else with the next
+    /// reclaim that finds none. A walker that starts after the unlink cannot reach the table.
+    fn free_deferred(&self, pa: PhysAddr, level: Level) {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((pa, level));
+        self.reclaim_deferred();
+    }
+
+    /// Frees deferred tables if no lockless walk is in progress. Returns how many were freed.
+    pub fn reclaim_deferred(&self) -> usize {
+        if self.readers.load(Ordering::SeqCst) != 0 {
+            return 0;
+        }
+        let batch: Vec<(PhysAddr, Level)> =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        let n = batch.len();
+        for (pa, level) in batch {
+            self.free(pa, level);
+        }
+        n
+    }
+
+    /// Tables unlinked but not yet freed.
+    pub fn deferred_tables(&self) -> usize {
+        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Selects buggy protocol variants (tests only; see [`Bugs`]).
+    pub fn with_bugs(mut self, bugs: Bugs) -> Self {
+        self.bugs = bugs;
+        self
+    }
+
+    /// The buggy variants in force.
+    pub fn bugs(&self) -> Bugs {
+        self.bugs
     }
 
     /// Counts a hazard.
@@ -447,7 +537,7 @@ impl PageTables {
                     let child_level = slot.level.lower().unwrap_or(Level::Pte);
                     let new = self.alloc(child_level)?;
                     let ptl = self.ptl(slot);
-                    if self.get(slot) == 0 {
+                    if self.bugs.contains(Bugs::ALLOC_NO_RECHECK) || self.get(slot) == 0 {
                         self.set(slot, entry::encode_table(new));
                         drop(ptl);
                     } else {
@@ -463,6 +553,7 @@ impl PageTables {
 
     /// Lockless lookup of the leaf mapping `va`, with its slot.
     pub fn lookup(&self, va: u64) -> Option<(Leaf, Slot)> {
+        let _rcu = self.rcu_read_lock();
         let mut slot = self.top_slot(va);
         loop {
             match self.decode(slot) {
@@ -497,6 +588,24 @@ impl PageTables {
             va = next;
         }
         None
+    }
+
+    /// Page-table pages reachable from the PGD (PGD included). Equal to
+    /// [`PageTables::table_counts`]`.total()` unless a table leaked.
+    pub fn reachable_tables(&self) -> u64 {
+        fn count(pt: &PageTables, pa: PhysAddr, level: Level) -> u64 {
+            let mut n = 1;
+            if let Some(lower) = level.lower() {
+                let t = pt.table(pa);
+                for i in 0..512 {
+                    if let Decoded::Table(c) = entry::decode(t.get(i), level) {
+                        n += count(pt, c, lower);
+                    }
+                }
+            }
+            n
+        }
+        count(self, self.root, self.top())
     }
 
     /// Counts leaves (by level) whose first byte lies in `[start, end)`.
@@ -618,8 +727,9 @@ impl PageTables {
                 self.set(slot, raw);
                 drop(ptl);
                 if let Decoded::Table(pa) = entry::decode(old, level) {
-                    // An empty table was in the way: free it (paging-structure caches may hold it).
-                    self.free_subtree(pa, level.lower().unwrap_or(Level::Pte));
+                    // An empty table was in the way: free it after a grace period (paging-
+                    // structure caches and lockless walkers may hold it).
+                    self.free_subtree_deferred(pa, level.lower().unwrap_or(Level::Pte));
                     self.flush_tlb_range(base, base + level.size(), "free_pgtables");
                 }
                 counts.add(level, 1);
@@ -927,7 +1037,7 @@ impl PageTables {
                     let ptl = self.ptl(slot);
                     self.set(slot, 0);
                     drop(ptl);
-                    self.free(pa, lower);
+                    self.free_deferred(pa, lower);
                     freed += 1;
                 }
             }
@@ -947,6 +1057,30 @@ impl PageTables {
         {
             self.phys.put_page(l.pfn);
         }
+    }
+
+    /// Unlinked subtree: every table in it freed after a grace period.
+    fn free_subtree_deferred(&self, pa: PhysAddr, level: Level) {
+        let mut all = Vec::new();
+        let mut stack = vec![(pa, level)];
+        while let Some((t, l)) = stack.pop() {
+            all.push((t, l));
+            if let Some(lower) = l.lower() {
+                let tp = self.table(t);
+                for i in 0..512 {
+                    match entry::decode(tp.get(i), l) {
+                        Decoded::Table(c) => stack.push((c, lower)),
+                        Decoded::Leaf(_) => self.release_leaf(tp.get(i), l),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(all);
+        self.reclaim_deferred();
     }
 
     /// Frees a whole subtree (teardown, and tables replaced by a huge leaf), dropping the page
@@ -985,6 +1119,11 @@ fn unreachable_table(pa: PhysAddr) -> ! {
 impl Drop for PageTables {
     /// `free_pgd_range` over everything, then `pgd_free`.
     fn drop(&mut self) {
+        let pending: Vec<(PhysAddr, Level)> =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        for (pa, level) in pending {
+            self.free(pa, level);
+        }
         let top = self.top();
         let t = self.table(self.root);
         let mut children = Vec::new();

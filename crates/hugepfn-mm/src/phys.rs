@@ -13,8 +13,10 @@
 //! Deliberate difference: frames are freed at once. The RCU-deferred free that protects lockless
 //! walkers against a concurrent free is the concurrency issue's work.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use crate::sync::{Mutex, MutexGuard};
 
 use thiserror::Error;
 
@@ -23,14 +25,18 @@ use crate::level::Level;
 
 /// Entries per table.
 pub const ENTRIES: usize = 512;
+#[cfg(not(feature = "shuttle"))]
 const CHUNK: usize = 512;
+// Shuttle's atomics are larger and every execution builds its memory anew: grow by 8 frames.
+#[cfg(feature = "shuttle")]
+const CHUNK: usize = 8;
 
 /// One 4 KiB page-table page: 512 entries and its split lock.
 #[derive(Debug)]
 pub struct TablePage {
     lock: Mutex<()>,
     level: AtomicU8,
-    refs: std::sync::atomic::AtomicU32,
+    refs: AtomicU32,
     entries: [AtomicU64; ENTRIES],
 }
 
@@ -43,7 +49,7 @@ impl TablePage {
         TablePage {
             lock: Mutex::new(()),
             level: AtomicU8::new(NO_LEVEL),
-            refs: std::sync::atomic::AtomicU32::new(0),
+            refs: AtomicU32::new(0),
             entries: [const { AtomicU64::new(0) }; ENTRIES],
         }
     }

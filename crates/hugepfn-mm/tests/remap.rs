@@ -366,7 +366,10 @@ fn mm_and_page_tables_are_send_and_sync() {
         for _ in 0..2 {
             s.spawn(|| {
                 for i in 0..512 {
-                    assert_eq!(mm.follow_pfnmap(G + i * 4096).unwrap().pfn.as_u64(), (BAR1 >> 12) + i);
+                    assert_eq!(
+                        mm.follow_pfnmap(G + i * 4096).unwrap().pfn.as_u64(),
+                        (BAR1 >> 12) + i
+                    );
                 }
             });
         }

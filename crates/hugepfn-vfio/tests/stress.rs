@@ -1,0 +1,122 @@
+//! Stress: threads faulting, following, revoking and unmapping/remapping one vfio BAR mapping at
+//! random, for a bounded time; then the reference model's invariants and a leak check.
+//!
+//! CI runs it for 2 s. A long run: `HUGEPFN_STRESS_SECS=600 cargo test --release -p hugepfn-vfio --test stress -- --nocapture`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hugepfn_mm::{Access, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
+use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
+
+const G: u64 = 1 << 30;
+const M: u64 = 1 << 20;
+const BAR: u64 = 0xff_0000_0000;
+const LEN: u64 = 2 * G;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn secs() -> u64 {
+    std::env::var("HUGEPFN_STRESS_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
+}
+
+#[test]
+fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
+    let phys = Arc::new(PhysMem::default());
+    let dev = VfioPciDevice::new(phys.clone(), "d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed)
+        .unwrap();
+    let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
+    let va = mm.find_aligned_area(LEN, G, 0).unwrap();
+    let map = |addr: u64, len: u64| {
+        let f = dev.open();
+        mm.mmap(MmapRequest {
+            addr: MmapAddr::Fixed(addr),
+            len,
+            prot: Prot::RW,
+            shared: true,
+            offset: region_offset(2) + (addr - va),
+            file: Some(&f),
+        })
+    };
+    map(va, LEN).unwrap();
+    let stop = AtomicBool::new(false);
+    let ops = AtomicU64::new(0);
+    let deadline = Instant::now() + Duration::from_secs(secs());
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (mm, dev, stop, ops, map) = (&mm, &dev, &stop, &ops, &map);
+            s.spawn(move || {
+                let mut r = Rng(0x9e37_79b9_7f4a_7c15 ^ (t + 1) * 0x1234_5678);
+                while !stop.load(Ordering::Relaxed) {
+                    let off = (r.next() % (LEN / 4096)) * 4096;
+                    match r.next() % 100 {
+                        0..=59 => {
+                            let a = mm.access(va + off, r.next() % 2 == 0);
+                            assert!(
+                                matches!(a, Access::Ok { .. } | Access::Sigbus | Access::NoVma),
+                                "{a:?}"
+                            );
+                        }
+                        60..=89 => {
+                            if let Ok(f) = mm.follow_pfnmap(va + off) {
+                                assert_eq!(f.pfn.as_u64(), (BAR + off) >> 12, "follow at {off:#x}");
+                            }
+                        }
+                        90..=93 => {
+                            dev.set_memory_enable(false);
+                            dev.set_memory_enable(true);
+                        }
+                        _ => {
+                            // Unmap a 2 MiB piece and map it again at the same place.
+                            let piece = off & !(2 * M - 1);
+                            if mm.munmap(va + piece, 2 * M).is_ok() {
+                                let _ = map(va + piece, 2 * M);
+                            }
+                        }
+                    }
+                    ops.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    assert!(ops.load(Ordering::Relaxed) > 1000, "the threads ran");
+    // Afterwards: fill any hole, memory on, touch everything; every page maps its own pfn.
+    dev.set_memory_enable(true);
+    let mut off = 0;
+    while off < LEN {
+        if mm.find_vma(va + off).is_none() {
+            map(va + off, 2 * M).unwrap();
+        }
+        off += 2 * M;
+    }
+    let r = mm.access_range(va, LEN / 4096, 4096, true, false);
+    assert_eq!((r.sigbus, r.no_vma, r.oom), (0, 0, 0));
+    mm.page_tables().for_each_leaf(va, va + LEN, &mut |lva, l| {
+        assert_eq!(l.pfn.as_u64(), (BAR + lva - va) >> 12, "leaf at {:#x}", lva - va);
+        assert!(l.pfn.is_aligned_order(l.level.order()));
+    });
+    let pt = mm.page_tables();
+    pt.reclaim_deferred();
+    assert_eq!(pt.reachable_tables() + pt.deferred_tables() as u64, pt.table_counts().total());
+    println!(
+        "{} operations in {} s; leaves {:?}",
+        ops.load(Ordering::Relaxed),
+        secs(),
+        mm.all_leaves()
+    );
+    drop(mm);
+    assert!(phys.leak_check().is_empty(), "{:?}", phys.leak_check().len());
+}
