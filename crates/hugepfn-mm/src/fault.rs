@@ -277,6 +277,11 @@ pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpPolicy, order: u32) -> bool {
     if !special_huge || vma.flags.contains(VmFlags::NOHUGEPAGE) {
         return false;
     }
+    // Huge pfnmaps never exist in CoW VMAs (the RFC's point 3). Linux leaves this to drivers and
+    // BUG()s in vmf_insert_pfn_pmd/pud; the model's gate falls back to 4 KiB instead.
+    if vma.flags.is_cow_mapping() {
+        return false;
+    }
     let sysfs = match thp {
         ThpPolicy::Always => true,
         ThpPolicy::Madvise => vma.flags.contains(VmFlags::HUGEPAGE),

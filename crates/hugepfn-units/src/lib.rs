@@ -81,6 +81,23 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// Prints a byte count for people: `4 KiB`, `520 KiB`, `256.5 MiB`, `128 GiB` (one decimal at
+/// most; use [`format_size`] where the value must parse back exactly).
+pub fn format_bytes(bytes: u64) -> String {
+    let units = [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")];
+    for (unit, name) in units {
+        if bytes >= unit {
+            let v = bytes as f64 / unit as f64;
+            return if (v - v.round()).abs() < 0.05 {
+                format!("{:.0} {name}", v.round())
+            } else {
+                format!("{v:.1} {name}")
+            };
+        }
+    }
+    format!("{bytes} B")
+}
+
 /// Prints an address as Linux prints one in `/proc/<pid>/maps`-style tools: `0x` and lower-case hex.
 pub fn format_addr(addr: u64) -> String {
     format!("{addr:#x}")
@@ -148,5 +165,9 @@ mod tests {
         assert_eq!(format_size(128 * GIB), "128G");
         assert_eq!(format_size(GIB + 4 * KIB), "1048580K");
         assert_eq!(format_addr(0x1000_0000_0000), "0x100000000000");
+        assert_eq!(format_bytes(262_664 * KIB), "256.5 MiB");
+        assert_eq!(format_bytes(8 * KIB), "8 KiB");
+        assert_eq!(format_bytes(128 * GIB), "128 GiB");
+        assert_eq!(format_bytes(100), "100 B");
     }
 }

@@ -186,6 +186,14 @@ pub fn run(bars: Option<Vec<Bar>>, bar_filter: Option<u8>) -> Result<Demo, MmErr
         .iter()
         .filter(|b| bar_filter.is_none_or(|i| i == b.index))
         .collect();
+    if chosen.is_empty() {
+        let have: Vec<String> = bars.iter().map(|b| format!("BAR{}", b.index)).collect();
+        return Err(MmError::Invalid(format!(
+            "the device has no BAR{} (it has {})",
+            bar_filter.unwrap_or(0),
+            have.join(", ")
+        )));
+    }
     let mut mappings = Vec::new();
     let mut vfio = Vec::new();
     for b in &chosen {
@@ -228,7 +236,7 @@ pub fn format(d: &Demo) -> String {
             r.leaves.pmd,
             r.leaves.pte,
             r.page_table_pages,
-            hugepfn_units::format_size(r.page_table_bytes),
+            hugepfn_units::format_bytes(r.page_table_bytes),
             ms(r.elapsed_ns)
         );
     }
