@@ -338,7 +338,10 @@ impl PageTables {
 
     /// Tables unlinked but not yet freed.
     pub fn deferred_tables(&self) -> usize {
-        self.deferred.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Selects buggy protocol variants (tests only; see [`Bugs`]).

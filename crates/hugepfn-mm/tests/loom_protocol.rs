@@ -69,5 +69,8 @@ fn populate_without_recheck_is_caught() {
     std::panic::set_hook(Box::new(|_| {}));
     let r = catch_unwind(AssertUnwindSafe(|| model(false)));
     std::panic::set_hook(prev);
-    assert!(r.is_err(), "loom found no interleaving that breaks the unchecked protocol");
+    assert!(
+        r.is_err(),
+        "loom found no interleaving that breaks the unchecked protocol"
+    );
 }

@@ -8,8 +8,10 @@
 #![warn(missing_docs)]
 
 pub mod device;
+pub mod iommu;
 pub mod pci;
 pub mod presets;
+pub mod type1;
 
 pub use device::{
     HugeFaultLogic, VFIO_PCI_OFFSET_SHIFT, VfioDeviceFile, VfioError, VfioPciDevice, region_offset,

@@ -26,14 +26,22 @@ impl Rng {
 }
 
 fn secs() -> u64 {
-    std::env::var("HUGEPFN_STRESS_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
+    std::env::var("HUGEPFN_STRESS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
 }
 
 #[test]
 fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
     let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(phys.clone(), "d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed)
-        .unwrap();
+    let dev = VfioPciDevice::new(
+        phys.clone(),
+        "d",
+        presets::ivshmem_bars(2 * G),
+        HugeFaultLogic::Fixed,
+    )
+    .unwrap();
     let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
     let va = mm.find_aligned_area(LEN, G, 0).unwrap();
     let map = |addr: u64, len: u64| {
@@ -55,12 +63,12 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
         for t in 0..4u64 {
             let (mm, dev, stop, ops, map) = (&mm, &dev, &stop, &ops, &map);
             s.spawn(move || {
-                let mut r = Rng(0x9e37_79b9_7f4a_7c15 ^ (t + 1) * 0x1234_5678);
+                let mut r = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t + 1) * 0x1234_5678));
                 while !stop.load(Ordering::Relaxed) {
                     let off = (r.next() % (LEN / 4096)) * 4096;
                     match r.next() % 100 {
                         0..=59 => {
-                            let a = mm.access(va + off, r.next() % 2 == 0);
+                            let a = mm.access(va + off, r.next().is_multiple_of(2));
                             assert!(
                                 matches!(a, Access::Ok { .. } | Access::Sigbus | Access::NoVma),
                                 "{a:?}"
@@ -105,12 +113,20 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
     let r = mm.access_range(va, LEN / 4096, 4096, true, false);
     assert_eq!((r.sigbus, r.no_vma, r.oom), (0, 0, 0));
     mm.page_tables().for_each_leaf(va, va + LEN, &mut |lva, l| {
-        assert_eq!(l.pfn.as_u64(), (BAR + lva - va) >> 12, "leaf at {:#x}", lva - va);
+        assert_eq!(
+            l.pfn.as_u64(),
+            (BAR + lva - va) >> 12,
+            "leaf at {:#x}",
+            lva - va
+        );
         assert!(l.pfn.is_aligned_order(l.level.order()));
     });
     let pt = mm.page_tables();
     pt.reclaim_deferred();
-    assert_eq!(pt.reachable_tables() + pt.deferred_tables() as u64, pt.table_counts().total());
+    assert_eq!(
+        pt.reachable_tables() + pt.deferred_tables() as u64,
+        pt.table_counts().total()
+    );
     println!(
         "{} operations in {} s; leaves {:?}",
         ops.load(Ordering::Relaxed),
@@ -118,5 +134,9 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
         mm.all_leaves()
     );
     drop(mm);
-    assert!(phys.leak_check().is_empty(), "{:?}", phys.leak_check().len());
+    assert!(
+        phys.leak_check().is_empty(),
+        "{:?}",
+        phys.leak_check().len()
+    );
 }

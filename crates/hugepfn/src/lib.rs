@@ -5,6 +5,8 @@
 
 pub mod bench;
 pub mod compare;
+pub mod consumers_cli;
 pub mod demo;
+pub mod lab;
 pub mod output;
 pub mod runner;

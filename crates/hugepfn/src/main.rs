@@ -75,11 +75,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The real-kernel lab: run scenarios on Linux 6.12 in a QEMU guest (vfio-pci, ivshmem
+    /// BAR), compare them with the model, record the kernel's counts (docs/lab.md).
+    Lab {
+        #[command(subcommand)]
+        cmd: hugepfn::lab::LabCmd,
+    },
+    /// Boot a guest's memory from a BAR: KVM memslots over the BAR's VMA, EPT leaves at the
+    /// host's mapping level, and the cost against a 4 KiB world.
+    GuestBoot(hugepfn::consumers_cli::GuestBootArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Lab { cmd } => hugepfn::lab::main(cmd),
+        Cmd::GuestBoot(a) => hugepfn::consumers_cli::main(a),
         Cmd::Demo {
             json,
             bar,

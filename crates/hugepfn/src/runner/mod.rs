@@ -18,6 +18,7 @@ use hugepfn_scenario::{
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 use thiserror::Error;
 
+mod consumers;
 mod lifecycle;
 
 /// A scenario the model could not set up (distinct from an `expect` that failed).
@@ -81,6 +82,8 @@ pub struct ModelRun {
     pub children: HashMap<String, Arc<Mm>>,
     devices: HashMap<String, Arc<VfioPciDevice>>,
     maps: HashMap<String, MapState>,
+    /// Per process: its vfio type1 container and KVM VM, created on first use.
+    consumers: consumers::Consumers,
 }
 
 fn levels(c: &LeafCounts) -> Levels {
@@ -161,6 +164,7 @@ impl ModelRun {
             children: HashMap::new(),
             devices,
             maps: HashMap::new(),
+            consumers: consumers::Consumers::default(),
         })
     }
 
@@ -315,9 +319,8 @@ impl ModelRun {
                 None => (Some("ENODEV".into()), 0),
             },
             Step::Expect(_) => (None, 0),
-            // Not modelled yet (issue 6).
             Step::DmaMap(_) | Step::DmaUnmap(_) | Step::KvmMemslot(_) | Step::GuestTouch(_) => {
-                (Some("ENOSYS".into()), 0)
+                self.consumer_step(step)
             }
         }
     }
@@ -336,6 +339,7 @@ impl ModelRun {
                 .into_iter()
                 .map(|(n, m)| (n, m.fault_counts()))
                 .collect();
+            let cbefore = self.consumer_counts();
             let (errno, skipped) = self.step(step);
             let mut delta_actor = counters(&FaultCounts::default(), 0);
             for (name, mm) in self.processes() {
@@ -344,7 +348,8 @@ impl ModelRun {
                     Some(b) => after.since(b),
                     None => FaultCounts::default(),
                 };
-                let c = counters(&d, if name == actor { skipped } else { 0 });
+                let mut c = counters(&d, if name == actor { skipped } else { 0 });
+                self.add_consumer_delta(&name, &cbefore, &mut c);
                 if name == actor {
                     delta_actor = c;
                 }
@@ -368,11 +373,14 @@ impl ModelRun {
             let leaves = levels(&mm.all_leaves());
             rep.leaves = Some(leaves);
             rep.page_table_pages = Some(pt_pages(&mm.table_counts()));
+            self.fill_consumer_report(&actor, &mut rep);
             if let Step::Expect(e) = step {
                 let now = ExpectNow {
                     leaves: Some(leaves),
                     last_errno: Some(last_errno.remove(&actor).unwrap_or_else(|| "0".into())),
-                    ..ExpectNow::default()
+                    iommu_entries: rep.iommu_entries,
+                    ept_leaves: rep.ept_leaves,
+                    consumers_measured: true,
                 };
                 let since = since_expect
                     .remove(&actor)

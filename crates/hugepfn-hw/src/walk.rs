@@ -1,0 +1,173 @@
+//! What the page walker reads: a radix page table, level by level.
+//!
+//! [`RadixTable`] is the walker's view of any x86-style tree (the process page tables of
+//! `hugepfn_mm::PageTables`, or a second stage such as an EPT): where the root is, and what the
+//! entry at an index of a table holds. [`SecondStage`] is the small interface a nested walk
+//! needs from the host dimension — the leaf level that maps a guest-physical address and the
+//! references a cold walk of it makes — and every `RadixTable` is one. Until the EPT of
+//! `hugepfn-kvm` implements `RadixTable` itself, a `hugepfn_mm::PageTables` whose "virtual"
+//! addresses are guest-physical addresses stands in for it ([`crate::nested::HostStage`]).
+//!
+//! A walk here reads the real simulated entries (`PageTables::table(pa).get(index)` decoded
+//! with `hugepfn_mm::entry::decode`), so a mapping built by `remap_pfn_range` or by vfio-pci
+//! faults is walked exactly as it was built, leaf sizes included.
+
+use hugepfn_mm::entry::{self, Decoded};
+use hugepfn_mm::{Level, PageTables, PhysAddr};
+
+/// A radix page table the walker can read.
+pub trait RadixTable {
+    /// Physical address of the top table (CR3, or the EPT pointer).
+    fn root(&self) -> u64;
+    /// Level of the top table's entries (`P4d` with 4-level paging, `Pgd` with 5).
+    fn top(&self) -> Level;
+    /// The entry at `index` of the table at `table`, whose entries are of `level`.
+    fn entry(&self, table: u64, level: Level, index: usize) -> Decoded;
+}
+
+impl RadixTable for PageTables {
+    fn root(&self) -> u64 {
+        PageTables::root(self).as_u64()
+    }
+
+    fn top(&self) -> Level {
+        PageTables::top(self)
+    }
+
+    fn entry(&self, table: u64, level: Level, index: usize) -> Decoded {
+        match PhysAddr::new(table) {
+            Ok(pa) if self.phys().table(pa).is_some() => {
+                entry::decode(self.table(pa).get(index), level)
+            }
+            _ => Decoded::NonPresent(0),
+        }
+    }
+}
+
+/// One step of a cold walk: the physical address of the entry read and its level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRead {
+    /// Physical address of the 8-byte entry.
+    pub pa: u64,
+    /// Level of the entry.
+    pub level: Level,
+}
+
+/// Where a walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// Level of the leaf.
+    pub level: Level,
+    /// Physical address the input address translates to.
+    pub pa: u64,
+}
+
+/// Walks `t` for `addr` from the table `table` of `level` entries, pushing every entry read.
+/// `None`: no leaf maps `addr` (a fault).
+pub fn walk_from(
+    t: &(impl RadixTable + ?Sized),
+    mut table: u64,
+    mut level: Level,
+    addr: u64,
+    reads: &mut Vec<EntryRead>,
+) -> Option<Translation> {
+    loop {
+        let index = level.index(addr);
+        reads.push(EntryRead {
+            pa: table + index as u64 * 8,
+            level,
+        });
+        match t.entry(table, level, index) {
+            Decoded::Table(pa) if level != Level::Pte => {
+                table = pa.as_u64();
+                level = level.lower()?;
+            }
+            Decoded::Leaf(l) if level.can_be_leaf() => {
+                let off = addr & (level.size() - 1);
+                return Some(Translation {
+                    level,
+                    pa: l.pfn.as_u64() * 4096 + off,
+                });
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// A cold walk of `t` for `addr` from the root.
+pub fn walk(
+    t: &(impl RadixTable + ?Sized),
+    addr: u64,
+    reads: &mut Vec<EntryRead>,
+) -> Option<Translation> {
+    walk_from(t, t.root(), t.top(), addr, reads)
+}
+
+/// The host (second) dimension of a nested walk, as the issue names it.
+pub trait SecondStage {
+    /// Level of the leaf mapping guest-physical `gpa`, if any.
+    fn leaf_level(&self, gpa: u64) -> Option<Level>;
+    /// Memory references a walk of `gpa` makes with no paging-structure cache hit (0 if
+    /// nothing maps it).
+    fn walk_refs(&self, gpa: u64) -> u32;
+}
+
+impl<T: RadixTable + ?Sized> SecondStage for T {
+    fn leaf_level(&self, gpa: u64) -> Option<Level> {
+        let mut reads = Vec::with_capacity(5);
+        walk(self, gpa, &mut reads).map(|t| t.level)
+    }
+
+    fn walk_refs(&self, gpa: u64) -> u32 {
+        let mut reads = Vec::with_capacity(5);
+        match walk(self, gpa, &mut reads) {
+            Some(_) => reads.len() as u32,
+            None => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hugepfn_mm::{CacheMode, LeafCap, Pfn, Pgprot, PhysMem};
+    use std::sync::Arc;
+
+    fn tables(cap: LeafCap) -> PageTables {
+        let pt = PageTables::new(Arc::new(PhysMem::default()), Default::default()).unwrap();
+        pt.remap_range(
+            1 << 30,
+            3 << 30,
+            Pfn::new((64u64 << 30) >> 12).unwrap(),
+            Pgprot::SHARED.with_cache(CacheMode::Wb),
+            cap,
+        )
+        .unwrap();
+        pt
+    }
+
+    #[test]
+    fn refs_follow_leaf_size() {
+        for (cap, level, refs) in [
+            (LeafCap::Pte, Level::Pte, 4),
+            (LeafCap::Pmd, Level::Pmd, 3),
+            (LeafCap::Pud, Level::Pud, 2),
+        ] {
+            let pt = tables(cap);
+            let va = (1 << 30) + 0x12_3456;
+            assert_eq!(pt.leaf_level(va), Some(level));
+            assert_eq!(pt.walk_refs(va), refs);
+            let mut r = Vec::new();
+            let t = walk(&pt, va, &mut r).unwrap();
+            assert_eq!(t.pa, (64u64 << 30) + 0x12_3456);
+            assert_eq!(r.last().unwrap().level, level);
+        }
+    }
+
+    #[test]
+    fn unmapped_is_none() {
+        let pt = tables(LeafCap::Pmd);
+        assert_eq!(pt.leaf_level(5 << 30), None);
+        assert_eq!(pt.walk_refs(5 << 30), 0);
+    }
+}

@@ -1,0 +1,270 @@
+//! A guest touching a vfio-pci BAR through KVM: EPT leaves follow the host leaves and the
+//! memslot's alignment; vfio revocation and munmap reach the EPT through the MMU notifier.
+
+use std::sync::Arc;
+
+use hugepfn_kvm::ept::bits;
+use hugepfn_kvm::{
+    GuestAccess, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmConfig, MemType, UserMemoryRegion,
+    Vm, host_pfn_mapping_level,
+};
+use hugepfn_mm::{LeafCounts, Level, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
+use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
+
+const K4: u64 = 4096;
+const M2: u64 = 2 << 20;
+const G: u64 = 1 << 30;
+const BAR_PA: u64 = 0x1000_0000_0000;
+const GPA: u64 = 0x40_0000_0000;
+
+struct World {
+    phys: Arc<PhysMem>,
+    dev: Arc<VfioPciDevice>,
+    mm: Arc<Mm>,
+    vm: Vm,
+    va: u64,
+}
+
+/// A 4 GiB BAR mmapped at a VA `align`-aligned plus `skew`, and a VM.
+fn world(align: u64, skew: u64, cfg: KvmConfig) -> World {
+    let phys = Arc::new(PhysMem::default());
+    let dev = VfioPciDevice::new(
+        phys.clone(),
+        "gpu",
+        vec![Bar::mem64(1, BAR_PA, 4 * G)],
+        HugeFaultLogic::Fixed,
+    )
+    .expect("dev");
+    let mm = Mm::new(phys.clone(), MmConfig::default()).expect("mm");
+    let va = mm.find_aligned_area(4 * G, align, skew).expect("va");
+    let f = dev.open();
+    mm.mmap(MmapRequest {
+        addr: MmapAddr::Fixed(va),
+        len: 4 * G,
+        prot: Prot::RW,
+        shared: true,
+        offset: region_offset(1),
+        file: Some(&f),
+    })
+    .expect("mmap");
+    let vm = Vm::new(mm.clone(), cfg).expect("vm");
+    World {
+        phys,
+        dev,
+        mm,
+        vm,
+        va,
+    }
+}
+
+fn slot(id: u32, gpa: u64, size: u64, hva: u64, flags: u32) -> UserMemoryRegion {
+    UserMemoryRegion {
+        slot: id,
+        flags,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: hva,
+    }
+}
+
+fn leaves(pud: u64, pmd: u64, pte: u64) -> LeafCounts {
+    LeafCounts { pud, pmd, pte }
+}
+
+#[test]
+fn a_1g_host_mapping_gives_1g_ept_leaves() {
+    let w = world(G, 0, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, true);
+    r.expect("touch");
+    assert_eq!(t.violations, 4, "one EPT violation per GiB");
+    assert_eq!(t.accesses, 4 * G / K4);
+    assert_eq!(w.vm.ept_leaves(), leaves(4, 0, 0));
+    let st = w.vm.stats();
+    assert_eq!(
+        st.host_fixups, 4,
+        "the BAR was faulted in by hva_to_pfn_remapped"
+    );
+    assert_eq!(
+        (st.gup_fast, st.gup_slow),
+        (4, 8),
+        "gup-fast refuses special PUDs"
+    );
+    assert_eq!(w.mm.fault_counts().pud, 4);
+    assert_eq!(host_pfn_mapping_level(&w.mm, w.va + 5), Level::Pud);
+    // the real EPT entry: R W X, UC for MMIO, no IPAT, large, A and D, BAR address
+    let (raw, level) = w.vm.ept_raw(GPA + G + 77).expect("mapped");
+    assert_eq!(level, Level::Pud);
+    assert_eq!(raw & 0x7, 0b111);
+    assert_eq!(raw & bits::MT_MASK, 0, "UC");
+    assert_eq!(raw & bits::IPAT, 0);
+    assert_ne!(raw & bits::LARGE, 0);
+    assert_ne!(raw & bits::ACCESSED, 0);
+    assert_ne!(raw & bits::DIRTY, 0);
+    assert_eq!(raw & bits::ADDR_MASK, BAR_PA + G);
+    assert_eq!(
+        w.vm.ept_translate(GPA + G).map(|l| l.mem_type),
+        Some(MemType::Uc)
+    );
+    // a second pass hits
+    let (t, _) = w.vm.guest_touch(GPA, 4 * G / K4, K4, false);
+    assert_eq!((t.violations, t.tlb_hits), (0, 4 * G / K4 - 4));
+}
+
+#[test]
+fn a_4k_skewed_host_mapping_gives_4k_ept_leaves() {
+    // The BAR at a 4 KiB-skewed VA: 4 KiB host leaves; the hva is also incongruent with the
+    // gpa, so lpage_info alone would refuse huge pages too.
+    let w = world(G, K4, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA, 8 * M2, w.va, 0))
+        .expect("slot");
+    let (t, r) = w.vm.guest_touch(GPA, 8 * M2 / K4, K4, true);
+    r.expect("touch");
+    assert_eq!(t.violations, 8 * M2 / K4);
+    assert_eq!(w.vm.ept_leaves(), leaves(0, 0, 8 * M2 / K4));
+    assert_eq!(w.vm.stats().host_fixups, 8 * M2 / K4);
+}
+
+#[test]
+fn memslot_alignment_caps_the_level() {
+    // Host leaves are 1 GiB. A slot starting 2 MiB into a GiB, gpa and hva congruent modulo
+    // 1 GiB: the slot's partial first GiB block gets 2 MiB leaves, the three full ones 1 GiB.
+    let w = world(G, 0, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA + M2, 4 * G - M2, w.va + M2, 0))
+        .expect("slot");
+    let (_, r) = w.vm.guest_touch(GPA + M2, (4 * G - M2) / K4, K4, false);
+    r.expect("touch");
+    assert_eq!(w.vm.ept_leaves(), leaves(3, 511, 0));
+    // gpa congruent to the hva only modulo 2 MiB: lpage_info disallows 1 GiB everywhere
+    let w = world(G, 0, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA + M2, 2 * G, w.va, 0))
+        .expect("slot");
+    let (_, r) = w.vm.guest_touch(GPA + M2, 2 * G / K4, K4, false);
+    r.expect("touch");
+    assert_eq!(w.vm.ept_leaves(), leaves(0, 1024, 0));
+    // ... and modulo 4 KiB only: 4 KiB everywhere
+    let w = world(G, 0, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA + K4, M2, w.va, 0))
+        .expect("slot");
+    let (t, _) = w.vm.guest_touch(GPA + K4, M2 / K4, K4, false);
+    assert_eq!((t.violations, w.vm.ept_leaves()), (512, leaves(0, 0, 512)));
+}
+
+#[test]
+fn without_1g_ept_pages_the_guest_gets_2m() {
+    let w = world(
+        G,
+        0,
+        KvmConfig {
+            ept_1g: false,
+            ept_2m: true,
+        },
+    );
+    w.vm.set_user_memory_region(&slot(0, GPA, G, w.va, 0))
+        .expect("slot");
+    let (t, _) = w.vm.guest_touch(GPA, G / K4, K4, true);
+    assert_eq!((t.violations, w.vm.ept_leaves()), (512, leaves(0, 512, 0)));
+    // one host fault served them all: the host leaf is 1 GiB
+    assert_eq!(w.vm.stats().host_fixups, 1);
+}
+
+#[test]
+fn vfio_revoke_reaches_the_ept_through_the_mmu_notifier() {
+    let w = world(G, 0, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    w.vm.guest_touch(GPA, 4 * G / K4, K4, true)
+        .1
+        .expect("touch");
+    let before = w.vm.stats();
+    // memory decode off: vfio zaps the BAR; KVM drops what it covers
+    w.dev.set_memory_enable(false);
+    let st = w.vm.stats();
+    assert!(st.invalidations > before.invalidations);
+    assert_eq!(w.vm.ept_leaves(), leaves(0, 0, 0));
+    assert_eq!(st.zapped.pud - before.zapped.pud, 4);
+    // the guest touching the BAR now: the host fault SIGBUSes → KVM_RUN -EFAULT
+    let e = w.vm.guest_access(GPA, false).unwrap_err();
+    assert_eq!(e.errno_name(), "EFAULT", "{e}");
+    // decode back on: the next touch refaults at 1 GiB
+    w.dev.set_memory_enable(true);
+    let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, false);
+    r.expect("refault");
+    assert_eq!((t.violations, w.vm.ept_leaves()), (4, leaves(4, 0, 0)));
+}
+
+#[test]
+fn munmap_and_memslot_delete_zap() {
+    let w = world(G, 0, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    w.vm.guest_touch(GPA, 4 * G / K4, K4, true)
+        .1
+        .expect("touch");
+    w.mm.munmap(w.va + G, G).expect("munmap");
+    assert_eq!(w.vm.ept_leaves(), leaves(3, 0, 0));
+    let e = w.vm.guest_access(GPA + G, true).unwrap_err();
+    assert_eq!(e.errno_name(), "EFAULT");
+    assert!(e.to_string().contains("no VMA"), "{e}");
+    // deleting the slot zaps the rest; accesses become MMIO exits
+    w.vm.set_user_memory_region(&slot(0, GPA, 0, 0, 0))
+        .expect("delete");
+    assert_eq!(w.vm.ept_leaves(), leaves(0, 0, 0));
+    assert_eq!(w.vm.guest_access(GPA, false), Ok(GuestAccess::MmioExit));
+}
+
+#[test]
+fn readonly_slots_and_dirty_logging() {
+    let w = world(G, 0, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA, G, w.va, KVM_MEM_READONLY))
+        .expect("ro slot");
+    assert_eq!(w.vm.guest_access(GPA, true), Ok(GuestAccess::MmioExit));
+    assert!(matches!(
+        w.vm.guest_access(GPA, false),
+        Ok(GuestAccess::Mapped {
+            level: Level::Pud,
+            ..
+        })
+    ));
+    assert_eq!(w.vm.ept_translate(GPA).map(|l| l.write), Some(false));
+    // dirty logging forces 4 KiB and zaps the huge leaves of the slot
+    w.vm.set_user_memory_region(&slot(1, GPA + G, G, w.va + G, 0))
+        .expect("slot 1");
+    w.vm.guest_access(GPA + G, true).expect("1G");
+    assert_eq!(w.vm.ept_leaves().pud, 2);
+    w.vm.set_user_memory_region(&slot(1, GPA + G, G, w.va + G, KVM_MEM_LOG_DIRTY_PAGES))
+        .expect("log");
+    assert_eq!(w.vm.ept_leaves().pud, 1);
+    w.vm.guest_access(GPA + G, true).expect("4K");
+    assert_eq!(w.vm.ept_leaves().pte, 1);
+    // turning it off zaps the small leaves, so the next fault maps 1 GiB again
+    w.vm.set_user_memory_region(&slot(1, GPA + G, G, w.va + G, 0))
+        .expect("unlog");
+    assert_eq!(w.vm.ept_leaves().pte, 0);
+    w.vm.guest_access(GPA + G + K4, false).expect("1G again");
+    assert_eq!(w.vm.ept_leaves().pud, 2);
+    // no slot: MMIO exit
+    assert_eq!(w.vm.guest_access(0x1000, false), Ok(GuestAccess::MmioExit));
+    assert_eq!(w.vm.stats().mmio_exits, 2);
+}
+
+#[test]
+fn teardown_frees_every_table() {
+    let w = world(G, K4, KvmConfig::default());
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * M2, w.va, 0))
+        .expect("slot");
+    w.vm.guest_touch(GPA, 4 * M2 / K4, K4, true)
+        .1
+        .expect("touch");
+    assert!(w.vm.ept_table_pages() > 3);
+    let World {
+        phys, dev, mm, vm, ..
+    } = w;
+    drop(vm);
+    // the notifier outlives the VM harmlessly
+    mm.munmap(0, 1 << 46).expect("munmap everything");
+    drop(mm);
+    drop(dev);
+    assert!(phys.leak_check().is_empty(), "{:?}", phys.leak_check());
+}

@@ -1,0 +1,1028 @@
+//! Runs a scenario's steps on the real kernel and builds the [`RunReport`].
+//!
+//! Fault counting: every measured window is `ru_minflt` after − before, around exactly the
+//! system call(s) or the access loop of one step. Before each window the probe pre-faults
+//! everything the window itself touches (its stack, the access loop's and the signal handler's
+//! code, the clock): otherwise the first `getrusage`/`clock_gettime` or the first run of a code
+//! page shows up as one extra fault (the lab README's "one-fault pitfall").
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use hugepfn_scenario::{
+    Access as ScAccess, Advice as ScAdvice, Counters, ExpectNow, MAIN_PROCESS, Madvise, Order,
+    PowerState, ProtSpec, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement,
+    check_expect,
+};
+use hugepfn_units::format_size;
+
+use crate::error::ProbeError;
+use crate::pci;
+use crate::sys::{self, Access, Advice, DevMap, Place, RegionInfo, Signal};
+use crate::vfio::{Device, IommuChoice, PCI_COMMAND_MEMORY, Vfio};
+
+/// Knobs from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--device` values: `(Some(name), bdf)` or `(None, bdf)`.
+    pub devices: Vec<(Option<String>, String)>,
+    /// `--bind`: rebind explicitly named devices to vfio-pci.
+    pub bind: bool,
+    /// `--set-thp`: write the scenario's THP mode to sysfs (restored afterwards).
+    pub set_thp: bool,
+    /// VFIO IOMMU backend.
+    pub iommu: IommuChoice,
+    /// `--trace`: a line on stderr before each step, drained to the terminal.
+    pub trace: bool,
+}
+
+/// Parses one `--device` value.
+pub fn parse_device_arg(s: &str) -> Result<(Option<String>, String), ProbeError> {
+    let (name, bdf) = match s.split_once('=') {
+        Some((n, b)) if !n.is_empty() => (Some(n.to_string()), b),
+        Some(_) => return Err(ProbeError::DeviceArg(s.to_string())),
+        None => (None, s),
+    };
+    if !is_bdf(bdf) {
+        return Err(ProbeError::DeviceArg(s.to_string()));
+    }
+    Ok((name, bdf.to_string()))
+}
+
+/// `DDDD:BB:DD.F` with hex digits.
+fn is_bdf(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && s.char_indices()
+            .all(|(i, c)| matches!(i, 4 | 7 | 10) || c.is_ascii_hexdigit())
+}
+
+/// Name of an errno as Linux spells it.
+pub fn errno_name(e: &io::Error) -> String {
+    let name = match e.raw_os_error() {
+        Some(1) => "EPERM",
+        Some(2) => "ENOENT",
+        Some(4) => "EINTR",
+        Some(5) => "EIO",
+        Some(6) => "ENXIO",
+        Some(9) => "EBADF",
+        Some(11) => "EAGAIN",
+        Some(12) => "ENOMEM",
+        Some(13) => "EACCES",
+        Some(14) => "EFAULT",
+        Some(16) => "EBUSY",
+        Some(17) => "EEXIST",
+        Some(19) => "ENODEV",
+        Some(22) => "EINVAL",
+        Some(25) => "ENOTTY",
+        Some(28) => "ENOSPC",
+        Some(75) => "EOVERFLOW",
+        Some(95) => "EOPNOTSUPP",
+        Some(n) => return format!("errno {n}"),
+        None => return format!("{e}"),
+    };
+    name.to_string()
+}
+
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+fn thp_word(m: ThpMode) -> &'static str {
+    match m {
+        ThpMode::Always => "always",
+        ThpMode::Madvise => "madvise",
+        ThpMode::Never => "never",
+    }
+}
+
+/// The bracketed word of `always [madvise] never`.
+fn thp_current(text: &str) -> Option<String> {
+    let s = text.find('[')?;
+    let e = text[s..].find(']')? + s;
+    Some(text[s + 1..e].to_string())
+}
+
+/// Restores the THP mode it changed.
+pub struct ThpGuard {
+    old: Option<String>,
+}
+
+impl Drop for ThpGuard {
+    fn drop(&mut self) {
+        if let Some(old) = self.old.take() {
+            let _ = std::fs::write(THP_ENABLED, old);
+        }
+    }
+}
+
+/// Checks (or, with `set`, sets) the kernel's THP mode.
+pub fn apply_thp(want: ThpMode, set: bool) -> Result<ThpGuard, ProbeError> {
+    let sysfs = |source| ProbeError::Sysfs {
+        path: THP_ENABLED.into(),
+        source,
+    };
+    let text = std::fs::read_to_string(THP_ENABLED).map_err(sysfs)?;
+    let have = thp_current(&text).ok_or_else(|| ProbeError::SysfsFormat {
+        path: THP_ENABLED.into(),
+        msg: format!("no [selected] mode in {text:?}"),
+    })?;
+    let want = thp_word(want);
+    if have == want {
+        return Ok(ThpGuard { old: None });
+    }
+    if !set {
+        return Err(ProbeError::ThpMismatch { want, have });
+    }
+    std::fs::write(THP_ENABLED, want).map_err(sysfs)?;
+    Ok(ThpGuard { old: Some(have) })
+}
+
+/// The report plus what the probe had to say about the run.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The JSON report.
+    pub report: RunReport,
+    /// Everything printed as a warning (also already printed on stderr).
+    pub warnings: Vec<String>,
+}
+
+fn warn(warnings: &mut Vec<String>, msg: String) {
+    eprintln!("hugepfn-probe: warning: {msg}");
+    warnings.push(msg);
+}
+
+/// A scenario device resolved to a real one.
+struct RealDevice {
+    name: String,
+    bdf: String,
+    auto: bool,
+}
+
+fn resolve_devices(
+    sc: &Scenario,
+    args: &[(Option<String>, String)],
+) -> Result<Vec<RealDevice>, ProbeError> {
+    let names: Vec<&str> = sc.devices.iter().map(|d| d.name.as_str()).collect();
+    let mut given: HashMap<String, String> = HashMap::new();
+    for (name, bdf) in args {
+        let name = match name {
+            Some(n) if names.contains(&n.as_str()) => n.clone(),
+            Some(n) => {
+                return Err(ProbeError::UnknownDevice {
+                    name: n.clone(),
+                    have: names.join(", "),
+                });
+            }
+            None if names.len() == 1 => names[0].to_string(),
+            None => {
+                return Err(ProbeError::Unresolved {
+                    name: names.join(", "),
+                    why: format!(
+                        "a bare --device {bdf} is ambiguous: the scenario has {} devices",
+                        names.len()
+                    ),
+                });
+            }
+        };
+        if !pci::exists(bdf) {
+            return Err(ProbeError::NoSuchDevice(bdf.clone()));
+        }
+        given.insert(name, bdf.clone());
+    }
+    let mut ivshmem = pci::find_devices(pci::IVSHMEM.0, pci::IVSHMEM.1)?
+        .into_iter()
+        .filter(|b| !given.values().any(|g| g == b));
+    let mut out = Vec::new();
+    for d in &sc.devices {
+        if let Some(bdf) = given.get(&d.name) {
+            out.push(RealDevice {
+                name: d.name.clone(),
+                bdf: bdf.clone(),
+                auto: false,
+            });
+        } else if let Some(bdf) = ivshmem.next() {
+            out.push(RealDevice {
+                name: d.name.clone(),
+                bdf,
+                auto: true,
+            });
+        } else {
+            return Err(ProbeError::Unresolved {
+                name: d.name.clone(),
+                why: "no --device for it and no (further) ivshmem device 1af4:1110".into(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Deterministic per-run byte pattern for BAR offset `off`.
+fn pattern(off: u64, salt: u64) -> u8 {
+    let mut z = off ^ salt;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) as u8
+}
+
+const SAMPLES: usize = 64;
+
+/// What one pass of accesses saw.
+#[derive(Debug, Clone, Copy)]
+struct TouchResult {
+    sigbus: u64,
+    sigsegv: u64,
+    skipped: u64,
+    /// Writes whose read-back differed.
+    mismatches: u64,
+    /// Offsets (in the mapping) of accessed strides kept for the pread cross-check.
+    samples: [u64; SAMPLES],
+    nsamples: usize,
+}
+
+impl Default for TouchResult {
+    fn default() -> Self {
+        TouchResult {
+            sigbus: 0,
+            sigsegv: 0,
+            skipped: 0,
+            mismatches: 0,
+            samples: [0; SAMPLES],
+            nsamples: 0,
+        }
+    }
+}
+
+/// Parameters of one pass.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    bar_off: u64,
+    offset: u64,
+    n: u64,
+    stride: u64,
+    write: bool,
+    reverse: bool,
+    salt: u64,
+}
+
+/// The access loop. It must not allocate or print: it runs inside the measured window.
+#[inline(never)]
+fn touch_loop(map: &DevMap, p: Pass) -> TouchResult {
+    let mut r = TouchResult::default();
+    let every = (p.n / SAMPLES as u64).max(1);
+    let count = |s: Signal, r: &mut TouchResult| match s {
+        Signal::Bus => r.sigbus += 1,
+        Signal::Segv => r.sigsegv += 1,
+    };
+    for k in 0..p.n {
+        let idx = if p.reverse { p.n - 1 - k } else { k };
+        let Some(off) = idx
+            .checked_mul(p.stride)
+            .and_then(|x| x.checked_add(p.offset))
+        else {
+            r.skipped += 1;
+            continue;
+        };
+        let done = if p.write {
+            let v = pattern(p.bar_off.wrapping_add(off), p.salt);
+            match map.write8(off, v) {
+                Access::NotMapped => {
+                    r.skipped += 1;
+                    false
+                }
+                Access::Faulted(s) => {
+                    count(s, &mut r);
+                    false
+                }
+                Access::Done(()) => match map.read8(off) {
+                    Access::Done(b) => {
+                        if b != v {
+                            r.mismatches += 1;
+                        }
+                        true
+                    }
+                    Access::Faulted(s) => {
+                        count(s, &mut r);
+                        false
+                    }
+                    Access::NotMapped => false,
+                },
+            }
+        } else {
+            match map.read8(off) {
+                Access::Done(_) => true,
+                Access::Faulted(s) => {
+                    count(s, &mut r);
+                    false
+                }
+                Access::NotMapped => {
+                    r.skipped += 1;
+                    false
+                }
+            }
+        };
+        if done && idx % every == 0 && r.nsamples < SAMPLES {
+            r.samples[r.nsamples] = off;
+            r.nsamples += 1;
+        }
+    }
+    r
+}
+
+/// Pre-faults the stack below the current frame.
+#[inline(never)]
+fn warm_stack() {
+    let mut buf = [0u8; 256 * 1024];
+    for i in (0..buf.len()).step_by(512) {
+        buf[i] = i as u8;
+    }
+    std::hint::black_box(&buf);
+}
+
+struct MapState {
+    map: Option<DevMap>,
+    len: u64,
+    /// Physical address of the BAR (for `congruent:` placements).
+    phys: u64,
+    dev: usize,
+    bar_off: u64,
+    region: RegionInfo,
+}
+
+struct Runner<'a> {
+    sc: &'a Scenario,
+    devices: Vec<Device>,
+    dev_index: HashMap<String, usize>,
+    phys: HashMap<(usize, u8), (u64, RegionInfo)>,
+    maps: HashMap<String, MapState>,
+    warm: DevMap,
+    salt: u64,
+    warnings: Vec<String>,
+    data_errors: u64,
+}
+
+impl Runner<'_> {
+    /// Everything a measured window runs, run once outside it.
+    fn warm(&mut self, write: bool, reverse: bool) {
+        let _ = sys::warm_fault_path();
+        let pass = Pass {
+            bar_off: 0,
+            offset: 0,
+            n: self.warm.len() / 4096,
+            stride: 4096,
+            write,
+            reverse,
+            salt: self.salt,
+        };
+        std::hint::black_box(touch_loop(&self.warm, pass));
+        warm_stack();
+        let _ = sys::minflt();
+        let _ = std::hint::black_box(std::time::Instant::now());
+    }
+
+    fn measure<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> (T, u64) {
+        self.warm(true, false);
+        let f0 = sys::minflt();
+        let out = f(self);
+        let f1 = sys::minflt();
+        (out, f1.saturating_sub(f0))
+    }
+
+    fn step(&mut self, i: usize, step: &Step) -> StepReport {
+        let mut rep = StepReport::for_step(i, step, false);
+        let mut errno: Option<io::Error> = None;
+        match step {
+            Step::Mmap(m) => {
+                let dev = self.dev_index[&m.device];
+                let Some(&(phys, region)) = self.phys.get(&(dev, m.bar)) else {
+                    rep.errno = Some("ENODEV".into());
+                    return rep;
+                };
+                let len = m.len.resolve(region.size.saturating_sub(m.offset));
+                let place = match m.va {
+                    VaPlacement::Kernel => Place::Kernel,
+                    VaPlacement::Align { size, skew } => Place::Reserve { align: size, skew },
+                    VaPlacement::Congruent { size } => Place::Reserve {
+                        align: size,
+                        skew: phys.wrapping_add(m.offset) % size,
+                    },
+                    VaPlacement::Fixed(a) => Place::Fixed(a),
+                };
+                let file_off = region.offset.saturating_add(m.offset);
+                let shared = m.shared;
+                let advice = m.madvise.map(|a| match a {
+                    Madvise::Hugepage => Advice::Hugepage,
+                    Madvise::Nohugepage => Advice::Nohugepage,
+                });
+                let ((map, adv_err), faults) = self.measure(|r| {
+                    let map = DevMap::map(&r.devices[dev].file, file_off, len, place, shared);
+                    let adv_err = match (&map, advice) {
+                        (Ok(mp), Some(a)) => mp.madvise(0, len, a).err(),
+                        _ => None,
+                    };
+                    (map, adv_err)
+                });
+                rep.counters.faults = faults;
+                let map = match map {
+                    Ok(mp) => Some(mp),
+                    Err(e) => {
+                        errno = Some(e);
+                        None
+                    }
+                };
+                if let Some(e) = adv_err {
+                    warn(
+                        &mut self.warnings,
+                        format!("step {} (line {}): madvise: {e}", i + 1, m.line),
+                    );
+                    errno = Some(e);
+                }
+                self.maps.insert(
+                    m.name.clone(),
+                    MapState {
+                        map,
+                        len,
+                        phys,
+                        dev,
+                        bar_off: m.offset,
+                        region,
+                    },
+                );
+            }
+            Step::Touch(t) => {
+                let Some(ms) = self.maps.get(&t.map) else {
+                    rep.errno = Some("EINVAL".into());
+                    return rep;
+                };
+                let len = t.len.resolve(ms.len.saturating_sub(t.offset));
+                let n = len.div_ceil(t.stride);
+                let (dev, region, bar_off) = (ms.dev, ms.region, ms.bar_off);
+                let pass = Pass {
+                    bar_off,
+                    offset: t.offset,
+                    n,
+                    stride: t.stride,
+                    write: t.access == ScAccess::Write,
+                    reverse: t.order == Order::Reverse,
+                    salt: self.salt,
+                };
+                if ms.map.is_none() {
+                    // the mmap failed: every stride is unmapped
+                    rep.counters.skipped = n;
+                    return rep;
+                }
+                self.warm(pass.write, pass.reverse);
+                // taken out of the table for the pass (put back below) so that the cross-check
+                // can borrow `self` mutably
+                let Some(ms) = self.maps.remove(&t.map) else {
+                    return rep;
+                };
+                let Some(map) = ms.map.as_ref() else {
+                    self.maps.insert(t.map.clone(), ms);
+                    return rep;
+                };
+                let f0 = sys::minflt();
+                let r = touch_loop(map, pass);
+                let f1 = sys::minflt();
+                rep.counters.faults = f1.saturating_sub(f0);
+                rep.counters.sigbus = r.sigbus;
+                rep.counters.sigsegv = r.sigsegv;
+                rep.counters.skipped = r.skipped;
+                let bad = r.mismatches + self.cross_check(map, dev, &region, &pass, &r);
+                self.maps.insert(t.map.clone(), ms);
+                if bad > 0 {
+                    let msg = format!(
+                        "step {} (line {}): {bad} accesses read back the wrong data (the mapping does not show the BAR's memory at that offset)",
+                        i + 1,
+                        t.line
+                    );
+                    warn(&mut self.warnings, msg);
+                    self.data_errors += bad;
+                    rep.errno = Some("EIO".into());
+                }
+            }
+            Step::Munmap(u) => {
+                let Some(ms) = self.maps.get(&u.map) else {
+                    rep.errno = Some("EINVAL".into());
+                    return rep;
+                };
+                let len = u.len.resolve(ms.len.saturating_sub(u.offset));
+                let (off, name) = (u.offset, u.map.clone());
+                let (r, faults) =
+                    self.measure(
+                        |s| match s.maps.get_mut(&name).and_then(|m| m.map.as_mut()) {
+                            Some(mp) => mp.munmap(off, len),
+                            None => Err(io::Error::from_raw_os_error(22)),
+                        },
+                    );
+                rep.counters.faults = faults;
+                errno = r.err();
+            }
+            Step::Memory(m) => {
+                let dev = self.dev_index[&m.device];
+                let enable = m.enable;
+                let (r, faults) = self.measure(|s| s.devices[dev].set_memory_enable(enable));
+                rep.counters.faults = faults;
+                match r {
+                    Ok(cmd) if (cmd & PCI_COMMAND_MEMORY != 0) != enable => warn(
+                        &mut self.warnings,
+                        format!(
+                            "step {} (line {}): PCI_COMMAND reads {cmd:#06x} after the write",
+                            i + 1,
+                            m.line
+                        ),
+                    ),
+                    Ok(_) => {}
+                    Err(e) => errno = Some(e),
+                }
+            }
+            Step::Reset(r) => {
+                let dev = self.dev_index[&r.device];
+                let (res, faults) = self.measure(|s| s.devices[dev].reset());
+                rep.counters.faults = faults;
+                errno = res.err();
+            }
+            Step::Power(p) => {
+                let dev = self.dev_index[&p.device];
+                let d3 = p.state == PowerState::D3hot;
+                let (res, faults) = self.measure(|s| s.devices[dev].set_power(d3));
+                rep.counters.faults = faults;
+                errno = res.err();
+            }
+            Step::Mprotect(p) => {
+                let prot = match p.prot {
+                    ProtSpec::None => libc::PROT_NONE,
+                    ProtSpec::Read => libc::PROT_READ,
+                    ProtSpec::Write => libc::PROT_READ | libc::PROT_WRITE,
+                };
+                let (off, lenspec, name) = (p.offset, p.len, p.map.clone());
+                let (r, faults) = self.measure(|s| match s.maps.get(&name) {
+                    Some(MapState {
+                        map: Some(mp), len, ..
+                    }) => mp.mprotect(off, lenspec.resolve(len.saturating_sub(off)), prot),
+                    _ => Err(io::Error::from_raw_os_error(22)),
+                });
+                rep.counters.faults = faults;
+                errno = r.err();
+            }
+            Step::Madvise(a) => {
+                let adv = madv(a.advice);
+                let (off, lenspec, name) = (a.offset, a.len, a.map.clone());
+                let (r, faults) = self.measure(|s| match s.maps.get(&name) {
+                    Some(MapState {
+                        map: Some(mp), len, ..
+                    }) => mp.madvise_raw(off, lenspec.resolve(len.saturating_sub(off)), adv),
+                    _ => Err(io::Error::from_raw_os_error(22)),
+                });
+                rep.counters.faults = faults;
+                errno = r.err();
+            }
+            Step::Mremap(m) => {
+                let Some(ms) = self.maps.get(&m.map) else {
+                    rep.errno = Some("EINVAL".into());
+                    return rep;
+                };
+                let new_len = m.new_len.unwrap_or(ms.len);
+                let place = match m.va {
+                    VaPlacement::Kernel => Place::Kernel,
+                    VaPlacement::Align { size, skew } => Place::Reserve { align: size, skew },
+                    VaPlacement::Congruent { size } => Place::Reserve {
+                        align: size,
+                        skew: ms.phys.wrapping_add(ms.bar_off) % size,
+                    },
+                    VaPlacement::Fixed(a) => Place::Fixed(a),
+                };
+                let name = m.map.clone();
+                let (r, faults) = self.measure(|s| match s.maps.get_mut(&name) {
+                    Some(MapState {
+                        map: Some(mp), len, ..
+                    }) => mp.mremap(new_len, place).map(|()| *len = new_len),
+                    _ => Err(io::Error::from_raw_os_error(22)),
+                });
+                rep.counters.faults = faults;
+                errno = r.err();
+            }
+            Step::Expect(_) => {}
+            // Not run on the kernel yet (issues 5 and 6 added them to the format).
+            Step::Fork(_)
+            | Step::DmaMap(_)
+            | Step::DmaUnmap(_)
+            | Step::KvmMemslot(_)
+            | Step::GuestTouch(_) => rep.errno = Some("ENOSYS".into()),
+        }
+        if let Some(e) = errno {
+            rep.errno = Some(errno_name(&e));
+        }
+        rep
+    }
+
+    /// Compares sampled strides as seen through the mapping with the BAR read by the kernel
+    /// (`pread` on the region) and, for writes, with the pattern written. Runs after the
+    /// measured window, only on strides that were just accessed (already mapped: no fault).
+    fn cross_check(
+        &mut self,
+        map: &DevMap,
+        dev: usize,
+        region: &RegionInfo,
+        pass: &Pass,
+        r: &TouchResult,
+    ) -> u64 {
+        let mut bad = 0;
+        let mut unreadable = None;
+        for &off in &r.samples[..r.nsamples] {
+            let Access::Done(via_map) = map.read8(off) else {
+                continue;
+            };
+            let bar = pass.bar_off.wrapping_add(off);
+            match self.devices[dev].pread_byte(region, bar) {
+                Ok(b) => {
+                    if b != via_map || (pass.write && b != pattern(bar, pass.salt)) {
+                        bad += 1;
+                    }
+                }
+                Err(e) => unreadable = Some(e),
+            }
+        }
+        if let Some(e) = unreadable {
+            warn(
+                &mut self.warnings,
+                format!("could not read the BAR through the region to cross-check: {e}"),
+            );
+        }
+        bad
+    }
+}
+
+/// The `MADV_*` value of an advice.
+fn madv(a: ScAdvice) -> libc::c_int {
+    match a {
+        ScAdvice::Normal => 0,
+        ScAdvice::Random => 1,
+        ScAdvice::Sequential => 2,
+        ScAdvice::Willneed => 3,
+        ScAdvice::Dontneed => 4,
+        ScAdvice::Free => 8,
+        ScAdvice::Dontfork => 10,
+        ScAdvice::Dofork => 11,
+        ScAdvice::Hugepage => 14,
+        ScAdvice::Nohugepage => 15,
+        ScAdvice::Dontdump => 16,
+        ScAdvice::Dodump => 17,
+        ScAdvice::Wipeonfork => 18,
+        ScAdvice::Keeponfork => 19,
+        ScAdvice::Cold => 20,
+        ScAdvice::Pageout => 21,
+        ScAdvice::PopulateRead => 22,
+        ScAdvice::PopulateWrite => 23,
+        ScAdvice::DontneedLocked => 24,
+    }
+}
+
+/// The first step the probe cannot perform: an op it does not implement yet, or a step in
+/// another process than the first.
+pub fn unsupported(sc: &Scenario) -> Option<ProbeError> {
+    sc.steps.iter().find_map(|s| {
+        let known = matches!(
+            s,
+            Step::Mmap(_)
+                | Step::Touch(_)
+                | Step::Munmap(_)
+                | Step::Memory(_)
+                | Step::Reset(_)
+                | Step::Power(_)
+                | Step::Expect(_)
+                | Step::Mprotect(_)
+                | Step::Madvise(_)
+                | Step::Mremap(_)
+        );
+        if !known {
+            Some(ProbeError::UnsupportedOp {
+                op: s.op(),
+                line: s.line(),
+            })
+        } else if s.process_or_main() != MAIN_PROCESS {
+            Some(ProbeError::UnsupportedOp {
+                op: "process =",
+                line: s.line(),
+            })
+        } else {
+            None
+        }
+    })
+}
+
+/// Runs `sc` on the running kernel.
+pub fn run(sc: &Scenario, opts: &Options) -> Result<Outcome, ProbeError> {
+    if let Some(e) = unsupported(sc) {
+        return Err(e);
+    }
+    let mut warnings = Vec::new();
+    let real = resolve_devices(sc, &opts.devices)?;
+    let _thp = apply_thp(sc.thp, opts.set_thp)?;
+    for d in &real {
+        match pci::driver(&d.bdf) {
+            Some(drv) if drv == "vfio-pci" => {}
+            _ if d.auto || opts.bind => pci::bind_vfio_pci(&d.bdf)?,
+            other => {
+                return Err(ProbeError::NotVfio {
+                    bdf: d.bdf.clone(),
+                    driver: other.unwrap_or_else(|| "no driver".into()),
+                });
+            }
+        }
+    }
+    let bdfs: Vec<String> = real.iter().map(|d| d.bdf.clone()).collect();
+    let (vfio, devices) = Vfio::open(&bdfs, opts.iommu)?;
+    if opts.trace {
+        eprintln!(
+            "hugepfn-probe: info: devices {} (vfio-pci, iommu {})",
+            bdfs.join(" "),
+            vfio.iommu
+        );
+    }
+    let mut dev_index = HashMap::new();
+    let mut phys = HashMap::new();
+    for (i, (d, spec)) in real.iter().zip(&sc.devices).enumerate() {
+        dev_index.insert(d.name.clone(), i);
+        let dev = &devices[i];
+        let cmd = dev.command().map_err(|source| ProbeError::Vfio {
+            what: format!("{}: read PCI_COMMAND", d.bdf),
+            source,
+        })?;
+        if cmd & PCI_COMMAND_MEMORY == 0 {
+            dev.set_memory_enable(true)
+                .map_err(|source| ProbeError::Vfio {
+                    what: format!("{}: enable memory decode", d.bdf),
+                    source,
+                })?;
+            warn(
+                &mut warnings,
+                format!(
+                    "{}: memory decode was off (PCI_COMMAND {cmd:#06x}); turned it on",
+                    d.bdf
+                ),
+            );
+        }
+        let used: Vec<u8> = sc
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Mmap(m) if m.device == d.name => Some(m.bar),
+                _ => None,
+            })
+            .collect();
+        for b in &spec.bars {
+            if !used.contains(&b.index) {
+                continue;
+            }
+            let res = pci::bar_resource(&d.bdf, b.index)?;
+            let region = dev.bar_region(b.index)?;
+            if res.start != b.phys {
+                warn(
+                    &mut warnings,
+                    format!(
+                        "device {} BAR{} is at {:#x} on this machine, the scenario says {:#x}: faults are measured at the real address",
+                        d.name, b.index, res.start, b.phys
+                    ),
+                );
+            }
+            if region.size != b.size {
+                warn(
+                    &mut warnings,
+                    format!(
+                        "device {} BAR{} is {} on this machine, the scenario says {}",
+                        d.name,
+                        b.index,
+                        format_size(region.size),
+                        format_size(b.size)
+                    ),
+                );
+            }
+            phys.insert((i, b.index), (res.start, region));
+        }
+    }
+    sys::install_fault_handler().map_err(|source| ProbeError::Vfio {
+        what: "sigaction(SIGBUS/SIGSEGV)".into(),
+        source,
+    })?;
+    if !sys::warm_fault_path().unwrap_or(false) {
+        return Err(ProbeError::FaultHandler);
+    }
+    let warm =
+        DevMap::anonymous(16 * 4096, libc::PROT_READ | libc::PROT_WRITE).map_err(|source| {
+            ProbeError::Vfio {
+                what: "mmap (warm-up buffer)".into(),
+                source,
+            }
+        })?;
+    let salt = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let mut runner = Runner {
+        sc,
+        devices,
+        dev_index,
+        phys,
+        maps: HashMap::new(),
+        warm,
+        salt,
+        warnings,
+        data_errors: 0,
+    };
+    let mut reports = Vec::new();
+    let mut since = Counters::zero(false);
+    let mut last_errno: Option<String> = None;
+    let total = sc.steps.len();
+    for (i, step) in runner.sc.steps.iter().enumerate() {
+        if opts.trace {
+            eprintln!(
+                "hugepfn-probe: trace step={i} of={total} line={} op={}",
+                step.line(),
+                step.op()
+            );
+            let _ = io::stderr().flush();
+            sys::drain(2);
+        }
+        let mut rep = runner.step(i, step);
+        if let Step::Expect(e) = step {
+            let now = ExpectNow {
+                last_errno: last_errno.take(),
+                ..ExpectNow::default()
+            };
+            rep.expect = Some(check_expect(&e.expect, &since, &now));
+            since = Counters::zero(false);
+        } else {
+            since.add(&rep.counters);
+            if rep.errno.is_some() {
+                last_errno.clone_from(&rep.errno);
+            }
+        }
+        reports.push(rep);
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut report = RunReport::new(sc.name.clone(), format!("kernel {release}"), reports);
+    if runner.data_errors > 0 {
+        report.ok = false;
+    }
+    drop(runner.maps);
+    drop(vfio);
+    Ok(Outcome {
+        report,
+        warnings: runner.warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_args() {
+        assert_eq!(
+            parse_device_arg("0000:01:00.0").expect("bdf"),
+            (None, "0000:01:00.0".to_string())
+        );
+        assert_eq!(
+            parse_device_arg("gpu=0000:af:00.1").expect("named"),
+            (Some("gpu".to_string()), "0000:af:00.1".to_string())
+        );
+        for bad in [
+            "01:00.0",
+            "=0000:01:00.0",
+            "gpu=",
+            "0000:01:00.g",
+            "0000-01:00.0",
+        ] {
+            assert!(parse_device_arg(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn thp_mode_is_the_bracketed_word() {
+        assert_eq!(
+            thp_current("always [madvise] never\n").as_deref(),
+            Some("madvise")
+        );
+        assert_eq!(
+            thp_current("[always] madvise never").as_deref(),
+            Some("always")
+        );
+        assert_eq!(thp_current("always madvise never"), None);
+    }
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(&io::Error::from_raw_os_error(22)), "EINVAL");
+        assert_eq!(errno_name(&io::Error::from_raw_os_error(95)), "EOPNOTSUPP");
+        assert_eq!(errno_name(&io::Error::from_raw_os_error(200)), "errno 200");
+    }
+
+    #[test]
+    fn pattern_differs_between_pages() {
+        let salt = 0x1234;
+        let distinct: std::collections::HashSet<u8> =
+            (0..64u64).map(|p| pattern(p << 12, salt)).collect();
+        assert!(distinct.len() > 32);
+    }
+
+    #[test]
+    fn touch_loop_counts_skips_and_reads_back() {
+        let m = DevMap::anonymous(8 * 4096, libc::PROT_READ | libc::PROT_WRITE).expect("mmap");
+        let pass = Pass {
+            bar_off: 0,
+            offset: 4096,
+            n: 10, // the last 3 strides are past the end of the mapping
+            stride: 4096,
+            write: true,
+            reverse: true,
+            salt: 7,
+        };
+        let r = touch_loop(&m, pass);
+        assert_eq!((r.skipped, r.sigbus, r.sigsegv, r.mismatches), (3, 0, 0, 0));
+        assert_eq!(r.nsamples, 7);
+        let mut m = m;
+        m.munmap(2 * 4096, 4096).expect("munmap");
+        let r = touch_loop(
+            &m,
+            Pass {
+                write: false,
+                ..pass
+            },
+        );
+        assert_eq!(r.skipped, 4);
+        // unmapping outside the mapping is refused
+        assert!(m.munmap(7 * 4096, 2 * 4096).is_err());
+    }
+
+    #[test]
+    fn faults_are_caught_and_counted() {
+        sys::install_fault_handler().expect("sigaction");
+        let m = DevMap::anonymous(2 * 4096, libc::PROT_NONE).expect("mmap");
+        let pass = Pass {
+            bar_off: 0,
+            offset: 0,
+            n: 2,
+            stride: 4096,
+            write: true,
+            reverse: false,
+            salt: 1,
+        };
+        let r = touch_loop(&m, pass);
+        assert_eq!((r.sigsegv, r.sigbus, r.nsamples), (2, 0, 0));
+        let r = touch_loop(
+            &m,
+            Pass {
+                write: false,
+                ..pass
+            },
+        );
+        assert_eq!(r.sigsegv, 2);
+    }
+
+    #[test]
+    fn sigbus_beyond_end_of_file_is_caught() {
+        sys::install_fault_handler().expect("sigaction");
+        let path = std::env::temp_dir().join(format!("hugepfn-probe-test-{}", std::process::id()));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("temp file");
+        f.set_len(4096).expect("set_len");
+        let m = DevMap::map(
+            &f,
+            0,
+            3 * 4096,
+            Place::Reserve {
+                align: 1 << 21,
+                skew: 0,
+            },
+            true,
+        )
+        .expect("mmap");
+        assert_eq!(m.va() % (1 << 21), 0);
+        let _ = std::fs::remove_file(&path);
+        let pass = Pass {
+            bar_off: 0,
+            offset: 0,
+            n: 3,
+            stride: 4096,
+            write: true,
+            reverse: false,
+            salt: 3,
+        };
+        let r = touch_loop(&m, pass);
+        // page 0 is inside the 4 KiB file, pages 1 and 2 are past its end
+        assert_eq!(
+            (r.sigbus, r.sigsegv, r.mismatches, r.nsamples),
+            (2, 0, 0, 1)
+        );
+    }
+}

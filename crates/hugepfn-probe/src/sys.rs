@@ -1,0 +1,669 @@
+//! Every `unsafe` of the probe: system calls (mmap, munmap, madvise, getrusage, ioctl, tcdrain)
+//! and the fault-catching byte accesses. The rest of the crate forbids unsafe code and uses the
+//! safe functions and types below.
+//!
+//! # Catching SIGBUS / SIGSEGV per access
+//!
+//! A revoked BAR mapping (memory decode off, reset, D3hot) answers an access with SIGBUS. The
+//! probe must count that and go on with the next access. C would use `sigsetjmp`/`siglongjmp`,
+//! which Rust cannot express soundly (`returns_twice`, skipped destructors). Instead this module
+//! does what the Linux kernel does for its own user-copy routines (exception tables): every
+//! access to device memory goes through one of two tiny assembly functions,
+//! [`hugepfn_probe_read8`] and [`hugepfn_probe_write8`], each a single load or store
+//! instruction at an exported label, followed by `ret`. The SIGBUS/SIGSEGV handler looks at the
+//! interrupted RIP: if it is exactly one of those two instructions it records the signal, sets
+//! RAX to a "faulted" value and moves RIP to the `ret` that follows, then returns normally. The
+//! kernel's `rt_sigreturn` restores the signal mask and every register, so nothing is unwound,
+//! no `longjmp` crosses Rust frames, and the caller simply sees the function return "faulted".
+//! A fault anywhere else is a real bug: the handler restores the default action and returns, so
+//! the instruction faults again and the process dies with the original signal (and a core).
+//!
+//! Only the two asm functions touch device memory, only at offsets inside the live (not
+//! munmapped) part of a [`DevMap`]; that is the safety argument for the accesses.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE, vfio_group_status, vfio_region_info};
+
+const PAGE: u64 = 4096;
+
+// ------------------------------------------------------------------------------------------
+// Fault-catching accesses
+
+std::arch::global_asm!(
+    ".pushsection .text.hugepfn_probe_access,\"ax\",@progbits",
+    ".balign 16",
+    ".globl hugepfn_probe_read8",
+    ".type hugepfn_probe_read8,@function",
+    "hugepfn_probe_read8:",
+    ".globl hugepfn_probe_read8_insn",
+    "hugepfn_probe_read8_insn:",
+    "    movzx eax, byte ptr [rdi]",
+    ".globl hugepfn_probe_read8_resume",
+    "hugepfn_probe_read8_resume:",
+    "    ret",
+    ".size hugepfn_probe_read8, . - hugepfn_probe_read8",
+    ".balign 16",
+    ".globl hugepfn_probe_write8",
+    ".type hugepfn_probe_write8,@function",
+    "hugepfn_probe_write8:",
+    "    xor eax, eax",
+    ".globl hugepfn_probe_write8_insn",
+    "hugepfn_probe_write8_insn:",
+    "    mov byte ptr [rdi], sil",
+    ".globl hugepfn_probe_write8_resume",
+    "hugepfn_probe_write8_resume:",
+    "    ret",
+    ".size hugepfn_probe_write8, . - hugepfn_probe_write8",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    /// Loads the byte at `p`; returns it zero-extended, or `u64::MAX` if the load faulted.
+    fn hugepfn_probe_read8(p: *const u8) -> u64;
+    /// Stores `v` at `p`; returns 0, or 1 if the store faulted.
+    fn hugepfn_probe_write8(p: *mut u8, v: u8) -> u64;
+    // Labels inside the two functions (only their addresses are used).
+    static hugepfn_probe_read8_insn: u8;
+    static hugepfn_probe_read8_resume: u8;
+    static hugepfn_probe_write8_insn: u8;
+    static hugepfn_probe_write8_resume: u8;
+}
+
+/// Signal number of the last caught fault (0 = none), written by the handler.
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// A signal that ended an access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGBUS (e.g. the BAR mapping was revoked).
+    Bus,
+    /// SIGSEGV.
+    Segv,
+}
+
+/// The outcome of one byte access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access<T> {
+    /// Done; a load returns the byte.
+    Done(T),
+    /// The access faulted with this signal and was skipped.
+    Faulted(Signal),
+    /// The offset is outside the live part of the mapping: nothing was accessed.
+    NotMapped,
+}
+
+extern "C" fn on_fault(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let read_insn = &raw const hugepfn_probe_read8_insn as usize;
+    let read_resume = &raw const hugepfn_probe_read8_resume as usize;
+    let write_insn = &raw const hugepfn_probe_write8_insn as usize;
+    let write_resume = &raw const hugepfn_probe_write8_resume as usize;
+    // SAFETY: the kernel passes a valid ucontext_t for SA_SIGINFO handlers; it lives on this
+    // thread's stack for the duration of the handler and is written back by rt_sigreturn.
+    let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
+    let gregs = &mut uc.uc_mcontext.gregs;
+    let rip = gregs[libc::REG_RIP as usize] as usize;
+    let (resume, rax) = if rip == read_insn {
+        (read_resume, u64::MAX)
+    } else if rip == write_insn {
+        (write_resume, 1u64)
+    } else {
+        // Not one of our accesses: fall back to the default action and let the instruction
+        // fault again, which kills the process with the original signal.
+        // SAFETY: sigaction with SIG_DFL and a zeroed (valid) sigaction struct is
+        // async-signal-safe and has no memory-safety preconditions.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+        return;
+    };
+    gregs[libc::REG_RIP as usize] = resume as i64;
+    gregs[libc::REG_RAX as usize] = rax as i64;
+    LAST_SIGNAL.store(sig, Ordering::Relaxed);
+}
+
+/// Installs the SIGBUS and SIGSEGV handler described in the module docs.
+pub fn install_fault_handler() -> io::Result<()> {
+    for sig in [libc::SIGBUS, libc::SIGSEGV] {
+        // SAFETY: a zeroed sigaction is valid; the handler has the SA_SIGINFO signature and
+        // only uses async-signal-safe operations (atomics, sigaction).
+        let r = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                on_fault;
+            sa.sa_sigaction = handler as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn take_signal() -> Signal {
+    match LAST_SIGNAL.swap(0, Ordering::Relaxed) {
+        libc::SIGBUS => Signal::Bus,
+        _ => Signal::Segv,
+    }
+}
+
+/// Runs the fault path once (a caught SIGSEGV on a PROT_NONE page) so that the first real
+/// fault of a measured step does not also fault in the handler's code. Returns whether the
+/// signal was caught as expected.
+pub fn warm_fault_path() -> io::Result<bool> {
+    let m = DevMap::anonymous(PAGE, libc::PROT_NONE)?;
+    Ok(matches!(m.read8(0), Access::Faulted(Signal::Segv)))
+}
+
+// ------------------------------------------------------------------------------------------
+// Device mappings
+
+/// Where to put a device mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// `mmap(NULL, ...)`: the kernel chooses.
+    Kernel,
+    /// Reserve `len + align + skew` bytes PROT_NONE, then MAP_FIXED at the first
+    /// `align`-aligned address in it plus `skew`; the rest of the reservation is unmapped.
+    Reserve {
+        /// Alignment (a power of two).
+        align: u64,
+        /// Added to the aligned address.
+        skew: u64,
+    },
+    /// Exactly this address, with MAP_FIXED_NOREPLACE (EEXIST rather than replacing anything).
+    Fixed(u64),
+}
+
+/// `madvise` advice used by scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    /// MADV_HUGEPAGE.
+    Hugepage,
+    /// MADV_NOHUGEPAGE.
+    Nohugepage,
+}
+
+/// One mmap of a device region (or, for warm-ups, of anonymous memory). Offsets are relative
+/// to the start of the mapping. Ranges removed with [`DevMap::munmap`] are remembered and
+/// never accessed again; `Drop` unmaps what is left.
+#[derive(Debug)]
+pub struct DevMap {
+    va: u64,
+    len: u64,
+    /// munmapped `[start, end)` offset ranges, page aligned.
+    holes: Vec<(u64, u64)>,
+}
+
+fn mmap_raw(
+    addr: u64,
+    len: u64,
+    prot: libc::c_int,
+    flags: libc::c_int,
+    fd: RawFd,
+    offset: u64,
+) -> io::Result<u64> {
+    let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: mmap with a hint or with MAP_FIXED only inside a reservation this module made
+    // (or MAP_FIXED_NOREPLACE) cannot invalidate memory that Rust code references.
+    let p = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags, fd, off) };
+    if p == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(p as u64)
+    }
+}
+
+fn munmap_raw(va: u64, len: u64) -> io::Result<()> {
+    // SAFETY: only called on ranges of mappings this module created and still owns; no Rust
+    // reference points into device or reservation memory.
+    let r = unsafe { libc::munmap(va as *mut libc::c_void, len as usize) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl DevMap {
+    /// Maps `len` bytes of `dev` at file offset `offset`, read/write, placed as `place`.
+    pub fn map(
+        dev: &File,
+        offset: u64,
+        len: u64,
+        place: Place,
+        shared: bool,
+    ) -> io::Result<DevMap> {
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let share = if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        };
+        let fd = dev.as_raw_fd();
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        let va = match place {
+            Place::Kernel => mmap_raw(0, len, prot, share, fd, offset)?,
+            Place::Fixed(a) => {
+                mmap_raw(a, len, prot, share | libc::MAP_FIXED_NOREPLACE, fd, offset)?
+            }
+            Place::Reserve { align, skew } => {
+                if !align.is_power_of_two() {
+                    return Err(einval());
+                }
+                let rlen = len
+                    .checked_add(align)
+                    .and_then(|x| x.checked_add(skew))
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+                let res = mmap_raw(
+                    0,
+                    rlen,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )?;
+                let a = (res.div_ceil(align) * align) + skew;
+                let r = mmap_raw(a, len, prot, share | libc::MAP_FIXED, fd, offset);
+                match r {
+                    Err(e) => {
+                        let _ = munmap_raw(res, rlen);
+                        return Err(e);
+                    }
+                    Ok(va) => {
+                        // trim the reservation around the mapping (len rounded to pages)
+                        let end = va + len.div_ceil(PAGE) * PAGE;
+                        if va > res {
+                            munmap_raw(res, va - res)?;
+                        }
+                        if res + rlen > end {
+                            munmap_raw(end, res + rlen - end)?;
+                        }
+                        va
+                    }
+                }
+            }
+        };
+        Ok(DevMap {
+            va,
+            len,
+            holes: Vec::new(),
+        })
+    }
+
+    /// Anonymous private memory (for warming the access code paths), zero-filled.
+    pub fn anonymous(len: u64, prot: libc::c_int) -> io::Result<DevMap> {
+        let va = mmap_raw(0, len, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)?;
+        Ok(DevMap {
+            va,
+            len,
+            holes: Vec::new(),
+        })
+    }
+
+    /// The start address.
+    #[cfg(test)]
+    pub fn va(&self) -> u64 {
+        self.va
+    }
+
+    /// The length given to mmap.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True when `off` is inside the mapping and not in a munmapped range.
+    pub fn is_live(&self, off: u64) -> bool {
+        off < self.len && !self.holes.iter().any(|&(s, e)| off >= s && off < e)
+    }
+
+    /// `madvise` on `[off, off + len)` of the mapping (must be inside it).
+    pub fn madvise(&self, off: u64, len: u64, advice: Advice) -> io::Result<()> {
+        let adv = match advice {
+            Advice::Hugepage => libc::MADV_HUGEPAGE,
+            Advice::Nohugepage => libc::MADV_NOHUGEPAGE,
+        };
+        self.madvise_raw(off, len, adv)
+    }
+
+    fn check_inside(&self, off: u64, len: u64) -> io::Result<()> {
+        if off
+            .checked_add(len)
+            .is_none_or(|end| end > self.len.div_ceil(PAGE) * PAGE)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
+    }
+
+    /// `madvise(va + off, len, advice)` with any `MADV_*` value; the range must lie inside the
+    /// mapping (EINVAL otherwise, nothing called), so only our own device pages are affected.
+    pub fn madvise_raw(&self, off: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
+        self.check_inside(off, len)?;
+        // SAFETY: the range is inside this mapping of device memory (checked above), which no
+        // Rust reference points into; discarding or re-flagging it cannot break Rust's view
+        // of memory.
+        let r =
+            unsafe { libc::madvise((self.va + off) as *mut libc::c_void, len as usize, advice) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// `mprotect(va + off, len, prot)`, the range inside the mapping (EINVAL otherwise).
+    pub fn mprotect(&self, off: u64, len: u64, prot: libc::c_int) -> io::Result<()> {
+        self.check_inside(off, len)?;
+        // SAFETY: as for madvise_raw: only our own device mapping changes protection; accesses
+        // to it go through the fault-catching functions, so a now-forbidden access is a
+        // counted SIGSEGV, not undefined behaviour.
+        let r = unsafe { libc::mprotect((self.va + off) as *mut libc::c_void, len as usize, prot) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Moves (and resizes) the whole mapping with `mremap`: `Place::Kernel` = MREMAP_MAYMOVE
+    /// (the kernel may resize in place); otherwise MREMAP_MAYMOVE|MREMAP_FIXED into a PROT_NONE
+    /// reservation made here (aligned as for `map`, or exactly at a `Place::Fixed` address with
+    /// MAP_FIXED_NOREPLACE), so nothing but the reservation is ever replaced.
+    pub fn mremap(&mut self, new_len: u64, place: Place) -> io::Result<()> {
+        let old_len = self.len.div_ceil(PAGE) * PAGE;
+        let old_va = self.va;
+        let remap = |flags: libc::c_int, target: u64| -> io::Result<u64> {
+            // SAFETY: moves only this device mapping; the target is either chosen by the kernel
+            // or a reservation this function owns.
+            let p = unsafe {
+                libc::mremap(
+                    old_va as *mut libc::c_void,
+                    old_len as usize,
+                    new_len as usize,
+                    flags,
+                    target as *mut libc::c_void,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(p as u64)
+            }
+        };
+        let reserve = |addr: u64, len: u64, flags: libc::c_int| {
+            mmap_raw(
+                addr,
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | flags,
+                -1,
+                0,
+            )
+        };
+        let rounded = new_len.div_ceil(PAGE) * PAGE;
+        let new_va = match place {
+            Place::Kernel => remap(libc::MREMAP_MAYMOVE, 0)?,
+            Place::Fixed(a) => {
+                let res = reserve(a, rounded, libc::MAP_FIXED_NOREPLACE)?;
+                remap(libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, res).inspect_err(|_| {
+                    let _ = munmap_raw(res, rounded);
+                })?
+            }
+            Place::Reserve { align, skew } => {
+                if !align.is_power_of_two() {
+                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                let rlen = rounded
+                    .checked_add(align)
+                    .and_then(|x| x.checked_add(skew))
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+                let res = reserve(0, rlen, 0)?;
+                let a = res.div_ceil(align) * align + skew;
+                match remap(libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, a) {
+                    Err(e) => {
+                        let _ = munmap_raw(res, rlen);
+                        return Err(e);
+                    }
+                    Ok(va) => {
+                        if va > res {
+                            munmap_raw(res, va - res)?;
+                        }
+                        if res + rlen > va + rounded {
+                            munmap_raw(va + rounded, res + rlen - (va + rounded))?;
+                        }
+                        va
+                    }
+                }
+            }
+        };
+        self.va = new_va;
+        self.len = new_len;
+        self.holes.retain(|&(s, _)| s < rounded);
+        Ok(())
+    }
+
+    /// `munmap(va + off, len)`. Refused with EINVAL (nothing unmapped) when the range is not
+    /// inside this mapping, so the probe never unmaps memory it does not own. The unmapped
+    /// pages are remembered and never accessed again.
+    pub fn munmap(&mut self, off: u64, len: u64) -> io::Result<()> {
+        let rlen = len.div_ceil(PAGE) * PAGE;
+        let inside = off
+            .checked_add(rlen)
+            .is_some_and(|end| end <= self.len.div_ceil(PAGE) * PAGE);
+        if !inside {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        munmap_raw(self.va + off, len)?;
+        self.holes.push((off, off + rlen));
+        Ok(())
+    }
+
+    /// The live `[start, end)` offset ranges (the mapping minus its holes).
+    fn live_ranges(&self) -> Vec<(u64, u64)> {
+        let end = self.len.div_ceil(PAGE) * PAGE;
+        let mut holes = self.holes.clone();
+        holes.sort_unstable();
+        let mut out = Vec::new();
+        let mut at = 0;
+        for (s, e) in holes {
+            if s > at {
+                out.push((at, s));
+            }
+            at = at.max(e);
+        }
+        if at < end {
+            out.push((at, end));
+        }
+        out
+    }
+
+    /// Loads the byte at `off`, catching SIGBUS/SIGSEGV.
+    pub fn read8(&self, off: u64) -> Access<u8> {
+        if !self.is_live(off) {
+            return Access::NotMapped;
+        }
+        // SAFETY: `off` is inside the live part of our own mapping (checked above), so the
+        // address is never memory Rust code owns; a fault there is caught by `on_fault`, which
+        // resumes at the `ret` with RAX = u64::MAX.
+        let v = unsafe { hugepfn_probe_read8((self.va + off) as *const u8) };
+        if v == u64::MAX {
+            Access::Faulted(take_signal())
+        } else {
+            Access::Done(v as u8)
+        }
+    }
+
+    /// Stores `v` at `off`, catching SIGBUS/SIGSEGV.
+    pub fn write8(&self, off: u64, v: u8) -> Access<()> {
+        if !self.is_live(off) {
+            return Access::NotMapped;
+        }
+        // SAFETY: as in `read8`; the store goes to device (or our own anonymous) memory that no
+        // Rust reference aliases. A fault resumes at the `ret` with RAX = 1.
+        let r = unsafe { hugepfn_probe_write8((self.va + off) as *mut u8, v) };
+        if r == 0 {
+            Access::Done(())
+        } else {
+            Access::Faulted(take_signal())
+        }
+    }
+}
+
+impl Drop for DevMap {
+    fn drop(&mut self) {
+        for (s, e) in self.live_ranges() {
+            let _ = munmap_raw(self.va + s, e - s);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Counters and terminal
+
+/// `getrusage(RUSAGE_SELF).ru_minflt`.
+pub fn minflt() -> u64 {
+    // SAFETY: getrusage writes only into the zeroed struct we pass.
+    unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru.ru_minflt as u64
+    }
+}
+
+/// Waits until everything written to `fd` has been transmitted, if `fd` is a terminal (the
+/// guest's serial port): a step that crashes the kernel must not swallow the line that named
+/// it. Errors (not a terminal) are ignored.
+pub fn drain(fd: RawFd) {
+    // SAFETY: tcdrain only waits on the descriptor; an invalid or non-tty fd returns an error.
+    unsafe {
+        libc::tcdrain(fd);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// VFIO ioctls (numbers: include/uapi/linux/vfio.h, `_IO(VFIO_TYPE, VFIO_BASE + n)`)
+
+const fn vfio_io(n: u32) -> libc::Ioctl {
+    (((VFIO_TYPE as u32) << 8) | (VFIO_BASE + n)) as libc::Ioctl
+}
+const VFIO_GET_API_VERSION: libc::Ioctl = vfio_io(0);
+const VFIO_CHECK_EXTENSION: libc::Ioctl = vfio_io(1);
+const VFIO_SET_IOMMU: libc::Ioctl = vfio_io(2);
+const VFIO_GROUP_GET_STATUS: libc::Ioctl = vfio_io(3);
+const VFIO_GROUP_SET_CONTAINER: libc::Ioctl = vfio_io(4);
+const VFIO_GROUP_GET_DEVICE_FD: libc::Ioctl = vfio_io(6);
+const VFIO_DEVICE_GET_REGION_INFO: libc::Ioctl = vfio_io(8);
+const VFIO_DEVICE_RESET: libc::Ioctl = vfio_io(11);
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `VFIO_GET_API_VERSION` on the container.
+pub fn vfio_api_version(container: &File) -> io::Result<i32> {
+    // SAFETY: this ioctl takes no argument.
+    check(unsafe { libc::ioctl(container.as_raw_fd(), VFIO_GET_API_VERSION) })
+}
+
+/// `VFIO_CHECK_EXTENSION(ext)`: > 0 when supported.
+pub fn vfio_check_extension(container: &File, ext: u32) -> io::Result<i32> {
+    // SAFETY: the argument is an integer passed by value.
+    check(unsafe {
+        libc::ioctl(
+            container.as_raw_fd(),
+            VFIO_CHECK_EXTENSION,
+            ext as libc::c_ulong,
+        )
+    })
+}
+
+/// `VFIO_SET_IOMMU(type)`.
+pub fn vfio_set_iommu(container: &File, iommu_type: u32) -> io::Result<()> {
+    // SAFETY: the argument is an integer passed by value.
+    check(unsafe {
+        libc::ioctl(
+            container.as_raw_fd(),
+            VFIO_SET_IOMMU,
+            iommu_type as libc::c_ulong,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `VFIO_GROUP_GET_STATUS`: the group's flags.
+pub fn vfio_group_flags(group: &File) -> io::Result<u32> {
+    let mut st = vfio_group_status {
+        argsz: size_of::<vfio_group_status>() as u32,
+        flags: 0,
+    };
+    // SAFETY: the kernel writes at most `argsz` bytes into `st`, which is that large.
+    check(unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_STATUS, &mut st) })?;
+    Ok(st.flags)
+}
+
+/// `VFIO_GROUP_SET_CONTAINER`.
+pub fn vfio_group_set_container(group: &File, container: &File) -> io::Result<()> {
+    let fd: libc::c_int = container.as_raw_fd();
+    // SAFETY: the kernel reads one int (the container fd) from the pointer.
+    check(unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_SET_CONTAINER, &fd) }).map(|_| ())
+}
+
+/// `VFIO_GROUP_GET_DEVICE_FD(name)`.
+pub fn vfio_group_get_device(group: &File, name: &std::ffi::CStr) -> io::Result<File> {
+    // SAFETY: the kernel reads a NUL-terminated string from the pointer.
+    let fd =
+        check(unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD, name.as_ptr()) })?;
+    // SAFETY: on success the ioctl returns a new descriptor that nobody else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Region info of a device region: (size, offset in the device fd, flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// Offset of the region in the device fd (for pread/pwrite/mmap).
+    pub offset: u64,
+    /// `VFIO_REGION_INFO_FLAG_*`.
+    pub flags: u32,
+}
+
+/// `VFIO_DEVICE_GET_REGION_INFO(index)`.
+pub fn vfio_region_info(device: &File, index: u32) -> io::Result<RegionInfo> {
+    let mut ri = vfio_region_info {
+        argsz: size_of::<vfio_region_info>() as u32,
+        flags: 0,
+        index,
+        cap_offset: 0,
+        size: 0,
+        offset: 0,
+    };
+    // SAFETY: the kernel reads and writes at most `argsz` bytes of `ri`.
+    check(unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_GET_REGION_INFO, &mut ri) })?;
+    Ok(RegionInfo {
+        size: ri.size,
+        offset: ri.offset,
+        flags: ri.flags,
+    })
+}
+
+/// `VFIO_DEVICE_RESET`.
+pub fn vfio_device_reset(device: &File) -> io::Result<()> {
+    // SAFETY: this ioctl takes no argument.
+    check(unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_RESET) }).map(|_| ())
+}

@@ -1,0 +1,608 @@
+//! `hugepfn lab compare`: the model's report next to the kernel's, step by step.
+//!
+//! Compared per step (not `expect`): `faults`, `sigbus`, `sigsegv`, `skipped` and `errno`.
+//! The kernel cannot tell fault levels; the model's are shown for reading, not compared.
+//! Expectations are not what is compared: a scenario may expect `leaves`, which the kernel
+//! cannot see, and still agree with the kernel on every count.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use hugepfn_scenario::{RunReport, StepReport};
+
+use super::{
+    KernelOutcome, LabError, LabOpts, LabScenario, expand_files, kernel_outcomes, load_all,
+};
+use crate::runner::{RunOptions, run_scenario};
+
+/// Per-scenario result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every compared field agrees.
+    Same,
+    /// Some step differs.
+    Differ,
+    /// The kernel crashed, hung, or the probe / model could not run.
+    Failed,
+    /// Not runnable in the lab.
+    Skipped,
+    /// The kernel crashed as a `--known-crashes` entry says it does (a kernel bug on record).
+    KnownCrash,
+}
+
+/// `--known-crashes` entries: scenario name and a function that must appear in the oops.
+pub type KnownCrashes = Vec<(String, String)>;
+
+/// Reads a known-crashes file: `SCENARIO-NAME FUNCTION` per line, `#` comments.
+pub fn load_known_crashes(path: &Path) -> Result<KnownCrashes, LabError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LabError::Io {
+        what: format!("read {}", path.display()),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.split('#').next().unwrap_or("").trim();
+        if l.is_empty() {
+            continue;
+        }
+        let mut it = l.split_whitespace();
+        match (it.next(), it.next(), it.next()) {
+            (Some(n), Some(f), None) => out.push((n.to_string(), f.to_string())),
+            _ => {
+                return Err(LabError::Input(format!(
+                    "{}:{}: expected `SCENARIO-NAME FUNCTION`",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One table row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: String,
+    /// "2 touch (l.26)".
+    pub step: String,
+    /// Model faults.
+    pub model_faults: String,
+    /// Model faults by level, "pud/pmd/pte".
+    pub model_levels: String,
+    /// Kernel faults.
+    pub kernel_faults: String,
+    /// SIGBUS model / kernel.
+    pub sigbus: String,
+    /// "same", "DIFF: ..." etc.
+    pub verdict: String,
+}
+
+/// Everything about one scenario.
+#[derive(Debug, Clone)]
+pub struct ScenarioCompare {
+    /// File.
+    pub path: PathBuf,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Table rows.
+    pub rows: Vec<Row>,
+    /// Notes for the report (differences, crash traces, warnings).
+    pub notes: Vec<String>,
+}
+
+fn step_label(s: &StepReport) -> String {
+    format!("{} {} (l.{})", s.index + 1, s.op, s.line)
+}
+
+/// The fields that differ between the model's and the kernel's step.
+pub fn step_differences(m: &StepReport, k: &StepReport) -> Vec<String> {
+    let mut d = Vec::new();
+    let (mc, kc) = (&m.counters, &k.counters);
+    for (name, a, b) in [
+        ("faults", mc.faults, kc.faults),
+        ("sigbus", mc.sigbus, kc.sigbus),
+        ("sigsegv", mc.sigsegv, kc.sigsegv),
+        ("skipped", mc.skipped, kc.skipped),
+    ] {
+        if a != b {
+            d.push(format!("{name} model {a} kernel {b}"));
+        }
+    }
+    if m.errno != k.errno {
+        let show = |e: &Option<String>| e.clone().unwrap_or_else(|| "none".into());
+        d.push(format!(
+            "errno model {} kernel {}",
+            show(&m.errno),
+            show(&k.errno)
+        ));
+    }
+    d
+}
+
+/// Compares one scenario.
+pub fn compare_one(
+    s: &LabScenario,
+    model: Result<RunReport, String>,
+    kernel: &KernelOutcome,
+    known: &KnownCrashes,
+) -> ScenarioCompare {
+    let name = s.sc.name.clone();
+    let mut out = ScenarioCompare {
+        path: s.path.clone(),
+        verdict: Verdict::Same,
+        rows: Vec::new(),
+        notes: Vec::new(),
+    };
+    let fail_row = |verdict: String| Row {
+        scenario: name.clone(),
+        step: "-".into(),
+        model_faults: "-".into(),
+        model_levels: "-".into(),
+        kernel_faults: "-".into(),
+        sigbus: "-".into(),
+        verdict,
+    };
+    let model = match model {
+        Ok(m) => m,
+        Err(e) => {
+            out.verdict = Verdict::Failed;
+            out.rows.push(fail_row("MODEL ERROR".into()));
+            out.notes.push(format!("model: {e}"));
+            return out;
+        }
+    };
+    let (kernel, warnings) = match kernel {
+        KernelOutcome::Report { report, warnings } => (report, warnings),
+        KernelOutcome::Skipped(why) => {
+            out.verdict = Verdict::Skipped;
+            out.rows.push(fail_row("skipped".into()));
+            out.notes.push(format!("skipped: {why}"));
+            return out;
+        }
+        other => {
+            out.verdict = Verdict::Failed;
+            let known_crash = match other {
+                KernelOutcome::Crash { oops, .. } => known
+                    .iter()
+                    .any(|(n, f)| *n == s.sc.name && oops.iter().any(|l| l.contains(f.as_str()))),
+                _ => false,
+            };
+            if known_crash {
+                out.verdict = Verdict::KnownCrash;
+            }
+            let (verdict, step) = match other {
+                KernelOutcome::Crash { step, .. } if known_crash => {
+                    ("known kernel crash", step.clone())
+                }
+                KernelOutcome::Crash { step, .. } => ("KERNEL CRASH", step.clone()),
+                KernelOutcome::Timeout { step, .. } => ("TIMEOUT", step.clone()),
+                KernelOutcome::ProbeFailed { .. } => ("PROBE FAILED", None),
+                _ => ("GUEST FAILED", None),
+            };
+            let mut row = fail_row(verdict.into());
+            if let Some(st) = &step {
+                row.step = format!("{} {} (l.{})", st.index + 1, st.op, st.line);
+                // the model's view of the step the kernel died in
+                if let Some(ms) = model.steps.get(st.index) {
+                    row.model_faults = ms.counters.faults.to_string();
+                    row.model_levels = levels(ms);
+                }
+            }
+            out.rows.push(row);
+            if let Some(msg) = super::describe_failure(other) {
+                out.notes.push(msg);
+            }
+            return out;
+        }
+    };
+    for w in warnings {
+        out.notes.push(format!("probe warning: {w}"));
+    }
+    if model.steps.len() != kernel.steps.len() {
+        out.verdict = Verdict::Differ;
+        out.notes.push(format!(
+            "the model reported {} steps, the kernel {}",
+            model.steps.len(),
+            kernel.steps.len()
+        ));
+    }
+    for (m, k) in model.steps.iter().zip(&kernel.steps) {
+        if m.op == "expect" {
+            continue;
+        }
+        let diffs = step_differences(m, k);
+        if !diffs.is_empty() {
+            out.verdict = Verdict::Differ;
+            out.notes
+                .push(format!("{}: {}", step_label(m), diffs.join(", ")));
+        }
+        let errno = |s: &StepReport| {
+            s.errno
+                .as_ref()
+                .map(|e| format!(" {e}"))
+                .unwrap_or_default()
+        };
+        out.rows.push(Row {
+            scenario: name.clone(),
+            step: step_label(m),
+            model_faults: format!("{}{}", m.counters.faults, errno(m)),
+            model_levels: levels(m),
+            kernel_faults: format!("{}{}", k.counters.faults, errno(k)),
+            sigbus: format!("{} / {}", m.counters.sigbus, k.counters.sigbus),
+            verdict: if diffs.is_empty() {
+                "same".into()
+            } else {
+                format!(
+                    "DIFF ({})",
+                    diffs
+                        .iter()
+                        .map(|d| d.split(' ').next().unwrap_or(""))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            },
+        });
+    }
+    out
+}
+
+fn levels(s: &StepReport) -> String {
+    s.counters
+        .faults_by_level
+        .map_or("-".into(), |l| format!("{}/{}/{}", l.pud, l.pmd, l.pte))
+}
+
+const HEAD: [&str; 7] = [
+    "scenario",
+    "step",
+    "model faults",
+    "pud/pmd/pte",
+    "kernel faults",
+    "SIGBUS m/k",
+    "verdict",
+];
+
+fn cells(r: &Row) -> [&str; 7] {
+    [
+        &r.scenario,
+        &r.step,
+        &r.model_faults,
+        &r.model_levels,
+        &r.kernel_faults,
+        &r.sigbus,
+        &r.verdict,
+    ]
+}
+
+/// The plain-text table.
+pub fn text_table(rows: &[Row]) -> String {
+    let mut w = HEAD.map(str::len);
+    for r in rows {
+        for (i, c) in cells(r).iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let mut s = String::new();
+    let line = |s: &mut String, c: [&str; 7]| {
+        let mut l = String::new();
+        for (i, x) in c.iter().enumerate() {
+            // numbers right-aligned
+            if (2..=5).contains(&i) {
+                let _ = write!(l, "{x:>width$}  ", width = w[i]);
+            } else {
+                let _ = write!(l, "{x:<width$}  ", width = w[i]);
+            }
+        }
+        s.push_str(l.trim_end());
+        s.push('\n');
+    };
+    line(&mut s, HEAD);
+    let sep: Vec<String> = w.iter().map(|n| "-".repeat(*n)).collect();
+    line(&mut s, std::array::from_fn(|i| sep[i].as_str()));
+    for r in rows {
+        line(&mut s, cells(r));
+    }
+    s
+}
+
+/// The Markdown report.
+pub fn markdown(
+    results: &[ScenarioCompare],
+    source: &str,
+    wall: f64,
+    boots: &[super::guest::BootStat],
+) -> String {
+    let mut s = String::new();
+    let count = |v: Verdict| results.iter().filter(|r| r.verdict == v).count();
+    let _ = writeln!(s, "# hugepfn lab: model vs kernel\n");
+    let _ = writeln!(s, "Kernel: {source}\n");
+    let _ = writeln!(
+        s,
+        "{} scenarios: {} same, {} different, {} failed, {} known kernel crashes, {} skipped. Wall time {wall:.1} s{}.\n",
+        results.len(),
+        count(Verdict::Same),
+        count(Verdict::Differ),
+        count(Verdict::Failed),
+        count(Verdict::KnownCrash),
+        count(Verdict::Skipped),
+        if boots.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} guest boots: {})",
+                boots.len(),
+                boots
+                    .iter()
+                    .map(|b| format!(
+                        "{} BAR {} scenarios {:.1} s",
+                        hugepfn_units::format_size(b.bar_size),
+                        b.scenarios,
+                        b.wall.as_secs_f64()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
+    );
+    let _ = writeln!(
+        s,
+        "Compared per step: faults (`ru_minflt` delta in the kernel), SIGBUS, SIGSEGV, skipped strides, errno. \
+         `pud/pmd/pte` is the model's split of its faults; the kernel cannot tell levels.\n"
+    );
+    let _ = writeln!(s, "| {} |", HEAD.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(HEAD.len()));
+    for r in results.iter().flat_map(|r| &r.rows) {
+        let _ = writeln!(
+            s,
+            "| {} |",
+            cells(r).map(|c| c.replace('|', "\\|")).join(" | ")
+        );
+    }
+    let noted: Vec<&ScenarioCompare> = results.iter().filter(|r| !r.notes.is_empty()).collect();
+    if !noted.is_empty() {
+        let _ = writeln!(s, "\n## Notes\n");
+        for r in noted {
+            let _ = writeln!(s, "### {} ({:?})\n", r.path.display(), r.verdict);
+            for n in &r.notes {
+                if n.contains('\n') {
+                    let (first, rest) = n.split_once('\n').unwrap_or((n, ""));
+                    let _ = writeln!(
+                        s,
+                        "{first}\n\n```\n{}\n```\n",
+                        rest.lines().map(str::trim).collect::<Vec<_>>().join("\n")
+                    );
+                } else {
+                    let _ = writeln!(s, "- {n}");
+                }
+            }
+            let _ = writeln!(s);
+        }
+    }
+    s
+}
+
+fn reports_from_dir(scen: &[LabScenario], dir: &Path) -> Vec<KernelOutcome> {
+    scen.iter()
+        .map(|s| {
+            let stem = s
+                .path
+                .file_stem()
+                .map_or(String::new(), |x| x.to_string_lossy().into_owned());
+            let p = dir.join(format!("{stem}.json"));
+            match std::fs::read_to_string(&p) {
+                Ok(text) => match serde_json::from_str::<RunReport>(&text) {
+                    Ok(report) => KernelOutcome::Report {
+                        report,
+                        warnings: Vec::new(),
+                    },
+                    Err(e) => KernelOutcome::ProbeFailed {
+                        rc: -1,
+                        messages: vec![format!("{}: not a report: {e}", p.display())],
+                    },
+                },
+                Err(e) => KernelOutcome::ProbeFailed {
+                    rc: -1,
+                    messages: vec![format!("{}: {e}", p.display())],
+                },
+            }
+        })
+        .collect()
+}
+
+pub(super) fn cmd_compare(
+    files: &[PathBuf],
+    reports: Option<&Path>,
+    md_path: &Path,
+    strict: bool,
+    known_crashes: Option<&Path>,
+    o: &LabOpts,
+) -> Result<ExitCode, LabError> {
+    let t0 = Instant::now();
+    let known = match known_crashes {
+        Some(p) => load_known_crashes(p)?,
+        None => Vec::new(),
+    };
+    let scen = load_all(&expand_files(files)?)?;
+    let (outcomes, boots) = match reports {
+        Some(dir) => (reports_from_dir(&scen, dir), Vec::new()),
+        None => {
+            let (o, _, b) = kernel_outcomes(&scen, o)?;
+            (o, b)
+        }
+    };
+    let source = outcomes
+        .iter()
+        .find_map(|o| match o {
+            KernelOutcome::Report { report, .. } => Some(report.source.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "no kernel report".into());
+    let results: Vec<ScenarioCompare> = scen
+        .iter()
+        .zip(&outcomes)
+        .map(|(s, k)| {
+            let model = run_scenario(&s.sc, RunOptions::default()).map_err(|e| e.to_string());
+            compare_one(s, model, k, &known)
+        })
+        .collect();
+    let rows: Vec<Row> = results.iter().flat_map(|r| r.rows.clone()).collect();
+    print!("{}", text_table(&rows));
+    for r in &results {
+        if r.verdict != Verdict::Same {
+            for n in &r.notes {
+                println!("{}: {n}", r.path.display());
+            }
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let md = markdown(&results, &source, wall, &boots);
+    if let Some(parent) = md_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| LabError::Io {
+            what: format!("mkdir {}", parent.display()),
+            source,
+        })?;
+    }
+    std::fs::write(md_path, md).map_err(|source| LabError::Io {
+        what: format!("write {}", md_path.display()),
+        source,
+    })?;
+    let count = |v: Verdict| results.iter().filter(|r| r.verdict == v).count();
+    let (diff, failed, skipped) = (
+        count(Verdict::Differ),
+        count(Verdict::Failed),
+        count(Verdict::Skipped),
+    );
+    println!(
+        "{} scenarios against {source}: {} same, {diff} different, {failed} failed, {} known kernel crashes, {skipped} skipped ({wall:.1} s); report: {}",
+        results.len(),
+        count(Verdict::Same),
+        count(Verdict::KnownCrash),
+        md_path.display()
+    );
+    let bad = diff + failed + if strict { skipped } else { 0 };
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hugepfn_scenario::parse_scenario;
+
+    const SC: &str = r#"
+name = "t"
+[[device]]
+name = "d"
+bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
+[[step]]
+op = "mmap"
+name = "m"
+device = "d"
+bar = 2
+va = "align:1G"
+[[step]]
+op = "touch"
+map = "m"
+[[step]]
+op = "expect"
+faults = 2
+"#;
+
+    fn scenario() -> LabScenario {
+        LabScenario {
+            path: "t.toml".into(),
+            sc: parse_scenario(SC, "t.toml").expect("parses"),
+        }
+    }
+
+    fn as_kernel(mut r: RunReport) -> RunReport {
+        r.source = "kernel test".into();
+        for s in &mut r.steps {
+            s.counters.faults_by_level = None;
+            s.leaves = None;
+            s.page_table_pages = None;
+        }
+        r
+    }
+
+    #[test]
+    fn identical_counts_are_the_same() {
+        let s = scenario();
+        let model = run_scenario(&s.sc, RunOptions::default()).expect("model");
+        let k = KernelOutcome::Report {
+            report: as_kernel(model.clone()),
+            warnings: vec![],
+        };
+        let c = compare_one(&s, Ok(model), &k, &vec![]);
+        assert_eq!(c.verdict, Verdict::Same);
+        assert_eq!(c.rows.len(), 2); // mmap, touch; not expect
+        assert_eq!(c.rows[1].model_levels, "2/0/0");
+        assert!(text_table(&c.rows).contains("same"));
+    }
+
+    #[test]
+    fn a_different_count_is_a_difference() {
+        let s = scenario();
+        let model = run_scenario(&s.sc, RunOptions::default()).expect("model");
+        let mut kr = as_kernel(model.clone());
+        kr.steps[1].counters.faults = 1024;
+        kr.steps[0].errno = Some("EINVAL".into());
+        let k = KernelOutcome::Report {
+            report: kr,
+            warnings: vec!["BAR elsewhere".into()],
+        };
+        let c = compare_one(&s, Ok(model), &k, &vec![]);
+        assert_eq!(c.verdict, Verdict::Differ);
+        assert!(c.rows[1].verdict.starts_with("DIFF (faults"));
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains("faults model 2 kernel 1024"))
+        );
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains("errno model none kernel EINVAL"))
+        );
+        let md = markdown(&[c], "kernel test", 1.0, &[]);
+        assert!(
+            md.contains("| t | 2 touch (l.12) | 2 | 2/0/0 | 1024 | 0 / 0 | DIFF (faults) |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_crash_names_the_step() {
+        let s = scenario();
+        let model = run_scenario(&s.sc, RunOptions::default()).expect("model");
+        let k = KernelOutcome::Crash {
+            step: Some(super::super::StepRef {
+                index: 1,
+                line: 14,
+                op: "touch".into(),
+            }),
+            oops: vec!["BUG: x".into(), "Kernel panic".into()],
+        };
+        let c = compare_one(&s, Ok(model.clone()), &k, &vec![]);
+        assert_eq!(c.verdict, Verdict::Failed);
+        assert_eq!(c.rows[0].verdict, "KERNEL CRASH");
+        assert_eq!(c.rows[0].step, "2 touch (l.14)");
+        assert!(c.notes[0].contains("BUG: x"));
+        // on record: a known crash, but only with the right function in the oops
+        let known = vec![("t".to_string(), "BUG: x".to_string())];
+        let c = compare_one(&s, Ok(model.clone()), &k, &known);
+        assert_eq!(c.verdict, Verdict::KnownCrash);
+        let other = vec![("t".to_string(), "__split_huge_pud".to_string())];
+        assert_eq!(
+            compare_one(&s, Ok(model), &k, &other).verdict,
+            Verdict::Failed
+        );
+    }
+}

@@ -1,0 +1,564 @@
+//! The lab's host side: QEMU, a Debian kernel (downloaded and unpacked, never installed),
+//! busybox, and the static probe. Downloads are cached in the lab directory
+//! (default `/var/tmp/hugepfn-lab`) and reused by later runs without asking apt again.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::LabError;
+
+/// What a guest boot needs.
+#[derive(Debug, Clone)]
+pub struct LabEnv {
+    /// `qemu-system-x86_64`.
+    pub qemu: PathBuf,
+    /// The Debian kernel package name, e.g. `linux-image-6.12.95+deb12-amd64-unsigned`.
+    pub kernel_package: String,
+    /// `uname -r` of that kernel.
+    pub kernel_release: String,
+    /// The bzImage.
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/<release>` of the unpacked package.
+    pub modules: PathBuf,
+    /// A static busybox.
+    pub busybox: PathBuf,
+    /// The static probe.
+    pub probe: PathBuf,
+    /// Where the decompressed modules are cached.
+    pub module_cache: PathBuf,
+}
+
+/// Knobs of the environment.
+#[derive(Debug, Clone)]
+pub struct EnvOptions {
+    /// The lab directory (cache).
+    pub dir: PathBuf,
+    /// A specific kernel package instead of the newest cached / available 6.12.
+    pub kernel_package: Option<String>,
+    /// A prebuilt static probe instead of building it from this workspace.
+    pub probe: Option<PathBuf>,
+    /// Never run `apt-get install` / change apt sources.
+    pub no_install: bool,
+}
+
+fn log(msg: &str) {
+    eprintln!("lab: {msg}");
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// Runs a command; its stdout on success, a [`LabError::Command`] with the tail of stderr on
+/// failure.
+pub(crate) fn run(cmd: &mut Command) -> Result<String, LabError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(io_err(format!("cannot start {shown}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(8).collect();
+        Err(LabError::Command {
+            cmd: shown,
+            status: out.status.to_string(),
+            stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        })
+    }
+}
+
+/// The first `name` on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn is_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn codename() -> Option<String> {
+    let text = fs::read_to_string("/etc/os-release").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|s| s.trim_matches('"').to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn apt_sources() -> Vec<(PathBuf, String)> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    files
+        .into_iter()
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "list" || e == "sources")
+                || p.ends_with("sources.list")
+        })
+        .filter_map(|p| fs::read_to_string(&p).ok().map(|t| (p, t)))
+        .collect()
+}
+
+/// The mirror URI this machine uses for Debian (`http://deb.debian.org/debian`).
+fn debian_mirror(sources: &[(PathBuf, String)]) -> Option<String> {
+    sources.iter().find_map(|(_, text)| {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split_whitespace())
+            .map(|w| w.trim_end_matches('/'))
+            .find(|w| w.contains("://") && w.ends_with("/debian"))
+            .map(str::to_string)
+    })
+}
+
+/// Adds `<codename>-backports` to apt's sources (as the research recipe did) if no source has
+/// it yet, then `apt-get update`. Returns whether anything changed.
+fn ensure_backports(opts: &EnvOptions) -> Result<bool, LabError> {
+    let Some(code) = codename() else {
+        return Ok(false);
+    };
+    let suite = format!("{code}-backports");
+    let sources = apt_sources();
+    if sources.iter().any(|(_, t)| t.contains(&suite)) {
+        return Ok(false);
+    }
+    if opts.no_install || !is_root() {
+        return Ok(false);
+    }
+    let Some(uri) = debian_mirror(&sources) else {
+        return Ok(false);
+    };
+    let path = "/etc/apt/sources.list.d/hugepfn-lab-backports.sources";
+    log(&format!("adding {suite} ({uri}) to apt: {path}"));
+    fs::write(
+        path,
+        format!(
+            "Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        ),
+    )
+    .map_err(io_err(format!("write {path}")))?;
+    Ok(true)
+}
+
+fn apt_update() -> Result<(), LabError> {
+    log("apt-get update");
+    run(Command::new("apt-get").args(["update", "-q"])).map(|_| ())
+}
+
+fn apt_install(pkgs: &[String], target: Option<&str>) -> Result<(), LabError> {
+    log(&format!("apt-get install {}", pkgs.join(" ")));
+    let mut c = Command::new("apt-get");
+    c.env("DEBIAN_FRONTEND", "noninteractive").args([
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+    ]);
+    if let Some(t) = target {
+        c.args(["-t", t]);
+    }
+    c.args(pkgs);
+    run(&mut c).map(|_| ())
+}
+
+fn dpkg_version(pkg: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}|${Version}", pkg])
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, ver) = s.split_once('|')?;
+    (status.contains("install ok installed") && !ver.is_empty()).then(|| ver.to_string())
+}
+
+/// QEMU: on PATH, or installed with apt (qemu-system-x86 at the version of an installed
+/// qemu-utils, so the two match; from backports when that one is).
+fn ensure_qemu(opts: &EnvOptions, updated: &mut bool) -> Result<PathBuf, LabError> {
+    if let Some(q) = which("qemu-system-x86_64") {
+        return Ok(q);
+    }
+    if opts.no_install {
+        return Err(LabError::Missing {
+            what: "qemu-system-x86_64".into(),
+            hint: "install qemu-system-x86 (or run without --no-install, as root)".into(),
+        });
+    }
+    if !is_root() {
+        return Err(LabError::Missing {
+            what: "qemu-system-x86_64".into(),
+            hint: "run `hugepfn lab setup` as root, or apt-get install qemu-system-x86".into(),
+        });
+    }
+    ensure_backports(opts)?;
+    if !*updated {
+        apt_update()?;
+        *updated = true;
+    }
+    let (pkg, target) = match dpkg_version("qemu-utils") {
+        Some(v) => {
+            let t = v
+                .contains("bpo")
+                .then(|| codename().map(|c| format!("{c}-backports")))
+                .flatten();
+            (format!("qemu-system-x86={v}"), t)
+        }
+        None => ("qemu-system-x86".to_string(), None),
+    };
+    apt_install(&[pkg], target.as_deref())?;
+    which("qemu-system-x86_64").ok_or_else(|| LabError::Missing {
+        what: "qemu-system-x86_64".into(),
+        hint: "apt-get install qemu-system-x86 did not provide it".into(),
+    })
+}
+
+fn ensure_tool(cmd: &str, pkg: &str, opts: &EnvOptions) -> Result<PathBuf, LabError> {
+    if let Some(p) = which(cmd) {
+        return Ok(p);
+    }
+    if opts.no_install || !is_root() {
+        return Err(LabError::Missing {
+            what: cmd.into(),
+            hint: format!("apt-get install {pkg}"),
+        });
+    }
+    apt_install(&[pkg.to_string()], None)?;
+    which(cmd).ok_or_else(|| LabError::Missing {
+        what: cmd.into(),
+        hint: format!("apt-get install {pkg}"),
+    })
+}
+
+/// `6.12.95` of `linux-image-6.12.95+deb12-amd64-unsigned`, as numbers.
+fn kernel_version(pkg: &str) -> Option<Vec<u64>> {
+    let rest = pkg.strip_prefix("linux-image-")?;
+    let ver: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let v: Vec<u64> = ver.split('.').filter_map(|p| p.parse().ok()).collect();
+    (v.len() >= 2).then_some(v)
+}
+
+/// The kernel packages the lab accepts by default: Debian's unsigned amd64 6.12.y images (the
+/// model reproduces 6.12's behaviour; another series must be chosen explicitly).
+fn default_kernel_candidate(name: &str) -> bool {
+    name.strip_prefix("linux-image-")
+        .and_then(|r| r.strip_suffix("-amd64-unsigned"))
+        .is_some_and(|ver| !ver.contains('-'))
+        && kernel_version(name).is_some_and(|v| v[0] == 6 && v[1] == 12)
+}
+
+/// The kernel the scenarios' `lab-*` counts were measured on (kernel-lab recipe): the default,
+/// so that a newer 6.12.y in the archive does not silently change what is compared. Newer
+/// releases are compared with `--kernel-package` (6.12.117 behaves differently, see
+/// docs/lab.md).
+pub const DEFAULT_KERNEL: &str = "linux-image-6.12.95+deb12-amd64-unsigned";
+
+fn newest(names: impl Iterator<Item = String>) -> Option<String> {
+    names
+        .filter(|n| default_kernel_candidate(n))
+        .max_by_key(|n| kernel_version(n))
+}
+
+/// [`DEFAULT_KERNEL`] if apt has it, else the newest 6.12 apt has.
+fn search_kernel() -> Result<Option<String>, LabError> {
+    let out = run(Command::new("apt-cache").args([
+        "search",
+        "--names-only",
+        r"^linux-image-6\.12\..*-amd64-unsigned$",
+    ]))?;
+    let names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    if names.iter().any(|n| n == DEFAULT_KERNEL) {
+        return Ok(Some(DEFAULT_KERNEL.to_string()));
+    }
+    Ok(newest(names.into_iter()))
+}
+
+/// `apt-get download` + `dpkg-deb -x` of `pkg` into `dir/<pkg>/root` (cached).
+fn fetch_unpack(dir: &Path, pkg: &str) -> Result<PathBuf, LabError> {
+    let home = dir.join("pkgs").join(pkg);
+    let root = home.join("root");
+    if home.join(".unpacked").exists() {
+        return Ok(root);
+    }
+    fs::create_dir_all(&home).map_err(io_err(format!("mkdir {}", home.display())))?;
+    let has_deb = |h: &Path| {
+        fs::read_dir(h).ok().and_then(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        })
+    };
+    let deb = match has_deb(&home) {
+        Some(d) => d,
+        None => {
+            log(&format!("apt-get download {pkg}"));
+            run(Command::new("apt-get")
+                .args(["download", "-q", pkg])
+                .current_dir(&home))?;
+            has_deb(&home).ok_or_else(|| LabError::Missing {
+                what: format!("{pkg} .deb"),
+                hint: "apt-get download produced no file".into(),
+            })?
+        }
+    };
+    let _ = fs::remove_dir_all(&root);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    fs::write(home.join(".unpacked"), b"").map_err(io_err("write .unpacked"))?;
+    Ok(root)
+}
+
+/// [`DEFAULT_KERNEL`] if it is unpacked in the cache, else the newest 6.12 there.
+fn cached_kernel(dir: &Path) -> Option<String> {
+    if dir
+        .join("pkgs")
+        .join(DEFAULT_KERNEL)
+        .join(".unpacked")
+        .exists()
+    {
+        return Some(DEFAULT_KERNEL.to_string());
+    }
+    let rd = fs::read_dir(dir.join("pkgs")).ok()?;
+    newest(
+        rd.flatten()
+            .filter(|e| e.path().join(".unpacked").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned()),
+    )
+}
+
+fn workspace_root() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.join("crates/hugepfn-probe/Cargo.toml")
+        .exists()
+        .then(|| root.canonicalize().unwrap_or(root))
+}
+
+/// True when the ELF file has no PT_INTERP (statically linked).
+pub fn is_static_elf(path: &Path) -> Result<bool, LabError> {
+    let b = fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
+    let bad = || LabError::Missing {
+        what: format!("{} as a 64-bit ELF file", path.display()),
+        hint: "pass a static x86_64 hugepfn-probe with --probe".into(),
+    };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return Err(bad());
+    }
+    let u16at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u32at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let u64at = |o: usize| {
+        b.get(o..o + 8).map(|s| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(s);
+            u64::from_le_bytes(a)
+        })
+    };
+    let phoff = u64at(0x20).ok_or_else(bad)? as usize;
+    let phentsize = usize::from(u16at(0x36).ok_or_else(bad)?);
+    let phnum = usize::from(u16at(0x38).ok_or_else(bad)?);
+    for i in 0..phnum {
+        let ty = u32at(phoff + i * phentsize).ok_or_else(bad)?;
+        if ty == 3 {
+            return Ok(false); // PT_INTERP
+        }
+    }
+    Ok(true)
+}
+
+/// Builds the probe from this workspace, static (glibc, `+crt-static`, for the
+/// x86_64-unknown-linux-gnu target so that host artifacts are not rebuilt).
+fn build_probe() -> Result<PathBuf, LabError> {
+    let root = workspace_root().ok_or_else(|| LabError::Missing {
+        what: "the hugepfn workspace (to build hugepfn-probe)".into(),
+        hint: "pass a static probe binary with --probe".into(),
+    })?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    log("cargo build --release -p hugepfn-probe --target x86_64-unknown-linux-gnu (static)");
+    run(Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-q",
+            "-p",
+            "hugepfn-probe",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static -C strip=debuginfo",
+        )
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .current_dir(&root))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("x86_64-unknown-linux-gnu/release/hugepfn-probe"))
+}
+
+/// Everything ready for a boot; downloads / installs what is missing (see the module docs).
+pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
+    fs::create_dir_all(&opts.dir).map_err(io_err(format!("mkdir {}", opts.dir.display())))?;
+    let mut updated = false;
+    let qemu = ensure_qemu(opts, &mut updated)?;
+    for (cmd, pkg) in [("xz", "xz-utils"), ("dpkg-deb", "dpkg"), ("apt-get", "apt")] {
+        ensure_tool(cmd, pkg, opts)?;
+    }
+    let default_cached = opts
+        .dir
+        .join("pkgs")
+        .join(DEFAULT_KERNEL)
+        .join(".unpacked")
+        .exists();
+    let pkg = match &opts.kernel_package {
+        Some(p) => p.clone(),
+        None if default_cached => DEFAULT_KERNEL.to_string(),
+        None => match search_kernel().ok().flatten() {
+            Some(p) if p == DEFAULT_KERNEL => p,
+            found => {
+                // the default is not in apt's lists: add backports / update once, then settle
+                // for what apt or the cache has
+                let changed = ensure_backports(opts)?;
+                if (changed || !updated) && is_root() && !opts.no_install {
+                    apt_update()?;
+                }
+                search_kernel()
+                    .ok()
+                    .flatten()
+                    .or(found)
+                    .or_else(|| cached_kernel(&opts.dir))
+                    .ok_or_else(|| LabError::Missing {
+                        what: "a Debian linux-image-6.12.*-amd64-unsigned package".into(),
+                        hint: "enable bookworm-backports (or run as root so the lab adds it)"
+                            .into(),
+                    })?
+            }
+        },
+    };
+    if pkg != DEFAULT_KERNEL {
+        log(&format!(
+            "note: {pkg} is not {DEFAULT_KERNEL}, the kernel the lab-* scenarios were measured on"
+        ));
+    }
+    let kroot = fetch_unpack(&opts.dir, &pkg)?;
+    let mods = kroot.join("lib/modules");
+    let release = fs::read_dir(&mods)
+        .map_err(io_err(format!("read {}", mods.display())))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .ok_or_else(|| LabError::Missing {
+            what: format!("modules in {}", mods.display()),
+            hint: "the kernel package looks incomplete; delete the cache entry".into(),
+        })?;
+    let vmlinuz = kroot.join(format!("boot/vmlinuz-{release}"));
+    if !vmlinuz.is_file() {
+        return Err(LabError::Missing {
+            what: vmlinuz.display().to_string(),
+            hint: "the kernel package looks incomplete; delete the cache entry".into(),
+        });
+    }
+    let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
+    let busybox = ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .map(|p| bbroot.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| LabError::Missing {
+            what: "busybox in the busybox-static package".into(),
+            hint: "delete the cache entry and retry".into(),
+        })?;
+    let probe = match &opts.probe {
+        Some(p) => p.clone(),
+        None if build => build_probe()?,
+        None => PathBuf::from("hugepfn-probe"),
+    };
+    if build && !is_static_elf(&probe)? {
+        return Err(LabError::Missing {
+            what: format!("a static probe ({} is dynamically linked)", probe.display()),
+            hint: "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target x86_64-unknown-linux-gnu".into(),
+        });
+    }
+    Ok(LabEnv {
+        qemu,
+        kernel_package: pkg.clone(),
+        kernel_release: release.clone(),
+        vmlinuz,
+        modules: mods.join(&release),
+        busybox,
+        probe,
+        module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_packages_are_ordered_by_version() {
+        assert_eq!(
+            kernel_version("linux-image-6.12.95+deb12-amd64-unsigned"),
+            Some(vec![6, 12, 95])
+        );
+        let n = newest(
+            [
+                "linux-image-6.12.9+deb12-amd64-unsigned",
+                "linux-image-6.12.95+deb12-amd64-unsigned",
+                "linux-image-6.16.3+deb13-amd64-unsigned",
+                "linux-image-6.12.99+deb12-cloud-amd64-unsigned",
+                "linux-image-6.12.96+deb12-amd64",
+            ]
+            .into_iter()
+            .map(String::from),
+        );
+        assert_eq!(
+            n.as_deref(),
+            Some("linux-image-6.12.95+deb12-amd64-unsigned")
+        );
+    }
+
+    #[test]
+    fn mirror_from_deb822_and_one_line_sources() {
+        let s = vec![(
+            PathBuf::from("/etc/apt/sources.list.d/debian.sources"),
+            "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n".to_string(),
+        )];
+        assert_eq!(
+            debian_mirror(&s).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
+        let s = vec![(
+            PathBuf::from("/etc/apt/sources.list"),
+            "deb http://ftp.de.debian.org/debian/ bookworm main\n".to_string(),
+        )];
+        assert_eq!(
+            debian_mirror(&s).as_deref(),
+            Some("http://ftp.de.debian.org/debian")
+        );
+    }
+
+    #[test]
+    fn this_test_binary_is_an_elf() {
+        let me = std::env::current_exe().expect("exe");
+        // test binaries are dynamically linked by default
+        assert!(!is_static_elf(&me).expect("elf"));
+    }
+}

@@ -1,0 +1,527 @@
+//! `hugepfn lab`: runs scenarios on the real Linux kernel and compares them with the model.
+//!
+//! The lab boots Debian's 6.12 kernel (downloaded with apt and unpacked, never installed) under
+//! QEMU with an emulated Intel IOMMU and an `ivshmem-plain` device whose BAR2 (RAM-backed, as
+//! large as the scenario's BAR) is bound to vfio-pci, and runs `hugepfn-probe` (built static
+//! from this workspace) on each scenario inside it. The probe prints the same
+//! [`hugepfn_scenario::RunReport`] JSON as `hugepfn run --json`; `compare` puts the two side by
+//! side, `record` writes the kernel's counts into the scenario's `expect` steps.
+//!
+//! Scenarios are grouped by the BAR size they need, one guest boot per group (more if a
+//! scenario crashes the kernel: the rest runs in a new boot). See `docs/lab.md`.
+
+mod compare;
+mod env;
+mod guest;
+mod record;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hugepfn_scenario::{Scenario, Step};
+use thiserror::Error;
+
+pub use guest::{Accel, KernelOutcome, StepRef};
+
+/// Why the lab could not do its job (as opposed to a difference it found).
+#[derive(Debug, Error)]
+pub enum LabError {
+    /// A file or process operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A command exited with an error.
+    #[error("{cmd} failed ({status}){}", if stderr.is_empty() { String::new() } else { format!(":\n{stderr}") })]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its stderr.
+        stderr: String,
+    },
+    /// A prerequisite is missing.
+    #[error("missing {what}: {hint}")]
+    Missing {
+        /// What.
+        what: String,
+        /// How to get it.
+        hint: String,
+    },
+    /// A scenario file did not load.
+    #[error(transparent)]
+    Scenario(#[from] hugepfn_scenario::ScenarioError),
+    /// Bad command-line input.
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Options shared by the lab commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabOpts {
+    /// Lab directory: downloaded packages, decompressed modules, serial logs of the boots.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/hugepfn-lab")]
+    lab_dir: PathBuf,
+    /// Debian kernel package to use (default: linux-image-6.12.95+deb12-amd64-unsigned, the
+    /// kernel the lab-* scenarios were measured on; if apt no longer has it, the newest
+    /// linux-image-6.12.*-amd64-unsigned).
+    #[arg(long, value_name = "PACKAGE")]
+    kernel_package: Option<String>,
+    /// A prebuilt static hugepfn-probe (default: build it from this workspace).
+    #[arg(long, value_name = "FILE")]
+    probe: Option<PathBuf>,
+    /// Never apt-get install anything nor add apt sources (fail instead).
+    #[arg(long)]
+    no_install: bool,
+    /// QEMU accelerator.
+    #[arg(long, value_enum, default_value = "tcg")]
+    accel: Accel,
+    /// Guest RAM.
+    #[arg(long, default_value = "1G")]
+    mem: String,
+    /// Kill a guest whose probe printed nothing for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 180)]
+    step_timeout: u64,
+    /// Guests to run at the same time.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Largest BAR the lab emulates (guest BAR memory is host RAM).
+    #[arg(long, value_name = "SIZE", default_value = "16G")]
+    max_bar: String,
+}
+
+/// `hugepfn lab ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum LabCmd {
+    /// Get QEMU, the kernel and busybox (apt), build the static probe; print what the lab uses.
+    Setup {
+        /// Options shared by the lab commands.
+        #[command(flatten)]
+        opts: Box<LabOpts>,
+    },
+    /// Run scenarios on the real kernel in the guest and print the kernel's report JSON for
+    /// each; exit 1 if an expectation failed or a scenario could not run.
+    Run {
+        /// Scenario files or directories of them.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also write each report to DIR/<file stem>.json.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Options shared by the lab commands.
+        #[command(flatten)]
+        opts: Box<LabOpts>,
+    },
+    /// Run scenarios on the model and on the real kernel and compare them step by step; exit 1
+    /// on any difference, crash or failure.
+    Compare {
+        /// Scenario files or directories (default: scenarios/).
+        files: Vec<PathBuf>,
+        /// Compare with kernel reports already measured (DIR/<file stem>.json, as written by
+        /// `hugepfn-probe FILE > DIR/STEM.json` on a real machine or `lab run --out DIR`)
+        /// instead of booting the guest.
+        #[arg(long, value_name = "DIR")]
+        reports: Option<PathBuf>,
+        /// Where to write the Markdown report.
+        #[arg(long, value_name = "FILE", default_value = "out/lab/compare.md")]
+        markdown: PathBuf,
+        /// Also fail when a scenario cannot run in the lab (skipped).
+        #[arg(long)]
+        strict: bool,
+        /// Kernel crashes on record (`SCENARIO-NAME FUNCTION` per line, e.g.
+        /// lab/known-crashes.txt): such a crash, with FUNCTION in the oops, is reported but not
+        /// a failure.
+        #[arg(long, value_name = "FILE")]
+        known_crashes: Option<PathBuf>,
+        /// Options shared by the lab commands.
+        #[command(flatten)]
+        opts: Box<LabOpts>,
+    },
+    /// Run scenarios on the real kernel and write its counts into their `expect` steps (the
+    /// TOML is edited in place; comments and layout are kept).
+    Record {
+        /// Scenario files or directories.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Options shared by the lab commands.
+        #[command(flatten)]
+        opts: Box<LabOpts>,
+    },
+}
+
+/// A scenario file and its parsed content.
+#[derive(Debug, Clone)]
+pub struct LabScenario {
+    /// The file.
+    pub path: PathBuf,
+    /// Its content.
+    pub sc: Scenario,
+}
+
+/// Files and directories (their `*.toml`, sorted) → scenario files.
+pub fn expand_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, LabError> {
+    let args: Vec<PathBuf> = if args.is_empty() {
+        let local = PathBuf::from("scenarios");
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
+        vec![if local.is_dir() || !ws.is_dir() {
+            local
+        } else {
+            ws
+        }]
+    } else {
+        args.to_vec()
+    };
+    let mut out = Vec::new();
+    for a in args {
+        if a.is_dir() {
+            let rd = std::fs::read_dir(&a).map_err(|source| LabError::Io {
+                what: format!("read {}", a.display()),
+                source,
+            })?;
+            let mut v: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else if a.is_file() {
+            out.push(a);
+        } else {
+            return Err(LabError::Input(format!(
+                "{}: no such file or directory",
+                a.display()
+            )));
+        }
+    }
+    if out.is_empty() {
+        return Err(LabError::Input("no scenario files".into()));
+    }
+    Ok(out)
+}
+
+fn load_all(files: &[PathBuf]) -> Result<Vec<LabScenario>, LabError> {
+    files
+        .iter()
+        .map(|p| {
+            Ok(LabScenario {
+                path: p.clone(),
+                sc: hugepfn_scenario::load_scenario(p)?,
+            })
+        })
+        .collect()
+}
+
+/// The ivshmem BAR size a scenario needs, or why the lab cannot run it.
+pub fn lab_bar_size(sc: &Scenario, max_bar: u64) -> Result<u64, String> {
+    if let Some(s) = sc.steps.iter().find(|s| {
+        !matches!(
+            s,
+            Step::Mmap(_)
+                | Step::Touch(_)
+                | Step::Munmap(_)
+                | Step::Memory(_)
+                | Step::Reset(_)
+                | Step::Power(_)
+                | Step::Expect(_)
+                | Step::Mprotect(_)
+                | Step::Madvise(_)
+                | Step::Mremap(_)
+        )
+    }) {
+        return Err(format!(
+            "line {}: hugepfn-probe does not run `{}` steps",
+            s.line(),
+            s.op()
+        ));
+    }
+    if let Some(s) = sc.steps.iter().find(|s| {
+        s.process()
+            .is_some_and(|p| p != hugepfn_scenario::MAIN_PROCESS)
+    }) {
+        return Err(format!(
+            "line {}: hugepfn-probe runs one process only",
+            s.line()
+        ));
+    }
+    let [dev] = sc.devices.as_slice() else {
+        return Err(format!(
+            "the lab emulates one device, the scenario has {}",
+            sc.devices.len()
+        ));
+    };
+    let mut size = None;
+    for s in &sc.steps {
+        if let Step::Mmap(m) = s {
+            if m.bar != 2 {
+                return Err(format!(
+                    "line {}: the lab's ivshmem device has its memory in BAR2, the scenario maps BAR{}",
+                    m.line, m.bar
+                ));
+            }
+            size = dev.bar(2).map(|b| b.size);
+        }
+    }
+    let size = size
+        .or_else(|| dev.bar(2).map(|b| b.size))
+        .ok_or("the device has no BAR2")?;
+    if !size.is_power_of_two() || size < (1 << 20) {
+        return Err(format!(
+            "BAR2 of {} is not a power of two >= 1M (ivshmem needs one)",
+            hugepfn_units::format_size(size)
+        ));
+    }
+    if size > max_bar {
+        return Err(format!(
+            "BAR2 of {} exceeds --max-bar {}",
+            hugepfn_units::format_size(size),
+            hugepfn_units::format_size(max_bar)
+        ));
+    }
+    Ok(size)
+}
+
+fn env_options(o: &LabOpts) -> env::EnvOptions {
+    env::EnvOptions {
+        dir: o.lab_dir.clone(),
+        kernel_package: o.kernel_package.clone(),
+        probe: o.probe.clone(),
+        no_install: o.no_install,
+    }
+}
+
+/// Runs every scenario in the guest: an outcome per scenario (in order), the kernel package,
+/// and the boots' numbers.
+pub fn kernel_outcomes(
+    scen: &[LabScenario],
+    o: &LabOpts,
+) -> Result<(Vec<KernelOutcome>, String, Vec<guest::BootStat>), LabError> {
+    let max_bar = hugepfn_units::parse_size(&o.max_bar)
+        .map_err(|e| LabError::Input(format!("--max-bar {}: {e}", o.max_bar)))?;
+    let mut outcomes: Vec<Option<KernelOutcome>> = vec![None; scen.len()];
+    let mut groups: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+    for (i, s) in scen.iter().enumerate() {
+        match lab_bar_size(&s.sc, max_bar) {
+            Ok(size) => groups.entry(size).or_default().push(i),
+            Err(why) => outcomes[i] = Some(KernelOutcome::Skipped(why)),
+        }
+    }
+    if groups.is_empty() {
+        let out = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(KernelOutcome::Skipped("".into())))
+            .collect();
+        return Ok((out, String::new(), Vec::new()));
+    }
+    let env = env::prepare(&env_options(o), true)?;
+    eprintln!(
+        "lab: kernel {} ({}), {} accel",
+        env.kernel_release,
+        env.kernel_package,
+        match o.accel {
+            Accel::Tcg => "TCG",
+            Accel::Kvm => "KVM",
+        }
+    );
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let run_dir = o
+        .lab_dir
+        .join("runs")
+        .join(format!("{stamp}-{}", std::process::id()));
+    prune_runs(&o.lab_dir.join("runs"), 8);
+    let gopts = guest::GuestOptions {
+        accel: o.accel,
+        mem: o.mem.clone(),
+        step_timeout: Duration::from_secs(o.step_timeout.max(10)),
+        boot_timeout: Duration::from_secs(120),
+        run_dir,
+    };
+    // Tasks: each group split into `jobs` interleaved chunks, run by `jobs` workers.
+    let jobs = o.jobs.max(1);
+    let mut tasks: Vec<(u64, Vec<usize>, String)> = Vec::new();
+    for (size, idx) in &groups {
+        let chunks = jobs.min(idx.len());
+        for c in 0..chunks {
+            let part: Vec<usize> = idx.iter().copied().skip(c).step_by(chunks).collect();
+            let tag = format!("{}-{c}", hugepfn_units::format_size(*size));
+            tasks.push((*size, part, tag));
+        }
+    }
+    let queue = Mutex::new(tasks);
+    let results = Mutex::new(Vec::new());
+    let failure: Mutex<Option<LabError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let task = queue.lock().ok().and_then(|mut q| q.pop());
+                    let Some((size, idx, tag)) = task else { break };
+                    let files: Vec<&Path> = idx.iter().map(|&i| scen[i].path.as_path()).collect();
+                    match guest::run_group(&env, &gopts, size, &files, &tag) {
+                        Ok((outs, stats)) => {
+                            if let Ok(mut r) = results.lock() {
+                                r.push((idx, outs, stats));
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut stats = Vec::new();
+    for (idx, outs, st) in results.into_inner().unwrap_or_default() {
+        for (i, out) in idx.into_iter().zip(outs) {
+            outcomes[i] = Some(out);
+        }
+        stats.extend(st);
+    }
+    let out = outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| KernelOutcome::BootFailure("not run".into())))
+        .collect();
+    Ok((out, env.kernel_package, stats))
+}
+
+/// Keeps the newest `keep` run directories.
+fn prune_runs(dir: &Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut v: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    v.sort();
+    let n = v.len();
+    for p in v.into_iter().take(n.saturating_sub(keep)) {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+fn describe_failure(o: &KernelOutcome) -> Option<String> {
+    match o {
+        KernelOutcome::Report { .. } => None,
+        KernelOutcome::ProbeFailed { rc, messages } => Some(format!(
+            "the probe failed (exit {rc}): {}",
+            messages.join("; ")
+        )),
+        KernelOutcome::Crash { step, oops } => Some(format!(
+            "the guest kernel crashed at {}:\n    {}",
+            step.as_ref()
+                .map_or("an unknown step".into(), |s| s.to_string()),
+            oops.join("\n    ")
+        )),
+        KernelOutcome::Timeout { step, secs } => Some(format!(
+            "no progress for {secs} s at {}; the guest was killed",
+            step.as_ref()
+                .map_or("an unknown step".into(), |s| s.to_string())
+        )),
+        KernelOutcome::BootFailure(why) => Some(format!("the guest failed: {why}")),
+        KernelOutcome::Skipped(why) => Some(format!("not run in the lab: {why}")),
+    }
+}
+
+fn cmd_setup(o: &LabOpts) -> Result<ExitCode, LabError> {
+    let t0 = std::time::Instant::now();
+    let env = env::prepare(&env_options(o), true)?;
+    println!("qemu:    {}", env.qemu.display());
+    println!("kernel:  {} ({})", env.kernel_release, env.kernel_package);
+    println!("         {}", env.vmlinuz.display());
+    println!("busybox: {}", env.busybox.display());
+    println!("probe:   {}", env.probe.display());
+    println!("ready in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_run(files: &[PathBuf], out: Option<&Path>, o: &LabOpts) -> Result<ExitCode, LabError> {
+    let scen = load_all(&expand_files(files)?)?;
+    let (outcomes, _, _) = kernel_outcomes(&scen, o)?;
+    if let Some(d) = out {
+        std::fs::create_dir_all(d).map_err(|source| LabError::Io {
+            what: format!("mkdir {}", d.display()),
+            source,
+        })?;
+    }
+    let mut all_ok = true;
+    for (s, oc) in scen.iter().zip(&outcomes) {
+        match oc {
+            KernelOutcome::Report { report, warnings } => {
+                for w in warnings {
+                    eprintln!("lab: {}: warning: {w}", s.path.display());
+                }
+                let json = serde_json::to_string_pretty(report)
+                    .map_err(|e| LabError::Input(e.to_string()))?;
+                println!("{json}");
+                all_ok &= report.ok;
+                if let Some(d) = out {
+                    let stem = s
+                        .path
+                        .file_stem()
+                        .map_or("report".into(), |x| x.to_string_lossy().into_owned());
+                    let p = d.join(format!("{stem}.json"));
+                    std::fs::write(&p, format!("{json}\n")).map_err(|source| LabError::Io {
+                        what: format!("write {}", p.display()),
+                        source,
+                    })?;
+                }
+            }
+            other => {
+                all_ok = false;
+                if let Some(msg) = describe_failure(other) {
+                    eprintln!("lab: {}: {msg}", s.path.display());
+                }
+            }
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `hugepfn lab ...`: exit 0 = all good, 1 = a difference / failed expectation / crash,
+/// 2 = the lab could not run.
+pub fn main(cmd: LabCmd) -> ExitCode {
+    let r = match &cmd {
+        LabCmd::Setup { opts } => cmd_setup(opts),
+        LabCmd::Run { files, out, opts } => cmd_run(files, out.as_deref(), opts),
+        LabCmd::Compare {
+            files,
+            reports,
+            markdown,
+            strict,
+            known_crashes,
+            opts,
+        } => compare::cmd_compare(
+            files,
+            reports.as_deref(),
+            markdown,
+            *strict,
+            known_crashes.as_deref(),
+            opts,
+        ),
+        LabCmd::Record { files, opts } => record::cmd_record(files, opts),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hugepfn lab: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

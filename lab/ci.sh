@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# lab/ci.sh: the real-kernel check of CI (called by .ci/run after the unit tests).
+#
+# Sets the lab up (apt: qemu-system-x86 matching qemu-utils, Debian's 6.12 kernel and busybox,
+# downloaded and unpacked, never installed; cached in $HUGEPFN_LAB_DIR, default
+# /var/tmp/hugepfn-lab) and runs `hugepfn lab compare` on every scenario in scenarios/: model
+# vs Linux 6.12 in QEMU TCG guests (2 at a time), grouped by BAR size.
+#
+# Exit status: 0 = no difference (or "LAB SKIPPED: <reason>" when QEMU or the kernel cannot be
+# had on this machine); non-zero = a difference between model and kernel, an unexpected kernel
+# crash, a probe failure, a build failure, or the lab exceeding its time budget.
+# The Markdown report goes to out/lab/compare.md.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+LAB_DIR=${HUGEPFN_LAB_DIR:-/var/tmp/hugepfn-lab}
+BUDGET=${HUGEPFN_LAB_BUDGET:-540}   # seconds for the comparison itself
+T0=$(date +%s)
+
+skip() {
+    echo "LAB SKIPPED: $*"
+    exit 0
+}
+
+[ "$(uname -s)" = Linux ] && [ "$(uname -m)" = x86_64 ] || skip "needs Linux on x86_64 (this is $(uname -sm))"
+command -v apt-get >/dev/null 2>&1 || skip "not a Debian system (no apt-get)"
+
+# Our own code must build: a failure here is a failure, not a skip.
+echo "lab: building hugepfn and the static probe"
+cargo build --release -q -p hugepfn || exit 1
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo" \
+    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS cargo build --release -q -p hugepfn-probe --target x86_64-unknown-linux-gnu || exit 1
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+HP=$TARGET_DIR/release/hugepfn
+PROBE=$TARGET_DIR/x86_64-unknown-linux-gnu/release/hugepfn-probe
+COMMON=(--lab-dir "$LAB_DIR" --probe "$PROBE")
+
+# The environment (apt, downloads): if it cannot be had, the lab is skipped, loudly.
+if ! SETUP=$("$HP" lab setup "${COMMON[@]}" 2>&1); then
+    echo "$SETUP" | tail -15
+    reason=$(echo "$SETUP" | grep -E '^hugepfn lab:' | tail -1 | sed 's/^hugepfn lab: //')
+    skip "${reason:-lab setup failed}"
+fi
+echo "$SETUP"
+
+timeout --kill-after=20 "$BUDGET" "$HP" lab compare "${COMMON[@]}" --jobs 2 \
+    --known-crashes lab/known-crashes.txt --markdown out/lab/compare.md
+rc=$?
+if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    echo "LAB FAILED: the comparison took longer than ${BUDGET} s"
+fi
+echo "lab: ci.sh finished in $(( $(date +%s) - T0 )) s (exit $rc)"
+exit "$rc"
