@@ -182,6 +182,14 @@ bitflags::bitflags! {
         /// 6.12's `vmf_insert_pfn`: `get_locked_pte` meets a PMD leaf a concurrent PMD fault
         /// installed and returns NULL → VM_FAULT_OOM (§3.4, the VM killed with "Bad address").
         const PTE_INSERT_OOM = 1 << 3;
+        /// Linux 6.12's `move_page_tables` (mm/mremap.c, still so in 2026's mm tree):
+        /// `get_old_pud` calls `pud_none_or_clear_bad`, and x86's `pud_bad` takes any entry with
+        /// flags beyond `_KERNPG_TABLE | _PAGE_USER` — a leaf's PS, special and cache bits — for
+        /// a corrupt table: "bad pud" is printed and the whole leaf cleared, so
+        /// `move_huge_pud` is never reached. The leaf is dropped (also the part of it outside
+        /// the moved range) with no TLB flush of its own, and the new range refaults. Measured
+        /// in the lab (`life-mremap-move-expand-shrink`). Fixed (default): the leaf moves.
+        const MREMAP_PUD_CLEAR_BAD = 1 << 4;
     }
 }
 
@@ -194,6 +202,9 @@ pub enum Hazard {
     /// `remap_pfn_range` ran with the mmap lock held only for read (lockdep complains; concurrent
     /// faults on the same range race).
     RemapUnderReadLock,
+    /// A present leaf was cleared with no TLB flush for it (`pud_clear_bad`): until something
+    /// else flushes, the CPU may keep translating the old address to the device.
+    ClearedWithoutFlush,
 }
 
 /// Hazard counters.
@@ -203,6 +214,8 @@ pub struct HazardCounts {
     pub live_table_freed: u64,
     /// [`Hazard::RemapUnderReadLock`].
     pub remap_under_read_lock: u64,
+    /// [`Hazard::ClearedWithoutFlush`].
+    pub cleared_without_flush: u64,
 }
 
 /// The page tables of one `Mm`.
@@ -216,7 +229,7 @@ pub struct PageTables {
     tables_allocated: AtomicU64,
     tables_freed: AtomicU64,
     notifiers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
-    hazards: [AtomicU64; 2],
+    hazards: [AtomicU64; 3],
     bugs: Bugs,
     /// Lockless walkers inside the tree now (`rcu_read_lock` sections).
     readers: AtomicU64,
@@ -265,7 +278,7 @@ impl PageTables {
             tables_allocated: AtomicU64::new(1),
             tables_freed: AtomicU64::new(0),
             notifiers: RwLock::new(Vec::new()),
-            hazards: [AtomicU64::new(0), AtomicU64::new(0)],
+            hazards: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             bugs: Bugs::empty(),
             readers: AtomicU64::new(0),
             deferred: Mutex::new(Vec::new()),
@@ -360,6 +373,7 @@ impl PageTables {
         let i = match h {
             Hazard::LiveTableFreed => 0,
             Hazard::RemapUnderReadLock => 1,
+            Hazard::ClearedWithoutFlush => 2,
         };
         self.hazards[i].fetch_add(1, Ordering::Relaxed);
     }
@@ -369,6 +383,7 @@ impl PageTables {
         HazardCounts {
             live_table_freed: self.hazards[0].load(Ordering::Relaxed),
             remap_under_read_lock: self.hazards[1].load(Ordering::Relaxed),
+            cleared_without_flush: self.hazards[2].load(Ordering::Relaxed),
         }
     }
 
@@ -897,6 +912,17 @@ impl PageTables {
             let size = leaf.level.size();
             let base = va & !(size - 1);
             let dst = new + (base - old);
+            if leaf.level == Level::Pud && self.bugs.contains(Bugs::MREMAP_PUD_CLEAR_BAD) {
+                // 6.12: pud_none_or_clear_bad() → pud_ERROR() + pud_clear(), no flush.
+                {
+                    let _ptl = self.ptl(slot);
+                    self.set(slot, 0);
+                }
+                self.note_hazard(Hazard::ClearedWithoutFlush);
+                zapped.add(Level::Pud, 1);
+                va = base + size;
+                continue;
+            }
             if base >= old && base + size <= old + len && dst.is_multiple_of(size) {
                 let raw = self.get(slot);
                 let d = self.slot_alloc(dst, leaf.level)?;

@@ -147,10 +147,10 @@ pub use report::{
 };
 pub use scenario::{
     Access, Advice, Arch, BarSpec, DeviceSpec, DmaMapStep, DmaMode, DmaUnmapStep, ErrnoName,
-    ExpectSpec, ExpectStep, FaultPathSpec, ForkStep, GuestTouchStep, KvmMemslotStep, Len,
-    LevelCounts, Madvise, MadviseStep, MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep,
-    MunmapStep, Order, PlacementError, PowerState, PowerStep, ProtSpec, ResetStep, Scenario, Step,
-    ThpMode, TouchStep, VaPlacement,
+    ExpectSpec, ExpectStep, FaultPathSpec, ForkStep, GuestTouchStep, KernelBug, KvmMemslotStep,
+    Len, LevelCounts, Madvise, MadviseStep, MemoryStep, MemslotFlag, MmapStep, MprotectStep,
+    MremapStep, MunmapStep, Order, PlacementError, PowerState, PowerStep, ProtSpec, ResetStep,
+    Scenario, Step, ThpMode, TouchStep, VaPlacement,
 };
 
 /// The name of the first process, the one every step acts in unless it says `process = ...`.

@@ -22,10 +22,10 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use crate::error::{Location, Problem, ScenarioError};
 use crate::scenario::{
     Access, Advice, Arch, BarSpec, DeviceSpec, DmaMapStep, DmaMode, DmaUnmapStep, ErrnoName,
-    ExpectSpec, ExpectStep, FaultPathSpec, ForkStep, GuestTouchStep, KvmMemslotStep, Len,
-    LevelCounts, Madvise, MadviseStep, MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep,
-    MunmapStep, Order, PowerState, PowerStep, ProtSpec, ResetStep, Scenario, Step, ThpMode,
-    TouchStep, VaPlacement,
+    ExpectSpec, ExpectStep, FaultPathSpec, ForkStep, GuestTouchStep, KernelBug, KvmMemslotStep,
+    Len, LevelCounts, Madvise, MadviseStep, MemoryStep, MemslotFlag, MmapStep, MprotectStep,
+    MremapStep, MunmapStep, Order, PowerState, PowerStep, ProtSpec, ResetStep, Scenario, Step,
+    ThpMode, TouchStep, VaPlacement,
 };
 
 /// Reads the scenario file at `path`; errors name the path as given.
@@ -69,6 +69,7 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
         arch: head.arch,
         thp: head.thp,
         fault_path: head.fault_path,
+        kernel_bugs: head.kernel_bugs,
         description: head.description,
         devices,
         steps,
@@ -118,6 +119,8 @@ struct RawHead {
     thp: ThpMode,
     #[serde(default)]
     fault_path: FaultPathSpec,
+    #[serde(default)]
+    kernel_bugs: Vec<KernelBug>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]

@@ -25,6 +25,10 @@ pub struct Scenario {
     /// `fault_path`: which of the RFC's three fault-path designs the model runs (the real kernel
     /// always runs `huge_fault`), default [`FaultPathSpec::HugeFault`].
     pub fault_path: FaultPathSpec,
+    /// `kernel_bugs`: known Linux 6.12 bugs the model reproduces for this scenario, so that a lab
+    /// scenario can match the real kernel step by step while the model's default (every bug
+    /// fixed) is shown by its own tests. Empty by default; the real-kernel probe ignores it.
+    pub kernel_bugs: Vec<KernelBug>,
     /// Optional free text.
     pub description: Option<String>,
     /// `[[device]]` tables, in file order. Names are unique.
@@ -84,6 +88,16 @@ pub enum FaultPathSpec {
     EarlyFault,
     /// The driver calls `remap_pfn_range` from `->fault`, overwriting tables.
     RemapOverwrite,
+}
+
+/// A known Linux 6.12 bug the model can reproduce (`kernel_bugs = [...]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelBug {
+    /// mremap of a range holding a PUD leaf: `move_page_tables` → `get_old_pud` →
+    /// `pud_none_or_clear_bad` takes the x86 leaf for a bad table ("bad pud" in dmesg) and
+    /// clears it instead of `move_huge_pud` moving it; the new range refaults.
+    MremapPudClearBad,
 }
 
 /// One `[[device]]`: a PCI function whose BARs can be mapped.

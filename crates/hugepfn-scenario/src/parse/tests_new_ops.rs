@@ -834,3 +834,27 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn kernel_bugs_name_known_bugs_only() {
+    let s = parse_scenario(
+        &format!(
+            "kernel_bugs = [\"mremap_pud_clear_bad\"]\n{}",
+            step("op = \"touch\"\nmap = \"b1\"")
+        ),
+        "k.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s.kernel_bugs,
+        vec![crate::scenario::KernelBug::MremapPudClearBad]
+    );
+    let plain = parse_scenario(&step("op = \"touch\"\nmap = \"b1\""), "k.toml").unwrap();
+    assert!(plain.kernel_bugs.is_empty(), "no bug unless asked");
+    let (msg, line) = toml_err(&format!(
+        "kernel_bugs = [\"no_such_bug\"]\n{}",
+        step("op = \"touch\"\nmap = \"b1\"")
+    ));
+    assert_eq!(line, 1);
+    assert!(msg.contains("mremap_pud_clear_bad"), "{msg}");
+}

@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use hugepfn_mm::pgtable::Bugs;
 use hugepfn_mm::{
     FaultCounts, FaultPath, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PagingMode, PhysMem,
     Prot, TableCounts, ThpPolicy, VmFlags,
 };
 use hugepfn_scenario::{
-    Access, Arch, Counters, ExpectNow, FaultPathSpec, Levels, Madvise, Order, PowerState, PtPages,
-    RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement, check_expect,
+    Access, Arch, Counters, ExpectNow, FaultPathSpec, KernelBug, Levels, Madvise, Order,
+    PowerState, PtPages, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement, check_expect,
 };
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 use thiserror::Error;
@@ -155,6 +156,10 @@ impl ModelRun {
                 FaultPathSpec::EarlyFault => FaultPath::EarlyFault,
                 FaultPathSpec::RemapOverwrite => FaultPath::RemapOverwrite,
             }),
+            bugs: sc
+                .kernel_bugs
+                .iter()
+                .fold(Bugs::empty(), |b, k| b | kernel_bug(*k)),
             ..MmConfig::default()
         };
         let mm = Mm::new(phys.clone(), cfg)?;
@@ -397,4 +402,11 @@ impl ModelRun {
 pub fn run_scenario(sc: &Scenario, opts: RunOptions) -> Result<RunReport, RunError> {
     let mut m = ModelRun::new(sc, opts)?;
     Ok(m.run(sc))
+}
+
+/// The model's switch for a Linux bug a scenario asks to reproduce.
+fn kernel_bug(k: KernelBug) -> Bugs {
+    match k {
+        KernelBug::MremapPudClearBad => Bugs::MREMAP_PUD_CLEAR_BAD,
+    }
 }
