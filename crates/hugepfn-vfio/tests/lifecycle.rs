@@ -19,6 +19,14 @@ const M: u64 = 1 << 20;
 const BAR: u64 = 0xff_0000_0000;
 
 fn vfio(len: u64, skew: u64) -> (Arc<PhysMem>, Arc<VfioPciDevice>, Arc<Mm>, u64) {
+    vfio_with(MmConfig::default(), len, skew)
+}
+
+fn vfio_with(
+    cfg: MmConfig,
+    len: u64,
+    skew: u64,
+) -> (Arc<PhysMem>, Arc<VfioPciDevice>, Arc<Mm>, u64) {
     let phys = Arc::new(PhysMem::default());
     let dev = VfioPciDevice::new(
         phys.clone(),
@@ -27,7 +35,7 @@ fn vfio(len: u64, skew: u64) -> (Arc<PhysMem>, Arc<VfioPciDevice>, Arc<Mm>, u64)
         HugeFaultLogic::Fixed,
     )
     .unwrap();
-    let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
+    let mm = Mm::new(phys.clone(), cfg).unwrap();
     let va = mm.find_aligned_area(len, G, skew).unwrap();
     let f = dev.open();
     mm.mmap(MmapRequest {
@@ -296,14 +304,6 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
         fixed: Some(dst),
     };
     for bug in [false, true] {
-        let phys = Arc::new(PhysMem::default());
-        let dev = VfioPciDevice::new(
-            phys.clone(),
-            "d",
-            presets::ivshmem_bars(2 * G),
-            HugeFaultLogic::Fixed,
-        )
-        .unwrap();
         let cfg = MmConfig {
             bugs: if bug {
                 Bugs::MREMAP_PUD_CLEAR_BAD
@@ -312,18 +312,7 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
             },
             ..MmConfig::default()
         };
-        let mm = Mm::new(phys.clone(), cfg).unwrap();
-        let va = mm.find_aligned_area(2 * G, G, 0).unwrap();
-        let f = dev.open();
-        mm.mmap(MmapRequest {
-            addr: MmapAddr::Fixed(va),
-            len: 2 * G,
-            prot: Prot::RW,
-            shared: true,
-            offset: region_offset(2),
-            file: Some(&f),
-        })
-        .unwrap();
+        let (phys, _dev, mm, va) = vfio_with(cfg, 2 * G, 0);
         touch(&mm, va, 2 * G, true);
         let dst = mm.find_aligned_area(2 * G, G, 0).unwrap();
         let st = mm.mremap(va, 2 * G, 2 * G, flags(dst)).unwrap();
