@@ -106,14 +106,24 @@ pub enum ProbeError {
     /// Writing the report failed.
     #[error("writing the report: {0}")]
     Output(#[from] io::Error),
-    /// The scenario uses an op the probe does not implement (yet).
-    #[error(
-        "line {line}: `{op}` is not supported by hugepfn-probe (it runs mmap, touch, munmap, mprotect, madvise, mremap, memory, reset, power and expect steps in one process)"
-    )]
+    /// The scenario uses an op the probe cannot run.
+    #[error("line {line}: `{op}` is not supported by hugepfn-probe: {why}")]
     UnsupportedOp {
         /// The op.
         op: &'static str,
         /// Its line.
         line: usize,
+        /// Why.
+        why: &'static str,
+    },
+    /// A forked child process stopped answering.
+    #[error("child process {name:?} (pid {pid}): {why}")]
+    Child {
+        /// The scenario's name of the child.
+        name: String,
+        /// Its pid.
+        pid: i32,
+        /// What went wrong.
+        why: String,
     },
 }

@@ -353,6 +353,7 @@ struct MapState {
 
 struct Runner<'a> {
     sc: &'a Scenario,
+    vfio: Vfio,
     devices: Vec<Device>,
     dev_index: HashMap<String, usize>,
     phys: HashMap<(usize, u8), (u64, RegionInfo)>,
@@ -604,13 +605,38 @@ impl Runner<'_> {
                 rep.counters.faults = faults;
                 errno = r.err();
             }
+            Step::DmaMap(d) => {
+                let Some(ms) = self.maps.get(&d.map) else {
+                    rep.errno = Some("EINVAL".into());
+                    return rep;
+                };
+                let Some(mp) = ms.map.as_ref() else {
+                    // the mmap failed: there is no address to map (the model says EFAULT)
+                    rep.errno = Some("EFAULT".into());
+                    return rep;
+                };
+                let len = d.len.resolve(ms.len.saturating_sub(d.offset));
+                let vaddr = mp.va().wrapping_add(d.offset);
+                let iova = d.iova;
+                // `mode` (per_page / batched) is how the kernel walks the range, not an ioctl
+                // argument: Linux 6.12 always looks up one page per follow_pfnmap_start.
+                let (r, faults) =
+                    self.measure(|s| sys::vfio_map_dma(s.vfio.container(), vaddr, iova, len));
+                rep.counters.faults = faults;
+                errno = r.err();
+            }
+            Step::DmaUnmap(u) => {
+                let (iova, len) = (u.iova, u.len);
+                let (r, faults) =
+                    self.measure(|s| sys::vfio_unmap_dma(s.vfio.container(), iova, len));
+                rep.counters.faults = faults;
+                errno = r.err();
+            }
             Step::Expect(_) => {}
-            // Not run on the kernel yet (issues 5 and 6 added them to the format).
-            Step::Fork(_)
-            | Step::DmaMap(_)
-            | Step::DmaUnmap(_)
-            | Step::KvmMemslot(_)
-            | Step::GuestTouch(_) => rep.errno = Some("ENOSYS".into()),
+            // Run by `run` (fork) or refused up front by `unsupported` (KVM).
+            Step::Fork(_) | Step::KvmMemslot(_) | Step::GuestTouch(_) => {
+                rep.errno = Some("ENOSYS".into());
+            }
         }
         if let Some(e) = errno {
             rep.errno = Some(errno_name(&e));
@@ -680,37 +706,214 @@ fn madv(a: ScAdvice) -> libc::c_int {
     }
 }
 
-/// The first step the probe cannot perform: an op it does not implement yet, or a step in
-/// another process than the first.
+/// Why the probe cannot run `step`, if it cannot: KVM ops (the probe runs no guest), and
+/// VFIO DMA ops in a forked child (on the kernel the child shares the parent's container,
+/// the model gives each process its own).
+pub fn unsupported_reason(step: &Step) -> Option<&'static str> {
+    match step {
+        Step::KvmMemslot(_) | Step::GuestTouch(_) => Some(
+            "KVM ops need a VM (/dev/kvm and a vCPU running guest code); the probe runs no guest",
+        ),
+        Step::DmaMap(_) | Step::DmaUnmap(_) if step.process_or_main() != MAIN_PROCESS => Some(
+            "DMA ops in a forked child: the child shares the parent's VFIO container on the kernel, the model gives each process its own",
+        ),
+        _ => None,
+    }
+}
+
+/// The first step the probe cannot perform (see [`unsupported_reason`]).
 pub fn unsupported(sc: &Scenario) -> Option<ProbeError> {
     sc.steps.iter().find_map(|s| {
-        let known = matches!(
-            s,
-            Step::Mmap(_)
-                | Step::Touch(_)
-                | Step::Munmap(_)
-                | Step::Memory(_)
-                | Step::Reset(_)
-                | Step::Power(_)
-                | Step::Expect(_)
-                | Step::Mprotect(_)
-                | Step::Madvise(_)
-                | Step::Mremap(_)
-        );
-        if !known {
-            Some(ProbeError::UnsupportedOp {
-                op: s.op(),
-                line: s.line(),
-            })
-        } else if s.process_or_main() != MAIN_PROCESS {
-            Some(ProbeError::UnsupportedOp {
-                op: "process =",
-                line: s.line(),
-            })
-        } else {
-            None
-        }
+        unsupported_reason(s).map(|why| ProbeError::UnsupportedOp {
+            op: s.op(),
+            line: s.line(),
+            why,
+        })
     })
+}
+
+/// A forked child: it runs the steps the parent sends it (see [`child_loop`]).
+struct ChildProc {
+    pid: libc::pid_t,
+    /// Step indices, one per line; `exit` ends it.
+    cmd: std::fs::File,
+    /// One [`ChildResult`] JSON line per step.
+    res: io::BufReader<std::fs::File>,
+}
+
+/// What a child sends back for one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildResult {
+    /// The step's report, measured in the child.
+    pub report: StepReport,
+    /// Warnings the child printed during the step.
+    pub warnings: Vec<String>,
+    /// Accesses that read back wrong data.
+    pub data_errors: u64,
+}
+
+impl ChildResult {
+    /// The line the child writes (one JSON object, newline-terminated).
+    pub fn to_line(&self) -> String {
+        let v = serde_json::json!({
+            "report": self.report,
+            "warnings": self.warnings,
+            "data_errors": self.data_errors,
+        });
+        format!("{v}\n")
+    }
+
+    /// Parses a line written by [`ChildResult::to_line`].
+    pub fn parse(line: &str) -> Result<ChildResult, String> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(line.trim()).map_err(|e| format!("not JSON: {e}"))?;
+        let report = serde_json::from_value::<StepReport>(v["report"].take())
+            .map_err(|e| format!("no step report: {e}"))?;
+        let warnings = match v["warnings"].take() {
+            serde_json::Value::Null => Vec::new(),
+            w => serde_json::from_value::<Vec<String>>(w)
+                .map_err(|e| format!("bad warnings: {e}"))?,
+        };
+        let data_errors = match &v["data_errors"] {
+            serde_json::Value::Null => 0,
+            d => d.as_u64().ok_or("bad data_errors")?,
+        };
+        Ok(ChildResult {
+            report,
+            warnings,
+            data_errors,
+        })
+    }
+}
+
+/// The child's side: makes its memory its own (so that copy-on-write faults do not land in
+/// measured steps), then runs each step index read from `cmd` with its copy of the runner
+/// (it inherited the mappings) and writes a [`ChildResult`] line to `res`. Never returns.
+fn child_loop(runner: &mut Runner<'_>, cmd: std::fs::File, mut res: std::fs::File) -> ! {
+    use std::io::BufRead;
+    let _ = sys::unshare_own_memory();
+    let mut reader = io::BufReader::new(cmd);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => sys::exit_now(0),
+            Ok(_) => {}
+        }
+        let t = line.trim();
+        if t == "exit" {
+            sys::exit_now(0);
+        }
+        let Some((i, step)) = t
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| runner.sc.steps.get(i).map(|s| (i, s)))
+        else {
+            eprintln!("hugepfn-probe: error: child: bad command {t:?}");
+            sys::exit_now(3);
+        };
+        let (w0, d0) = (runner.warnings.len(), runner.data_errors);
+        let report = runner.step(i, step);
+        let out = ChildResult {
+            report,
+            warnings: runner.warnings[w0..].to_vec(),
+            data_errors: runner.data_errors - d0,
+        };
+        if res.write_all(out.to_line().as_bytes()).is_err() {
+            sys::exit_now(4);
+        }
+    }
+}
+
+/// A `fork` step: the parent's faults during the fork system call, the child's pipes. The
+/// child never returns from here (it runs [`child_loop`]).
+fn fork_step(
+    runner: &mut Runner<'_>,
+    children: &mut HashMap<String, ChildProc>,
+    i: usize,
+    step: &Step,
+) -> (StepReport, Option<ChildProc>) {
+    let mut rep = StepReport::for_step(i, step, false);
+    let pipes = sys::pipe().and_then(|a| sys::pipe().map(|b| (a, b)));
+    let ((cmd_r, cmd_w), (res_r, res_w)) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            rep.errno = Some(errno_name(&e));
+            return (rep, None);
+        }
+    };
+    // once per run, before the first fork (see rseq_unregister); not doing it is only noise
+    let _ = sys::rseq_unregister();
+    runner.warm(true, false);
+    match sys::fork_measured() {
+        Err(e) => {
+            rep.errno = Some(errno_name(&e));
+            (rep, None)
+        }
+        Ok(sys::Forked::Child) => {
+            sys::die_with_parent();
+            // the other children's pipes are the parent's business
+            children.clear();
+            drop(cmd_w);
+            drop(res_r);
+            child_loop(runner, cmd_r, res_w)
+        }
+        Ok(sys::Forked::Parent { pid, faults }) => {
+            drop(cmd_r);
+            drop(res_w);
+            rep.counters.faults = faults;
+            // after the measured fork: copy-on-write of our own memory happens now, not in a
+            // later step
+            let _ = sys::unshare_own_memory();
+            let child = ChildProc {
+                pid,
+                cmd: cmd_w,
+                res: io::BufReader::new(res_r),
+            };
+            (rep, Some(child))
+        }
+    }
+}
+
+/// Sends step `i` to a child and reads its result.
+fn dispatch(name: &str, c: &mut ChildProc, i: usize) -> Result<ChildResult, ProbeError> {
+    use std::io::BufRead;
+    let err = |why: String| ProbeError::Child {
+        name: name.to_string(),
+        pid: c.pid,
+        why,
+    };
+    c.cmd
+        .write_all(format!("{i}\n").as_bytes())
+        .map_err(|e| err(format!("sending step {}: {e}", i + 1)))?;
+    let mut line = String::new();
+    match c.res.read_line(&mut line) {
+        Ok(0) => Err(err(format!("exited during step {}", i + 1))),
+        Err(e) => Err(err(format!("reading the result of step {}: {e}", i + 1))),
+        Ok(_) => ChildResult::parse(&line)
+            .map_err(|e| err(format!("result of step {}: {e}: {line:?}", i + 1))),
+    }
+}
+
+/// Tells every child to exit and reaps it; an abnormal end is a warning.
+fn reap(children: HashMap<String, ChildProc>, warnings: &mut Vec<String>) {
+    let mut v: Vec<(String, ChildProc)> = children.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, mut c) in v {
+        let _ = c.cmd.write_all(b"exit\n");
+        drop(c.cmd);
+        match sys::wait_child(c.pid) {
+            Ok(sys::ChildExit::Code(0)) => {}
+            Ok(how) => warn(
+                warnings,
+                format!("child process {name:?} (pid {}) ended with {how:?}", c.pid),
+            ),
+            Err(e) => warn(
+                warnings,
+                format!("waitpid of child process {name:?} (pid {}): {e}", c.pid),
+            ),
+        }
+    }
 }
 
 /// Runs `sc` on the running kernel.
@@ -823,6 +1026,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Outcome, ProbeError> {
         ^ u64::from(std::process::id()).rotate_left(32);
     let mut runner = Runner {
         sc,
+        vfio,
         devices,
         dev_index,
         phys,
@@ -833,10 +1037,13 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Outcome, ProbeError> {
         data_errors: 0,
     };
     let mut reports = Vec::new();
-    let mut since = Counters::zero(false);
-    let mut last_errno: Option<String> = None;
+    // Per process: counters and the last errno since its previous expect.
+    let mut since: HashMap<String, Counters> = HashMap::new();
+    let mut last_errno: HashMap<String, String> = HashMap::new();
+    let mut children: HashMap<String, ChildProc> = HashMap::new();
     let total = sc.steps.len();
-    for (i, step) in runner.sc.steps.iter().enumerate() {
+    let mut failure = None;
+    for (i, step) in sc.steps.iter().enumerate() {
         if opts.trace {
             eprintln!(
                 "hugepfn-probe: trace step={i} of={total} line={} op={}",
@@ -846,21 +1053,61 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Outcome, ProbeError> {
             let _ = io::stderr().flush();
             sys::drain(2);
         }
-        let mut rep = runner.step(i, step);
+        let actor = step.process_or_main().to_string();
+        let mut rep = match step {
+            Step::Expect(_) => StepReport::for_step(i, step, false),
+            Step::Fork(f) => {
+                let (rep, child) = fork_step(&mut runner, &mut children, i, step);
+                if let Some(c) = child {
+                    children.insert(f.child.clone(), c);
+                }
+                rep
+            }
+            _ if actor == MAIN_PROCESS => runner.step(i, step),
+            _ => {
+                let Some(c) = children.get_mut(&actor) else {
+                    // the parser only accepts forked children; a failed fork leaves none
+                    let mut rep = StepReport::for_step(i, step, false);
+                    rep.errno = Some("ESRCH".into());
+                    reports.push(rep);
+                    continue;
+                };
+                match dispatch(&actor, c, i) {
+                    Ok(r) => {
+                        runner.warnings.extend(r.warnings);
+                        runner.data_errors += r.data_errors;
+                        r.report
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        };
         if let Step::Expect(e) = step {
             let now = ExpectNow {
-                last_errno: last_errno.take(),
+                last_errno: last_errno.remove(&actor),
                 ..ExpectNow::default()
             };
-            rep.expect = Some(check_expect(&e.expect, &since, &now));
-            since = Counters::zero(false);
+            let since_last = since
+                .remove(&actor)
+                .unwrap_or_else(|| Counters::zero(false));
+            rep.expect = Some(check_expect(&e.expect, &since_last, &now));
         } else {
-            since.add(&rep.counters);
-            if rep.errno.is_some() {
-                last_errno.clone_from(&rep.errno);
+            since
+                .entry(actor.clone())
+                .or_insert_with(|| Counters::zero(false))
+                .add(&rep.counters);
+            if let Some(e) = &rep.errno {
+                last_errno.insert(actor, e.clone());
             }
         }
         reports.push(rep);
+    }
+    reap(children, &mut runner.warnings);
+    if let Some(e) = failure {
+        return Err(e);
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -870,7 +1117,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Outcome, ProbeError> {
         report.ok = false;
     }
     drop(runner.maps);
-    drop(vfio);
+    drop(runner.vfio);
     Ok(Outcome {
         report,
         warnings: runner.warnings,
@@ -899,6 +1146,156 @@ mod tests {
             "0000-01:00.0",
         ] {
             assert!(parse_device_arg(bad).is_err(), "{bad}");
+        }
+    }
+
+    const FORK_SC: &str = r#"
+name = "t"
+[[device]]
+name = "d"
+bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
+[[step]]
+op = "mmap"
+name = "m"
+device = "d"
+bar = 2
+[[step]]
+op = "fork"
+child = "c1"
+[[step]]
+op = "touch"
+map = "m"
+process = "c1"
+"#;
+
+    #[test]
+    fn child_results_round_trip() {
+        let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
+        let mut report = StepReport::for_step(2, &sc.steps[2], false);
+        report.counters.faults = 2;
+        report.counters.sigbus = 1;
+        report.errno = Some("EIO".into());
+        let r = ChildResult {
+            report,
+            warnings: vec!["a \"quoted\"\nwarning".into()],
+            data_errors: 3,
+        };
+        let line = r.to_line();
+        assert_eq!(line.matches('\n').count(), 1, "one line: {line}");
+        assert!(line.ends_with('\n'));
+        let back = ChildResult::parse(&line).expect("parses back");
+        assert_eq!(back, r);
+        assert_eq!(back.report.process.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn bad_child_results_are_errors() {
+        for bad in [
+            "",
+            "not json",
+            "{}",
+            r#"{"report": {"index": 0}}"#,
+            r#"{"report": null, "warnings": []}"#,
+        ] {
+            assert!(ChildResult::parse(bad).is_err(), "{bad:?}");
+        }
+        let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
+        let ok = ChildResult {
+            report: StepReport::for_step(2, &sc.steps[2], false),
+            warnings: vec![],
+            data_errors: 0,
+        };
+        let mut v: serde_json::Value = serde_json::from_str(&ok.to_line()).expect("json");
+        v["data_errors"] = serde_json::json!(-1);
+        assert!(ChildResult::parse(&v.to_string()).is_err());
+        v["data_errors"] = serde_json::json!(0);
+        v["warnings"] = serde_json::json!([1]);
+        assert!(ChildResult::parse(&v.to_string()).is_err());
+    }
+
+    #[test]
+    fn only_kvm_and_dma_in_a_child_are_unsupported() {
+        let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
+        assert!(unsupported(&sc).is_none());
+        let dma_child = format!(
+            "{FORK_SC}[[step]]\nop = \"dma_map\"\nmap = \"m\"\niova = \"0x4000000000\"\nprocess = \"c1\"\n"
+        );
+        let sc = hugepfn_scenario::parse_scenario(&dma_child, "t.toml").expect("parses");
+        let e = unsupported(&sc).expect("refused").to_string();
+        assert!(e.contains("line 18") && e.contains("dma_map"), "{e}");
+        let kvm = format!("{FORK_SC}[[step]]\nop = \"guest_touch\"\ngpa = \"0\"\nlen = \"4K\"\n");
+        let sc = hugepfn_scenario::parse_scenario(&kvm, "t.toml").expect("parses");
+        let e = unsupported(&sc).expect("refused").to_string();
+        assert!(e.contains("guest_touch") && e.contains("no guest"), "{e}");
+    }
+
+    #[test]
+    fn maps_lines() {
+        let l = sys::parse_maps_line(
+            "7f12a0000000-7f1320000000 rw-s 20000000000 00:0e 1043   anon_inode:[vfio-device]",
+        )
+        .expect("parses");
+        assert_eq!(
+            (l.start, l.end, l.read, l.write, l.private),
+            (0x7f12_a000_0000, 0x7f13_2000_0000, true, true, false)
+        );
+        assert_eq!(l.path, "anon_inode:[vfio-device]");
+        let anon = sys::parse_maps_line("7ffd1000-7ffd3000 rw-p 00000000 00:00 0").expect("anon");
+        assert!(anon.private && anon.path.is_empty());
+        let stack =
+            sys::parse_maps_line("7ffc1000-7ffd3000 rw-p 00000000 00:00 0    [stack]").expect("s");
+        assert_eq!(stack.path, "[stack]");
+        assert!(sys::parse_maps_line("garbage").is_none());
+        assert!(sys::parse_maps_line("1000-zz rw-p 0 00:00 0").is_none());
+    }
+
+    #[test]
+    fn a_forked_child_runs_steps_and_answers() {
+        // the fork/pipe/reap machinery without a device: the child echoes step reports
+        let (cmd_r, cmd_w) = sys::pipe().expect("pipe");
+        let (res_r, res_w) = sys::pipe().expect("pipe");
+        let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
+        match sys::fork_measured().expect("fork") {
+            sys::Forked::Child => {
+                drop(cmd_w);
+                drop(res_r);
+                let _ = sys::unshare_own_memory();
+                let mut reader = io::BufReader::new(cmd_r);
+                let mut res_w = res_w;
+                let mut line = String::new();
+                use std::io::BufRead;
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line.trim() != "exit" {
+                    let i: usize = line.trim().parse().unwrap_or(0);
+                    let mut rep = StepReport::for_step(i, &sc.steps[2], false);
+                    rep.counters.faults = i as u64;
+                    let out = ChildResult {
+                        report: rep,
+                        warnings: vec![],
+                        data_errors: 0,
+                    };
+                    let _ = res_w.write_all(out.to_line().as_bytes());
+                    line.clear();
+                }
+                sys::exit_now(0);
+            }
+            // (the parent's `faults` are not checked here: the test harness's other threads
+            // fault too, and RUSAGE_SELF counts the whole process)
+            sys::Forked::Parent { pid, .. } => {
+                drop(cmd_r);
+                drop(res_w);
+                let mut c = ChildProc {
+                    pid,
+                    cmd: cmd_w,
+                    res: io::BufReader::new(res_r),
+                };
+                let r = dispatch("c1", &mut c, 7).expect("answer");
+                assert_eq!((r.report.index, r.report.counters.faults), (7, 7));
+                let mut children = HashMap::new();
+                children.insert("c1".to_string(), c);
+                let mut warnings = Vec::new();
+                reap(children, &mut warnings);
+                assert!(warnings.is_empty(), "{warnings:?}");
+            }
         }
     }
 

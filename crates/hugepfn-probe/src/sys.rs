@@ -1,6 +1,6 @@
-//! Every `unsafe` of the probe: system calls (mmap, munmap, madvise, getrusage, ioctl, tcdrain)
-//! and the fault-catching byte accesses. The rest of the crate forbids unsafe code and uses the
-//! safe functions and types below.
+//! Every `unsafe` of the probe: system calls (mmap, munmap, madvise, getrusage, ioctl, tcdrain,
+//! fork, pipe, waitpid) and the fault-catching byte accesses. The rest of the crate forbids
+//! unsafe code and uses the safe functions and types below.
 //!
 //! # Catching SIGBUS / SIGSEGV per access
 //!
@@ -26,7 +26,10 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use vfio_bindings::bindings::vfio::{VFIO_BASE, VFIO_TYPE, vfio_group_status, vfio_region_info};
+use vfio_bindings::bindings::vfio::{
+    VFIO_BASE, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE, vfio_group_status,
+    vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_region_info,
+};
 
 const PAGE: u64 = 4096;
 
@@ -312,7 +315,6 @@ impl DevMap {
     }
 
     /// The start address.
-    #[cfg(test)]
     pub fn va(&self) -> u64 {
         self.va
     }
@@ -565,6 +567,8 @@ const VFIO_GROUP_SET_CONTAINER: libc::Ioctl = vfio_io(4);
 const VFIO_GROUP_GET_DEVICE_FD: libc::Ioctl = vfio_io(6);
 const VFIO_DEVICE_GET_REGION_INFO: libc::Ioctl = vfio_io(8);
 const VFIO_DEVICE_RESET: libc::Ioctl = vfio_io(11);
+const VFIO_IOMMU_MAP_DMA: libc::Ioctl = vfio_io(13);
+const VFIO_IOMMU_UNMAP_DMA: libc::Ioctl = vfio_io(14);
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
@@ -666,4 +670,319 @@ pub fn vfio_region_info(device: &File, index: u32) -> io::Result<RegionInfo> {
 pub fn vfio_device_reset(device: &File) -> io::Result<()> {
     // SAFETY: this ioctl takes no argument.
     check(unsafe { libc::ioctl(device.as_raw_fd(), VFIO_DEVICE_RESET) }).map(|_| ())
+}
+
+/// `VFIO_IOMMU_MAP_DMA` on the container: `size` bytes at user address `vaddr` readable and
+/// writable by the devices at `iova`.
+pub fn vfio_map_dma(container: &File, vaddr: u64, iova: u64, size: u64) -> io::Result<()> {
+    let mut m = vfio_iommu_type1_dma_map {
+        argsz: size_of::<vfio_iommu_type1_dma_map>() as u32,
+        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr,
+        iova,
+        size,
+    };
+    // SAFETY: the kernel reads `argsz` bytes of `m`. It looks up (for a PFNMAP range: faults
+    // in and follows) the pages of [vaddr, vaddr + size) and maps them in the IOMMU; it writes
+    // no user memory, and an address that is not mapped is an EFAULT, not undefined behaviour.
+    check(unsafe { libc::ioctl(container.as_raw_fd(), VFIO_IOMMU_MAP_DMA, &mut m) }).map(|_| ())
+}
+
+/// `VFIO_IOMMU_UNMAP_DMA(iova, size)`; returns the bytes the kernel says it unmapped (type1v2
+/// answers 0, not an error, for a range where nothing was mapped).
+pub fn vfio_unmap_dma(container: &File, iova: u64, size: u64) -> io::Result<u64> {
+    let mut u = vfio_iommu_type1_dma_unmap {
+        argsz: size_of::<vfio_iommu_type1_dma_unmap>() as u32,
+        flags: 0,
+        iova,
+        size,
+        data: Default::default(),
+    };
+    // SAFETY: without flags the kernel reads and writes only the fixed part of the struct
+    // (`argsz` bytes, no bitmap), which `u` is.
+    check(unsafe { libc::ioctl(container.as_raw_fd(), VFIO_IOMMU_UNMAP_DMA, &mut u) })?;
+    Ok(u.size)
+}
+
+// ------------------------------------------------------------------------------------------
+// Processes: fork with a measured parent side, pipes, reaping, unsharing after fork
+
+std::arch::global_asm!(
+    ".pushsection .text.hugepfn_probe_fork,\"ax\",@progbits",
+    ".balign 16",
+    ".globl hugepfn_probe_fork_measured",
+    ".type hugepfn_probe_fork_measured,@function",
+    // rdi = rusage before, rsi = rusage after (both in MAP_SHARED memory); returns fork's rax.
+    // Between the two getrusage calls the parent touches no memory at all (registers only;
+    // `syscall` clobbers rcx and r11), so the COW that fork sets up on its own stack and data
+    // cannot show up as faults of the step.
+    "hugepfn_probe_fork_measured:",
+    "    mov r8, rdi",
+    "    mov r9, rsi",
+    "    mov eax, 98",  // SYS_getrusage
+    "    xor edi, edi", // RUSAGE_SELF
+    "    mov rsi, r8",
+    "    syscall",
+    "    mov eax, 57", // SYS_fork
+    "    syscall",
+    "    test rax, rax",
+    "    jle 2f", // child (0) or error (-errno)
+    "    mov r10, rax",
+    "    mov eax, 98",
+    "    xor edi, edi",
+    "    mov rsi, r9",
+    "    syscall",
+    "    mov rax, r10",
+    "2:",
+    "    ret",
+    ".size hugepfn_probe_fork_measured, . - hugepfn_probe_fork_measured",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    fn hugepfn_probe_fork_measured(before: *mut libc::rusage, after: *mut libc::rusage) -> i64;
+}
+
+/// Which side of [`fork_measured`] this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// The parent: the child's pid and the parent's minor faults during the fork itself.
+    Parent {
+        /// Child pid.
+        pid: libc::pid_t,
+        /// `ru_minflt` delta of the parent around the `fork` system call.
+        faults: u64,
+    },
+    /// The new process.
+    Child,
+}
+
+/// `fork()`, with the parent's minor faults measured around exactly the system call (see the
+/// assembly above). The probe must have one thread (it does: nothing in it spawns threads).
+pub fn fork_measured() -> io::Result<Forked> {
+    let buf = mmap_raw(
+        0,
+        PAGE,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    )?;
+    let before = buf as *mut libc::rusage;
+    // SAFETY: `buf` is a fresh, page-sized, writable shared mapping: room for two rusage
+    // structs, which the kernel writes; the pointer arithmetic stays inside it. Zeroing them
+    // faults the page in now: otherwise the first getrusage's copy-out would fault it in
+    // after taking its snapshot, and that fault would count as the fork's.
+    let after = unsafe {
+        std::ptr::write_bytes(before, 0, 2);
+        before.add(1)
+    };
+    // SAFETY: raw fork of a single-threaded process: the child gets a copy of the address
+    // space and continues after this call like the parent; glibc's fork handlers are not run,
+    // which matters only with threads (no locks can be held by another thread). The assembly
+    // writes only the two rusage structs in `buf` (through the kernel).
+    let r = unsafe { hugepfn_probe_fork_measured(before, after) };
+    let out = if r < 0 {
+        Err(io::Error::from_raw_os_error(-r as i32))
+    } else if r == 0 {
+        Ok(Forked::Child)
+    } else {
+        // SAFETY: both structs were written by getrusage in the parent (the child never
+        // reaches the second call); reading plain integers from our own mapping.
+        let (b, a) = unsafe { ((*before).ru_minflt, (*after).ru_minflt) };
+        Ok(Forked::Parent {
+            pid: r as libc::pid_t,
+            faults: (a as u64).saturating_sub(b as u64),
+        })
+    };
+    let _ = munmap_raw(buf, PAGE);
+    out
+}
+
+unsafe extern "C" {
+    /// glibc (2.35+): offset of this thread's registered `struct rseq` from the thread
+    /// pointer, and its size (0 when glibc did not register one).
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
+/// Unregisters the restartable-sequences area glibc registered for this thread, so the kernel
+/// stops writing to it. Why: after a fork that area (in this process's private memory) is
+/// copy-on-write, and the kernel updates it on the way back to user space after every context
+/// switch — a write fault on our own memory that `ru_minflt` counts inside whatever step is
+/// running (the fork itself, on a one-CPU guest). glibc only uses the area to speed up
+/// `sched_getcpu`, which falls back to the system call. Returns whether one was unregistered.
+pub fn rseq_unregister() -> bool {
+    const SYS_RSEQ: libc::c_long = 334;
+    const RSEQ_FLAG_UNREGISTER: libc::c_long = 1;
+    const RSEQ_SIG: libc::c_long = 0x5305_3053;
+    // SAFETY: reading two integers glibc exports.
+    let (offset, size) = unsafe { (__rseq_offset, __rseq_size) };
+    if size == 0 {
+        return false;
+    }
+    let tp: usize;
+    // SAFETY: on x86-64 glibc keeps the thread pointer (the TCB's self pointer) at %fs:0.
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:0", out(reg) tp, options(nostack, readonly, preserves_flags));
+    }
+    let area = tp.wrapping_add_signed(offset);
+    // glibc registers 32 bytes (the original struct rseq) whatever `__rseq_size` says.
+    for len in [32, libc::c_long::from(size)] {
+        // SAFETY: unregistering only makes the kernel stop writing to the area; glibc's
+        // readers of it handle an unregistered area (cpu_id < 0).
+        let r = unsafe { libc::syscall(SYS_RSEQ, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) };
+        if r == 0 {
+            return true;
+        }
+    }
+    false
+}
+
+/// A pipe: (read end, write end), close-on-exec.
+pub fn pipe() -> io::Result<(File, File)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: on success both descriptors are new and owned by nobody else.
+    Ok(unsafe {
+        (
+            File::from(OwnedFd::from_raw_fd(fds[0])),
+            File::from(OwnedFd::from_raw_fd(fds[1])),
+        )
+    })
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildExit {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+/// `waitpid(pid, 0)`.
+pub fn wait_child(pid: libc::pid_t) -> io::Result<ChildExit> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid writes the status into our integer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        ChildExit::Signal(libc::WTERMSIG(status))
+    } else {
+        ChildExit::Code(libc::WEXITSTATUS(status))
+    })
+}
+
+/// Asks the kernel to SIGKILL this (child) process when its parent dies, so that a probe that
+/// dies cannot leave children holding the VFIO device open. Best effort.
+pub fn die_with_parent() {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    }
+}
+
+/// Ends this process at once, without running destructors or atexit handlers (a forked child
+/// must not restore the THP mode, flush the parent's buffers or close the parent's devices).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// After a fork, makes this process's own memory private again and faults in its code, so that
+/// the copy-on-write faults (and the first-execution faults of code pages, which fork does not
+/// copy) happen here and not inside a measured step: `MADV_POPULATE_WRITE` on its private
+/// writable mappings (anonymous, heap, stack, the executable's data), `MADV_POPULATE_READ` on
+/// the executable's other mappings. Device mappings (they name the vfio device) and
+/// reservations (PROT_NONE) are left alone. Best effort: returns how many ranges failed.
+pub fn unshare_own_memory() -> usize {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return 1;
+    };
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut failed = 0;
+    for line in maps.lines() {
+        let Some(r) = parse_maps_line(line) else {
+            continue;
+        };
+        let own = r.path.is_empty()
+            || r.path == "[heap]"
+            || r.path == "[stack]"
+            || (!exe.is_empty() && r.path == exe);
+        if !own || !r.private || !r.read {
+            continue;
+        }
+        let advice = if r.write {
+            MADV_POPULATE_WRITE
+        } else {
+            MADV_POPULATE_READ
+        };
+        // SAFETY: populating only faults pages in (breaking COW for writes); it changes no
+        // content, and the ranges are this process's own private memory.
+        let rc = unsafe {
+            libc::madvise(
+                r.start as *mut libc::c_void,
+                (r.end - r.start) as usize,
+                advice,
+            )
+        };
+        if rc != 0 {
+            failed += 1;
+        }
+    }
+    failed
+}
+
+const MADV_POPULATE_READ: libc::c_int = 22;
+const MADV_POPULATE_WRITE: libc::c_int = 23;
+
+/// One line of /proc/self/maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsLine {
+    /// Start address.
+    pub start: u64,
+    /// End address.
+    pub end: u64,
+    /// `r`.
+    pub read: bool,
+    /// `w`.
+    pub write: bool,
+    /// `p` (private) rather than `s`.
+    pub private: bool,
+    /// The path or `[name]`, empty for anonymous memory.
+    pub path: String,
+}
+
+/// Parses `start-end perms offset dev inode [path]`.
+pub fn parse_maps_line(line: &str) -> Option<MapsLine> {
+    let mut it = line.split_whitespace();
+    let (s, e) = it.next()?.split_once('-')?;
+    let perms = it.next()?.as_bytes();
+    let _offset = it.next()?;
+    let _dev = it.next()?;
+    let _inode = it.next()?;
+    let path = it.collect::<Vec<_>>().join(" ");
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(MapsLine {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        private: perms[3] == b'p',
+        path,
+    })
 }

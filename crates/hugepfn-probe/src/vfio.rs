@@ -43,7 +43,7 @@ pub const PCI_COMMAND_MEMORY: u16 = 0x2;
 /// An open container with its groups; keep it alive while devices are used.
 #[derive(Debug)]
 pub struct Vfio {
-    _container: File,
+    container: File,
     _groups: BTreeMap<String, File>,
     /// The backend that was set.
     pub iommu: &'static str,
@@ -145,12 +145,19 @@ impl Vfio {
         }
         Ok((
             Vfio {
-                _container: container,
+                container,
                 _groups: groups,
                 iommu: name,
             },
             devices,
         ))
+    }
+}
+
+impl Vfio {
+    /// The container (`VFIO_IOMMU_MAP_DMA` / `UNMAP_DMA` go to it).
+    pub fn container(&self) -> &File {
+        &self.container
     }
 }
 

@@ -220,35 +220,12 @@ fn load_all(files: &[PathBuf]) -> Result<Vec<LabScenario>, LabError> {
 
 /// The ivshmem BAR size a scenario needs, or why the lab cannot run it.
 pub fn lab_bar_size(sc: &Scenario, max_bar: u64) -> Result<u64, String> {
-    if let Some(s) = sc.steps.iter().find(|s| {
-        !matches!(
-            s,
-            Step::Mmap(_)
-                | Step::Touch(_)
-                | Step::Munmap(_)
-                | Step::Memory(_)
-                | Step::Reset(_)
-                | Step::Power(_)
-                | Step::Expect(_)
-                | Step::Mprotect(_)
-                | Step::Madvise(_)
-                | Step::Mremap(_)
-        )
-    }) {
-        return Err(format!(
-            "line {}: hugepfn-probe does not run `{}` steps",
-            s.line(),
-            s.op()
-        ));
-    }
-    if let Some(s) = sc.steps.iter().find(|s| {
-        s.process()
-            .is_some_and(|p| p != hugepfn_scenario::MAIN_PROCESS)
-    }) {
-        return Err(format!(
-            "line {}: hugepfn-probe runs one process only",
-            s.line()
-        ));
+    if let Some((s, why)) = sc
+        .steps
+        .iter()
+        .find_map(|s| lab_step_unsupported(s).map(|why| (s, why)))
+    {
+        return Err(format!("line {}: `{}`: {why}", s.line(), s.op()));
     }
     let [dev] = sc.devices.as_slice() else {
         return Err(format!(
@@ -285,6 +262,26 @@ pub fn lab_bar_size(sc: &Scenario, max_bar: u64) -> Result<u64, String> {
         ));
     }
     Ok(size)
+}
+
+/// Why the probe in the lab cannot run `step` (`None`: it can). The probe runs every op in
+/// the first process and in forked children, except KVM ops (the TCG guest has no KVM of its
+/// own) and DMA ops in a child (there the kernel shares the parent's VFIO container, the model
+/// gives each process its own); the probe refuses the same steps.
+pub fn lab_step_unsupported(step: &Step) -> Option<&'static str> {
+    match step {
+        Step::KvmMemslot(_) | Step::GuestTouch(_) => Some(
+            "KVM ops need /dev/kvm in the guest, i.e. nested KVM; the lab's guest runs under QEMU TCG without it",
+        ),
+        Step::DmaMap(_) | Step::DmaUnmap(_)
+            if step.process_or_main() != hugepfn_scenario::MAIN_PROCESS =>
+        {
+            Some(
+                "DMA in a forked child shares the parent's VFIO container on the kernel; the model gives each process its own",
+            )
+        }
+        _ => None,
+    }
 }
 
 fn env_options(o: &LabOpts) -> env::EnvOptions {
@@ -523,5 +520,95 @@ pub fn main(cmd: LabCmd) -> ExitCode {
             eprintln!("hugepfn lab: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hugepfn_scenario::parse_scenario;
+
+    const HEAD: &str = r#"
+name = "t"
+[[device]]
+name = "d"
+bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
+[[step]]
+op = "mmap"
+name = "m"
+device = "d"
+bar = 2
+va = "align:1G"
+"#;
+
+    fn size_of(steps: &str) -> Result<u64, String> {
+        let sc = parse_scenario(&format!("{HEAD}{steps}"), "t.toml").expect("parses");
+        lab_bar_size(&sc, 16 << 30)
+    }
+
+    #[test]
+    fn fork_and_child_steps_run_in_the_lab() {
+        let steps = r#"
+[[step]]
+op = "fork"
+child = "c1"
+[[step]]
+op = "touch"
+map = "m"
+process = "c1"
+[[step]]
+op = "munmap"
+map = "m"
+len = "2M"
+process = "c1"
+[[step]]
+op = "expect"
+process = "c1"
+faults = 0
+"#;
+        assert_eq!(size_of(steps), Ok(2 << 30));
+    }
+
+    #[test]
+    fn dma_steps_run_in_the_first_process_only() {
+        let main = r#"
+[[step]]
+op = "dma_map"
+map = "m"
+iova = "0x4000000000"
+[[step]]
+op = "dma_unmap"
+iova = "0x4000000000"
+len = "2G"
+"#;
+        assert_eq!(size_of(main), Ok(2 << 30));
+        let child = r#"
+[[step]]
+op = "fork"
+child = "c1"
+[[step]]
+op = "dma_map"
+map = "m"
+iova = "0x4000000000"
+process = "c1"
+"#;
+        let e = size_of(child).expect_err("skipped");
+        assert!(e.contains("`dma_map`") && e.contains("container"), "{e}");
+    }
+
+    #[test]
+    fn kvm_steps_are_skipped_with_the_reason() {
+        let kvm = r#"
+[[step]]
+op = "kvm_memslot"
+slot = 0
+gpa = "0x100000000"
+map = "m"
+"#;
+        let e = size_of(kvm).expect_err("skipped");
+        assert!(
+            e.contains("`kvm_memslot`") && e.contains("nested KVM"),
+            "{e}"
+        );
     }
 }
