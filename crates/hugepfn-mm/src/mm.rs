@@ -934,15 +934,24 @@ impl Mm {
             // bad_area: the caller (the CPU, GUP) decides what to raise and count.
             return Err(MmError::NoVma(addr));
         };
+        // A fault taken for GUP (FaultFlags::REMOTE here, `regs == NULL` in Linux) that ends in
+        // SIGBUS or SIGSEGV raises no signal: the caller (fixup_user_fault, get_user_pages)
+        // returns -EFAULT. Only the CPU's faults (do_user_addr_fault) deliver signals.
+        let signal = !flags.contains(FaultFlags::REMOTE);
         if access_error(vma, flags.contains(FaultFlags::WRITE)) {
-            self.stats.account(VmFaultResult::Sigsegv, Level::Pte);
+            if signal {
+                self.stats.account(VmFaultResult::Sigsegv, Level::Pte);
+            }
             return Ok(FaultOutcome {
                 result: VmFaultResult::Sigsegv,
                 level: Level::Pte,
             });
         }
         let o = handle_mm_fault_locked(vma, &self.pt, self.cfg.thp, addr, flags, &self.stats);
-        self.stats.account(o.result, o.level);
+        let raised = matches!(o.result, VmFaultResult::Sigbus | VmFaultResult::Sigsegv);
+        if signal || !raised {
+            self.stats.account(o.result, o.level);
+        }
         Ok(o)
     }
 
