@@ -1,7 +1,8 @@
 //! The shape of the modelled core: TLBs, paging-structure caches and data caches.
 //!
 //! Only sizes and associativities live here; what each hit or reference costs in time is the
-//! calibration's business ([`crate::calib`]). Two presets:
+//! calibration's business ([`crate::calib`]), which may also shrink the last-level cache to the
+//! share one core measurably gets ([`CpuModel::with_llc_size`]). Two presets:
 //!
 //! - [`CpuModel::golden_cove`] — Intel Golden Cove (Sapphire Rapids server core), the default.
 //!   Source: *Intel 64 and IA-32 Architectures Optimization Reference Manual* (order 248966,
@@ -278,6 +279,19 @@ impl CpuModel {
             ("GenuineIntel", 6) => Some(CpuModel::golden_cove()),
             _ => None,
         }
+    }
+
+    /// The same core with the last cache level resized to `bytes` (rounded down to whole sets;
+    /// unchanged if zero). Used with the LLC size a calibration found effective.
+    pub fn with_llc_size(&self, bytes: u64) -> CpuModel {
+        let mut c = self.clone();
+        if let Some(l) = c.caches.last_mut()
+            && bytes > 0
+        {
+            let set = 64 * u64::from(l.ways.max(1));
+            l.size = (bytes / set).max(1) * set;
+        }
+        c
     }
 
     /// Checks the shape: every array and cache non-empty, ways dividing entries.

@@ -4,16 +4,26 @@
 //! `hugepfn_mm::PageTables`, or a second stage such as an EPT): where the root is, and what the
 //! entry at an index of a table holds. [`SecondStage`] is the small interface a nested walk
 //! needs from the host dimension — the leaf level that maps a guest-physical address and the
-//! references a cold walk of it makes — and every `RadixTable` is one. Until the EPT of
-//! `hugepfn-kvm` implements `RadixTable` itself, a `hugepfn_mm::PageTables` whose "virtual"
-//! addresses are guest-physical addresses stands in for it ([`crate::nested::HostStage`]).
+//! references a cold walk of it makes — and every `RadixTable` is one: `hugepfn_mm::PageTables`
+//! here, `hugepfn_kvm::Ept` in [`crate::nested::EptTable`].
 //!
 //! A walk here reads the real simulated entries (`PageTables::table(pa).get(index)` decoded
 //! with `hugepfn_mm::entry::decode`), so a mapping built by `remap_pfn_range` or by vfio-pci
 //! faults is walked exactly as it was built, leaf sizes included.
 
 use hugepfn_mm::entry::{self, Decoded};
-use hugepfn_mm::{Level, PageTables, PhysAddr};
+use hugepfn_mm::{Level, PageTables, PhysAddr, ProtFlags};
+
+/// What the walker sees in an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// Not present: the walk ends in a fault.
+    Absent,
+    /// The next table's physical address.
+    Table(u64),
+    /// A leaf: the physical address of the first byte of the page.
+    Leaf(u64),
+}
 
 /// A radix page table the walker can read.
 pub trait RadixTable {
@@ -22,7 +32,7 @@ pub trait RadixTable {
     /// Level of the top table's entries (`P4d` with 4-level paging, `Pgd` with 5).
     fn top(&self) -> Level;
     /// The entry at `index` of the table at `table`, whose entries are of `level`.
-    fn entry(&self, table: u64, level: Level, index: usize) -> Decoded;
+    fn entry(&self, table: u64, level: Level, index: usize) -> Entry;
 }
 
 impl RadixTable for PageTables {
@@ -34,12 +44,23 @@ impl RadixTable for PageTables {
         PageTables::top(self)
     }
 
-    fn entry(&self, table: u64, level: Level, index: usize) -> Decoded {
-        match PhysAddr::new(table) {
-            Ok(pa) if self.phys().table(pa).is_some() => {
-                entry::decode(self.table(pa).get(index), level)
+    fn entry(&self, table: u64, level: Level, index: usize) -> Entry {
+        let raw = match PhysAddr::new(table)
+            .ok()
+            .and_then(|pa| self.phys().table(pa))
+        {
+            Some(t) => t.get(index),
+            None => return Entry::Absent,
+        };
+        match entry::decode(raw, level) {
+            Decoded::Table(pa) if level != Level::Pte => Entry::Table(pa.as_u64()),
+            // A PROT_NONE leaf is not present to the hardware.
+            Decoded::Leaf(l)
+                if level.can_be_leaf() && l.prot.flags.contains(ProtFlags::PRESENT) =>
+            {
+                Entry::Leaf(l.pfn.as_u64() * 4096)
             }
-            _ => Decoded::NonPresent(0),
+            _ => Entry::Absent,
         }
     }
 }
@@ -78,18 +99,18 @@ pub fn walk_from(
             level,
         });
         match t.entry(table, level, index) {
-            Decoded::Table(pa) if level != Level::Pte => {
-                table = pa.as_u64();
+            Entry::Table(pa) => {
+                table = pa;
                 level = level.lower()?;
             }
-            Decoded::Leaf(l) if level.can_be_leaf() => {
+            Entry::Leaf(base) => {
                 let off = addr & (level.size() - 1);
                 return Some(Translation {
                     level,
-                    pa: l.pfn.as_u64() * 4096 + off,
+                    pa: base + off,
                 });
             }
-            _ => return None,
+            Entry::Absent => return None,
         }
     }
 }

@@ -84,6 +84,8 @@ enum Cmd {
     /// Boot a guest's memory from a BAR: KVM memslots over the BAR's VMA, EPT leaves at the
     /// host's mapping level, and the cost against a 4 KiB world.
     GuestBoot(hugepfn::consumers_cli::GuestBootArgs),
+    #[command(flatten)]
+    Hw(hugepfn::hw_cli::HwCmd),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Lab { cmd } => hugepfn::lab::main(cmd),
         Cmd::GuestBoot(a) => hugepfn::consumers_cli::main(a),
+        Cmd::Hw(c) => hugepfn::hw_cli::main(c),
         Cmd::Demo {
             json,
             bar,
