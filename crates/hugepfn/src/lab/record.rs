@@ -3,10 +3,12 @@
 //! For every `expect` step, the kernel's counters since the previous `expect` are written into
 //! the TOML with `toml_edit`, so comments, order and layout stay as they were: `faults`,
 //! `sigbus`, `sigsegv`, `skipped` when the step already checks them or the kernel saw some;
-//! `errno` when the step checks it. Checks only the model can make (`faults_by_level`,
+//! `errno` when the step checks it. Counters are per process: an `expect` with `process = P`
+//! gets P's since P's previous `expect`. Checks only the model can make (`faults_by_level`,
 //! `leaves`, IOMMU / EPT counts) are left alone. A scenario that crashed the kernel or could
 //! not run is not touched.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -90,9 +92,12 @@ pub fn record_text(
         ));
     }
     let mut changes = Vec::new();
-    let mut since = Counters::zero(false);
-    let mut last_errno: Option<String> = None;
+    // Per process, as the model and the probe count: an `expect` with `process = P` checks
+    // P's counters and last errno since P's previous `expect`.
+    let mut since: HashMap<&str, Counters> = HashMap::new();
+    let mut last_errno: HashMap<&str, String> = HashMap::new();
     for (i, step) in sc.steps.iter().enumerate() {
+        let proc = step.process_or_main();
         let k = &report.steps[i];
         if k.op != step.op() {
             return Err(format!(
@@ -103,12 +108,17 @@ pub fn record_text(
             ));
         }
         let Step::Expect(e) = step else {
-            since.add(&k.counters);
-            if k.errno.is_some() {
-                last_errno.clone_from(&k.errno);
+            since
+                .entry(proc)
+                .or_insert_with(|| Counters::zero(false))
+                .add(&k.counters);
+            if let Some(err) = &k.errno {
+                last_errno.insert(proc, err.clone());
             }
             continue;
         };
+        let since = since.remove(proc).unwrap_or_else(|| Counters::zero(false));
+        let last_errno = last_errno.remove(proc);
         let Some(tbl) = steps.get_mut(i) else {
             return Err(format!("step {}: no table", i + 1));
         };
@@ -124,11 +134,9 @@ pub fn record_text(
             }
         }
         if e.expect.errno.is_some() {
-            let v = last_errno.clone().unwrap_or_else(|| "0".into());
+            let v = last_errno.unwrap_or_else(|| "0".into());
             set(tbl, "errno", Value::from(v), line, &mut changes);
         }
-        since = Counters::zero(false);
-        last_errno = None;
     }
     Ok((doc.to_string(), changes))
 }
@@ -269,5 +277,66 @@ faults = 0
         let (text2, changes2) = record_text(&text, &again, &k).expect("records");
         assert!(changes2.is_empty());
         assert_eq!(text2, text);
+    }
+
+    const FORK: &str = r#"name = "f"
+[[device]]
+name = "d"
+bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
+[[step]]
+op = "mmap"
+name = "m"
+device = "d"
+bar = 2
+[[step]]
+op = "touch"
+map = "m"
+[[step]]
+op = "fork"
+child = "c1"
+[[step]]
+op = "munmap"
+process = "c1"
+map = "m"
+offset = "1G"
+[[step]]
+op = "touch"
+process = "c1"
+map = "m"
+[[step]]
+op = "expect"
+process = "c1"
+faults = 9
+errno = "EINVAL"
+[[step]]
+op = "expect"
+faults = 9
+errno = "EINVAL"
+"#;
+
+    #[test]
+    fn expects_get_their_own_process_counts() {
+        let sc = parse_scenario(FORK, "f.toml").expect("parses");
+        let model =
+            crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
+        let mut k = model.clone();
+        k.steps[1].counters.faults = 1024; // main's touch
+        k.steps[4].counters.faults = 3; // the child's touch
+        k.steps[4].counters.skipped = 7;
+        let (text, _) = record_text(FORK, &sc, &k).expect("records");
+        let again = parse_scenario(&text, "f.toml").expect("parses");
+        let (Step::Expect(child), Step::Expect(main)) = (&again.steps[5], &again.steps[6]) else {
+            panic!("expects")
+        };
+        assert_eq!(
+            (child.expect.faults, child.expect.skipped),
+            (Some(3), Some(7))
+        );
+        assert_eq!(child.expect.errno.map(|e| e.as_str()), Some("0"));
+        assert_eq!(
+            (main.expect.faults, main.expect.skipped),
+            (Some(1024), None)
+        );
+        assert_eq!(main.expect.errno.map(|e| e.as_str()), Some("0"));
     }
 }
