@@ -178,15 +178,19 @@ pub enum CalibError {
     },
 }
 
-/// Where `hugepfn calibrate` saves by default and the model looks first, relative to the
-/// working directory.
-pub const DEFAULT_PATH: &str = "calibration/this-machine.toml";
+/// Where `hugepfn calibrate` saves by default, relative to the working directory: this
+/// machine's own calibration, never committed (`.gitignore`), read before the committed one.
+pub const LOCAL_PATH: &str = "calibration/local.toml";
 
-/// The committed calibration of this repository (absolute, from the build).
-pub fn repo_path() -> PathBuf {
+/// The committed calibration, relative to the repository root (tests read it through
+/// [`committed_path`], so a local `hugepfn calibrate` never changes what they see).
+pub const COMMITTED_PATH: &str = "calibration/this-machine.toml";
+
+/// The repository's committed calibration (absolute, from the build).
+pub fn committed_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
-        .join(DEFAULT_PATH)
+        .join(COMMITTED_PATH)
 }
 
 impl Calibration {
@@ -236,13 +240,15 @@ impl Calibration {
     }
 
     /// The calibration the model uses: `path` if given (an error if unreadable); else
-    /// [`DEFAULT_PATH`] in the working directory, else the repository's committed file, if
-    /// either exists; else `None` (use [`Costs::default`]). Returns it and where it came from.
+    /// [`LOCAL_PATH`] in the working directory (what `hugepfn calibrate` wrote), else the
+    /// repository's committed file ([`committed_path`]), if either exists; else `None` (use
+    /// [`Costs::default`]). Returns it and where it came from. A file that exists but does not
+    /// parse is an error, not skipped.
     pub fn find(path: Option<&Path>) -> Result<Option<(Calibration, String)>, CalibError> {
         if let Some(p) = path {
             return Ok(Some((Calibration::load(p)?, p.display().to_string())));
         }
-        for p in [PathBuf::from(DEFAULT_PATH), repo_path()] {
+        for p in [PathBuf::from(LOCAL_PATH), committed_path()] {
             if p.exists() {
                 return Ok(Some((Calibration::load(&p)?, p.display().to_string())));
             }

@@ -1,12 +1,13 @@
 //! The lat_mem_rd reproduction (issue 7, item 4) with the committed calibration
-//! (calibration/this-machine.toml): the model's PTE-vs-PMD reduction against the published one
+//! (calibration/this-machine.toml, read by its path in the repository: never
+//! calibration/local.toml, which `hugepfn calibrate` writes): the model's PTE-vs-PMD reduction against the published one
 //! (upstream.md §4, hard-coded in `hugepfn_hw::latmemrd::PUBLISHED`). Nothing here is timed.
 
-use hugepfn_hw::calib::{Calibration, repo_path};
+use hugepfn_hw::calib::{Calibration, committed_path};
 use hugepfn_hw::latmemrd::{self, Row};
 
 fn rows() -> Vec<Row> {
-    let cal = Calibration::load(&repo_path()).expect("the committed calibration file");
+    let cal = Calibration::load(&committed_path()).expect("the committed calibration file");
     let cpu = cal.cpu_model().expect("a known CPU preset");
     let rows = latmemrd::reproduce(&cpu, &cal.costs, 5_000, |_, _| {}).expect("model runs");
     for r in &rows {

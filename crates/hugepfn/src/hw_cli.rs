@@ -22,7 +22,8 @@ mod chart;
 #[derive(Subcommand)]
 pub enum HwCmd {
     /// Measure a pointer chase on this machine (4 KiB pages, 2 MiB THP, 1 GiB hugetlb where
-    /// reserved), fit the TLB model's costs and save them (docs/tlb.md).
+    /// reserved), fit the TLB model's costs and save them to calibration/local.toml, which the
+    /// model then reads before the committed calibration/this-machine.toml (docs/tlb.md).
     Calibrate(CalibrateArgs),
     /// Run an access workload over a mapping on the MMU model and print TLB counters and time.
     Access(AccessArgs),
@@ -35,8 +36,9 @@ pub enum HwCmd {
 /// Options every model command shares.
 #[derive(Args, Clone)]
 pub struct CommonArgs {
-    /// Calibration file (default: calibration/this-machine.toml here or in the repository,
-    /// else built-in guesses).
+    /// Calibration file (default: calibration/local.toml in the working directory, written by
+    /// `hugepfn calibrate`; else the repository's committed calibration/this-machine.toml; else
+    /// built-in guesses).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// CPU preset: golden-cove or zen4 (default: the calibration's, else golden-cove).
@@ -50,8 +52,10 @@ pub struct CommonArgs {
 /// `hugepfn calibrate`.
 #[derive(Args)]
 pub struct CalibrateArgs {
-    /// Where to save.
-    #[arg(long, default_value = calib::DEFAULT_PATH)]
+    /// Where to save (the default is read by the model before the committed
+    /// calibration/this-machine.toml and is ignored by git; to replace the committed file, pass
+    /// --out calibration/this-machine.toml).
+    #[arg(long, default_value = calib::LOCAL_PATH)]
     pub out: PathBuf,
     /// Fewer, shorter runs (a rough calibration in a few seconds).
     #[arg(long)]
