@@ -72,6 +72,12 @@ pub struct Counters {
     pub walk_refs: u64,
     /// Of those, references to second-stage (EPT) entries.
     pub walk_refs_host: u64,
+    /// References to first-dimension entries (the process's or the guest's page table) by the
+    /// level of the entry read, indexed by [`Level::idx`] (PTE, PMD, PUD, P4D, PGD; with
+    /// 4-level paging the top entries are the P4D level). Their sum is
+    /// `walk_refs - walk_refs_host`.
+    #[serde(default)]
+    pub walk_refs_by_level: [u64; 5],
     /// Paging-structure cache hits (the walk skipped levels), both dimensions.
     pub pwc_hits: u64,
     /// Nested-TLB hits (a guest-physical page translated without a second-stage walk).
@@ -92,6 +98,9 @@ impl Counters {
         self.faults += o.faults;
         self.walk_refs += o.walk_refs;
         self.walk_refs_host += o.walk_refs_host;
+        for i in 0..5 {
+            self.walk_refs_by_level[i] += o.walk_refs_by_level[i];
+        }
         self.pwc_hits += o.pwc_hits;
         self.nested_tlb_hits += o.nested_tlb_hits;
         for i in 0..4 {
@@ -110,6 +119,9 @@ impl Counters {
         d.faults -= o.faults;
         d.walk_refs -= o.walk_refs;
         d.walk_refs_host -= o.walk_refs_host;
+        for i in 0..5 {
+            d.walk_refs_by_level[i] -= o.walk_refs_by_level[i];
+        }
         d.pwc_hits -= o.pwc_hits;
         d.nested_tlb_hits -= o.nested_tlb_hits;
         for i in 0..4 {
@@ -312,12 +324,14 @@ impl Mmu {
     }
 
     #[inline]
-    fn walker_read(&mut self, pa: u64, host: bool) {
+    fn walker_read(&mut self, pa: u64, host: bool, level: Level) {
         let from = self.cpu.walker_cache;
         let s = self.caches.read(pa, from);
         self.counters.walk_refs += 1;
         if host {
             self.counters.walk_refs_host += 1;
+        } else {
+            self.counters.walk_refs_by_level[level.idx()] += 1;
         }
         self.counters.walk_served[s.min(MEMORY)] += 1;
     }
@@ -348,7 +362,7 @@ impl Mmu {
             let index = level.index(addr);
             let entry_addr = table + index as u64 * 8;
             let hpa = xlate(self, entry_addr)?;
-            self.walker_read(hpa, host_dim);
+            self.walker_read(hpa, host_dim, level);
             match t.entry(table, level, index) {
                 Entry::Table(next) => {
                     let pwc = if host_dim {
@@ -484,6 +498,8 @@ mod tests {
         assert_eq!(m.counters.walks, 2);
         assert_eq!(m.counters.walk_refs, 5);
         assert_eq!(m.counters.pwc_hits, 1);
+        // Cold: P4D, PUD, PMD, PTE; then the PTE only.
+        assert_eq!(m.counters.walk_refs_by_level, [2, 1, 1, 1, 0]);
     }
 
     #[test]
@@ -529,6 +545,7 @@ mod tests {
         ));
         assert_eq!(m.counters.walk_refs, 24);
         assert_eq!(m.counters.walk_refs_host, 20);
+        assert_eq!(m.counters.walk_refs_by_level, [1, 1, 1, 1, 0]);
     }
 
     #[test]

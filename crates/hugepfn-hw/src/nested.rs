@@ -61,6 +61,60 @@ impl RadixTable for EptTable {
     }
 }
 
+impl EptTable {
+    /// An EPT that maps every host-leaf-sized page touching one of `ranges` (guest-physical
+    /// `[start, end)` pairs) with leaves of `host_leaf` (`Pte`, `Pmd` or `Pud`), host-physical =
+    /// guest-physical + [`HOST_OFFSET`] — what KVM holds after the guest touched all of them.
+    /// This is how an existing page table (a scenario's process tables, whose table frames and
+    /// leaves are taken as guest-physical) is put under a second stage: pass its table frames
+    /// and the physical ranges of the leaves the workload uses.
+    pub fn covering(
+        host_leaf: Level,
+        ranges: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Result<EptTable, NestedError> {
+        if !host_leaf.can_be_leaf() {
+            return Err(NestedError::Guest(format!(
+                "host leaf {} cannot be a leaf",
+                host_leaf.name()
+            )));
+        }
+        let size = host_leaf.size();
+        let mut pages = std::collections::BTreeSet::new();
+        for (start, end) in ranges {
+            let mut gpa = start & !(size - 1);
+            while gpa < end {
+                pages.insert(gpa);
+                match gpa.checked_add(size) {
+                    Some(n) => gpa = n,
+                    None => break,
+                }
+            }
+        }
+        let phys = Arc::new(PhysMem::default());
+        let ept = Ept::new(phys.clone())?;
+        for gpa in pages {
+            let hpa = gpa
+                .checked_add(HOST_OFFSET)
+                .ok_or(NestedError::BadRange { va: gpa, len: size })?;
+            ept.map(
+                gpa,
+                &EptLeaf {
+                    pfn: hpa >> 12,
+                    level: host_leaf,
+                    read: true,
+                    write: true,
+                    exec: true,
+                    mem_type: MemType::Wb,
+                    ipat: true,
+                    accessed: true,
+                    dirty: true,
+                },
+            )?;
+        }
+        Ok(EptTable { ept, phys })
+    }
+}
+
 /// Guest-physical address of the mapped range.
 pub const GUEST_DATA_GPA: u64 = 64 << 30;
 /// Host-physical = guest-physical + this.
@@ -225,6 +279,23 @@ mod tests {
         let n = Nested::build(LeafCap::Pte, Level::Pmd, 1 << 30, 4 << 20).unwrap();
         let root = RadixTable::root(&n.guest);
         assert!(n.host.leaf_level(root).is_some());
+    }
+
+    #[test]
+    fn covering_maps_each_host_page_once() {
+        let e = EptTable::covering(
+            Level::Pmd,
+            [
+                (0x20_0000, 0x20_1000),
+                (0x20_0800, 0x40_0001),
+                (1 << 30, (1 << 30) + 1),
+            ],
+        )
+        .unwrap();
+        assert_eq!(e.ept.leaves().total(), 3);
+        assert_eq!(e.leaf_level(0x40_0000), Some(Level::Pmd));
+        assert_eq!(e.leaf_level(0x60_0000), None);
+        assert!(EptTable::covering(Level::P4d, [(0, 1)]).is_err());
     }
 
     #[test]

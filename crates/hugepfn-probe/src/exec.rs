@@ -633,8 +633,8 @@ impl Runner<'_> {
                 errno = r.err();
             }
             Step::Expect(_) => {}
-            // Run by `run` (fork) or refused up front by `unsupported` (KVM).
-            Step::Fork(_) | Step::KvmMemslot(_) | Step::GuestTouch(_) => {
+            // Run by `run` (fork) or refused up front by `unsupported` (KVM, access).
+            Step::Fork(_) | Step::KvmMemslot(_) | Step::GuestTouch(_) | Step::Access(_) => {
                 rep.errno = Some("ENOSYS".into());
             }
         }
@@ -706,13 +706,17 @@ fn madv(a: ScAdvice) -> libc::c_int {
     }
 }
 
-/// Why the probe cannot run `step`, if it cannot: KVM ops (the probe runs no guest), and
+/// Why the probe cannot run `step`, if it cannot: KVM ops (the probe runs no guest), `access`
+/// (its counts are the MMU model's TLB and walk counters, not the kernel's), and
 /// VFIO DMA ops in a forked child (on the kernel the child shares the parent's container,
 /// the model gives each process its own).
 pub fn unsupported_reason(step: &Step) -> Option<&'static str> {
     match step {
         Step::KvmMemslot(_) | Step::GuestTouch(_) => Some(
             "KVM ops need a VM (/dev/kvm and a vCPU running guest code); the probe runs no guest",
+        ),
+        Step::Access(_) => Some(
+            "a workload on the MMU model whose TLB and page-walk counts a process cannot read from the kernel",
         ),
         Step::DmaMap(_) | Step::DmaUnmap(_) if step.process_or_main() != MAIN_PROCESS => Some(
             "DMA ops in a forked child: the child shares the parent's VFIO container on the kernel, the model gives each process its own",
@@ -1214,7 +1218,7 @@ process = "c1"
     }
 
     #[test]
-    fn only_kvm_and_dma_in_a_child_are_unsupported() {
+    fn only_kvm_access_and_dma_in_a_child_are_unsupported() {
         let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
         assert!(unsupported(&sc).is_none());
         let dma_child = format!(
@@ -1227,6 +1231,11 @@ process = "c1"
         let sc = hugepfn_scenario::parse_scenario(&kvm, "t.toml").expect("parses");
         let e = unsupported(&sc).expect("refused").to_string();
         assert!(e.contains("guest_touch") && e.contains("no guest"), "{e}");
+        let access =
+            format!("{FORK_SC}[[step]]\nop = \"access\"\nmap = \"m\"\npattern = \"random\"\n");
+        let sc = hugepfn_scenario::parse_scenario(&access, "t.toml").expect("parses");
+        let e = unsupported(&sc).expect("refused").to_string();
+        assert!(e.contains("access") && e.contains("MMU model"), "{e}");
     }
 
     #[test]

@@ -282,6 +282,37 @@ pub enum Problem {
         /// The flag's spelling.
         flag: String,
     },
+    /// An `access` key that the step's `pattern` does not use (`stride` without
+    /// `pattern = "strided"`, `lines` without `pattern = "chase"`).
+    #[error("`{key}` applies to pattern = \"{wants}\" only; this step's pattern is \"{pattern}\"")]
+    KeyNotForPattern {
+        /// The key.
+        key: &'static str,
+        /// The pattern that uses it.
+        wants: &'static str,
+        /// The step's pattern.
+        pattern: &'static str,
+    },
+    /// An `access` stride that is not a non-zero multiple of 8.
+    #[error("`stride` {} must be a non-zero multiple of 8 bytes (the loads are 8 bytes)", format_size(*stride))]
+    BadAccessStride {
+        /// The value.
+        stride: u64,
+    },
+    /// A chase `lines` outside 1..=64 or not a power of two.
+    #[error(
+        "`lines` = {lines} must be a power of two from 1 to 64 (cache lines used per 4 KiB page)"
+    )]
+    BadChaseLines {
+        /// The value.
+        lines: i64,
+    },
+    /// A `vm` host page size other than 4K, 2M or 1G.
+    #[error("`vm` = {}: the second stage maps with \"4K\", \"2M\" or \"1G\" pages", format_size(*size))]
+    BadHostPage {
+        /// The value.
+        size: u64,
+    },
     /// `offset + len` beyond 2^64.
     #[error("`offset` {} + `len` {} overflows 64 bits", format_size(*offset), format_size(*len))]
     RangeOverflow {

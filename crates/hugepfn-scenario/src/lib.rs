@@ -83,7 +83,7 @@
 //! ```
 //!
 //! `process = "NAME"` is accepted by `touch`, `munmap`, `mprotect`, `mremap`, `madvise`,
-//! `expect`, `dma_map`, `dma_unmap`, `kvm_memslot` and `guest_touch`; without it a step acts in
+//! `expect`, `dma_map`, `dma_unmap`, `kvm_memslot`, `guest_touch` and `access`; without it a step acts in
 //! the first process, [`MAIN_PROCESS`] (`"main"`). `mmap`, `memory`, `reset`, `power` and `fork`
 //! always act in the first process. A name must be created by an earlier `fork`.
 //!
@@ -124,6 +124,37 @@
 //! mmu_invalidations = 1      # MMU-notifier invalidations since the previous expect
 //! ```
 //!
+//! ## What the TLB sees: `access` (issue 7)
+//!
+//! ```toml
+//! [[step]]
+//! op = "access"              # loads over a mapping on the MMU model (crates/hugepfn-hw)
+//! map = "b1"
+//! offset = "0"               # default 0
+//! len = "all"                # default all
+//! pattern = "random"         # sequential | strided | random | chase
+//! # stride = "64"            # strided only: bytes between loads; default 64, a multiple of 8
+//! # lines = 64               # chase only: lines per 4 KiB page (lat_mem_rd -t); default 64
+//! count = 100000             # counted loads; default one pass
+//! warmup = 10000             # uncounted loads first; default 0
+//! seed = 1                   # default 1
+//! vm = "2M"                  # optional: in a VM whose EPT maps with 4K | 2M | 1G pages
+//! cpu = "golden-cove"        # golden-cove | zen4; default golden-cove
+//! [[step]]
+//! op = "expect"              # deltas since the previous expect, any subset
+//! loads = 100000
+//! tlb_misses = { l1 = 99993, stlb = 99887 }  # L1 DTLB misses; STLB misses = page walks
+//! walk_refs = 196719         # walk memory references, both dimensions
+//! walk_refs_by_level = { p4d = 0, pud = 1, pmd = 96831, pte = 99887 }  # and pgd
+//! walk_refs_ept = 0          # of walk_refs, second-stage (EPT) entries
+//! walk_faults = 0            # walks that found no usable leaf
+//! ```
+//!
+//! The range is touched for reading through the fault path first (its faults are the step's);
+//! the counts depend only on the file (CPU preset, seed). The estimated time depends on the
+//! machine's calibration: it is in [`StepReport::access`], never in an `expect`. The real
+//! kernel cannot count these: the probe and the lab refuse `access` with that reason.
+//!
 //! Only the format is checked here (names, references, sizes, that ranges fit in 64 bits);
 //! what the kernel would refuse (an unaligned `iova`, an overlapping range, `len = 0`, a slot
 //! number above `KVM_USER_MEM_SLOTS`) is the runner's business, reported as the step's errno.
@@ -142,15 +173,16 @@ mod scenario;
 pub use error::{Location, Problem, ScenarioError};
 pub use parse::{load_scenario, parse_scenario};
 pub use report::{
-    Counters, ExpectNow, ExpectOutcome, ExpectValue, Levels, Mismatch, PtPages, RunReport,
-    StepReport, check_expect,
+    AccessEstimate, Counters, ExpectNow, ExpectOutcome, ExpectValue, Levels, Mismatch, PtPages,
+    RunReport, StepReport, TableLevels, TlbCounters, check_expect,
 };
 pub use scenario::{
-    Access, Advice, Arch, BarSpec, DeviceSpec, DmaMapStep, DmaMode, DmaUnmapStep, ErrnoName,
-    ExpectSpec, ExpectStep, FaultPathSpec, ForkStep, GuestTouchStep, KernelBug, KvmMemslotStep,
-    Len, LevelCounts, Madvise, MadviseStep, MemoryStep, MemslotFlag, MmapStep, MprotectStep,
-    MremapStep, MunmapStep, Order, PlacementError, PowerState, PowerStep, ProtSpec, ResetStep,
-    Scenario, Step, ThpMode, TouchStep, VaPlacement,
+    Access, AccessPattern, AccessStep, Advice, Arch, BarSpec, CpuSpec, DeviceSpec, DmaMapStep,
+    DmaMode, DmaUnmapStep, ErrnoName, ExpectSpec, ExpectStep, FaultPathSpec, ForkStep,
+    GuestTouchStep, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep, MemoryStep,
+    MemslotFlag, MmapStep, MprotectStep, MremapStep, MunmapStep, Order, PlacementError, PowerState,
+    PowerStep, ProtSpec, ResetStep, Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts,
+    TouchStep, VaPlacement,
 };
 
 /// The name of the first process, the one every step acts in unless it says `process = ...`.

@@ -21,11 +21,12 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::error::{Location, Problem, ScenarioError};
 use crate::scenario::{
-    Access, Advice, Arch, BarSpec, DeviceSpec, DmaMapStep, DmaMode, DmaUnmapStep, ErrnoName,
-    ExpectSpec, ExpectStep, FaultPathSpec, ForkStep, GuestTouchStep, KernelBug, KvmMemslotStep,
-    Len, LevelCounts, Madvise, MadviseStep, MemoryStep, MemslotFlag, MmapStep, MprotectStep,
-    MremapStep, MunmapStep, Order, PowerState, PowerStep, ProtSpec, ResetStep, Scenario, Step,
-    ThpMode, TouchStep, VaPlacement,
+    Access, AccessPattern, AccessStep, Advice, Arch, BarSpec, CpuSpec, DeviceSpec, DmaMapStep,
+    DmaMode, DmaUnmapStep, ErrnoName, ExpectSpec, ExpectStep, FaultPathSpec, ForkStep,
+    GuestTouchStep, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep, MemoryStep,
+    MemslotFlag, MmapStep, MprotectStep, MremapStep, MunmapStep, Order, PowerState, PowerStep,
+    ProtSpec, ResetStep, Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts, TouchStep,
+    VaPlacement,
 };
 
 /// Reads the scenario file at `path`; errors name the path as given.
@@ -280,6 +281,25 @@ struct RawGuestTouch {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAccess {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    map: Spanned<String>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    pattern: AccessPattern,
+    stride: Option<Spanned<Scalar>>,
+    lines: Option<Spanned<i64>>,
+    count: Option<u64>,
+    warmup: Option<u64>,
+    seed: Option<u64>,
+    vm: Option<Spanned<Scalar>>,
+    cpu: Option<CpuSpec>,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawMemory {
     #[serde(default, rename = "op")]
     _op: IgnoredAny,
@@ -321,6 +341,12 @@ struct RawExpect {
     ept_violations: Option<u64>,
     ept_leaves: Option<LevelCounts>,
     mmu_invalidations: Option<u64>,
+    loads: Option<u64>,
+    tlb_misses: Option<TlbMissCounts>,
+    walk_refs: Option<u64>,
+    walk_refs_by_level: Option<TableLevelCounts>,
+    walk_refs_ept: Option<u64>,
+    walk_faults: Option<u64>,
     process: Option<Spanned<String>>,
 }
 
@@ -645,7 +671,86 @@ impl Cx<'_> {
                 ept_violations: r.ept_violations,
                 ept_leaves: r.ept_leaves,
                 mmu_invalidations: r.mmu_invalidations,
+                loads: r.loads,
+                tlb_misses: r.tlb_misses,
+                walk_refs: r.walk_refs,
+                walk_refs_by_level: r.walk_refs_by_level,
+                walk_refs_ept: r.walk_refs_ept,
+                walk_faults: r.walk_faults,
             },
+            process: self.process(procs, r.process)?,
+        })
+    }
+
+    fn access(
+        &self,
+        r: RawAccess,
+        line: usize,
+        maps: &Maps,
+        procs: &Procs,
+    ) -> Result<AccessStep, ScenarioError> {
+        self.mapping(maps, &r.map)?;
+        let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+        let pattern = r.pattern;
+        let only = |key: &'static str, wants: AccessPattern, span: Range<usize>| {
+            if pattern == wants {
+                Ok(())
+            } else {
+                Err(self.invalid(
+                    &span,
+                    Problem::KeyNotForPattern {
+                        key,
+                        wants: wants.name(),
+                        pattern: pattern.name(),
+                    },
+                ))
+            }
+        };
+        let stride = match &r.stride {
+            None => 64,
+            Some(v) => {
+                only("stride", AccessPattern::Strided, v.span())?;
+                let stride = self.size("stride", v)?;
+                if stride == 0 || !stride.is_multiple_of(8) {
+                    return Err(self.invalid(&v.span(), Problem::BadAccessStride { stride }));
+                }
+                stride
+            }
+        };
+        let lines = match &r.lines {
+            None => 64,
+            Some(v) => {
+                only("lines", AccessPattern::Chase, v.span())?;
+                let n = *v.get_ref();
+                match u32::try_from(n) {
+                    Ok(l) if (1..=64).contains(&l) && l.is_power_of_two() => l,
+                    _ => return Err(self.invalid(&v.span(), Problem::BadChaseLines { lines: n })),
+                }
+            }
+        };
+        let vm = match &r.vm {
+            None => None,
+            Some(v) => {
+                let size = self.size("vm", v)?;
+                if ![4 * KIB, 2 << 20, 1 << 30].contains(&size) {
+                    return Err(self.invalid(&v.span(), Problem::BadHostPage { size }));
+                }
+                Some(size)
+            }
+        };
+        Ok(AccessStep {
+            line,
+            map: r.map.into_inner(),
+            offset,
+            len,
+            pattern,
+            stride,
+            lines,
+            count: r.count,
+            warmup: r.warmup.unwrap_or(0),
+            seed: r.seed.unwrap_or(1),
+            vm,
+            cpu: r.cpu.unwrap_or_default(),
             process: self.process(procs, r.process)?,
         })
     }
@@ -782,6 +887,10 @@ impl Cx<'_> {
                     access: r.access.unwrap_or_default(),
                     process: self.process(procs, r.process)?,
                 })
+            }
+            "access" => {
+                let r: RawAccess = self.de(d)?;
+                Step::Access(self.access(r, line, maps, procs)?)
             }
             _ => {
                 // op_of() admitted only Step::OPS; the earlier ones are handled by steps().
@@ -973,5 +1082,7 @@ fn memslot_flag_name(f: MemslotFlag) -> &'static str {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_access;
 #[cfg(test)]
 mod tests_new_ops;

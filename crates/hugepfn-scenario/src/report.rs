@@ -14,7 +14,10 @@
 //! [`Counters::ept_violations`], [`Counters::mmu_invalidations`]) are plain numbers (0 in old
 //! JSON); whether the run measured them is told to [`check_expect`] by
 //! [`ExpectNow::consumers_measured`], so an expectation on them still fails against a run that
-//! could not count them.
+//! could not count them. The same holds for the TLB counters of `access` steps
+//! ([`Counters::tlb`], [`ExpectNow::tlb_measured`]): only the model's MMU simulation counts
+//! them. The time an `access` step is estimated to take depends on the machine's calibration
+//! and is reported in [`StepReport::access`], never checked.
 //!
 //! All types reject unknown JSON fields: both producers use this crate, so an unknown field
 //! means a version mismatch.
@@ -103,7 +106,42 @@ pub struct StepReport {
     pub errno: Option<String>,
     /// Outcome of an `expect` step; `None` for other ops.
     pub expect: Option<ExpectOutcome>,
+    /// What an `access` step's simulation used and estimated (absent for other ops and in runs
+    /// that cannot simulate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessEstimate>,
 }
+
+/// The calibration-dependent side of an `access` step: the estimated time, and what the
+/// counts were simulated on. Never checked by `expect` (it changes with the calibration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessEstimate {
+    /// The CPU preset simulated (`golden-cove`, `zen4`).
+    pub cpu: String,
+    /// `native`, or `nested-4k` / `nested-2m` / `nested-1g` (the second stage's page size).
+    pub translation: String,
+    /// The load order.
+    pub pattern: String,
+    /// Where the costs came from: a calibration file, or the built-in guesses.
+    pub costs_from: String,
+    /// Estimated nanoseconds for the counted loads (loads taken as dependent, as in a chase).
+    pub time_ns: f64,
+    /// `time_ns` per load.
+    pub ns_per_load: f64,
+    /// Walk references served by L1D, L2, L3, memory.
+    pub walk_served: [u64; 4],
+    /// Data loads served by L1D, L2, L3, memory.
+    pub data_served: [u64; 4],
+    /// Paging-structure cache hits (both dimensions).
+    pub pwc_hits: u64,
+    /// Nested-TLB hits (in a VM).
+    pub nested_tlb_hits: u64,
+}
+
+// The estimate's floats are finite (costs are validated when a calibration is loaded, counts are
+// integers), so equality is an equivalence; reports compare with `==` in tests.
+impl Eq for AccessEstimate {}
 
 impl StepReport {
     /// An empty report for `step` at `index`: zero counters (levels known or not), nothing else.
@@ -120,6 +158,7 @@ impl StepReport {
             process: step.process().map(str::to_string),
             errno: None,
             expect: None,
+            access: None,
         }
     }
 }
@@ -148,6 +187,81 @@ pub struct Counters {
     /// MMU-notifier invalidations (`invalidate_range_start`) KVM received.
     #[serde(default)]
     pub mmu_invalidations: u64,
+    /// TLB events of `access` steps (the MMU model).
+    #[serde(default)]
+    pub tlb: TlbCounters,
+}
+
+/// The MMU model's counters of `access` steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlbCounters {
+    /// Counted loads.
+    pub loads: u64,
+    /// L1 DTLB misses.
+    pub l1_misses: u64,
+    /// STLB misses (page walks).
+    pub stlb_misses: u64,
+    /// Walks that found no usable leaf (the load would fault).
+    pub walk_faults: u64,
+    /// Memory references made by walks, both dimensions.
+    pub walk_refs: u64,
+    /// Of those, references to second-stage (EPT) entries.
+    pub walk_refs_ept: u64,
+    /// References to first-dimension entries by entry level.
+    pub walk_refs_by_level: TableLevels,
+}
+
+/// A count per page-table entry level, top to bottom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableLevels {
+    /// PGD entries (5-level paging).
+    pub pgd: u64,
+    /// P4D entries (the top with 4-level paging).
+    pub p4d: u64,
+    /// PUD entries.
+    pub pud: u64,
+    /// PMD entries.
+    pub pmd: u64,
+    /// PTEs.
+    pub pte: u64,
+}
+
+impl TableLevels {
+    fn zip(&self, o: &TableLevels, f: impl Fn(u64, u64) -> u64) -> TableLevels {
+        TableLevels {
+            pgd: f(self.pgd, o.pgd),
+            p4d: f(self.p4d, o.p4d),
+            pud: f(self.pud, o.pud),
+            pmd: f(self.pmd, o.pmd),
+            pte: f(self.pte, o.pte),
+        }
+    }
+}
+
+impl TlbCounters {
+    fn zip(&self, o: &TlbCounters, f: impl Fn(u64, u64) -> u64 + Copy) -> TlbCounters {
+        TlbCounters {
+            loads: f(self.loads, o.loads),
+            l1_misses: f(self.l1_misses, o.l1_misses),
+            stlb_misses: f(self.stlb_misses, o.stlb_misses),
+            walk_faults: f(self.walk_faults, o.walk_faults),
+            walk_refs: f(self.walk_refs, o.walk_refs),
+            walk_refs_ept: f(self.walk_refs_ept, o.walk_refs_ept),
+            walk_refs_by_level: self.walk_refs_by_level.zip(&o.walk_refs_by_level, f),
+        }
+    }
+
+    /// Adds `o` (saturating).
+    pub fn add(&mut self, o: &TlbCounters) {
+        *self = self.zip(o, u64::saturating_add);
+    }
+
+    /// `self − earlier` (saturating at 0).
+    pub fn since(&self, earlier: &TlbCounters) -> TlbCounters {
+        self.zip(earlier, u64::saturating_sub)
+    }
 }
 
 impl Counters {
@@ -171,6 +285,7 @@ impl Counters {
         self.mmu_invalidations = self
             .mmu_invalidations
             .saturating_add(other.mmu_invalidations);
+        self.tlb.add(&other.tlb);
         self.faults_by_level = match (self.faults_by_level, other.faults_by_level) {
             (Some(a), Some(b)) => Some(a.saturating_add(&b)),
             _ => None,
@@ -194,6 +309,7 @@ impl Counters {
             mmu_invalidations: self
                 .mmu_invalidations
                 .saturating_sub(earlier.mmu_invalidations),
+            tlb: self.tlb.since(&earlier.tlb),
         }
     }
 }
@@ -321,6 +437,10 @@ pub struct ExpectNow {
     /// [`Counters::mmu_invalidations`] (the model does). When false, expecting one of them
     /// fails with `actual: None`.
     pub consumers_measured: bool,
+    /// The run simulates `access` steps and counts [`Counters::tlb`] (the model does). When
+    /// false, expecting `loads`, `tlb_misses`, `walk_refs*` or `walk_faults` fails with
+    /// `actual: None`.
+    pub tlb_measured: bool,
 }
 
 impl fmt::Display for Mismatch {
@@ -342,7 +462,9 @@ impl fmt::Display for Mismatch {
 /// `iommu_entries` / `ept_leaves` when `now` has `None`, the consumer counters when
 /// `now.consumers_measured` is false) fails with `actual: None`. Mismatch order: faults,
 /// faults_by_level.{pud,pmd,pte}, sigbus, sigsegv, skipped, leaves.{pud,pmd,pte}, errno,
-/// dma_lookups, iommu_entries.*, ept_violations, ept_leaves.*, mmu_invalidations.
+/// dma_lookups, iommu_entries.*, ept_violations, ept_leaves.*, mmu_invalidations, loads,
+/// tlb_misses.{l1,stlb}, walk_refs, walk_refs_by_level.{pgd,p4d,pud,pmd,pte}, walk_refs_ept,
+/// walk_faults.
 pub fn check_expect(expect: &ExpectSpec, since_last: &Counters, now: &ExpectNow) -> ExpectOutcome {
     let mut out: Vec<Mismatch> =
         scalar_mismatches([("faults", expect.faults, Some(since_last.faults))]).collect();
@@ -397,10 +519,32 @@ pub fn check_expect(expect: &ExpectSpec, since_last: &Counters, now: &ExpectNow)
         expect.mmu_invalidations,
         measured(since_last.mmu_invalidations),
     )]));
+    out.extend(tlb_mismatches(expect, &since_last.tlb, now.tlb_measured));
     ExpectOutcome {
         passed: out.is_empty(),
         mismatches: out,
     }
+}
+
+fn tlb_mismatches(expect: &ExpectSpec, t: &TlbCounters, measured: bool) -> Vec<Mismatch> {
+    let m = |n: u64| measured.then_some(n);
+    let misses = expect.tlb_misses.unwrap_or_default();
+    let by = expect.walk_refs_by_level.unwrap_or_default();
+    let l = &t.walk_refs_by_level;
+    scalar_mismatches([
+        ("loads", expect.loads, m(t.loads)),
+        ("tlb_misses.l1", misses.l1, m(t.l1_misses)),
+        ("tlb_misses.stlb", misses.stlb, m(t.stlb_misses)),
+        ("walk_refs", expect.walk_refs, m(t.walk_refs)),
+        ("walk_refs_by_level.pgd", by.pgd, m(l.pgd)),
+        ("walk_refs_by_level.p4d", by.p4d, m(l.p4d)),
+        ("walk_refs_by_level.pud", by.pud, m(l.pud)),
+        ("walk_refs_by_level.pmd", by.pmd, m(l.pmd)),
+        ("walk_refs_by_level.pte", by.pte, m(l.pte)),
+        ("walk_refs_ept", expect.walk_refs_ept, m(t.walk_refs_ept)),
+        ("walk_faults", expect.walk_faults, m(t.walk_faults)),
+    ])
+    .collect()
 }
 
 fn scalar_mismatches<const N: usize>(
@@ -822,6 +966,66 @@ mod tests {
             out.mismatches[0].actual,
             Some(ExpectValue::Text("0".into()))
         );
+    }
+
+    #[test]
+    fn tlb_fields_check_in_order_and_fail_with_null_when_not_simulated() {
+        use crate::scenario::{TableLevelCounts, TlbMissCounts};
+        let e = ExpectSpec {
+            loads: Some(10),
+            tlb_misses: Some(TlbMissCounts {
+                l1: Some(4),
+                stlb: Some(3),
+            }),
+            walk_refs: Some(5),
+            walk_refs_by_level: Some(TableLevelCounts {
+                pmd: Some(2),
+                pte: Some(3),
+                ..TableLevelCounts::default()
+            }),
+            walk_refs_ept: Some(0),
+            walk_faults: Some(0),
+            ..ExpectSpec::default()
+        };
+        let mut c = Counters::zero(true);
+        c.tlb = TlbCounters {
+            loads: 10,
+            l1_misses: 4,
+            stlb_misses: 3,
+            walk_refs: 5,
+            walk_refs_by_level: TableLevels {
+                pmd: 2,
+                pte: 3,
+                ..TableLevels::default()
+            },
+            ..TlbCounters::default()
+        };
+        let sim = ExpectNow {
+            tlb_measured: true,
+            ..ExpectNow::default()
+        };
+        assert!(check_expect(&e, &c, &sim).passed);
+        // deltas: since() of two readings, add() of two steps
+        let mut twice = c;
+        twice.add(&c);
+        assert_eq!(twice.since(&c).tlb, c.tlb);
+        let out = check_expect(&e, &twice, &sim);
+        let fields: Vec<&str> = out.mismatches.iter().map(|m| m.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "loads",
+                "tlb_misses.l1",
+                "tlb_misses.stlb",
+                "walk_refs",
+                "walk_refs_by_level.pmd",
+                "walk_refs_by_level.pte"
+            ]
+        );
+        // the kernel probe cannot count them
+        let out = check_expect(&e, &c, &ExpectNow::default());
+        assert_eq!(out.mismatches.len(), 8);
+        assert!(out.mismatches.iter().all(|m| m.actual.is_none()));
     }
 
     #[test]

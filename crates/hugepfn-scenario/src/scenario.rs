@@ -510,6 +510,83 @@ pub enum MemslotFlag {
     Readonly,
 }
 
+/// Load order of an `access` step (`pattern = ...`), as `hugepfn-hw` runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessPattern {
+    /// Consecutive 8-byte words, wrapping at the end of the range.
+    Sequential,
+    /// One 8-byte load every `stride` bytes, wrapping (modulo the length).
+    Strided,
+    /// Uniformly random 8-byte words (a fixed seed).
+    Random,
+    /// lmbench's `lat_mem_rd -t` chase: 4 KiB pages in random order, `lines` lines per page.
+    Chase,
+}
+
+impl AccessPattern {
+    /// The spelling in scenarios.
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessPattern::Sequential => "sequential",
+            AccessPattern::Strided => "strided",
+            AccessPattern::Random => "random",
+            AccessPattern::Chase => "chase",
+        }
+    }
+}
+
+/// The CPU whose TLBs and caches an `access` step simulates (`cpu = ...`), a `hugepfn-hw`
+/// preset. Fixed by the scenario, never taken from the calibration, so that counts are the
+/// same on every machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CpuSpec {
+    /// Intel Golden Cove (Sapphire Rapids), the default.
+    #[default]
+    GoldenCove,
+    /// AMD Zen 4 (EPYC 9004).
+    Zen4,
+}
+
+impl CpuSpec {
+    /// The preset's name in `hugepfn-hw` (`--cpu`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuSpec::GoldenCove => "golden-cove",
+            CpuSpec::Zen4 => "zen4",
+        }
+    }
+}
+
+/// Per-entry-level counts of page-walk references in an expectation (`walk_refs_by_level`):
+/// `None` = not checked. Levels are those of the entries read; with 4-level paging the top
+/// entries (the PML4Es) are `p4d`, and `pgd` is only read with 5-level paging.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableLevelCounts {
+    /// PGD entries (5-level paging only).
+    pub pgd: Option<u64>,
+    /// P4D entries (the top level, PML4Es, with 4-level paging).
+    pub p4d: Option<u64>,
+    /// PUD entries (PDPTEs).
+    pub pud: Option<u64>,
+    /// PMD entries (PDEs).
+    pub pmd: Option<u64>,
+    /// PTEs.
+    pub pte: Option<u64>,
+}
+
+/// TLB misses in an expectation (`tlb_misses = { l1 = ..., stlb = ... }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlbMissCounts {
+    /// L1 DTLB misses.
+    pub l1: Option<u64>,
+    /// STLB misses: page walks.
+    pub stlb: Option<u64>,
+}
+
 /// Per-level counts in an expectation: `None` = not checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -556,6 +633,19 @@ pub struct ExpectSpec {
     pub ept_leaves: Option<LevelCounts>,
     /// MMU-notifier invalidations KVM received since the previous `expect`.
     pub mmu_invalidations: Option<u64>,
+    /// Loads made by `access` steps since the previous `expect` (counted ones, not warm-up).
+    pub loads: Option<u64>,
+    /// TLB misses of those loads, by TLB level (deltas).
+    pub tlb_misses: Option<TlbMissCounts>,
+    /// Memory references of their page walks, both dimensions (a delta).
+    pub walk_refs: Option<u64>,
+    /// Of those, references to the process's (in a VM: the guest's) page-table entries by
+    /// entry level (a delta).
+    pub walk_refs_by_level: Option<TableLevelCounts>,
+    /// Of those, references to second-stage (EPT) entries (a delta; 0 without `vm`).
+    pub walk_refs_ept: Option<u64>,
+    /// Walks that found no usable leaf: the load would fault (a delta).
+    pub walk_faults: Option<u64>,
 }
 
 impl ExpectSpec {
@@ -601,11 +691,13 @@ pub enum Step {
     KvmMemslot(KvmMemslotStep),
     /// `op = "guest_touch"`.
     GuestTouch(GuestTouchStep),
+    /// `op = "access"`.
+    Access(AccessStep),
 }
 
 impl Step {
     /// All `op` values, in the order the documentation lists them.
-    pub const OPS: [&'static str; 15] = [
+    pub const OPS: [&'static str; 16] = [
         "mmap",
         "touch",
         "munmap",
@@ -621,6 +713,7 @@ impl Step {
         "dma_unmap",
         "kvm_memslot",
         "guest_touch",
+        "access",
     ];
 
     /// Source line of the step (1-based).
@@ -641,6 +734,7 @@ impl Step {
             Step::DmaUnmap(s) => s.line,
             Step::KvmMemslot(s) => s.line,
             Step::GuestTouch(s) => s.line,
+            Step::Access(s) => s.line,
         }
     }
 
@@ -659,6 +753,7 @@ impl Step {
             Step::DmaUnmap(s) => s.process.as_deref(),
             Step::KvmMemslot(s) => s.process.as_deref(),
             Step::GuestTouch(s) => s.process.as_deref(),
+            Step::Access(s) => s.process.as_deref(),
             Step::Mmap(_) | Step::Memory(_) | Step::Reset(_) | Step::Power(_) | Step::Fork(_) => {
                 None
             }
@@ -688,6 +783,7 @@ impl Step {
             Step::DmaUnmap(_) => "dma_unmap",
             Step::KvmMemslot(_) => "kvm_memslot",
             Step::GuestTouch(_) => "guest_touch",
+            Step::Access(_) => "access",
         }
     }
 }
@@ -922,6 +1018,42 @@ pub struct GuestTouchStep {
     /// Read or write, default write.
     pub access: Access,
     /// `process = ...` (whose VM): `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// A workload of 8-byte loads over a range of a mapping, simulated on the MMU model
+/// (`hugepfn-hw`): TLBs, paging-structure caches and walks that read the process's real page
+/// tables. The range is first touched for reading through the fault path (one access per
+/// 4 KiB, as a `touch` with `access = "read"`; its faults count as the step's); loads that
+/// still find no leaf (SIGBUS regions, PROT_NONE) are `walk_faults`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name.
+    pub map: String,
+    /// Offset into the mapping, default 0 (a multiple of 8).
+    pub offset: u64,
+    /// Length, default [`Len::All`] = the rest of the mapping.
+    pub len: Len,
+    /// Load order.
+    pub pattern: AccessPattern,
+    /// Bytes between loads (`strided` only), default 64, a non-zero multiple of 8.
+    pub stride: u64,
+    /// Cache lines used per 4 KiB page (`chase` only), default 64 (lmbench), a power of two.
+    pub lines: u32,
+    /// Counted loads; `None` = one pass over the range (see the runner).
+    pub count: Option<u64>,
+    /// Uncounted loads before them (TLBs and caches warm up), default 0.
+    pub warmup: u64,
+    /// Seed of the random orders, default 1.
+    pub seed: u64,
+    /// In a VM whose second stage maps with pages of this size (4 KiB, 2 MiB or 1 GiB):
+    /// 2-D walks. `None` = bare metal.
+    pub vm: Option<u64>,
+    /// The simulated CPU, default golden-cove.
+    pub cpu: CpuSpec,
+    /// `process = ...`: `None` = the first process.
     pub process: Option<String>,
 }
 

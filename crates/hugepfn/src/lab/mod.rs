@@ -266,12 +266,15 @@ pub fn lab_bar_size(sc: &Scenario, max_bar: u64) -> Result<u64, String> {
 
 /// Why the probe in the lab cannot run `step` (`None`: it can). The probe runs every op in
 /// the first process and in forked children, except KVM ops (the TCG guest has no KVM of its
-/// own) and DMA ops in a child (there the kernel shares the parent's VFIO container, the model
+/// own), `access` (the MMU model's TLB counters have no kernel counterpart) and DMA ops in a child (there the kernel shares the parent's VFIO container, the model
 /// gives each process its own); the probe refuses the same steps.
 pub fn lab_step_unsupported(step: &Step) -> Option<&'static str> {
     match step {
         Step::KvmMemslot(_) | Step::GuestTouch(_) => Some(
             "KVM ops need /dev/kvm in the guest, i.e. nested KVM; the lab's guest runs under QEMU TCG without it",
+        ),
+        Step::Access(_) => Some(
+            "a workload on the MMU model whose TLB and page-walk counts the kernel does not expose; the probe cannot count them",
         ),
         Step::DmaMap(_) | Step::DmaUnmap(_)
             if step.process_or_main() != hugepfn_scenario::MAIN_PROCESS =>
@@ -608,6 +611,28 @@ map = "m"
         let e = size_of(kvm).expect_err("skipped");
         assert!(
             e.contains("`kvm_memslot`") && e.contains("nested KVM"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn access_steps_are_skipped_with_the_reason() {
+        let access = r#"
+[[step]]
+op = "touch"
+map = "m"
+[[step]]
+op = "access"
+map = "m"
+pattern = "random"
+count = 10
+[[step]]
+op = "expect"
+tlb_misses = { stlb = 2 }
+"#;
+        let e = size_of(access).expect_err("skipped");
+        assert!(
+            e.starts_with("line 16: `access`: ") && e.contains("MMU model"),
             "{e}"
         );
     }

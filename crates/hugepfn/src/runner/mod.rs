@@ -1,5 +1,6 @@
 //! Runs a scenario on the model: devices bound to vfio-pci, an mmap per `mmap` step, accesses
-//! through the simulated CPU (walk, fault, retry), revocations, and `expect` checks.
+//! through the simulated CPU (walk, fault, retry), revocations, `access` workloads on the MMU
+//! model (`access.rs`), and `expect` checks.
 //!
 //! It produces the same [`RunReport`] JSON as the real-kernel probe, with what only the model can
 //! see added (faults by level, leaves, page-table pages).
@@ -19,6 +20,7 @@ use hugepfn_scenario::{
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 use thiserror::Error;
 
+mod access;
 mod consumers;
 mod lifecycle;
 
@@ -85,6 +87,10 @@ pub struct ModelRun {
     maps: HashMap<String, MapState>,
     /// Per process: its vfio type1 container and KVM VM, created on first use.
     consumers: consumers::Consumers,
+    /// The costs `access` steps are priced with, read on first use.
+    costs: Option<(hugepfn_hw::Costs, String)>,
+    /// What the last `access` step counted, taken by [`ModelRun::run`].
+    last_access: Option<access::AccessOutput>,
 }
 
 fn levels(c: &LeafCounts) -> Levels {
@@ -170,6 +176,8 @@ impl ModelRun {
             devices,
             maps: HashMap::new(),
             consumers: consumers::Consumers::default(),
+            costs: None,
+            last_access: None,
         })
     }
 
@@ -327,6 +335,11 @@ impl ModelRun {
             Step::DmaMap(_) | Step::DmaUnmap(_) | Step::KvmMemslot(_) | Step::GuestTouch(_) => {
                 self.consumer_step(step)
             }
+            Step::Access(a) => {
+                let (errno, skipped, out) = self.access_step(a);
+                self.last_access = out;
+                (errno, skipped)
+            }
         }
     }
 
@@ -346,6 +359,7 @@ impl ModelRun {
                 .collect();
             let cbefore = self.consumer_counts();
             let (errno, skipped) = self.step(step);
+            let access = self.last_access.take();
             let mut delta_actor = counters(&FaultCounts::default(), 0);
             for (name, mm) in self.processes() {
                 let after = mm.fault_counts();
@@ -355,6 +369,9 @@ impl ModelRun {
                 };
                 let mut c = counters(&d, if name == actor { skipped } else { 0 });
                 self.add_consumer_delta(&name, &cbefore, &mut c);
+                if let (true, Some(a)) = (name == actor, &access) {
+                    c.tlb = a.tlb;
+                }
                 if name == actor {
                     delta_actor = c;
                 }
@@ -372,6 +389,7 @@ impl ModelRun {
                 last_errno.insert(actor.clone(), e.clone());
             }
             rep.errno = errno;
+            rep.access = access.map(|a| a.estimate);
             let mm = self
                 .process(Some(&actor))
                 .unwrap_or_else(|| self.mm.clone());
@@ -386,6 +404,7 @@ impl ModelRun {
                     iommu_entries: rep.iommu_entries,
                     ept_leaves: rep.ept_leaves,
                     consumers_measured: true,
+                    tlb_measured: true,
                 };
                 let since = since_expect
                     .remove(&actor)
