@@ -188,8 +188,11 @@ pub const COMMITTED_PATH: &str = "calibration/this-machine.toml";
 
 /// The repository's committed calibration (absolute, from the build).
 pub fn committed_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+    // CARGO_MANIFEST_DIR is crates/hugepfn-hw: the repository is two levels up.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    repo.parent()
+        .and_then(Path::parent)
+        .unwrap_or(repo)
         .join(COMMITTED_PATH)
 }
 

@@ -50,6 +50,8 @@ fn panel(
         .fold(f64::INFINITY, f64::min)
         .min(ymax / 10.0)
         / 2.0;
+    // A log axis has no zero: zeros sit on its floor. A linear axis draws them where they are.
+    let floor = if log_y { ymin_pos } else { 0.0 };
     let mut b = ChartBuilder::on(area);
     b.caption(title, ("sans-serif", 18))
         .margin(10)
@@ -58,7 +60,7 @@ fn panel(
     let series = |leaf: u64, vm: bool| -> Vec<(f64, f64)> {
         pts.iter()
             .filter(|p| p.leaf == leaf && p.vm == vm)
-            .map(|p| (p.bar as f64 / (1u64 << 20) as f64, y(p).max(ymin_pos)))
+            .map(|p| (p.bar as f64 / (1u64 << 20) as f64, y(p).max(floor)))
             .collect()
     };
     let leaves = [4096u64, 0x20_0000, 0x4000_0000];
