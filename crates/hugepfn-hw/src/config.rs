@@ -49,36 +49,19 @@ pub struct PageSizes {
 }
 
 impl PageSizes {
+    const fn of(k4: bool, m2: bool, g1: bool) -> PageSizes {
+        PageSizes { k4, m2, g1 }
+    }
     /// Only 4 KiB.
-    pub const K4: PageSizes = PageSizes {
-        k4: true,
-        m2: false,
-        g1: false,
-    };
+    pub const K4: PageSizes = PageSizes::of(true, false, false);
     /// Only 2 MiB.
-    pub const M2: PageSizes = PageSizes {
-        k4: false,
-        m2: true,
-        g1: false,
-    };
+    pub const M2: PageSizes = PageSizes::of(false, true, false);
     /// Only 1 GiB.
-    pub const G1: PageSizes = PageSizes {
-        k4: false,
-        m2: false,
-        g1: true,
-    };
+    pub const G1: PageSizes = PageSizes::of(false, false, true);
     /// 4 KiB and 2 MiB.
-    pub const K4_M2: PageSizes = PageSizes {
-        k4: true,
-        m2: true,
-        g1: false,
-    };
+    pub const K4_M2: PageSizes = PageSizes::of(true, true, false);
     /// All three.
-    pub const ALL: PageSizes = PageSizes {
-        k4: true,
-        m2: true,
-        g1: true,
-    };
+    pub const ALL: PageSizes = PageSizes::of(true, true, true);
 
     /// Whether pages of `shift` (12, 21 or 30) go here.
     pub fn holds(self, shift: u32) -> bool {
