@@ -70,11 +70,16 @@ leaves = { pud = 2 }             # optional: leaves mapped NOW (not a delta)
 const HEAD: &str = "name = \"t\"\n[[device]]\nname = \"gpu\"\nbars = [{ index = 1, phys = \"0x100000000000\", size = \"1G\" }]\n";
 
 /// HEAD + an mmap step of `b1` (lines 5-9).
-fn with_map(rest: &str) -> String {
+pub(super) fn with_map(rest: &str) -> String {
     format!("{HEAD}[[step]]\nop = \"mmap\"\nname = \"b1\"\ndevice = \"gpu\"\nbar = 1\n{rest}")
 }
 
-fn err(text: &str) -> ScenarioError {
+/// `with_map` + one `[[step]]` at line 10 with these lines (op first).
+pub(super) fn step(lines: &str) -> String {
+    with_map(&format!("[[step]]\n{lines}\n"))
+}
+
+pub(super) fn err(text: &str) -> ScenarioError {
     match parse_scenario(text, "x.toml") {
         Ok(s) => panic!("expected an error, parsed {s:#?}"),
         Err(e) => e,
@@ -82,7 +87,7 @@ fn err(text: &str) -> ScenarioError {
 }
 
 /// The problem and its line:column.
-fn problem(text: &str) -> (Problem, usize, usize) {
+pub(super) fn problem(text: &str) -> (Problem, usize, usize) {
     match err(text) {
         ScenarioError::Invalid { at, problem } => (problem, at.line, at.column),
         other => panic!("expected a Problem, got: {other}"),
@@ -90,7 +95,7 @@ fn problem(text: &str) -> (Problem, usize, usize) {
 }
 
 /// A TOML/serde error: message and line.
-fn toml_err(text: &str) -> (String, usize) {
+pub(super) fn toml_err(text: &str) -> (String, usize) {
     match err(text) {
         ScenarioError::Toml { at, message } => {
             assert_eq!(at.origin, "x.toml");

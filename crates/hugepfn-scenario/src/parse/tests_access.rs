@@ -1,6 +1,7 @@
 //! Unit tests of the issue-7 op `access` and its expectations: the documented example, the
 //! defaults, then one test per error path.
 
+use super::tests::{problem, step, toml_err, with_map};
 use super::*;
 use crate::scenario::{AccessPattern, CpuSpec};
 use hugepfn_units::{KIB, MIB};
@@ -28,32 +29,6 @@ walk_refs_by_level = { p4d = 0, pud = 1, pmd = 96831, pte = 99887 }  # and pgd
 walk_refs_ept = 0          # of walk_refs, second-stage (EPT) entries
 walk_faults = 0            # walks that found no usable leaf
 "#;
-
-/// HEAD + an mmap of `b1` (lines 1-9).
-fn with_map(rest: &str) -> String {
-    format!(
-        "name = \"t\"\n[[device]]\nname = \"gpu\"\nbars = [{{ index = 1, phys = \"0x100000000000\", size = \"1G\" }}]\n[[step]]\nop = \"mmap\"\nname = \"b1\"\ndevice = \"gpu\"\nbar = 1\n{rest}"
-    )
-}
-
-/// `with_map` + one `[[step]]` at line 10 with these lines.
-fn step(lines: &str) -> String {
-    with_map(&format!("[[step]]\n{lines}\n"))
-}
-
-fn problem(text: &str) -> (Problem, usize, usize) {
-    match parse_scenario(text, "x.toml") {
-        Err(ScenarioError::Invalid { at, problem }) => (problem, at.line, at.column),
-        other => panic!("expected a Problem, got: {other:?}"),
-    }
-}
-
-fn toml_err(text: &str) -> (String, usize) {
-    match parse_scenario(text, "x.toml") {
-        Err(ScenarioError::Toml { at, message }) => (message, at.line),
-        other => panic!("expected a TOML error, got: {other:?}"),
-    }
-}
 
 fn access_of(lines: &str) -> AccessStep {
     match parse_scenario(&step(lines), "x.toml") {

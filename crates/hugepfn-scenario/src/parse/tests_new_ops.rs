@@ -2,6 +2,7 @@
 //! `errno`) and the issue-6 ops (`dma_map`, `dma_unmap`, `kvm_memslot`, `guest_touch`, the
 //! consumer expectations): the documented example, then one test per error path.
 
+use super::tests::{err, problem, step, toml_err, with_map};
 use super::*;
 use crate::scenario::{Access, Advice, DmaMode, ErrnoName, MemslotFlag, ProtSpec};
 use hugepfn_units::{GIB, MIB};
@@ -96,39 +97,6 @@ op = "munmap"
 map = "b1"
 process = "main"
 "#;
-
-/// HEAD + an mmap of `b1` (lines 1-9), as in the other test module.
-fn with_map(rest: &str) -> String {
-    format!(
-        "name = \"t\"\n[[device]]\nname = \"gpu\"\nbars = [{{ index = 1, phys = \"0x100000000000\", size = \"1G\" }}]\n[[step]]\nop = \"mmap\"\nname = \"b1\"\ndevice = \"gpu\"\nbar = 1\n{rest}"
-    )
-}
-
-/// `with_map` + one step `[[step]]` at line 10 with these lines (op first).
-fn step(lines: &str) -> String {
-    with_map(&format!("[[step]]\n{lines}\n"))
-}
-
-fn err(text: &str) -> ScenarioError {
-    match parse_scenario(text, "x.toml") {
-        Ok(s) => panic!("expected an error, parsed {s:#?}"),
-        Err(e) => e,
-    }
-}
-
-fn problem(text: &str) -> (Problem, usize, usize) {
-    match err(text) {
-        ScenarioError::Invalid { at, problem } => (problem, at.line, at.column),
-        other => panic!("expected a Problem, got: {other}"),
-    }
-}
-
-fn toml_err(text: &str) -> (String, usize) {
-    match err(text) {
-        ScenarioError::Toml { at, message } => (message, at.line),
-        other => panic!("expected a TOML error, got: {other}"),
-    }
-}
 
 fn parse_one(lines: &str) -> Step {
     let s = parse_scenario(&step(lines), "x.toml").unwrap_or_else(|e| panic!("{e}"));
