@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # lab/ci.sh: the real-kernel check of CI (called by .ci/run after the unit tests).
 #
-# Sets the lab up (apt: qemu-system-x86 matching qemu-utils, Debian's 6.12 kernel and busybox,
-# downloaded and unpacked, never installed; cached in $HUGEPFN_LAB_DIR, default
-# /var/tmp/hugepfn-lab) and runs `hugepfn lab compare` on every scenario in scenarios/: model
-# vs Linux 6.12 in QEMU TCG guests (2 at a time), grouped by BAR size.
+# Sets the lab up (apt: qemu-system-x86 matching qemu-utils, Debian's 6.12.95 and 7.3.4 kernels
+# and busybox, downloaded and unpacked, never installed; cached in $HUGEPFN_LAB_DIR, default
+# /var/tmp/hugepfn-lab) and runs `hugepfn lab compare` on every scenario in scenarios/: the model
+# running as each kernel vs that kernel in QEMU TCG guests (2 at a time), grouped by BAR size,
+# one verdict column per kernel ($HUGEPFN_LAB_KERNELS, default 6.12.95,7.3.4).
 #
 # Exit status: 0 = no difference (or "LAB SKIPPED: <reason>" when QEMU or the kernel cannot be
 # had on this machine); non-zero = a difference between model and kernel, an unexpected kernel
@@ -15,7 +16,8 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 LAB_DIR=${HUGEPFN_LAB_DIR:-/var/tmp/hugepfn-lab}
-BUDGET=${HUGEPFN_LAB_BUDGET:-540}   # seconds for the comparison itself
+BUDGET=${HUGEPFN_LAB_BUDGET:-540}   # seconds for the comparison itself (all kernels)
+KERNELS=${HUGEPFN_LAB_KERNELS:-6.12.95,7.3.4}
 T0=$(date +%s)
 
 skip() {
@@ -37,14 +39,16 @@ PROBE=$TARGET_DIR/x86_64-unknown-linux-gnu/release/hugepfn-probe
 COMMON=(--lab-dir "$LAB_DIR" --probe "$PROBE")
 
 # The environment (apt, downloads): if it cannot be had, the lab is skipped, loudly.
-if ! SETUP=$("$HP" lab setup "${COMMON[@]}" 2>&1); then
-    echo "$SETUP" | tail -15
-    reason=$(echo "$SETUP" | grep -E '^hugepfn lab:' | tail -1 | sed 's/^hugepfn lab: //')
-    skip "${reason:-lab setup failed}"
-fi
-echo "$SETUP"
+for k in ${KERNELS//,/ }; do
+    if ! SETUP=$("$HP" lab setup --kernel "$k" "${COMMON[@]}" 2>&1); then
+        echo "$SETUP" | tail -15
+        reason=$(echo "$SETUP" | grep -E '^hugepfn lab:' | tail -1 | sed 's/^hugepfn lab: //')
+        skip "${reason:-lab setup failed} (kernel $k)"
+    fi
+    echo "$SETUP"
+done
 
-timeout --kill-after=20 "$BUDGET" "$HP" lab compare "${COMMON[@]}" --jobs 2 \
+timeout --kill-after=20 "$BUDGET" "$HP" lab compare "${COMMON[@]}" --jobs 2 --kernels "$KERNELS" \
     --known-crashes lab/known-crashes.txt --markdown out/lab/compare.md
 rc=$?
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then

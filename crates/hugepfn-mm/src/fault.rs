@@ -260,12 +260,25 @@ impl std::str::FromStr for ThpPolicy {
     }
 }
 
+/// What `__thp_vma_allowable_orders` consults in a fault: the sysfs policy, and whether huge
+/// pfnmaps bypass it (the 6.12.115+ / 7.x `vma_file_bypass_thp_tuneables`: "Huge PFN mappings
+/// are uncompactable so the policy doesn't apply"; see the hugepfn-kernels table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ThpGate {
+    /// `/sys/kernel/mm/transparent_hugepage/enabled`.
+    pub policy: ThpPolicy,
+    /// VM_PFNMAP VMAs with a `huge_fault` handler ignore `policy` (MADV_NOHUGEPAGE still
+    /// counts).
+    pub bypass_pfnmap: bool,
+}
+
 /// `thp_vma_allowable_order(vma, vm_flags, TVA_IN_PF | TVA_ENFORCE_SYSFS, order)` for a
 /// file-backed VMA in Linux 6.12: the order must be one of `THP_ORDERS_ALL_SPECIAL` (PMD, PUD)
 /// and the VMA special-huge (a file and VM_PFNMAP/VM_MIXEDMAP); THP not disabled for it
-/// (VM_NOHUGEPAGE); the sysfs policy `always`, or `madvise` with VM_HUGEPAGE; and a `huge_fault`
-/// handler present. In a fault, alignment is the handler's business, not this gate's.
-pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpPolicy, order: u32) -> bool {
+/// (VM_NOHUGEPAGE); the sysfs policy `always`, or `madvise` with VM_HUGEPAGE — unless
+/// [`ThpGate::bypass_pfnmap`] and the VMA is VM_PFNMAP; and a `huge_fault` handler present. In a
+/// fault, alignment is the handler's business, not this gate's.
+pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpGate, order: u32) -> bool {
     let Some(level) = Level::from_order(order) else {
         return false;
     };
@@ -282,12 +295,15 @@ pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpPolicy, order: u32) -> bool {
     if vma.flags.is_cow_mapping() {
         return false;
     }
-    let sysfs = match thp {
-        ThpPolicy::Always => true,
-        ThpPolicy::Madvise => vma.flags.contains(VmFlags::HUGEPAGE),
-        ThpPolicy::Never => false,
-    };
-    sysfs && vma.ops.as_ref().is_some_and(|o| o.has_huge_fault())
+    let has_huge_fault = vma.ops.as_ref().is_some_and(|o| o.has_huge_fault());
+    let bypass = thp.bypass_pfnmap && vma.flags.contains(VmFlags::PFNMAP) && has_huge_fault;
+    let sysfs = bypass
+        || match thp.policy {
+            ThpPolicy::Always => true,
+            ThpPolicy::Madvise => vma.flags.contains(VmFlags::HUGEPAGE),
+            ThpPolicy::Never => false,
+        };
+    sysfs && has_huge_fault
 }
 
 /// Counters of one process's faults (`current->min_flt`, split by the level that served them).
@@ -501,7 +517,7 @@ pub fn access_error(vma: &Vma, write: bool) -> bool {
 pub fn handle_mm_fault_locked(
     vma: &Vma,
     pt: &PageTables,
-    thp: ThpPolicy,
+    thp: ThpGate,
     address: u64,
     flags: FaultFlags,
     stats: &FaultStats,

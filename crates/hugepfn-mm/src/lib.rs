@@ -34,7 +34,7 @@ pub use addr::{AddrError, PAGE_SIZE, PagingMode, Pfn, PhysAddr, VirtAddr};
 pub use entry::{CacheMode, Leaf, Pgprot, ProtFlags};
 pub use error::{Errno, MmError};
 pub use fault::{
-    FaultCounts, FaultFlags, FaultPath, ThpPolicy, VmFault, VmFaultResult, VmOperations,
+    FaultCounts, FaultFlags, FaultPath, ThpGate, ThpPolicy, VmFault, VmFaultResult, VmOperations,
 };
 pub use follow::{FollowPfnmap, FollowPfnmapArgs};
 pub use gup::{FollFlags, GupFast};

@@ -20,12 +20,12 @@ use crate::addr::{PAGE_SIZE, PagingMode, Pfn, VirtAddr};
 use crate::entry::{Pgprot, ProtFlags};
 use crate::error::MmError;
 use crate::fault::{
-    FaultCounts, FaultFlags, FaultOutcome, FaultPath, FaultStats, ThpPolicy, VmFaultResult,
-    access_error, handle_mm_fault_locked,
+    FaultCounts, FaultFlags, FaultOutcome, FaultPath, FaultStats, ThpGate, ThpPolicy,
+    VmFaultResult, access_error, handle_mm_fault_locked,
 };
 use crate::level::{LeafCap, Level};
 use crate::mapping::{AddressSpace, IMmapEntry};
-use crate::pgtable::{LeafCounts, PageTables, PartialHuge};
+use crate::pgtable::{Bugs, LeafCounts, PageTables, PartialHuge};
 use crate::phys::{PhysMem, TableCounts};
 use crate::vma::{VmFlags, Vma, vm_get_page_prot};
 
@@ -42,6 +42,12 @@ pub struct MmConfig {
     pub mode: PagingMode,
     /// `/sys/kernel/mm/transparent_hugepage/enabled`.
     pub thp: ThpPolicy,
+    /// Huge pfnmap faults ignore [`MmConfig::thp`] (Linux 6.12.115+ and 7.x; the corrected
+    /// design and 6.12.95 gate them).
+    pub thp_bypass_pfnmap: bool,
+    /// `get_unmapped_area` pads and offset-aligns file mappings whose length is a multiple of
+    /// 2 MiB, as 6.12 does (7.3 does it for anonymous mappings only).
+    pub thp_align_file_mappings: bool,
     /// Largest leaf `remap_pfn_range` installs (the RFC: PUD).
     pub remap_cap: LeafCap,
     /// Top of the mmap area (`mm->mmap_base`); default: 128 MiB below the end of user space.
@@ -57,6 +63,8 @@ impl Default for MmConfig {
         MmConfig {
             mode: PagingMode::Level4,
             thp: ThpPolicy::Always,
+            thp_bypass_pfnmap: false,
+            thp_align_file_mappings: true,
             remap_cap: LeafCap::Pud,
             mmap_base: None,
             fault_path: FaultPath::HugeFault,
@@ -272,6 +280,8 @@ pub struct Mm {
     pub(crate) pt: PageTables,
     pub(crate) mmap_lock: RwLock<VmaTree>,
     pub(crate) stats: FaultStats,
+    /// Oopses a kernel with [`Bugs::SPLIT_VMA_IN_PUD_OOPS`] would have died of here.
+    kernel_oopses: crate::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Mm {
@@ -356,7 +366,46 @@ impl Mm {
             pt,
             mmap_lock: RwLock::new(VmaTree::default()),
             stats: FaultStats::default(),
+            kernel_oopses: crate::sync::atomic::AtomicU64::new(0),
         }))
+    }
+
+    /// What `__thp_vma_allowable_orders` consults in this mm's faults.
+    pub fn thp_gate(&self) -> ThpGate {
+        ThpGate {
+            policy: self.cfg.thp,
+            bypass_pfnmap: self.cfg.thp_bypass_pfnmap,
+        }
+    }
+
+    /// Kernel oopses so far that a kernel with the bugs in [`MmConfig::bugs`] would have died
+    /// of ([`Bugs::SPLIT_VMA_IN_PUD_OOPS`]); the model went on as the corrected design.
+    pub fn kernel_oopses(&self) -> u64 {
+        self.kernel_oopses.load(Ordering::Relaxed)
+    }
+
+    /// `__split_vma(vma, addr)` → `vma_adjust_trans_huge` → `split_huge_pmd_if_needed`, as
+    /// Linux 6.12 … 7.3 have it: a split at an address that is not 2 MiB aligned, whose 2 MiB
+    /// block lies in the VMA, calls `split_huge_pmd_address`, whose `mm_find_pmd` takes a PUD
+    /// leaf there for a table and hands `__split_huge_pmd` a "PMD" inside the BAR: an oops.
+    /// With [`Bugs::SPLIT_VMA_IN_PUD_OOPS`] the model counts it; it never changes what the
+    /// model does (the corrected `vma_adjust_trans_huge` also splits PUDs).
+    fn note_split_vma(&self, v: &Vma, addr: u64) {
+        if !self.cfg.bugs.contains(Bugs::SPLIT_VMA_IN_PUD_OOPS) {
+            return;
+        }
+        let pmd = Level::Pmd.size();
+        let lo = addr & !(pmd - 1);
+        if addr == lo || lo < v.start || lo + pmd > v.end {
+            return;
+        }
+        if self
+            .pt
+            .lookup(addr)
+            .is_some_and(|(leaf, _)| leaf.level == Level::Pud)
+        {
+            self.kernel_oopses.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// A unique id.
@@ -454,7 +503,8 @@ impl Mm {
 
     /// `get_unmapped_area` for a file mapping in 6.12: with no hint and a length that is a
     /// multiple of 2 MiB, `thp_get_unmapped_area` pads the search by 2 MiB and returns an address
-    /// congruent with the file offset modulo 2 MiB; otherwise plain top-down.
+    /// congruent with the file offset modulo 2 MiB; otherwise (and always without
+    /// [`MmConfig::thp_align_file_mappings`]) plain top-down.
     pub fn get_unmapped_area(&self, len: u64, offset: u64) -> Result<u64, MmError> {
         let tree = self.mmap_read();
         self.get_unmapped_area_locked(&tree.tree, len, offset)
@@ -469,7 +519,7 @@ impl Mm {
         let size = Level::Pmd.size();
         let low = MMAP_MIN_ADDR;
         let high = self.mmap_base();
-        if len.is_multiple_of(size) {
+        if self.cfg.thp_align_file_mappings && len.is_multiple_of(size) {
             // __thp_get_unmapped_area
             let off_align = offset.div_ceil(size).saturating_mul(size);
             let off_end = offset.saturating_add(len);
@@ -614,6 +664,7 @@ impl Mm {
         } else {
             PartialHuge::Split
         };
+        self.note_split_vma(&v, addr);
         self.pt.adjust_trans_huge(addr, policy)?;
         let mut head = self.unlink(tree, v.start).unwrap_or(v);
         let tail = head.split_off(addr);
@@ -785,6 +836,14 @@ impl Mm {
         if hit.is_empty() {
             return Ok(st);
         }
+        for v in &hit {
+            if v.start < addr {
+                self.note_split_vma(v, addr);
+            }
+            if v.end > end {
+                self.note_split_vma(v, end);
+            }
+        }
         // Page tables first, while the VMAs still say how to treat partial leaves.
         for v in &hit {
             let s = v.start.max(addr);
@@ -947,7 +1006,7 @@ impl Mm {
                 level: Level::Pte,
             });
         }
-        let o = handle_mm_fault_locked(vma, &self.pt, self.cfg.thp, addr, flags, &self.stats);
+        let o = handle_mm_fault_locked(vma, &self.pt, self.thp_gate(), addr, flags, &self.stats);
         let raised = matches!(o.result, VmFaultResult::Sigbus | VmFaultResult::Sigsegv);
         if signal || !raised {
             self.stats.account(o.result, o.level);

@@ -190,6 +190,12 @@ bitflags::bitflags! {
         /// the moved range) with no TLB flush of its own, and the new range refaults. Measured
         /// in the lab (`life-mremap-move-expand-shrink`). Fixed (default): the leaf moves.
         const MREMAP_PUD_CLEAR_BAD = 1 << 4;
+        /// Linux 6.12 … 7.3's `vma_adjust_trans_huge` splits PMDs only: a VMA split at an
+        /// address inside a PUD leaf that is not 2 MiB aligned oopses in `__split_huge_pmd`
+        /// (`mm_find_pmd` walks into the leaf). Detected, not reproduced: the mm counts the
+        /// oops ([`crate::Mm::kernel_oopses`]) and goes on as the corrected design. Measured in
+        /// the lab (`vfio-munmap-4k-hole-in-pud`).
+        const SPLIT_VMA_IN_PUD_OOPS = 1 << 5;
     }
 }
 

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use hugepfn_scenario::{
-    Access as ScAccess, Advice as ScAdvice, Counters, ExpectNow, MAIN_PROCESS, Madvise, Order,
-    PowerState, ProtSpec, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement,
+    Access as ScAccess, Advice as ScAdvice, Counters, ExpectNow, Kernel, MAIN_PROCESS, Madvise,
+    Order, PowerState, ProtSpec, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement,
     check_expect,
 };
 use hugepfn_units::format_size;
@@ -1097,7 +1097,11 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Outcome, ProbeError> {
             let since_last = since
                 .remove(&actor)
                 .unwrap_or_else(|| Counters::zero(false));
-            rep.expect = Some(check_expect(&e.expect, &since_last, &now));
+            // the checks for this kernel: its `on_kernel` entry when it is a modelled one
+            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .and_then(|r| Kernel::from_release(r.trim()));
+            rep.expect = Some(check_expect(&e.spec_for(kernel), &since_last, &now));
         } else {
             since
                 .entry(actor.clone())

@@ -252,6 +252,15 @@ pub enum Problem {
         /// What the file said.
         value: String,
     },
+    /// `kernel` (or an `on_kernel` key) names no modelled kernel.
+    #[error("`kernel`: {message}")]
+    UnknownKernel {
+        /// The message listing the accepted versions.
+        message: String,
+    },
+    /// An `on_kernel` table has `process` or `on_kernel` of its own.
+    #[error("an `on_kernel` table holds checks only (no `process`, no nested `on_kernel`)")]
+    OnKernelNests,
     /// A step names a process that no `fork` creates.
     #[error("unknown process `{name}`{}", known_list("processes so far", known))]
     UnknownProcess {

@@ -179,10 +179,10 @@ pub use report::{
 pub use scenario::{
     Access, AccessPattern, AccessStep, Advice, Arch, BarSpec, CpuSpec, DeviceSpec, DmaMapStep,
     DmaMode, DmaUnmapStep, ErrnoName, ExpectSpec, ExpectStep, FaultPathSpec, ForkStep,
-    GuestTouchStep, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep, MemoryStep,
-    MemslotFlag, MmapStep, MprotectStep, MremapStep, MunmapStep, Order, PlacementError, PowerState,
-    PowerStep, ProtSpec, ResetStep, Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts,
-    TouchStep, VaPlacement,
+    GuestTouchStep, Kernel, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep,
+    MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep, MunmapStep, Order, PlacementError,
+    PowerState, PowerStep, ProtSpec, ResetStep, Scenario, Step, TableLevelCounts, ThpMode,
+    TlbMissCounts, TouchStep, VaPlacement,
 };
 
 /// The name of the first process, the one every step acts in unless it says `process = ...`.

@@ -23,10 +23,10 @@ use crate::error::{Location, Problem, ScenarioError};
 use crate::scenario::{
     Access, AccessPattern, AccessStep, Advice, Arch, BarSpec, CpuSpec, DeviceSpec, DmaMapStep,
     DmaMode, DmaUnmapStep, ErrnoName, ExpectSpec, ExpectStep, FaultPathSpec, ForkStep,
-    GuestTouchStep, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep, MemoryStep,
-    MemslotFlag, MmapStep, MprotectStep, MremapStep, MunmapStep, Order, PowerState, PowerStep,
-    ProtSpec, ResetStep, Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts, TouchStep,
-    VaPlacement,
+    GuestTouchStep, Kernel, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep,
+    MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep, MunmapStep, Order, PowerState,
+    PowerStep, ProtSpec, ResetStep, Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts,
+    TouchStep, VaPlacement,
 };
 
 /// Reads the scenario file at `path`; errors name the path as given.
@@ -70,6 +70,10 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
         arch: head.arch,
         thp: head.thp,
         fault_path: head.fault_path,
+        kernel: match head.kernel {
+            None => None,
+            Some(k) => Some(cx.kernel(&k)?),
+        },
         kernel_bugs: head.kernel_bugs,
         description: head.description,
         devices,
@@ -120,6 +124,8 @@ struct RawHead {
     thp: ThpMode,
     #[serde(default)]
     fault_path: FaultPathSpec,
+    #[serde(default)]
+    kernel: Option<Spanned<String>>,
     #[serde(default)]
     kernel_bugs: Vec<KernelBug>,
     #[serde(default)]
@@ -324,7 +330,7 @@ struct RawPower {
     state: PowerState,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct RawExpect {
     #[serde(default, rename = "op")]
@@ -348,6 +354,7 @@ struct RawExpect {
     walk_refs_ept: Option<u64>,
     walk_faults: Option<u64>,
     process: Option<Spanned<String>>,
+    on_kernel: Option<std::collections::BTreeMap<Spanned<String>, Spanned<RawExpect>>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -648,7 +655,38 @@ impl Cx<'_> {
         line: usize,
         procs: &Procs,
     ) -> Result<ExpectStep, ScenarioError> {
-        let errno = match r.errno {
+        let mut on_kernel = Vec::new();
+        for (k, v) in r.on_kernel.clone().into_iter().flatten() {
+            let kernel = self.kernel(&k)?;
+            let span = v.span();
+            let o = v.into_inner();
+            if o.process.is_some() || o.on_kernel.is_some() {
+                return Err(self.invalid(&span, Problem::OnKernelNests));
+            }
+            on_kernel.push((kernel, self.expect_spec(&o)?));
+        }
+        Ok(ExpectStep {
+            line,
+            expect: self.expect_spec(&r)?,
+            on_kernel,
+            process: self.process(procs, r.process.clone())?,
+        })
+    }
+
+    /// `kernel = "7.3.4"` (or an `on_kernel` key) → the modelled kernel.
+    fn kernel(&self, k: &Spanned<String>) -> Result<Kernel, ScenarioError> {
+        k.get_ref().parse::<Kernel>().map_err(|e| {
+            self.invalid(
+                &k.span(),
+                Problem::UnknownKernel {
+                    message: e.to_string(),
+                },
+            )
+        })
+    }
+
+    fn expect_spec(&self, r: &RawExpect) -> Result<ExpectSpec, ScenarioError> {
+        let errno = match &r.errno {
             None => None,
             Some(v) => Some(
                 v.get_ref()
@@ -656,29 +694,25 @@ impl Cx<'_> {
                     .map_err(|value| self.invalid(&v.span(), Problem::UnknownErrno { value }))?,
             ),
         };
-        Ok(ExpectStep {
-            line,
-            expect: ExpectSpec {
-                faults: r.faults,
-                faults_by_level: r.faults_by_level,
-                sigbus: r.sigbus,
-                sigsegv: r.sigsegv,
-                skipped: r.skipped,
-                leaves: r.leaves,
-                errno,
-                dma_lookups: r.dma_lookups,
-                iommu_entries: r.iommu_entries,
-                ept_violations: r.ept_violations,
-                ept_leaves: r.ept_leaves,
-                mmu_invalidations: r.mmu_invalidations,
-                loads: r.loads,
-                tlb_misses: r.tlb_misses,
-                walk_refs: r.walk_refs,
-                walk_refs_by_level: r.walk_refs_by_level,
-                walk_refs_ept: r.walk_refs_ept,
-                walk_faults: r.walk_faults,
-            },
-            process: self.process(procs, r.process)?,
+        Ok(ExpectSpec {
+            faults: r.faults,
+            faults_by_level: r.faults_by_level,
+            sigbus: r.sigbus,
+            sigsegv: r.sigsegv,
+            skipped: r.skipped,
+            leaves: r.leaves,
+            errno,
+            dma_lookups: r.dma_lookups,
+            iommu_entries: r.iommu_entries,
+            ept_violations: r.ept_violations,
+            ept_leaves: r.ept_leaves,
+            mmu_invalidations: r.mmu_invalidations,
+            loads: r.loads,
+            tlb_misses: r.tlb_misses,
+            walk_refs: r.walk_refs,
+            walk_refs_by_level: r.walk_refs_by_level,
+            walk_refs_ept: r.walk_refs_ept,
+            walk_faults: r.walk_faults,
         })
     }
 
@@ -825,7 +859,7 @@ impl Cx<'_> {
                     offset,
                     len,
                     iova,
-                    mode: r.mode.unwrap_or_default(),
+                    mode: r.mode,
                     process: self.process(procs, r.process)?,
                 })
             }

@@ -36,6 +36,9 @@ pub struct RunReport {
     pub scenario: String,
     /// `"model"` or `"kernel <uname -r>"`.
     pub source: String,
+    /// The model only: the kernel it behaved as (`None`: the corrected design).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
     /// One entry per step, in order (also for steps after a failed expectation).
     pub steps: Vec<StepReport>,
     /// Sum of the steps' counters.
@@ -67,6 +70,7 @@ impl RunReport {
         RunReport {
             scenario: scenario.into(),
             source: source.into(),
+            kernel: None,
             steps,
             totals,
             ok,
@@ -110,6 +114,11 @@ pub struct StepReport {
     /// that cannot simulate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessEstimate>,
+    /// The model only, running as a kernel with a known crashing bug: the function the
+    /// kernel's oops names at this step (e.g. `"__split_huge_pmd"`). The model went on as the
+    /// corrected design would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_crash: Option<String>,
 }
 
 /// The calibration-dependent side of an `access` step: the estimated time, and what the
@@ -159,6 +168,7 @@ impl StepReport {
             errno: None,
             expect: None,
             access: None,
+            kernel_crash: None,
         }
     }
 }
@@ -780,6 +790,7 @@ mod tests {
         let expect = Step::Expect(ExpectStep {
             line: 12,
             expect: spec(Some(2), None),
+            on_kernel: vec![],
             process: None,
         });
         let mut s0 = StepReport::for_step(0, &reset, false);

@@ -25,9 +25,14 @@ pub struct Scenario {
     /// `fault_path`: which of the RFC's three fault-path designs the model runs (the real kernel
     /// always runs `huge_fault`), default [`FaultPathSpec::HugeFault`].
     pub fault_path: FaultPathSpec,
-    /// `kernel_bugs`: known Linux 6.12 bugs the model reproduces for this scenario, so that a lab
-    /// scenario can match the real kernel step by step while the model's default (every bug
-    /// fixed) is shown by its own tests. Empty by default; the real-kernel probe ignores it.
+    /// `kernel`: the Linux version the model behaves as, its known bugs included (`None`: the
+    /// corrected design, 6.12.95 with every known bug fixed). `--kernel` overrides it; the
+    /// real-kernel probe ignores it.
+    pub kernel: Option<Kernel>,
+    /// `kernel_bugs`: known Linux bugs the model reproduces for this scenario on top of those of
+    /// `kernel`, so that a lab scenario can match the real kernel step by step while the model's
+    /// default (every bug fixed) is shown by its own tests. Empty by default; the real-kernel
+    /// probe ignores it.
     pub kernel_bugs: Vec<KernelBug>,
     /// Optional free text.
     pub description: Option<String>,
@@ -90,15 +95,10 @@ pub enum FaultPathSpec {
     RemapOverwrite,
 }
 
-/// A known Linux 6.12 bug the model can reproduce (`kernel_bugs = [...]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KernelBug {
-    /// mremap of a range holding a PUD leaf: `move_page_tables` → `get_old_pud` →
-    /// `pud_none_or_clear_bad` takes the x86 leaf for a bad table ("bad pud" in dmesg) and
-    /// clears it instead of `move_huge_pud` moving it; the new range refaults.
-    MremapPudClearBad,
-}
+/// A known Linux bug the model can reproduce (`kernel_bugs = [...]`): the table is in
+/// hugepfn-kernels.
+pub use hugepfn_kernels::Bug as KernelBug;
+pub use hugepfn_kernels::Kernel;
 
 /// One `[[device]]`: a PCI function whose BARs can be mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -653,6 +653,30 @@ impl ExpectSpec {
     pub fn is_empty(&self) -> bool {
         *self == ExpectSpec::default()
     }
+
+    /// `self` with every check that `over` sets replaced by `over`'s.
+    pub fn overlaid(&self, over: &ExpectSpec) -> ExpectSpec {
+        ExpectSpec {
+            faults: over.faults.or(self.faults),
+            faults_by_level: over.faults_by_level.or(self.faults_by_level),
+            sigbus: over.sigbus.or(self.sigbus),
+            sigsegv: over.sigsegv.or(self.sigsegv),
+            skipped: over.skipped.or(self.skipped),
+            leaves: over.leaves.or(self.leaves),
+            errno: over.errno.or(self.errno),
+            dma_lookups: over.dma_lookups.or(self.dma_lookups),
+            iommu_entries: over.iommu_entries.or(self.iommu_entries),
+            ept_violations: over.ept_violations.or(self.ept_violations),
+            ept_leaves: over.ept_leaves.or(self.ept_leaves),
+            mmu_invalidations: over.mmu_invalidations.or(self.mmu_invalidations),
+            loads: over.loads.or(self.loads),
+            tlb_misses: over.tlb_misses.or(self.tlb_misses),
+            walk_refs: over.walk_refs.or(self.walk_refs),
+            walk_refs_by_level: over.walk_refs_by_level.or(self.walk_refs_by_level),
+            walk_refs_ept: over.walk_refs_ept.or(self.walk_refs_ept),
+            walk_faults: over.walk_faults.or(self.walk_faults),
+        }
+    }
 }
 
 /// One `[[step]]`. Every variant carries the line of its `[[step]]` header.
@@ -885,9 +909,22 @@ pub struct ExpectStep {
     pub line: usize,
     /// What to check.
     pub expect: ExpectSpec,
+    /// `on_kernel."7.3.4" = { faults = 2 }`: checks that differ when the model runs as (or the
+    /// lab boots) that kernel; each replaces the same check of `expect`.
+    pub on_kernel: Vec<(Kernel, ExpectSpec)>,
     /// `process = ...`: whose counters (since that process's previous `expect`); `None` = the
     /// first process.
     pub process: Option<String>,
+}
+
+impl ExpectStep {
+    /// The checks that hold under `kernel` (`None`: the corrected design, `expect` as written).
+    pub fn spec_for(&self, kernel: Option<Kernel>) -> ExpectSpec {
+        match kernel.and_then(|k| self.on_kernel.iter().find(|(o, _)| *o == k)) {
+            Some((_, over)) => self.expect.overlaid(over),
+            None => self.expect,
+        }
+    }
 }
 
 /// `mprotect(va + offset, len, prot)` on a mapping.
@@ -963,8 +1000,9 @@ pub struct DmaMapStep {
     pub len: Len,
     /// The I/O virtual address.
     pub iova: u64,
-    /// `vaddr_get_pfns` per page or batched by `addr_mask`, default batched.
-    pub mode: DmaMode,
+    /// `vaddr_get_pfns` per page or batched by `addr_mask` (`None`: as the modelled kernel
+    /// does it — per page before 6.15 — or batched for the corrected design).
+    pub mode: Option<DmaMode>,
     /// `process = ...` (whose container): `None` = the first process.
     pub process: Option<String>,
 }

@@ -42,7 +42,7 @@ pub const fn region_offset(index: u8) -> u64 {
 /// Which version of `vfio_pci_mmap_huge_fault` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum HugeFaultLogic {
-    /// Linux 6.15+ (and 6.12.y stable): align the address down to the order; the block must lie
+    /// Linux 6.15+ (and 6.12.29+ stable): align the address down to the order; the block must lie
     /// in the VMA and the pfn must be order-aligned.
     #[default]
     Fixed,
@@ -53,6 +53,16 @@ pub enum HugeFaultLogic {
     /// 09dfc8a5f2ce (6.13): pfn checked, address still not aligned down (§3.4: faults inside a
     /// block fall back to 4 KiB and mix sizes).
     V6_13,
+}
+
+impl From<hugepfn_kernels::HugeFaultVersion> for HugeFaultLogic {
+    fn from(v: hugepfn_kernels::HugeFaultVersion) -> HugeFaultLogic {
+        match v {
+            hugepfn_kernels::HugeFaultVersion::Fixed => HugeFaultLogic::Fixed,
+            hugepfn_kernels::HugeFaultVersion::Original => HugeFaultLogic::V6_12,
+            hugepfn_kernels::HugeFaultVersion::PfnChecked => HugeFaultLogic::V6_13,
+        }
+    }
 }
 
 /// Why a vfio operation was refused.

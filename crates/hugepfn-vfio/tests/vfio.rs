@@ -373,3 +373,38 @@ fn overlapping_bars_and_bad_bars_are_refused() {
     // Unbinding frees the physical ranges.
     assert!(VfioPciDevice::new(phys, "b", presets::h100_bars(), HugeFaultLogic::Fixed).is_ok());
 }
+
+/// e384abeb559d ("mm/huge_memory: bypass THP tuneables for huge pfnmap mappings", 7.3, stable
+/// 6.12.115): with the bypass a vfio BAR gets huge leaves whatever the sysfs mode, and only
+/// MADV_NOHUGEPAGE keeps it at 4 KiB; without it (6.12.95, the corrected design) the mode gates.
+#[test]
+fn regress_e384abeb559d_thp_tuneables_bypassed_for_huge_pfnmaps() {
+    use hugepfn_mm::madvise::Advice;
+    for (bypass, policy, nohuge, want) in [
+        (false, ThpPolicy::Never, false, 524_288),
+        (false, ThpPolicy::Madvise, false, 524_288),
+        (false, ThpPolicy::Always, false, 2),
+        (true, ThpPolicy::Never, false, 2),
+        (true, ThpPolicy::Madvise, false, 2),
+        (true, ThpPolicy::Never, true, 524_288),
+    ] {
+        let w = ivshmem(2 * G);
+        let mm = Mm::new(
+            w.phys.clone(),
+            MmConfig {
+                thp: policy,
+                thp_bypass_pfnmap: bypass,
+                ..MmConfig::default()
+            },
+        )
+        .unwrap();
+        let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
+        if nohuge {
+            mm.madvise(va, 2 * G, Advice::Nohugepage).unwrap();
+        }
+        let before = mm.fault_counts();
+        touch(&mm, va, 2 * G);
+        let f = mm.fault_counts().since(&before);
+        assert_eq!(f.faults, want, "bypass {bypass} {policy:?} nohuge {nohuge}");
+    }
+}

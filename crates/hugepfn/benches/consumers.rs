@@ -113,7 +113,8 @@ fn main() {
                     .ok()
                     .and_then(|t| t.parse().ok())
                     .unwrap_or(2),
-                dma: DmaLookupArg::Batched,
+                dma: Some(DmaLookupArg::Batched),
+                kernel: None,
                 only: None,
                 json: false,
             };

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use hugepfn_kernels::{Behaviour, Kernel};
 use hugepfn_kvm::{KvmConfig, UserMemoryRegion, Vm};
 use hugepfn_mm::{LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
 use hugepfn_units::{format_size, parse_size};
@@ -82,15 +83,24 @@ pub struct GuestBootArgs {
     /// Memory-decode off/on toggles by the firmware's BAR sizing before the guest uses the BAR.
     #[arg(long, default_value_t = 2)]
     pub toggles: u32,
-    /// `vaddr_get_pfns` of Linux 6.15+ (batched) or before (per-page).
-    #[arg(long, value_enum, default_value = "batched")]
-    pub dma: DmaLookupArg,
+    /// `vaddr_get_pfns` of Linux 6.15+ (batched) or before (per-page); default: as `--kernel`
+    /// does it (batched without one).
+    #[arg(long, value_enum)]
+    pub dma: Option<DmaLookupArg>,
+    /// Behave as this Linux version (6.12.95, 6.12.117, 7.3.4; 6.12.0, 6.13.0 model only)
+    /// instead of the corrected design.
+    #[arg(long, value_name = "VERSION", value_parser = parse_kernel)]
+    pub kernel: Option<Kernel>,
     /// Run one world only.
     #[arg(long, value_enum)]
     pub only: Option<WorldKind>,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_kernel(s: &str) -> Result<Kernel, String> {
+    s.parse::<Kernel>().map_err(|e| e.to_string())
 }
 
 fn parse_bar_size(s: &str) -> Result<u64, String> {
@@ -195,6 +205,8 @@ pub struct WorldReport {
 /// Both worlds and the parameters.
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestBootReport {
+    /// What the model behaved as ("the corrected design", "Linux 7.3.4").
+    pub model: String,
     /// BAR size.
     pub bar_size: u64,
     /// Decode toggles.
@@ -219,6 +231,7 @@ pub fn boot_world(
     bar_size: u64,
     toggles: u32,
     dma: DmaLookupArg,
+    behaviour: Behaviour,
 ) -> Result<WorldReport, GuestBootError> {
     let t0 = Instant::now();
     let phys = Arc::new(PhysMem::default());
@@ -226,11 +239,14 @@ pub fn boot_world(
         phys.clone(),
         "gpu",
         h100_with_bar1(bar_size),
-        HugeFaultLogic::Fixed,
+        HugeFaultLogic::from(behaviour.huge_fault()),
     )
     .map_err(|e| GuestBootError::Setup(e.to_string()))?;
-    let mm = Mm::new(phys.clone(), MmConfig::default())
-        .map_err(|e| GuestBootError::Setup(e.to_string()))?;
+    let mm = Mm::new(
+        phys.clone(),
+        crate::runner::mm_config(behaviour, MmConfig::default()),
+    )
+    .map_err(|e| GuestBootError::Setup(e.to_string()))?;
     let skew = match world {
         WorldKind::Huge => 0,
         WorldKind::Small => 4096,
@@ -337,14 +353,20 @@ pub fn guest_boot(args: &GuestBootArgs) -> Result<GuestBootReport, GuestBootErro
         Some(k) => vec![k],
         None => vec![WorldKind::Huge, WorldKind::Small],
     };
+    let behaviour = Behaviour::from_option(args.kernel);
+    let dma = args.dma.unwrap_or(match behaviour.type1_batches() {
+        Some(false) => DmaLookupArg::PerPage,
+        Some(true) | None => DmaLookupArg::Batched,
+    });
     let mut worlds = Vec::new();
     for k in kinds {
-        worlds.push(boot_world(k, args.bar_size, args.toggles, args.dma)?);
+        worlds.push(boot_world(k, args.bar_size, args.toggles, dma, behaviour)?);
     }
     Ok(GuestBootReport {
+        model: behaviour.label(),
         bar_size: args.bar_size,
         toggles: args.toggles,
-        dma: args.dma,
+        dma,
         worlds,
     })
 }
@@ -370,7 +392,8 @@ pub fn format(r: &GuestBootReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "guest boot: {} BAR at gpa/iova {:#x}, {} memory-decode toggles, DMA lookups {}",
+        "guest boot ({}): {} BAR at gpa/iova {:#x}, {} memory-decode toggles, DMA lookups {}",
+        r.model,
         format_size(r.bar_size),
         GUEST_BAR_GPA,
         r.toggles,
@@ -624,7 +647,8 @@ mod tests {
         let args = GuestBootArgs {
             bar_size: G,
             toggles: 2,
-            dma: DmaLookupArg::Batched,
+            dma: Some(DmaLookupArg::Batched),
+            kernel: None,
             only: None,
             json: false,
         };
@@ -708,7 +732,7 @@ mod tests {
                 2 * G,
                 1,
                 Some(WorldKind::Small),
-                DmaLookupArg::PerPage,
+                Some(DmaLookupArg::PerPage),
                 true
             )
         );
@@ -716,6 +740,16 @@ mod tests {
         let Cmd::GuestBoot(a) = d.cmd;
         assert_eq!((a.bar_size, a.toggles, a.only), (128 * G, 2, None));
         assert!(Cli::try_parse_from(["hugepfn", "guest-boot", "--bar-size", "3G"]).is_err());
+        let k = Cli::try_parse_from(["hugepfn", "guest-boot", "--kernel", "6.12.95"])
+            .expect("a kernel");
+        let Cmd::GuestBoot(a) = k.cmd;
+        assert_eq!(a.kernel, Some(Kernel::V6_12_95));
+        let bad = Cli::try_parse_from(["hugepfn", "guest-boot", "--kernel", "5.10"]);
+        let msg = bad.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("unknown kernel `5.10`") && msg.contains("7.3.4"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use hugepfn_kernels::Behaviour;
 use hugepfn_mm::remap_file::RemapPfnFile;
 use hugepfn_mm::{
     CacheMode, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, PhysMem,
@@ -83,6 +84,8 @@ pub struct VfioRow {
 /// The whole demo output.
 #[derive(Debug, Clone, Serialize)]
 pub struct Demo {
+    /// What the model behaved as: "the corrected design" or "Linux 7.3.4".
+    pub model: String,
     /// RFC huge remap_pfn_range, per BAR and policy.
     pub mappings: Vec<RemapRow>,
     /// vfio-pci fault path, per BAR and placement.
@@ -94,16 +97,19 @@ fn total(t: &TableCounts) -> (u64, u64) {
 }
 
 /// Maps `bar` with `remap_pfn_range` at a 1 GiB-aligned VA, leaves capped at `cap`.
-pub fn remap_bar(bar: &Bar, cap: LeafCap) -> Result<RemapRow, MmError> {
+pub fn remap_bar(bar: &Bar, cap: LeafCap, b: Behaviour) -> Result<RemapRow, MmError> {
     let phys = Arc::new(PhysMem::default());
     phys.add_device_range("bar", bar.phys, bar.size)
         .map_err(|e| MmError::Invalid(e.to_string()))?;
     let mm = Mm::new(
         phys,
-        MmConfig {
-            remap_cap: cap,
-            ..MmConfig::default()
-        },
+        crate::runner::mm_config(
+            b,
+            MmConfig {
+                remap_cap: cap,
+                ..MmConfig::default()
+            },
+        ),
     )?;
     let file = RemapPfnFile {
         name: format!("BAR{}", bar.index),
@@ -134,14 +140,20 @@ pub fn remap_bar(bar: &Bar, cap: LeafCap) -> Result<RemapRow, MmError> {
 }
 
 /// mmaps `bar` through vfio-pci at `placement` and touches every 4 KiB page.
-pub fn vfio_touch_bar(bars: &[Bar], index: u8, aligned: bool) -> Result<VfioRow, MmError> {
+pub fn vfio_touch_bar(
+    bars: &[Bar],
+    index: u8,
+    aligned: bool,
+    b: Behaviour,
+) -> Result<VfioRow, MmError> {
     let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(phys.clone(), "gpu", bars.to_vec(), HugeFaultLogic::Fixed)
+    let logic = HugeFaultLogic::from(b.huge_fault());
+    let dev = VfioPciDevice::new(phys.clone(), "gpu", bars.to_vec(), logic)
         .map_err(|e| MmError::Invalid(e.to_string()))?;
     let bar = *dev
         .bar(index)
         .ok_or_else(|| MmError::Invalid(format!("no BAR{index}")))?;
-    let mm = Mm::new(phys, MmConfig::default())?;
+    let mm = Mm::new(phys, crate::runner::mm_config(b, MmConfig::default()))?;
     let addr = if aligned {
         MmapAddr::Fixed(mm.find_aligned_area(bar.size, 1 << 30, 0)?)
     } else {
@@ -180,7 +192,12 @@ pub fn vfio_touch_bar(bars: &[Bar], index: u8, aligned: bool) -> Result<VfioRow,
 }
 
 /// Runs the demo on `bars` (default: the H100 layout). `bar_filter` keeps one BAR.
-pub fn run(bars: Option<Vec<Bar>>, bar_filter: Option<u8>) -> Result<Demo, MmError> {
+pub fn run(
+    bars: Option<Vec<Bar>>,
+    bar_filter: Option<u8>,
+    kernel: Option<hugepfn_kernels::Kernel>,
+) -> Result<Demo, MmError> {
+    let behaviour = Behaviour::from_option(kernel);
     let bars = bars.unwrap_or_else(presets::h100_bars);
     let chosen: Vec<&Bar> = bars
         .iter()
@@ -198,15 +215,19 @@ pub fn run(bars: Option<Vec<Bar>>, bar_filter: Option<u8>) -> Result<Demo, MmErr
     let mut vfio = Vec::new();
     for b in &chosen {
         for cap in LeafCap::ALL {
-            mappings.push(remap_bar(b, cap)?);
+            mappings.push(remap_bar(b, cap, behaviour)?);
         }
     }
     for b in &chosen {
         for aligned in [false, true] {
-            vfio.push(vfio_touch_bar(&bars, b.index, aligned)?);
+            vfio.push(vfio_touch_bar(&bars, b.index, aligned, behaviour)?);
         }
     }
-    Ok(Demo { mappings, vfio })
+    Ok(Demo {
+        model: behaviour.label(),
+        mappings,
+        vfio,
+    })
 }
 
 fn ms(ns: u64) -> String {
@@ -217,9 +238,15 @@ fn ms(ns: u64) -> String {
 pub fn format(d: &Demo) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
+    let _ = writeln!(s, "Model: {}\n", d.model);
     let _ = writeln!(
         s,
-        "RFC huge remap_pfn_range at a 1 GiB-aligned VA (built-in H100-like device)\n"
+        "RFC huge remap_pfn_range at a 1 GiB-aligned VA (built-in H100-like device){}\n",
+        if d.model.starts_with("Linux") {
+            ": this kernel has no huge remap_pfn_range, leaves are capped at 4 KiB"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,

@@ -8,6 +8,7 @@ pub mod compare;
 pub mod consumers_cli;
 pub mod demo;
 pub mod hw_cli;
+pub mod kernels_cli;
 pub mod lab;
 pub mod output;
 pub mod runner;

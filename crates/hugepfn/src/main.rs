@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use hugepfn::{bench, compare, demo, output, runner};
-use hugepfn_vfio::HugeFaultLogic;
+use hugepfn_kernels::Kernel;
 
 #[derive(Parser)]
 #[command(
@@ -21,12 +21,27 @@ struct Cli {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Logic {
-    /// Linux 6.15+ / 6.12.y stable: align down, check the pfn.
+    /// The corrected design (no `--kernel`).
     Fixed,
-    /// As merged in 6.12: faulting address must be aligned; pfn not checked.
+    /// `--kernel 6.12.0`: faulting address must be aligned; pfn not checked.
     V612,
-    /// 6.13: pfn checked, address not aligned down.
+    /// `--kernel 6.13.0`: pfn checked, address not aligned down.
     V613,
+}
+
+impl Logic {
+    /// `--logic` is an alias of `--kernel` kept for old command lines.
+    fn kernel(self) -> Option<Kernel> {
+        match self {
+            Logic::Fixed => None,
+            Logic::V612 => Some(Kernel::V6_12_0),
+            Logic::V613 => Some(Kernel::V6_13_0),
+        }
+    }
+}
+
+fn parse_kernel(s: &str) -> Result<Kernel, String> {
+    s.parse::<Kernel>().map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -44,6 +59,10 @@ enum Cmd {
         /// BARs from a sysfs `resource` file (e.g. /sys/bus/pci/devices/0000:01:00.0/resource).
         #[arg(long)]
         resource: Option<PathBuf>,
+        /// Behave as this Linux version (6.12.95, 6.12.117, 7.3.4; 6.12.0, 6.13.0 model only)
+        /// instead of the corrected design.
+        #[arg(long, value_name = "VERSION", value_parser = parse_kernel)]
+        kernel: Option<Kernel>,
     },
     /// Run a scenario file on the model; exit 1 if an `expect` fails, 2 if the file is malformed.
     Run {
@@ -52,9 +71,13 @@ enum Cmd {
         /// Print the report as JSON (the same format the real-kernel probe prints).
         #[arg(long)]
         json: bool,
-        /// Which vfio_pci_mmap_huge_fault to run.
-        #[arg(long, value_enum, default_value = "fixed")]
-        logic: Logic,
+        /// Behave as this Linux version (6.12.95, 6.12.117, 7.3.4; 6.12.0, 6.13.0 model only),
+        /// its known bugs included, overriding the file's `kernel`.
+        #[arg(long, value_name = "VERSION", value_parser = parse_kernel)]
+        kernel: Option<Kernel>,
+        /// Old spelling of --kernel: fixed = the corrected design, v612 = 6.12.0, v613 = 6.13.0.
+        #[arg(long, value_enum, hide = true, conflicts_with = "kernel")]
+        logic: Option<Logic>,
     },
     /// Run one scenario under the RFC's three fault-path designs (huge_fault, early_fault,
     /// remap_overwrite) and print faults, page tables, TLB flushes, time and hazards side by side.
@@ -64,6 +87,19 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Behave as this Linux version, overriding the file's `kernel`.
+        #[arg(long, value_name = "VERSION", value_parser = parse_kernel)]
+        kernel: Option<Kernel>,
+    },
+    /// The kernel versions the model knows: every change of huge-pfnmap behaviour and every
+    /// known bug, with its commit, and which kernel has it (docs/kernels.md).
+    Kernels {
+        /// Print JSON.
+        #[arg(long, conflicts_with = "markdown")]
+        json: bool,
+        /// Print the Markdown of docs/kernels.md (the default).
+        #[arg(long)]
+        markdown: bool,
     },
     /// Time the workloads behind the speed targets once (build with --release) and print
     /// the ratios between them; `cargo bench` gives the statistics.
@@ -98,6 +134,7 @@ fn main() -> ExitCode {
             json,
             bar,
             resource,
+            kernel,
         } => {
             let bars = match resource {
                 Some(p) => {
@@ -118,7 +155,7 @@ fn main() -> ExitCode {
                 }
                 None => None,
             };
-            match demo::run(bars, bar) {
+            match demo::run(bars, bar, kernel) {
                 Ok(d) => {
                     if json {
                         match serde_json::to_string_pretty(&d) {
@@ -139,7 +176,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Compare { file, json } => {
+        Cmd::Compare { file, json, kernel } => {
             let sc = match hugepfn_scenario::load_scenario(&file) {
                 Ok(s) => s,
                 Err(e) => {
@@ -147,7 +184,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match compare::compare(&sc, runner::RunOptions::default()) {
+            let opts = runner::RunOptions {
+                kernel,
+                ..runner::RunOptions::default()
+            };
+            match compare::compare(&sc, opts) {
                 Ok(rows) => {
                     if json {
                         match serde_json::to_string_pretty(&rows) {
@@ -167,6 +208,21 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Cmd::Kernels { json, markdown: _ } => {
+            let t = hugepfn::kernels_cli::table();
+            if json {
+                match serde_json::to_string_pretty(&t) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("hugepfn: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", hugepfn::kernels_cli::markdown(&t));
+            }
+            ExitCode::SUCCESS
         }
         Cmd::Bench { quick, json } => match bench::run_all(quick) {
             Ok(figs) => {
@@ -188,7 +244,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Run { file, json, logic } => {
+        Cmd::Run {
+            file,
+            json,
+            kernel,
+            logic,
+        } => {
             let sc = match hugepfn_scenario::load_scenario(&file) {
                 Ok(s) => s,
                 Err(e) => {
@@ -197,11 +258,7 @@ fn main() -> ExitCode {
                 }
             };
             let opts = runner::RunOptions {
-                logic: match logic {
-                    Logic::Fixed => HugeFaultLogic::Fixed,
-                    Logic::V612 => HugeFaultLogic::V6_12,
-                    Logic::V613 => HugeFaultLogic::V6_13,
-                },
+                kernel: kernel.or(logic.and_then(Logic::kernel)),
                 ..runner::RunOptions::default()
             };
             let report = match runner::run_scenario(&sc, opts) {

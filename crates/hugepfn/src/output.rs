@@ -9,8 +9,13 @@ pub fn format_report(sc: &Scenario, r: &RunReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "scenario: {} ({}) on the {}",
-        r.scenario, sc.origin, r.source
+        "scenario: {} ({}) on the {}{}",
+        r.scenario,
+        sc.origin,
+        r.source,
+        r.kernel
+            .as_ref()
+            .map_or(String::new(), |k| format!(", as Linux {k}"))
     );
     let _ = writeln!(
         s,
@@ -32,12 +37,18 @@ pub fn format_report(sc: &Scenario, r: &RunReport) -> String {
             .leaves
             .map(|l| format!("{}/{}/{}", l.pud, l.pmd, l.pte))
             .unwrap_or_else(|| "-".into());
-        let result = match (&st.expect, &st.errno) {
+        let mut result = match (&st.expect, &st.errno) {
             (Some(e), _) if e.passed => "expect ok".to_string(),
             (Some(e), _) => format!("EXPECT FAILED ({} mismatches)", e.mismatches.len()),
             (None, Some(errno)) => errno.clone(),
             (None, None) => String::new(),
         };
+        if let Some(f) = &st.kernel_crash {
+            result = format!(
+                "{result}{}KERNEL CRASH in {f} (this kernel oopses here; the model goes on as the corrected design)",
+                if result.is_empty() { "" } else { "; " }
+            );
+        }
         let _ = writeln!(
             s,
             "{:>4} {:>5}  {:<7} {:>9} {:>7} {:>7} {:>9} {:>6} {:>7}  {:<22} {}",

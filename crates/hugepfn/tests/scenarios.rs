@@ -33,3 +33,62 @@ fn every_scenario_meets_its_expectations() {
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
+
+/// Every scenario also runs as each kernel the lab boots (`--kernel`), meeting the checks its
+/// `on_kernel` entries give for that kernel (recorded by `hugepfn lab record --kernel`). The
+/// model-only 6.12.0 / 6.13.0 (the buggy huge-fault handlers) are shown by the vfio tests.
+#[test]
+fn every_scenario_meets_its_expectations_as_every_lab_kernel() {
+    let files = scenario_files();
+    let mut failed = Vec::new();
+    for kernel in hugepfn_kernels::Kernel::LAB {
+        for f in &files {
+            let sc = hugepfn_scenario::load_scenario(f).expect("parses");
+            let opts = RunOptions {
+                kernel: Some(kernel),
+                ..RunOptions::default()
+            };
+            let r = run_scenario(&sc, opts).expect("runs");
+            assert_eq!(r.kernel.as_deref(), Some(kernel.name()));
+            if !r.ok {
+                failed.push(format!("as {kernel}:\n{}", format_report(&sc, &r)));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
+/// A kernel with the split-VMA-in-a-PUD oops says so at the step; the corrected design does not,
+/// and both go on alike.
+#[test]
+fn regress_split_vma_in_pud_oops_is_reported_as_a_kernel_crash() {
+    let f = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scenarios/vfio-munmap-4k-hole-in-pud.toml");
+    let sc = hugepfn_scenario::load_scenario(&f).expect("parses");
+    let fixed = run_scenario(&sc, RunOptions::default()).expect("runs");
+    assert!(fixed.steps.iter().all(|s| s.kernel_crash.is_none()));
+    for kernel in hugepfn_kernels::Kernel::LAB {
+        let opts = RunOptions {
+            kernel: Some(kernel),
+            ..RunOptions::default()
+        };
+        let r = run_scenario(&sc, opts).expect("runs");
+        let crashed: Vec<(usize, &str)> = r
+            .steps
+            .iter()
+            .filter_map(|s| s.kernel_crash.as_deref().map(|f| (s.index, f)))
+            .collect();
+        assert_eq!(crashed, vec![(2, "__split_huge_pmd")], "{kernel}");
+        let counts = |r: &hugepfn_scenario::RunReport| {
+            r.steps
+                .iter()
+                .map(|s| s.counters.faults)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            counts(&r),
+            counts(&fixed),
+            "{kernel}: goes on as the corrected design"
+        );
+    }
+}

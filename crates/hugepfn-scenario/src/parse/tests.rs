@@ -196,6 +196,7 @@ fn the_documented_example_parses() {
                     }),
                     ..ExpectSpec::default()
                 },
+                on_kernel: vec![],
                 process: None,
             }),
         ]

@@ -188,6 +188,7 @@ fn the_documented_example_of_the_new_ops_parses() {
                 errno: "EINVAL".parse().ok(),
                 ..ExpectSpec::default()
             },
+            on_kernel: vec![],
             process: Some("c1".into()),
         })
     );
@@ -199,7 +200,7 @@ fn the_documented_example_of_the_new_ops_parses() {
             offset: 0,
             len: Len::All,
             iova: 0x1000_0000_0000,
-            mode: DmaMode::Batched,
+            mode: Some(DmaMode::Batched),
             process: None,
         })
     );
@@ -304,7 +305,7 @@ fn defaults_of_the_new_ops() {
             offset: 0,
             len: Len::All,
             iova: 0,
-            mode: DmaMode::Batched,
+            mode: None,
             process: None,
         })
     );
@@ -335,7 +336,7 @@ fn defaults_of_the_new_ops() {
     assert!(matches!(
         parse_one("op = \"dma_map\"\nmap = \"b1\"\niova = 0\nmode = \"per_page\""),
         Step::DmaMap(DmaMapStep {
-            mode: DmaMode::PerPage,
+            mode: Some(DmaMode::PerPage),
             ..
         })
     ));
@@ -828,4 +829,59 @@ fn kernel_bugs_name_known_bugs_only() {
     ));
     assert_eq!(line, 1);
     assert!(msg.contains("mremap_pud_clear_bad"), "{msg}");
+}
+
+#[test]
+fn kernel_key_names_a_modelled_kernel_and_lists_them_otherwise() {
+    let touch = step("op = \"touch\"\nmap = \"b1\"");
+    let s = parse_scenario(&format!("kernel = \"7.3.4\"\n{touch}"), "k.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.kernel, Some(crate::scenario::Kernel::V7_3_4));
+    let plain = parse_scenario(&touch, "k.toml").unwrap();
+    assert_eq!(plain.kernel, None, "absent: the corrected design");
+    let msg = any_err(&format!("kernel = \"6.12\"\n{touch}"));
+    assert!(msg.starts_with("k.toml:1:10: `kernel`"), "{msg}");
+    for v in ["6.12.95", "6.12.117", "7.3.4"] {
+        assert!(msg.contains(v), "{msg}");
+    }
+    let e = parse_scenario(&format!("kernel = \"6.12\"\n{touch}"), "k.toml").unwrap_err();
+    assert!(e.to_string().contains("unknown kernel `6.12`"), "{e}");
+}
+
+#[test]
+fn on_kernel_overrides_only_the_checks_it_names() {
+    let text = step(
+        "op = \"expect\"\nfaults = 1024\nsigbus = 0\non_kernel.\"7.3.4\" = { faults = 524288 }\non_kernel.\"6.12.117\" = { sigbus = 1 }",
+    );
+    let s = parse_scenario(&text, "k.toml").unwrap_or_else(|e| panic!("{e}"));
+    let Some(Step::Expect(e)) = s.steps.last() else {
+        panic!("expect step")
+    };
+    use crate::scenario::Kernel;
+    let k7 = e.spec_for(Some(Kernel::V7_3_4));
+    assert_eq!((k7.faults, k7.sigbus), (Some(524288), Some(0)));
+    let k117 = e.spec_for(Some(Kernel::V6_12_117));
+    assert_eq!((k117.faults, k117.sigbus), (Some(1024), Some(1)));
+    assert_eq!(e.spec_for(None), e.expect);
+    assert_eq!(e.spec_for(Some(Kernel::V6_12_95)), e.expect);
+    // unknown kernels and nested keys are refused where they stand
+    let msg = any_err(&step(
+        "op = \"expect\"\nfaults = 1\non_kernel.\"9.9.9\" = { faults = 2 }",
+    ));
+    assert!(msg.contains("unknown kernel `9.9.9`"), "{msg}");
+    let msg = any_err(&step(
+        "op = \"expect\"\nfaults = 1\non_kernel.\"7.3.4\" = { process = \"main\" }",
+    ));
+    assert!(msg.contains("on_kernel"), "{msg}");
+    let msg = any_err(&step(
+        "op = \"expect\"\non_kernel.\"7.3.4\" = { fault = 2 }",
+    ));
+    assert!(msg.contains("fault"), "{msg}");
+}
+
+fn any_err(text: &str) -> String {
+    match parse_scenario(text, "k.toml") {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
 }

@@ -122,15 +122,18 @@ fn debian_mirror(sources: &[(PathBuf, String)]) -> Option<String> {
     })
 }
 
-/// Adds `<codename>-backports` to apt's sources (as the research recipe did) if no source has
-/// it yet, then `apt-get update`. Returns whether anything changed.
-fn ensure_backports(opts: &EnvOptions) -> Result<bool, LabError> {
-    let Some(code) = codename() else {
-        return Ok(false);
-    };
-    let suite = format!("{code}-backports");
+/// Adds `suite` (`bookworm-backports`, `trixie-backports`) to apt's sources, on the Debian
+/// mirror this machine is configured with, if no source has it yet. Returns whether anything
+/// changed (the caller then runs `apt-get update`).
+fn ensure_suite(opts: &EnvOptions, suite: &str) -> Result<bool, LabError> {
     let sources = apt_sources();
-    if sources.iter().any(|(_, t)| t.contains(&suite)) {
+    let has = |t: &str| {
+        t.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split_whitespace())
+            .any(|w| w == suite)
+    };
+    if sources.iter().any(|(_, t)| has(t)) {
         return Ok(false);
     }
     if opts.no_install || !is_root() {
@@ -139,16 +142,24 @@ fn ensure_backports(opts: &EnvOptions) -> Result<bool, LabError> {
     let Some(uri) = debian_mirror(&sources) else {
         return Ok(false);
     };
-    let path = "/etc/apt/sources.list.d/hugepfn-lab-backports.sources";
+    let path = format!("/etc/apt/sources.list.d/hugepfn-lab-{suite}.sources");
     log(&format!("adding {suite} ({uri}) to apt: {path}"));
     fs::write(
-        path,
+        &path,
         format!(
             "Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
         ),
     )
     .map_err(io_err(format!("write {path}")))?;
     Ok(true)
+}
+
+/// `<codename>-backports` (where this machine's QEMU and the 6.12.95 kernel come from).
+fn ensure_backports(opts: &EnvOptions) -> Result<bool, LabError> {
+    match codename() {
+        Some(code) => ensure_suite(opts, &format!("{code}-backports")),
+        None => Ok(false),
+    }
 }
 
 fn apt_update() -> Result<(), LabError> {
@@ -414,6 +425,115 @@ fn build_probe() -> Result<PathBuf, LabError> {
     Ok(target.join("x86_64-unknown-linux-gnu/release/hugepfn-probe"))
 }
 
+/// Whether apt (or the cache) has `pkg`; if not, adds the suite the modelled kernel of that
+/// package comes from ([`hugepfn_kernels::Kernel::debian_suite`]) and updates apt once.
+fn ensure_package_known(opts: &EnvOptions, pkg: &str, updated: &mut bool) -> Result<(), LabError> {
+    if opts.dir.join("pkgs").join(pkg).join(".unpacked").exists() {
+        return Ok(());
+    }
+    let known = || {
+        Command::new("apt-cache")
+            .args(["show", "-q", pkg])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+    };
+    if known() {
+        return Ok(());
+    }
+    let suite = hugepfn_kernels::Kernel::from_package(pkg).and_then(|k| k.debian_suite());
+    let changed = match suite {
+        Some(s) => ensure_suite(opts, s)?,
+        None => false,
+    };
+    if (changed || !*updated) && is_root() && !opts.no_install {
+        apt_update()?;
+        *updated = true;
+    }
+    if known() {
+        Ok(())
+    } else {
+        Err(LabError::Missing {
+            what: format!("the Debian package {pkg}"),
+            hint: match suite {
+                Some(s) => {
+                    format!("apt has no {pkg}: add {s} to apt's sources (the lab does so as root)")
+                }
+                None => "check the name with apt-cache search linux-image".into(),
+            },
+        })
+    }
+}
+
+/// The `Depends:` of a downloaded package (first alternative of each, without versions).
+fn package_depends(dir: &Path, pkg: &str) -> Result<Vec<String>, LabError> {
+    let home = dir.join("pkgs").join(pkg);
+    let deb = fs::read_dir(&home)
+        .map_err(io_err(format!("read {}", home.display())))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| LabError::Missing {
+            what: format!("{pkg} .deb in {}", home.display()),
+            hint: "delete the cache entry and retry".into(),
+        })?;
+    let out = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Depends"))?;
+    Ok(parse_depends(&out))
+}
+
+fn parse_depends(field: &str) -> Vec<String> {
+    field
+        .split(',')
+        .filter_map(|d| d.split('|').next())
+        .filter_map(|d| d.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The release, bzImage and module directory in unpacked packages: `lib/modules/REL` or
+/// `usr/lib/modules/REL` with a `kernel/` tree; `boot/vmlinuz-REL` or
+/// `usr/lib/modules/REL/vmlinuz` (Debian's packaging since 6.16 splits the image into
+/// `linux-binary-…` and the modules into `linux-modules-…`).
+fn locate_kernel(roots: &[PathBuf]) -> Option<(String, PathBuf, PathBuf)> {
+    let bases = ["lib/modules", "usr/lib/modules"];
+    let (release, modules) = roots.iter().find_map(|r| {
+        bases.iter().find_map(|b| {
+            fs::read_dir(r.join(b)).ok()?.flatten().find_map(|e| {
+                let p = e.path();
+                p.join("kernel")
+                    .is_dir()
+                    .then(|| (e.file_name().to_string_lossy().into_owned(), p))
+            })
+        })
+    })?;
+    let vmlinuz = roots.iter().find_map(|r| {
+        [
+            r.join(format!("boot/vmlinuz-{release}")),
+            r.join(format!("usr/lib/modules/{release}/vmlinuz")),
+            r.join(format!("lib/modules/{release}/vmlinuz")),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+    })?;
+    Some((release, vmlinuz, modules))
+}
+
+/// Downloads and unpacks a kernel package, and the `linux-binary-…` / `linux-modules-…` it
+/// depends on when it is Debian's newer meta package; returns (release, bzImage, modules).
+fn unpack_kernel(dir: &Path, pkg: &str) -> Result<(String, PathBuf, PathBuf), LabError> {
+    let mut roots = vec![fetch_unpack(dir, pkg)?];
+    if locate_kernel(&roots).is_none() {
+        for d in package_depends(dir, pkg)? {
+            if d.starts_with("linux-binary-") || d.starts_with("linux-modules-") {
+                roots.push(fetch_unpack(dir, &d)?);
+            }
+        }
+    }
+    locate_kernel(&roots).ok_or_else(|| LabError::Missing {
+        what: format!("a bzImage and modules in {pkg} (and its linux-binary / linux-modules)"),
+        hint: "the kernel package looks incomplete; delete its cache entry".into(),
+    })
+}
+
 /// Everything ready for a boot; downloads / installs what is missing (see the module docs).
 pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
     fs::create_dir_all(&opts.dir).map_err(io_err(format!("mkdir {}", opts.dir.display())))?;
@@ -429,7 +549,10 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
         .join(".unpacked")
         .exists();
     let pkg = match &opts.kernel_package {
-        Some(p) => p.clone(),
+        Some(p) => {
+            ensure_package_known(opts, p, &mut updated)?;
+            p.clone()
+        }
         None if default_cached => DEFAULT_KERNEL.to_string(),
         None => match search_kernel().ok().flatten() {
             Some(p) if p == DEFAULT_KERNEL => p,
@@ -453,29 +576,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
             }
         },
     };
-    if pkg != DEFAULT_KERNEL {
-        log(&format!(
-            "note: {pkg} is not {DEFAULT_KERNEL}, the kernel the lab-* scenarios were measured on"
-        ));
-    }
-    let kroot = fetch_unpack(&opts.dir, &pkg)?;
-    let mods = kroot.join("lib/modules");
-    let release = fs::read_dir(&mods)
-        .map_err(io_err(format!("read {}", mods.display())))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .next()
-        .ok_or_else(|| LabError::Missing {
-            what: format!("modules in {}", mods.display()),
-            hint: "the kernel package looks incomplete; delete the cache entry".into(),
-        })?;
-    let vmlinuz = kroot.join(format!("boot/vmlinuz-{release}"));
-    if !vmlinuz.is_file() {
-        return Err(LabError::Missing {
-            what: vmlinuz.display().to_string(),
-            hint: "the kernel package looks incomplete; delete the cache entry".into(),
-        });
-    }
+    let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, &pkg)?;
     let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
     let busybox = ["bin/busybox", "usr/bin/busybox"]
         .iter()
@@ -499,9 +600,9 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
     Ok(LabEnv {
         qemu,
         kernel_package: pkg.clone(),
-        kernel_release: release.clone(),
+        kernel_release: release,
         vmlinuz,
-        modules: mods.join(&release),
+        modules,
         busybox,
         probe,
         module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),

@@ -68,9 +68,12 @@ pub struct LabOpts {
     /// Lab directory: downloaded packages, decompressed modules, serial logs of the boots.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/hugepfn-lab")]
     lab_dir: PathBuf,
-    /// Debian kernel package to use (default: linux-image-6.12.95+deb12-amd64-unsigned, the
-    /// kernel the lab-* scenarios were measured on; if apt no longer has it, the newest
-    /// linux-image-6.12.*-amd64-unsigned).
+    /// The kernel to boot, by version (6.12.95, 6.12.117, 7.3.4: Debian's package of it, from
+    /// the apt suite that has it); the model runs with the same `kernel`. Default 6.12.95.
+    #[arg(long, value_name = "VERSION", value_parser = parse_lab_kernel, conflicts_with = "kernel_package")]
+    kernel: Option<hugepfn_kernels::Kernel>,
+    /// Another Debian kernel package (e.g. linux-image-6.12.113+deb12-amd64-unsigned); the model
+    /// runs as the modelled kernel of that package, or as 6.12.95 if it has none.
     #[arg(long, value_name = "PACKAGE")]
     kernel_package: Option<String>,
     /// A prebuilt static hugepfn-probe (default: build it from this workspace).
@@ -136,9 +139,14 @@ pub enum LabCmd {
         strict: bool,
         /// Kernel crashes on record (`SCENARIO-NAME FUNCTION` per line, e.g.
         /// lab/known-crashes.txt): such a crash, with FUNCTION in the oops, is reported but not
-        /// a failure.
+        /// a failure. A crash the model predicts (a known crashing bug of that kernel version,
+        /// at that step, in that function) is accepted too.
         #[arg(long, value_name = "FILE")]
         known_crashes: Option<PathBuf>,
+        /// The kernels to compare, one verdict column each (ignored with --kernel,
+        /// --kernel-package or --reports).
+        #[arg(long, value_name = "V,V", value_delimiter = ',', value_parser = parse_lab_kernel, default_value = "6.12.95,7.3.4")]
+        kernels: Vec<hugepfn_kernels::Kernel>,
         /// Options shared by the lab commands.
         #[command(flatten)]
         opts: Box<LabOpts>,
@@ -287,10 +295,52 @@ pub fn lab_step_unsupported(step: &Step) -> Option<&'static str> {
     }
 }
 
+/// `--kernel`: a kernel the lab boots (not a model-only one).
+fn parse_lab_kernel(s: &str) -> Result<hugepfn_kernels::Kernel, String> {
+    let k: hugepfn_kernels::Kernel = s.parse().map_err(|e| format!("{e}"))?;
+    if k.debian_package().is_none() {
+        return Err(format!(
+            "{k} is model only: the lab boots {}",
+            hugepfn_kernels::Kernel::LAB.map(|k| k.name()).join(", ")
+        ));
+    }
+    Ok(k)
+}
+
+impl LabOpts {
+    /// The same options for another kernel.
+    pub fn with_kernel(&self, k: hugepfn_kernels::Kernel) -> LabOpts {
+        LabOpts {
+            kernel: Some(k),
+            kernel_package: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether `--kernel` or `--kernel-package` chose the kernel.
+    pub fn names_kernel(&self) -> bool {
+        self.kernel.is_some() || self.kernel_package.is_some()
+    }
+
+    /// The modelled kernel these options boot.
+    pub fn model_kernel(&self) -> hugepfn_kernels::Kernel {
+        match (&self.kernel, &self.kernel_package) {
+            (Some(k), _) => *k,
+            (None, Some(p)) => hugepfn_kernels::Kernel::from_package(p)
+                .unwrap_or(hugepfn_kernels::Kernel::V6_12_95),
+            (None, None) => hugepfn_kernels::Kernel::V6_12_95,
+        }
+    }
+}
+
 fn env_options(o: &LabOpts) -> env::EnvOptions {
     env::EnvOptions {
         dir: o.lab_dir.clone(),
-        kernel_package: o.kernel_package.clone(),
+        kernel_package: o
+            .kernel
+            .and_then(|k| k.debian_package())
+            .map(str::to_string)
+            .or_else(|| o.kernel_package.clone()),
         probe: o.probe.clone(),
         no_install: o.no_install,
     }
@@ -506,6 +556,7 @@ pub fn main(cmd: LabCmd) -> ExitCode {
             markdown,
             strict,
             known_crashes,
+            kernels,
             opts,
         } => compare::cmd_compare(
             files,
@@ -513,6 +564,7 @@ pub fn main(cmd: LabCmd) -> ExitCode {
             markdown,
             *strict,
             known_crashes.as_deref(),
+            kernels,
             opts,
         ),
         LabCmd::Record { files, opts } => record::cmd_record(files, opts),

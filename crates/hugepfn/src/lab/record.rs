@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use hugepfn_kernels::{Behaviour, Kernel};
 use hugepfn_scenario::{Counters, RunReport, Scenario, Step};
-use toml_edit::{DocumentMut, Item, Table, Value};
+use toml_edit::{DocumentMut, InlineTable, Item, Table, Value};
 
 use super::{KernelOutcome, LabError, LabOpts, expand_files, kernel_outcomes, load_all};
 
@@ -71,13 +72,85 @@ fn count(n: u64) -> Value {
     Value::from(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
+/// The step's `on_kernel."K"` inline table, created (dotted) if absent.
+fn override_table(tbl: &mut Table, kernel: Kernel) -> Option<&mut InlineTable> {
+    let on = tbl.entry("on_kernel").or_insert_with(|| {
+        let mut t = Table::new();
+        t.set_dotted(true);
+        Item::Table(t)
+    });
+    let on = on.as_table_like_mut()?;
+    if on.get(kernel.name()).is_none() {
+        on.insert(
+            kernel.name(),
+            Item::Value(Value::InlineTable(InlineTable::new())),
+        );
+    }
+    on.get_mut(kernel.name())?.as_inline_table_mut()
+}
+
+/// Writes `key = new` into `on_kernel."K"` of the step where it differs from the base check
+/// `base` (as text), and removes it there where it is the same; empty tables go.
+fn set_override(
+    tbl: &mut Table,
+    kernel: Kernel,
+    key: &'static str,
+    new: Value,
+    base: Option<String>,
+    line: usize,
+    changes: &mut Vec<Change>,
+) {
+    let new_text = bare(&new);
+    let Some(over) = override_table(tbl, kernel) else {
+        return;
+    };
+    let old = over.get(key).map(bare);
+    if base.as_deref() == Some(new_text.as_str()) {
+        if old.is_some() {
+            over.remove(key);
+            changes.push(Change {
+                line,
+                key,
+                old,
+                new: format!("(as the base, on_kernel.\"{kernel}\" entry removed)"),
+            });
+        }
+    } else if old.as_deref() != Some(new_text.as_str()) {
+        over.insert(key, new);
+        changes.push(Change {
+            line,
+            key,
+            old,
+            new: format!("{new_text} (on_kernel.\"{kernel}\")"),
+        });
+    }
+    // drop what is empty now
+    if let Some(on) = tbl.get_mut("on_kernel").and_then(Item::as_table_like_mut) {
+        if on
+            .get(kernel.name())
+            .and_then(Item::as_inline_table)
+            .is_some_and(|t| t.is_empty())
+        {
+            on.remove(kernel.name());
+        }
+        if on.is_empty() {
+            tbl.remove("on_kernel");
+        }
+    }
+}
+
 /// Rewrites `text` (the file of `sc`) with the kernel's counts from `report`; returns the new
-/// text and what changed.
+/// text and what changed. `kernel` is the kernel that measured them: the scenario's own
+/// (`kernel`, else 6.12.95, the corrected design's base) writes the checks themselves; another
+/// writes `on_kernel."K"` entries where its counts differ from them (and removes those that no
+/// longer do).
 pub fn record_text(
     text: &str,
     sc: &Scenario,
     report: &RunReport,
+    kernel: Kernel,
 ) -> Result<(String, Vec<Change>), String> {
+    let base_kernel = sc.kernel.unwrap_or(Behaviour::CORRECTED_BASE);
     let mut doc: DocumentMut = text.parse().map_err(|e| format!("TOML: {e}"))?;
     let steps = doc
         .get_mut("step")
@@ -123,30 +196,47 @@ pub fn record_text(
             return Err(format!("step {}: no table", i + 1));
         };
         let line = e.line;
-        for (key, n, checked) in [
-            ("faults", since.faults, e.expect.faults.is_some()),
-            ("sigbus", since.sigbus, e.expect.sigbus.is_some()),
-            ("sigsegv", since.sigsegv, e.expect.sigsegv.is_some()),
-            ("skipped", since.skipped, e.expect.skipped.is_some()),
+        let x = &e.expect;
+        let text = |v: Option<u64>| v.map(|n| n.to_string());
+        for (key, n, base) in [
+            ("faults", since.faults, text(x.faults)),
+            ("sigbus", since.sigbus, text(x.sigbus)),
+            ("sigsegv", since.sigsegv, text(x.sigsegv)),
+            ("skipped", since.skipped, text(x.skipped)),
         ] {
-            if checked || n > 0 {
+            if base.is_none() && n == 0 {
+                continue;
+            }
+            if kernel == base_kernel {
                 set(tbl, key, count(n), line, &mut changes);
+            } else {
+                set_override(tbl, kernel, key, count(n), base, line, &mut changes);
             }
         }
-        if e.expect.errno.is_some() {
-            let v = last_errno.unwrap_or_else(|| "0".into());
-            set(tbl, "errno", Value::from(v), line, &mut changes);
+        if let Some(base) = x.errno {
+            let v = Value::from(last_errno.unwrap_or_else(|| "0".into()));
+            if kernel == base_kernel {
+                set(tbl, "errno", v, line, &mut changes);
+            } else {
+                let base = Some(bare(&Value::from(base.to_string())));
+                set_override(tbl, kernel, "errno", v, base, line, &mut changes);
+            }
         }
     }
     Ok((doc.to_string(), changes))
 }
 
-fn record_file(path: &Path, sc: &Scenario, report: &RunReport) -> Result<Vec<Change>, LabError> {
+fn record_file(
+    path: &Path,
+    sc: &Scenario,
+    report: &RunReport,
+    kernel: Kernel,
+) -> Result<Vec<Change>, LabError> {
     let text = std::fs::read_to_string(path).map_err(|source| LabError::Io {
         what: format!("read {}", path.display()),
         source,
     })?;
-    let (new, changes) = record_text(&text, sc, report)
+    let (new, changes) = record_text(&text, sc, report, kernel)
         .map_err(|e| LabError::Input(format!("{}: {e}", path.display())))?;
     if !changes.is_empty() {
         std::fs::write(path, new).map_err(|source| LabError::Io {
@@ -167,7 +257,7 @@ pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, Lab
                 for w in warnings {
                     eprintln!("lab: {}: warning: {w}", s.path.display());
                 }
-                let changes = record_file(&s.path, &s.sc, report)?;
+                let changes = record_file(&s.path, &s.sc, report, o.model_kernel())?;
                 if changes.is_empty() {
                     println!("{}: unchanged ({})", s.path.display(), report.source);
                 }
@@ -234,6 +324,37 @@ faults = 0
 "#;
 
     #[test]
+    fn another_kernel_writes_on_kernel_entries_where_it_differs_only() {
+        let sc = parse_scenario(SC, "t.toml").expect("parses");
+        let model =
+            crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
+        let mut k = model.clone();
+        k.steps[1].counters.faults = 524288; // 7.3.4: 4 KiB at the kernel's VA
+        let (text, changes) = record_text(SC, &sc, &k, Kernel::V7_3_4).expect("records");
+        assert!(
+            text.contains("on_kernel.\"7.3.4\" = { faults = 524288 }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("faults = 2        # was predicted"),
+            "base kept: {text}"
+        );
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let again = parse_scenario(&text, "t.toml").expect("still parses");
+        let Step::Expect(e) = &again.steps[2] else {
+            panic!("expect")
+        };
+        assert_eq!(e.spec_for(Some(Kernel::V7_3_4)).faults, Some(524288));
+        assert_eq!(e.spec_for(Some(Kernel::V6_12_117)).faults, Some(2));
+        assert_eq!(e.spec_for(None).faults, Some(2));
+        // the kernel now agrees with the base: the entry goes
+        k.steps[1].counters.faults = 2;
+        let (text2, changes2) = record_text(&text, &again, &k, Kernel::V7_3_4).expect("records");
+        assert!(!text2.contains("on_kernel"), "{text2}");
+        assert_eq!(changes2.len(), 1, "{changes2:?}");
+    }
+
+    #[test]
     fn counts_are_written_and_comments_kept() {
         let sc = parse_scenario(SC, "t.toml").expect("parses");
         let model =
@@ -242,7 +363,7 @@ faults = 0
         k.source = "kernel test".into();
         k.steps[1].counters.faults = 1024;
         k.steps[1].counters.sigbus = 3;
-        let (text, changes) = record_text(SC, &sc, &k).expect("records");
+        let (text, changes) = record_text(SC, &sc, &k, Kernel::V6_12_95).expect("records");
         assert!(text.contains("# a comment that must stay"));
         assert!(
             text.contains("faults = 1024        # was predicted"),
@@ -274,7 +395,7 @@ faults = 0
         };
         assert_eq!(e.expect.faults, Some(1024));
         // recording the same numbers again changes nothing
-        let (text2, changes2) = record_text(&text, &again, &k).expect("records");
+        let (text2, changes2) = record_text(&text, &again, &k, Kernel::V6_12_95).expect("records");
         assert!(changes2.is_empty());
         assert_eq!(text2, text);
     }
@@ -323,7 +444,7 @@ errno = "EINVAL"
         k.steps[1].counters.faults = 1024; // main's touch
         k.steps[4].counters.faults = 3; // the child's touch
         k.steps[4].counters.skipped = 7;
-        let (text, _) = record_text(FORK, &sc, &k).expect("records");
+        let (text, _) = record_text(FORK, &sc, &k, Kernel::V6_12_95).expect("records");
         let again = parse_scenario(&text, "f.toml").expect("parses");
         let (Step::Expect(child), Step::Expect(main)) = (&again.steps[5], &again.steps[6]) else {
             panic!("expects")

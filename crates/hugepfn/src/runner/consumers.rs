@@ -66,6 +66,12 @@ impl ModelRun {
         let Some(mm) = self.process(Some(&proc)) else {
             return (Some("ESRCH".into()), 0);
         };
+        // `vaddr_get_pfns`: the file's `mode`, else as the modelled kernel does it (batched by
+        // `addr_mask` from 6.15 on; the corrected design batches).
+        let dma_default = match self.behaviour().type1_batches() {
+            Some(false) => DmaMode::PerPage,
+            Some(true) | None => DmaMode::Batched,
+        };
         let entry = self.consumers.0.entry(proc.clone()).or_default();
         match step {
             Step::DmaMap(d) => {
@@ -85,7 +91,7 @@ impl ModelRun {
                     },
                 };
                 let len = d.len.resolve(maplen.saturating_sub(d.offset));
-                let lookup = match d.mode {
+                let lookup = match d.mode.unwrap_or(dma_default) {
                     DmaMode::Batched => PfnLookup::Batched,
                     DmaMode::PerPage => PfnLookup::PerPage,
                 };
