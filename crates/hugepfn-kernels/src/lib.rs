@@ -214,6 +214,9 @@ pub enum Change {
     /// `__get_unmapped_area` THP-aligns anonymous mappings only (`&& !file`): a device-fd mmap
     /// with no hint no longer gets a 2 MiB-aligned, offset-congruent VA.
     NoThpAlignForFileMappings,
+    /// `mincore` walks VM_PFNMAP VMAs (`walk_page_range_vma` and a `pud_entry`) and reports
+    /// their mapped pages resident, where 6.12 skipped them as holes (0).
+    MincoreWalksPfnmap,
     /// The RFC's huge `remap_pfn_range` (PUD/PMD leaves where alignment allows): in no Linux
     /// release (Yin Tirui's PMD-only RFC of 2025 was not merged); the corrected design has it.
     HugeRemapPfnRange,
@@ -332,6 +335,18 @@ pub const CHANGES: &[ChangeInfo] = &[
         lab: "lab-2g-kernel_va, lab-2g-kernel_va_again, lab-4g-kernel_va, lab-predict-kernel_va_off4K_len2044M, lab-2g-kernel_va_thp_never (524288 faults instead of 1024 for 2 GiB)",
     },
     ChangeInfo {
+        change: Change::MincoreWalksPfnmap,
+        key: "mincore_walks_pfnmap",
+        commit: "",
+        subject: "mm/mincore: do_mincore() walks the VMA with walk_page_range_vma(); mincore_pud_entry()",
+        mainline: Version::new(7, 3, 0),
+        stable: &[],
+        fix: false,
+        effect: "mincore on a BAR mapping: 6.12 skips the VM_PFNMAP VMA (walk_page_test) and reports every page not resident; 7.3 walks it and reports 1 for each mapped page, at any leaf size (a PUD leaf through mincore_pud_entry, which stops the walk there: no split)",
+        source: "mm/mincore.c do_mincore, mincore_walk_ops (7.3.4: .pud_entry = mincore_pud_entry, walk_page_range_vma; 6.12.117: walk_page_range). The commit was not identified; 7.3 is the first release read, not necessarily the first that has it",
+        lab: "lab-proc-pud, lab-proc-pmd, lab-proc-pte (`resident`)",
+    },
+    ChangeInfo {
         change: Change::HugeRemapPfnRange,
         key: "huge_remap_pfn_range",
         commit: "",
@@ -362,6 +377,10 @@ pub enum Bug {
     /// A VMA split inside a PUD leaf oopses in `__split_huge_pmd` (`vma_adjust_trans_huge`
     /// splits PMDs only; `mm_find_pmd` walks into the PUD leaf as if it were a table).
     SplitVmaInPudOops,
+    /// The generic page walker splits — for a pfnmap: zaps — every PUD leaf a walk with a
+    /// `pmd_entry` and no `pud_entry` meets: reading `/proc/PID/smaps`, `smaps_rollup` or
+    /// `numa_maps` destroys a BAR's 1 GiB leaves.
+    PagewalkSplitsPfnmapPud,
 }
 
 /// One row of [`BUGS`].
@@ -415,6 +434,16 @@ pub const BUGS: &[BugInfo] = &[
         effect: "munmap / mprotect / mremap that splits a VMA at an address inside a 1 GiB leaf (not 2 MiB aligned) oopses",
         evidence: "lab: vfio-munmap-4k-hole-in-pud oopses on 6.12.95, 6.12.117 and 7.3.4 (__split_huge_pmd <- vma_adjust_trans_huge <- __split_vma <- vms_gather_munmap_vmas on 7.3.4)",
     },
+    BugInfo {
+        bug: Bug::PagewalkSplitsPfnmapPud,
+        key: "pagewalk_splits_pfnmap_pud",
+        introduced_by: "75182022a043 (\"mm/x86: support large pfn mappings\") and f9e54c3a2f5b (\"vfio/pci: implement huge_fault support\"): PUD pfnmap leaves in VMAs that walk_page_vma() walks without walk_page_test(); walk_pud_range() calls split_huge_pud() on any PUD leaf of a walk with lower callbacks, and __split_huge_pud() of a special PUD is pudp_huge_clear_flush()",
+        introduced_in: Version::new(6, 12, 0),
+        fixed: None,
+        crash_function: None,
+        effect: "reading /proc/PID/smaps, smaps_rollup or numa_maps zaps every 1 GiB leaf of a BAR mapping (TLB flush, MMU-notifier invalidation: KVM drops its EPT entries too); the process refaults each GiB on its next touch. 2 MiB and 4 KiB leaves are untouched",
+        evidence: "source: mm/pagewalk.c walk_pud_range (6.12.117 187-193, 7.3.4 216-237), fs/proc/task_mmu.c smap_gather_stats / show_numa_map (walk_page_vma); lab: lab-proc-pud (one refault per GiB after each of smaps, smaps_rollup, numa_maps on 6.12.95, 6.12.117 and 7.3.4)",
+    },
 ];
 
 /// The row of `b`.
@@ -424,7 +453,11 @@ pub fn bug_info(b: Bug) -> &'static BugInfo {
 
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 2] = [Bug::MremapPudClearBad, Bug::SplitVmaInPudOops];
+    pub const ALL: [Bug; 3] = [
+        Bug::MremapPudClearBad,
+        Bug::SplitVmaInPudOops,
+        Bug::PagewalkSplitsPfnmapPud,
+    ];
 
     /// The key (`mremap_pud_clear_bad`).
     pub fn key(self) -> &'static str {
@@ -528,6 +561,11 @@ impl Behaviour {
         !self.has(Change::NoThpAlignForFileMappings)
     }
 
+    /// Whether `mincore` walks VM_PFNMAP VMAs (7.3) instead of skipping them (6.12).
+    pub fn mincore_walks_pfnmap(self) -> bool {
+        self.has(Change::MincoreWalksPfnmap)
+    }
+
     /// Whether `remap_pfn_range` may install PUD/PMD leaves (the RFC's design).
     pub fn huge_remap_pfn_range(self) -> bool {
         self.has(Change::HugeRemapPfnRange)
@@ -627,6 +665,7 @@ mod tests {
             Change::PfnmapTrack,
             Change::HugeRemapPfnRange,
             Change::NoThpAlignForFileMappings,
+            Change::MincoreWalksPfnmap,
         ] {
             assert_eq!(CHANGES.iter().filter(|i| i.change == c).count(), 1);
         }

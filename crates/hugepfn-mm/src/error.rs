@@ -80,6 +80,15 @@ pub enum MmError {
     /// Nothing is mapped at the address.
     #[error("nothing is mapped at {0:#x}")]
     NotMapped(u64),
+    /// A call that needs every page of its range mapped met one no VMA maps (`mincore`,
+    /// `mprotect`: ENOMEM).
+    #[error("{what}: no mapping at {addr:#x}")]
+    Unmapped {
+        /// The call.
+        what: &'static str,
+        /// The first unmapped address.
+        addr: u64,
+    },
     /// A fixed mapping would overlap an existing VMA (`MAP_FIXED_NOREPLACE`).
     #[error(
         "range {start:#x}..{end:#x} overlaps the existing mapping {vma_start:#x}..{vma_end:#x}"
@@ -181,7 +190,7 @@ impl MmError {
     /// The errno Linux returns for this error.
     pub fn errno(&self) -> Errno {
         match self {
-            MmError::NoSpace(_) | MmError::Oom => Errno::ENOMEM,
+            MmError::NoSpace(_) | MmError::Oom | MmError::Unmapped { .. } => Errno::ENOMEM,
             MmError::Overlap { .. } => Errno::EEXIST,
             MmError::Driver { errno, .. } | MmError::Refused { errno, .. } => *errno,
             MmError::NotMapped(_) | MmError::NoVma(_) => Errno::EINVAL,

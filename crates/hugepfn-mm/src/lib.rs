@@ -28,6 +28,7 @@ pub mod pgtable;
 pub mod phys;
 pub mod remap_file;
 pub mod sync;
+pub mod task_mmu;
 pub mod vma;
 
 pub use addr::{AddrError, PAGE_SIZE, PagingMode, Pfn, PhysAddr, VirtAddr};

@@ -48,6 +48,9 @@ pub struct MmConfig {
     /// `get_unmapped_area` pads and offset-aligns file mappings whose length is a multiple of
     /// 2 MiB, as 6.12 does (7.3 does it for anonymous mappings only).
     pub thp_align_file_mappings: bool,
+    /// `mincore` walks VM_PFNMAP VMAs (7.3: `walk_page_range_vma` with `mincore_pud_entry`)
+    /// instead of skipping them as holes (6.12, the corrected design).
+    pub mincore_walks_pfnmap: bool,
     /// Largest leaf `remap_pfn_range` installs (the RFC: PUD).
     pub remap_cap: LeafCap,
     /// Top of the mmap area (`mm->mmap_base`); default: 128 MiB below the end of user space.
@@ -65,6 +68,7 @@ impl Default for MmConfig {
             thp: ThpPolicy::Always,
             thp_bypass_pfnmap: false,
             thp_align_file_mappings: true,
+            mincore_walks_pfnmap: false,
             remap_cap: LeafCap::Pud,
             mmap_base: None,
             fault_path: FaultPath::HugeFault,

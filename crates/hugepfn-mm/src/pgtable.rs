@@ -196,6 +196,12 @@ bitflags::bitflags! {
         /// oops ([`crate::Mm::kernel_oopses`]) and goes on as the corrected design. Measured in
         /// the lab (`vfio-munmap-4k-hole-in-pud`).
         const SPLIT_VMA_IN_PUD_OOPS = 1 << 5;
+        /// Linux 6.12 … 7.3's `walk_pud_range`/`walk_pmd_range`: a walk with lower callbacks
+        /// and no `pud_entry` (`pte_entry`) that stops it calls `split_huge_pud`
+        /// (`split_huge_pmd`) on a leaf, which for a pfnmap is a zap: reading
+        /// `/proc/PID/smaps` or `numa_maps` destroys a BAR's 1 GiB leaves. Fixed (default):
+        /// a special leaf is walked past. Measured in the lab (`lab-proc-*`).
+        const PAGEWALK_SPLITS_SPECIAL_LEAVES = 1 << 6;
     }
 }
 
@@ -235,6 +241,10 @@ pub struct PageTables {
     tables_allocated: AtomicU64,
     tables_freed: AtomicU64,
     notifiers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
+    /// `mmu_notifier_invalidate_range_start` calls made (whether or not anyone listens).
+    notifier_calls: AtomicU64,
+    /// Leaves cleared by zaps so far, by level (PUD, PMD, PTE).
+    zapped: [AtomicU64; 3],
     hazards: [AtomicU64; 3],
     bugs: Bugs,
     /// Lockless walkers inside the tree now (`rcu_read_lock` sections).
@@ -284,6 +294,8 @@ impl PageTables {
             tables_allocated: AtomicU64::new(1),
             tables_freed: AtomicU64::new(0),
             notifiers: RwLock::new(Vec::new()),
+            notifier_calls: AtomicU64::new(0),
+            zapped: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             hazards: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             bugs: Bugs::empty(),
             readers: AtomicU64::new(0),
@@ -422,9 +434,25 @@ impl PageTables {
         if end <= start {
             return;
         }
+        self.notifier_calls.fetch_add(1, Ordering::Relaxed);
         let ns = self.notifiers.read().unwrap_or_else(|e| e.into_inner());
         for n in ns.iter() {
             n.invalidate_range(start, end);
+        }
+    }
+
+    /// MMU-notifier invalidations sent so far (`mmu_notifier_invalidate_range_start`).
+    pub fn mmu_notifier_calls(&self) -> u64 {
+        self.notifier_calls.load(Ordering::Relaxed)
+    }
+
+    /// Leaves cleared by zaps so far (munmap, revocation, a split of a pfnmap leaf, …).
+    pub fn zapped_leaves(&self) -> LeafCounts {
+        let g = |i: usize| self.zapped[i].load(Ordering::Relaxed);
+        LeafCounts {
+            pud: g(0),
+            pmd: g(1),
+            pte: g(2),
         }
     }
 
@@ -973,6 +1001,14 @@ impl PageTables {
             ..ZapStats::default()
         };
         self.zap_in(self.root, self.top(), start, end, partial, &mut st)?;
+        for (i, n) in [st.cleared.pud, st.cleared.pmd, st.cleared.pte]
+            .into_iter()
+            .enumerate()
+        {
+            if n > 0 {
+                self.zapped[i].fetch_add(n, Ordering::Relaxed);
+            }
+        }
         if st.cleared.total() > 0 {
             self.flush_tlb_range(st.lo, st.hi, "zap");
             self.mmu_notifier_invalidate(st.lo, st.hi);

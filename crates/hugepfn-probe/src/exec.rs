@@ -12,8 +12,8 @@ use std::io::{self, Write};
 
 use hugepfn_scenario::{
     Access as ScAccess, Advice as ScAdvice, Counters, ExpectNow, Kernel, MAIN_PROCESS, Madvise,
-    Order, PowerState, ProtSpec, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement,
-    check_expect,
+    Order, PowerState, ProcFileSpec, ProtSpec, RunReport, Scenario, Step, StepReport, ThpMode,
+    VaPlacement, check_expect,
 };
 use hugepfn_units::format_size;
 
@@ -362,6 +362,9 @@ struct Runner<'a> {
     salt: u64,
     warnings: Vec<String>,
     data_errors: u64,
+    /// Where /proc files, pagemap entries and mincore vectors are read to: faulted in before
+    /// any measured window, so reading them takes no fault of its own.
+    proc_buf: Vec<u8>,
 }
 
 impl Runner<'_> {
@@ -632,6 +635,46 @@ impl Runner<'_> {
                 rep.counters.faults = faults;
                 errno = r.err();
             }
+            Step::ReadProc(r) => {
+                let file = r.file;
+                let range = r.map.as_ref().map(|name| {
+                    let (va, len) = match self.maps.get(name) {
+                        Some(MapState {
+                            map: Some(mp), len, ..
+                        }) => (mp.va(), *len),
+                        Some(MapState { len, .. }) => (0, *len),
+                        None => (0, 0),
+                    };
+                    let n = r.len.resolve(len.saturating_sub(r.offset));
+                    (va.saturating_add(r.offset), n)
+                });
+                let (res, faults) = self.measure(|s| read_proc(file, range, &mut s.proc_buf));
+                rep.counters.faults = faults;
+                errno = res.err();
+            }
+            Step::Mincore(c) => {
+                let (off, lenspec, name) = (c.offset, c.len, c.map.clone());
+                let (r, faults) = self.measure(|s| match s.maps.get(&name) {
+                    Some(MapState {
+                        map: Some(mp), len, ..
+                    }) => mp.mincore(
+                        off,
+                        lenspec.resolve(len.saturating_sub(off)),
+                        &mut s.proc_buf,
+                    ),
+                    _ => Err(io::Error::from_raw_os_error(libc::ENOMEM)),
+                });
+                rep.counters.faults = faults;
+                match r {
+                    Ok(pages) => {
+                        rep.counters.resident = self.proc_buf[..pages]
+                            .iter()
+                            .filter(|b| **b & 1 == 1)
+                            .count() as u64;
+                    }
+                    Err(e) => errno = Some(e),
+                }
+            }
             Step::Expect(_) => {}
             // Run by `run` (fork) or refused up front by `unsupported` (KVM, access).
             Step::Fork(_) | Step::KvmMemslot(_) | Step::GuestTouch(_) | Step::Access(_) => {
@@ -703,6 +746,60 @@ fn madv(a: ScAdvice) -> libc::c_int {
         ScAdvice::PopulateRead => 22,
         ScAdvice::PopulateWrite => 23,
         ScAdvice::DontneedLocked => 24,
+    }
+}
+
+/// The proc buffer: a 4 GiB BAR's pagemap entries (8 MiB) and mincore vector.
+const PROC_BUF: usize = 8 << 20;
+
+/// Reads `/proc/self/<file>` into `buf` (whole, or `pagemap`'s entries of `range` = (va, len)
+/// with `pread`); `clear_refs` is written "1". Returns the bytes read.
+fn read_proc(file: ProcFileSpec, range: Option<(u64, u64)>, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::{Read, Write as _};
+    use std::os::unix::fs::FileExt;
+    match file {
+        ProcFileSpec::ClearRefs => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/proc/self/clear_refs")?;
+            f.write_all(b"1")?;
+            Ok(0)
+        }
+        ProcFileSpec::Pagemap => {
+            let (va, len) = range.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let want = (len.div_ceil(4096) * 8) as usize;
+            if want > buf.len() {
+                return Err(io::Error::from_raw_os_error(libc::E2BIG));
+            }
+            let f = std::fs::File::open("/proc/self/pagemap")?;
+            let mut done = 0;
+            while done < want {
+                let n = f.read_at(&mut buf[done..want], (va / 4096) * 8 + done as u64)?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            Ok(done)
+        }
+        _ => {
+            let mut f = std::fs::File::open(match file {
+                ProcFileSpec::Smaps => "/proc/self/smaps",
+                ProcFileSpec::SmapsRollup => "/proc/self/smaps_rollup",
+                _ => "/proc/self/numa_maps",
+            })?;
+            let mut done = 0;
+            loop {
+                if done == buf.len() {
+                    return Err(io::Error::from_raw_os_error(libc::E2BIG));
+                }
+                let n = f.read(&mut buf[done..])?;
+                if n == 0 {
+                    return Ok(done);
+                }
+                done += n;
+            }
+        }
     }
 }
 
@@ -1039,6 +1136,7 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Outcome, ProbeError> {
         salt,
         warnings,
         data_errors: 0,
+        proc_buf: vec![1u8; PROC_BUF],
     };
     let mut reports = Vec::new();
     // Per process: counters and the last errno since its previous expect.

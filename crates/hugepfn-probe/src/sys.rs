@@ -364,6 +364,30 @@ impl DevMap {
         }
     }
 
+    /// `mincore(va + off, len, vec)`: one byte per page into `vec` (as many pages as fit);
+    /// the range must lie inside the mapping (EINVAL otherwise, nothing called).
+    pub fn mincore(&self, off: u64, len: u64, vec: &mut [u8]) -> io::Result<usize> {
+        self.check_inside(off, len)?;
+        let pages = len.div_ceil(PAGE) as usize;
+        if pages > vec.len() {
+            return Err(io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        // SAFETY: the range lies inside this mapping (checked above) and `vec` has room for one
+        // byte per page of it (checked above); mincore only writes those bytes.
+        let r = unsafe {
+            libc::mincore(
+                (self.va + off) as *mut libc::c_void,
+                len as usize,
+                vec.as_mut_ptr(),
+            )
+        };
+        if r == 0 {
+            Ok(pages)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// `mprotect(va + off, len, prot)`, the range inside the mapping (EINVAL otherwise).
     pub fn mprotect(&self, off: u64, len: u64, prot: libc::c_int) -> io::Result<()> {
         self.check_inside(off, len)?;

@@ -258,6 +258,15 @@ pub enum Problem {
         /// The message listing the accepted versions.
         message: String,
     },
+    /// `read_proc` of `pagemap` without `map`.
+    #[error("`read_proc` of `pagemap` needs `map` (the mapping whose entries are read)")]
+    PagemapNeedsMap,
+    /// `map`, `offset` or `len` on a `read_proc` of another file.
+    #[error("`{key}` is for `file = \"pagemap\"` only (the other files are read whole)")]
+    KeyOnlyForPagemap {
+        /// The key.
+        key: &'static str,
+    },
     /// An `on_kernel` table has `process` or `on_kernel` of its own.
     #[error("an `on_kernel` table holds checks only (no `process`, no nested `on_kernel`)")]
     OnKernelNests,

@@ -155,6 +155,40 @@
 //! machine's calibration: it is in [`StepReport::access`], never in an `expect`. The real
 //! kernel cannot count these: the probe and the lab refuse `access` with that reason.
 //!
+//! ## Kernel versions (issue 11)
+//!
+//! ```toml
+//! kernel = "7.3.4"           # top level, optional: behave as 6.12.95 | 6.12.117 | 7.3.4, its known
+//!                            # bugs included (6.12.0 | 6.13.0: model only); absent: the corrected design
+//! [[step]]
+//! op = "expect"
+//! faults = 1024              # for the file's kernel (absent: the corrected design and 6.12.95)
+//! on_kernel."7.3.4" = { faults = 524288 }  # replaces those checks on that kernel
+//! on_kernel.corrected = { faults = 0 }     # and for the corrected design
+//! ```
+//!
+//! ## /proc readers and mincore (issue 12)
+//!
+//! ```toml
+//! [[step]]
+//! op = "read_proc"           # read /proc/self/FILE in the process (clear_refs: write "1")
+//! file = "pagemap"           # smaps | smaps_rollup | numa_maps | pagemap | clear_refs
+//! map = "b1"                 # pagemap only (required there): the entries of this mapping
+//! offset = "0"               # pagemap only; default 0
+//! len = "2M"                 # pagemap only; default all
+//! [[step]]
+//! op = "mincore"             # mincore(2) of (part of) a mapping
+//! map = "b1"
+//! offset = "0"               # default 0
+//! len = "all"                # default all
+//! [[step]]
+//! op = "expect"
+//! resident = 512             # pages mincore found resident since the previous expect
+//! leaves_zapped = { pud = 2 }  # leaves zapped since the previous expect (the model only)
+//! ```
+//!
+//! `read_proc` and `mincore` accept `process`, like `touch`.
+//!
 //! Only the format is checked here (names, references, sizes, that ranges fit in 64 bits);
 //! what the kernel would refuse (an unaligned `iova`, an overlapping range, `len = 0`, a slot
 //! number above `KVM_USER_MEM_SLOTS`) is the runner's business, reported as the step's errno.
@@ -180,9 +214,9 @@ pub use scenario::{
     Access, AccessPattern, AccessStep, Advice, Arch, BarSpec, CpuSpec, DeviceSpec, DmaMapStep,
     DmaMode, DmaUnmapStep, ErrnoName, ExpectSpec, ExpectStep, FaultPathSpec, ForkStep,
     GuestTouchStep, Kernel, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep,
-    MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep, MunmapStep, Order, PlacementError,
-    PowerState, PowerStep, ProtSpec, ResetStep, Scenario, Step, TableLevelCounts, ThpMode,
-    TlbMissCounts, TouchStep, VaPlacement,
+    MemoryStep, MemslotFlag, MincoreStep, MmapStep, MprotectStep, MremapStep, MunmapStep, Order,
+    PlacementError, PowerState, PowerStep, ProcFileSpec, ProtSpec, ReadProcStep, ResetStep,
+    Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts, TouchStep, VaPlacement,
 };
 
 /// The name of the first process, the one every step acts in unless it says `process = ...`.

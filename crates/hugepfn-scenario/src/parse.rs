@@ -24,9 +24,9 @@ use crate::scenario::{
     Access, AccessPattern, AccessStep, Advice, Arch, BarSpec, CpuSpec, DeviceSpec, DmaMapStep,
     DmaMode, DmaUnmapStep, ErrnoName, ExpectSpec, ExpectStep, FaultPathSpec, ForkStep,
     GuestTouchStep, Kernel, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep,
-    MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep, MunmapStep, Order, PowerState,
-    PowerStep, ProtSpec, ResetStep, Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts,
-    TouchStep, VaPlacement,
+    MemoryStep, MemslotFlag, MincoreStep, MmapStep, MprotectStep, MremapStep, MunmapStep, Order,
+    PowerState, PowerStep, ProcFileSpec, ProtSpec, ReadProcStep, ResetStep, Scenario, Step,
+    TableLevelCounts, ThpMode, TlbMissCounts, TouchStep, VaPlacement,
 };
 
 /// Reads the scenario file at `path`; errors name the path as given.
@@ -230,6 +230,29 @@ struct RawMadvise {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawReadProc {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    file: Spanned<ProcFileSpec>,
+    map: Option<Spanned<String>>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMincore {
+    #[serde(default, rename = "op")]
+    _op: IgnoredAny,
+    map: Spanned<String>,
+    offset: Option<Spanned<Scalar>>,
+    len: Option<Spanned<Scalar>>,
+    process: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawFork {
     #[serde(default, rename = "op")]
     _op: IgnoredAny,
@@ -353,6 +376,8 @@ struct RawExpect {
     walk_refs_by_level: Option<TableLevelCounts>,
     walk_refs_ept: Option<u64>,
     walk_faults: Option<u64>,
+    leaves_zapped: Option<LevelCounts>,
+    resident: Option<u64>,
     process: Option<Spanned<String>>,
     on_kernel: Option<std::collections::BTreeMap<Spanned<String>, Spanned<RawExpect>>>,
 }
@@ -657,7 +682,10 @@ impl Cx<'_> {
     ) -> Result<ExpectStep, ScenarioError> {
         let mut on_kernel = Vec::new();
         for (k, v) in r.on_kernel.clone().into_iter().flatten() {
-            let kernel = self.kernel(&k)?;
+            let kernel = match k.get_ref().as_str() {
+                "corrected" => None,
+                _ => Some(self.kernel(&k)?),
+            };
             let span = v.span();
             let o = v.into_inner();
             if o.process.is_some() || o.on_kernel.is_some() {
@@ -713,6 +741,8 @@ impl Cx<'_> {
             walk_refs_by_level: r.walk_refs_by_level,
             walk_refs_ept: r.walk_refs_ept,
             walk_faults: r.walk_faults,
+            leaves_zapped: r.leaves_zapped,
+            resident: r.resident,
         })
     }
 
@@ -838,6 +868,54 @@ impl Cx<'_> {
                     offset,
                     len,
                     advice: r.advice,
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            "read_proc" => {
+                let r: RawReadProc = self.de(d)?;
+                let file = *r.file.get_ref();
+                let pagemap = file == ProcFileSpec::Pagemap;
+                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                let map = match (&r.map, pagemap) {
+                    (Some(m), true) => {
+                        self.mapping(maps, m)?;
+                        Some(m.get_ref().clone())
+                    }
+                    (None, true) => {
+                        return Err(self.invalid(&r.file.span(), Problem::PagemapNeedsMap));
+                    }
+                    (Some(m), false) => {
+                        return Err(
+                            self.invalid(&m.span(), Problem::KeyOnlyForPagemap { key: "map" })
+                        );
+                    }
+                    (None, false) => None,
+                };
+                if !pagemap {
+                    for (key, v) in [("offset", &r.offset), ("len", &r.len)] {
+                        if let Some(v) = v {
+                            return Err(self.invalid(&v.span(), Problem::KeyOnlyForPagemap { key }));
+                        }
+                    }
+                }
+                Step::ReadProc(ReadProcStep {
+                    line,
+                    file,
+                    map,
+                    offset,
+                    len,
+                    process: self.process(procs, r.process)?,
+                })
+            }
+            "mincore" => {
+                let r: RawMincore = self.de(d)?;
+                self.mapping(maps, &r.map)?;
+                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                Step::Mincore(MincoreStep {
+                    line,
+                    map: r.map.into_inner(),
+                    offset,
+                    len,
                     process: self.process(procs, r.process)?,
                 })
             }

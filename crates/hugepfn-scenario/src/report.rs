@@ -200,6 +200,12 @@ pub struct Counters {
     /// TLB events of `access` steps (the MMU model).
     #[serde(default)]
     pub tlb: TlbCounters,
+    /// Leaves cleared by zaps, by size; `None` when unknown (the kernel).
+    #[serde(default)]
+    pub leaves_zapped: Option<Levels>,
+    /// Pages `mincore` found resident.
+    #[serde(default)]
+    pub resident: u64,
 }
 
 /// The MMU model's counters of `access` steps.
@@ -279,6 +285,7 @@ impl Counters {
     pub fn zero(levels_known: bool) -> Self {
         Counters {
             faults_by_level: levels_known.then_some(Levels::default()),
+            leaves_zapped: levels_known.then_some(Levels::default()),
             ..Counters::default()
         }
     }
@@ -300,6 +307,11 @@ impl Counters {
             (Some(a), Some(b)) => Some(a.saturating_add(&b)),
             _ => None,
         };
+        self.leaves_zapped = match (self.leaves_zapped, other.leaves_zapped) {
+            (Some(a), Some(b)) => Some(a.saturating_add(&b)),
+            _ => None,
+        };
+        self.resident = self.resident.saturating_add(other.resident);
     }
 
     /// `self − earlier` (saturating at 0), for cumulative counters read at two points in time.
@@ -320,6 +332,11 @@ impl Counters {
                 .mmu_invalidations
                 .saturating_sub(earlier.mmu_invalidations),
             tlb: self.tlb.since(&earlier.tlb),
+            leaves_zapped: match (self.leaves_zapped, earlier.leaves_zapped) {
+                (Some(a), Some(b)) => Some(a.saturating_sub(&b)),
+                _ => None,
+            },
+            resident: self.resident.saturating_sub(earlier.resident),
         }
     }
 }
@@ -530,6 +547,16 @@ pub fn check_expect(expect: &ExpectSpec, since_last: &Counters, now: &ExpectNow)
         measured(since_last.mmu_invalidations),
     )]));
     out.extend(tlb_mismatches(expect, &since_last.tlb, now.tlb_measured));
+    out.extend(level_mismatches(
+        "leaves_zapped",
+        expect.leaves_zapped.as_ref(),
+        since_last.leaves_zapped.as_ref(),
+    ));
+    out.extend(scalar_mismatches([(
+        "resident",
+        expect.resident,
+        Some(since_last.resident),
+    )]));
     ExpectOutcome {
         passed: out.is_empty(),
         mismatches: out,

@@ -646,6 +646,11 @@ pub struct ExpectSpec {
     pub walk_refs_ept: Option<u64>,
     /// Walks that found no usable leaf: the load would fault (a delta).
     pub walk_faults: Option<u64>,
+    /// Leaves cleared by zaps since the previous `expect` (munmap, revocation, a split of a
+    /// pfnmap leaf by a page walk, …), by size (the model only, like `faults_by_level`).
+    pub leaves_zapped: Option<LevelCounts>,
+    /// Pages `mincore` found resident since the previous `expect` (a delta).
+    pub resident: Option<u64>,
 }
 
 impl ExpectSpec {
@@ -675,6 +680,8 @@ impl ExpectSpec {
             walk_refs_by_level: over.walk_refs_by_level.or(self.walk_refs_by_level),
             walk_refs_ept: over.walk_refs_ept.or(self.walk_refs_ept),
             walk_faults: over.walk_faults.or(self.walk_faults),
+            leaves_zapped: over.leaves_zapped.or(self.leaves_zapped),
+            resident: over.resident.or(self.resident),
         }
     }
 }
@@ -717,11 +724,15 @@ pub enum Step {
     GuestTouch(GuestTouchStep),
     /// `op = "access"`.
     Access(AccessStep),
+    /// `op = "read_proc"`.
+    ReadProc(ReadProcStep),
+    /// `op = "mincore"`.
+    Mincore(MincoreStep),
 }
 
 impl Step {
     /// All `op` values, in the order the documentation lists them.
-    pub const OPS: [&'static str; 16] = [
+    pub const OPS: [&'static str; 18] = [
         "mmap",
         "touch",
         "munmap",
@@ -738,6 +749,8 @@ impl Step {
         "kvm_memslot",
         "guest_touch",
         "access",
+        "read_proc",
+        "mincore",
     ];
 
     /// Source line of the step (1-based).
@@ -759,6 +772,8 @@ impl Step {
             Step::KvmMemslot(s) => s.line,
             Step::GuestTouch(s) => s.line,
             Step::Access(s) => s.line,
+            Step::ReadProc(s) => s.line,
+            Step::Mincore(s) => s.line,
         }
     }
 
@@ -778,6 +793,8 @@ impl Step {
             Step::KvmMemslot(s) => s.process.as_deref(),
             Step::GuestTouch(s) => s.process.as_deref(),
             Step::Access(s) => s.process.as_deref(),
+            Step::ReadProc(s) => s.process.as_deref(),
+            Step::Mincore(s) => s.process.as_deref(),
             Step::Mmap(_) | Step::Memory(_) | Step::Reset(_) | Step::Power(_) | Step::Fork(_) => {
                 None
             }
@@ -808,6 +825,8 @@ impl Step {
             Step::KvmMemslot(_) => "kvm_memslot",
             Step::GuestTouch(_) => "guest_touch",
             Step::Access(_) => "access",
+            Step::ReadProc(_) => "read_proc",
+            Step::Mincore(_) => "mincore",
         }
     }
 }
@@ -910,8 +929,9 @@ pub struct ExpectStep {
     /// What to check.
     pub expect: ExpectSpec,
     /// `on_kernel."7.3.4" = { faults = 2 }`: checks that differ when the model runs as (or the
-    /// lab boots) that kernel; each replaces the same check of `expect`.
-    pub on_kernel: Vec<(Kernel, ExpectSpec)>,
+    /// lab boots) that kernel; each replaces the same check of `expect`. The key `corrected`
+    /// (`None` here) is the corrected design, for a scenario whose `kernel` names a kernel.
+    pub on_kernel: Vec<(Option<Kernel>, ExpectSpec)>,
     /// `process = ...`: whose counters (since that process's previous `expect`); `None` = the
     /// first process.
     pub process: Option<String>,
@@ -920,7 +940,7 @@ pub struct ExpectStep {
 impl ExpectStep {
     /// The checks that hold under `kernel` (`None`: the corrected design, `expect` as written).
     pub fn spec_for(&self, kernel: Option<Kernel>) -> ExpectSpec {
-        match kernel.and_then(|k| self.on_kernel.iter().find(|(o, _)| *o == k)) {
+        match self.on_kernel.iter().find(|(o, _)| *o == kernel) {
             Some((_, over)) => self.expect.overlaid(over),
             None => self.expect,
         }
@@ -974,6 +994,68 @@ pub struct MadviseStep {
     pub len: Len,
     /// The advice.
     pub advice: Advice,
+    /// `process = ...`: `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// A file of `/proc/PID/` (`file = "..."` of `read_proc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcFileSpec {
+    /// `smaps`: read whole.
+    Smaps,
+    /// `smaps_rollup`: read whole.
+    SmapsRollup,
+    /// `numa_maps`: read whole.
+    NumaMaps,
+    /// `pagemap`: the entries of a mapping's range, with `pread`.
+    Pagemap,
+    /// `clear_refs`: "1" written.
+    ClearRefs,
+}
+
+impl ProcFileSpec {
+    /// The file name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProcFileSpec::Smaps => "smaps",
+            ProcFileSpec::SmapsRollup => "smaps_rollup",
+            ProcFileSpec::NumaMaps => "numa_maps",
+            ProcFileSpec::Pagemap => "pagemap",
+            ProcFileSpec::ClearRefs => "clear_refs",
+        }
+    }
+}
+
+/// Read (or, for `clear_refs`, write "1" to) `/proc/self/<file>` in a process: what monitoring
+/// agents, `pmap -X` and accounting daemons do to a VMM all day (docs/proc-readers.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadProcStep {
+    /// Source line.
+    pub line: usize,
+    /// Which file.
+    pub file: ProcFileSpec,
+    /// `pagemap` only (required there): the mapping whose entries are read.
+    pub map: Option<String>,
+    /// `pagemap` only: offset into the mapping, default 0.
+    pub offset: u64,
+    /// `pagemap` only: length, default the rest of the mapping.
+    pub len: Len,
+    /// `process = ...`: `None` = the first process.
+    pub process: Option<String>,
+}
+
+/// `mincore(va + offset, len, vec)` on a mapping; the step reports the pages found resident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MincoreStep {
+    /// Source line.
+    pub line: usize,
+    /// Mapping name.
+    pub map: String,
+    /// Offset into the mapping, default 0.
+    pub offset: u64,
+    /// Length, default [`Len::All`] = the rest of the mapping.
+    pub len: Len,
     /// `process = ...`: `None` = the first process.
     pub process: Option<String>,
 }

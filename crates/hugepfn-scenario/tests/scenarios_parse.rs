@@ -35,7 +35,7 @@ fn every_scenario_file_parses() {
     );
 }
 
-/// The kernel-lab README's cases (`lab-*`, less the later `lab-dma-*`/`lab-fork-*`) follow one shape: mmap, touch, expect(faults, sigbus = 0), touch,
+/// The kernel-lab README's cases (`lab-*`, less the later `lab-dma-*`/`lab-fork-*`/`lab-proc-*`) follow one shape: mmap, touch, expect(faults, sigbus = 0), touch,
 /// expect(faults = 0), and never expect what the kernel cannot measure.
 #[test]
 fn lab_scenarios_have_the_lab_shape() {
@@ -50,6 +50,7 @@ fn lab_scenarios_have_the_lab_shape() {
                     n.starts_with("lab-")
                         && !n.starts_with("lab-dma-")
                         && !n.starts_with("lab-fork-")
+                        && !n.starts_with("lab-proc-")
                 })
         })
         .collect();

@@ -44,6 +44,34 @@ fn parse_kernel(s: &str) -> Result<Kernel, String> {
     s.parse::<Kernel>().map_err(|e| e.to_string())
 }
 
+/// `--kernel` of `run` and `compare`: a version, or `corrected` (the corrected design even
+/// where the file names a kernel).
+#[derive(Debug, Clone, Copy)]
+enum KernelArg {
+    Corrected,
+    Version(Kernel),
+}
+
+fn parse_kernel_arg(s: &str) -> Result<KernelArg, String> {
+    if s == "corrected" {
+        return Ok(KernelArg::Corrected);
+    }
+    parse_kernel(s)
+        .map(KernelArg::Version)
+        .map_err(|e| format!("{e}, or \"corrected\""))
+}
+
+fn run_options(k: Option<KernelArg>) -> runner::RunOptions {
+    runner::RunOptions {
+        kernel: match k {
+            Some(KernelArg::Version(v)) => Some(v),
+            _ => None,
+        },
+        corrected: matches!(k, Some(KernelArg::Corrected)),
+        ..runner::RunOptions::default()
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     // Subcommands are listed in the order a user meets them: demo, run, bench, lab.
@@ -72,9 +100,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Behave as this Linux version (6.12.95, 6.12.117, 7.3.4; 6.12.0, 6.13.0 model only),
-        /// its known bugs included, overriding the file's `kernel`.
-        #[arg(long, value_name = "VERSION", value_parser = parse_kernel)]
-        kernel: Option<Kernel>,
+        /// its known bugs included, or as the corrected design (`corrected`), overriding the
+        /// file's `kernel`.
+        #[arg(long, value_name = "VERSION", value_parser = parse_kernel_arg)]
+        kernel: Option<KernelArg>,
         /// Old spelling of --kernel: fixed = the corrected design, v612 = 6.12.0, v613 = 6.13.0.
         #[arg(long, value_enum, hide = true, conflicts_with = "kernel")]
         logic: Option<Logic>,
@@ -87,9 +116,9 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Behave as this Linux version, overriding the file's `kernel`.
-        #[arg(long, value_name = "VERSION", value_parser = parse_kernel)]
-        kernel: Option<Kernel>,
+        /// Behave as this Linux version (or `corrected`), overriding the file's `kernel`.
+        #[arg(long, value_name = "VERSION", value_parser = parse_kernel_arg)]
+        kernel: Option<KernelArg>,
     },
     /// The kernel versions the model knows: every change of huge-pfnmap behaviour and every
     /// known bug, with its commit, and which kernel has it (docs/kernels.md).
@@ -184,11 +213,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let opts = runner::RunOptions {
-                kernel,
-                ..runner::RunOptions::default()
-            };
-            match compare::compare(&sc, opts) {
+            match compare::compare(&sc, run_options(kernel)) {
                 Ok(rows) => {
                     if json {
                         match serde_json::to_string_pretty(&rows) {
@@ -257,10 +282,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let opts = runner::RunOptions {
-                kernel: kernel.or(logic.and_then(Logic::kernel)),
-                ..runner::RunOptions::default()
-            };
+            let opts =
+                run_options(kernel.or(logic.and_then(Logic::kernel).map(KernelArg::Version)));
             let report = match runner::run_scenario(&sc, opts) {
                 Ok(r) => r,
                 Err(e) => {

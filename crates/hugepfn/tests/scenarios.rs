@@ -58,6 +58,39 @@ fn every_scenario_meets_its_expectations_as_every_lab_kernel() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
+/// `--kernel corrected` on every scenario: the corrected design meets the checks (its
+/// `on_kernel.corrected` entries where the file names a kernel), and no /proc reader or mincore
+/// step zaps a leaf (issue: a read-only reader keeps every leaf it walks).
+#[test]
+fn every_scenario_meets_its_expectations_as_the_corrected_design() {
+    let mut failed = Vec::new();
+    for f in &scenario_files() {
+        let sc = hugepfn_scenario::load_scenario(f).expect("parses");
+        let opts = RunOptions {
+            corrected: true,
+            ..RunOptions::default()
+        };
+        let r = run_scenario(&sc, opts).expect("runs");
+        assert_eq!(r.kernel, None);
+        if !r.ok {
+            failed.push(format_report(&sc, &r));
+        }
+        for s in &r.steps {
+            if s.op == "read_proc" || s.op == "mincore" {
+                let z = s.counters.leaves_zapped.expect("the model counts zaps");
+                assert_eq!(
+                    (z.pud, z.pmd, z.pte),
+                    (0, 0, 0),
+                    "{}: step {} zapped leaves",
+                    f.display(),
+                    s.index + 1
+                );
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
 /// A kernel with the split-VMA-in-a-PUD oops says so at the step; the corrected design does not,
 /// and both go on alike.
 #[test]

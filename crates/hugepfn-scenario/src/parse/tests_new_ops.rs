@@ -131,7 +131,8 @@ fn the_documented_example_of_the_new_ops_parses() {
         assert!(
             ops.contains(&op)
                 || super::tests::EXAMPLE.contains(&format!("op = \"{op}\""))
-                || super::tests_access::DOC_EXAMPLE.contains(&format!("op = \"{op}\"")),
+                || super::tests_access::DOC_EXAMPLE.contains(&format!("op = \"{op}\""))
+                || DOC_EXAMPLE_PROC.contains(&format!("op = \"{op}\"")),
             "{op} is not in a documented example"
         );
     }
@@ -884,4 +885,83 @@ fn any_err(text: &str) -> String {
         Ok(_) => panic!("expected an error for:\n{text}"),
         Err(e) => e.to_string(),
     }
+}
+
+#[test]
+fn read_proc_and_mincore_parse_and_refuse_what_does_not_fit() {
+    let s = parse_scenario(
+        &step(
+            "op = \"read_proc\"\nfile = \"pagemap\"\nmap = \"b1\"\noffset = \"2M\"\nlen = \"4M\"",
+        ),
+        "p.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let Some(Step::ReadProc(r)) = s.steps.last() else {
+        panic!("read_proc")
+    };
+    assert_eq!(r.file, crate::scenario::ProcFileSpec::Pagemap);
+    assert_eq!((r.map.as_deref(), r.offset), (Some("b1"), 2 * MIB));
+    let s = parse_scenario(&step("op = \"read_proc\"\nfile = \"smaps\""), "p.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(s.steps.last(), Some(Step::ReadProc(r)) if r.map.is_none()));
+    let s = parse_scenario(
+        &step("op = \"mincore\"\nmap = \"b1\"\nlen = \"2M\""),
+        "p.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(s.steps.last(), Some(Step::Mincore(m)) if m.map == "b1"));
+    for (text, want) in [
+        ("op = \"read_proc\"\nfile = \"pagemap\"", "needs `map`"),
+        (
+            "op = \"read_proc\"\nfile = \"smaps\"\nmap = \"b1\"",
+            "`map` is for",
+        ),
+        (
+            "op = \"read_proc\"\nfile = \"numa_maps\"\nlen = \"4K\"",
+            "`len` is for",
+        ),
+        ("op = \"read_proc\"\nfile = \"maps\"", "smaps_rollup"),
+        ("op = \"mincore\"\nmap = \"nope\"", "nope"),
+    ] {
+        let msg = any_err(&step(text));
+        assert!(msg.contains(want), "{text}: {msg}");
+    }
+}
+
+/// The /proc-readers example of the crate docs, verbatim.
+const DOC_EXAMPLE_PROC: &str = r#"[[step]]
+op = "read_proc"           # read /proc/self/FILE in the process (clear_refs: write "1")
+file = "pagemap"           # smaps | smaps_rollup | numa_maps | pagemap | clear_refs
+map = "b1"                 # pagemap only (required there): the entries of this mapping
+offset = "0"               # pagemap only; default 0
+len = "2M"                 # pagemap only; default all
+[[step]]
+op = "mincore"             # mincore(2) of (part of) a mapping
+map = "b1"
+offset = "0"               # default 0
+len = "all"                # default all
+[[step]]
+op = "expect"
+resident = 512             # pages mincore found resident since the previous expect
+leaves_zapped = { pud = 2 }  # leaves zapped since the previous expect (the model only)
+"#;
+
+#[test]
+fn the_documented_proc_example_parses_and_is_in_the_docs() {
+    let docs = include_str!("../lib.rs");
+    for line in DOC_EXAMPLE_PROC.lines() {
+        assert!(
+            docs.contains(&format!("//! {line}\n")),
+            "not in the crate docs: {line}"
+        );
+    }
+    let sc =
+        parse_scenario(&with_map(DOC_EXAMPLE_PROC), "x.toml").unwrap_or_else(|e| panic!("{e}"));
+    let ops: Vec<&str> = sc.steps.iter().map(Step::op).collect();
+    assert_eq!(ops, ["mmap", "read_proc", "mincore", "expect"]);
+    let Some(Step::Expect(e)) = sc.steps.last() else {
+        panic!("expect")
+    };
+    assert_eq!(e.expect.resident, Some(512));
+    assert_eq!(e.expect.leaves_zapped.and_then(|l| l.pud), Some(2));
 }

@@ -108,6 +108,7 @@ pub fn step_differences(m: &StepReport, k: &StepReport) -> Vec<String> {
         ("sigbus", mc.sigbus, kc.sigbus),
         ("sigsegv", mc.sigsegv, kc.sigsegv),
         ("skipped", mc.skipped, kc.skipped),
+        ("resident", mc.resident, kc.resident),
     ] {
         if a != b {
             d.push(format!("{name} model {a} kernel {b}"));

@@ -2,7 +2,8 @@
 //!
 //! For every `expect` step, the kernel's counters since the previous `expect` are written into
 //! the TOML with `toml_edit`, so comments, order and layout stay as they were: `faults`,
-//! `sigbus`, `sigsegv`, `skipped` when the step already checks them or the kernel saw some;
+//! `sigbus`, `sigsegv`, `skipped`, `resident` when the step already checks them or the kernel
+//! saw some;
 //! `errno` when the step checks it. Counters are per process: an `expect` with `process = P`
 //! gets P's since P's previous `expect`. Checks only the model can make (`faults_by_level`,
 //! `leaves`, IOMMU / EPT counts) are left alone. A scenario that crashed the kernel or could
@@ -203,6 +204,7 @@ pub fn record_text(
             ("sigbus", since.sigbus, text(x.sigbus)),
             ("sigsegv", since.sigsegv, text(x.sigsegv)),
             ("skipped", since.skipped, text(x.skipped)),
+            ("resident", since.resident, text(x.resident)),
         ] {
             if base.is_none() && n == 0 {
                 continue;
@@ -346,7 +348,11 @@ faults = 0
         };
         assert_eq!(e.spec_for(Some(Kernel::V7_3_4)).faults, Some(524288));
         assert_eq!(e.spec_for(Some(Kernel::V6_12_117)).faults, Some(2));
-        assert_eq!(e.spec_for(None).faults, Some(2));
+        assert_eq!(
+            e.spec_for(None).faults,
+            Some(2),
+            "the corrected design: the base"
+        );
         // the kernel now agrees with the base: the entry goes
         k.steps[1].counters.faults = 2;
         let (text2, changes2) = record_text(&text, &again, &k, Kernel::V7_3_4).expect("records");

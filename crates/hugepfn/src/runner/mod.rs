@@ -24,6 +24,7 @@ use thiserror::Error;
 mod access;
 mod consumers;
 mod lifecycle;
+mod proc;
 
 /// A scenario the model could not set up (distinct from an `expect` that failed).
 #[derive(Debug, Error)]
@@ -50,6 +51,8 @@ pub enum RunError {
 pub struct RunOptions {
     /// The kernel the model behaves as, overriding the scenario's `kernel` (`--kernel`).
     pub kernel: Option<Kernel>,
+    /// The corrected design, whatever the scenario's `kernel` says (`--kernel corrected`).
+    pub corrected: bool,
     /// Overrides the scenario's fault-path design (`hugepfn compare` runs all three).
     pub fault_path: Option<FaultPath>,
 }
@@ -94,6 +97,8 @@ pub struct ModelRun {
     last_access: Option<access::AccessOutput>,
     /// What the model behaves as (the scenario's `kernel`, or `--kernel`).
     behaviour: Behaviour,
+    /// Pages the last `mincore` step found resident, taken by [`ModelRun::run`].
+    last_resident: u64,
 }
 
 fn levels(c: &LeafCounts) -> Levels {
@@ -132,7 +137,11 @@ fn counters(f: &FaultCounts, skipped: u64) -> Counters {
 impl ModelRun {
     /// Creates the devices and the process of `sc`.
     pub fn new(sc: &Scenario, opts: RunOptions) -> Result<ModelRun, RunError> {
-        let behaviour = Behaviour::from_option(opts.kernel.or(sc.kernel));
+        let behaviour = if opts.corrected {
+            Behaviour::CORRECTED
+        } else {
+            Behaviour::from_option(opts.kernel.or(sc.kernel))
+        };
         let phys = Arc::new(PhysMem::default());
         let mut devices = HashMap::new();
         for d in &sc.devices {
@@ -187,6 +196,7 @@ impl ModelRun {
             costs: None,
             last_access: None,
             behaviour,
+            last_resident: 0,
         })
     }
 
@@ -354,6 +364,7 @@ impl ModelRun {
                 self.last_access = out;
                 (errno, skipped)
             }
+            Step::ReadProc(_) | Step::Mincore(_) => (self.proc_step(step), 0),
         }
     }
 
@@ -366,23 +377,36 @@ impl ModelRun {
         let mut last_errno: HashMap<String, String> = HashMap::new();
         for (i, step) in sc.steps.iter().enumerate() {
             let actor = step.process().unwrap_or(MAIN).to_string();
-            let before: HashMap<String, FaultCounts> = self
+            let before: HashMap<String, (FaultCounts, LeafCounts)> = self
                 .processes()
                 .into_iter()
-                .map(|(n, m)| (n, m.fault_counts()))
+                .map(|(n, m)| (n, (m.fault_counts(), m.page_tables().zapped_leaves())))
                 .collect();
             let cbefore = self.consumer_counts();
             let oopses_before = self.kernel_oopses();
             let (errno, skipped) = self.step(step);
             let access = self.last_access.take();
+            let resident = std::mem::take(&mut self.last_resident);
             let mut delta_actor = counters(&FaultCounts::default(), 0);
             for (name, mm) in self.processes() {
                 let after = mm.fault_counts();
-                let d = match before.get(&name) {
-                    Some(b) => after.since(b),
-                    None => FaultCounts::default(),
+                let zapped = mm.page_tables().zapped_leaves();
+                let (d, z) = match before.get(&name) {
+                    Some((b, zb)) => (
+                        after.since(b),
+                        LeafCounts {
+                            pud: zapped.pud - zb.pud,
+                            pmd: zapped.pmd - zb.pmd,
+                            pte: zapped.pte - zb.pte,
+                        },
+                    ),
+                    None => (FaultCounts::default(), LeafCounts::default()),
                 };
                 let mut c = counters(&d, if name == actor { skipped } else { 0 });
+                c.leaves_zapped = Some(levels(&z));
+                if name == actor {
+                    c.resident = resident;
+                }
                 self.add_consumer_delta(&name, &cbefore, &mut c);
                 if let (true, Some(a)) = (name == actor, &access) {
                     c.tlb = a.tlb;
@@ -462,6 +486,7 @@ pub fn mm_config(b: Behaviour, base: MmConfig) -> MmConfig {
     let aligned_base = b.thp_aligns_file_mappings();
     MmConfig {
         thp_align_file_mappings: aligned_base,
+        mincore_walks_pfnmap: b.mincore_walks_pfnmap(),
         mmap_base: match base.mmap_base {
             None if !aligned_base => Some(base.mode.task_size() - (128 << 20) - 4096),
             other => other,
@@ -488,5 +513,6 @@ fn kernel_bug(k: KernelBug) -> Bugs {
     match k {
         KernelBug::MremapPudClearBad => Bugs::MREMAP_PUD_CLEAR_BAD,
         KernelBug::SplitVmaInPudOops => Bugs::SPLIT_VMA_IN_PUD_OOPS,
+        KernelBug::PagewalkSplitsPfnmapPud => Bugs::PAGEWALK_SPLITS_SPECIAL_LEAVES,
     }
 }

@@ -1,0 +1,66 @@
+//! `read_proc` and `mincore` steps: the /proc readers of `hugepfn_mm::task_mmu` in one process.
+
+use hugepfn_mm::task_mmu::ProcFile;
+use hugepfn_scenario::{ProcFileSpec, Step};
+
+use super::ModelRun;
+
+fn file(f: ProcFileSpec) -> ProcFile {
+    match f {
+        ProcFileSpec::Smaps => ProcFile::Smaps,
+        ProcFileSpec::SmapsRollup => ProcFile::SmapsRollup,
+        ProcFileSpec::NumaMaps => ProcFile::NumaMaps,
+        ProcFileSpec::Pagemap => ProcFile::Pagemap,
+        ProcFileSpec::ClearRefs => ProcFile::ClearRefs,
+    }
+}
+
+impl ModelRun {
+    /// Runs a `read_proc` or `mincore` step; returns its errno. `mincore`'s resident pages are
+    /// left in `last_resident` for the step's report.
+    pub(super) fn proc_step(&mut self, step: &Step) -> Option<String> {
+        match step {
+            Step::ReadProc(r) => {
+                let Some(mm) = self.process(r.process.as_deref()) else {
+                    return Some("ESRCH".into());
+                };
+                let range = match &r.map {
+                    None => None,
+                    Some(map) => {
+                        let Some(m) = self.maps.get(map) else {
+                            return Some("EINVAL".into());
+                        };
+                        let len = r.len.resolve(m.len.saturating_sub(r.offset));
+                        // pread of the entries: an address nothing maps reads as not present
+                        let va = m
+                            .va(r.process.as_deref().unwrap_or(super::MAIN))
+                            .unwrap_or(0);
+                        let start = va.saturating_add(r.offset);
+                        Some((start, start.saturating_add(len)))
+                    }
+                };
+                mm.read_proc(file(r.file), range)
+                    .err()
+                    .map(|e| e.errno().name().to_string())
+            }
+            Step::Mincore(c) => {
+                let (mm, va, maplen) = match self.target(c.process.as_deref(), &c.map) {
+                    Ok(x) => x,
+                    Err(e) => return Some(e),
+                };
+                let Some(va) = va else {
+                    return Some("ENOMEM".into());
+                };
+                let len = c.len.resolve(maplen.saturating_sub(c.offset));
+                match mm.mincore(va + c.offset, len) {
+                    Ok((vec, _)) => {
+                        self.last_resident = vec.iter().filter(|b| **b & 1 == 1).count() as u64;
+                        None
+                    }
+                    Err(e) => Some(e.errno().name().to_string()),
+                }
+            }
+            _ => None,
+        }
+    }
+}
