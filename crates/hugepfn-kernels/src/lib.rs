@@ -485,11 +485,16 @@ pub enum HugeFaultVersion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Behaviour {
     kernel: Option<Kernel>,
+    /// The kernel with every known bug fixed (kernel-patches/: `7.3.4+hugepfn`).
+    bugs_fixed: bool,
 }
 
 impl Behaviour {
     /// The corrected design: 6.12.95's behaviour with every known bug fixed.
-    pub const CORRECTED: Behaviour = Behaviour { kernel: None };
+    pub const CORRECTED: Behaviour = Behaviour {
+        kernel: None,
+        bugs_fixed: true,
+    };
 
     /// The kernel on which the corrected design is based.
     pub const CORRECTED_BASE: Kernel = Kernel::V6_12_95;
@@ -498,12 +503,25 @@ impl Behaviour {
     pub const fn of(kernel: Kernel) -> Behaviour {
         Behaviour {
             kernel: Some(kernel),
+            bugs_fixed: false,
+        }
+    }
+
+    /// `kernel` with every known bug fixed (its other behaviour as released): what Linux
+    /// with kernel-patches/ applied does (the lab's `7.3.4+hugepfn`).
+    pub const fn fixed(kernel: Kernel) -> Behaviour {
+        Behaviour {
+            kernel: Some(kernel),
+            bugs_fixed: true,
         }
     }
 
     /// `Some(k)` → [`Behaviour::of`], `None` → [`Behaviour::CORRECTED`].
     pub const fn from_option(kernel: Option<Kernel>) -> Behaviour {
-        Behaviour { kernel }
+        Behaviour {
+            kernel,
+            bugs_fixed: kernel.is_none(),
+        }
     }
 
     /// The kernel, `None` for the corrected design.
@@ -523,8 +541,10 @@ impl Behaviour {
 
     /// Whether the model reproduces the bug (never in the corrected design).
     pub fn has_bug(self, b: Bug) -> bool {
-        self.kernel
-            .is_some_and(|k| bug_info(b).in_version(k.version()))
+        !self.bugs_fixed
+            && self
+                .kernel
+                .is_some_and(|k| bug_info(b).in_version(k.version()))
     }
 
     /// The known bugs this behaviour has.
@@ -571,11 +591,24 @@ impl Behaviour {
         self.has(Change::HugeRemapPfnRange)
     }
 
+    /// The name of what runs: `None` for the corrected design, `"7.3.4"`, or `"7.3.4+hugepfn"`
+    /// for a kernel whose known bugs are fixed.
+    pub fn name(self) -> Option<String> {
+        self.kernel.map(|k| {
+            if self.bugs_fixed && Behaviour::of(k).bugs().next().is_some() {
+                format!("{k}+hugepfn")
+            } else {
+                k.name().to_string()
+            }
+        })
+    }
+
     /// "Linux 7.3.4" or "the corrected design".
     pub fn label(self) -> String {
-        match self.kernel {
-            Some(k) => format!("Linux {k}"),
-            None => "the corrected design".into(),
+        match (self.kernel, self.bugs_fixed) {
+            (Some(k), false) => format!("Linux {k}"),
+            (Some(k), true) => format!("Linux {k} with the known bugs fixed"),
+            (None, _) => "the corrected design".into(),
         }
     }
 }
@@ -617,6 +650,19 @@ mod tests {
         assert!(b.thp_sysfs_gates_pfnmap());
         assert_eq!(b.type1_batches(), None);
         assert_eq!(b.bugs().count(), 0);
+    }
+
+    #[test]
+    fn a_fixed_kernel_keeps_its_changes_and_loses_its_bugs() {
+        let f = Behaviour::fixed(Kernel::V7_3_4);
+        assert_eq!(f.bugs().count(), 0);
+        assert!(
+            !f.thp_sysfs_gates_pfnmap(),
+            "the bypass is a change, not a bug"
+        );
+        assert!(!f.thp_aligns_file_mappings());
+        assert_eq!(Behaviour::of(Kernel::V7_3_4).bugs().count(), Bug::ALL.len());
+        assert_eq!(f.label(), "Linux 7.3.4 with the known bugs fixed");
     }
 
     #[test]

@@ -14,9 +14,11 @@
 //! zap: `pudp_huge_clear_flush`, a TLB flush and an MMU-notifier invalidation; the process
 //! refaults. That is how reading `/proc/PID/smaps` or `numa_maps` destroys a BAR's 1 GiB leaves
 //! on Linux 6.12 … 7.3 ([`Bugs::PAGEWALK_SPLITS_SPECIAL_LEAVES`], the kernel bug
-//! `pagewalk_splits_pfnmap_pud`). The corrected design (the default) does not split a special
-//! leaf: nothing below it has a `struct page` to report, so the walk goes on past it
-//! (`ACTION_CONTINUE`). docs/proc-readers.md has the readers and the numbers.
+//! `pagewalk_splits_pfnmap_pud`). The corrected design (the default, and
+//! kernel-patches/0003) does not split a pfnmap leaf for a walk without a `pte_entry`: nothing
+//! below it has a `struct page` to report, so the walk goes on past it (`ACTION_CONTINUE`); a
+//! walk with a `pte_entry` asks to see every PTE and still splits. docs/proc-readers.md has the
+//! readers and the numbers.
 //!
 //! 9b25a6e3d243 "mm/pagewalk: fix race between concurrent split and refault" (upstream.md
 //! §3.11) is modelled too: between the split and the descent a concurrent fault may install a
@@ -195,8 +197,13 @@ impl<O: MmWalkOps> Walk<'_, O> {
     /// special VMA loses it (the fault handler refills), a remap-populated one gets it split in
     /// place. Returns false when the corrected design leaves a special leaf alone.
     fn split_leaf(&mut self, vma: &Vma, base: u64, level: Level) -> bool {
-        let special = is_special_huge(vma);
-        if special && !self.bugs().contains(Bugs::PAGEWALK_SPLITS_SPECIAL_LEAVES) {
+        // The fix (kernel-patches/0003): a pfnmap leaf is walked past unless the walk has a
+        // pte_entry, which asks to see every PTE (the L1TF PROT_NONE check does).
+        let special = vma.flags.contains(VmFlags::PFNMAP) && is_special_huge(vma);
+        if special
+            && !self.ops.has_pte_entry()
+            && !self.bugs().contains(Bugs::PAGEWALK_SPLITS_SPECIAL_LEAVES)
+        {
             return false;
         }
         let pt = self.pt();

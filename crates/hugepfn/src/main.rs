@@ -50,24 +50,30 @@ fn parse_kernel(s: &str) -> Result<Kernel, String> {
 enum KernelArg {
     Corrected,
     Version(Kernel),
+    /// `7.3.4+hugepfn`: that kernel with every known bug fixed (kernel-patches/).
+    Fixed(Kernel),
 }
 
 fn parse_kernel_arg(s: &str) -> Result<KernelArg, String> {
     if s == "corrected" {
         return Ok(KernelArg::Corrected);
     }
+    if let Some(v) = s.strip_suffix("+hugepfn") {
+        return parse_kernel(v).map(KernelArg::Fixed);
+    }
     parse_kernel(s)
         .map(KernelArg::Version)
-        .map_err(|e| format!("{e}, or \"corrected\""))
+        .map_err(|e| format!("{e}, a version with +hugepfn (its bugs fixed), or \"corrected\""))
 }
 
 fn run_options(k: Option<KernelArg>) -> runner::RunOptions {
     runner::RunOptions {
         kernel: match k {
-            Some(KernelArg::Version(v)) => Some(v),
+            Some(KernelArg::Version(v) | KernelArg::Fixed(v)) => Some(v),
             _ => None,
         },
         corrected: matches!(k, Some(KernelArg::Corrected)),
+        bugs_fixed: matches!(k, Some(KernelArg::Fixed(_))),
         ..runner::RunOptions::default()
     }
 }

@@ -10,13 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use hugepfn_kernels::Kernel;
 use hugepfn_scenario::{RunReport, StepReport};
 
 use super::{
     KernelOutcome, LabError, LabOpts, LabScenario, expand_files, kernel_outcomes, load_all,
 };
-use crate::runner::{RunOptions, run_scenario};
+use crate::runner::run_scenario;
 
 /// Per-scenario result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,7 +431,7 @@ fn reports_from_dir(scen: &[LabScenario], dir: &Path) -> Vec<KernelOutcome> {
 
 /// One kernel's comparison.
 struct KernelColumn {
-    kernel: Kernel,
+    kernel: super::LabKernel,
     source: String,
     results: Vec<ScenarioCompare>,
     wall: f64,
@@ -446,7 +445,7 @@ fn compare_kernel(
     o: &LabOpts,
 ) -> Result<KernelColumn, LabError> {
     let t0 = Instant::now();
-    let kernel = o.model_kernel();
+    let kernel = o.lab_kernel();
     let (outcomes, boots) = match reports {
         Some(dir) => (reports_from_dir(scen, dir), Vec::new()),
         None => {
@@ -460,11 +459,8 @@ fn compare_kernel(
             KernelOutcome::Report { report, .. } => Some(report.source.clone()),
             _ => None,
         })
-        .unwrap_or_else(|| format!("no kernel report ({kernel})"));
-    let opts = RunOptions {
-        kernel: Some(kernel),
-        ..RunOptions::default()
-    };
+        .unwrap_or_else(|| format!("no kernel report ({})", kernel.name()));
+    let opts = kernel.run_options();
     let results = scen
         .iter()
         .zip(&outcomes)
@@ -503,14 +499,14 @@ fn summary_table(scen: &[LabScenario], cols: &[KernelColumn]) -> String {
         .max(8);
     let _ = write!(s, "{:<name_w$}", "scenario");
     for c in cols {
-        let _ = write!(s, "  {:<11}", c.kernel.name());
+        let _ = write!(s, "  {:<13}", c.kernel.name());
     }
     s.push('\n');
     for (i, sc) in scen.iter().enumerate() {
         let _ = write!(s, "{:<name_w$}", sc.sc.name);
         for c in cols {
             let v = c.results.get(i).map_or("-", |r| verdict_word(r.verdict));
-            let _ = write!(s, "  {v:<11}");
+            let _ = write!(s, "  {v:<13}");
         }
         s.push('\n');
     }
@@ -523,7 +519,7 @@ pub(super) fn cmd_compare(
     md_path: &Path,
     strict: bool,
     known_crashes: Option<&Path>,
-    kernels: &[Kernel],
+    kernels: &[super::LabKernel],
     o: &LabOpts,
 ) -> Result<ExitCode, LabError> {
     let known = match known_crashes {
@@ -545,7 +541,7 @@ pub(super) fn cmd_compare(
     let mut md = String::new();
     for c in &cols {
         let rows: Vec<Row> = c.results.iter().flat_map(|r| r.rows.clone()).collect();
-        println!("== Linux {} ({})", c.kernel, c.source);
+        println!("== Linux {} ({})", c.kernel.name(), c.source);
         print!("{}", text_table(&rows));
         for r in &c.results {
             if r.verdict != Verdict::Same {
@@ -598,6 +594,8 @@ pub(super) fn cmd_compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::RunOptions;
+    use hugepfn_kernels::Kernel;
     use hugepfn_scenario::parse_scenario;
 
     const SC: &str = r#"

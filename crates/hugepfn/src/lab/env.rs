@@ -27,6 +27,8 @@ pub struct LabEnv {
     pub probe: PathBuf,
     /// Where the decompressed modules are cached.
     pub module_cache: PathBuf,
+    /// A kernel built by `hugepfn lab kernel build`: VFIO built in, no modules to load.
+    pub builtin_vfio: bool,
 }
 
 /// Knobs of the environment.
@@ -40,6 +42,9 @@ pub struct EnvOptions {
     pub probe: Option<PathBuf>,
     /// Never run `apt-get install` / change apt sources.
     pub no_install: bool,
+    /// Boot our build of 7.3.4 (`hugepfn lab kernel build`), patched or not, instead of a
+    /// Debian package; built on first use.
+    pub built: Option<bool>,
 }
 
 fn log(msg: &str) {
@@ -301,7 +306,7 @@ fn search_kernel() -> Result<Option<String>, LabError> {
 }
 
 /// `apt-get download` + `dpkg-deb -x` of `pkg` into `dir/<pkg>/root` (cached).
-fn fetch_unpack(dir: &Path, pkg: &str) -> Result<PathBuf, LabError> {
+pub(crate) fn fetch_unpack(dir: &Path, pkg: &str) -> Result<PathBuf, LabError> {
     let home = dir.join("pkgs").join(pkg);
     let root = home.join("root");
     if home.join(".unpacked").exists() {
@@ -427,7 +432,11 @@ fn build_probe() -> Result<PathBuf, LabError> {
 
 /// Whether apt (or the cache) has `pkg`; if not, adds the suite the modelled kernel of that
 /// package comes from ([`hugepfn_kernels::Kernel::debian_suite`]) and updates apt once.
-fn ensure_package_known(opts: &EnvOptions, pkg: &str, updated: &mut bool) -> Result<(), LabError> {
+pub(crate) fn ensure_package_known(
+    opts: &EnvOptions,
+    pkg: &str,
+    updated: &mut bool,
+) -> Result<(), LabError> {
     if opts.dir.join("pkgs").join(pkg).join(".unpacked").exists() {
         return Ok(());
     }
@@ -534,6 +543,17 @@ fn unpack_kernel(dir: &Path, pkg: &str) -> Result<(String, PathBuf, PathBuf), La
     })
 }
 
+fn find_busybox(bbroot: &Path) -> Result<PathBuf, LabError> {
+    ["bin/busybox", "usr/bin/busybox"]
+        .iter()
+        .map(|p| bbroot.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| LabError::Missing {
+            what: "busybox in the busybox-static package".into(),
+            hint: "delete the cache entry and retry".into(),
+        })
+}
+
 /// Everything ready for a boot; downloads / installs what is missing (see the module docs).
 pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
     fs::create_dir_all(&opts.dir).map_err(io_err(format!("mkdir {}", opts.dir.display())))?;
@@ -541,6 +561,35 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
     let qemu = ensure_qemu(opts, &mut updated)?;
     for (cmd, pkg) in [("xz", "xz-utils"), ("dpkg-deb", "dpkg"), ("apt-get", "apt")] {
         ensure_tool(cmd, pkg, opts)?;
+    }
+    if let Some(patched) = opts.built {
+        let b = super::build::build(opts, None, !patched)?;
+        let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
+        let busybox = find_busybox(&bbroot)?;
+        let probe = match &opts.probe {
+            Some(p) => p.clone(),
+            None if build => build_probe()?,
+            None => PathBuf::from("hugepfn-probe"),
+        };
+        return Ok(LabEnv {
+            qemu,
+            kernel_package: format!(
+                "linux-source-7.3 built {} ({})",
+                if patched {
+                    "with kernel-patches/"
+                } else {
+                    "without patches"
+                },
+                b.key
+            ),
+            kernel_release: b.release,
+            vmlinuz: b.bzimage,
+            modules: PathBuf::new(),
+            busybox,
+            probe,
+            module_cache: opts.dir.join("kbuild").join("no-modules"),
+            builtin_vfio: true,
+        });
     }
     let default_cached = opts
         .dir
@@ -578,14 +627,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
     };
     let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, &pkg)?;
     let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
-    let busybox = ["bin/busybox", "usr/bin/busybox"]
-        .iter()
-        .map(|p| bbroot.join(p))
-        .find(|p| p.is_file())
-        .ok_or_else(|| LabError::Missing {
-            what: "busybox in the busybox-static package".into(),
-            hint: "delete the cache entry and retry".into(),
-        })?;
+    let busybox = find_busybox(&bbroot)?;
     let probe = match &opts.probe {
         Some(p) => p.clone(),
         None if build => build_probe()?,
@@ -606,6 +648,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
         busybox,
         probe,
         module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),
+        builtin_vfio: false,
     })
 }
 

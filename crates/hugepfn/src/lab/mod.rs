@@ -10,6 +10,7 @@
 //! Scenarios are grouped by the BAR size they need, one guest boot per group (more if a
 //! scenario crashes the kernel: the rest runs in a new boot). See `docs/lab.md`.
 
+mod build;
 mod compare;
 mod env;
 mod guest;
@@ -69,9 +70,11 @@ pub struct LabOpts {
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/hugepfn-lab")]
     lab_dir: PathBuf,
     /// The kernel to boot, by version (6.12.95, 6.12.117, 7.3.4: Debian's package of it, from
-    /// the apt suite that has it); the model runs with the same `kernel`. Default 6.12.95.
+    /// the apt suite that has it; the model runs with the same `kernel`), or our build of 7.3.4
+    /// (`7.3.4+hugepfn` with kernel-patches/, the model as the corrected design; `7.3.4-base`
+    /// without, the model as 7.3.4), built on first use. Default 6.12.95.
     #[arg(long, value_name = "VERSION", value_parser = parse_lab_kernel, conflicts_with = "kernel_package")]
-    kernel: Option<hugepfn_kernels::Kernel>,
+    kernel: Option<LabKernel>,
     /// Another Debian kernel package (e.g. linux-image-6.12.113+deb12-amd64-unsigned); the model
     /// runs as the modelled kernel of that package, or as 6.12.95 if it has none.
     #[arg(long, value_name = "PACKAGE")]
@@ -146,10 +149,16 @@ pub enum LabCmd {
         /// The kernels to compare, one verdict column each (ignored with --kernel,
         /// --kernel-package or --reports).
         #[arg(long, value_name = "V,V", value_delimiter = ',', value_parser = parse_lab_kernel, default_value = "6.12.95,7.3.4")]
-        kernels: Vec<hugepfn_kernels::Kernel>,
+        kernels: Vec<LabKernel>,
         /// Options shared by the lab commands.
         #[command(flatten)]
         opts: Box<LabOpts>,
+    },
+    /// Build Linux 7.3.4 for the lab (`lab kernel build`).
+    Kernel {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: KernelCmd,
     },
     /// Run scenarios on the real kernel and write its counts into their `expect` steps (the
     /// TOML is edited in place; comments and layout are kept).
@@ -157,6 +166,27 @@ pub enum LabCmd {
         /// Scenario files or directories.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Options shared by the lab commands.
+        #[command(flatten)]
+        opts: Box<LabOpts>,
+    },
+}
+
+/// `hugepfn lab kernel ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum KernelCmd {
+    /// Debian's linux-source-7.3 with kernel-patches/ applied, configured by lab/kernel.config
+    /// (VFIO built in), built with every core; cached by a hash of source, config and patches.
+    Build {
+        /// The release (the patches are for 7.3.4).
+        #[arg(long, default_value = "7.3.4")]
+        version: String,
+        /// The patches (default: kernel-patches/ of this repository).
+        #[arg(long, value_name = "DIR")]
+        patches: Option<PathBuf>,
+        /// Build without patches: the control, which must behave as Debian's 7.3.4.
+        #[arg(long)]
+        base_only: bool,
         /// Options shared by the lab commands.
         #[command(flatten)]
         opts: Box<LabOpts>,
@@ -295,21 +325,71 @@ pub fn lab_step_unsupported(step: &Step) -> Option<&'static str> {
     }
 }
 
-/// `--kernel`: a kernel the lab boots (not a model-only one).
-fn parse_lab_kernel(s: &str) -> Result<hugepfn_kernels::Kernel, String> {
-    let k: hugepfn_kernels::Kernel = s.parse().map_err(|e| format!("{e}"))?;
+/// A kernel the lab boots: Debian's package of a modelled release, or our build of 7.3.4
+/// (`hugepfn lab kernel build`) with or without kernel-patches/.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabKernel {
+    /// Debian's package (`6.12.95`, `6.12.117`, `7.3.4`); the model runs as that kernel.
+    Debian(hugepfn_kernels::Kernel),
+    /// `7.3.4+hugepfn`: our build with the patches; the model runs as 7.3.4 with every known
+    /// bug fixed (the corrected design's fixes on 7.3.4's other behaviour).
+    Patched,
+    /// `7.3.4-base`: the same build without them, the control; the model runs as 7.3.4.
+    Base,
+}
+
+impl LabKernel {
+    /// The column name.
+    pub fn name(self) -> String {
+        match self {
+            LabKernel::Debian(k) => k.name().to_string(),
+            LabKernel::Patched => "7.3.4+hugepfn".into(),
+            LabKernel::Base => "7.3.4-base".into(),
+        }
+    }
+
+    /// How the model runs to be compared with this kernel.
+    pub fn run_options(self) -> crate::runner::RunOptions {
+        match self {
+            LabKernel::Debian(k) => crate::runner::RunOptions {
+                kernel: Some(k),
+                ..Default::default()
+            },
+            LabKernel::Patched => crate::runner::RunOptions {
+                kernel: Some(hugepfn_kernels::Kernel::V7_3_4),
+                bugs_fixed: true,
+                ..Default::default()
+            },
+            LabKernel::Base => crate::runner::RunOptions {
+                kernel: Some(hugepfn_kernels::Kernel::V7_3_4),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// `--kernel`: a kernel the lab boots (not a model-only one), or our build.
+fn parse_lab_kernel(s: &str) -> Result<LabKernel, String> {
+    match s {
+        "7.3.4+hugepfn" => return Ok(LabKernel::Patched),
+        "7.3.4-base" => return Ok(LabKernel::Base),
+        _ => {}
+    }
+    let k: hugepfn_kernels::Kernel = s
+        .parse()
+        .map_err(|e| format!("{e}; the lab also boots 7.3.4+hugepfn and 7.3.4-base (our build)"))?;
     if k.debian_package().is_none() {
         return Err(format!(
-            "{k} is model only: the lab boots {}",
+            "{k} is model only: the lab boots {}, 7.3.4+hugepfn and 7.3.4-base",
             hugepfn_kernels::Kernel::LAB.map(|k| k.name()).join(", ")
         ));
     }
-    Ok(k)
+    Ok(LabKernel::Debian(k))
 }
 
 impl LabOpts {
     /// The same options for another kernel.
-    pub fn with_kernel(&self, k: hugepfn_kernels::Kernel) -> LabOpts {
+    pub fn with_kernel(&self, k: LabKernel) -> LabOpts {
         LabOpts {
             kernel: Some(k),
             kernel_package: None,
@@ -322,27 +402,32 @@ impl LabOpts {
         self.kernel.is_some() || self.kernel_package.is_some()
     }
 
-    /// The modelled kernel these options boot.
-    pub fn model_kernel(&self) -> hugepfn_kernels::Kernel {
+    /// The kernel these options boot.
+    pub fn lab_kernel(&self) -> LabKernel {
         match (&self.kernel, &self.kernel_package) {
             (Some(k), _) => *k,
-            (None, Some(p)) => hugepfn_kernels::Kernel::from_package(p)
-                .unwrap_or(hugepfn_kernels::Kernel::V6_12_95),
-            (None, None) => hugepfn_kernels::Kernel::V6_12_95,
+            (None, Some(p)) => LabKernel::Debian(
+                hugepfn_kernels::Kernel::from_package(p)
+                    .unwrap_or(hugepfn_kernels::Kernel::V6_12_95),
+            ),
+            (None, None) => LabKernel::Debian(hugepfn_kernels::Kernel::V6_12_95),
         }
     }
 }
 
 fn env_options(o: &LabOpts) -> env::EnvOptions {
+    let (kernel_package, built) = match o.kernel {
+        Some(LabKernel::Debian(k)) => (k.debian_package().map(str::to_string), None),
+        Some(LabKernel::Patched) => (None, Some(true)),
+        Some(LabKernel::Base) => (None, Some(false)),
+        None => (o.kernel_package.clone(), None),
+    };
     env::EnvOptions {
         dir: o.lab_dir.clone(),
-        kernel_package: o
-            .kernel
-            .and_then(|k| k.debian_package())
-            .map(str::to_string)
-            .or_else(|| o.kernel_package.clone()),
+        kernel_package,
         probe: o.probe.clone(),
         no_install: o.no_install,
+        built,
     }
 }
 
@@ -497,6 +582,31 @@ fn cmd_setup(o: &LabOpts) -> Result<ExitCode, LabError> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn cmd_kernel_build(
+    version: &str,
+    patches: Option<&Path>,
+    base_only: bool,
+    o: &LabOpts,
+) -> Result<ExitCode, LabError> {
+    if version != "7.3.4" {
+        return Err(LabError::Input(format!(
+            "--version {version}: the lab builds 7.3.4 (Debian's linux-source-7.3; the patches are for it)"
+        )));
+    }
+    let t0 = std::time::Instant::now();
+    let b = build::build(&env_options(o), patches, base_only)?;
+    println!(
+        "kernel:  {} ({})",
+        b.release,
+        if b.patched { "patched" } else { "base" }
+    );
+    println!("tree:    {}", b.dir.display());
+    println!("bzImage: {}", b.bzimage.display());
+    println!("key:     {}", b.key);
+    println!("ready in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_run(files: &[PathBuf], out: Option<&Path>, o: &LabOpts) -> Result<ExitCode, LabError> {
     let scen = load_all(&expand_files(files)?)?;
     let (outcomes, _, _) = kernel_outcomes(&scen, o)?;
@@ -568,6 +678,15 @@ pub fn main(cmd: LabCmd) -> ExitCode {
             opts,
         ),
         LabCmd::Record { files, opts } => record::cmd_record(files, opts),
+        LabCmd::Kernel {
+            cmd:
+                KernelCmd::Build {
+                    version,
+                    patches,
+                    base_only,
+                    opts,
+                },
+        } => cmd_kernel_build(version, patches.as_deref(), *base_only, opts),
     };
     match r {
         Ok(code) => code,
@@ -649,6 +768,28 @@ process = "c1"
 "#;
         let e = size_of(child).expect_err("skipped");
         assert!(e.contains("`dma_map`") && e.contains("container"), "{e}");
+    }
+
+    #[test]
+    fn lab_kernels_by_name_and_how_the_model_runs_against_them() {
+        use hugepfn_kernels::Kernel;
+        assert_eq!(
+            parse_lab_kernel("7.3.4"),
+            Ok(LabKernel::Debian(Kernel::V7_3_4))
+        );
+        assert_eq!(parse_lab_kernel("7.3.4+hugepfn"), Ok(LabKernel::Patched));
+        assert_eq!(parse_lab_kernel("7.3.4-base"), Ok(LabKernel::Base));
+        let e = parse_lab_kernel("6.12.0").expect_err("model only");
+        assert!(e.contains("model only"), "{e}");
+        let e = parse_lab_kernel("7.4").expect_err("unknown");
+        assert!(e.contains("7.3.4+hugepfn"), "{e}");
+        let p = LabKernel::Patched.run_options();
+        assert_eq!(
+            (p.kernel, p.bugs_fixed, p.corrected),
+            (Some(Kernel::V7_3_4), true, false)
+        );
+        let b = LabKernel::Base.run_options();
+        assert_eq!((b.kernel, b.bugs_fixed), (Some(Kernel::V7_3_4), false));
     }
 
     #[test]

@@ -250,6 +250,15 @@ fn record_file(
 }
 
 pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, LabError> {
+    let kernel = match o.lab_kernel() {
+        super::LabKernel::Debian(k) => k,
+        other => {
+            return Err(LabError::Input(format!(
+                "record writes what a released kernel measures; {} is our build (compare it instead)",
+                other.name()
+            )));
+        }
+    };
     let scen = load_all(&expand_files(files)?)?;
     let (outcomes, _, _) = kernel_outcomes(&scen, o)?;
     let mut failed = 0;
@@ -259,7 +268,7 @@ pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, Lab
                 for w in warnings {
                     eprintln!("lab: {}: warning: {w}", s.path.display());
                 }
-                let changes = record_file(&s.path, &s.sc, report, o.model_kernel())?;
+                let changes = record_file(&s.path, &s.sc, report, kernel)?;
                 if changes.is_empty() {
                     println!("{}: unchanged ({})", s.path.display(), report.source);
                 }

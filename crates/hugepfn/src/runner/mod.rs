@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub kernel: Option<Kernel>,
     /// The corrected design, whatever the scenario's `kernel` says (`--kernel corrected`).
     pub corrected: bool,
+    /// The kernel (`kernel`, or the scenario's) with every known bug fixed
+    /// (`--kernel 7.3.4+hugepfn`: Linux with kernel-patches/).
+    pub bugs_fixed: bool,
     /// Overrides the scenario's fault-path design (`hugepfn compare` runs all three).
     pub fault_path: Option<FaultPath>,
 }
@@ -137,10 +140,10 @@ fn counters(f: &FaultCounts, skipped: u64) -> Counters {
 impl ModelRun {
     /// Creates the devices and the process of `sc`.
     pub fn new(sc: &Scenario, opts: RunOptions) -> Result<ModelRun, RunError> {
-        let behaviour = if opts.corrected {
-            Behaviour::CORRECTED
-        } else {
-            Behaviour::from_option(opts.kernel.or(sc.kernel))
+        let behaviour = match (opts.corrected, opts.kernel.or(sc.kernel)) {
+            (true, _) | (false, None) => Behaviour::CORRECTED,
+            (false, Some(k)) if opts.bugs_fixed => Behaviour::fixed(k),
+            (false, Some(k)) => Behaviour::of(k),
         };
         let phys = Arc::new(PhysMem::default());
         let mut devices = HashMap::new();
@@ -462,7 +465,7 @@ impl ModelRun {
             reports.push(rep);
         }
         let mut r = RunReport::new(sc.name.clone(), "model", reports);
-        r.kernel = self.behaviour.kernel().map(|k| k.name().to_string());
+        r.kernel = self.behaviour.name();
         r
     }
 
