@@ -220,6 +220,27 @@ impl<O: MmWalkOps> Walk<'_, O> {
         true
     }
 
+    /// An entry of `walk_pud_range`/`walk_pmd_range`: an empty one goes to `pte_hole` (`None`:
+    /// nothing more to do here), else to the level's callback if the ops have it.
+    fn visit(&mut self, vma: &Vma, e: &WalkEntry) -> Result<Option<WalkAction>, WalkError> {
+        if matches!(e.entry, Decoded::None) {
+            self.ops
+                .pte_hole(e.addr, e.end, Some(vma))
+                .map_err(WalkError::Errno)?;
+            return Ok(None);
+        }
+        let pt = self.mm.page_tables();
+        let action = match e.level {
+            Level::Pud if self.ops.has_pud_entry() => self.ops.pud_entry(pt, e, vma),
+            Level::Pmd if self.ops.has_pmd_entry() => self.ops.pmd_entry(pt, e, vma),
+            _ => WalkAction::Subtree,
+        };
+        if action == WalkAction::Again {
+            self.st.again += 1;
+        }
+        Ok(Some(action))
+    }
+
     /// `__walk_page_range` → `walk_pgd_range` … for `[start, end)` inside `vma`.
     fn walk_range(&mut self, vma: &Vma, start: u64, end: u64) -> Result<(), WalkError> {
         self.st.vmas_walked += 1;
@@ -260,20 +281,11 @@ impl<O: MmWalkOps> Walk<'_, O> {
                 level: Level::Pud,
                 entry: self.pt().decode(slot),
             };
-            if matches!(e.entry, Decoded::None) {
-                return self
-                    .ops
-                    .pte_hole(addr, next, Some(vma))
-                    .map_err(WalkError::Errno);
-            }
-            let mut action = WalkAction::Subtree;
-            if self.ops.has_pud_entry() {
-                action = self.ops.pud_entry(self.mm.page_tables(), &e, vma);
-                if action == WalkAction::Again {
-                    self.st.again += 1;
-                    continue;
-                }
-            }
+            let action = match self.visit(vma, &e)? {
+                None => return Ok(()),
+                Some(WalkAction::Again) => continue,
+                Some(a) => a,
+            };
             if action == WalkAction::Continue
                 || !(self.ops.has_pmd_entry() || self.ops.has_pte_entry())
             {
@@ -340,20 +352,11 @@ impl<O: MmWalkOps> Walk<'_, O> {
                 level: Level::Pmd,
                 entry: self.pt().decode(slot),
             };
-            if matches!(e.entry, Decoded::None) {
-                return self
-                    .ops
-                    .pte_hole(addr, next, Some(vma))
-                    .map_err(WalkError::Errno);
-            }
-            let mut action = WalkAction::Subtree;
-            if self.ops.has_pmd_entry() {
-                action = self.ops.pmd_entry(self.mm.page_tables(), &e, vma);
-                if action == WalkAction::Again {
-                    self.st.again += 1;
-                    continue;
-                }
-            }
+            let action = match self.visit(vma, &e)? {
+                None => return Ok(()),
+                Some(WalkAction::Again) => continue,
+                Some(a) => a,
+            };
             if action == WalkAction::Continue || !self.ops.has_pte_entry() {
                 return Ok(());
             }

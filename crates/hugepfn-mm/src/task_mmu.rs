@@ -207,40 +207,6 @@ impl MmWalkOps for MincoreOps {
     }
 }
 
-/// `show_smap`'s `VmFlags:` mnemonics for the flags the model has.
-fn vm_flags_mnemonics(f: VmFlags) -> String {
-    let table = [
-        (VmFlags::READ, "rd"),
-        (VmFlags::WRITE, "wr"),
-        (VmFlags::EXEC, "ex"),
-        (VmFlags::SHARED, "sh"),
-        (VmFlags::MAYREAD, "mr"),
-        (VmFlags::MAYWRITE, "mw"),
-        (VmFlags::MAYEXEC, "me"),
-        (VmFlags::MAYSHARE, "ms"),
-        (VmFlags::GROWSDOWN, "gd"),
-        (VmFlags::PFNMAP, "pf"),
-        (VmFlags::LOCKED, "lo"),
-        (VmFlags::IO, "io"),
-        (VmFlags::DONTCOPY, "dc"),
-        (VmFlags::DONTEXPAND, "de"),
-        (VmFlags::ACCOUNT, "ac"),
-        (VmFlags::NORESERVE, "nr"),
-        (VmFlags::HUGETLB, "ht"),
-        (VmFlags::WIPEONFORK, "wf"),
-        (VmFlags::DONTDUMP, "dd"),
-        (VmFlags::MIXEDMAP, "mm"),
-        (VmFlags::HUGEPAGE, "hg"),
-        (VmFlags::NOHUGEPAGE, "nh"),
-    ];
-    table
-        .iter()
-        .filter(|(b, _)| f.contains(*b))
-        .map(|(_, m)| *m)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 fn perms(v: &Vma) -> String {
     let c = |b: bool, ch: char| if b { ch } else { '-' };
     format!(
@@ -313,7 +279,7 @@ impl Mm {
                             v.name,
                             kb(v.len()),
                             kb(*rss),
-                            vm_flags_mnemonics(v.flags)
+                            v.flags.smaps()
                         );
                     }
                 } else {

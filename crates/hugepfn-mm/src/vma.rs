@@ -73,7 +73,8 @@ impl VmFlags {
         self & (VmFlags::SHARED | VmFlags::MAYWRITE) == VmFlags::MAYWRITE
     }
 
-    /// Short flag names as `/proc/<pid>/smaps` prints them in `VmFlags:`.
+    /// Short flag names as `/proc/<pid>/smaps` prints them in `VmFlags:` (`show_smap_vma_flags`,
+    /// in bit order, for the flags the model has).
     pub fn smaps(self) -> String {
         let names = [
             (VmFlags::READ, "rd"),
@@ -84,11 +85,18 @@ impl VmFlags {
             (VmFlags::MAYWRITE, "mw"),
             (VmFlags::MAYEXEC, "me"),
             (VmFlags::MAYSHARE, "ms"),
+            (VmFlags::GROWSDOWN, "gd"),
             (VmFlags::PFNMAP, "pf"),
+            (VmFlags::LOCKED, "lo"),
             (VmFlags::IO, "io"),
             (VmFlags::DONTCOPY, "dc"),
             (VmFlags::DONTEXPAND, "de"),
+            (VmFlags::ACCOUNT, "ac"),
+            (VmFlags::NORESERVE, "nr"),
+            (VmFlags::HUGETLB, "ht"),
+            (VmFlags::WIPEONFORK, "wf"),
             (VmFlags::DONTDUMP, "dd"),
+            (VmFlags::MIXEDMAP, "mm"),
             (VmFlags::HUGEPAGE, "hg"),
             (VmFlags::NOHUGEPAGE, "nh"),
         ];

@@ -206,6 +206,10 @@ pub struct Counters {
     /// Pages `mincore` found resident.
     #[serde(default)]
     pub resident: u64,
+    /// MMU-notifier invalidations the process's mm sent (whether or not a secondary MMU
+    /// listens); `None` when unknown (the kernel).
+    #[serde(default)]
+    pub invalidations_sent: Option<u64>,
 }
 
 /// The MMU model's counters of `access` steps.
@@ -286,6 +290,7 @@ impl Counters {
         Counters {
             faults_by_level: levels_known.then_some(Levels::default()),
             leaves_zapped: levels_known.then_some(Levels::default()),
+            invalidations_sent: levels_known.then_some(0),
             ..Counters::default()
         }
     }
@@ -312,6 +317,10 @@ impl Counters {
             _ => None,
         };
         self.resident = self.resident.saturating_add(other.resident);
+        self.invalidations_sent = match (self.invalidations_sent, other.invalidations_sent) {
+            (Some(a), Some(b)) => Some(a.saturating_add(b)),
+            _ => None,
+        };
     }
 
     /// `self − earlier` (saturating at 0), for cumulative counters read at two points in time.
@@ -337,6 +346,10 @@ impl Counters {
                 _ => None,
             },
             resident: self.resident.saturating_sub(earlier.resident),
+            invalidations_sent: match (self.invalidations_sent, earlier.invalidations_sent) {
+                (Some(a), Some(b)) => Some(a.saturating_sub(b)),
+                _ => None,
+            },
         }
     }
 }

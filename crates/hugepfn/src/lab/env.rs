@@ -543,15 +543,29 @@ fn unpack_kernel(dir: &Path, pkg: &str) -> Result<(String, PathBuf, PathBuf), La
     })
 }
 
-fn find_busybox(bbroot: &Path) -> Result<PathBuf, LabError> {
-    ["bin/busybox", "usr/bin/busybox"]
+/// The static busybox (downloaded) and the static probe (given, or built from this workspace).
+fn busybox_and_probe(opts: &EnvOptions, build: bool) -> Result<(PathBuf, PathBuf), LabError> {
+    let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
+    let busybox = ["bin/busybox", "usr/bin/busybox"]
         .iter()
         .map(|p| bbroot.join(p))
         .find(|p| p.is_file())
         .ok_or_else(|| LabError::Missing {
             what: "busybox in the busybox-static package".into(),
             hint: "delete the cache entry and retry".into(),
-        })
+        })?;
+    let probe = match &opts.probe {
+        Some(p) => p.clone(),
+        None if build => build_probe()?,
+        None => PathBuf::from("hugepfn-probe"),
+    };
+    if build && !is_static_elf(&probe)? {
+        return Err(LabError::Missing {
+            what: format!("a static probe ({} is dynamically linked)", probe.display()),
+            hint: "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target x86_64-unknown-linux-gnu".into(),
+        });
+    }
+    Ok((busybox, probe))
 }
 
 /// Everything ready for a boot; downloads / installs what is missing (see the module docs).
@@ -564,13 +578,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
     }
     if let Some(patched) = opts.built {
         let b = super::build::build(opts, None, !patched)?;
-        let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
-        let busybox = find_busybox(&bbroot)?;
-        let probe = match &opts.probe {
-            Some(p) => p.clone(),
-            None if build => build_probe()?,
-            None => PathBuf::from("hugepfn-probe"),
-        };
+        let (busybox, probe) = busybox_and_probe(opts, build)?;
         return Ok(LabEnv {
             qemu,
             kernel_package: format!(
@@ -626,19 +634,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
         },
     };
     let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, &pkg)?;
-    let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
-    let busybox = find_busybox(&bbroot)?;
-    let probe = match &opts.probe {
-        Some(p) => p.clone(),
-        None if build => build_probe()?,
-        None => PathBuf::from("hugepfn-probe"),
-    };
-    if build && !is_static_elf(&probe)? {
-        return Err(LabError::Missing {
-            what: format!("a static probe ({} is dynamically linked)", probe.display()),
-            hint: "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target x86_64-unknown-linux-gnu".into(),
-        });
-    }
+    let (busybox, probe) = busybox_and_probe(opts, build)?;
     Ok(LabEnv {
         qemu,
         kernel_package: pkg.clone(),

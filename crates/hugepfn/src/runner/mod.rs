@@ -380,10 +380,20 @@ impl ModelRun {
         let mut last_errno: HashMap<String, String> = HashMap::new();
         for (i, step) in sc.steps.iter().enumerate() {
             let actor = step.process().unwrap_or(MAIN).to_string();
-            let before: HashMap<String, (FaultCounts, LeafCounts)> = self
+            let before: HashMap<String, (FaultCounts, LeafCounts, u64)> = self
                 .processes()
                 .into_iter()
-                .map(|(n, m)| (n, (m.fault_counts(), m.page_tables().zapped_leaves())))
+                .map(|(n, m)| {
+                    let pt = m.page_tables();
+                    (
+                        n,
+                        (
+                            m.fault_counts(),
+                            pt.zapped_leaves(),
+                            pt.mmu_notifier_calls(),
+                        ),
+                    )
+                })
                 .collect();
             let cbefore = self.consumer_counts();
             let oopses_before = self.kernel_oopses();
@@ -394,19 +404,22 @@ impl ModelRun {
             for (name, mm) in self.processes() {
                 let after = mm.fault_counts();
                 let zapped = mm.page_tables().zapped_leaves();
-                let (d, z) = match before.get(&name) {
-                    Some((b, zb)) => (
+                let sent = mm.page_tables().mmu_notifier_calls();
+                let (d, z, n) = match before.get(&name) {
+                    Some((b, zb, nb)) => (
                         after.since(b),
                         LeafCounts {
                             pud: zapped.pud - zb.pud,
                             pmd: zapped.pmd - zb.pmd,
                             pte: zapped.pte - zb.pte,
                         },
+                        sent - nb,
                     ),
-                    None => (FaultCounts::default(), LeafCounts::default()),
+                    None => (FaultCounts::default(), LeafCounts::default(), 0),
                 };
                 let mut c = counters(&d, if name == actor { skipped } else { 0 });
                 c.leaves_zapped = Some(levels(&z));
+                c.invalidations_sent = Some(n);
                 if name == actor {
                     c.resident = resident;
                 }
