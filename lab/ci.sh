@@ -55,8 +55,10 @@ done
 # history, so commit ids cannot be looked up: UNKNOWN_COMMIT_ID is the one warning ignored).
 if [[ ",$KERNELS," == *",7.3.4+hugepfn,"* ]]; then
     TREE=$("$HP" lab kernel build "${COMMON[@]}" 2>/dev/null | sed -n 's/^tree: *//p')
-    if [ -z "$TREE" ] || ! perl "$TREE/scripts/checkpatch.pl" --no-tree --strict --quiet \
-            --ignore UNKNOWN_COMMIT_ID kernel-patches/*.patch; then
+    # run from the kernel tree: inside this git checkout checkpatch finds the patches with
+    # `git ls-files` and checks them as source files, not as patches
+    if [ -z "$TREE" ] || ! (cd "$TREE" && perl scripts/checkpatch.pl --no-tree --strict --quiet \
+            --ignore UNKNOWN_COMMIT_ID "$ROOT"/kernel-patches/*.patch); then
         echo "LAB FAILED: checkpatch of kernel-patches/"
         exit 1
     fi

@@ -958,9 +958,12 @@ impl Mm {
             let addr = start + k * stride;
             let a = self.access_inner(addr, write, false);
             if a == Access::NoVma {
-                // Unmapped: a prober skips it rather than take the SIGSEGV.
-                out.no_vma += 1;
-                i += 1;
+                // Unmapped: a prober skips it rather than take the SIGSEGV. The whole gap up to
+                // the next VMA in the direction of travel is skipped at once (issue 17: a
+                // length far past the mapping was visited one stride at a time).
+                let gap = self.strides_in_gap(addr, stride, reverse).min(count - i);
+                out.no_vma += gap.max(1);
+                i += gap.max(1);
                 continue;
             }
             out.accesses += 1;
@@ -986,6 +989,26 @@ impl Mm {
             i += 1;
         }
         out
+    }
+
+    /// How many strides from `addr` (itself in no VMA) fall before the next VMA in the direction
+    /// of travel (at least 1).
+    fn strides_in_gap(&self, addr: u64, stride: u64, reverse: bool) -> u64 {
+        let g = self.mmap_read();
+        let vmas = &g.vmas().vmas;
+        if reverse {
+            // strides addr, addr - stride, … that are still >= the end of the VMA below
+            match vmas.range(..=addr).next_back() {
+                Some((_, v)) if v.end <= addr => (addr - v.end) / stride + 1,
+                Some(_) => 1,
+                None => addr / stride + 1,
+            }
+        } else {
+            match vmas.range(addr..).next() {
+                Some((&start, _)) => (start - addr).div_ceil(stride).max(1),
+                None => u64::MAX,
+            }
+        }
     }
 
     /// `handle_mm_fault(vma, address, flags)` after `lock_vma_under_rcu`/`find_vma` and

@@ -19,16 +19,32 @@ pub struct Location {
     pub column: usize,
 }
 
+/// Byte offsets at which the lines of `text` start (0 first).
+pub fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect()
+}
+
 impl Location {
     /// The location of byte `offset` of `text` (clamped to the end of the text).
     pub fn from_offset(origin: &str, text: &str, offset: usize) -> Location {
+        Location::from_line_starts(origin, text, &line_starts(text), offset)
+    }
+
+    /// The same, with the text's [`line_starts`] computed once: a lookup is a binary search,
+    /// so locating every step of a large file stays linear in the file.
+    pub fn from_line_starts(origin: &str, text: &str, starts: &[usize], offset: usize) -> Location {
         let bytes = text.as_bytes();
         let head = &bytes[..offset.min(bytes.len())];
-        let line_start = head
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |nl| nl + 1);
-        let line = 1 + head.iter().filter(|&&b| b == b'\n').count();
+        let idx = starts.partition_point(|&s| s <= head.len()).max(1) - 1;
+        let line_start = starts.get(idx).copied().unwrap_or(0);
+        let line = idx + 1;
         // Count characters, not bytes: skip UTF-8 continuation bytes.
         let column = 1 + head[line_start..]
             .iter()
@@ -331,9 +347,11 @@ pub enum Problem {
         /// The value.
         size: u64,
     },
-    /// `offset + len` beyond 2^64.
-    #[error("`offset` {} + `len` {} overflows 64 bits", format_size(*offset), format_size(*len))]
+    /// `offset + len` (or `iova + len`, `gpa + len`) beyond 2^64.
+    #[error("`{key}` {} + `len` {} overflows 64 bits", format_size(*offset), format_size(*len))]
     RangeOverflow {
+        /// The key of the start: `offset`, `iova` or `gpa`.
+        key: &'static str,
         /// Offset.
         offset: u64,
         /// Length.

@@ -408,3 +408,21 @@ fn regress_e384abeb559d_thp_tuneables_bypassed_for_huge_pfnmaps() {
         assert_eq!(f.faults, want, "bypass {bypass} {policy:?} nohuge {nohuge}");
     }
 }
+
+/// issue 17: a touch far past the mapping skips the gap as a range (2^40 strides: one step per
+/// gap, not per stride), forward and in reverse, and counts every stride it skipped.
+#[test]
+fn regress_touch_far_past_the_mapping_skips_gaps_as_ranges() {
+    let w = ivshmem(2 * G);
+    let mm = process(&w, ThpPolicy::Always);
+    let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
+    let n = 1u64 << 40;
+    let stride = 4096;
+    let limit = (mm.config().mode.task_size() - va) / stride;
+    let count = n.min(limit);
+    for reverse in [false, true] {
+        let r = mm.access_range(va, count, stride, true, reverse);
+        assert_eq!(r.accesses, 2 * G / stride, "reverse {reverse}");
+        assert_eq!(r.no_vma, count - 2 * G / stride, "reverse {reverse}");
+    }
+}

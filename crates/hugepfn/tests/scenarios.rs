@@ -125,3 +125,24 @@ fn regress_split_vma_in_pud_oops_is_reported_as_a_kernel_crash() {
         );
     }
 }
+
+/// issue 17: mprotect, madvise and mremap of a mapping whose mmap failed report EINVAL (as
+/// munmap and the probe do), not success.
+#[test]
+fn lifecycle_ops_on_a_failed_mmap_fail_with_einval() {
+    let mut text = String::from(
+        "name = \"t\"\n[[device]]\nname = \"d\"\nbars = [{ index = 2, phys = \"0xff00000000\", size = \"2G\" }]\n[[step]]\nop = \"mmap\"\nname = \"m\"\ndevice = \"d\"\nbar = 2\nshared = false\n[[step]]\nop = \"expect\"\nerrno = \"EINVAL\"\n",
+    );
+    for op in [
+        "op = \"mprotect\"\nmap = \"m\"\nprot = \"read\"",
+        "op = \"madvise\"\nmap = \"m\"\nadvice = \"hugepage\"",
+        "op = \"mremap\"\nmap = \"m\"\nva = \"align:1G\"",
+    ] {
+        text.push_str(&format!(
+            "[[step]]\n{op}\n[[step]]\nop = \"expect\"\nerrno = \"EINVAL\"\n"
+        ));
+    }
+    let sc = hugepfn_scenario::parse_scenario(&text, "t.toml").expect("parses");
+    let r = run_scenario(&sc, RunOptions::default()).expect("runs");
+    assert!(r.ok, "{}", format_report(&sc, &r));
+}

@@ -698,6 +698,7 @@ fn size_and_range_problems() {
     assert_eq!(
         p,
         Problem::RangeOverflow {
+            key: "offset",
             offset: 0xffff_ffff_ffff_0000,
             len: MIB
         }

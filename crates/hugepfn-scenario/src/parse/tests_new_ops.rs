@@ -695,16 +695,27 @@ fn sizes_and_ranges_in_the_new_ops() {
         ))
         .0,
         Problem::RangeOverflow {
+            key: "iova",
             offset: 0xffff_ffff_ffff_f000,
             len: 8192
         }
     );
+    // issue 17: the message names the key that overflows, not `offset`
+    let msg = any_err(&step(
+        "op = \"dma_map\"\nmap = \"b1\"\niova = \"0xfffffffffffff000\"\nlen = \"8K\"",
+    ));
+    assert!(
+        msg.contains("`iova` 0xfffffffffffff000 + `len` 8K") || msg.contains("`iova`"),
+        "{msg}"
+    );
+    assert!(!msg.contains("`offset`"), "{msg}");
     assert_eq!(
         problem(&step(
             "op = \"dma_unmap\"\niova = \"0xfffffffffffff000\"\nlen = \"8K\""
         )),
         (
             Problem::RangeOverflow {
+                key: "iova",
                 offset: 0xffff_ffff_ffff_f000,
                 len: 8192
             },

@@ -49,7 +49,10 @@ impl ModelRun {
                     Ok(x) => x,
                     Err(e) => return Some(e),
                 };
-                let va = va?;
+                let Some(va) = va else {
+                    // the mmap failed: nothing to act on (EINVAL, as munmap and the probe say)
+                    return Some("EINVAL".into());
+                };
                 let len = p.len.resolve(maplen.saturating_sub(p.offset));
                 mm.mprotect(va + p.offset, len, prot(p.prot))
                     .err()
@@ -60,7 +63,10 @@ impl ModelRun {
                     Ok(x) => x,
                     Err(e) => return Some(e),
                 };
-                let va = va?;
+                let Some(va) = va else {
+                    // the mmap failed: nothing to act on (EINVAL, as munmap and the probe say)
+                    return Some("EINVAL".into());
+                };
                 let len = a.len.resolve(maplen.saturating_sub(a.offset));
                 mm.madvise(va + a.offset, len, advice(a.advice))
                     .err()
@@ -72,7 +78,10 @@ impl ModelRun {
                     Ok(x) => x,
                     Err(e) => return Some(e),
                 };
-                let va = va?;
+                let Some(va) = va else {
+                    // the mmap failed: nothing to act on (EINVAL, as munmap and the probe say)
+                    return Some("EINVAL".into());
+                };
                 let new_len = r.new_len.unwrap_or(maplen);
                 let phys = self.maps.get(&r.map).map_or(0, |m| m.phys);
                 let dst = match r.va {
