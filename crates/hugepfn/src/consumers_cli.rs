@@ -80,8 +80,10 @@ pub struct GuestBootArgs {
     /// BAR1 size (the H100's is 128G); a power of two from 1G to 128G.
     #[arg(long, default_value = "128G", value_parser = parse_bar_size)]
     pub bar_size: u64,
-    /// Memory-decode off/on toggles by the firmware's BAR sizing before the guest uses the BAR.
-    #[arg(long, default_value_t = 2)]
+    /// Memory-decode off/on toggles by the firmware's BAR sizing before the guest uses the BAR
+    /// (at most 1000: firmware toggles a handful of times; each toggle is a revocation and, in the
+    /// 4 KiB world, millions of refaults).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub toggles: u32,
     /// `vaddr_get_pfns` of Linux 6.15+ (batched) or before (per-page); default: as `--kernel`
     /// does it (batched without one).
@@ -744,6 +746,10 @@ mod tests {
             .expect("a kernel");
         let Cmd::GuestBoot(a) = k.cmd;
         assert_eq!(a.kernel, Some(Kernel::V6_12_95));
+        // issue 17: a toggle count that would run for hours is refused up front
+        let many = Cli::try_parse_from(["hugepfn", "guest-boot", "--toggles", "100000000"]);
+        let msg = many.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("0..=1000"), "{msg}");
         let bad = Cli::try_parse_from(["hugepfn", "guest-boot", "--kernel", "5.10"]);
         let msg = bad.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(
