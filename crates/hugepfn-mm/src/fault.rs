@@ -376,6 +376,16 @@ impl FaultStats {
     }
 
     /// `mm_account_fault`: errors and retries are not minor faults.
+    /// `n` more faults that ended in `r` (SIGBUS or SIGSEGV), as many accesses of one page
+    /// each took (`Mm::access_range` counts them without faulting each again).
+    pub(crate) fn account_signals(&self, r: VmFaultResult, n: u64) {
+        match r {
+            VmFaultResult::Sigbus => self.sigbus.fetch_add(n, Ordering::Relaxed),
+            VmFaultResult::Sigsegv => self.sigsegv.fetch_add(n, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
     pub(crate) fn account(&self, r: VmFaultResult, level: Level) {
         let inc = |a: &AtomicU64| {
             a.fetch_add(1, Ordering::Relaxed);

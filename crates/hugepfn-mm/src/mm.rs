@@ -981,8 +981,29 @@ impl Mm {
                     out.tlb_hits += more;
                     i += more;
                 }
-                Access::Sigbus => out.sigbus += 1,
-                Access::Sigsegv => out.sigsegv += 1,
+                Access::Sigbus | Access::Sigsegv => {
+                    // Every later stride in the same 4 KiB page faults the same way (nothing
+                    // maps it, and the handler's answer does not change within the loop):
+                    // counted at once, not walked and faulted one byte at a time (issue 17).
+                    let base = addr & !(PAGE_SIZE - 1);
+                    let more = if reverse {
+                        (addr - base) / stride
+                    } else {
+                        (base + PAGE_SIZE - 1 - addr) / stride
+                    };
+                    let n = 1 + more.min(count - 1 - i);
+                    out.accesses += n - 1;
+                    let r = if a == Access::Sigbus {
+                        out.sigbus += n;
+                        VmFaultResult::Sigbus
+                    } else {
+                        out.sigsegv += n;
+                        VmFaultResult::Sigsegv
+                    };
+                    // the faults the kernel would have taken for them, for the counters
+                    self.stats.account_signals(r, n - 1);
+                    i += n - 1;
+                }
                 Access::Oom => out.oom += 1,
                 Access::NoVma => out.no_vma += 1,
             }

@@ -426,3 +426,19 @@ fn regress_touch_far_past_the_mapping_skips_gaps_as_ranges() {
         assert_eq!(r.no_vma, count - 2 * G / stride, "reverse {reverse}");
     }
 }
+
+/// issue 17: a byte-stride touch of a revoked 2 GiB BAR counts a SIGBUS per stride (2^31 of
+/// them, in the process's counters too) without faulting each byte of a page again.
+#[test]
+fn regress_byte_stride_touch_of_a_revoked_bar_counts_every_sigbus() {
+    let w = ivshmem(2 * G);
+    let mm = process(&w, ThpPolicy::Always);
+    let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
+    let _ = w.dev.set_memory_enable(false);
+    let before = mm.fault_counts();
+    for reverse in [false, true] {
+        let r = mm.access_range(va, 2 * G, 1, false, reverse);
+        assert_eq!((r.sigbus, r.accesses), (2 * G, 2 * G), "reverse {reverse}");
+    }
+    assert_eq!(mm.fault_counts().since(&before).sigbus, 4 * G);
+}
