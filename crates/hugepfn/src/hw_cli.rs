@@ -294,6 +294,24 @@ fn access_cmd(a: &AccessArgs) -> ExitCode {
                 ));
             }
         };
+        // over the tool's limits: refused before anything is built (issue 17: 64T at 4k
+        // aborted on memory, a count of 1e18 ran for hours)
+        let leaves = len / leaf.size();
+        if leaves > crate::runner::access::MAX_CHASE_PAGES {
+            return Err(format!(
+                "{} at {} leaves is {leaves} leaves: over this tool's limit of {} (the page tables are built in memory)",
+                hugepfn_units::format_size(len),
+                hugepfn_units::format_size(leaf.size()),
+                crate::runner::access::MAX_CHASE_PAGES
+            ));
+        }
+        if a.count.saturating_add(a.warmup) > crate::runner::access::MAX_LOADS {
+            return Err(format!(
+                "{} loads: over this tool's limit of {}",
+                a.count.saturating_add(a.warmup),
+                crate::runner::access::MAX_LOADS
+            ));
+        }
         let map = Mapping::build(cap(leaf), tr, len).map_err(|e| e.to_string())?;
         let mut mmu = Mmu::new(&cpu);
         let w = Workload {

@@ -182,3 +182,43 @@ errno = "EFAULT"
     assert_eq!(r.steps[2].errno.as_deref(), Some("EINVAL"));
     assert!(r.ok, "{r:?}");
 }
+
+/// issue 17: a chase over 16 TiB (a page count that overflowed u32 and an allocation that
+/// aborted) and 10^18 loads (hours) are refused up front with E2BIG, nothing allocated or run.
+#[test]
+fn workloads_over_the_limits_are_refused_up_front() {
+    let sc = hugepfn_scenario::parse_scenario(
+        r#"name = "big"
+[[device]]
+name = "d"
+bars = [{ index = 2, phys = "0x100000000000", size = "16T" }]
+[[step]]
+op = "mmap"
+name = "m"
+device = "d"
+bar = 2
+va = "align:1G"
+[[step]]
+op = "access"
+map = "m"
+pattern = "chase"
+[[step]]
+op = "access"
+map = "m"
+pattern = "random"
+len = "1G"
+count = 1000000000000000000
+[[step]]
+op = "expect"
+errno = "E2BIG"
+faults = 0
+"#,
+        "big.toml",
+    )
+    .expect("parses");
+    let r =
+        hugepfn::runner::run_scenario(&sc, hugepfn::runner::RunOptions::default()).expect("runs");
+    assert_eq!(r.steps[1].errno.as_deref(), Some("E2BIG"));
+    assert_eq!(r.steps[2].errno.as_deref(), Some("E2BIG"));
+    assert!(r.ok, "{r:?}");
+}

@@ -18,8 +18,9 @@
 //! `calibration/this-machine.toml`, else built-in guesses) and is reported, never checked.
 //!
 //! A workload the model refuses (a length or offset that is not a multiple of 8, a chase over
-//! a length that is not whole 4 KiB pages) is the step's `EINVAL`; an `access` of a mapping
-//! whose mmap failed is `EFAULT`.
+//! a length that is not whole 4 KiB pages) is the step's `EINVAL`; one over a limit of this
+//! tool ([`MAX_CHASE_PAGES`] pages to chase, [`MAX_LOADS`] loads) is `E2BIG`, refused before
+//! anything is allocated or run; an `access` of a mapping whose mmap failed is `EFAULT`.
 
 use hugepfn_hw::calib::Calibration;
 use hugepfn_hw::config::CpuModel;
@@ -49,6 +50,13 @@ pub(super) fn find_costs() -> (Costs, String) {
         ),
     }
 }
+
+/// The most 4 KiB pages a `chase` may cover: 256 GiB (its visiting order is a permutation of
+/// the pages, 4 bytes each, held in memory).
+pub const MAX_CHASE_PAGES: u64 = 1 << 26;
+
+/// The most loads (`count` + `warmup`) one `access` step simulates: 2^34, minutes of CPU.
+pub const MAX_LOADS: u64 = 1 << 34;
 
 /// Loads in one pass over `len` bytes (the default `count`).
 pub(super) fn one_pass(a: &AccessStep, len: u64) -> u64 {
@@ -91,6 +99,13 @@ impl ModelRun {
         let Some(end) = start.checked_add(len) else {
             return (Some("EINVAL".into()), 0, None);
         };
+        // 0. Over the tool's limits: refused up front (issue 17).
+        let count = a.count.unwrap_or_else(|| one_pass(a, len));
+        if (a.pattern == AccessPattern::Chase && len / 4096 > MAX_CHASE_PAGES)
+            || count.saturating_add(a.warmup) > MAX_LOADS
+        {
+            return (Some("E2BIG".into()), 0, None);
+        }
         // 1. Populate through the fault path.
         let base = start & !0xfff;
         let pages = (end - base).div_ceil(4096);
@@ -106,7 +121,7 @@ impl ModelRun {
             pattern,
             offset: 0,
             len,
-            count: a.count.unwrap_or_else(|| one_pass(a, len)),
+            count,
             warmup: a.warmup,
             seed: a.seed,
         };

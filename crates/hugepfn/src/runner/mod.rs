@@ -21,7 +21,7 @@ use hugepfn_scenario::{
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 use thiserror::Error;
 
-mod access;
+pub mod access;
 mod consumers;
 mod lifecycle;
 mod proc;
