@@ -166,6 +166,16 @@ pub enum CalibError {
         /// What is wrong.
         message: String,
     },
+    /// An LLC size the MMU model cannot simulate (its caches are arrays in memory).
+    #[error("{path}: llc_size = {value} bytes is over the limit of {max} bytes (1 GiB)")]
+    LlcTooLarge {
+        /// File.
+        path: PathBuf,
+        /// Value.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A cost that is negative or not finite.
     #[error("{path}: cost {name} = {value} must be finite and non-negative")]
     BadCost {
@@ -196,6 +206,10 @@ pub fn committed_path() -> PathBuf {
         .join(COMMITTED_PATH)
 }
 
+/// The largest LLC a calibration may give the model (1 GiB; today's CPUs have at most a few
+/// hundred MiB).
+pub const MAX_LLC_SIZE: u64 = 1 << 30;
+
 impl Calibration {
     /// Reads a calibration file.
     pub fn load(path: &Path) -> Result<Calibration, CalibError> {
@@ -207,6 +221,14 @@ impl Calibration {
             path: path.into(),
             message: e.to_string(),
         })?;
+        // issue 17: a huge llc_size made the model allocate its cache arrays (128 TiB)
+        if c.llc_size > MAX_LLC_SIZE {
+            return Err(CalibError::LlcTooLarge {
+                path: path.into(),
+                value: c.llc_size,
+                max: MAX_LLC_SIZE,
+            });
+        }
         let names = ["l1", "l2", "l3", "mem", "stlb_hit", "walk"];
         for (name, value) in names.into_iter().zip(c.costs.to_vec()) {
             if !value.is_finite() || value < 0.0 {
@@ -438,6 +460,15 @@ mod tests {
             Calibration::load(&p),
             Err(CalibError::Parse { .. })
         ));
+        // issue 17: a huge llc_size is refused, not allocated
+        let big = Calibration {
+            llc_size: 128 << 40,
+            ..cal.clone()
+        };
+        big.save(&p).unwrap();
+        let e = Calibration::load(&p).unwrap_err();
+        assert!(matches!(e, CalibError::LlcTooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("llc_size = 140737488355328"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
