@@ -350,6 +350,22 @@ impl Vm {
         Ok(change)
     }
 
+    /// Where a run of accesses that exit as MMIO from `gpa` ends: the next memslot's start if
+    /// no slot holds `gpa`, else the end of its 4 KiB page.
+    fn mmio_run_end(&self, gpa: u64) -> u64 {
+        let gfn = gpa >> 12;
+        let slots = self.inner.slots();
+        if slots.find(gfn).is_some() {
+            return (gpa | 0xfff).saturating_add(1);
+        }
+        slots
+            .iter()
+            .map(|s| s.base_gfn << 12)
+            .filter(|&b| b > gpa)
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     /// One guest access to `gpa`: a hit, or EPT violations until the EPT maps it (or an exit).
     pub fn guest_access(&self, gpa: u64, write: bool) -> Result<GuestAccess, KvmError> {
         for violations in 0..8u32 {
@@ -395,7 +411,25 @@ impl Vm {
             out.accesses += 1;
             match r {
                 Err(e) => return (out, Err(e)),
-                Ok(GuestAccess::MmioExit) => out.mmio_exits += 1,
+                Ok(GuestAccess::MmioExit) => {
+                    // The strides up to the next memslot (no slot here) or the end of the page
+                    // (a slot that exits, e.g. a write to a read-only one) exit the same way:
+                    // counted at once with the EPT violations they take (issue 17: a huge
+                    // length with no memslot ran for hours).
+                    let v = self.inner.c.ept_violations.load(Ordering::Relaxed) - before;
+                    let boundary = self.mmio_run_end(addr);
+                    let n = boundary
+                        .saturating_sub(addr)
+                        .div_ceil(stride)
+                        .clamp(1, count - i);
+                    out.mmio_exits += n;
+                    out.accesses += n - 1;
+                    out.violations += v * (n - 1);
+                    let c = &self.inner.c;
+                    c.ept_violations.fetch_add(v * (n - 1), Ordering::Relaxed);
+                    c.mmio_exits.fetch_add(n - 1, Ordering::Relaxed);
+                    i += n - 1;
+                }
                 Ok(GuestAccess::Mapped { level, .. }) => {
                     let base = addr & !(level.size() - 1);
                     let more = ((base + (level.size() - 1) - addr) / stride).min(count - 1 - i);

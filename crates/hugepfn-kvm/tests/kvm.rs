@@ -268,3 +268,31 @@ fn teardown_frees_every_table() {
     drop(dev);
     assert!(phys.leak_check().is_empty(), "{:?}", phys.leak_check());
 }
+
+/// issue 17: a guest touch over a huge range with no memslot exits per stride, counted a gap at a
+/// time (2^28 strides of 4 KiB: 1 TiB of MMIO), with the EPT violations each exit takes; the
+/// touch then reaches the memslot beyond the gap.
+#[test]
+fn regress_guest_touch_over_a_huge_gap_counts_every_exit() {
+    let w = world(G, 0, KvmConfig::default());
+    let tib = 1u64 << 40;
+    w.vm.set_user_memory_region(&slot(0, tib, G, w.va, 0))
+        .expect("slot at 1 TiB");
+    let before = w.vm.stats();
+    let (t, r) = w.vm.guest_touch(0, (tib + G) / K4, K4, false);
+    assert!(r.is_ok(), "{r:?}");
+    let after = w.vm.stats();
+    assert_eq!(t.mmio_exits, tib / K4);
+    assert_eq!(t.accesses, (tib + G) / K4);
+    assert_eq!(after.mmio_exits - before.mmio_exits, tib / K4);
+    assert_eq!(
+        after.ept_violations - before.ept_violations,
+        t.violations,
+        "the counters agree with the touch"
+    );
+    assert_eq!(
+        t.violations,
+        tib / K4 + 1,
+        "one per exit, one for the 1 GiB leaf"
+    );
+}
