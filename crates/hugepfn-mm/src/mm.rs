@@ -475,6 +475,34 @@ impl Mm {
             .unwrap_or(self.cfg.mode.task_size() - (128 << 20))
     }
 
+    /// [`Mm::check_range`] for a system call's `(addr, len)`: the length is rounded up to
+    /// whole pages first (`PAGE_ALIGN(len)`, as munmap, mprotect, madvise, mremap, mincore
+    /// and mmap do: "length need not be a multiple of the page size"); the address is never
+    /// rounded. Found by `hugepfn fuzz`: the model refused an unaligned length with EINVAL.
+    pub(crate) fn check_syscall_range(
+        &self,
+        what: &'static str,
+        addr: u64,
+        len: u64,
+    ) -> Result<u64, MmError> {
+        let aligned = len
+            .checked_add(PAGE_SIZE - 1)
+            .map(|l| l & !(PAGE_SIZE - 1))
+            .ok_or(MmError::Overflow {
+                addr,
+                len,
+                limit: self.cfg.mode.task_size(),
+            })?;
+        if len != 0 && aligned == 0 {
+            return Err(MmError::Overflow {
+                addr,
+                len,
+                limit: self.cfg.mode.task_size(),
+            });
+        }
+        self.check_range(what, addr, aligned)
+    }
+
     pub(crate) fn check_range(
         &self,
         what: &'static str,
@@ -594,7 +622,7 @@ impl Mm {
         let mut tree = self.mmap_write();
         let start = match req.addr {
             MmapAddr::Fixed(a) => {
-                let end = self.check_range("mmap", a, req.len)?;
+                let end = self.check_syscall_range("mmap", a, req.len)?;
                 if a < MMAP_MIN_ADDR {
                     return Err(MmError::Overflow {
                         addr: a,
@@ -613,17 +641,11 @@ impl Mm {
                 a
             }
             MmapAddr::Kernel => {
-                if !req.len.is_multiple_of(PAGE_SIZE) {
-                    return Err(MmError::Unaligned {
-                        what: "length",
-                        value: req.len,
-                        align: PAGE_SIZE,
-                    });
-                }
-                self.get_unmapped_area_locked(&tree, req.len, req.offset)?
+                let len = self.check_syscall_range("mmap", 0, req.len)?;
+                self.get_unmapped_area_locked(&tree, len, req.offset)?
             }
         };
-        let end = self.check_range("mmap", start, req.len)?;
+        let end = self.check_syscall_range("mmap", start, req.len)?;
         let mut flags =
             req.prot.vm_flags() | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
         if req.shared {
@@ -833,7 +855,7 @@ impl Mm {
     /// split first in a remap-populated VMA, zapped whole in a fault-backed one), and frees the
     /// page tables no VMA can use any more. Unmapping a range with no VMA succeeds, as in Linux.
     pub fn munmap(&self, addr: u64, len: u64) -> Result<MunmapStats, MmError> {
-        let end = self.check_range("munmap", addr, len)?;
+        let end = self.check_syscall_range("munmap", addr, len)?;
         let mut tree = self.mmap_write();
         let hit: Vec<Vma> = tree.overlapping(addr, end).cloned().collect();
         let mut st = MunmapStats::default();
@@ -901,6 +923,14 @@ impl Mm {
     }
 
     fn access_inner(&self, addr: u64, write: bool, count_segv: bool) -> Access {
+        if VirtAddr::new(addr, self.cfg.mode).is_err() {
+            // Past TASK_SIZE (or not canonical): in no VMA, like any unmapped address (found
+            // by `hugepfn fuzz`: such strides were neither skipped nor counted).
+            if count_segv {
+                self.stats.account(VmFaultResult::Sigsegv, Level::Pte);
+            }
+            return Access::NoVma;
+        }
         let mut faults = 0u32;
         for _ in 0..8 {
             if let Some((leaf, _)) = self.pt.lookup(addr)
@@ -1004,7 +1034,12 @@ impl Mm {
                     self.stats.account_signals(r, n - 1);
                     i += n - 1;
                 }
-                Access::Oom => out.oom += 1,
+                Access::Oom => {
+                    // The simulated memory is used up: the kernel would OOM-kill the task;
+                    // the loop stops (issue 17: the rest would each fail the same way).
+                    out.oom += 1;
+                    break;
+                }
                 Access::NoVma => out.no_vma += 1,
             }
             i += 1;

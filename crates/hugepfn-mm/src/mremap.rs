@@ -50,72 +50,81 @@ impl Mm {
         flags: MremapFlags,
     ) -> Result<MremapStats, MmError> {
         let einval = |why: String| refused(Errno::EINVAL, why);
+        if flags.fixed.is_some() && !flags.maymove {
+            return Err(einval("MREMAP_FIXED needs MREMAP_MAYMOVE".into()));
+        }
         if !old_addr.is_multiple_of(4096) {
             return Err(einval(format!(
                 "old address {old_addr:#x} not page aligned"
             )));
         }
-        if new_len == 0 || !new_len.is_multiple_of(4096) || !old_len.is_multiple_of(4096) {
-            return Err(einval(format!(
-                "lengths {old_len:#x} -> {new_len:#x} must be non-zero multiples of 4 KiB"
-            )));
+        // PAGE_ALIGN of both lengths (a length that wraps becomes 0)
+        let align = |l: u64| l.checked_add(4095).map_or(0, |v| v & !4095);
+        let (mut old_len, new_len) = (align(old_len), align(new_len));
+        if new_len == 0 {
+            return Err(einval("the new length is 0".into()));
         }
-        if flags.fixed.is_some() && !flags.maymove {
-            return Err(einval("MREMAP_FIXED needs MREMAP_MAYMOVE".into()));
+        if self.find_vma(old_addr).is_none() {
+            return Err(refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")));
         }
-        let old_end = self
-            .check_range("mremap", old_addr, old_len)
-            .map_err(|e| einval(e.to_string()))?;
-        let vma = self
-            .find_vma(old_addr)
-            .ok_or_else(|| refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")))?;
-        if old_end > vma.end {
-            return Err(refused(
-                Errno::EFAULT,
-                "the old range is not inside one VMA".into(),
-            ));
-        }
-        if new_len > old_len && vma.flags.intersects(VmFlags::DONTEXPAND | VmFlags::PFNMAP) {
-            return Err(refused(
-                Errno::EFAULT,
-                "a VM_DONTEXPAND|VM_PFNMAP mapping cannot grow".into(),
-            ));
-        }
-        // Shrink in place.
-        if flags.fixed.is_none() && new_len <= old_len {
-            if new_len < old_len {
-                self.munmap(old_addr + new_len, old_len - new_len)?;
+        // vma_to_resize: the old range inside one VMA; a pfnmap never grows
+        let vma_to_resize = |old_len: u64| -> Result<crate::vma::Vma, MmError> {
+            let vma = self
+                .find_vma(old_addr)
+                .ok_or_else(|| refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")))?;
+            if old_len > vma.end - old_addr {
+                return Err(refused(
+                    Errno::EFAULT,
+                    "the old range is not inside one VMA".into(),
+                ));
             }
-            return Ok(MremapStats {
-                addr: old_addr,
-                ..MremapStats::default()
-            });
-        }
-        if flags.fixed.is_none() && !flags.maymove {
-            return Err(refused(Errno::ENOMEM, "cannot grow in place".into()));
-        }
-        // Where to.
+            if new_len > old_len && vma.flags.intersects(VmFlags::DONTEXPAND | VmFlags::PFNMAP) {
+                return Err(refused(
+                    Errno::EFAULT,
+                    "a VM_DONTEXPAND|VM_PFNMAP mapping cannot grow".into(),
+                ));
+            }
+            Ok(vma)
+        };
         let dst = match flags.fixed {
+            // mremap_to: check the destination, unmap it, drop the old tail, then resize
             Some(d) => {
                 if !d.is_multiple_of(4096) {
                     return Err(einval(format!("new address {d:#x} not page aligned")));
                 }
                 let dend = self
-                    .check_range("mremap", d, new_len)
+                    .check_syscall_range("mremap", d, new_len)
                     .map_err(|e| einval(e.to_string()))?;
-                if d < old_end && old_addr < dend {
+                if old_addr.saturating_add(old_len) > d && old_addr < dend {
                     return Err(einval("old and new ranges overlap".into()));
                 }
                 self.munmap(d, new_len)?;
+                if old_len > new_len {
+                    self.munmap(old_addr + new_len, old_len - new_len)?;
+                    old_len = new_len;
+                }
+                vma_to_resize(old_len)?;
                 d
             }
-            None => self.get_unmapped_area(new_len, vma.pgoff << 12)?,
+            None => {
+                // Always allow a shrinking remap, whatever VMAs the old range covers.
+                if old_len >= new_len {
+                    if old_len > new_len {
+                        self.munmap(old_addr + new_len, old_len - new_len)?;
+                    }
+                    return Ok(MremapStats {
+                        addr: old_addr,
+                        ..MremapStats::default()
+                    });
+                }
+                let vma = vma_to_resize(old_len)?;
+                if !flags.maymove {
+                    return Err(refused(Errno::ENOMEM, "cannot grow in place".into()));
+                }
+                self.get_unmapped_area(new_len, vma.pgoff << 12)?
+            }
         };
-        // Shrinking and moving: drop the tail first.
         let move_len = old_len.min(new_len);
-        if new_len < old_len {
-            self.munmap(old_addr + new_len, old_len - new_len)?;
-        }
         let mut tree = self.mmap_write();
         self.split_vma_at(&mut tree, old_addr)?;
         self.split_vma_at(&mut tree, old_addr + move_len)?;

@@ -98,8 +98,12 @@ impl TablePage {
 /// Why physical memory refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PhysError {
-    /// The RAM set aside for page tables is used up (`-ENOMEM`).
-    #[error("out of page-table memory ({0} frames in use)")]
+    /// The simulated memory is used up (`-ENOMEM`): page tables, IOMMU and EPT tables and
+    /// CoW copies together hold every frame the limit allows ([`PhysConfig::limit_frames`]).
+    #[error(
+        "the simulated memory is used up: {0} frames of 4 KiB in use ({mib} MiB of page tables and CoW pages); raise the limit with --memory or the scenario key `memory`",
+        mib = .0 * 4 / 1024
+    )]
     OutOfMemory(u64),
     /// A device range overlaps RAM or another device.
     #[error("device range {start:#x}..{end:#x} ({name}) overlaps {other}")]
@@ -132,16 +136,40 @@ pub enum PhysError {
 pub struct PhysConfig {
     /// First byte of RAM usable for page tables.
     pub ram_base: u64,
-    /// Number of 4 KiB frames.
+    /// Number of 4 KiB frames: the physical address range of RAM.
     pub ram_frames: u64,
+    /// How many of them may be in use at once: the simulated memory's size. Every frame in use
+    /// costs the host about 4 KiB, so this bounds the model's own memory (issue 17: a touch of an
+    /// 8 TiB BAR at 2 MiB strides with `thp = "never"` wants 16 GiB of PTE pages).
+    pub limit_frames: u64,
 }
 
+/// The default size of the simulated memory: 4 GiB (1 Mi frames, about 4.2 GB of host memory
+/// when full): 15 times the 65,793 tables a 128 GiB BAR needs at 4 KiB, and a 512 GiB BAR's
+/// 1 GiB of PTE pages four times over.
+pub const DEFAULT_MEMORY: u64 = 4 << 30;
+
 impl Default for PhysConfig {
-    /// 16 GiB of RAM at 4 GiB: room for the 65,793 tables a 128 GiB BAR needs at 4 KiB, many times.
+    /// 16 GiB of RAM addresses at 4 GiB, of which [`DEFAULT_MEMORY`] may be in use.
     fn default() -> Self {
         PhysConfig {
             ram_base: 4 << 30,
             ram_frames: 4 << 20,
+            limit_frames: DEFAULT_MEMORY / PAGE_SIZE,
+        }
+    }
+}
+
+impl PhysConfig {
+    /// The default layout with `bytes` of simulated memory (rounded down to whole frames, at
+    /// least one); the RAM address range grows past 16 GiB when the limit does.
+    pub fn with_memory(bytes: u64) -> Self {
+        let frames = (bytes / PAGE_SIZE).max(1);
+        let d = PhysConfig::default();
+        PhysConfig {
+            ram_frames: d.ram_frames.max(frames),
+            limit_frames: frames,
+            ..d
         }
     }
 }
@@ -237,6 +265,7 @@ pub struct PhysMem {
     allocs: AtomicU64,
     frees: AtomicU64,
     anon: AtomicU64,
+    oom: AtomicU64,
     devices: Mutex<Vec<DeviceRange>>,
 }
 
@@ -258,6 +287,7 @@ impl PhysMem {
             allocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
             anon: AtomicU64::new(0),
+            oom: AtomicU64::new(0),
             devices: Mutex::new(Vec::new()),
         }
     }
@@ -324,13 +354,24 @@ impl PhysMem {
         self.in_use.snapshot()
     }
 
+    /// Allocations refused because the simulated memory was used up, since boot.
+    pub fn oom_events(&self) -> u64 {
+        self.oom.load(Ordering::Relaxed)
+    }
+
     fn alloc_index(&self) -> Result<u64, PhysError> {
         let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let in_use = a.next - a.free.len() as u64;
+        if in_use >= self.cfg.limit_frames.min(self.cfg.ram_frames) {
+            self.oom.fetch_add(1, Ordering::Relaxed);
+            return Err(PhysError::OutOfMemory(in_use));
+        }
         match a.free.pop() {
             Some(i) => Ok(i),
             None => {
                 if a.next >= self.cfg.ram_frames {
-                    return Err(PhysError::OutOfMemory(self.in_use.snapshot().total()));
+                    self.oom.fetch_add(1, Ordering::Relaxed);
+                    return Err(PhysError::OutOfMemory(in_use));
                 }
                 a.next += 1;
                 Ok(a.next - 1)
@@ -512,6 +553,7 @@ mod tests {
         let pm = PhysMem::new(PhysConfig {
             ram_base: 1 << 30,
             ram_frames: 2,
+            limit_frames: 2,
         });
         let a = pm.alloc_table(Level::Pte).unwrap();
         let b = pm.alloc_table(Level::Pmd).unwrap();
@@ -531,6 +573,30 @@ mod tests {
         assert!(pm.free_table(b) && pm.free_table(c));
         assert!(pm.leak_check().is_empty());
         assert_eq!(pm.alloc_free_counts(), (3, 3));
+        assert_eq!(pm.oom_events(), 1);
+    }
+
+    #[test]
+    fn the_limit_caps_frames_in_use_not_addresses() {
+        let pm = PhysMem::new(PhysConfig {
+            limit_frames: 3,
+            ..PhysConfig::default()
+        });
+        let t: Vec<_> = (0..3)
+            .map(|_| pm.alloc_table(Level::Pte).unwrap())
+            .collect();
+        let e = pm.alloc_table(Level::Pte).unwrap_err();
+        assert_eq!(e, PhysError::OutOfMemory(3));
+        assert!(e.to_string().contains("--memory"), "{e}");
+        assert!(pm.free_table(t[1]));
+        assert!(
+            pm.alloc_table(Level::Pmd).is_ok(),
+            "a freed frame is usable again"
+        );
+        assert_eq!(pm.oom_events(), 1);
+        let big = PhysConfig::with_memory(64 << 30);
+        assert_eq!(big.limit_frames, 16 << 20);
+        assert!(big.ram_frames >= big.limit_frames);
     }
 
     #[test]

@@ -148,6 +148,7 @@ fn world(len: u64, thp: ThpPolicy, bugs: Bugs, align_down: bool, toctou: bool) -
     let phys = Arc::new(PhysMem::new(PhysConfig {
         ram_base: 1 << 32,
         ram_frames: 256,
+        limit_frames: 256,
     }));
     let mm = Mm::new(
         phys.clone(),

@@ -260,6 +260,12 @@ pub enum Problem {
     /// `stride = 0`.
     #[error("`stride` must be at least 1 byte (4K touches every page)")]
     ZeroStride,
+    /// `memory` below [`crate::MIN_MEMORY`].
+    #[error("`memory` = {bytes} bytes is too small: the simulated memory must be at least 1M")]
+    MemoryTooSmall {
+        /// As written, in bytes.
+        bytes: u64,
+    },
     /// An `errno` expectation that is not an errno name.
     #[error(
         "`errno`: `{value}` is not an errno name: expected \"0\" (no error) or a name like \"EINVAL\", \"EFAULT\", \"EEXIST\""

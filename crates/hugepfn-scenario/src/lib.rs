@@ -16,6 +16,7 @@
 //! name = "H100 BAR1 mapped by a VMM"
 //! arch = "x86_64"             # or "x86_64-5level"; default x86_64
 //! thp = "always"              # always | madvise | never; default always
+//! memory = "4G"               # the model's simulated memory (page tables etc.); default 4G
 //! description = "optional free text"
 //!
 //! [[device]]
@@ -205,7 +206,7 @@ mod report;
 mod scenario;
 
 pub use error::{Location, Problem, ScenarioError};
-pub use parse::{load_scenario, parse_scenario};
+pub use parse::{MIN_MEMORY, load_scenario, parse_scenario};
 pub use report::{
     AccessEstimate, Counters, ExpectNow, ExpectOutcome, ExpectValue, Levels, Mismatch, PtPages,
     RunReport, StepReport, TableLevels, TlbCounters, check_expect,

@@ -29,6 +29,9 @@ use crate::scenario::{
     TableLevelCounts, ThpMode, TlbMissCounts, TouchStep, VaPlacement,
 };
 
+/// The smallest `memory` a scenario may ask for: 1 MiB (256 frames; a process needs a few).
+pub const MIN_MEMORY: u64 = 1 << 20;
+
 /// Reads the scenario file at `path`; errors name the path as given.
 pub fn load_scenario(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> {
     let path = path.as_ref();
@@ -79,6 +82,16 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
             Some(k) => Some(cx.kernel(&k)?),
         },
         kernel_bugs: head.kernel_bugs,
+        memory: match &head.memory {
+            None => None,
+            Some(v) => {
+                let m = cx.size("memory", v)?;
+                if m < MIN_MEMORY {
+                    return Err(cx.invalid(&v.span(), Problem::MemoryTooSmall { bytes: m }));
+                }
+                Some(m)
+            }
+        },
         description: head.description,
         devices,
         steps,
@@ -132,6 +145,8 @@ struct RawHead {
     kernel: Option<Spanned<String>>,
     #[serde(default)]
     kernel_bugs: Vec<KernelBug>,
+    #[serde(default)]
+    memory: Option<Spanned<Scalar>>,
     #[serde(default)]
     description: Option<String>,
     #[serde(default)]

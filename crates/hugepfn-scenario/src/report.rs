@@ -39,6 +39,10 @@ pub struct RunReport {
     /// The model only: the kernel it behaved as (`None`: the corrected design).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// The model only: the run stopped because its simulated memory was used up (the step
+    /// that used it up is the last one, with `ENOMEM`); what ran out, and how to raise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_memory: Option<String>,
     /// One entry per step, in order (also for steps after a failed expectation).
     pub steps: Vec<StepReport>,
     /// Sum of the steps' counters.
@@ -71,6 +75,7 @@ impl RunReport {
             scenario: scenario.into(),
             source: source.into(),
             kernel: None,
+            out_of_memory: None,
             steps,
             totals,
             ok,

@@ -34,6 +34,10 @@ pub struct Scenario {
     /// default (every bug fixed) is shown by its own tests. Empty by default; the real-kernel
     /// probe ignores it.
     pub kernel_bugs: Vec<KernelBug>,
+    /// `memory`: the size of the model's simulated memory (page tables, IOMMU and EPT tables,
+    /// CoW copies), `None` = the default, 4 GiB. A run that uses it up stops at that step with
+    /// `ENOMEM` and says so. `--memory` overrides it; the real-kernel probe ignores it.
+    pub memory: Option<u64>,
     /// Optional free text.
     pub description: Option<String>,
     /// `[[device]]` tables, in file order. Names are unique.

@@ -14,9 +14,38 @@ use std::time::Instant;
 use hugepfn_kernels::Behaviour;
 use hugepfn_mm::remap_file::RemapPfnFile;
 use hugepfn_mm::{
-    CacheMode, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, PhysMem,
-    Prot, TableCounts,
+    CacheMode, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, PhysConfig,
+    PhysMem, Prot, TableCounts,
 };
+use thiserror::Error;
+
+/// Why the demo could not finish.
+#[derive(Debug, Error)]
+pub enum DemoError {
+    /// The model refused an operation (a bad BAR layout, say).
+    #[error(transparent)]
+    Mm(#[from] MmError),
+    /// The simulated memory ran out (exit 3): what was being mapped, and the limit.
+    #[error(
+        "{what}: the simulated memory ({limit}) is used up by page tables; raise it with --memory"
+    )]
+    OutOfMemory {
+        /// The mapping that needed more.
+        what: String,
+        /// The limit, e.g. "4G".
+        limit: String,
+    },
+}
+
+fn memory_check(phys: &PhysMem, what: impl FnOnce() -> String) -> Result<(), DemoError> {
+    if phys.oom_events() > 0 {
+        return Err(DemoError::OutOfMemory {
+            what: what(),
+            limit: hugepfn_units::format_size(phys.config().limit_frames * 4096),
+        });
+    }
+    Ok(())
+}
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, presets, region_offset};
 use serde::Serialize;
 
@@ -97,12 +126,17 @@ fn total(t: &TableCounts) -> (u64, u64) {
 }
 
 /// Maps `bar` with `remap_pfn_range` at a 1 GiB-aligned VA, leaves capped at `cap`.
-pub fn remap_bar(bar: &Bar, cap: LeafCap, b: Behaviour) -> Result<RemapRow, MmError> {
-    let phys = Arc::new(PhysMem::default());
+pub fn remap_bar(
+    bar: &Bar,
+    cap: LeafCap,
+    b: Behaviour,
+    memory: u64,
+) -> Result<RemapRow, DemoError> {
+    let phys = Arc::new(PhysMem::new(PhysConfig::with_memory(memory)));
     phys.add_device_range("bar", bar.phys, bar.size)
         .map_err(|e| MmError::Invalid(e.to_string()))?;
     let mm = Mm::new(
-        phys,
+        phys.clone(),
         crate::runner::mm_config(
             b,
             MmConfig {
@@ -113,20 +147,29 @@ pub fn remap_bar(bar: &Bar, cap: LeafCap, b: Behaviour) -> Result<RemapRow, MmEr
     )?;
     let file = RemapPfnFile {
         name: format!("BAR{}", bar.index),
-        base: Pfn::new(bar.phys >> 12)?,
+        base: Pfn::new(bar.phys >> 12).map_err(MmError::from)?,
         size: bar.size,
         cache: CacheMode::UcMinus,
     };
     let va = mm.find_aligned_area(bar.size, 1 << 30, 0)?;
     let t0 = Instant::now();
-    mm.mmap(MmapRequest {
+    let mapped = mm.mmap(MmapRequest {
         addr: MmapAddr::Fixed(va),
         len: bar.size,
         prot: Prot::RW,
         shared: true,
         offset: 0,
         file: Some(&file),
+    });
+    memory_check(&phys, || {
+        format!(
+            "BAR{} ({}) mapped by remap_pfn_range with {} leaves",
+            bar.index,
+            hugepfn_units::format_size(bar.size),
+            cap.name()
+        )
     })?;
+    mapped?;
     let elapsed_ns = t0.elapsed().as_nanos() as u64;
     let (pages, bytes) = total(&mm.table_counts());
     Ok(RemapRow {
@@ -145,15 +188,19 @@ pub fn vfio_touch_bar(
     index: u8,
     aligned: bool,
     b: Behaviour,
-) -> Result<VfioRow, MmError> {
-    let phys = Arc::new(PhysMem::default());
+    memory: u64,
+) -> Result<VfioRow, DemoError> {
+    let phys = Arc::new(PhysMem::new(PhysConfig::with_memory(memory)));
     let logic = HugeFaultLogic::from(b.huge_fault());
     let dev = VfioPciDevice::new(phys.clone(), "gpu", bars.to_vec(), logic)
         .map_err(|e| MmError::Invalid(e.to_string()))?;
     let bar = *dev
         .bar(index)
         .ok_or_else(|| MmError::Invalid(format!("no BAR{index}")))?;
-    let mm = Mm::new(phys, crate::runner::mm_config(b, MmConfig::default()))?;
+    let mm = Mm::new(
+        phys.clone(),
+        crate::runner::mm_config(b, MmConfig::default()),
+    )?;
     let addr = if aligned {
         MmapAddr::Fixed(mm.find_aligned_area(bar.size, 1 << 30, 0)?)
     } else {
@@ -172,6 +219,17 @@ pub fn vfio_touch_bar(
     let t0 = Instant::now();
     mm.access_range(va, bar.size / 4096, 4096, true, false);
     let elapsed_ns = t0.elapsed().as_nanos() as u64;
+    memory_check(&phys, || {
+        format!(
+            "BAR{index} ({}) touched through vfio-pci at {}",
+            hugepfn_units::format_size(bar.size),
+            if aligned {
+                "align:1G"
+            } else {
+                "a kernel-chosen VA"
+            }
+        )
+    })?;
     let f = mm.fault_counts().since(&before);
     let (pages, bytes) = total(&mm.table_counts());
     Ok(VfioRow {
@@ -196,7 +254,9 @@ pub fn run(
     bars: Option<Vec<Bar>>,
     bar_filter: Option<u8>,
     kernel: Option<hugepfn_kernels::Kernel>,
-) -> Result<Demo, MmError> {
+    memory: Option<u64>,
+) -> Result<Demo, DemoError> {
+    let memory = memory.unwrap_or(hugepfn_mm::phys::DEFAULT_MEMORY);
     let behaviour = Behaviour::from_option(kernel);
     let bars = bars.unwrap_or_else(presets::h100_bars);
     let chosen: Vec<&Bar> = bars
@@ -205,22 +265,22 @@ pub fn run(
         .collect();
     if chosen.is_empty() {
         let have: Vec<String> = bars.iter().map(|b| format!("BAR{}", b.index)).collect();
-        return Err(MmError::Invalid(format!(
+        return Err(DemoError::Mm(MmError::Invalid(format!(
             "the device has no BAR{} (it has {})",
             bar_filter.unwrap_or(0),
             have.join(", ")
-        )));
+        ))));
     }
     let mut mappings = Vec::new();
     let mut vfio = Vec::new();
     for b in &chosen {
         for cap in LeafCap::ALL {
-            mappings.push(remap_bar(b, cap, behaviour)?);
+            mappings.push(remap_bar(b, cap, behaviour, memory)?);
         }
     }
     for b in &chosen {
         for aligned in [false, true] {
-            vfio.push(vfio_touch_bar(&bars, b.index, aligned, behaviour)?);
+            vfio.push(vfio_touch_bar(&bars, b.index, aligned, behaviour, memory)?);
         }
     }
     Ok(Demo {

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod compare;
 pub mod consumers_cli;
 pub mod demo;
+pub mod fuzz;
 pub mod hw_cli;
 pub mod kernels_cli;
 pub mod lab;

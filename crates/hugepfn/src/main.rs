@@ -66,8 +66,18 @@ fn parse_kernel_arg(s: &str) -> Result<KernelArg, String> {
         .map_err(|e| format!("{e}, a version with +hugepfn (its bugs fixed), or \"corrected\""))
 }
 
-fn run_options(k: Option<KernelArg>) -> runner::RunOptions {
+/// `--memory SIZE`: the model's simulated memory, at least 1M.
+fn parse_memory(s: &str) -> Result<u64, String> {
+    let m = hugepfn_units::parse_size(s).map_err(|e| e.to_string())?;
+    if m < hugepfn_scenario::MIN_MEMORY {
+        return Err(format!("{s} is below the 1M minimum"));
+    }
+    Ok(m)
+}
+
+fn run_options(k: Option<KernelArg>, memory: Option<u64>) -> runner::RunOptions {
     runner::RunOptions {
+        memory,
         kernel: match k {
             Some(KernelArg::Version(v) | KernelArg::Fixed(v)) => Some(v),
             _ => None,
@@ -97,8 +107,13 @@ enum Cmd {
         /// instead of the corrected design.
         #[arg(long, value_name = "VERSION", value_parser = parse_kernel)]
         kernel: Option<Kernel>,
+        /// The model's simulated memory per mapping run, e.g. 64G (default 4G); using it up
+        /// is exit 3.
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+        memory: Option<u64>,
     },
-    /// Run a scenario file on the model; exit 1 if an `expect` fails, 2 if the file is malformed.
+    /// Run a scenario file on the model; exit 1 if an `expect` fails, 2 if the file is
+    /// malformed, 3 if the model's simulated memory runs out (--memory raises it).
     Run {
         /// The scenario (TOML).
         file: PathBuf,
@@ -113,6 +128,10 @@ enum Cmd {
         /// Old spelling of --kernel: fixed = the corrected design, v612 = 6.12.0, v613 = 6.13.0.
         #[arg(long, value_enum, hide = true, conflicts_with = "kernel")]
         logic: Option<Logic>,
+        /// The model's simulated memory (page tables, IOMMU and EPT tables, CoW pages), e.g.
+        /// 16G; default the scenario's `memory`, else 4G. Using it up stops the run: exit 3.
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+        memory: Option<u64>,
     },
     /// Run one scenario under the RFC's three fault-path designs (huge_fault, early_fault,
     /// remap_overwrite) and print faults, page tables, TLB flushes, time and hazards side by side.
@@ -125,6 +144,10 @@ enum Cmd {
         /// Behave as this Linux version (or `corrected`), overriding the file's `kernel`.
         #[arg(long, value_name = "VERSION", value_parser = parse_kernel_arg)]
         kernel: Option<KernelArg>,
+        /// The model's simulated memory (page tables, IOMMU and EPT tables, CoW pages), e.g.
+        /// 16G; default the scenario's `memory`, else 4G. Using it up stops the run: exit 3.
+        #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+        memory: Option<u64>,
     },
     /// The kernel versions the model knows: every change of huge-pfnmap behaviour and every
     /// known bug, with its commit, and which kernel has it (docs/kernels.md).
@@ -155,6 +178,9 @@ enum Cmd {
     /// Boot a guest's memory from a BAR: KVM memslots over the BAR's VMA, EPT leaves at the
     /// host's mapping level, and the cost against a 4 KiB world.
     GuestBoot(hugepfn::consumers_cli::GuestBootArgs),
+    /// Random operation sequences on the model, each step checked against a page-granular
+    /// reference of Linux's rules; divergences are shrunk to minimal scenarios (docs/testing.md).
+    Fuzz(hugepfn::fuzz::cli::FuzzArgs),
     #[command(flatten)]
     Hw(hugepfn::hw_cli::HwCmd),
 }
@@ -164,12 +190,14 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Lab { cmd } => hugepfn::lab::main(cmd),
         Cmd::GuestBoot(a) => hugepfn::consumers_cli::main(a),
+        Cmd::Fuzz(a) => hugepfn::fuzz::cli::main(a),
         Cmd::Hw(c) => hugepfn::hw_cli::main(c),
         Cmd::Demo {
             json,
             bar,
             resource,
             kernel,
+            memory,
         } => {
             let bars = match resource {
                 Some(p) => {
@@ -190,7 +218,7 @@ fn main() -> ExitCode {
                 }
                 None => None,
             };
-            match demo::run(bars, bar, kernel) {
+            match demo::run(bars, bar, kernel, memory) {
                 Ok(d) => {
                     if json {
                         match serde_json::to_string_pretty(&d) {
@@ -205,13 +233,22 @@ fn main() -> ExitCode {
                     }
                     ExitCode::SUCCESS
                 }
+                Err(e @ demo::DemoError::OutOfMemory { .. }) => {
+                    eprintln!("hugepfn demo: {e}");
+                    ExitCode::from(3)
+                }
                 Err(e) => {
                     eprintln!("hugepfn demo: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
-        Cmd::Compare { file, json, kernel } => {
+        Cmd::Compare {
+            file,
+            json,
+            kernel,
+            memory,
+        } => {
             let sc = match hugepfn_scenario::load_scenario(&file) {
                 Ok(s) => s,
                 Err(e) => {
@@ -219,7 +256,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match compare::compare(&sc, run_options(kernel)) {
+            match compare::compare(&sc, run_options(kernel, memory)) {
                 Ok(rows) => {
                     if json {
                         match serde_json::to_string_pretty(&rows) {
@@ -280,6 +317,7 @@ fn main() -> ExitCode {
             json,
             kernel,
             logic,
+            memory,
         } => {
             let sc = match hugepfn_scenario::load_scenario(&file) {
                 Ok(s) => s,
@@ -288,8 +326,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let opts =
-                run_options(kernel.or(logic.and_then(Logic::kernel).map(KernelArg::Version)));
+            let opts = run_options(
+                kernel.or(logic.and_then(Logic::kernel).map(KernelArg::Version)),
+                memory,
+            );
             let report = match runner::run_scenario(&sc, opts) {
                 Ok(r) => r,
                 Err(e) => {
@@ -308,7 +348,10 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", output::format_report(&sc, &report));
             }
-            if report.ok {
+            if let Some(m) = &report.out_of_memory {
+                eprintln!("hugepfn: {}: {m}", sc.origin);
+                ExitCode::from(3)
+            } else if report.ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -88,7 +88,9 @@ pub fn format_report(sc: &Scenario, r: &RunReport) -> String {
         t.sigbus,
         t.sigsegv,
         t.skipped,
-        if r.ok {
+        if r.out_of_memory.is_some() {
+            "STOPPED: the simulated memory is used up"
+        } else if r.ok {
             "all expectations met"
         } else {
             "EXPECTATIONS FAILED"

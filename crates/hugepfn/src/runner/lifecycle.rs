@@ -73,6 +73,7 @@ impl ModelRun {
                     .and_then(errno)
             }
             Step::Mremap(r) => {
+                self.last_mremap_dst = None;
                 let proc = r.process.as_deref().unwrap_or(MAIN).to_string();
                 let (mm, va, maplen) = match self.target(Some(&proc), &r.map) {
                     Ok(x) => x,
@@ -98,6 +99,7 @@ impl ModelRun {
                     Ok(d) => d,
                     Err(e) => return errno(e),
                 };
+                self.last_mremap_dst = dst;
                 let flags = MremapFlags {
                     maymove: true,
                     fixed: dst,

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use hugepfn_kernels::Behaviour;
 use hugepfn_mm::pgtable::Bugs;
 use hugepfn_mm::{
-    FaultCounts, FaultPath, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PagingMode, PhysMem,
-    Prot, TableCounts, ThpPolicy, VmFlags,
+    FaultCounts, FaultPath, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PagingMode,
+    PhysConfig, PhysMem, Prot, TableCounts, ThpPolicy, VmFlags,
 };
 use hugepfn_scenario::{
     Access, Arch, Counters, ExpectNow, FaultPathSpec, Kernel, KernelBug, Levels, Madvise, Order,
@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub bugs_fixed: bool,
     /// Overrides the scenario's fault-path design (`hugepfn compare` runs all three).
     pub fault_path: Option<FaultPath>,
+    /// The simulated memory's size in bytes, overriding the scenario's `memory` (`--memory`).
+    pub memory: Option<u64>,
 }
 
 struct MapState {
@@ -102,6 +104,8 @@ pub struct ModelRun {
     behaviour: Behaviour,
     /// Pages the last `mincore` step found resident, taken by [`ModelRun::run`].
     last_resident: u64,
+    /// Where the last `mremap` step asked to move to (`MREMAP_FIXED`), if it got that far.
+    last_mremap_dst: Option<u64>,
 }
 
 fn levels(c: &LeafCounts) -> Levels {
@@ -145,7 +149,11 @@ impl ModelRun {
             (false, Some(k)) if opts.bugs_fixed => Behaviour::fixed(k),
             (false, Some(k)) => Behaviour::of(k),
         };
-        let phys = Arc::new(PhysMem::default());
+        let memory = opts
+            .memory
+            .or(sc.memory)
+            .unwrap_or(hugepfn_mm::phys::DEFAULT_MEMORY);
+        let phys = Arc::new(PhysMem::new(PhysConfig::with_memory(memory)));
         let mut devices = HashMap::new();
         for d in &sc.devices {
             let bars = d
@@ -200,6 +208,7 @@ impl ModelRun {
             last_access: None,
             behaviour,
             last_resident: 0,
+            last_mremap_dst: None,
         })
     }
 
@@ -216,6 +225,18 @@ impl ModelRun {
     /// The VA a mapping got, if its mmap succeeded.
     pub fn mapping_va(&self, name: &str) -> Option<u64> {
         self.maps.get(name).and_then(|m| m.va)
+    }
+
+    /// The destination the last `mremap` step passed with `MREMAP_FIXED` (`None`: it let the
+    /// kernel choose, or failed before choosing).
+    pub fn last_mremap_dst(&self) -> Option<u64> {
+        self.last_mremap_dst
+    }
+
+    /// A mapping's VA in process `proc` (`Some(None)`: its mmap failed) — what a step naming
+    /// it in that process acts on.
+    pub fn mapping_in(&self, name: &str, proc: &str) -> Option<Option<u64>> {
+        self.maps.get(name).map(|m| m.va(proc))
     }
 
     /// A process by name (`None` or `"main"`: the first one).
@@ -374,7 +395,18 @@ impl ModelRun {
     /// Runs every step of `sc`, checking `expect` steps. Never stops early: every mismatch is
     /// reported.
     pub fn run(&mut self, sc: &Scenario) -> RunReport {
+        self.run_observed(sc, &mut |_, _| {})
+    }
+
+    /// [`ModelRun::run`], calling `after(self, report)` after each step (`hugepfn fuzz` checks
+    /// the model against its reference there).
+    pub fn run_observed(
+        &mut self,
+        sc: &Scenario,
+        after: &mut dyn FnMut(&ModelRun, &StepReport),
+    ) -> RunReport {
         let mut reports = Vec::new();
+        let mut out_of_memory = None;
         // Per process: counters and the last errno since its previous expect.
         let mut since_expect: HashMap<String, Counters> = HashMap::new();
         let mut last_errno: HashMap<String, String> = HashMap::new();
@@ -397,7 +429,19 @@ impl ModelRun {
                 .collect();
             let cbefore = self.consumer_counts();
             let oopses_before = self.kernel_oopses();
-            let (errno, skipped) = self.step(step);
+            let oom_before = self.phys.oom_events();
+            let (mut errno, skipped) = self.step(step);
+            if self.phys.oom_events() > oom_before {
+                let cfg = self.phys.config();
+                out_of_memory = Some(format!(
+                    "step {} (line {}, {}): the simulated memory ({}) is used up by page tables and CoW pages; the run stops here. Raise it with --memory or `memory = ...` in the scenario",
+                    i + 1,
+                    step.line(),
+                    step.op(),
+                    hugepfn_units::format_size(cfg.limit_frames * 4096),
+                ));
+                errno.get_or_insert_with(|| "ENOMEM".into());
+            }
             let access = self.last_access.take();
             let resident = std::mem::take(&mut self.last_resident);
             let mut delta_actor = counters(&FaultCounts::default(), 0);
@@ -475,10 +519,18 @@ impl ModelRun {
                     &now,
                 ));
             }
+            after(self, &rep);
             reports.push(rep);
+            if out_of_memory.is_some() {
+                break;
+            }
         }
         let mut r = RunReport::new(sc.name.clone(), "model", reports);
         r.kernel = self.behaviour.name();
+        if out_of_memory.is_some() {
+            r.ok = false;
+            r.out_of_memory = out_of_memory;
+        }
         r
     }
 

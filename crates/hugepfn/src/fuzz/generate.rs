@@ -1,0 +1,500 @@
+//! Random valid scenarios for `hugepfn fuzz` and `hugepfn lab fuzz`.
+//!
+//! A seed gives one scenario file, the same on every machine: devices with BARs of 64 MiB to
+//! 4 GiB (physical addresses 1 GiB-aligned, 2 MiB-aligned or 4 KiB-skewed), mmaps at congruent,
+//! aligned and skewed VAs, and a sequence of every op a BAR mapping meets: touch, munmap,
+//! mprotect, mremap, madvise, fork and steps in the children, memory disable/enable, reset,
+//! power, dma_map/dma_unmap, read_proc, mincore. Offsets and lengths favour the boundaries
+//! where leaves change (4 KiB, 2 MiB, 1 GiB, the mapping's end, one page past it) and include
+//! unaligned and out-of-range values, so error paths are exercised too.
+//!
+//! [`GenConfig::lab`] restricts the shapes to what the lab can run quickly: one `ivshmem`
+//! device with a 2 GiB BAR2 (the lab's), at most 2048 strides per touch, DMA in the first
+//! process only.
+
+use std::fmt::Write as _;
+
+use hugepfn_units::format_size;
+
+const K4: u64 = 4096;
+const M2: u64 = 2 << 20;
+const G1: u64 = 1 << 30;
+
+/// SplitMix64: a small, well-mixed generator; one per case, seeded from the campaign seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// One of `items`, uniformly.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// What kind of scenarios to generate.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenConfig {
+    /// For the lab: the lab's device, bounded touches, no DMA in children.
+    pub lab: bool,
+}
+
+struct Dev {
+    name: String,
+    bar: u8,
+    size: u64,
+}
+
+struct Map {
+    name: String,
+    len: u64,
+}
+
+struct Gen<'a> {
+    r: &'a mut Rng,
+    cfg: GenConfig,
+    devs: Vec<Dev>,
+    maps: Vec<Map>,
+    children: Vec<String>,
+    dmas: Vec<(u64, u64)>,
+    out: String,
+}
+
+/// The TOML text of the scenario for `seed`.
+pub fn generate(seed: u64, cfg: GenConfig) -> String {
+    let mut r = Rng::new(seed);
+    let mut g = Gen {
+        r: &mut r,
+        cfg,
+        devs: Vec::new(),
+        maps: Vec::new(),
+        children: Vec::new(),
+        dmas: Vec::new(),
+        out: String::new(),
+    };
+    g.scenario(seed);
+    g.out
+}
+
+fn size(v: u64) -> String {
+    format!("\"{}\"", format_size(v))
+}
+
+impl Gen<'_> {
+    fn scenario(&mut self, seed: u64) {
+        let thp = *self
+            .r
+            .pick(&["always", "always", "always", "madvise", "never"]);
+        let _ = writeln!(self.out, "name = \"fuzz-{seed}\"");
+        let _ = writeln!(self.out, "thp = \"{thp}\"\n");
+        if self.cfg.lab {
+            self.devs.push(Dev {
+                name: "ivshmem".into(),
+                bar: 2,
+                size: 2 * G1,
+            });
+            let _ = writeln!(
+                self.out,
+                "[[device]]\nname = \"ivshmem\"\nbars = [{{ index = 2, phys = \"0xff00000000\", size = \"2G\" }}]\n"
+            );
+        } else {
+            let n = 1 + u64::from(self.r.chance(25));
+            for d in 0..n {
+                let bsize = *self.r.pick(&[64 << 20, 256 << 20, G1, G1, 2 * G1, 4 * G1]);
+                let skew = *self.r.pick(&[0, 0, 0, M2, K4, G1]);
+                let phys = 0x1000_0000_0000u64 * (d + 1) + skew;
+                let bar = *self.r.pick(&[0u8, 1, 2, 4]);
+                let name = format!("d{d}");
+                let _ = writeln!(
+                    self.out,
+                    "[[device]]\nname = \"{name}\"\nbars = [{{ index = {bar}, phys = \"{phys:#x}\", size = {} }}]\n",
+                    size(bsize)
+                );
+                self.devs.push(Dev {
+                    name,
+                    bar,
+                    size: bsize,
+                });
+            }
+        }
+        let maps = 1 + self.r.below(2);
+        for _ in 0..maps {
+            self.mmap();
+        }
+        let steps = 3 + self.r.below(10);
+        for _ in 0..steps {
+            self.step();
+        }
+    }
+
+    fn block(&mut self, op: &str, fields: &[(&str, String)]) {
+        let _ = writeln!(self.out, "[[step]]\nop = \"{op}\"");
+        for (k, v) in fields {
+            let _ = writeln!(self.out, "{k} = {v}");
+        }
+        self.out.push('\n');
+    }
+
+    /// An offset into something `len` long: mostly on the boundaries that matter.
+    fn offset(&mut self, len: u64) -> u64 {
+        let pages = (len / K4).max(1);
+        match self.r.below(12) {
+            0..=3 => 0,
+            4 => K4 * self.r.below(4),
+            5 => M2 * self.r.below((len / M2).max(1) + 1),
+            6 => G1 * self.r.below((len / G1).max(1) + 1),
+            7 => (M2 * self.r.below((len / M2).max(1))).saturating_sub(K4),
+            8 => len / 2 / K4 * K4,
+            9 => K4 * self.r.below(pages),
+            10 => len.saturating_sub(K4 * (1 + self.r.below(2))),
+            _ => {
+                if self.r.chance(30) {
+                    self.r.below(len.max(2)) | 1
+                } else {
+                    len + K4 * self.r.below(2)
+                }
+            }
+        }
+    }
+
+    /// A length, `None` = "all" (the rest).
+    fn length(&mut self, len: u64) -> Option<u64> {
+        match self.r.below(12) {
+            0..=3 => None,
+            4 => Some(K4 * (1 + self.r.below(4))),
+            5 => Some(M2),
+            6 => Some(M2 + K4 * self.r.below(2)),
+            7 => Some(G1),
+            8 => Some(G1 - K4),
+            9 => Some(len),
+            10 => Some(K4 * (1 + self.r.below((len / K4).max(1)))),
+            _ => {
+                if self.r.chance(30) {
+                    Some(0)
+                } else {
+                    Some(self.r.below(3 * M2) | 1)
+                }
+            }
+        }
+    }
+
+    fn range_fields(&mut self, len: u64, fields: &mut Vec<(&'static str, String)>) {
+        let off = self.offset(len);
+        if off != 0 || self.r.chance(20) {
+            fields.push(("offset", size(off)));
+        }
+        if let Some(l) = self.length(len) {
+            fields.push(("len", format!("{l}")));
+        }
+    }
+
+    fn process(&mut self, fields: &mut Vec<(&'static str, String)>) {
+        if !self.children.is_empty() && self.r.chance(35) {
+            let c = self.r.pick(&self.children).clone();
+            fields.push(("process", format!("\"{c}\"")));
+        }
+    }
+
+    fn mmap(&mut self) {
+        let d = self.r.below(self.devs.len() as u64) as usize;
+        let (dev, bar, bsize) = {
+            let d = &self.devs[d];
+            (d.name.clone(), d.bar, d.size)
+        };
+        let name = format!("m{}", self.maps.len());
+        let mut f = vec![
+            ("name", format!("\"{name}\"")),
+            ("device", format!("\"{dev}\"")),
+            ("bar", bar.to_string()),
+        ];
+        let off = match self.r.below(8) {
+            0..=4 => 0,
+            5 => M2 * self.r.below(4),
+            6 => G1 * self.r.below((bsize / G1).max(1)),
+            _ => self.offset(bsize),
+        };
+        if off != 0 {
+            f.push(("offset", size(off)));
+        }
+        let rest = bsize.saturating_sub(off);
+        let len = match self.r.below(6) {
+            0..=2 => None,
+            3 => Some(rest.min(G1 + M2)),
+            4 => Some((rest / 2 / K4 * K4).max(K4)),
+            _ => self.length(rest),
+        };
+        if let Some(l) = len {
+            f.push(("len", format!("{l}")));
+        }
+        let va = *self.r.pick(&[
+            "kernel",
+            "congruent:1G",
+            "congruent:1G",
+            "congruent:2M",
+            "align:1G",
+            "align:1G+2M",
+            "align:1G+4K",
+            "align:2M+4K",
+            "align:4K",
+        ]);
+        f.push(("va", format!("\"{va}\"")));
+        if self.r.chance(15) {
+            let a = *self.r.pick(&["hugepage", "nohugepage"]);
+            f.push(("madvise", format!("\"{a}\"")));
+        }
+        if self.r.chance(4) {
+            f.push(("shared", "false".into()));
+        }
+        self.block("mmap", &f);
+        self.maps.push(Map {
+            name,
+            len: len.unwrap_or(rest),
+        });
+    }
+
+    fn step(&mut self) {
+        let m = self.r.below(self.maps.len() as u64) as usize;
+        let (map, mlen) = (self.maps[m].name.clone(), self.maps[m].len);
+        let mut f: Vec<(&'static str, String)> = vec![("map", format!("\"{map}\""))];
+        match self.r.below(100) {
+            0..=29 => {
+                // touch
+                let stride = *self.r.pick(&[K4, K4, K4, 64 << 10, M2, M2, G1, 3 * K4, 1]);
+                let off = if self.r.chance(70) {
+                    0
+                } else {
+                    self.offset(mlen)
+                };
+                // at most 2048 strides, now and then (1 %) 2^18: a whole GiB at
+                // 4 KiB, which is where the time goes
+                let cap = if self.cfg.lab {
+                    2048
+                } else if self.r.chance(1) {
+                    1 << 18
+                } else {
+                    2048
+                };
+                let mut len = self
+                    .length(mlen.saturating_sub(off))
+                    .unwrap_or(mlen)
+                    .min(stride.saturating_mul(cap));
+                if stride == 1 {
+                    len = len.min(3 * K4);
+                }
+                if off != 0 {
+                    f.push(("offset", size(off)));
+                }
+                f.push(("len", format!("{len}")));
+                f.push(("stride", format!("{stride}")));
+                if self.r.chance(35) {
+                    f.push(("access", "\"read\"".into()));
+                }
+                if self.r.chance(15) {
+                    f.push(("order", "\"reverse\"".into()));
+                }
+                self.process(&mut f);
+                self.block("touch", &f);
+            }
+            30..=37 => {
+                self.range_fields(mlen, &mut f);
+                self.process(&mut f);
+                self.block("munmap", &f);
+            }
+            38..=45 => {
+                self.range_fields(mlen, &mut f);
+                let p = *self.r.pick(&["none", "read", "write", "read"]);
+                f.push(("prot", format!("\"{p}\"")));
+                self.process(&mut f);
+                self.block("mprotect", &f);
+            }
+            46..=51 => {
+                let va = *self.r.pick(&[
+                    "kernel",
+                    "align:1G",
+                    "align:1G+2M",
+                    "congruent:1G",
+                    "align:2M+4K",
+                ]);
+                f.push(("va", format!("\"{va}\"")));
+                if self.r.chance(35) {
+                    let nl = match self.r.below(3) {
+                        0 => mlen / 2 / K4 * K4,
+                        1 => mlen + M2,
+                        _ => (mlen.saturating_sub(M2)).max(K4),
+                    };
+                    f.push(("new_len", format!("{}", nl.max(K4))));
+                }
+                self.process(&mut f);
+                self.block("mremap", &f);
+            }
+            52..=59 => {
+                self.range_fields(mlen, &mut f);
+                let a = *self.r.pick(&[
+                    "dontneed",
+                    "dontneed_locked",
+                    "free",
+                    "wipeonfork",
+                    "keeponfork",
+                    "cold",
+                    "pageout",
+                    "populate_read",
+                    "populate_write",
+                    "hugepage",
+                    "nohugepage",
+                    "normal",
+                    "random",
+                    "sequential",
+                    "willneed",
+                    "dontfork",
+                    "dofork",
+                    "dontdump",
+                    "dodump",
+                ]);
+                f.push(("advice", format!("\"{a}\"")));
+                self.process(&mut f);
+                self.block("madvise", &f);
+            }
+            60..=64 if self.children.len() < 2 => {
+                let c = format!("c{}", self.children.len());
+                self.block("fork", &[("child", format!("\"{c}\""))]);
+                self.children.push(c);
+            }
+            65..=71 => {
+                let d = self.r.pick(&self.devs).name.clone();
+                let en = self.r.chance(50);
+                self.block(
+                    "memory",
+                    &[("device", format!("\"{d}\"")), ("enable", en.to_string())],
+                );
+            }
+            72..=74 => {
+                let d = self.r.pick(&self.devs).name.clone();
+                if self.r.chance(60) {
+                    self.block("reset", &[("device", format!("\"{d}\""))]);
+                } else {
+                    let s = *self.r.pick(&["d3hot", "d0"]);
+                    self.block(
+                        "power",
+                        &[
+                            ("device", format!("\"{d}\"")),
+                            ("state", format!("\"{s}\"")),
+                        ],
+                    );
+                }
+            }
+            75..=83 => {
+                // mostly up to 64 MiB: a whole 4 GiB BAR at 4 KiB is a million lookups
+                let dlen = if self.r.chance(80) {
+                    mlen.min(64 << 20)
+                } else {
+                    mlen
+                };
+                self.range_fields(dlen, &mut f);
+                if dlen < mlen && !f.iter().any(|(k, _)| *k == "len") {
+                    f.push(("len", format!("{dlen}")));
+                }
+                let iova = match self.r.below(4) {
+                    0 => G1 * (1 + self.r.below(8)),
+                    1 => M2 * (1 + self.r.below(64)),
+                    2 => K4 * (1 + self.r.below(64)),
+                    _ => self.dmas.last().map_or(G1, |&(i, _)| i),
+                };
+                f.push(("iova", size(iova)));
+                if !self.cfg.lab {
+                    self.process(&mut f);
+                }
+                self.dmas.push((iova, mlen));
+                self.block("dma_map", &f);
+            }
+            84..=88 => {
+                let (iova, len) = match self.dmas.last() {
+                    Some(&(i, l)) if self.r.chance(70) => (i, l),
+                    _ => (G1 * (1 + self.r.below(8)), *self.r.pick(&[M2, G1, K4])),
+                };
+                let len = if self.r.chance(20) { len / 2 } else { len };
+                let mut f = vec![("iova", size(iova)), ("len", format!("{len}"))];
+                if !self.cfg.lab {
+                    self.process(&mut f);
+                }
+                self.block("dma_unmap", &f);
+            }
+            89..=93 => {
+                let file = *self.r.pick(&[
+                    "smaps",
+                    "smaps_rollup",
+                    "numa_maps",
+                    "pagemap",
+                    "clear_refs",
+                ]);
+                let mut g = vec![("file", format!("\"{file}\""))];
+                if file == "pagemap" {
+                    g.push(("map", format!("\"{map}\"")));
+                }
+                self.process(&mut g);
+                self.block("read_proc", &g);
+            }
+            94..=96 => {
+                self.range_fields(mlen, &mut f);
+                self.process(&mut f);
+                self.block("mincore", &f);
+            }
+            _ => {
+                if self.maps.len() < 4 {
+                    self.mmap();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_scenarios_parse() {
+        for seed in 0..500 {
+            for lab in [false, true] {
+                let text = generate(seed, GenConfig { lab });
+                if let Err(e) = hugepfn_scenario::parse_scenario(&text, "gen") {
+                    panic!("seed {seed} lab {lab}: {e}\n{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_scenario() {
+        assert_eq!(
+            generate(7, GenConfig::default()),
+            generate(7, GenConfig::default())
+        );
+        assert_ne!(
+            generate(7, GenConfig::default()),
+            generate(8, GenConfig::default())
+        );
+    }
+}
