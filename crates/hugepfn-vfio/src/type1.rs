@@ -309,9 +309,23 @@ impl VfioIommu {
     /// `VFIO_IOMMU_MAP_DMA`. On success the range is mapped in the IOMMU; on failure nothing
     /// of it is, and every earlier mapping is untouched.
     pub fn map_dma(&self, req: DmaMapRequest) -> (DmaMapStats, Result<(), Type1Error>) {
+        let mm = self.mm.clone();
+        self.map_dma_as(&mm, req)
+    }
+
+    /// `VFIO_IOMMU_MAP_DMA` issued by the process `mm` (`current->mm`): the container is the
+    /// one its opener set up, but `vaddr` is looked up in the caller's address space — after
+    /// `fork` the child shares its parent's container (the same file), maps its own VAs into
+    /// the shared IOVA space and can unmap the parent's (vfio_dma_do_map records
+    /// `dma->mm = current->mm`; vfio_dma_do_unmap checks no owner).
+    pub fn map_dma_as(
+        &self,
+        mm: &Arc<Mm>,
+        req: DmaMapRequest,
+    ) -> (DmaMapStats, Result<(), Type1Error>) {
         let t0 = Instant::now();
         let mut c = DmaCounters::default();
-        let r = self.map_dma_inner(req, &mut c);
+        let r = self.map_dma_inner(mm, req, &mut c);
         self.totals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -325,7 +339,12 @@ impl VfioIommu {
         )
     }
 
-    fn map_dma_inner(&self, req: DmaMapRequest, c: &mut DmaCounters) -> Result<(), Type1Error> {
+    fn map_dma_inner(
+        &self,
+        mm: &Mm,
+        req: DmaMapRequest,
+        c: &mut DmaCounters,
+    ) -> Result<(), Type1Error> {
         let DmaMapRequest {
             vaddr, iova, size, ..
         } = req;
@@ -382,6 +401,7 @@ impl VfioIommu {
                 break Ok(());
             }
             let (pfn, npage) = match self.pin_pages_remote(
+                mm,
                 vaddr + mapped,
                 (size - mapped) >> PAGE_SHIFT,
                 req,
@@ -425,6 +445,7 @@ impl VfioIommu {
     /// physically contiguous (at most `npage`).
     fn pin_pages_remote(
         &self,
+        mm: &Mm,
         vaddr: u64,
         npage: u64,
         req: DmaMapRequest,
@@ -435,7 +456,7 @@ impl VfioIommu {
         let mut npage = npage;
         let mut va = vaddr;
         while npage > 0 {
-            let (pfn, ret) = self.vaddr_get_pfns(va, npage, req, c)?;
+            let (pfn, ret) = self.vaddr_get_pfns(mm, va, npage, req, c)?;
             let base = *pfn_base.get_or_insert(pfn);
             if pfn != base + pinned {
                 break;
@@ -451,6 +472,7 @@ impl VfioIommu {
     /// `vaddr` and how many pages from it this round covers.
     fn vaddr_get_pfns(
         &self,
+        mm: &Mm,
         vaddr: u64,
         npages: u64,
         req: DmaMapRequest,
@@ -460,7 +482,7 @@ impl VfioIommu {
         let write = req.write;
         let mut fixed_up = false;
         loop {
-            let g = self.mm.mmap_read();
+            let g = mm.mmap_read();
             // pin_user_pages_remote(FOLL_LONGTERM): check_vma_flags refuses VM_IO|VM_PFNMAP.
             c.gup_attempts += 1;
             let Some(vma) = g.find_vma(vaddr) else {
@@ -504,7 +526,7 @@ impl VfioIommu {
                 Err(_) if !fixed_up => {
                     c.fixups += 1;
                     fixed_up = true;
-                    self.mm.fixup_user_fault(vaddr, write).map_err(|e| {
+                    mm.fixup_user_fault(vaddr, write).map_err(|e| {
                         fault(
                             vaddr,
                             format!(

@@ -330,13 +330,27 @@ fn main() -> ExitCode {
                 kernel.or(logic.and_then(Logic::kernel).map(KernelArg::Version)),
                 memory,
             );
-            let report = match runner::run_scenario(&sc, opts) {
-                Ok(r) => r,
+            let mut model = match runner::ModelRun::new(&sc, opts) {
+                Ok(m) => m,
                 Err(e) => {
                     eprintln!("hugepfn: {e}");
                     return ExitCode::from(2);
                 }
             };
+            // Progress on stderr for long runs (drawn only on a terminal, after a second).
+            let bar = indicatif::ProgressBar::new(sc.steps.len() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} step {pos}/{len} done, {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(1000));
+            let report = model.run_observed(&sc, &mut |_, rep| {
+                bar.set_position(rep.index as u64 + 1);
+                bar.set_message(format!("last: {} (line {})", rep.op, rep.line));
+            });
+            bar.finish_and_clear();
             if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(s) => println!("{s}"),

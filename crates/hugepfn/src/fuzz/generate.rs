@@ -9,8 +9,8 @@
 //! unaligned and out-of-range values, so error paths are exercised too.
 //!
 //! [`GenConfig::lab`] restricts the shapes to what the lab can run quickly: one `ivshmem`
-//! device with a 2 GiB BAR2 (the lab's), at most 2048 strides per touch, DMA in the first
-//! process only.
+//! device with a 2 GiB BAR2 (the lab's), at most 1024 strides per touch, ranges inside the mapping (the probe acts on nothing
+//! else), no reset or power steps (ivshmem has neither).
 
 use std::fmt::Write as _;
 
@@ -58,7 +58,7 @@ impl Rng {
 /// What kind of scenarios to generate.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GenConfig {
-    /// For the lab: the lab's device, bounded touches, no DMA in children.
+    /// For the lab: the lab's device, ranges inside the mapping, no reset or power steps.
     pub lab: bool,
 }
 
@@ -71,6 +71,10 @@ struct Dev {
 struct Map {
     name: String,
     len: u64,
+    /// A munmap has named it.
+    holes: bool,
+    /// Children forked before it was made (they do not have it).
+    born: usize,
 }
 
 struct Gen<'a> {
@@ -80,6 +84,8 @@ struct Gen<'a> {
     maps: Vec<Map>,
     children: Vec<String>,
     dmas: Vec<(u64, u64)>,
+    /// The mapping the step being generated acts on.
+    cur: usize,
     out: String,
 }
 
@@ -93,6 +99,7 @@ pub fn generate(seed: u64, cfg: GenConfig) -> String {
         maps: Vec::new(),
         children: Vec::new(),
         dmas: Vec::new(),
+        cur: 0,
         out: String::new(),
     };
     g.scenario(seed);
@@ -202,18 +209,35 @@ impl Gen<'_> {
     }
 
     fn range_fields(&mut self, len: u64, fields: &mut Vec<(&'static str, String)>) {
-        let off = self.offset(len);
+        let mut off = self.offset(len);
+        let mut l = self.length(len);
+        if self.cfg.lab {
+            // The probe acts only inside its own mapping (it refuses anything else with EINVAL
+            // rather than unmap or re-protect its own memory): page-aligned, inside.
+            off = (off & !(K4 - 1)).min(len.saturating_sub(K4));
+            l = l
+                .map(|l| l.div_ceil(K4) * K4)
+                .map(|l| l.min(len - off).max(K4));
+        }
         if off != 0 || self.r.chance(20) {
             fields.push(("offset", size(off)));
         }
-        if let Some(l) = self.length(len) {
+        if let Some(l) = l {
             fields.push(("len", format!("{l}")));
         }
     }
 
     fn process(&mut self, fields: &mut Vec<(&'static str, String)>) {
-        if !self.children.is_empty() && self.r.chance(35) {
-            let c = self.r.pick(&self.children).clone();
+        // In the lab, only children forked after the step's mapping was made (the probe has
+        // nothing to act on in the others; the model's answer, no VMA there, is checked by
+        // `hugepfn fuzz`).
+        let first = if self.cfg.lab {
+            self.maps.get(self.cur).map_or(0, |m| m.born)
+        } else {
+            0
+        };
+        if self.children.len() > first && self.r.chance(35) {
+            let c = self.r.pick(&self.children[first..]).clone();
             fields.push(("process", format!("\"{c}\"")));
         }
     }
@@ -267,16 +291,26 @@ impl Gen<'_> {
         }
         if self.r.chance(4) {
             f.push(("shared", "false".into()));
+            if self.cfg.lab {
+                // A private writable mapping is charged (VM_ACCOUNT) before the driver sees
+                // it: past the guest's RAM (1 GiB) the kernel says ENOMEM, not vfio's EINVAL.
+                // The model has no RAM size to charge against; the lab keeps below it.
+                f.retain(|(k, _)| *k != "len");
+                f.push(("len", format!("{}", len.unwrap_or(rest).min(256 << 20))));
+            }
         }
         self.block("mmap", &f);
         self.maps.push(Map {
             name,
             len: len.unwrap_or(rest),
+            holes: false,
+            born: self.children.len(),
         });
     }
 
     fn step(&mut self) {
         let m = self.r.below(self.maps.len() as u64) as usize;
+        self.cur = m;
         let (map, mlen) = (self.maps[m].name.clone(), self.maps[m].len);
         let mut f: Vec<(&'static str, String)> = vec![("map", format!("\"{map}\""))];
         match self.r.below(100) {
@@ -288,14 +322,14 @@ impl Gen<'_> {
                 } else {
                     self.offset(mlen)
                 };
-                // at most 2048 strides, now and then (1 %) 2^18: a whole GiB at
+                // at most 1024 strides, now and then (1 %, not in the lab) 2^18: a whole GiB at
                 // 4 KiB, which is where the time goes
                 let cap = if self.cfg.lab {
-                    2048
+                    1024
                 } else if self.r.chance(1) {
                     1 << 18
                 } else {
-                    2048
+                    1024
                 };
                 let mut len = self
                     .length(mlen.saturating_sub(off))
@@ -304,6 +338,14 @@ impl Gen<'_> {
                 if stride == 1 {
                     len = len.min(3 * K4);
                 }
+                let off = if self.cfg.lab {
+                    // inside the mapping (the probe touches only its own mapping)
+                    let off = (off & !(K4 - 1)).min(mlen.saturating_sub(K4));
+                    len = len.min(mlen - off).max(1);
+                    off
+                } else {
+                    off
+                };
                 if off != 0 {
                     f.push(("offset", size(off)));
                 }
@@ -322,6 +364,7 @@ impl Gen<'_> {
                 self.range_fields(mlen, &mut f);
                 self.process(&mut f);
                 self.block("munmap", &f);
+                self.maps[m].holes = true;
             }
             38..=45 => {
                 self.range_fields(mlen, &mut f);
@@ -330,7 +373,8 @@ impl Gen<'_> {
                 self.process(&mut f);
                 self.block("mprotect", &f);
             }
-            46..=51 => {
+            // the probe moves only a whole, hole-free mapping
+            46..=51 if !(self.cfg.lab && self.maps[m].holes) => {
                 let va = *self.r.pick(&[
                     "kernel",
                     "align:1G",
@@ -339,7 +383,8 @@ impl Gen<'_> {
                     "align:2M+4K",
                 ]);
                 f.push(("va", format!("\"{va}\"")));
-                if self.r.chance(35) {
+                // (the lab keeps the length: the generator's later offsets assume it)
+                if !self.cfg.lab && self.r.chance(35) {
                     let nl = match self.r.below(3) {
                         0 => mlen / 2 / K4 * K4,
                         1 => mlen + M2,
@@ -390,7 +435,8 @@ impl Gen<'_> {
                     &[("device", format!("\"{d}\"")), ("enable", en.to_string())],
                 );
             }
-            72..=74 => {
+            // ivshmem has no reset method and no PM capability: the lab's kernel refuses both
+            72..=74 if !self.cfg.lab => {
                 let d = self.r.pick(&self.devs).name.clone();
                 if self.r.chance(60) {
                     self.block("reset", &[("device", format!("\"{d}\""))]);
@@ -407,7 +453,7 @@ impl Gen<'_> {
             }
             75..=83 => {
                 // mostly up to 64 MiB: a whole 4 GiB BAR at 4 KiB is a million lookups
-                let dlen = if self.r.chance(80) {
+                let dlen = if self.r.chance(95) {
                     mlen.min(64 << 20)
                 } else {
                     mlen
@@ -423,9 +469,7 @@ impl Gen<'_> {
                     _ => self.dmas.last().map_or(G1, |&(i, _)| i),
                 };
                 f.push(("iova", size(iova)));
-                if !self.cfg.lab {
-                    self.process(&mut f);
-                }
+                self.process(&mut f);
                 self.dmas.push((iova, mlen));
                 self.block("dma_map", &f);
             }
@@ -436,9 +480,7 @@ impl Gen<'_> {
                 };
                 let len = if self.r.chance(20) { len / 2 } else { len };
                 let mut f = vec![("iova", size(iova)), ("len", format!("{len}"))];
-                if !self.cfg.lab {
-                    self.process(&mut f);
-                }
+                self.process(&mut f);
                 self.block("dma_unmap", &f);
             }
             89..=93 => {

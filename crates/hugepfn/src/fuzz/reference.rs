@@ -14,7 +14,7 @@
 //! hole, then ENOMEM), `madvise_walk_vmas` / `madvise_vma_behavior` (per advice, on a
 //! VM_IO|VM_PFNMAP|VM_DONTEXPAND|VM_DONTDUMP shared VMA), `mremap` (shrink in place,
 //! `mremap_to`, `vma_to_resize`), `dup_mmap` (VM_DONTCOPY), `vfio_dma_do_map` /
-//! `vfio_dma_do_unmap` (v2: no bisecting, the x86 MSI window reserved, `vaddr_get_pfns`
+//! `vfio_dma_do_unmap` (one container for the parent and its forked children; v2: no bisecting, the x86 MSI window reserved, `vaddr_get_pfns`
 //! faulting each page for write), `do_mincore`. VMAs of a pfnmap never merge (VM_SPECIAL),
 //! so every split the kernel makes stays visible.
 
@@ -60,7 +60,6 @@ struct RVma {
 #[derive(Debug, Clone, Default)]
 struct RProc {
     vmas: BTreeMap<u64, RVma>,
-    dma: Vec<(u64, u64)>,
 }
 
 impl RProc {
@@ -189,6 +188,8 @@ struct Prediction {
 /// The reference state of one scenario run.
 pub struct Reference {
     procs: BTreeMap<String, RProc>,
+    /// The DMA ranges (iova, size) of the type1 container every process shares.
+    dma: Vec<(u64, u64)>,
     devs: HashMap<String, RDev>,
     maps: HashMap<String, RMap>,
     mincore_walks: bool,
@@ -222,6 +223,7 @@ impl Reference {
         procs.insert(MAIN.to_string(), RProc::default());
         Reference {
             procs,
+            dma: Vec::new(),
             devs,
             maps: HashMap::new(),
             mincore_walks,
@@ -287,12 +289,12 @@ impl Reference {
             return Err(format!("{label}: the model reports a kernel crash in {k}"));
         }
         let actor = step.process().unwrap_or(MAIN).to_string();
-        if let (Some(entries), Some(p)) = (rep.iommu_entries, self.procs.get(&actor)) {
+        if let Some(entries) = rep.iommu_entries {
             let got = entries.pud * 262_144 + entries.pmd * 512 + entries.pte;
-            let want: u64 = p.dma.iter().map(|(_, l)| l / PAGE).sum();
+            let want: u64 = self.dma.iter().map(|(_, l)| l / PAGE).sum();
             if got != want {
                 return Err(format!(
-                    "{label}: IOMMU maps {got} pages in {actor}'s container, reference {want}"
+                    "{label}: the IOMMU maps {got} pages, reference {want}"
                 ));
             }
         }
@@ -462,7 +464,7 @@ impl Reference {
                 let end = page_align(len).and_then(|l| addr.checked_add(l));
                 let task_size = self.task_size;
                 p.errno = Some(match end {
-                    _ if addr % PAGE != 0 || len == 0 => Some("EINVAL"),
+                    _ if !addr.is_multiple_of(PAGE) || len == 0 => Some("EINVAL"),
                     None => Some("EINVAL"),
                     // __do_munmap: start > TASK_SIZE || len > TASK_SIZE - start
                     Some(e) if e > task_size => Some("EINVAL"),
@@ -489,7 +491,7 @@ impl Reference {
                 };
                 let end = page_align(len).and_then(|l| addr.checked_add(l));
                 p.errno = Some(match end {
-                    _ if addr % PAGE != 0 => Some("EINVAL"),
+                    _ if !addr.is_multiple_of(PAGE) => Some("EINVAL"),
                     None => Some("EINVAL"),
                     Some(e) if e == addr => None,
                     Some(end) => {
@@ -536,7 +538,6 @@ impl Reference {
                         .into_iter()
                         .filter(|(_, v)| !v.flags.dontcopy)
                         .collect(),
-                    dma: Vec::new(),
                 };
                 self.procs.insert(f.child.clone(), child);
                 for m in self.maps.values_mut() {
@@ -586,17 +587,17 @@ impl Reference {
                 let len = d.len.resolve(maplen.saturating_sub(d.offset));
                 let vaddr = va.wrapping_add(d.offset);
                 let devs = &self.devs;
-                let Some(pr) = self.procs.get_mut(&proc) else {
+                let Some(pr) = self.procs.get(&proc) else {
                     return Ok(p);
                 };
-                p.errno = Some(dma_map(pr, devs, vaddr, d.iova, len));
+                p.errno = Some(dma_map(pr, &mut self.dma, devs, vaddr, d.iova, len));
             }
             Step::DmaUnmap(u) => {
-                let proc = u.process.as_deref().unwrap_or(MAIN).to_string();
-                let Some(pr) = self.procs.get_mut(&proc) else {
+                let proc = u.process.as_deref().unwrap_or(MAIN);
+                if !self.procs.contains_key(proc) {
                     return Ok(p);
-                };
-                p.errno = Some(dma_unmap(pr, u.iova, u.len));
+                }
+                p.errno = Some(dma_unmap(&mut self.dma, u.iova, u.len));
             }
             Step::ReadProc(ReadProcStep { map, .. }) => {
                 // nothing changes; pagemap of a failed mmap is the runner's business
@@ -619,7 +620,7 @@ impl Reference {
                 let end = page_align(len).and_then(|l| addr.checked_add(l));
                 let task_size = self.task_size;
                 p.errno = Some(match end {
-                    _ if addr % PAGE != 0 => Some("EINVAL"),
+                    _ if !addr.is_multiple_of(PAGE) => Some("EINVAL"),
                     None => Some("ENOMEM"),
                     // access_ok(start, len): past TASK_SIZE is ENOMEM — except that for a
                     // length of 0 x86's access_ok depends on USER_PTR_MAX: not predicted
@@ -663,7 +664,7 @@ impl Reference {
         let phys = bar_phys + m.offset;
         let ok = m.shared
             && len > 0
-            && m.offset % PAGE == 0
+            && m.offset.is_multiple_of(PAGE)
             && page_align(len)
                 .and_then(|l| m.offset.checked_add(l))
                 .is_some_and(|e| e <= page_align(bar_size).unwrap_or(0));
@@ -682,7 +683,7 @@ impl Reference {
             (true, Some(va)) => {
                 p.errno = Some(None);
                 let placed = match m.va {
-                    VaPlacement::Kernel => va % PAGE == 0,
+                    VaPlacement::Kernel => va.is_multiple_of(PAGE),
                     VaPlacement::Align { size, skew } => va.wrapping_sub(skew) % size == 0,
                     VaPlacement::Congruent { size } => va % size == phys % size,
                     VaPlacement::Fixed(a) => va == a,
@@ -863,7 +864,7 @@ fn show_vmas(v: &[(u64, u64, bool, bool)]) -> String {
 
 /// `madvise(addr, len, advice)` on a process whose VMAs are all vfio BAR mappings.
 fn madvise(pr: &mut RProc, addr: u64, len_in: u64, advice: Advice) -> Option<&'static str> {
-    if addr % PAGE != 0 {
+    if !addr.is_multiple_of(PAGE) {
         return Some("EINVAL");
     }
     let Some(len) = page_align(len_in) else {
@@ -946,19 +947,20 @@ fn madvise(pr: &mut RProc, addr: u64, len_in: u64, advice: Advice) -> Option<&'s
 }
 
 fn dma_map(
-    pr: &mut RProc,
+    pr: &RProc,
+    dma: &mut Vec<(u64, u64)>,
     devs: &HashMap<String, RDev>,
     vaddr: u64,
     iova: u64,
     size: u64,
 ) -> Option<&'static str> {
-    if size == 0 || (size | iova | vaddr) % PAGE != 0 {
+    if size == 0 || !(size | iova | vaddr).is_multiple_of(PAGE) {
         return Some("EINVAL");
     }
     let (Some(iend), Some(_)) = (iova.checked_add(size - 1), vaddr.checked_add(size - 1)) else {
         return Some("EINVAL");
     };
-    if pr.dma.iter().any(|&(i, l)| i <= iend && iova < i + l) {
+    if dma.iter().any(|&(i, l)| i <= iend && iova < i + l) {
         return Some("EEXIST");
     }
     if iova <= MSI.1 && MSI.0 <= iend {
@@ -977,24 +979,24 @@ fn dma_map(
             _ => return Some("EFAULT"),
         }
     }
-    pr.dma.push((iova, size));
+    dma.push((iova, size));
     None
 }
 
-fn dma_unmap(pr: &mut RProc, iova: u64, size: u64) -> Option<&'static str> {
-    if size == 0 || (iova | size) % PAGE != 0 {
+fn dma_unmap(dma: &mut Vec<(u64, u64)>, iova: u64, size: u64) -> Option<&'static str> {
+    if size == 0 || !(iova | size).is_multiple_of(PAGE) {
         return Some("EINVAL");
     }
     let Some(end) = iova.checked_add(size - 1) else {
         return Some("EINVAL");
     };
-    let covers = |x: u64| pr.dma.iter().find(|&&(i, l)| i <= x && x < i + l).copied();
+    let covers = |x: u64| dma.iter().find(|&&(i, l)| i <= x && x < i + l).copied();
     if covers(iova).is_some_and(|(i, _)| i != iova) {
         return Some("EINVAL");
     }
     if covers(end).is_some_and(|(i, l)| i + l != end + 1) {
         return Some("EINVAL");
     }
-    pr.dma.retain(|&(i, l)| !(iova <= i && i + l - 1 <= end));
+    dma.retain(|&(i, l)| !(iova <= i && i + l - 1 <= end));
     None
 }

@@ -3,9 +3,11 @@
 //! the report (`dma_lookups`, `iommu_entries`, `ept_violations`, `ept_leaves`,
 //! `mmu_invalidations`).
 //!
-//! Each process gets, on first use, one type1 container with one IOMMU domain (a VT-d unit
-//! with 2 MiB and 1 GiB superpages, [`CapReg::SERVER`]) and one VM (EPT with 1 GiB pages),
-//! both over the process's address space — what a VMM such as QEMU holds.
+//! The run has one type1 container with one IOMMU domain (a VT-d unit with 2 MiB and 1 GiB
+//! superpages, [`CapReg::SERVER`]), set up on first use by the first process and shared by
+//! its forked children, as on the kernel (the child inherits the container's file; a DMA map
+//! it issues looks its `vaddr` up in its own address space). Each process gets, on first use,
+//! one VM (EPT with 1 GiB pages) over its address space — what a VMM such as QEMU holds.
 
 use std::collections::HashMap;
 
@@ -20,13 +22,14 @@ use super::{MAIN, ModelRun};
 /// A process's consumers.
 #[derive(Default)]
 pub(super) struct ProcessConsumers {
-    container: Option<VfioIommu>,
+    /// `vaddr_get_pfns` lookups of the DMA maps this process issued.
+    dma_lookups: u64,
     vm: Option<Vm>,
 }
 
-/// Every process's consumers, by process name.
+/// Every process's consumers, by process name, and the shared type1 container.
 #[derive(Default)]
-pub(super) struct Consumers(HashMap<String, ProcessConsumers>);
+pub(super) struct Consumers(HashMap<String, ProcessConsumers>, Option<VfioIommu>);
 
 /// Cumulative consumer counters of one process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,7 +54,7 @@ impl ProcessConsumers {
             (s.ept_violations, s.invalidations)
         });
         ConsumerCounts {
-            dma_lookups: self.container.as_ref().map_or(0, |c| c.totals().lookups),
+            dma_lookups: self.dma_lookups,
             ept_violations,
             mmu_invalidations,
         }
@@ -83,10 +86,10 @@ impl ModelRun {
                     // The mmap failed: the address is not mapped.
                     return (Some("EFAULT".into()), 0);
                 };
-                let container = match &entry.container {
+                let container = match &mut self.consumers.1 {
                     Some(c) => c,
-                    None => match VfioIommu::new(mm, CapReg::SERVER) {
-                        Ok(c) => entry.container.insert(c),
+                    slot @ None => match VfioIommu::new(self.mm.clone(), CapReg::SERVER) {
+                        Ok(c) => slot.insert(c),
                         Err(e) => return (Some(e.errno_name().into()), 0),
                     },
                 };
@@ -96,14 +99,19 @@ impl ModelRun {
                     DmaMode::PerPage => PfnLookup::PerPage,
                 };
                 let req = DmaMapRequest::rw(va.wrapping_add(d.offset), d.iova, len, lookup);
-                let (_, r) = container.map_dma(req);
+                let (st, r) = container.map_dma_as(&mm, req);
+                self.consumers
+                    .0
+                    .entry(proc.clone())
+                    .or_default()
+                    .dma_lookups += st.counters.lookups;
                 (r.err().map(|e| e.errno_name().to_string()), 0)
             }
             Step::DmaUnmap(u) => {
-                let container = match &entry.container {
+                let container = match &mut self.consumers.1 {
                     Some(c) => c,
-                    None => match VfioIommu::new(mm, CapReg::SERVER) {
-                        Ok(c) => entry.container.insert(c),
+                    slot @ None => match VfioIommu::new(self.mm.clone(), CapReg::SERVER) {
+                        Ok(c) => slot.insert(c),
                         Err(e) => return (Some(e.errno_name().into()), 0),
                     },
                 };
@@ -192,8 +200,10 @@ impl ModelRun {
     /// container or VM: the model can see that nothing is mapped).
     pub(super) fn fill_consumer_report(&self, name: &str, rep: &mut StepReport) {
         let pc = self.consumers.0.get(name);
-        let iommu = pc
-            .and_then(|p| p.container.as_ref())
+        let iommu = self
+            .consumers
+            .1
+            .as_ref()
             .map(VfioIommu::iommu_entries)
             .unwrap_or_default();
         let ept = pc
