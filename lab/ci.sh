@@ -13,7 +13,8 @@
 # Exit status: 0 = no difference (or "LAB SKIPPED: <reason>" when QEMU or the kernel cannot be
 # had on this machine); non-zero = a difference between model and kernel, an unexpected kernel
 # crash, a probe failure, a build failure, or the lab exceeding its time budget.
-# The Markdown report goes to out/lab/compare.md.
+# The Markdown report goes to out/lab/compare.md. Then `hugepfn lab fuzz --seed 1 --count 50`
+# on 6.12.95 and 7.3.4 ($HUGEPFN_LAB_FUZZ_KERNELS): random cases, model vs kernel.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -71,5 +72,17 @@ rc=$?
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "LAB FAILED: the comparison took longer than ${BUDGET} s"
 fi
+
+# Differential fuzzing against the kernel: a fixed seed, 50 random lab-shaped cases per Debian
+# kernel (docs/testing.md); a difference is shrunk on the kernel and written to out/lab/found/.
+FUZZ_BUDGET=${HUGEPFN_LAB_FUZZ_BUDGET:-300}
+FUZZ_KERNELS=${HUGEPFN_LAB_FUZZ_KERNELS:-6.12.95,7.3.4}
+timeout --kill-after=20 "$FUZZ_BUDGET" "$HP" lab fuzz "${COMMON[@]}" --jobs 2 --seed 1 --count 50 \
+    --kernels "$FUZZ_KERNELS" --known-crashes lab/known-crashes.txt --out out/lab/found
+frc=$?
+if [ "$frc" -eq 124 ] || [ "$frc" -eq 137 ]; then
+    echo "LAB FAILED: lab fuzz took longer than ${FUZZ_BUDGET} s"
+fi
+[ "$rc" -eq 0 ] && rc=$frc
 echo "lab: ci.sh finished in $(( $(date +%s) - T0 )) s (exit $rc)"
 exit "$rc"

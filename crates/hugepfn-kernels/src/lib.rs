@@ -217,6 +217,8 @@ pub enum Change {
     /// `mincore` walks VM_PFNMAP VMAs (`walk_page_range_vma` and a `pud_entry`) and reports
     /// their mapped pages resident, where 6.12 skipped them as holes (0).
     MincoreWalksPfnmap,
+    /// d23cb648e365: an MREMAP_FIXED move that keeps the length moves every VMA of the range.
+    MremapMovesMultipleVmas,
     /// The RFC's huge `remap_pfn_range` (PUD/PMD leaves where alignment allows): in no Linux
     /// release (Yin Tirui's PMD-only RFC of 2025 was not merged); the corrected design has it.
     HugeRemapPfnRange,
@@ -345,6 +347,18 @@ pub const CHANGES: &[ChangeInfo] = &[
         effect: "mincore on a BAR mapping: 6.12 skips the VM_PFNMAP VMA (walk_page_test) and reports every page not resident; 7.3 walks it and reports 1 for each mapped page, at any leaf size (a PUD leaf through mincore_pud_entry, which stops the walk there: no split)",
         source: "mm/mincore.c do_mincore, mincore_walk_ops (7.3.4: .pud_entry = mincore_pud_entry, walk_page_range_vma; 6.12.117: walk_page_range). The commit was not identified; 7.3 is the first release read, not necessarily the first that has it",
         lab: "lab-proc-pud, lab-proc-pmd, lab-proc-pte (`resident`)",
+    },
+    ChangeInfo {
+        change: Change::MremapMovesMultipleVmas,
+        key: "mremap_moves_multiple_vmas",
+        commit: "d23cb648e365",
+        subject: "mm/mremap: permit mremap() move of multiple VMAs",
+        mainline: Version::new(6, 17, 0),
+        stable: &[],
+        fix: false,
+        effect: "mremap(MREMAP_MAYMOVE|MREMAP_FIXED) with the same length over a BAR mapping that mprotect or madvise split into several VMAs: 6.12 refuses it (EFAULT, vma_to_resize: the old range is not inside one VMA); 7.3 moves every VMA, gaps kept (vfio's device file has no get_unmapped_area, so vma_multi_allowed)",
+        source: "mm/mremap.c remap_move, vrm_move_only, vma_multi_allowed (7.3.4); vma_to_resize (6.12.117). Found by `hugepfn lab fuzz`",
+        lab: "lab-mremap-moves-split-vmas",
     },
     ChangeInfo {
         change: Change::HugeRemapPfnRange,
@@ -586,6 +600,11 @@ impl Behaviour {
         self.has(Change::MincoreWalksPfnmap)
     }
 
+    /// Whether an MREMAP_FIXED move of the same length may span several VMAs (6.17+).
+    pub fn mremap_moves_multiple_vmas(self) -> bool {
+        self.has(Change::MremapMovesMultipleVmas)
+    }
+
     /// Whether `remap_pfn_range` may install PUD/PMD leaves (the RFC's design).
     pub fn huge_remap_pfn_range(self) -> bool {
         self.has(Change::HugeRemapPfnRange)
@@ -712,6 +731,7 @@ mod tests {
             Change::HugeRemapPfnRange,
             Change::NoThpAlignForFileMappings,
             Change::MincoreWalksPfnmap,
+            Change::MremapMovesMultipleVmas,
         ] {
             assert_eq!(CHANGES.iter().filter(|i| i.change == c).count(), 1);
         }

@@ -51,6 +51,9 @@ pub struct MmConfig {
     /// `mincore` walks VM_PFNMAP VMAs (7.3: `walk_page_range_vma` with `mincore_pud_entry`)
     /// instead of skipping them as holes (6.12, the corrected design).
     pub mincore_walks_pfnmap: bool,
+    /// An MREMAP_FIXED move that keeps the length may span several VMAs (6.17+,
+    /// d23cb648e365: `remap_move`); 6.12 and the corrected design refuse it with EFAULT.
+    pub mremap_moves_multiple_vmas: bool,
     /// Largest leaf `remap_pfn_range` installs (the RFC: PUD).
     pub remap_cap: LeafCap,
     /// Top of the mmap area (`mm->mmap_base`); default: 128 MiB below the end of user space.
@@ -69,6 +72,7 @@ impl Default for MmConfig {
             thp_bypass_pfnmap: false,
             thp_align_file_mappings: true,
             mincore_walks_pfnmap: false,
+            mremap_moves_multiple_vmas: false,
             remap_cap: LeafCap::Pud,
             mmap_base: None,
             fault_path: FaultPath::HugeFault,

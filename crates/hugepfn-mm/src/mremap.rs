@@ -6,6 +6,9 @@
 //! `move_page_tables`: a huge leaf moves whole when the new address keeps its alignment,
 //! otherwise it is split — which for a pfnmap means zapped, to be refaulted (fault-backed) — or,
 //! for remap-populated VMAs that nothing would refill, split in place and moved in pieces.
+//! From Linux 6.17 (d23cb648e365, [`crate::MmConfig::mremap_moves_multiple_vmas`]) an
+//! MREMAP_FIXED move that keeps the length moves every VMA in the old range (`remap_move`);
+//! 6.12 refuses a range over more than one VMA with EFAULT.
 
 use crate::error::{Errno, MmError};
 use crate::mm::Mm;
@@ -98,6 +101,9 @@ impl Mm {
                 if old_addr.saturating_add(old_len) > d && old_addr < dend {
                     return Err(einval("old and new ranges overlap".into()));
                 }
+                if self.cfg.mremap_moves_multiple_vmas && old_len == new_len {
+                    return self.remap_move(old_addr, old_len, d);
+                }
                 self.munmap(d, new_len)?;
                 if old_len > new_len {
                     self.munmap(old_addr + new_len, old_len - new_len)?;
@@ -125,9 +131,24 @@ impl Mm {
             }
         };
         let move_len = old_len.min(new_len);
+        let (moved, zapped) = self.move_piece(old_addr, move_len, dst)?;
+        Ok(MremapStats {
+            addr: dst,
+            moved,
+            zapped,
+        })
+    }
+
+    /// `move_vma` of `[old_addr, old_addr + len)`, inside one VMA, to `dst` (already free).
+    fn move_piece(
+        &self,
+        old_addr: u64,
+        len: u64,
+        dst: u64,
+    ) -> Result<(LeafCounts, LeafCounts), MmError> {
         let mut tree = self.mmap_write();
         self.split_vma_at(&mut tree, old_addr)?;
-        self.split_vma_at(&mut tree, old_addr + move_len)?;
+        self.split_vma_at(&mut tree, old_addr + len)?;
         let piece = self
             .unlink(&mut tree, old_addr)
             .ok_or_else(|| refused(Errno::EFAULT, "VMA vanished".into()))?;
@@ -136,19 +157,47 @@ impl Mm {
         } else {
             PartialHuge::Split
         };
-        let (moved, zapped) = self.pt.move_page_tables(old_addr, dst, move_len, policy)?;
+        let (moved, zapped) = self.pt.move_page_tables(old_addr, dst, len, policy)?;
         let mut newv = piece.clone();
         newv.start = dst;
-        newv.end = dst + move_len;
+        newv.end = dst + len;
         self.link(&mut tree, newv);
         let floor = tree.floor(old_addr);
-        let ceiling = tree.ceiling(old_addr + move_len);
-        self.pt
-            .free_pgtables(old_addr, old_addr + move_len, floor, ceiling);
-        Ok(MremapStats {
+        let ceiling = tree.ceiling(old_addr + len);
+        self.pt.free_pgtables(old_addr, old_addr + len, floor, ceiling);
+        Ok((moved, zapped))
+    }
+
+    /// `remap_move` (d23cb648e365, Linux 6.17): an MREMAP_FIXED move that keeps the length
+    /// moves every VMA of the old range, each to the same offset from `dst` (gaps between them
+    /// kept), each target unmapped first (`mremap_to` per VMA); a gap at the start is EFAULT.
+    fn remap_move(&self, old_addr: u64, len: u64, dst: u64) -> Result<MremapStats, MmError> {
+        let end = old_addr + len;
+        let pieces: Vec<(u64, u64)> = {
+            let tree = self.mmap_read();
+            tree.vmas()
+                .overlapping(old_addr, end)
+                .map(|v| (v.start.max(old_addr), v.end.min(end)))
+                .collect()
+        };
+        if pieces.first().is_none_or(|&(a, _)| a > old_addr) {
+            return Err(refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")));
+        }
+        let mut st = MremapStats {
             addr: dst,
-            moved,
-            zapped,
-        })
+            ..MremapStats::default()
+        };
+        for (a, b) in pieces {
+            let target = dst + (a - old_addr);
+            self.munmap(target, b - a)?;
+            let (m, z) = self.move_piece(a, b - a, target)?;
+            st.moved.pud += m.pud;
+            st.moved.pmd += m.pmd;
+            st.moved.pte += m.pte;
+            st.zapped.pud += z.pud;
+            st.zapped.pmd += z.pmd;
+            st.zapped.pte += z.pte;
+        }
+        Ok(st)
     }
 }

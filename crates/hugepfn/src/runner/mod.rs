@@ -555,6 +555,7 @@ pub fn mm_config(b: Behaviour, base: MmConfig) -> MmConfig {
     MmConfig {
         thp_align_file_mappings: aligned_base,
         mincore_walks_pfnmap: b.mincore_walks_pfnmap(),
+        mremap_moves_multiple_vmas: b.mremap_moves_multiple_vmas(),
         mmap_base: match base.mmap_base {
             None if !aligned_base => Some(base.mode.task_size() - (128 << 20) - 4096),
             other => other,
