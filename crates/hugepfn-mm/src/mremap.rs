@@ -164,7 +164,8 @@ impl Mm {
         self.link(&mut tree, newv);
         let floor = tree.floor(old_addr);
         let ceiling = tree.ceiling(old_addr + len);
-        self.pt.free_pgtables(old_addr, old_addr + len, floor, ceiling);
+        self.pt
+            .free_pgtables(old_addr, old_addr + len, floor, ceiling);
         Ok((moved, zapped))
     }
 

@@ -9,7 +9,7 @@
 //! unaligned and out-of-range values, so error paths are exercised too.
 //!
 //! [`GenConfig::lab`] restricts the shapes to what the lab can run quickly: one `ivshmem`
-//! device with a 2 GiB BAR2 (the lab's), at most 1024 strides per touch, ranges inside the mapping (the probe acts on nothing
+//! device with a 2 GiB BAR2 (the lab's), at most 256 strides per touch, ranges inside the mapping (the probe acts on nothing
 //! else), no reset or power steps (ivshmem has neither).
 
 use std::fmt::Write as _;
@@ -322,14 +322,14 @@ impl Gen<'_> {
                 } else {
                     self.offset(mlen)
                 };
-                // at most 1024 strides, now and then (1 %, not in the lab) 2^18: a whole GiB at
+                // at most 256 strides, now and then (0.5 %, not in the lab) 2^18: a whole GiB at
                 // 4 KiB, which is where the time goes
                 let cap = if self.cfg.lab {
-                    1024
-                } else if self.r.chance(1) {
+                    256
+                } else if self.r.below(200) == 0 {
                     1 << 18
                 } else {
-                    1024
+                    256
                 };
                 let mut len = self
                     .length(mlen.saturating_sub(off))
@@ -452,14 +452,25 @@ impl Gen<'_> {
                 }
             }
             75..=83 => {
-                // mostly up to 64 MiB: a whole 4 GiB BAR at 4 KiB is a million lookups
-                let dlen = if self.r.chance(95) {
-                    mlen.min(64 << 20)
+                // mostly up to 4 MiB (a whole 4 GiB BAR at 4 KiB is a million lookups), one in
+                // ten up to a GiB
+                let dlen = if self.r.chance(90) {
+                    mlen.min(4 << 20)
                 } else {
-                    mlen
+                    mlen.min(1 << 30)
                 };
                 self.range_fields(dlen, &mut f);
-                if dlen < mlen && !f.iter().any(|(k, _)| *k == "len") {
+                // the length too (`length` also picks fixed sizes like 1 GiB)
+                let mut has_len = false;
+                for (k, v) in f.iter_mut() {
+                    if *k == "len" {
+                        has_len = true;
+                        if v.parse::<u64>().is_ok_and(|l| l > dlen) {
+                            *v = format!("{dlen}");
+                        }
+                    }
+                }
+                if dlen < mlen && !has_len {
                     f.push(("len", format!("{dlen}")));
                 }
                 let iova = match self.r.below(4) {

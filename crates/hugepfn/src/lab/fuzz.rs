@@ -2,7 +2,7 @@
 //! with the model running as that kernel.
 //!
 //! Cases come from [`crate::fuzz::generate`] in lab mode (the lab's `ivshmem` device with its
-//! 2 GiB BAR2, at most 1024 strides per touch, ranges inside the mapping, no reset or power steps), all of one
+//! 2 GiB BAR2, at most 256 strides per touch, ranges inside the mapping, no reset or power steps), all of one
 //! kernel's cases in as few boots as crashes allow. Where the model predicts that the kernel
 //! oopses (a known crashing bug of that version), the case is cut before that step: each
 //! crash would cost a boot, and the crash is on record already. A case that differs (or fails)
