@@ -93,6 +93,8 @@ impl Mm {
             if flags != v.flags {
                 st.splits += u64::from(self.split_vma_at(&mut tree, cursor)?);
                 st.splits += u64::from(self.split_vma_at(&mut tree, piece_end)?);
+                self.split_straddling(&tree, cursor)?;
+                self.split_straddling(&tree, piece_end)?;
                 if let Some(v) = tree.vmas.get_mut(&cursor) {
                     let newprot: Pgprot = vm_get_page_prot(flags).with_cache(v.page_prot.cache);
                     v.flags = flags;

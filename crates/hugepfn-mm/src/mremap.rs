@@ -149,6 +149,8 @@ impl Mm {
         let mut tree = self.mmap_write();
         self.split_vma_at(&mut tree, old_addr)?;
         self.split_vma_at(&mut tree, old_addr + len)?;
+        self.split_straddling(&tree, old_addr)?;
+        self.split_straddling(&tree, old_addr + len)?;
         let piece = self
             .unlink(&mut tree, old_addr)
             .ok_or_else(|| refused(Errno::EFAULT, "VMA vanished".into()))?;

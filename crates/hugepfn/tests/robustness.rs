@@ -103,7 +103,12 @@ fn thousands_of_mutated_scenarios_never_panic_and_finish_quickly() {
     let mut r = Rng::new(17);
     let t0 = Instant::now();
     let (mut parsed, mut ran) = (0, 0);
-    for n in 0..3000 {
+    // HUGEPFN_MUTANTS=100000 for a long run
+    let count: u64 = std::env::var("HUGEPFN_MUTANTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    for n in 0..count {
         let base = &corpus[r.below(corpus.len() as u64) as usize];
         let mut text = base.clone();
         for _ in 0..1 + r.below(3) {
@@ -134,10 +139,13 @@ fn thousands_of_mutated_scenarios_never_panic_and_finish_quickly() {
         }
         ran += 1;
     }
-    assert!(parsed > 300, "only {parsed} of 3000 mutants parsed");
+    assert!(
+        parsed > count / 10,
+        "only {parsed} of {count} mutants parsed"
+    );
     assert!(ran > 200, "only {ran} ran");
     eprintln!(
-        "3000 mutants: {parsed} parsed, {ran} ran, {:.1} s",
+        "{count} mutants: {parsed} parsed, {ran} ran, {:.1} s",
         t0.elapsed().as_secs_f64()
     );
 }

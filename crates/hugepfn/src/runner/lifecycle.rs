@@ -54,7 +54,7 @@ impl ModelRun {
                     return Some("EINVAL".into());
                 };
                 let len = p.len.resolve(maplen.saturating_sub(p.offset));
-                mm.mprotect(va + p.offset, len, prot(p.prot))
+                mm.mprotect(va.wrapping_add(p.offset), len, prot(p.prot))
                     .err()
                     .and_then(errno)
             }
@@ -68,7 +68,7 @@ impl ModelRun {
                     return Some("EINVAL".into());
                 };
                 let len = a.len.resolve(maplen.saturating_sub(a.offset));
-                mm.madvise(va + a.offset, len, advice(a.advice))
+                mm.madvise(va.wrapping_add(a.offset), len, advice(a.advice))
                     .err()
                     .and_then(errno)
             }

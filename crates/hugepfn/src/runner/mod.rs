@@ -285,7 +285,7 @@ impl ModelRun {
                         .map(MmapAddr::Fixed),
                     VaPlacement::Congruent { size } => self
                         .mm
-                        .find_aligned_area(len, size, (bar_phys + m.offset) % size)
+                        .find_aligned_area(len, size, bar_phys.wrapping_add(m.offset) % size)
                         .map(MmapAddr::Fixed),
                     VaPlacement::Fixed(a) => Ok(MmapAddr::Fixed(a)),
                 };
@@ -296,7 +296,7 @@ impl ModelRun {
                         len,
                         prot: Prot::RW,
                         shared: m.shared,
-                        offset: region_offset(m.bar) + m.offset,
+                        offset: region_offset(m.bar).wrapping_add(m.offset),
                         file: Some(&file),
                     })
                 });
@@ -317,7 +317,7 @@ impl ModelRun {
                         va,
                         va_in: HashMap::new(),
                         len,
-                        phys: bar_phys + m.offset,
+                        phys: bar_phys.wrapping_add(m.offset),
                     },
                 );
                 (errno, 0)
@@ -334,8 +334,11 @@ impl ModelRun {
                 };
                 let n = len.div_ceil(t.stride);
                 let write = t.access == Access::Write;
-                let r =
-                    mm.access_range(va + t.offset, n, t.stride, write, t.order == Order::Reverse);
+                // (an offset past the end of the address space: every stride is unmapped)
+                let Some(start) = va.checked_add(t.offset) else {
+                    return (None, n);
+                };
+                let r = mm.access_range(start, n, t.stride, write, t.order == Order::Reverse);
                 (None, r.no_vma)
             }
             Step::Munmap(u) => {
@@ -347,7 +350,7 @@ impl ModelRun {
                     return (Some("EINVAL".into()), 0);
                 };
                 let len = u.len.resolve(maplen.saturating_sub(u.offset));
-                match mm.munmap(va + u.offset, len) {
+                match mm.munmap(va.wrapping_add(u.offset), len) {
                     Ok(_) => (None, 0),
                     Err(e) => (Some(e.errno().name().to_string()), 0),
                 }

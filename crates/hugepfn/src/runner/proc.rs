@@ -5,6 +5,10 @@ use hugepfn_scenario::{ProcFileSpec, Step};
 
 use super::ModelRun;
 
+/// The real-kernel probe's buffer for /proc reads and mincore vectors (8 MiB): a larger
+/// request is E2BIG there, and here.
+const PROC_BUF: u64 = 8 << 20;
+
 fn file(f: ProcFileSpec) -> ProcFile {
     match f {
         ProcFileSpec::Smaps => ProcFile::Smaps,
@@ -35,6 +39,10 @@ impl ModelRun {
                         let va = m
                             .va(r.process.as_deref().unwrap_or(super::MAIN))
                             .unwrap_or(0);
+                        // the probe reads at most PROC_BUF (8 MiB) of entries: 1 Mi pages
+                        if len.div_ceil(4096).saturating_mul(8) > PROC_BUF {
+                            return Some("E2BIG".into());
+                        }
                         let start = va.saturating_add(r.offset);
                         Some((start, start.saturating_add(len)))
                     }
@@ -52,7 +60,12 @@ impl ModelRun {
                     return Some("ENOMEM".into());
                 };
                 let len = c.len.resolve(maplen.saturating_sub(c.offset));
-                match mm.mincore(va + c.offset, len) {
+                // the probe's vector holds PROC_BUF (8 Mi) pages (issue 17: a 16 TiB range
+                // wanted a 4 GiB vector)
+                if len.div_ceil(4096) > PROC_BUF {
+                    return Some("E2BIG".into());
+                }
+                match mm.mincore(va.wrapping_add(c.offset), len) {
                     Ok((vec, _)) => {
                         self.last_resident = vec.iter().filter(|b| **b & 1 == 1).count() as u64;
                         None
