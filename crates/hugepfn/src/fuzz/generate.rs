@@ -86,6 +86,8 @@ struct Gen<'a> {
     dmas: Vec<(u64, u64)>,
     /// The mapping the step being generated acts on.
     cur: usize,
+    /// Guest-physical bases of the memslots made so far.
+    slot_gpas: Vec<u64>,
     out: String,
 }
 
@@ -100,6 +102,7 @@ pub fn generate(seed: u64, cfg: GenConfig) -> String {
         children: Vec::new(),
         dmas: Vec::new(),
         cur: 0,
+        slot_gpas: Vec::new(),
         out: String::new(),
     };
     g.scenario(seed);
@@ -513,6 +516,47 @@ impl Gen<'_> {
                 self.range_fields(mlen, &mut f);
                 self.process(&mut f);
                 self.block("mincore", &f);
+            }
+            // KVM: model only (the lab's TCG guest has no /dev/kvm)
+            97 | 98 if !self.cfg.lab => {
+                let slot = self.r.below(3);
+                let gpa = *self.r.pick(&[0, G1, 4 * G1, M2, K4, G1 + M2]);
+                f.push(("slot", slot.to_string()));
+                f.push(("gpa", size(gpa)));
+                self.slot_gpas.push(gpa);
+                if self.r.chance(15) {
+                    f.push(("len", "0".into()));
+                } else {
+                    self.range_fields(mlen.min(G1), &mut f);
+                    if !f.iter().any(|(k, _)| *k == "len") {
+                        f.push(("len", format!("{}", mlen.min(G1))));
+                    }
+                }
+                if self.r.chance(20) {
+                    let fl = *self.r.pick(&["readonly", "log_dirty_pages"]);
+                    f.push(("flags", format!("[\"{fl}\"]")));
+                }
+                self.process(&mut f);
+                self.block("kvm_memslot", &f);
+            }
+            99 if !self.cfg.lab => {
+                let gpa = if !self.slot_gpas.is_empty() && self.r.chance(75) {
+                    *self.r.pick(&self.slot_gpas) + K4 * self.r.below(3)
+                } else {
+                    *self.r.pick(&[0, G1, 4 * G1, M2, G1 - K4])
+                };
+                let stride = *self.r.pick(&[K4, M2, G1]);
+                let len = stride * (1 + self.r.below(256));
+                let mut g = vec![
+                    ("gpa", size(gpa)),
+                    ("len", format!("{len}")),
+                    ("stride", format!("{stride}")),
+                ];
+                if self.r.chance(40) {
+                    g.push(("access", "\"read\"".into()));
+                }
+                self.process(&mut g);
+                self.block("guest_touch", &g);
             }
             _ => {
                 if self.maps.len() < 4 {

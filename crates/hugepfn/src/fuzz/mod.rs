@@ -255,4 +255,17 @@ mod tests {
         let e = check_text(text, buggy).expect_err("6.12.95 oopses");
         assert!(e.contains("kernel crash"), "{e}");
     }
+
+    #[test]
+    fn guest_touches_of_unmapped_or_revoked_host_memory_fail_with_efault() {
+        // slot 0 over the first 4 MiB; the second 2 MiB is unmapped on the host; memory off
+        let text = "name = \"k\"\n[[device]]\nname = \"d\"\nbars = [{ index = 0, phys = \"0x100000000000\", size = \"1G\" }]\n\n[[step]]\nop = \"mmap\"\nname = \"m\"\ndevice = \"d\"\nbar = 0\nva = \"align:1G\"\n\n[[step]]\nop = \"kvm_memslot\"\nslot = 0\ngpa = \"1G\"\nmap = \"m\"\nlen = \"4M\"\n\n[[step]]\nop = \"guest_touch\"\ngpa = \"1G\"\nlen = \"4M\"\n\n[[step]]\nop = \"munmap\"\nmap = \"m\"\noffset = \"2M\"\nlen = \"2M\"\n\n[[step]]\nop = \"guest_touch\"\ngpa = \"1G\"\nlen = \"4M\"\n\n[[step]]\nop = \"memory\"\ndevice = \"d\"\nenable = false\n\n[[step]]\nop = \"guest_touch\"\ngpa = \"1G\"\nlen = \"4K\"\n";
+        let st = check_text(text, RunOptions::default()).expect("model and reference agree");
+        assert_eq!(st.errors, 2, "both later touches fail");
+        let sc = hugepfn_scenario::parse_scenario(text, "k").unwrap();
+        let r = crate::runner::run_scenario(&sc, RunOptions::default()).unwrap();
+        let errs: Vec<_> = r.steps.iter().map(|s| s.errno.clone()).collect();
+        assert_eq!(errs[4].as_deref(), Some("EFAULT"));
+        assert_eq!(errs[6].as_deref(), Some("EFAULT"));
+    }
 }

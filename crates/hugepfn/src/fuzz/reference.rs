@@ -60,6 +60,8 @@ struct RVma {
 #[derive(Debug, Clone, Default)]
 struct RProc {
     vmas: BTreeMap<u64, RVma>,
+    /// The process's VM's memslots by id: (base gfn, pages, hva, read-only).
+    slots: BTreeMap<u32, (u64, u64, u64, bool)>,
 }
 
 impl RProc {
@@ -538,6 +540,8 @@ impl Reference {
                         .into_iter()
                         .filter(|(_, v)| !v.flags.dontcopy)
                         .collect(),
+                    // a VM is a file of the parent's; the runner gives each process its own
+                    slots: BTreeMap::new(),
                 };
                 self.procs.insert(f.child.clone(), child);
                 for m in self.maps.values_mut() {
@@ -642,8 +646,31 @@ impl Reference {
                     }
                 });
             }
-            Step::Expect(_) => {}
-            Step::KvmMemslot(_) | Step::GuestTouch(_) | Step::Access(_) => {}
+            Step::Expect(_) | Step::Access(_) => {}
+            Step::KvmMemslot(k) => {
+                let proc = k.process.as_deref().unwrap_or(MAIN).to_string();
+                let Some(m) = self.maps.get(&k.map) else {
+                    return Ok(p);
+                };
+                let size = k.len.resolve(m.len.saturating_sub(k.offset));
+                let hva = match (m.va(&proc), size) {
+                    (_, 0) | (None, _) => 0,
+                    (Some(va), _) => va.wrapping_add(k.offset),
+                };
+                let readonly = k.flags.contains(&hugepfn_scenario::MemslotFlag::Readonly);
+                let task_size = self.task_size;
+                let Some(pr) = self.procs.get_mut(&proc) else {
+                    return Ok(p);
+                };
+                p.errno = Some(memslot(pr, k.slot, k.gpa, size, hva, readonly, task_size));
+            }
+            Step::GuestTouch(g) => {
+                let proc = g.process.as_deref().unwrap_or(MAIN).to_string();
+                let Some(pr) = self.procs.get(&proc) else {
+                    return Ok(p);
+                };
+                p.errno = Some(guest_touch(pr, &self.devs, g));
+            }
         }
         Ok(p)
     }
@@ -998,5 +1025,109 @@ fn dma_unmap(dma: &mut Vec<(u64, u64)>, iova: u64, size: u64) -> Option<&'static
         return Some("EINVAL");
     }
     dma.retain(|&(i, l)| !(iova <= i && i + l - 1 <= end));
+    None
+}
+
+/// `KVM_SET_USER_MEMORY_REGION` (`__kvm_set_memory_region`, 6.12): create, delete, move or
+/// re-flag slot `id`.
+fn memslot(
+    pr: &mut RProc,
+    id: u32,
+    gpa: u64,
+    size: u64,
+    hva: u64,
+    readonly: bool,
+    task_size: u64,
+) -> Option<&'static str> {
+    if !size.is_multiple_of(PAGE) || !gpa.is_multiple_of(PAGE) || !hva.is_multiple_of(PAGE) {
+        return Some("EINVAL");
+    }
+    // access_ok(userspace_addr, memory_size); the slot id below KVM_MEM_SLOTS_NUM
+    if hva.checked_add(size).is_none_or(|e| e > task_size) || id >= 32767 {
+        return Some("EINVAL");
+    }
+    if gpa.checked_add(size).is_none() {
+        return Some("EINVAL");
+    }
+    let old = pr.slots.get(&id).copied();
+    if size == 0 {
+        return match old {
+            Some(_) => {
+                pr.slots.remove(&id);
+                None
+            }
+            None => Some("EINVAL"),
+        };
+    }
+    let (base, npages) = (gpa / PAGE, size / PAGE);
+    if let Some((ob, on, oh, oro)) = old {
+        if hva != oh || npages != on || readonly != oro {
+            return Some("EINVAL");
+        }
+        if base == ob {
+            return None; // a flags-only change (dirty logging) or nothing
+        }
+    }
+    let overlap = pr
+        .slots
+        .iter()
+        .any(|(&i, &(b, n, _, _))| i != id && b < base + npages && base < b + n);
+    if overlap {
+        return Some("EEXIST");
+    }
+    pr.slots.insert(id, (base, npages, hva, readonly));
+    None
+}
+
+/// A guest touch, stride by stride until the first error: a gfn in no slot, or a write to a
+/// read-only slot, exits as MMIO; otherwise the host VA must be in a VMA that allows the
+/// access with the device's memory on (`hva_to_pfn_remapped`: `fixup_user_fault`), or the
+/// touch fails with EFAULT.
+fn guest_touch(
+    pr: &RProc,
+    devs: &HashMap<String, RDev>,
+    g: &hugepfn_scenario::GuestTouchStep,
+) -> Option<&'static str> {
+    let write = g.access == Access::Write;
+    let n = g.len.div_ceil(g.stride);
+    let mut i = 0;
+    while i < n {
+        let Some(gpa) = i.checked_mul(g.stride).and_then(|o| g.gpa.checked_add(o)) else {
+            return None;
+        };
+        let gfn = gpa / PAGE;
+        let slot = pr
+            .slots
+            .values()
+            .find(|(b, n, _, _)| *b <= gfn && gfn < b + n);
+        let Some(&(base, npages, hva, ro)) = slot else {
+            // MMIO up to the next slot
+            let next = pr
+                .slots
+                .values()
+                .map(|(b, _, _, _)| b * PAGE)
+                .filter(|&b| b > gpa)
+                .min();
+            match next {
+                Some(b) => i += (b - gpa).div_ceil(g.stride).max(1),
+                None => return None,
+            }
+            continue;
+        };
+        if !(write && ro) {
+            let h = hva + (gfn - base) * PAGE;
+            match pr.find(h) {
+                Some((_, v))
+                    if v.flags.read
+                        && (!write || v.flags.write)
+                        && devs.get(&v.dev).is_some_and(RDev::accessible) => {}
+                _ => return Some("EFAULT"),
+            }
+        }
+        // the rest of this page behaves the same
+        let page_end = (gfn + 1) * PAGE;
+        let _ = npages;
+        i += (page_end - gpa).div_ceil(g.stride).max(1);
+    }
     None
 }
