@@ -1092,15 +1092,14 @@ fn guest_touch(
     let n = g.len.div_ceil(g.stride);
     let mut i = 0;
     while i < n {
-        let Some(gpa) = i.checked_mul(g.stride).and_then(|o| g.gpa.checked_add(o)) else {
-            return None;
-        };
+        // past the end of guest-physical space: nothing more to touch
+        let gpa = i.checked_mul(g.stride).and_then(|o| g.gpa.checked_add(o))?;
         let gfn = gpa / PAGE;
         let slot = pr
             .slots
             .values()
             .find(|(b, n, _, _)| *b <= gfn && gfn < b + n);
-        let Some(&(base, npages, hva, ro)) = slot else {
+        let Some(&(base, _, hva, ro)) = slot else {
             // MMIO up to the next slot
             let next = pr
                 .slots
@@ -1126,7 +1125,6 @@ fn guest_touch(
         }
         // the rest of this page behaves the same
         let page_end = (gfn + 1) * PAGE;
-        let _ = npages;
         i += (page_end - gpa).div_ceil(g.stride).max(1);
     }
     None
