@@ -312,7 +312,20 @@ impl Gen<'_> {
     }
 
     fn step(&mut self) {
-        let m = self.r.below(self.maps.len() as u64) as usize;
+        // In the lab a munmap ends a mapping's life: its holes may hold another mapping there
+        // (kernel placement differs between model and kernel, ASLR), and the probe would act
+        // on that one (found by `hugepfn lab fuzz`: an mprotect of a hole split a PUD leaf of
+        // the mapping the kernel had put there).
+        let live: Vec<usize> = (0..self.maps.len())
+            .filter(|&i| !(self.cfg.lab && self.maps[i].holes))
+            .collect();
+        if live.is_empty() {
+            if self.maps.len() < 6 {
+                self.mmap();
+            }
+            return;
+        }
+        let m = live[self.r.below(live.len() as u64) as usize];
         self.cur = m;
         let (map, mlen) = (self.maps[m].name.clone(), self.maps[m].len);
         let mut f: Vec<(&'static str, String)> = vec![("map", format!("\"{map}\""))];
