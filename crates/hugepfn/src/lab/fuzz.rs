@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use super::compare::{KnownCrashes, Verdict, compare_one, load_known_crashes};
-use super::{LabError, LabKernel, LabOpts, LabScenario, kernel_outcomes};
+use super::{LabError, LabKernel, LabOpts, LabScenario, kernel_outcomes, load_all};
 use crate::fuzz::{GenConfig, case_seed, generate, split_steps};
 use crate::runner::run_scenario;
 
@@ -65,18 +65,6 @@ fn verdicts(
         .collect())
 }
 
-fn load(paths: &[PathBuf]) -> Result<Vec<LabScenario>, LabError> {
-    paths
-        .iter()
-        .map(|p| {
-            Ok(LabScenario {
-                path: p.clone(),
-                sc: hugepfn_scenario::load_scenario(p)?,
-            })
-        })
-        .collect()
-}
-
 /// Shrinks a differing case on the kernel; returns the smallest text that still differs and
 /// its notes.
 fn shrink_on_kernel(
@@ -106,7 +94,7 @@ fn shrink_on_kernel(
             .enumerate()
             .map(|(i, t)| write_case(dir, &format!("shrink-{round}-{i}"), t))
             .collect::<Result<Vec<_>, _>>()?;
-        let v = verdicts(&load(&paths)?, o, known)?;
+        let v = verdicts(&load_all(&paths)?, o, known)?;
         match v
             .into_iter()
             .zip(cands)
@@ -162,7 +150,7 @@ pub(super) fn cmd_fuzz(
             paths.push(write_case(&dir, &format!("case-{cs}"), &text)?);
             texts.push((cs, text));
         }
-        let scen = load(&paths)?;
+        let scen = load_all(&paths)?;
         let v = verdicts(&scen, ko, &known)?;
         let count_of = |w: Verdict| v.iter().filter(|(x, _)| *x == w).count();
         let (same, differ, failed, crash) = (

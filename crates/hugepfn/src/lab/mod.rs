@@ -268,7 +268,7 @@ pub fn expand_files(args: &[PathBuf]) -> Result<Vec<PathBuf>, LabError> {
     Ok(out)
 }
 
-fn load_all(files: &[PathBuf]) -> Result<Vec<LabScenario>, LabError> {
+pub(super) fn load_all(files: &[PathBuf]) -> Result<Vec<LabScenario>, LabError> {
     files
         .iter()
         .map(|p| {
