@@ -923,10 +923,20 @@ impl PageTables {
         n
     }
 
-    /// Moves the leaves of `[old, old + len)` to `[new, new + len)` (`move_page_tables`): a leaf
-    /// moves whole when the new address keeps its alignment (`move_huge_pud`/`move_huge_pmd`);
-    /// otherwise it is zapped (fault-backed VMAs refault it) or split until its pieces can move
-    /// (remap-populated VMAs). Returns (leaves moved, leaves zapped).
+    /// Moves `[old, old + len)` to `[new, new + len)` as `move_page_tables` does, extent by
+    /// extent (`get_extent`: up to the next PUD/PMD boundary of either address):
+    /// - a huge leaf moves whole when the extent is its size (`move_huge_pud`/`move_huge_pmd`);
+    ///   otherwise it is zapped (fault-backed VMAs refault it) or split until its pieces can
+    ///   move (remap-populated VMAs);
+    /// - a table moves whole when the extent is the size its parent entry maps and the
+    ///   destination entry is none (`move_normal_pud`/`move_normal_pmd`, HAVE_MOVE_PUD/PMD);
+    /// - otherwise the destination gets a PMD table wherever the old PMD entry is not none
+    ///   (`alloc_new_pmd`) and a PTE table wherever the old one is a table (`pte_alloc`), even
+    ///   an empty one a zap left behind, and the PTEs move one by one (`move_ptes`). Those
+    ///   tables at the new place keep later faults there from installing PUD or PMD leaves,
+    ///   as on the kernel (measured in the lab: `lab-mremap-after-zap-keeps-tables`).
+    ///
+    /// Returns (leaves moved, leaves zapped).
     pub fn move_page_tables(
         &self,
         old: u64,
@@ -936,55 +946,187 @@ impl PageTables {
     ) -> Result<(LeafCounts, LeafCounts), WalkError> {
         let mut moved = LeafCounts::default();
         let mut zapped = LeafCounts::default();
-        let mut va = old;
-        while va < old + len {
-            let Some((leaf, slot)) = self.lookup(va) else {
-                // Skip to the next page (holes are rare; correctness over speed).
-                va += PAGE_SIZE;
+        let end = old.saturating_add(len);
+        // `get_extent`: up to the next `level` boundary of either address, at most to `end`.
+        let extent = |level: Level, o: u64, n: u64| -> u64 {
+            let size = level.size();
+            let to = |a: u64| (a & !(size - 1)).saturating_add(size) - a;
+            to(o).min(to(n)).min(end - o)
+        };
+        let (mut o, mut n) = (old, new);
+        while o < end {
+            let ext = extent(Level::Pud, o, n);
+            // get_old_pud: nothing above or at the PUD entry → nothing to move here
+            let Some(os) = self.slot(o, Level::Pud)? else {
+                (o, n) = (o + ext, n + ext);
                 continue;
             };
-            let size = leaf.level.size();
-            let base = va & !(size - 1);
-            let dst = new + (base - old);
-            if leaf.level == Level::Pud && self.bugs.contains(Bugs::MREMAP_PUD_CLEAR_BAD) {
-                // 6.12: pud_none_or_clear_bad() → pud_ERROR() + pud_clear(), no flush.
-                {
-                    let _ptl = self.ptl(slot);
-                    self.set(slot, 0);
+            match self.decode(os) {
+                Decoded::None => {
+                    (o, n) = (o + ext, n + ext);
+                    continue;
                 }
-                self.note_hazard(Hazard::ClearedWithoutFlush);
-                zapped.add(Level::Pud, 1);
-                va = base + size;
-                continue;
+                Decoded::Leaf(_) | Decoded::NonPresent(_)
+                    if self.bugs.contains(Bugs::MREMAP_PUD_CLEAR_BAD) =>
+                {
+                    // 6.12: pud_none_or_clear_bad() → pud_ERROR() + pud_clear(), no flush.
+                    {
+                        let _ptl = self.ptl(os);
+                        self.set(os, 0);
+                    }
+                    self.note_hazard(Hazard::ClearedWithoutFlush);
+                    zapped.add(Level::Pud, 1);
+                    (o, n) = (o + ext, n + ext);
+                    continue;
+                }
+                Decoded::Leaf(_) | Decoded::NonPresent(_) => {
+                    if self.move_leaf_or_break(
+                        os,
+                        o,
+                        n,
+                        ext,
+                        end,
+                        partial,
+                        &mut moved,
+                        &mut zapped,
+                    )? {
+                        (o, n) = (o + ext, n + ext);
+                    }
+                    continue; // else re-read: zapped or now a table
+                }
+                Decoded::Table(_) => {
+                    let ds = self.slot_alloc(n, Level::Pud)?; // alloc_new_pud
+                    if ext == Level::Pud.size() && self.move_table(os, ds, o, &mut moved) {
+                        (o, n) = (o + ext, n + ext);
+                        continue;
+                    }
+                }
             }
-            if base >= old && base + size <= old + len && dst.is_multiple_of(size) {
+            let ext = extent(Level::Pmd, o, n);
+            let Some(om) = self.slot(o, Level::Pmd)? else {
+                (o, n) = (o + ext, n + ext);
+                continue;
+            };
+            match self.decode(om) {
+                Decoded::None => {} // get_old_pmd: none → no new table
+                Decoded::Leaf(_) | Decoded::NonPresent(_) => {
+                    self.slot_alloc(n, Level::Pmd)?; // alloc_new_pmd
+                    if !self.move_leaf_or_break(
+                        om,
+                        o,
+                        n,
+                        ext,
+                        end,
+                        partial,
+                        &mut moved,
+                        &mut zapped,
+                    )? {
+                        continue; // re-read: zapped or now a table
+                    }
+                }
+                Decoded::Table(pa) => {
+                    let dm = self.slot_alloc(n, Level::Pmd)?; // alloc_new_pmd
+                    if !(ext == Level::Pmd.size() && self.move_table(om, dm, o, &mut moved)) {
+                        let dt = self.slot_alloc_at(dm, n)?; // pte_alloc, even for no PTE
+                        let (ot, dtab) = (self.table(pa), self.table(dt));
+                        let (oi, di) = (Level::Pte.index(o), Level::Pte.index(n));
+                        let count = (ext / PAGE_SIZE) as usize;
+                        let mut k = 0;
+                        for i in 0..count {
+                            let raw = ot.get(oi + i);
+                            if raw == 0 {
+                                continue;
+                            }
+                            let from = Slot {
+                                table: pa,
+                                index: oi + i,
+                                level: Level::Pte,
+                            };
+                            let to = Slot {
+                                table: dt,
+                                index: di + i,
+                                level: Level::Pte,
+                            };
+                            {
+                                let _ptl = self.ptl(to);
+                                dtab.set(to.index, raw);
+                            }
+                            let _ptl = self.ptl(from);
+                            ot.set(from.index, 0);
+                            k += 1;
+                        }
+                        moved.add(Level::Pte, k);
+                    }
+                }
+            }
+            (o, n) = (o + ext, n + ext);
+        }
+        self.flush_tlb_range(old, end, "mremap");
+        self.mmu_notifier_invalidate(old, end);
+        Ok((moved, zapped))
+    }
+
+    /// A huge leaf (or non-present entry) in `slot`, met at `o` by an extent `ext` of the move:
+    /// moves it whole to `n` when the extent is its size (`move_huge_pud`/`move_huge_pmd`) and
+    /// returns true; otherwise zaps its part inside `[.., end)` or splits it (as `partial` says)
+    /// and returns false: the caller reads the entry again.
+    #[allow(clippy::too_many_arguments)]
+    fn move_leaf_or_break(
+        &self,
+        slot: Slot,
+        o: u64,
+        n: u64,
+        ext: u64,
+        end: u64,
+        partial: PartialHuge,
+        moved: &mut LeafCounts,
+        zapped: &mut LeafCounts,
+    ) -> Result<bool, WalkError> {
+        let level = slot.level;
+        let size = level.size();
+        if ext == size {
+            let d = self.slot_alloc(n, level)?;
+            if self.get(d) == 0 {
                 let raw = self.get(slot);
-                let d = self.slot_alloc(dst, leaf.level)?;
                 {
                     let _ptl = self.ptl(d);
                     self.set(d, raw);
                 }
-                {
-                    let _ptl = self.ptl(slot);
-                    self.set(slot, 0);
-                }
-                moved.add(leaf.level, 1);
-                va = base + size;
-            } else if partial == PartialHuge::ZapWhole || leaf.level == Level::Pte {
-                let z = self.zap_range(
-                    base.max(old),
-                    (base + size).min(old + len),
-                    PartialHuge::ZapWhole,
-                )?;
-                zapped.add(leaf.level, z.cleared.get(leaf.level));
-                va = base + size;
-            } else {
-                self.split_leaf(slot)?;
+                let _ptl = self.ptl(slot);
+                self.set(slot, 0);
+                moved.add(level, 1);
+                return Ok(true);
             }
         }
-        self.flush_tlb_range(old, old + len, "mremap");
-        self.mmu_notifier_invalidate(old, old + len);
-        Ok((moved, zapped))
+        if partial == PartialHuge::Split && matches!(self.decode(slot), Decoded::Leaf(_)) {
+            // split (or lost a race to somebody who changed it): read it again
+            self.split_leaf(slot)?;
+            return Ok(false);
+        }
+        let base = o & !(size - 1);
+        let z = self.zap_range(base.max(o), (base + size).min(end), PartialHuge::ZapWhole)?;
+        zapped.add(level, z.cleared.get(level));
+        Ok(false)
+    }
+
+    /// Moves the table `from` points to into the none entry `to` (`move_normal_pud`,
+    /// `move_normal_pmd`); counts the leaves under it as moved. False if `to` is not none.
+    fn move_table(&self, from: Slot, to: Slot, o: u64, moved: &mut LeafCounts) -> bool {
+        if self.get(to) != 0 {
+            return false;
+        }
+        let under = self.count_leaves(o, o + from.level.size());
+        let raw = self.get(from);
+        {
+            let _ptl = self.ptl(to);
+            self.set(to, raw);
+        }
+        let _ptl = self.ptl(from);
+        self.set(from, 0);
+        for l in Level::LEAF_LEVELS {
+            moved.add(l, under.get(l));
+        }
+        true
     }
 
     /// Clears every leaf in `[start, end)` (`zap_page_range_single`, `unmap_page_range`).

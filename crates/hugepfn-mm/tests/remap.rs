@@ -379,3 +379,43 @@ fn mm_and_page_tables_are_send_and_sync() {
         }
     });
 }
+
+/// `move_page_tables` moves tables, not only leaves: where the old PMD entry is a table (here
+/// one a zap emptied) the new place gets a PTE table (`pte_alloc` before `move_ptes`), so a
+/// fault there cannot install a PMD or PUD leaf; where the old PMD entry is none, nothing is
+/// allocated. Measured in the lab: scenarios/lab-mremap-after-zap-keeps-tables.toml.
+#[test]
+fn move_page_tables_keeps_emptied_tables() {
+    use hugepfn_mm::pgtable::PartialHuge;
+    let (_p, mm) = mm();
+    let pt = mm.page_tables();
+    let (old, new) = (G + 4 * K, 4 * G);
+    let pfn = hugepfn_mm::Pfn::new(BAR1 >> 12).unwrap();
+    let c = pt
+        .remap_range(old, old + 4 * M, pfn, prot(), LeafCap::Pud)
+        .unwrap();
+    assert_eq!((c.pud, c.pmd, c.pte), (0, 0, 1024));
+    pt.zap_range(old, old + 4 * M, PartialHuge::ZapWhole)
+        .unwrap();
+    let (moved, zapped) = pt
+        .move_page_tables(old, new, 512 * M, PartialHuge::ZapWhole)
+        .unwrap();
+    assert_eq!((moved.total(), zapped.total()), (0, 0));
+    // PTE tables under the first 4 MiB + 4 KiB of the new place (three old PTE tables' worth)
+    for va in [new, new + 2 * M, new + 4 * M] {
+        assert!(pt.slot(va, Level::Pte).unwrap().is_some(), "{va:#x}");
+    }
+    // the old PMD entries past that were none: no PTE table there
+    assert!(pt.slot(new + 8 * M, Level::Pte).unwrap().is_none());
+    assert!(pt.slot(new + 8 * M, Level::Pmd).unwrap().is_some());
+    // leaves still present move with their pfns
+    pt.remap_range(old, old + 2 * M, pfn, prot(), LeafCap::Pud)
+        .unwrap();
+    let (moved, _) = pt
+        .move_page_tables(old, 8 * G, 2 * M, PartialHuge::ZapWhole)
+        .unwrap();
+    assert_eq!(moved.pte, 512);
+    let (leaf, _) = pt.lookup(8 * G + 4 * K).unwrap();
+    assert_eq!(leaf.pfn.as_u64(), (BAR1 >> 12) + 1);
+    assert!(pt.lookup(old + 4 * K).is_none());
+}

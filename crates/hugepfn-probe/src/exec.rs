@@ -421,8 +421,8 @@ impl Runner<'_> {
                     Madvise::Nohugepage => Advice::Nohugepage,
                 });
                 let ((map, adv_err), faults) = self.measure(|r| {
-                    let map = DevMap::map(&r.devices[dev].file, file_off, len, place, shared);
-                    let adv_err = match (&map, advice) {
+                    let mut map = DevMap::map(&r.devices[dev].file, file_off, len, place, shared);
+                    let adv_err = match (&mut map, advice) {
                         (Ok(mp), Some(a)) => mp.madvise(0, len, a).err(),
                         _ => None,
                     };
@@ -574,7 +574,7 @@ impl Runner<'_> {
             Step::Madvise(a) => {
                 let adv = madv(a.advice);
                 let (off, lenspec, name) = (a.offset, a.len, a.map.clone());
-                let (r, faults) = self.measure(|s| match s.maps.get(&name) {
+                let (r, faults) = self.measure(|s| match s.maps.get_mut(&name) {
                     Some(MapState {
                         map: Some(mp), len, ..
                     }) => mp.madvise_raw(off, lenspec.resolve(len.saturating_sub(off)), adv),
@@ -951,6 +951,9 @@ fn fork_step(
             sys::die_with_parent();
             // the other children's pipes are the parent's business
             children.clear();
+            for m in runner.maps.values_mut().filter_map(|m| m.map.as_mut()) {
+                m.after_fork_in_child();
+            }
             drop(cmd_w);
             drop(res_r);
             child_loop(runner, cmd_r, res_w)
@@ -1463,6 +1466,20 @@ process = "c1"
         assert_eq!(r.skipped, 4);
         // unmapping outside the mapping is refused
         assert!(m.munmap(7 * 4096, 2 * 4096).is_err());
+    }
+
+    #[test]
+    fn dontfork_ranges_are_holes_in_a_child() {
+        let mut m = DevMap::anonymous(8 * 4096, libc::PROT_READ | libc::PROT_WRITE).expect("mmap");
+        m.madvise_raw(4096, 3 * 4096, libc::MADV_DONTFORK)
+            .expect("dontfork");
+        // DOFORK on the middle page leaves two DONTFORK pieces
+        m.madvise_raw(2 * 4096, 1, libc::MADV_DOFORK)
+            .expect("dofork");
+        let live = |m: &DevMap| (0..8).filter(|p| m.is_live(p * 4096)).collect::<Vec<u64>>();
+        assert_eq!(live(&m), [0, 1, 2, 3, 4, 5, 6, 7]);
+        m.after_fork_in_child();
+        assert_eq!(live(&m), [0, 2, 4, 5, 6, 7]);
     }
 
     #[test]

@@ -204,6 +204,27 @@ pub struct DevMap {
     len: u64,
     /// munmapped `[start, end)` offset ranges, page aligned.
     holes: Vec<(u64, u64)>,
+    /// `[start, end)` offset ranges flagged MADV_DONTFORK (VM_DONTCOPY): a forked child has no
+    /// VMA there, so in the child they become holes ([`DevMap::after_fork_in_child`]).
+    dontfork: Vec<(u64, u64)>,
+}
+
+/// `ranges` minus `[s, e)`.
+fn subtract(ranges: &mut Vec<(u64, u64)>, s: u64, e: u64) {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &(a, b) in ranges.iter() {
+        if b <= s || a >= e {
+            out.push((a, b));
+            continue;
+        }
+        if a < s {
+            out.push((a, s));
+        }
+        if b > e {
+            out.push((e, b));
+        }
+    }
+    *ranges = out;
 }
 
 fn mmap_raw(
@@ -301,6 +322,7 @@ impl DevMap {
             va,
             len,
             holes: Vec::new(),
+            dontfork: Vec::new(),
         })
     }
 
@@ -311,6 +333,7 @@ impl DevMap {
             va,
             len,
             holes: Vec::new(),
+            dontfork: Vec::new(),
         })
     }
 
@@ -330,7 +353,7 @@ impl DevMap {
     }
 
     /// `madvise` on `[off, off + len)` of the mapping (must be inside it).
-    pub fn madvise(&self, off: u64, len: u64, advice: Advice) -> io::Result<()> {
+    pub fn madvise(&mut self, off: u64, len: u64, advice: Advice) -> io::Result<()> {
         let adv = match advice {
             Advice::Hugepage => libc::MADV_HUGEPAGE,
             Advice::Nohugepage => libc::MADV_NOHUGEPAGE,
@@ -350,18 +373,38 @@ impl DevMap {
 
     /// `madvise(va + off, len, advice)` with any `MADV_*` value; the range must lie inside the
     /// mapping (EINVAL otherwise, nothing called), so only our own device pages are affected.
-    pub fn madvise_raw(&self, off: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
+    /// MADV_DONTFORK and MADV_DOFORK are remembered for [`DevMap::after_fork_in_child`]: they
+    /// change the flags of every VMA in the range even when a hole makes the call fail with
+    /// ENOMEM (madvise_walk_vmas).
+    pub fn madvise_raw(&mut self, off: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
         self.check_inside(off, len)?;
         // SAFETY: the range is inside this mapping of device memory (checked above), which no
         // Rust reference points into; discarding or re-flagging it cannot break Rust's view
         // of memory.
         let r =
             unsafe { libc::madvise((self.va + off) as *mut libc::c_void, len as usize, advice) };
-        if r == 0 {
+        let out = if r == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
+        };
+        let applied = match &out {
+            Ok(()) => true,
+            Err(e) => e.raw_os_error() == Some(libc::ENOMEM),
+        };
+        if applied && (advice == libc::MADV_DONTFORK || advice == libc::MADV_DOFORK) {
+            let end = off + len.div_ceil(PAGE) * PAGE;
+            subtract(&mut self.dontfork, off, end);
+            if advice == libc::MADV_DONTFORK && end > off {
+                self.dontfork.push((off, end));
+            }
         }
+        out
+    }
+
+    /// In a forked child: the MADV_DONTFORK ranges were not copied, so they are holes here.
+    pub fn after_fork_in_child(&mut self) {
+        self.holes.append(&mut self.dontfork);
     }
 
     /// `mincore(va + off, len, vec)`: one byte per page into `vec` (as many pages as fit);
@@ -473,9 +516,16 @@ impl DevMap {
                 }
             }
         };
+        // growing extends the last VMA, flags and all (vma_expand)
+        if rounded > old_len
+            && let Some(r) = self.dontfork.iter_mut().find(|r| r.1 == old_len)
+        {
+            r.1 = rounded;
+        }
         self.va = new_va;
         self.len = new_len;
         self.holes.retain(|&(s, _)| s < rounded);
+        subtract(&mut self.dontfork, rounded, u64::MAX);
         Ok(())
     }
 
