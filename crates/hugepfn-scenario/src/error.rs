@@ -163,6 +163,29 @@ pub enum Problem {
     /// A `va` that is not a placement.
     #[error("`va`: {0}")]
     BadPlacement(PlacementError),
+    /// `va = "vmm:NAME"` with a name that is not a VMM policy.
+    #[error("`va`: {0}")]
+    UnknownVmm(crate::vmm::UnknownVmm),
+    /// `va = "vmm:..."` on a step other than `mmap` (a VMM places its mmaps only).
+    #[error("`va = \"vmm:...\"` is a VMM's placement of an mmap; `{op}` takes the other forms")]
+    VmmPlacementNotMmap {
+        /// The step's op.
+        op: &'static str,
+    },
+    /// `preset` names no GPU preset.
+    #[error("unknown GPU preset `{name}` (known: {})", .known.join(", "))]
+    UnknownPreset {
+        /// The name used.
+        name: String,
+        /// The presets that exist.
+        known: Vec<&'static str>,
+    },
+    /// A device with both `preset` and `bars`.
+    #[error("device `{device}` has both `preset` and `bars`: give one")]
+    PresetWithBars {
+        /// The device.
+        device: String,
+    },
     /// Two devices with the same name.
     #[error("duplicate device name `{name}` (first defined on line {first_line})")]
     DuplicateDevice {

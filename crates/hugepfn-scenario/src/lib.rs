@@ -22,6 +22,7 @@
 //! [[device]]
 //! name = "gpu"
 //! bars = [ { index = 1, phys = "0x100000000000", size = "128G" } ]
+//! # or, instead of bars: preset = "h200" (a published GPU layout, crate::presets)
 //!
 //! [[step]]
 //! op = "mmap"                 # name, device, bar required
@@ -30,7 +31,9 @@
 //! bar = 1
 //! offset = "0"                # default 0
 //! len = "128G"                # default "all": the rest of the BAR
-//! va = "align:1G"             # kernel | align:SIZE[+SKEW] | congruent:SIZE | 0xADDRESS
+//! va = "align:1G"             # kernel | align:SIZE[+SKEW] | congruent:SIZE | 0xADDRESS |
+//!                             # vmm:NAME (qemu-9.2, qemu-9.1, cloud-hypervisor, ...: that
+//!                             # VMM's placement for this mmap's length, crate::vmm)
 //! madvise = "hugepage"        # optional: hugepage | nohugepage
 //! shared = true               # default true
 //!
@@ -202,8 +205,10 @@
 
 mod error;
 mod parse;
+pub mod presets;
 mod report;
 mod scenario;
+pub mod vmm;
 
 pub use error::{Location, Problem, ScenarioError};
 pub use parse::{MIN_MEMORY, load_scenario, parse_scenario};

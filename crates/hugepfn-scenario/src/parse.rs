@@ -162,6 +162,8 @@ struct RawDevice {
     name: Spanned<String>,
     #[serde(default)]
     bars: Vec<RawBar>,
+    #[serde(default)]
+    preset: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -510,10 +512,26 @@ impl Cx<'_> {
         Ok(Len::Bytes(len))
     }
 
-    fn placement(&self, v: Option<&Spanned<Scalar>>) -> Result<VaPlacement, ScenarioError> {
+    /// `va`; `mmap_len` is the length of the mmap it places (`vmm:` needs one).
+    fn placement(
+        &self,
+        v: Option<&Spanned<Scalar>>,
+        op: &'static str,
+        mmap_len: Option<u64>,
+    ) -> Result<VaPlacement, ScenarioError> {
         let Some(v) = v else {
             return Ok(VaPlacement::Kernel);
         };
+        if let Scalar::Str(s) = v.get_ref()
+            && let Some(name) = s.trim().strip_prefix("vmm:")
+        {
+            let policy: crate::vmm::VmmPolicy = name
+                .parse()
+                .map_err(|e| self.invalid(&v.span(), Problem::UnknownVmm(e)))?;
+            let len = mmap_len
+                .ok_or_else(|| self.invalid(&v.span(), Problem::VmmPlacementNotMmap { op }))?;
+            return Ok(policy.placement(len));
+        }
         match v.get_ref() {
             Scalar::Unsigned(n) => Ok(VaPlacement::Fixed(*n)),
             Scalar::Negative(n) => Err(self.invalid(
@@ -546,6 +564,39 @@ impl Cx<'_> {
                 ));
             }
             seen.insert(rd.name.get_ref().clone(), line);
+            if let Some(p) = &rd.preset {
+                if !rd.bars.is_empty() {
+                    return Err(self.invalid(
+                        &p.span(),
+                        Problem::PresetWithBars {
+                            device: rd.name.get_ref().clone(),
+                        },
+                    ));
+                }
+                let preset = crate::presets::gpu_preset(p.get_ref()).ok_or_else(|| {
+                    self.invalid(
+                        &p.span(),
+                        Problem::UnknownPreset {
+                            name: p.get_ref().clone(),
+                            known: crate::presets::gpu_preset_names(),
+                        },
+                    )
+                })?;
+                out.push(DeviceSpec {
+                    name: rd.name.into_inner(),
+                    line,
+                    bars: preset
+                        .bars
+                        .iter()
+                        .map(|b| BarSpec {
+                            index: b.index,
+                            phys: b.phys,
+                            size: b.size,
+                        })
+                        .collect(),
+                });
+                continue;
+            }
             let mut bars: Vec<BarSpec> = Vec::with_capacity(rd.bars.len());
             for rb in &rd.bars {
                 let index = match u8::try_from(*rb.index.get_ref()) {
@@ -890,7 +941,7 @@ impl Cx<'_> {
             "mremap" => {
                 let r: RawMremap = self.de(d)?;
                 self.mapping(maps, &r.map)?;
-                let va = self.placement(r.va.as_ref())?;
+                let va = self.placement(r.va.as_ref(), "mremap", None)?;
                 let new_len = match &r.new_len {
                     None => None,
                     Some(v) => Some(self.size("new_len", v)?),
@@ -1214,7 +1265,9 @@ impl Cx<'_> {
         }
         let offset = self.size_or("offset", r.offset.as_ref(), 0)?;
         let len = self.len(r.len.as_ref(), offset)?;
-        let va = self.placement(r.va.as_ref())?;
+        let bar_size = dev.bar(bar).map_or(0, |b| b.size);
+        let mmap_len = len.resolve(bar_size.saturating_sub(offset));
+        let va = self.placement(r.va.as_ref(), "mmap", Some(mmap_len))?;
         maps.so_far.push((r.name.get_ref().clone(), line));
         Ok(MmapStep {
             line,

@@ -74,7 +74,7 @@ fn assert_translates(w: &World, c: &VfioIommu, va: u64, iova: u64, size: u64) {
 fn selftest_map_full_bar() {
     // The selftest library aligns BAR mmaps to min(size, 1G) (557dbdf6c4e9).
     let w = world(presets::h100_bars());
-    let va = w.mmap(1, 0, 128 * G, G, 0);
+    let va = w.mmap(presets::H100_APERTURE, 0, 128 * G, G, 0);
     let c = w.container();
     let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, 128 * G, PfnLookup::Batched));
     r.expect("type1 must succeed");
@@ -97,7 +97,7 @@ fn selftest_map_full_bar() {
 #[test]
 fn selftest_map_partial_bar() {
     let w = world(presets::h100_bars());
-    let va = w.mmap(1, 0, 128 * G, G, 0);
+    let va = w.mmap(presets::H100_APERTURE, 0, 128 * G, G, 0);
     let c = w.container();
     let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, K4, PfnLookup::Batched));
     r.expect("one page");
@@ -117,7 +117,7 @@ fn selftest_map_bar_misaligned() {
     // the batched lookup covers one page per round; the IOMMU still gets one 1 GiB page
     // because iova and the physical address are both aligned.
     let w = world(presets::h100_bars());
-    let va = w.mmap(1, 0, G, G, K4);
+    let va = w.mmap(presets::H100_APERTURE, 0, G, G, K4);
     assert_eq!(va % G, K4);
     let c = w.container();
     let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, G, PfnLookup::Batched));
@@ -386,7 +386,7 @@ fn unmap_follows_type1v2() {
 #[test]
 fn teardown_frees_every_table() {
     let w = world(presets::h100_bars());
-    let va = w.mmap(1, 0, 128 * G, G, K4);
+    let va = w.mmap(presets::H100_APERTURE, 0, 128 * G, G, K4);
     let c = w.container();
     map(&c, va, IOVA, 8 * M2, PfnLookup::Batched).expect("map");
     map(

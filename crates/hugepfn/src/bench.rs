@@ -67,7 +67,7 @@ pub fn vfio_setup(len: u64, skew: u64) -> Result<(Arc<Mm>, Arc<VfioPciDevice>, u
         len,
         prot: Prot::RW,
         shared: true,
-        offset: region_offset(1),
+        offset: region_offset(presets::H100_APERTURE),
         file: Some(&f),
     })?;
     Ok((mm, dev, va))

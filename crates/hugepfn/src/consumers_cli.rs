@@ -41,8 +41,8 @@ pub fn h100_with_bar1(size: u64) -> Vec<Bar> {
     presets::h100_bars()
         .into_iter()
         .map(|b| {
-            if b.index == 1 {
-                Bar::mem64(1, b.phys, size)
+            if b.index == presets::H100_APERTURE {
+                Bar::mem64(b.index, b.phys, size)
             } else {
                 b
             }
@@ -263,7 +263,7 @@ pub fn boot_world(
         len: bar_size,
         prot: Prot::RW,
         shared: true,
-        offset: region_offset(1),
+        offset: region_offset(presets::H100_APERTURE),
         file: Some(&file),
     })
     .map_err(setup)?;
@@ -602,7 +602,7 @@ impl DmaBench {
             len: size,
             prot: Prot::RW,
             shared: true,
-            offset: region_offset(1),
+            offset: region_offset(presets::H100_APERTURE),
             file: Some(&file),
         })
         .map_err(|e| setup(&e))?;

@@ -249,6 +249,22 @@ pub fn vfio_touch_bar(
     })
 }
 
+/// A GPU preset's BARs as the device model takes them.
+pub fn preset_bars(p: &hugepfn_scenario::presets::GpuPreset) -> Vec<Bar> {
+    use hugepfn_vfio::pci::{IORESOURCE_MEM, IORESOURCE_MEM_64, IORESOURCE_PREFETCH};
+    p.bars
+        .iter()
+        .map(|b| Bar {
+            index: b.index,
+            phys: b.phys,
+            size: b.size,
+            flags: IORESOURCE_MEM
+                | if b.mem64 { IORESOURCE_MEM_64 } else { 0 }
+                | if b.prefetchable { IORESOURCE_PREFETCH } else { 0 },
+        })
+        .collect()
+}
+
 /// Runs the demo on `bars` (default: the H100 layout). `bar_filter` keeps one BAR.
 pub fn run(
     bars: Option<Vec<Bar>>,

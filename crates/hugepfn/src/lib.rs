@@ -13,3 +13,4 @@ pub mod kernels_cli;
 pub mod lab;
 pub mod output;
 pub mod runner;
+pub mod vmm_cli;

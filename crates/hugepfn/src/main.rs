@@ -101,8 +101,11 @@ enum Cmd {
         #[arg(long)]
         bar: Option<u8>,
         /// BARs from a sysfs `resource` file (e.g. /sys/bus/pci/devices/0000:01:00.0/resource).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "gpu")]
         resource: Option<PathBuf>,
+        /// A GPU preset's BARs (h100, h200, b200, b300, a100-40g, a100-80g, v100; docs/vmm.md).
+        #[arg(long)]
+        gpu: Option<String>,
         /// Behave as this Linux version (6.12.95, 6.12.117, 7.3.4; 6.12.0, 6.13.0 model only)
         /// instead of the corrected design.
         #[arg(long, value_name = "VERSION", value_parser = parse_kernel)]
@@ -178,6 +181,10 @@ enum Cmd {
     /// Boot a guest's memory from a BAR: KVM memslots over the BAR's VMA, EPT leaves at the
     /// host's mapping level, and the cost against a 4 KiB world.
     GuestBoot(hugepfn::consumers_cli::GuestBootArgs),
+    /// What a VM pays for a passed-through GPU under each VMM's BAR placement: faults, leaves,
+    /// page tables, DMA-map lookups and EPT violations per BAR and VMM, with a verdict
+    /// (docs/vmm.md).
+    Vmm(hugepfn::vmm_cli::VmmArgs),
     /// Random operation sequences on the model, each step checked against a page-granular
     /// reference of Linux's rules; divergences are shrunk to minimal scenarios (docs/testing.md).
     Fuzz(hugepfn::fuzz::cli::FuzzArgs),
@@ -191,14 +198,26 @@ fn main() -> ExitCode {
         Cmd::Lab { cmd } => hugepfn::lab::main(cmd),
         Cmd::GuestBoot(a) => hugepfn::consumers_cli::main(a),
         Cmd::Fuzz(a) => hugepfn::fuzz::cli::main(a),
+        Cmd::Vmm(a) => hugepfn::vmm_cli::main(a),
         Cmd::Hw(c) => hugepfn::hw_cli::main(c),
         Cmd::Demo {
             json,
             bar,
             resource,
+            gpu,
             kernel,
             memory,
         } => {
+            if let Some(g) = gpu {
+                let Some(p) = hugepfn_scenario::presets::gpu_preset(&g) else {
+                    eprintln!(
+                        "hugepfn demo: unknown GPU `{g}` (known: {})",
+                        hugepfn_scenario::presets::gpu_preset_names().join(", ")
+                    );
+                    return ExitCode::from(2);
+                };
+                return demo_main(Some(demo::preset_bars(p)), bar, kernel, memory, json);
+            }
             let bars = match resource {
                 Some(p) => {
                     let text = match std::fs::read_to_string(&p) {
@@ -218,30 +237,7 @@ fn main() -> ExitCode {
                 }
                 None => None,
             };
-            match demo::run(bars, bar, kernel, memory) {
-                Ok(d) => {
-                    if json {
-                        match serde_json::to_string_pretty(&d) {
-                            Ok(s) => println!("{s}"),
-                            Err(e) => {
-                                eprintln!("hugepfn: {e}");
-                                return ExitCode::FAILURE;
-                            }
-                        }
-                    } else {
-                        print!("{}", demo::format(&d));
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e @ demo::DemoError::OutOfMemory { .. }) => {
-                    eprintln!("hugepfn demo: {e}");
-                    ExitCode::from(3)
-                }
-                Err(e) => {
-                    eprintln!("hugepfn demo: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            demo_main(bars, bar, kernel, memory, json)
         }
         Cmd::Compare {
             file,
@@ -370,6 +366,39 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+    }
+}
+
+fn demo_main(
+    bars: Option<Vec<hugepfn_vfio::Bar>>,
+    bar: Option<u8>,
+    kernel: Option<Kernel>,
+    memory: Option<u64>,
+    json: bool,
+) -> ExitCode {
+    match demo::run(bars, bar, kernel, memory) {
+        Ok(d) => {
+            if json {
+                match serde_json::to_string_pretty(&d) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("hugepfn: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", demo::format(&d));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ demo::DemoError::OutOfMemory { .. }) => {
+            eprintln!("hugepfn demo: {e}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("hugepfn demo: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -355,7 +355,7 @@ fn unknown_keys_everywhere_are_errors() {
     assert_eq!(l, 2);
     let (m, l) = toml_err("name = \"t\"\n[[device]]\nname = \"gpu\"\nbar = []\n");
     assert!(
-        m.contains("unknown field `bar`, expected `name` or `bars`"),
+        m.contains("unknown field `bar`, expected one of `name`, `bars`, `preset`"),
         "{m}"
     );
     assert_eq!(l, 4);
@@ -943,4 +943,50 @@ mod never_panics {
             check(&text);
         }
     }
+}
+
+#[test]
+fn gpu_presets_and_vmm_placements() {
+    let text = "name = \"t\"\n[[device]]\nname = \"gpu\"\npreset = \"H200\"\n\
+                [[step]]\nop = \"mmap\"\nname = \"a\"\ndevice = \"gpu\"\nbar = 2\nva = \"vmm:qemu-9.2\"\n\
+                [[step]]\nop = \"mmap\"\nname = \"b\"\ndevice = \"gpu\"\nbar = 0\noffset = \"4K\"\nva = \"vmm:cloud-hypervisor\"\n\
+                [[step]]\nop = \"mmap\"\nname = \"c\"\ndevice = \"gpu\"\nbar = 4\nva = \"vmm:firecracker\"\n";
+    let sc = parse_scenario(text, "x.toml").expect("parses");
+    assert_eq!(sc.devices[0].bars.len(), 3);
+    assert_eq!(sc.devices[0].bar(2).map(|b| b.size), Some(256 * GIB));
+    let va = |i: usize| match &sc.steps[i] {
+        Step::Mmap(m) => m.va,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(va(0), VaPlacement::Align { size: GIB, skew: 0 });
+    // 16M - 4K rounded up to a power of two
+    assert_eq!(
+        va(1),
+        VaPlacement::Align {
+            size: 16 * MIB,
+            skew: 0
+        }
+    );
+    assert_eq!(va(2), VaPlacement::Kernel);
+
+    let (p, l, _) = problem("name = \"t\"\n[[device]]\nname = \"gpu\"\npreset = \"h300\"\n");
+    assert!(matches!(p, Problem::UnknownPreset { ref name, .. } if name == "h300"));
+    assert_eq!(l, 4);
+    assert!(p.to_string().contains("h100, h200"), "{p}");
+    let (p, _, _) = problem(
+        "name = \"t\"\n[[device]]\nname = \"gpu\"\npreset = \"h100\"\n\
+         bars = [{ index = 1, phys = 0, size = 4096 }]\n",
+    );
+    assert_eq!(
+        p,
+        Problem::PresetWithBars {
+            device: "gpu".into()
+        }
+    );
+    let (p, _, _) = problem(&with_map("va = \"vmm:qemu-10\"\n"));
+    assert!(p.to_string().contains("unknown VMM `qemu-10`"), "{p}");
+    let (p, _, _) = problem(&with_map(
+        "[[step]]\nop = \"mremap\"\nmap = \"b1\"\nva = \"vmm:qemu-9.2\"\n",
+    ));
+    assert_eq!(p, Problem::VmmPlacementNotMmap { op: "mremap" });
 }
