@@ -260,7 +260,11 @@ pub fn preset_bars(p: &hugepfn_scenario::presets::GpuPreset) -> Vec<Bar> {
             size: b.size,
             flags: IORESOURCE_MEM
                 | if b.mem64 { IORESOURCE_MEM_64 } else { 0 }
-                | if b.prefetchable { IORESOURCE_PREFETCH } else { 0 },
+                | if b.prefetchable {
+                    IORESOURCE_PREFETCH
+                } else {
+                    0
+                },
         })
         .collect()
 }

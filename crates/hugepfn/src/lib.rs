@@ -9,6 +9,7 @@ pub mod consumers_cli;
 pub mod demo;
 pub mod fuzz;
 pub mod hw_cli;
+pub mod inspect;
 pub mod kernels_cli;
 pub mod lab;
 pub mod output;

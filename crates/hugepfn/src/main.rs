@@ -185,6 +185,10 @@ enum Cmd {
     /// page tables, DMA-map lookups and EPT violations per BAR and VMM, with a verdict
     /// (docs/vmm.md).
     Vmm(hugepfn::vmm_cli::VmmArgs),
+    /// What the VFIO BAR mappings of a live process cost: reads /proc/PID/maps (never smaps),
+    /// its fds and sysfs, and predicts leaves, faults, page tables and DMA lookups per mapping,
+    /// with the VA that would fix a misplaced one (docs/vmm.md). Does not disturb the process.
+    Inspect(hugepfn::inspect::InspectArgs),
     /// Random operation sequences on the model, each step checked against a page-granular
     /// reference of Linux's rules; divergences are shrunk to minimal scenarios (docs/testing.md).
     Fuzz(hugepfn::fuzz::cli::FuzzArgs),
@@ -199,6 +203,7 @@ fn main() -> ExitCode {
         Cmd::GuestBoot(a) => hugepfn::consumers_cli::main(a),
         Cmd::Fuzz(a) => hugepfn::fuzz::cli::main(a),
         Cmd::Vmm(a) => hugepfn::vmm_cli::main(a),
+        Cmd::Inspect(a) => hugepfn::inspect::main(a),
         Cmd::Hw(c) => hugepfn::hw_cli::main(c),
         Cmd::Demo {
             json,

@@ -219,7 +219,7 @@ fn count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -242,6 +242,19 @@ fn verdict(row: &VmmRow, best: &VmmRow) -> String {
     if let Some(m) = &row.out_of_memory {
         return format!("stopped: {m}");
     }
+    let leaves = row.leaves.pud + row.leaves.pmd + row.leaves.pte;
+    let dma = if !row.dma_batched && row.dma_lookups > leaves && row.dma_ms_estimate >= 100.0 {
+        format!(
+            "; DMA map ~{:.1} s: type1 looks up every 4 KiB page before Linux 6.15, whatever the leaves",
+            row.dma_ms_estimate / 1e3
+        )
+    } else {
+        String::new()
+    };
+    format!("{}{dma}", verdict_faults(row, best))
+}
+
+fn verdict_faults(row: &VmmRow, best: &VmmRow) -> String {
     let name = format!("BAR{}", row.bar);
     if row.faults <= best.faults && row.ept_violations <= best.ept_violations {
         return format!(
@@ -345,7 +358,15 @@ pub fn report(args: &VmmArgs) -> Result<VmmReport, VmmError> {
             let r = if p == best_at {
                 best.clone()
             } else {
-                run_one(gpu, b.index, b.size, &p.to_string(), &args.thp, &opts, batched)?
+                run_one(
+                    gpu,
+                    b.index,
+                    b.size,
+                    &p.to_string(),
+                    &args.thp,
+                    &opts,
+                    batched,
+                )?
             };
             done.insert(p, r);
             progress.inc(1);
@@ -401,7 +422,7 @@ pub fn format(r: &VmmReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<4} {:>6} {:<21} {:<13} {:>16} {:>14} {:>13} {:>12} {:>11} {:>14} {:>12}",
+        "{:<4} {:>6} {:<21} {:<13} {:>16} {:>12} {:>19} {:>9} {:>12} {:>14} {:>12}",
         "bar",
         "size",
         "vmm",
@@ -417,7 +438,7 @@ pub fn format(r: &VmmReport) -> String {
     for row in &r.rows {
         let _ = writeln!(
             s,
-            "{:<4} {:>6} {:<21} {:<13} {:>16} {:>14} {:>13} {:>12} {:>11} {:>14} {:>12}",
+            "{:<4} {:>6} {:<21} {:<13} {:>16} {:>12} {:>19} {:>9} {:>12} {:>14} {:>12}",
             format!("BAR{}", row.bar),
             format_size(row.size),
             row.vmm,
@@ -512,7 +533,11 @@ mod tests {
         let old = row("qemu-9.1");
         assert_eq!(old.placement, "kernel");
         assert_eq!((old.faults, old.leaves.pte), (8192, 8192));
-        assert!(old.verdict.contains("fix: align the mmap to 2 MiB"), "{}", old.verdict);
+        assert!(
+            old.verdict.contains("fix: align the mmap to 2 MiB"),
+            "{}",
+            old.verdict
+        );
         // 7.3.4 batches type1 lookups: one per leaf
         assert!(q.dma_batched);
         assert_eq!((q.dma_lookups, old.dma_lookups), (16, 8192));
@@ -541,7 +566,10 @@ mod tests {
             (args("h300", "all", None, None), "unknown GPU `h300`"),
             (args("h100", "qemu-10", None, None), "unknown VMM `qemu-10`"),
             (args("h100", "all", Some("5.4"), None), "5.4"),
-            (args("h100", "all", None, Some(1)), "no BAR1 (it has BAR0, BAR2, BAR4)"),
+            (
+                args("h100", "all", None, Some(1)),
+                "no BAR1 (it has BAR0, BAR2, BAR4)",
+            ),
         ] {
             match report(&a) {
                 Err(VmmError::Usage(m)) => assert!(m.contains(want), "{m}"),
