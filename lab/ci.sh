@@ -33,10 +33,10 @@ skip() {
 command -v apt-get >/dev/null 2>&1 || skip "not a Debian system (no apt-get)"
 
 # Our own code must build: a failure here is a failure, not a skip.
-echo "lab: building hugepfn and the static probe"
+echo "lab: building hugepfn, the static probe and a static hugepfn (inspect in the guest)"
 cargo build --release -q -p hugepfn || exit 1
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo" \
-    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS cargo build --release -q -p hugepfn-probe --target x86_64-unknown-linux-gnu || exit 1
+    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS cargo build --release -q -p hugepfn-probe -p hugepfn --target x86_64-unknown-linux-gnu || exit 1
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 HP=$TARGET_DIR/release/hugepfn
 PROBE=$TARGET_DIR/x86_64-unknown-linux-gnu/release/hugepfn-probe

@@ -13,6 +13,7 @@
 #   hugepfn-probe: trace step=<i> of=<n> line=<l> op=<op>   (drained before the step runs)
 #   hugepfn-probe: warning: ... | hugepfn-probe: error: ...
 #   {...}                                                    (the RunReport JSON)
+#   @@INSPECT <ID> <JSON>     (lab-inspect-* scenarios: `hugepfn inspect` of the held probe)
 #   @@END <ID> rc=<exit status>
 #   @@DONE
 /bin/busybox mkdir -p /proc /sys /dev /tmp
@@ -35,8 +36,24 @@ done < /lab/modules
 while read -r id; do
     [ -n "$id" ] || continue
     echo "@@BEGIN $id" >&3
-    /bin/hugepfn-probe --set-thp --trace --compact "/lab/s/$id.toml" >&3 2>&3
-    echo "@@END $id rc=$?" >&3
+    if [ -e "/lab/s/$id.inspect" ] && [ -x /bin/hugepfn ]; then
+        # the probe holds its mappings after the last step while `hugepfn inspect` reads
+        # its maps, fds and sysfs; the answer is one line: @@INSPECT <ID> <JSON>
+        rm -f /tmp/held
+        /bin/hugepfn-probe --set-thp --trace --compact --hold /tmp/held "/lab/s/$id.toml" >&3 2>&3 &
+        pid=$!
+        while [ ! -e /tmp/held ] && kill -0 "$pid" 2>/dev/null; do usleep 20000; done
+        if [ -e /tmp/held ]; then
+            echo "@@INSPECT $id $(/bin/hugepfn inspect "$pid" --json 2>&1 | tr -d '\n')" >&3
+            rm -f /tmp/held
+        fi
+        wait "$pid"
+        rc=$?
+    else
+        /bin/hugepfn-probe --set-thp --trace --compact "/lab/s/$id.toml" >&3 2>&3
+        rc=$?
+    fi
+    echo "@@END $id rc=$rc" >&3
 done < /lab/list
 
 echo "@@DONE uptime=$(cut -d' ' -f1 /proc/uptime)" >&3

@@ -35,6 +35,29 @@ pub struct Options {
     pub iommu: IommuChoice,
     /// `--trace`: a line on stderr before each step, drained to the terminal.
     pub trace: bool,
+    /// `--hold FILE`: after the last step, with every mapping still in place, create FILE
+    /// (holding this process's pid) and wait until it is removed (for `hugepfn inspect`).
+    pub hold: Option<std::path::PathBuf>,
+}
+
+/// Creates `file` with our pid and waits (at most 10 minutes) until somebody removes it.
+fn hold(file: &std::path::Path, warnings: &mut Vec<String>) {
+    if let Err(e) = std::fs::write(file, format!("{}\n", std::process::id())) {
+        warn(warnings, format!("--hold {}: {e}", file.display()));
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    while file.exists() {
+        if t0.elapsed() > std::time::Duration::from_secs(600) {
+            warn(
+                warnings,
+                format!("--hold {}: not released in 600 s", file.display()),
+            );
+            let _ = std::fs::remove_file(file);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Parses one `--device` value.
@@ -1220,6 +1243,9 @@ pub fn run(sc: &Scenario, opts: &Options) -> Result<Outcome, ProbeError> {
     let mut report = RunReport::new(sc.name.clone(), format!("kernel {release}"), reports);
     if runner.data_errors > 0 {
         report.ok = false;
+    }
+    if let Some(f) = &opts.hold {
+        hold(f, &mut runner.warnings);
     }
     drop(runner.maps);
     drop(runner.vfio);

@@ -58,6 +58,11 @@ struct Cli {
     /// wait until a terminal has sent it (so a kernel crash is attributed to its step).
     #[arg(long)]
     trace: bool,
+    /// After the last step, with every mapping still in place, create FILE (this process's
+    /// pid in it) and wait until it is removed: `hugepfn inspect PID` reads the mappings
+    /// meanwhile (the lab's `lab-inspect-*` scenarios).
+    #[arg(long, value_name = "FILE")]
+    hold: Option<PathBuf>,
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -87,6 +92,7 @@ fn run(cli: &Cli) -> Result<ExitCode, error::ProbeError> {
         set_thp: cli.set_thp,
         iommu: cli.iommu,
         trace: cli.trace,
+        hold: cli.hold.clone(),
     };
     let out = exec::run(&sc, &opts)?;
     let json = if cli.compact {

@@ -45,13 +45,14 @@ fn lab_scenarios_have_the_lab_shape() {
             p.file_name()
                 .and_then(|n| n.to_str())
                 // The cases of the kernel-lab README; lab-dma-*, lab-fork-*, lab-proc-* and
-                // lab-mremap-* are later lab scenarios of other shapes.
+                // lab-mremap-*, lab-inspect-* are later lab scenarios of other shapes.
                 .is_some_and(|n| {
                     n.starts_with("lab-")
                         && !n.starts_with("lab-dma-")
                         && !n.starts_with("lab-fork-")
                         && !n.starts_with("lab-proc-")
                         && !n.starts_with("lab-mremap-")
+                        && !n.starts_with("lab-inspect-")
                 })
         })
         .collect();

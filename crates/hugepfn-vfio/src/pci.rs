@@ -116,7 +116,8 @@ fn hex(s: &str) -> Option<u64> {
 }
 
 /// Parses `/sys/bus/pci/devices/<bdf>/resource`: one `start end flags` line per resource, the
-/// first six being BAR0..BAR5; all-zero lines are absent BARs; I/O BARs are skipped.
+/// first six being BAR0..BAR5; all-zero lines are absent BARs; I/O BARs and memory BARs
+/// smaller than a page are skipped.
 pub fn parse_sysfs_resource(text: &str) -> Result<Vec<Bar>, ResourceError> {
     let mut bars = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -141,6 +142,10 @@ pub fn parse_sysfs_resource(text: &str) -> Result<Vec<Bar>, ResourceError> {
             continue;
         }
         if flags & IORESOURCE_MEM == 0 {
+            continue;
+        }
+        // a register BAR smaller than a page (ivshmem's 256-byte BAR0) has no page to map
+        if end >= start && end - start + 1 < 4096 {
             continue;
         }
         if end < start || start % 4096 != 0 || (end + 1) % 4096 != 0 {
@@ -236,22 +241,35 @@ mod tests {
 
     #[test]
     fn parses_the_h100_resource_file() {
+        // 64-bit BARs take two lines each: the H100's are lines 0, 2 and 4
         let text = "0x0000102002000000 0x0000102002ffffff 0x000000000014220c
+0x0000000000000000 0x0000000000000000 0x0000000000000000
 0x0000100000000000 0x0000101fffffffff 0x000000000014220c
 0x0000000000000000 0x0000000000000000 0x0000000000000000
 0x0000102000000000 0x0000102001ffffff 0x000000000014220c
 0x0000000000000000 0x0000000000000000 0x0000000000000000
 0x0000000000000000 0x0000000000000000 0x0000000000000000
-0x0000000000000000 0x0000000000000000 0x0000000000000000
 ";
         let bars = parse_sysfs_resource(text).unwrap();
         assert_eq!(bars.len(), 3);
-        assert_eq!(bars[1].index, 1);
+        assert_eq!(bars[1].index, 2);
         assert_eq!(bars[1].phys, 0x1000_0000_0000);
         assert_eq!(bars[1].size, 128 << 30);
-        assert_eq!(bars[2].index, 3);
+        assert_eq!(bars[2].index, 4);
         assert_eq!(bars[0].size, 16 << 20);
         assert!(bars[0].flags & IORESOURCE_MEM_64 != 0);
+    }
+
+    #[test]
+    fn sub_page_register_bars_are_skipped() {
+        // the lab's ivshmem-plain: a 256-byte BAR0, the shared memory at BAR2
+        let text = "0x00000000fea00000 0x00000000fea000ff 0x0000000000040200
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x000000ff00000000 0x000000ff7fffffff 0x000000000014220c
+";
+        let bars = parse_sysfs_resource(text).unwrap();
+        assert_eq!(bars.len(), 1);
+        assert_eq!((bars[0].index, bars[0].size), (2, 2 << 30));
     }
 
     #[test]

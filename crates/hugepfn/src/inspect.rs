@@ -3,7 +3,7 @@
 //! Reads only what does not disturb the process: `/proc/PID/maps` (never `smaps`: on Linux
 //! 6.12 … 7.3 a `smaps` read splits, which for a pfnmap means zaps, every 1 GiB leaf it walks —
 //! bug `pagewalk_splits_pfnmap_pud`, docs/kernels.md), the links in `/proc/PID/fd` and their
-//! `fdinfo` (7.3 prints `vfio-device-syspath` for a VFIO device fd), `osrelease`, the THP mode
+//! `fdinfo` (7.3 prints `vfio-device-syspath` for a VFIO device fd, 6.12 does not), `osrelease`, the THP mode
 //! and the devices' sysfs `resource` files. No ptrace, no `unsafe`.
 //!
 //! A VFIO device mapping is a line whose path is `anon_inode:[vfio-device]` (a device fd from a
@@ -21,7 +21,7 @@ use hugepfn_kernels::{Behaviour, Kernel};
 use hugepfn_scenario::{Levels, parse_scenario};
 use hugepfn_units::format_size;
 use hugepfn_vfio::{Bar, parse_sysfs_resource};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::runner::{ModelRun, RunOptions};
 
@@ -115,7 +115,7 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine> {
 }
 
 /// A VFIO device of the process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceInfo {
     /// PCI address.
     pub bdf: String,
@@ -129,7 +129,7 @@ pub struct DeviceInfo {
 }
 
 /// What the model predicts for one VMA.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prediction {
     /// Faults to touch every page.
     pub faults: u64,
@@ -142,7 +142,7 @@ pub struct Prediction {
 }
 
 /// One VFIO BAR mapping of the process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BarMapping {
     /// VA range.
     pub start: u64,
@@ -167,7 +167,7 @@ pub struct BarMapping {
 }
 
 /// The whole answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InspectReport {
     /// The process.
     pub pid: u32,
@@ -331,8 +331,8 @@ fn find_devices(args: &InspectArgs, notes: &mut Vec<String>) -> (Vec<DeviceInfo>
         if unknown > 0 {
             notes.push(format!(
                 "{unknown} VFIO device fd(s) do not say which device they are (no \
-                 vfio-device-syspath in fdinfo before Linux 6.17): their mappings are matched \
-                 to devices bound to vfio-pci by BAR size"
+                 vfio-device-syspath in their fdinfo: 6.12 prints none, 7.3 does): their \
+                 mappings are matched to devices bound to vfio-pci by BAR size"
             ));
         }
     }

@@ -52,6 +52,10 @@ pub struct VmmArgs {
     /// Only this BAR.
     #[arg(long)]
     bar: Option<u8>,
+    /// The host's architecture: x86_64 or x86_64-5level (arm64 and riscv come with their page
+    /// table formats, issue 13).
+    #[arg(long, default_value = "x86_64")]
+    arch: String,
     /// The host's transparent_hugepage mode (always | madvise | never).
     #[arg(long, default_value = "always")]
     thp: String,
@@ -145,9 +149,9 @@ fn parse_vmms(s: &str) -> Result<Vec<VmmPolicy>, VmmError> {
 }
 
 /// The scenario one row runs: mmap at `va`, DMA map, memslot, the guest's first pass.
-fn scenario_text(gpu: &GpuPreset, bar: u8, size: u64, va: &str, thp: &str) -> String {
+fn scenario_text(gpu: &GpuPreset, bar: u8, size: u64, va: &str, thp: &str, arch: &str) -> String {
     format!(
-        "name = \"vmm-{gpu}-bar{bar}\"\nthp = \"{thp}\"\n\
+        "name = \"vmm-{gpu}-bar{bar}\"\nthp = \"{thp}\"\narch = \"{arch}\"\n\
          [[device]]\nname = \"gpu\"\npreset = \"{gpu}\"\n\
          [[step]]\nop = \"mmap\"\nname = \"bar\"\ndevice = \"gpu\"\nbar = {bar}\nva = \"{va}\"\n\
          [[step]]\nop = \"dma_map\"\nmap = \"bar\"\niova = \"{GUEST_BAR_GPA:#x}\"\n\
@@ -166,16 +170,18 @@ fn zero() -> Levels {
 }
 
 /// Runs one placement of one BAR; the row without its VMM name and verdict.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     gpu: &GpuPreset,
     bar: u8,
     size: u64,
     va: &str,
     thp: &str,
+    arch: &str,
     opts: &RunOptions,
     batched: bool,
 ) -> Result<VmmRow, VmmError> {
-    let text = scenario_text(gpu, bar, size, va, thp);
+    let text = scenario_text(gpu, bar, size, va, thp, arch);
     let sc = parse_scenario(&text, "hugepfn vmm").map_err(|e| VmmError::Model(e.to_string()))?;
     let mut model = ModelRun::new(&sc, *opts).map_err(|e| VmmError::Model(e.to_string()))?;
     let rep: RunReport = model.run(&sc);
@@ -295,6 +301,13 @@ pub fn report(args: &VmmArgs) -> Result<VmmReport, VmmError> {
             args.thp
         )));
     }
+    if !["x86_64", "x86_64-5level"].contains(&args.arch.as_str()) {
+        return Err(usage(format!(
+            "--arch {}: the model has x86_64 and x86_64-5level page tables; arm64 and riscv \
+             formats are not built yet (issue 13)",
+            args.arch
+        )));
+    }
     let kernel = match &args.kernel {
         None => None,
         Some(k) => Some(k.parse::<Kernel>().map_err(|e| usage(e.to_string()))?),
@@ -348,6 +361,7 @@ pub fn report(args: &VmmArgs) -> Result<VmmReport, VmmError> {
             b.size,
             &best_at.to_string(),
             &args.thp,
+            &args.arch,
             &opts,
             batched,
         )?;
@@ -364,6 +378,7 @@ pub fn report(args: &VmmArgs) -> Result<VmmReport, VmmError> {
                     b.size,
                     &p.to_string(),
                     &args.thp,
+                    &args.arch,
                     &opts,
                     batched,
                 )?
@@ -514,6 +529,7 @@ mod tests {
             vmm: vmm.into(),
             kernel: kernel.map(Into::into),
             bar,
+            arch: "x86_64".into(),
             thp: "always".into(),
             memory: "8G".into(),
             json: false,

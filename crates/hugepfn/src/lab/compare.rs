@@ -156,8 +156,12 @@ pub fn compare_one(
             return out;
         }
     };
-    let (kernel, warnings) = match kernel {
-        KernelOutcome::Report { report, warnings } => (report, warnings),
+    let (kernel, warnings, inspect) = match kernel {
+        KernelOutcome::Report {
+            report,
+            warnings,
+            inspect,
+        } => (report, warnings, inspect),
         KernelOutcome::Skipped(why) => {
             out.verdict = Verdict::Skipped;
             out.rows.push(fail_row("skipped".into()));
@@ -250,7 +254,116 @@ pub fn compare_one(
             },
         });
     }
+    if super::guest::wants_inspect(&s.path) {
+        check_inspect(s, kernel, inspect.as_deref(), &mut out);
+    }
     out
+}
+
+/// `lab-inspect-*`: `hugepfn inspect`, run in the guest on the held probe, against what the
+/// probe measured. Each `touch` of a whole mapping is matched with inspect's mapping of the
+/// same BAR offset and length; its predicted faults must be the probe's count.
+fn check_inspect(
+    s: &LabScenario,
+    kernel: &RunReport,
+    inspect: Option<&str>,
+    out: &mut ScenarioCompare,
+) {
+    use hugepfn_scenario::{Len, Step};
+    let name = s.sc.name.clone();
+    let row = |step: String, pred: String, measured: String, verdict: String| Row {
+        scenario: name.clone(),
+        step,
+        model_faults: pred,
+        model_levels: "(inspect)".into(),
+        kernel_faults: measured,
+        sigbus: "-".into(),
+        verdict,
+    };
+    let Some(json) = inspect else {
+        out.verdict = Verdict::Differ;
+        out.notes.push(
+            "inspect: no answer from the guest (is a static hugepfn next to the probe?)".into(),
+        );
+        return;
+    };
+    let rep: crate::inspect::InspectReport = match serde_json::from_str(json) {
+        Ok(r) => r,
+        Err(e) => {
+            out.verdict = Verdict::Differ;
+            out.notes
+                .push(format!("inspect: unreadable answer ({e}): {json}"));
+            return;
+        }
+    };
+    let mut checked = 0;
+    for (i, step) in s.sc.steps.iter().enumerate() {
+        let Step::Touch(t) = step else { continue };
+        if t.offset != 0 || t.len != Len::All || t.process.is_some() {
+            continue;
+        }
+        let Some(Step::Mmap(m)) =
+            s.sc.steps
+                .iter()
+                .find(|st| matches!(st, Step::Mmap(m) if m.name == t.map))
+        else {
+            continue;
+        };
+        let bar_size =
+            s.sc.devices
+                .iter()
+                .find(|d| d.name == m.device)
+                .and_then(|d| d.bar(m.bar))
+                .map_or(0, |b| b.size);
+        let len = m
+            .len
+            .resolve(bar_size.saturating_sub(m.offset))
+            .div_ceil(4096)
+            * 4096;
+        let measured = kernel.steps.get(i).map(|k| k.counters.faults);
+        let found = rep
+            .mappings
+            .iter()
+            .find(|b| b.bar_offset == m.offset && b.end - b.start == len);
+        let label = format!("inspect {} ({})", t.map, m.va);
+        checked += 1;
+        match (found.and_then(|b| b.prediction.as_ref()), measured) {
+            (Some(p), Some(k)) => {
+                let same = p.faults == k;
+                if !same {
+                    out.verdict = Verdict::Differ;
+                    out.notes.push(format!(
+                        "{label}: inspect predicts {} faults, the probe measured {k}",
+                        p.faults
+                    ));
+                }
+                out.rows.push(row(
+                    label,
+                    p.faults.to_string(),
+                    k.to_string(),
+                    if same {
+                        "same".into()
+                    } else {
+                        "DIFF (inspect)".into()
+                    },
+                ));
+            }
+            _ => {
+                out.verdict = Verdict::Differ;
+                out.notes.push(format!(
+                    "{label}: inspect has no prediction for it ({} mappings seen: {})",
+                    rep.mappings.len(),
+                    rep.notes.join("; ")
+                ));
+                out.rows
+                    .push(row(label, "-".into(), "-".into(), "DIFF (inspect)".into()));
+            }
+        }
+    }
+    out.notes.push(format!(
+        "inspect: {checked} mappings checked, as Linux {} (modelled as {})",
+        rep.running_kernel, rep.modelled_as
+    ));
 }
 
 /// The model, running as the lab's kernel, says that kernel oopses at this step in a function
@@ -414,6 +527,7 @@ fn reports_from_dir(scen: &[LabScenario], dir: &Path) -> Vec<KernelOutcome> {
                     Ok(report) => KernelOutcome::Report {
                         report,
                         warnings: Vec::new(),
+                        inspect: None,
                     },
                     Err(e) => KernelOutcome::ProbeFailed {
                         rc: -1,
@@ -641,6 +755,7 @@ faults = 2
         let k = KernelOutcome::Report {
             report: as_kernel(model.clone()),
             warnings: vec![],
+            inspect: None,
         };
         let c = compare_one(&s, Ok(model), &k, &vec![]);
         assert_eq!(c.verdict, Verdict::Same);
@@ -659,6 +774,7 @@ faults = 2
         let k = KernelOutcome::Report {
             report: kr,
             warnings: vec!["BAR elsewhere".into()],
+            inspect: None,
         };
         let c = compare_one(&s, Ok(model), &k, &vec![]);
         assert_eq!(c.verdict, Verdict::Differ);

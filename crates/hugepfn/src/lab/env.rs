@@ -25,6 +25,8 @@ pub struct LabEnv {
     pub busybox: PathBuf,
     /// The static probe.
     pub probe: PathBuf,
+    /// A static `hugepfn` for `inspect` inside the guest (next to the probe), if there is one.
+    pub inspect: Option<PathBuf>,
     /// Where the decompressed modules are cached.
     pub module_cache: PathBuf,
     /// A kernel built by `hugepfn lab kernel build`: VFIO built in, no modules to load.
@@ -406,7 +408,9 @@ fn build_probe() -> Result<PathBuf, LabError> {
         hint: "pass a static probe binary with --probe".into(),
     })?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    log("cargo build --release -p hugepfn-probe --target x86_64-unknown-linux-gnu (static)");
+    log(
+        "cargo build --release -p hugepfn-probe -p hugepfn --target x86_64-unknown-linux-gnu (static; hugepfn for inspect in the guest)",
+    );
     run(Command::new(cargo)
         .args([
             "build",
@@ -414,6 +418,8 @@ fn build_probe() -> Result<PathBuf, LabError> {
             "-q",
             "-p",
             "hugepfn-probe",
+            "-p",
+            "hugepfn",
             "--target",
             "x86_64-unknown-linux-gnu",
         ])
@@ -543,6 +549,12 @@ fn unpack_kernel(dir: &Path, pkg: &str) -> Result<(String, PathBuf, PathBuf), La
     })
 }
 
+/// A static `hugepfn` next to the probe (built with it), for `inspect` in the guest.
+fn inspect_next_to(probe: &Path) -> Option<PathBuf> {
+    let p = probe.with_file_name("hugepfn");
+    (p.is_file() && is_static_elf(&p).unwrap_or(false)).then_some(p)
+}
+
 /// The static busybox (downloaded) and the static probe (given, or built from this workspace).
 fn busybox_and_probe(opts: &EnvOptions, build: bool) -> Result<(PathBuf, PathBuf), LabError> {
     let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
@@ -594,6 +606,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
             vmlinuz: b.bzimage,
             modules: PathBuf::new(),
             busybox,
+            inspect: inspect_next_to(&probe),
             probe,
             module_cache: opts.dir.join("kbuild").join("no-modules"),
             builtin_vfio: true,
@@ -642,6 +655,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
         vmlinuz,
         modules,
         busybox,
+        inspect: inspect_next_to(&probe),
         probe,
         module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),
         builtin_vfio: false,

@@ -84,6 +84,8 @@ pub enum KernelOutcome {
         report: RunReport,
         /// The probe's warnings (e.g. the BAR is elsewhere than the scenario says).
         warnings: Vec<String>,
+        /// `hugepfn inspect`'s JSON of the held probe (`lab-inspect-*` scenarios).
+        inspect: Option<String>,
     },
     /// The probe could not run the scenario (exit status 2, or no report).
     ProbeFailed {
@@ -307,6 +309,13 @@ fn modules_in_order(env: &LabEnv) -> Result<Vec<(String, Vec<u8>)>, LabError> {
     Ok(order)
 }
 
+/// `lab-inspect-*` scenarios: the probe holds its mappings at the end while `hugepfn inspect`
+/// reads its PID in the guest.
+pub fn wants_inspect(f: &Path) -> bool {
+    f.file_stem()
+        .is_some_and(|s| s.to_string_lossy().starts_with("lab-inspect"))
+}
+
 /// The initramfs for one boot: scenarios get ids `0`, `1`, ... in `files` order.
 fn build_initramfs(
     env: &LabEnv,
@@ -345,8 +354,14 @@ fn build_initramfs(
     }
     c.file("lab/modules", list.as_bytes(), false);
     let mut ids = String::new();
+    if let Some(h) = &env.inspect {
+        c.file("bin/hugepfn", &read(h)?, true);
+    }
     for (i, f) in files.iter().enumerate() {
         c.file(&format!("lab/s/{i}.toml"), &read(f)?, false);
+        if wants_inspect(f) {
+            c.file(&format!("lab/s/{i}.inspect"), b"", false);
+        }
         ids.push_str(&format!("{i}\n"));
     }
     c.file("lab/list", ids.as_bytes(), false);
@@ -363,6 +378,8 @@ struct Entry {
     trace: Option<StepRef>,
     warnings: Vec<String>,
     messages: Vec<String>,
+    /// `hugepfn inspect`'s JSON (lab-inspect-* scenarios).
+    inspect: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -405,6 +422,12 @@ fn parse_data(text: &str) -> Parsed {
             if let Ok(id) = id.trim().parse() {
                 p.entries.entry(id).or_default();
                 p.current = Some(id);
+            }
+        } else if let Some(rest) = line.strip_prefix("@@INSPECT ") {
+            if let Some((id, json)) = rest.split_once(' ')
+                && let Ok(id) = id.trim().parse::<usize>()
+            {
+                p.entries.entry(id).or_default().inspect = Some(json.to_string());
             }
         } else if let Some(rest) = line.strip_prefix("@@END ") {
             let mut it = rest.split_whitespace();
@@ -649,6 +672,7 @@ pub fn run_group(
                 (Some(_), Some(report)) => KernelOutcome::Report {
                     report,
                     warnings: e.warnings,
+                    inspect: e.inspect,
                 },
                 (Some(rc), None) => KernelOutcome::ProbeFailed {
                     rc,

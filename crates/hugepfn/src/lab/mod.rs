@@ -636,7 +636,9 @@ fn cmd_run(files: &[PathBuf], out: Option<&Path>, o: &LabOpts) -> Result<ExitCod
     let mut all_ok = true;
     for (s, oc) in scen.iter().zip(&outcomes) {
         match oc {
-            KernelOutcome::Report { report, warnings } => {
+            KernelOutcome::Report {
+                report, warnings, ..
+            } => {
                 for w in warnings {
                     eprintln!("lab: {}: warning: {w}", s.path.display());
                 }

@@ -264,7 +264,9 @@ pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, Lab
     let mut failed = 0;
     for (s, oc) in scen.iter().zip(&outcomes) {
         match oc {
-            KernelOutcome::Report { report, warnings } => {
+            KernelOutcome::Report {
+                report, warnings, ..
+            } => {
                 for w in warnings {
                     eprintln!("lab: {}: warning: {w}", s.path.display());
                 }
