@@ -223,14 +223,6 @@ const TOP: Level = Level::P4d;
 /// The highest guest-physical address + 1 a 4-level EPT translates.
 pub const GPA_LIMIT: u64 = 1 << 48;
 
-fn lidx(level: Level) -> usize {
-    match level {
-        Level::Pud => 2,
-        Level::Pmd => 1,
-        _ => 0,
-    }
-}
-
 impl Ept {
     /// An empty EPT (its PML4 allocated).
     pub fn new(phys: Arc<PhysMem>) -> Result<Self, EptError> {
@@ -250,7 +242,7 @@ impl Ept {
 
     /// Leaves mapped now, by size.
     pub fn leaves(&self) -> LeafCounts {
-        let g = |l: Level| self.leaves[lidx(l)].load(Ordering::Relaxed);
+        let g = |l: Level| self.leaves[l.leaf_index()].load(Ordering::Relaxed);
         LeafCounts {
             pud: g(Level::Pud),
             pmd: g(Level::Pmd),
@@ -293,7 +285,7 @@ impl Ept {
                 continue;
             }
             if is_leaf(raw, level) {
-                self.leaves[lidx(level)].fetch_sub(1, Ordering::Relaxed);
+                self.leaves[level.leaf_index()].fetch_sub(1, Ordering::Relaxed);
                 zapped.add(level, 1);
             } else if let (Some(c), Some(lower)) = (Self::child(raw), level.lower()) {
                 self.free_subtree(c, lower, zapped);
@@ -363,7 +355,7 @@ impl Ept {
             if present(raw) && is_leaf(raw, level) {
                 // A huge leaf where a smaller one is wanted: zap it, then build tables.
                 self.set(t, i, 0);
-                self.leaves[lidx(level)].fetch_sub(1, Ordering::Relaxed);
+                self.leaves[level.leaf_index()].fetch_sub(1, Ordering::Relaxed);
                 out.zapped_huge = true;
             }
             let raw = self.get(t, i);
@@ -384,7 +376,7 @@ impl Ept {
         }
         if present(old) {
             if is_leaf(old, level) {
-                self.leaves[lidx(level)].fetch_sub(1, Ordering::Relaxed);
+                self.leaves[level.leaf_index()].fetch_sub(1, Ordering::Relaxed);
             } else if let (Some(c), Some(lower)) = (Self::child(old), level.lower()) {
                 // handle_removed_pt: the old table and everything under it goes.
                 self.set(t, i, 0);
@@ -392,7 +384,7 @@ impl Ept {
             }
         }
         self.set(t, i, raw_leaf);
-        self.leaves[lidx(level)].fetch_add(1, Ordering::Relaxed);
+        self.leaves[level.leaf_index()].fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -432,7 +424,7 @@ impl Ept {
             }
             if is_leaf(raw, level) {
                 self.set(t, i, 0);
-                self.leaves[lidx(level)].fetch_sub(1, Ordering::Relaxed);
+                self.leaves[level.leaf_index()].fetch_sub(1, Ordering::Relaxed);
                 z.add(level, 1);
             } else if let (Some(c), Some(lower)) = (Self::child(raw), level.lower()) {
                 self.zap_in(c, lower, lo, start, end, z);

@@ -205,6 +205,13 @@ impl From<WalkError> for MmError {
             WalkError::Oom => MmError::Oom,
             WalkError::HugeAbove(s) => MmError::Level(s.level),
             WalkError::Bad(s, _) => MmError::Level(s.level),
+            WalkError::Encode(e) => MmError::Invalid(format!("page-table entry: {e}")),
+            WalkError::PfnTooWide(p) => {
+                MmError::Invalid(format!("pfn {p:#x} is past the physical address width"))
+            }
+            WalkError::Vanished(va, l) => {
+                MmError::Invalid(format!("the {l} entry for {va:#x} vanished during a walk"))
+            }
         }
     }
 }

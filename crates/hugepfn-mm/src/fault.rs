@@ -468,7 +468,7 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
         }
         // A bigger leaf already maps it: nothing to do (Linux: pmd not none → NOPAGE).
         Err(WalkError::HugeAbove(_)) => return VmFaultResult::NoPage,
-        Err(WalkError::Bad(..)) => return VmFaultResult::Sigbus,
+        Err(_) => return VmFaultResult::Sigbus,
     };
     let ptl = vmf.pt.ptl(slot);
     match vmf.pt.decode(slot) {
@@ -603,7 +603,7 @@ pub fn handle_mm_fault_locked(
             Err(WalkError::Oom) => return done(VmFaultResult::Oom, Level::Pmd),
             // pud_trans_unstable: a PUD leaf raced in.
             Err(WalkError::HugeAbove(_)) => continue 'retry_pud,
-            Err(WalkError::Bad(..)) => return done(VmFaultResult::Sigbus, Level::Pmd),
+            Err(_) => return done(VmFaultResult::Sigbus, Level::Pmd),
         };
         match pt.decode(pmd) {
             Decoded::None if thp_vma_allowable_order(vma, thp, Level::Pmd.order()) => {
@@ -799,7 +799,7 @@ pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFault
         Ok(s) => s,
         Err(WalkError::Oom) => return VmFaultResult::Oom,
         Err(WalkError::HugeAbove(_)) => return VmFaultResult::NoPage,
-        Err(WalkError::Bad(..)) => return VmFaultResult::Sigbus,
+        Err(_) => return VmFaultResult::Sigbus,
     };
     let ptl = pt.ptl(slot);
     let old = pt.get(slot);

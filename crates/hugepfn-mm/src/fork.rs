@@ -104,7 +104,7 @@ fn copy_range(
     let mut items: Vec<(u64, Level, u64)> = Vec::new();
     collect(src, src.root(), src.top(), start, end, &mut items);
     for (va, level, raw) in items {
-        let slot_src = src.slot(va, level)?.ok_or(WalkError::Oom)?;
+        let slot_src = src.slot(va, level)?.ok_or(WalkError::Vanished(va, level))?;
         let new_raw = match entry::decode(raw, level) {
             // Present checked before special (47fa30118f02): non-present entries are copied as
             // they are, whatever their software bits say.
@@ -134,7 +134,7 @@ fn copy_range(
                 }
                 l.prot.flags.remove(ProtFlags::ACCESSED);
                 st.leaves.add(level, 1);
-                entry::encode_leaf(l).map_err(|_| WalkError::Oom)?
+                entry::encode_leaf(l)?
             }
             Decoded::None | Decoded::Table(_) => continue,
         };

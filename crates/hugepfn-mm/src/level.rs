@@ -79,6 +79,16 @@ impl Level {
         matches!(self, Level::Pte | Level::Pmd | Level::Pud)
     }
 
+    /// Index of a leaf level in `[PTE, PMD, PUD]` arrays of per-level counters (0 for PTE and
+    /// for levels that cannot hold a leaf).
+    pub const fn leaf_index(self) -> usize {
+        match self {
+            Level::Pud => 2,
+            Level::Pmd => 1,
+            _ => 0,
+        }
+    }
+
     /// The next level down, if any.
     pub const fn lower(self) -> Option<Level> {
         match self {

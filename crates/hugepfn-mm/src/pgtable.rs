@@ -24,7 +24,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::addr::{PAGE_SIZE, PagingMode, Pfn, PhysAddr};
-use crate::entry::{self, Decoded, Leaf, Pgprot, ProtFlags};
+use crate::entry::{self, Decoded, EncodeError, Leaf, Pgprot, ProtFlags};
 use crate::level::{LeafCap, Level};
 use crate::phys::{LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
 
@@ -51,6 +51,24 @@ pub enum WalkError {
     /// Table allocation failed (`-ENOMEM`, `VM_FAULT_OOM`).
     #[error("out of memory for page tables")]
     Oom,
+    /// A leaf could not be encoded: its pfn is too wide for the format or not aligned to the
+    /// leaf's size (a caller's bug, never an allocation failure).
+    #[error("cannot encode the leaf: {0}")]
+    Encode(EncodeError),
+    /// A pfn past the architecture's physical width (a split or remap that would run off the
+    /// end of the pfn space).
+    #[error("pfn {0:#x} is past the physical address width")]
+    PfnTooWide(u64),
+    /// An entry seen a moment ago is gone (the table changed under a walk that does not hold
+    /// its lock).
+    #[error("the {1} entry for {0:#x} vanished during the walk")]
+    Vanished(u64, Level),
+}
+
+impl From<EncodeError> for WalkError {
+    fn from(e: EncodeError) -> Self {
+        WalkError::Encode(e)
+    }
 }
 
 /// Leaves by level.
@@ -740,11 +758,11 @@ impl PageTables {
             let n = ((end - start) / PAGE_SIZE) as usize;
             let pfn = r.pfn + (start - r.start) / PAGE_SIZE;
             let leaf = Leaf {
-                pfn: Pfn::new(pfn).map_err(|_| WalkError::Oom)?,
+                pfn: Pfn::new(pfn).map_err(|_| WalkError::PfnTooWide(pfn))?,
                 prot: r.prot,
                 level,
             };
-            let base_raw = entry::encode_leaf(leaf).map_err(|_| WalkError::Oom)?;
+            let base_raw = entry::encode_leaf(leaf)?;
             let _ptl = t.lock();
             for i in 0..n {
                 t.set(first + i, base_raw + (i as u64) * PAGE_SIZE);
@@ -769,11 +787,11 @@ impl PageTables {
                 && Pfn::new(pfn).is_ok_and(|p| p.is_aligned_order(level.order()))
             {
                 let leaf = Leaf {
-                    pfn: Pfn::new(pfn).map_err(|_| WalkError::Oom)?,
+                    pfn: Pfn::new(pfn).map_err(|_| WalkError::PfnTooWide(pfn))?,
                     prot: r.prot,
                     level,
                 };
-                let raw = entry::encode_leaf(leaf).map_err(|_| WalkError::Oom)?;
+                let raw = entry::encode_leaf(leaf)?;
                 let ptl = self.ptl(slot);
                 let old = self.get(slot);
                 self.set(slot, raw);
@@ -838,14 +856,12 @@ impl PageTables {
         let step = lower.size() / PAGE_SIZE;
         for i in 0..512u64 {
             let l = Leaf {
-                pfn: Pfn::new(leaf.pfn.as_u64() + i * step).map_err(|_| WalkError::Oom)?,
+                pfn: Pfn::new(leaf.pfn.as_u64() + i * step)
+                    .map_err(|_| WalkError::PfnTooWide(leaf.pfn.as_u64() + i * step))?,
                 prot: leaf.prot,
                 level: lower,
             };
-            nt.set(
-                i as usize,
-                entry::encode_leaf(l).map_err(|_| WalkError::Oom)?,
-            );
+            nt.set(i as usize, entry::encode_leaf(l)?);
         }
         let ptl = self.ptl(slot);
         if self.get(slot) != entry::encode_leaf(leaf).unwrap_or(0) {

@@ -281,14 +281,6 @@ impl std::fmt::Debug for IommuDomain {
     }
 }
 
-fn leaf_idx(level: Level) -> usize {
-    match level {
-        Level::Pud => 2,
-        Level::Pmd => 1,
-        _ => 0,
-    }
-}
-
 impl IommuDomain {
     /// A new, empty domain on `phys` for an IOMMU with capability register `cap`
     /// (`intel_iommu_domain_alloc_paging`: the table depth is the deepest SAGAW supports up to
@@ -363,7 +355,7 @@ impl IommuDomain {
 
     /// Leaves mapped now, by size.
     pub fn leaves(&self) -> LeafCounts {
-        let g = |l: Level| self.leaves[leaf_idx(l)].load(Ordering::Relaxed);
+        let g = |l: Level| self.leaves[l.leaf_index()].load(Ordering::Relaxed);
         LeafCounts {
             pud: g(Level::Pud),
             pmd: g(Level::Pmd),
@@ -571,7 +563,7 @@ impl IommuDomain {
                 }
             }
             self.set(table, i, self.encode_leaf(pa, level, prot));
-            self.leaves[leaf_idx(level)].fetch_add(1, Ordering::Relaxed);
+            self.leaves[level.leaf_index()].fetch_add(1, Ordering::Relaxed);
             written += 1;
             done += level.size();
         };
@@ -694,7 +686,7 @@ impl IommuDomain {
             }
             if Self::is_leaf(raw, level) {
                 self.set(table, i, 0);
-                self.leaves[leaf_idx(level)].fetch_sub(1, Ordering::Relaxed);
+                self.leaves[level.leaf_index()].fetch_sub(1, Ordering::Relaxed);
                 out.leaves.add(level, 1);
                 out.bytes += size;
                 continue;

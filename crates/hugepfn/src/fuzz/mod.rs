@@ -268,4 +268,38 @@ mod tests {
         assert_eq!(errs[4].as_deref(), Some("EFAULT"));
         assert_eq!(errs[6].as_deref(), Some("EFAULT"));
     }
+
+    /// `hugepfn fuzz --seed 20261205` (case 9534353289440640613): a guest write to a host page
+    /// mprotect made read-only is emulated when a host entry maps it (`KVM_PFN_ERR_RO_FAULT`),
+    /// EFAULT only when none does (`fixup_user_fault` of a write in a read-only VMA). The
+    /// reference had EFAULT for both.
+    #[test]
+    fn guest_writes_to_read_only_host_pages_are_emulated_when_mapped() {
+        let text = |touch_first: bool| {
+            format!(
+                "name = \"k\"\n[[device]]\nname = \"d\"\nbars = [{{ index = 0, phys = \"0x100000000000\", size = \"1G\" }}]\n\
+                 [[step]]\nop = \"mmap\"\nname = \"m\"\ndevice = \"d\"\nbar = 0\nva = \"align:1G+4K\"\nlen = \"4M\"\n\
+                 {}\
+                 [[step]]\nop = \"mprotect\"\nmap = \"m\"\nprot = \"read\"\n\
+                 [[step]]\nop = \"kvm_memslot\"\nslot = 0\ngpa = \"1G\"\nmap = \"m\"\n\
+                 [[step]]\nop = \"guest_touch\"\ngpa = \"1G\"\nlen = \"8K\"\n",
+                if touch_first {
+                    "[[step]]\nop = \"touch\"\nmap = \"m\"\nlen = \"4K\"\naccess = \"read\"\n"
+                } else {
+                    ""
+                }
+            )
+        };
+        for (first, want) in [(true, Some("EFAULT")), (false, Some("EFAULT"))] {
+            let t = text(first);
+            check_text(&t, RunOptions::default()).expect("model and reference agree");
+            let sc = hugepfn_scenario::parse_scenario(&t, "k").unwrap();
+            let r = crate::runner::run_scenario(&sc, RunOptions::default()).unwrap();
+            let last = r.steps.last().and_then(|s| s.errno.clone());
+            // touched first: page 0 is mapped (emulated), page 1 is not (EFAULT); else page 0
+            assert_eq!(last.as_deref(), want, "touch first: {first}");
+            let emulated = r.steps.last().map_or(0, |s| s.counters.ept_violations);
+            assert_eq!(emulated, if first { 2 } else { 1 }, "touch first: {first}");
+        }
+    }
 }

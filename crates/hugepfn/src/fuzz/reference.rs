@@ -669,7 +669,15 @@ impl Reference {
                 let Some(pr) = self.procs.get(&proc) else {
                     return Ok(p);
                 };
-                p.errno = Some(guest_touch(pr, &self.devs, g));
+                // Whether a host entry maps the hva is the model's leaf-size business (a PUD
+                // fault maps a whole GiB), outside this page-granular reference: read it from
+                // the model's page tables (a failed or emulated write does not change it).
+                let mm = model.process(Some(&proc));
+                let present = |h: u64| {
+                    mm.as_ref()
+                        .is_some_and(|m| m.page_tables().lookup(h).is_some())
+                };
+                p.errno = Some(guest_touch(pr, &self.devs, g, &present));
             }
         }
         Ok(p)
@@ -1082,11 +1090,14 @@ fn memslot(
 /// A guest touch, stride by stride until the first error: a gfn in no slot, or a write to a
 /// read-only slot, exits as MMIO; otherwise the host VA must be in a VMA that allows the
 /// access with the device's memory on (`hva_to_pfn_remapped`: `fixup_user_fault`), or the
-/// touch fails with EFAULT.
+/// touch fails with EFAULT. A write to a readable, read-only VMA whose page a host entry maps
+/// (`present`) is emulated, not a fault: `follow_pfnmap_start` finds the entry, it is not
+/// writable, `KVM_PFN_ERR_RO_FAULT` → `RET_PF_EMULATE` (`kvm_handle_error_pfn`).
 fn guest_touch(
     pr: &RProc,
     devs: &HashMap<String, RDev>,
     g: &hugepfn_scenario::GuestTouchStep,
+    present: &dyn Fn(u64) -> bool,
 ) -> Option<&'static str> {
     let write = g.access == Access::Write;
     let n = g.len.div_ceil(g.stride);
@@ -1118,7 +1129,7 @@ fn guest_touch(
             match pr.find(h) {
                 Some((_, v))
                     if v.flags.read
-                        && (!write || v.flags.write)
+                        && (!write || v.flags.write || present(h))
                         && devs.get(&v.dev).is_some_and(RDev::accessible) => {}
                 _ => return Some("EFAULT"),
             }
