@@ -36,6 +36,9 @@ done < /lab/modules
 while read -r id; do
     [ -n "$id" ] || continue
     echo "@@BEGIN $id" >&3
+    if [ -e "/lab/s/$id.inspect" ] && [ ! -x /bin/hugepfn ]; then
+        echo "@@INSPECT $id MISSING" >&3
+    fi
     if [ -e "/lab/s/$id.inspect" ] && [ -x /bin/hugepfn ]; then
         # the probe holds its mappings after the last step while `hugepfn inspect` reads
         # its maps, fds and sysfs; the answer is one line: @@INSPECT <ID> <JSON>

@@ -964,9 +964,11 @@ impl PageTables {
         let mut zapped = LeafCounts::default();
         let end = old.saturating_add(len);
         // `get_extent`: up to the next `level` boundary of either address, at most to `end`.
+        // Wrapping, as Linux's: at the top of the address space the next boundary wraps to 0
+        // and the distance to it is still right.
         let extent = |level: Level, o: u64, n: u64| -> u64 {
             let size = level.size();
-            let to = |a: u64| (a & !(size - 1)).saturating_add(size) - a;
+            let to = |a: u64| (a & !(size - 1)).wrapping_add(size).wrapping_sub(a);
             to(o).min(to(n)).min(end - o)
         };
         let (mut o, mut n) = (old, new);
@@ -1120,7 +1122,11 @@ impl PageTables {
             return Ok(false);
         }
         let base = o & !(size - 1);
-        let z = self.zap_range(base.max(o), (base + size).min(end), PartialHuge::ZapWhole)?;
+        let z = self.zap_range(
+            base.max(o),
+            base.saturating_add(size).min(end),
+            PartialHuge::ZapWhole,
+        )?;
         zapped.add(level, z.cleared.get(level));
         Ok(false)
     }

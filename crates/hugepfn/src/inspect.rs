@@ -99,6 +99,8 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine> {
     let _dev = it.next()?;
     let _inode = it.next()?;
     let path = it.collect::<Vec<_>>().join(" ");
+    // the file of a mapping whose fd was closed and node removed
+    let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
     let (s, e) = range.split_once('-')?;
     let start = u64::from_str_radix(s, 16).ok()?;
     let end = u64::from_str_radix(e, 16).ok()?;
@@ -292,7 +294,9 @@ fn find_devices(args: &InspectArgs, notes: &mut Vec<String>) -> (Vec<DeviceInfo>
                         node: Some(t.clone()),
                     });
                 }
-                None => unknown += 1,
+                None => notes.push(format!(
+                    "{t}: no device found behind /sys/class/vfio-dev/{node}: its mappings get no prediction"
+                )),
             }
         } else if t == "anon_inode:[vfio-device]" {
             let info = std::fs::read_to_string(pid_dir.join("fdinfo").join(fd.file_name()))
@@ -525,10 +529,16 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
         if let Some(pa) = phys {
             let skew_2m = m.start.wrapping_sub(pa) % MIB2;
             if len >= GIB && skew_1g != Some(0) {
-                let fix = m.start - skew_1g.unwrap_or(0);
+                let skew = skew_1g.unwrap_or(0);
+                // the next VA up that is congruent with the PA (rounding down could fall below
+                // the mapping space or into the previous VMA)
+                let fix = m
+                    .start
+                    .checked_add((GIB - skew) % GIB)
+                    .map_or_else(String::new, |f| format!(" such as {f:#x}"));
                 mnotes.push(format!(
-                    "VA ≡ PA + {} (mod 1 GiB): no 1 GiB leaves{}; a VA ≡ PA (mod 1 GiB) such as {fix:#x} would take them",
-                    format_size(skew_1g.unwrap_or(0)),
+                    "VA ≡ PA + {} (mod 1 GiB): no 1 GiB leaves{}; a VA ≡ PA (mod 1 GiB){fix} would take them",
+                    format_size(skew),
                     if skew_2m == 0 { "" } else { " and no 2 MiB leaves" },
                 ));
             } else if len >= MIB2 && skew_2m != 0 {
@@ -538,23 +548,22 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
                 ));
             }
         }
-        // a VMA boundary that cuts a 1 GiB block of a neighbouring VMA of the same mapping
-        let neighbour = |o: &&&MapsLine| {
-            o.path == m.path
-                && (o.end == m.start || o.start == m.end)
-                && (o.offset >> REGION_SHIFT) == region
-        };
-        if vfio
-            .iter()
-            .enumerate()
-            .any(|(j, o)| j != k && neighbour(&o))
-        {
-            for cut in [m.start, m.end] {
-                if cut % GIB != 0 && skew_1g == Some(0) {
-                    mnotes.push(format!(
-                        "the VMA is split at {cut:#x}, inside a 1 GiB block: that block maps with 2 MiB leaves at best (mprotect/madvise split it; on 6.12-7.3 a split inside a mapped 1 GiB leaf oopses)"
-                    ));
-                }
+        // a VMA boundary that cuts a 1 GiB block between two VMAs of one mapping: the same
+        // file, adjacent in VA and in file offset
+        let left = vfio.iter().enumerate().any(|(j, o)| {
+            j != k
+                && o.path == m.path
+                && o.end == m.start
+                && o.offset + (o.end - o.start) == m.offset
+        });
+        let right = vfio.iter().enumerate().any(|(j, o)| {
+            j != k && o.path == m.path && o.start == m.end && m.offset + len == o.offset
+        });
+        for (cut, has) in [(m.start, left), (m.end, right)] {
+            if has && cut % GIB != 0 && skew_1g == Some(0) {
+                mnotes.push(format!(
+                    "the VMA is split at {cut:#x}, inside a 1 GiB block: that block maps with 2 MiB leaves at best (mprotect/madvise split it; on 6.12-7.3 a split inside a mapped 1 GiB leaf oopses)"
+                ));
             }
         }
         let prediction = match (bar, kernel) {

@@ -180,7 +180,7 @@ fn without_fdinfo_devices_come_from_vfio_pci_and_a_guess_is_said() {
     assert!(
         a.notes
             .iter()
-            .any(|n| n.contains("(mod 1 GiB)") && n.contains("0x7f0000000000")),
+            .any(|n| n.contains("(mod 1 GiB)") && n.contains("0x7f0040000000")),
         "{:?}",
         a.notes
     );
@@ -205,6 +205,16 @@ fn a_split_inside_a_gib_is_reported() {
             .notes
             .iter()
             .any(|n| n.contains("split at 0x7f0000200000")),
+        "{:?}",
+        r.mappings[0].notes
+    );
+    // two separate mmaps side by side (offsets not contiguous) are not a split
+    let maps = "7f0000000000-7f0000200000 rw-s 20000000000 00:0e 77 anon_inode:[vfio-device]\n\
+                7f0000200000-7f0040000000 r--s 20040000000 00:0e 77 anon_inode:[vfio-device]\n";
+    let f = Fake::new("s2", maps, "7.3.4", true);
+    let r = inspect(&f.args()).expect("inspect");
+    assert!(
+        !r.mappings[0].notes.iter().any(|n| n.contains("split")),
         "{:?}",
         r.mappings[0].notes
     );

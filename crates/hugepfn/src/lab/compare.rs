@@ -280,12 +280,22 @@ fn check_inspect(
         sigbus: "-".into(),
         verdict,
     };
-    let Some(json) = inspect else {
-        out.verdict = Verdict::Differ;
-        out.notes.push(
-            "inspect: no answer from the guest (is a static hugepfn next to the probe?)".into(),
-        );
-        return;
+    let json = match inspect {
+        // reports read from a directory (`--reports`): no guest ran inspect
+        None => {
+            out.notes
+                .push("inspect: not checked (no live guest: reports from a directory)".into());
+            return;
+        }
+        Some("MISSING") => {
+            out.verdict = Verdict::Differ;
+            out.notes.push(
+                "inspect: the guest has no static hugepfn (build it with the probe: cargo build --release -p hugepfn-probe -p hugepfn --target x86_64-unknown-linux-gnu, +crt-static)"
+                    .into(),
+            );
+            return;
+        }
+        Some(j) => j,
     };
     let rep: crate::inspect::InspectReport = match serde_json::from_str(json) {
         Ok(r) => r,
@@ -321,10 +331,9 @@ fn check_inspect(
             .div_ceil(4096)
             * 4096;
         let measured = kernel.steps.get(i).map(|k| k.counters.faults);
-        let found = rep
-            .mappings
-            .iter()
-            .find(|b| b.bar_offset == m.offset && b.end - b.start == len);
+        let found = rep.mappings.iter().find(|b| {
+            b.region == u64::from(m.bar) && b.bar_offset == m.offset && b.end - b.start == len
+        });
         let label = format!("inspect {} ({})", t.map, m.va);
         checked += 1;
         match (found.and_then(|b| b.prediction.as_ref()), measured) {
