@@ -66,10 +66,13 @@ fn verdicts(
 }
 
 /// Shrinks a differing case on the kernel; returns the smallest text that still differs and
-/// its notes.
+/// its notes. A candidate counts only if it ends as the original did (`want`) and its guest
+/// booted: a boot that failed for its own reasons (a TCG guest on a loaded host can panic in
+/// its timer check) says nothing about the case.
 fn shrink_on_kernel(
     text: &str,
     notes: Vec<String>,
+    want: Verdict,
     dir: &Path,
     o: &LabOpts,
     known: &KnownCrashes,
@@ -98,7 +101,7 @@ fn shrink_on_kernel(
         match v
             .into_iter()
             .zip(cands)
-            .find(|((v, _), _)| matches!(v, Verdict::Differ | Verdict::Failed))
+            .find(|((v, n), _)| *v == want && !n.iter().any(|l| l.starts_with("the guest failed")))
         {
             Some(((_, n), t)) => best = (t, n),
             None => break,
@@ -166,7 +169,7 @@ pub(super) fn cmd_fuzz(
                 continue;
             }
             let (small, notes) = if found.len() < SHRINK_CASES {
-                shrink_on_kernel(text, notes, &dir, ko, &known)?
+                shrink_on_kernel(text, notes, verdict, &dir, ko, &known)?
             } else {
                 (text.clone(), notes)
             };
