@@ -230,6 +230,71 @@ pub fn measure(spec: PointSpec, opts: &MeasureOptions) -> Result<Measured, Measu
     })
 }
 
+/// This process's minor faults so far: field 10 (`minflt`) of `/proc/self/stat`, the counter
+/// `getrusage(RUSAGE_SELF).ru_minflt` reports (read from procfs: no `unsafe` here).
+pub fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // the command name is in parentheses and may hold spaces: count from the last ')'
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(7)?.parse().ok()
+}
+
+/// What anonymous 4 KiB minor faults cost on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MinorFaultCost {
+    /// Pages touched.
+    pub pages: u64,
+    /// Minor faults the kernel counted meanwhile.
+    pub faults: u64,
+    /// Wall time of the touches, ns.
+    pub elapsed_ns: u64,
+}
+
+impl MinorFaultCost {
+    /// ns per counted fault.
+    pub fn ns_per_fault(&self) -> f64 {
+        self.elapsed_ns as f64 / self.faults.max(1) as f64
+    }
+}
+
+/// Touches (writes) each page of a fresh `pages` × 4 KiB anonymous mapping with
+/// `MADV_NOHUGEPAGE` once: each write is one minor fault that allocates and zeroes a page.
+pub fn anon_minor_fault_cost(pages: u64) -> Result<MinorFaultCost, MeasureError> {
+    let size = pages
+        .checked_mul(4096)
+        .ok_or(MeasureError::BadSize(u64::MAX))?;
+    let len = usize::try_from(size)
+        .ok()
+        .filter(|&l| l > 0)
+        .ok_or(MeasureError::BadSize(size))?;
+    let mut m = MmapOptions::new()
+        .len(len)
+        .map_anon()
+        .map_err(|source| MeasureError::Map {
+            backing: "4k",
+            size,
+            source,
+        })?;
+    m.advise(Advice::NoHugePage)
+        .map_err(|source| MeasureError::Advise {
+            advice: "MADV_NOHUGEPAGE",
+            source,
+        })?;
+    let f0 = minor_faults().unwrap_or(0);
+    let t0 = Instant::now();
+    for p in 0..pages as usize {
+        m[p * 4096] = 1;
+    }
+    let elapsed_ns = t0.elapsed().as_nanos() as u64;
+    let f1 = minor_faults().unwrap_or(0);
+    std::hint::black_box(&m[..]);
+    Ok(MinorFaultCost {
+        pages,
+        faults: f1.saturating_sub(f0),
+        elapsed_ns,
+    })
+}
+
 #[inline(never)]
 fn chase(buf: &[u64], mut idx: usize, n: u64) -> usize {
     for _ in 0..n {
@@ -256,6 +321,15 @@ pub fn median(v: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_touches_are_counted_as_minor_faults() {
+        assert!(minor_faults().is_some(), "/proc/self/stat has minflt");
+        let c = anon_minor_fault_cost(256).expect("measure");
+        // one fault per page (a few more from the process itself are possible)
+        assert!(c.faults >= 256 && c.faults < 256 + 64, "{c:?}");
+        assert!(c.ns_per_fault() > 0.0);
+    }
 
     #[test]
     fn median_of_odd_and_even() {
