@@ -224,7 +224,7 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
         out.push(Figure {
             name: format!(
                 "Linux anonymous 4 KiB minor faults ({} MiB, MADV_NOHUGEPAGE)",
-                pages * 4096 >> 20
+                (pages * 4096) >> 20
             ),
             elapsed_ns: c.elapsed_ns,
             ops: c.faults,
