@@ -13,16 +13,31 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod error;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod exec;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod pci;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 #[allow(unsafe_code)]
 mod sys;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod vfio;
 
 #[derive(Parser)]
@@ -48,7 +63,10 @@ struct Cli {
     #[arg(long)]
     set_thp: bool,
     /// VFIO IOMMU backend.
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     #[arg(long, value_enum, default_value = "auto")]
     iommu: vfio::IommuChoice,
     /// Print the report on one line.
@@ -65,7 +83,10 @@ struct Cli {
     hold: Option<PathBuf>,
 }
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
@@ -77,7 +98,10 @@ fn main() -> ExitCode {
     }
 }
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 fn run(cli: &Cli) -> Result<ExitCode, error::ProbeError> {
     use std::io::Write;
     let sc = hugepfn_scenario::load_scenario(&cli.file)?;
@@ -117,9 +141,12 @@ fn run(cli: &Cli) -> Result<ExitCode, error::ProbeError> {
     })
 }
 
-#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
 fn main() -> ExitCode {
     let _ = Cli::parse();
-    eprintln!("hugepfn-probe: error: hugepfn-probe runs on Linux x86_64 only");
+    eprintln!("hugepfn-probe: error: hugepfn-probe runs on Linux x86_64 and aarch64 only");
     ExitCode::from(2)
 }

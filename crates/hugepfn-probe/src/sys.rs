@@ -11,8 +11,9 @@
 //! access to device memory goes through one of two tiny assembly functions,
 //! [`hugepfn_probe_read8`] and [`hugepfn_probe_write8`], each a single load or store
 //! instruction at an exported label, followed by `ret`. The SIGBUS/SIGSEGV handler looks at the
-//! interrupted RIP: if it is exactly one of those two instructions it records the signal, sets
-//! RAX to a "faulted" value and moves RIP to the `ret` that follows, then returns normally. The
+//! interrupted RIP (PC on aarch64): if it is exactly one of those two instructions it records
+//! the signal, sets RAX (x0) to a "faulted" value and moves RIP (PC) to the `ret` that follows,
+//! then returns normally. The
 //! kernel's `rt_sigreturn` restores the signal mask and every register, so nothing is unwound,
 //! no `longjmp` crosses Rust frames, and the caller simply sees the function return "faulted".
 //! A fault anywhere else is a real bug: the handler restores the default action and returns, so
@@ -36,6 +37,7 @@ const PAGE: u64 = 4096;
 // ------------------------------------------------------------------------------------------
 // Fault-catching accesses
 
+#[cfg(target_arch = "x86_64")]
 std::arch::global_asm!(
     ".pushsection .text.hugepfn_probe_access,\"ax\",@progbits",
     ".balign 16",
@@ -57,6 +59,37 @@ std::arch::global_asm!(
     ".globl hugepfn_probe_write8_insn",
     "hugepfn_probe_write8_insn:",
     "    mov byte ptr [rdi], sil",
+    ".globl hugepfn_probe_write8_resume",
+    "hugepfn_probe_write8_resume:",
+    "    ret",
+    ".size hugepfn_probe_write8, . - hugepfn_probe_write8",
+    ".popsection",
+);
+
+// aarch64: the same two functions; x0 = pointer (and w1 = value), the result in x0. The
+// handler moves the PC to the `ret` after the faulting instruction and sets x0 as on x86-64.
+#[cfg(target_arch = "aarch64")]
+std::arch::global_asm!(
+    ".pushsection .text.hugepfn_probe_access,\"ax\",@progbits",
+    ".balign 16",
+    ".globl hugepfn_probe_read8",
+    ".type hugepfn_probe_read8,@function",
+    "hugepfn_probe_read8:",
+    ".globl hugepfn_probe_read8_insn",
+    "hugepfn_probe_read8_insn:",
+    "    ldrb w0, [x0]",
+    ".globl hugepfn_probe_read8_resume",
+    "hugepfn_probe_read8_resume:",
+    "    ret",
+    ".size hugepfn_probe_read8, . - hugepfn_probe_read8",
+    ".balign 16",
+    ".globl hugepfn_probe_write8",
+    ".type hugepfn_probe_write8,@function",
+    "hugepfn_probe_write8:",
+    ".globl hugepfn_probe_write8_insn",
+    "hugepfn_probe_write8_insn:",
+    "    strb w1, [x0]",
+    "    mov x0, #0",
     ".globl hugepfn_probe_write8_resume",
     "hugepfn_probe_write8_resume:",
     "    ret",
@@ -107,8 +140,7 @@ extern "C" fn on_fault(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut 
     // SAFETY: the kernel passes a valid ucontext_t for SA_SIGINFO handlers; it lives on this
     // thread's stack for the duration of the handler and is written back by rt_sigreturn.
     let uc = unsafe { &mut *ctx.cast::<libc::ucontext_t>() };
-    let gregs = &mut uc.uc_mcontext.gregs;
-    let rip = gregs[libc::REG_RIP as usize] as usize;
+    let rip = pc_of(uc);
     let (resume, rax) = if rip == read_insn {
         (read_resume, u64::MAX)
     } else if rip == write_insn {
@@ -125,9 +157,34 @@ extern "C" fn on_fault(sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut 
         }
         return;
     };
-    gregs[libc::REG_RIP as usize] = resume as i64;
-    gregs[libc::REG_RAX as usize] = rax as i64;
+    set_resume(uc, resume, rax);
     LAST_SIGNAL.store(sig, Ordering::Relaxed);
+}
+
+/// The interrupted instruction's address.
+#[cfg(target_arch = "x86_64")]
+fn pc_of(uc: &libc::ucontext_t) -> usize {
+    uc.uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+}
+
+/// Resumes at `pc` with the return register set to `ret`.
+#[cfg(target_arch = "x86_64")]
+fn set_resume(uc: &mut libc::ucontext_t, pc: usize, ret: u64) {
+    uc.uc_mcontext.gregs[libc::REG_RIP as usize] = pc as i64;
+    uc.uc_mcontext.gregs[libc::REG_RAX as usize] = ret as i64;
+}
+
+/// The interrupted instruction's address.
+#[cfg(target_arch = "aarch64")]
+fn pc_of(uc: &libc::ucontext_t) -> usize {
+    uc.uc_mcontext.pc as usize
+}
+
+/// Resumes at `pc` with x0 set to `ret`.
+#[cfg(target_arch = "aarch64")]
+fn set_resume(uc: &mut libc::ucontext_t, pc: usize, ret: u64) {
+    uc.uc_mcontext.pc = pc as u64;
+    uc.uc_mcontext.regs[0] = ret;
 }
 
 /// Installs the SIGBUS and SIGSEGV handler described in the module docs.
@@ -781,6 +838,7 @@ pub fn vfio_unmap_dma(container: &File, iova: u64, size: u64) -> io::Result<u64>
 // ------------------------------------------------------------------------------------------
 // Processes: fork with a measured parent side, pipes, reaping, unsharing after fork
 
+#[cfg(target_arch = "x86_64")]
 std::arch::global_asm!(
     ".pushsection .text.hugepfn_probe_fork,\"ax\",@progbits",
     ".balign 16",
@@ -807,6 +865,43 @@ std::arch::global_asm!(
     "    mov rsi, r9",
     "    syscall",
     "    mov rax, r10",
+    "2:",
+    "    ret",
+    ".size hugepfn_probe_fork_measured, . - hugepfn_probe_fork_measured",
+    ".popsection",
+);
+
+// aarch64: the same sequence with `svc #0` (x8 = number; getrusage 165; there is no `fork`:
+// clone(SIGCHLD, 0, 0, 0, 0), number 220, is what glibc's fork does). x0/x1 = the rusage
+// pointers, kept in x9/x10; between the two getrusage calls nothing but registers is touched.
+#[cfg(target_arch = "aarch64")]
+std::arch::global_asm!(
+    ".pushsection .text.hugepfn_probe_fork,\"ax\",@progbits",
+    ".balign 16",
+    ".globl hugepfn_probe_fork_measured",
+    ".type hugepfn_probe_fork_measured,@function",
+    "hugepfn_probe_fork_measured:",
+    "    mov x9, x0",
+    "    mov x10, x1",
+    "    mov x8, #165", // SYS_getrusage
+    "    mov x0, #0",   // RUSAGE_SELF
+    "    mov x1, x9",
+    "    svc #0",
+    "    mov x8, #220", // SYS_clone
+    "    mov x0, #17",  // SIGCHLD
+    "    mov x1, #0",
+    "    mov x2, #0",
+    "    mov x3, #0",
+    "    mov x4, #0",
+    "    svc #0",
+    "    cmp x0, #0",
+    "    b.le 2f", // child (0) or error (-errno)
+    "    mov x11, x0",
+    "    mov x8, #165",
+    "    mov x0, #0",
+    "    mov x1, x10",
+    "    svc #0",
+    "    mov x0, x11",
     "2:",
     "    ret",
     ".size hugepfn_probe_fork_measured, . - hugepfn_probe_fork_measured",
@@ -880,6 +975,28 @@ unsafe extern "C" {
     static __rseq_size: u32;
 }
 
+/// The thread pointer glibc's `__rseq_offset` is relative to.
+#[cfg(target_arch = "x86_64")]
+fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: on x86-64 glibc keeps the thread pointer (the TCB's self pointer) at %fs:0.
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:0", out(reg) tp, options(nostack, readonly, preserves_flags));
+    }
+    tp
+}
+
+/// The thread pointer glibc's `__rseq_offset` is relative to.
+#[cfg(target_arch = "aarch64")]
+fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: reading TPIDR_EL0, the user thread pointer register, has no side effects.
+    unsafe {
+        std::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags));
+    }
+    tp
+}
+
 /// Unregisters the restartable-sequences area glibc registered for this thread, so the kernel
 /// stops writing to it. Why: after a fork that area (in this process's private memory) is
 /// copy-on-write, and the kernel updates it on the way back to user space after every context
@@ -887,7 +1004,7 @@ unsafe extern "C" {
 /// running (the fork itself, on a one-CPU guest). glibc only uses the area to speed up
 /// `sched_getcpu`, which falls back to the system call. Returns whether one was unregistered.
 pub fn rseq_unregister() -> bool {
-    const SYS_RSEQ: libc::c_long = 334;
+    const SYS_RSEQ: libc::c_long = libc::SYS_rseq;
     const RSEQ_FLAG_UNREGISTER: libc::c_long = 1;
     const RSEQ_SIG: libc::c_long = 0x5305_3053;
     // SAFETY: reading two integers glibc exports.
@@ -895,11 +1012,7 @@ pub fn rseq_unregister() -> bool {
     if size == 0 {
         return false;
     }
-    let tp: usize;
-    // SAFETY: on x86-64 glibc keeps the thread pointer (the TCB's self pointer) at %fs:0.
-    unsafe {
-        std::arch::asm!("mov {}, qword ptr fs:0", out(reg) tp, options(nostack, readonly, preserves_flags));
-    }
+    let tp = thread_pointer();
     let area = tp.wrapping_add_signed(offset);
     // glibc registers 32 bytes (the original struct rseq) whatever `__rseq_size` says.
     for len in [32, libc::c_long::from(size)] {

@@ -686,7 +686,8 @@ pub fn main(args: InspectArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e @ InspectError::Kernel(_)) => {
+        // a PID that is gone (or not ours to read), a --kernel that is not modelled: the input
+        Err(e @ (InspectError::Kernel(_) | InspectError::Read { .. })) => {
             eprintln!("hugepfn inspect: {e}");
             ExitCode::from(2)
         }
