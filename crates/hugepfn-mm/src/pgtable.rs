@@ -223,6 +223,18 @@ bitflags::bitflags! {
     }
 }
 
+/// What one `move_page_tables` call carries through its extents.
+struct Moving {
+    /// End of the old range.
+    end: u64,
+    /// What to do with a huge leaf that cannot move whole.
+    partial: PartialHuge,
+    /// Leaves moved.
+    moved: LeafCounts,
+    /// Leaves zapped.
+    zapped: LeafCounts,
+}
+
 /// A correctness hazard a fault-path design ran into (for `hugepfn compare`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum Hazard {
@@ -960,9 +972,13 @@ impl PageTables {
         len: u64,
         partial: PartialHuge,
     ) -> Result<(LeafCounts, LeafCounts), WalkError> {
-        let mut moved = LeafCounts::default();
-        let mut zapped = LeafCounts::default();
         let end = old.saturating_add(len);
+        let mut mv = Moving {
+            end,
+            partial,
+            moved: LeafCounts::default(),
+            zapped: LeafCounts::default(),
+        };
         // `get_extent`: up to the next `level` boundary of either address, at most to `end`.
         // Wrapping, as Linux's: at the top of the address space the next boundary wraps to 0
         // and the distance to it is still right.
@@ -993,28 +1009,19 @@ impl PageTables {
                         self.set(os, 0);
                     }
                     self.note_hazard(Hazard::ClearedWithoutFlush);
-                    zapped.add(Level::Pud, 1);
+                    mv.zapped.add(Level::Pud, 1);
                     (o, n) = (o + ext, n + ext);
                     continue;
                 }
                 Decoded::Leaf(_) | Decoded::NonPresent(_) => {
-                    if self.move_leaf_or_break(
-                        os,
-                        o,
-                        n,
-                        ext,
-                        end,
-                        partial,
-                        &mut moved,
-                        &mut zapped,
-                    )? {
+                    if self.move_leaf_or_break(os, o, n, ext, &mut mv)? {
                         (o, n) = (o + ext, n + ext);
                     }
                     continue; // else re-read: zapped or now a table
                 }
                 Decoded::Table(_) => {
                     let ds = self.slot_alloc(n, Level::Pud)?; // alloc_new_pud
-                    if ext == Level::Pud.size() && self.move_table(os, ds, o, &mut moved) {
+                    if ext == Level::Pud.size() && self.move_table(os, ds, o, &mut mv.moved) {
                         (o, n) = (o + ext, n + ext);
                         continue;
                     }
@@ -1029,22 +1036,13 @@ impl PageTables {
                 Decoded::None => {} // get_old_pmd: none → no new table
                 Decoded::Leaf(_) | Decoded::NonPresent(_) => {
                     self.slot_alloc(n, Level::Pmd)?; // alloc_new_pmd
-                    if !self.move_leaf_or_break(
-                        om,
-                        o,
-                        n,
-                        ext,
-                        end,
-                        partial,
-                        &mut moved,
-                        &mut zapped,
-                    )? {
+                    if !self.move_leaf_or_break(om, o, n, ext, &mut mv)? {
                         continue; // re-read: zapped or now a table
                     }
                 }
                 Decoded::Table(pa) => {
                     let dm = self.slot_alloc(n, Level::Pmd)?; // alloc_new_pmd
-                    if !(ext == Level::Pmd.size() && self.move_table(om, dm, o, &mut moved)) {
+                    if !(ext == Level::Pmd.size() && self.move_table(om, dm, o, &mut mv.moved)) {
                         let dt = self.slot_alloc_at(dm, n)?; // pte_alloc, even for no PTE
                         let (ot, dtab) = (self.table(pa), self.table(dt));
                         let (oi, di) = (Level::Pte.index(o), Level::Pte.index(n));
@@ -1073,7 +1071,7 @@ impl PageTables {
                             ot.set(from.index, 0);
                             k += 1;
                         }
-                        moved.add(Level::Pte, k);
+                        mv.moved.add(Level::Pte, k);
                     }
                 }
             }
@@ -1081,24 +1079,20 @@ impl PageTables {
         }
         self.flush_tlb_range(old, end, "mremap");
         self.mmu_notifier_invalidate(old, end);
-        Ok((moved, zapped))
+        Ok((mv.moved, mv.zapped))
     }
 
     /// A huge leaf (or non-present entry) in `slot`, met at `o` by an extent `ext` of the move:
     /// moves it whole to `n` when the extent is its size (`move_huge_pud`/`move_huge_pmd`) and
-    /// returns true; otherwise zaps its part inside `[.., end)` or splits it (as `partial` says)
-    /// and returns false: the caller reads the entry again.
-    #[allow(clippy::too_many_arguments)]
+    /// returns true; otherwise zaps its part inside `[.., mv.end)` or splits it (as
+    /// `mv.partial` says) and returns false: the caller reads the entry again.
     fn move_leaf_or_break(
         &self,
         slot: Slot,
         o: u64,
         n: u64,
         ext: u64,
-        end: u64,
-        partial: PartialHuge,
-        moved: &mut LeafCounts,
-        zapped: &mut LeafCounts,
+        mv: &mut Moving,
     ) -> Result<bool, WalkError> {
         let level = slot.level;
         let size = level.size();
@@ -1112,11 +1106,11 @@ impl PageTables {
                 }
                 let _ptl = self.ptl(slot);
                 self.set(slot, 0);
-                moved.add(level, 1);
+                mv.moved.add(level, 1);
                 return Ok(true);
             }
         }
-        if partial == PartialHuge::Split && matches!(self.decode(slot), Decoded::Leaf(_)) {
+        if mv.partial == PartialHuge::Split && matches!(self.decode(slot), Decoded::Leaf(_)) {
             // split (or lost a race to somebody who changed it): read it again
             self.split_leaf(slot)?;
             return Ok(false);
@@ -1124,10 +1118,10 @@ impl PageTables {
         let base = o & !(size - 1);
         let z = self.zap_range(
             base.max(o),
-            base.saturating_add(size).min(end),
+            base.saturating_add(size).min(mv.end),
             PartialHuge::ZapWhole,
         )?;
-        zapped.add(level, z.cleared.get(level));
+        mv.zapped.add(level, z.cleared.get(level));
         Ok(false)
     }
 

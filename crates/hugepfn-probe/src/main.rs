@@ -13,31 +13,16 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(probe_host)]
 mod error;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(probe_host)]
 mod exec;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(probe_host)]
 mod pci;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(probe_host)]
 #[allow(unsafe_code)]
 mod sys;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(probe_host)]
 mod vfio;
 
 #[derive(Parser)]
@@ -63,10 +48,7 @@ struct Cli {
     #[arg(long)]
     set_thp: bool,
     /// VFIO IOMMU backend.
-    #[cfg(all(
-        target_os = "linux",
-        any(target_arch = "x86_64", target_arch = "aarch64")
-    ))]
+    #[cfg(probe_host)]
     #[arg(long, value_enum, default_value = "auto")]
     iommu: vfio::IommuChoice,
     /// Print the report on one line.
@@ -83,10 +65,7 @@ struct Cli {
     hold: Option<PathBuf>,
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(probe_host)]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
@@ -98,10 +77,7 @@ fn main() -> ExitCode {
     }
 }
 
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
+#[cfg(probe_host)]
 fn run(cli: &Cli) -> Result<ExitCode, error::ProbeError> {
     use std::io::Write;
     let sc = hugepfn_scenario::load_scenario(&cli.file)?;
@@ -141,10 +117,7 @@ fn run(cli: &Cli) -> Result<ExitCode, error::ProbeError> {
     })
 }
 
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
+#[cfg(not(probe_host))]
 fn main() -> ExitCode {
     let _ = Cli::parse();
     eprintln!("hugepfn-probe: error: hugepfn-probe runs on Linux x86_64 and aarch64 only");

@@ -375,3 +375,17 @@ pub fn format(d: &Demo) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device model's built-in H100 (hugepfn-vfio, which may not depend on the scenario
+    /// format) and the scenario format's `h100` preset are the same layout.
+    #[test]
+    fn the_built_in_h100_is_the_h100_preset() {
+        let p = hugepfn_scenario::presets::gpu_preset("h100").expect("preset");
+        assert_eq!(preset_bars(p), presets::h100_bars());
+        assert_eq!(p.aperture, presets::H100_APERTURE);
+    }
+}

@@ -257,8 +257,8 @@ fn device_bars(sys: &Path, bdf: &str) -> Vec<Bar> {
 }
 
 /// The process's VFIO devices: from its fds (cdev node or fdinfo's syspath), else every device
-/// bound to vfio-pci. Also returns how many device fds could not be tied to a device.
-fn find_devices(args: &InspectArgs, notes: &mut Vec<String>) -> (Vec<DeviceInfo>, usize) {
+/// bound to vfio-pci.
+fn find_devices(args: &InspectArgs, notes: &mut Vec<String>) -> Vec<DeviceInfo> {
     let pid_dir = args.proc_root.join(args.pid.to_string());
     let mut found: BTreeMap<String, DeviceInfo> = BTreeMap::new();
     let mut unknown = 0;
@@ -340,7 +340,7 @@ fn find_devices(args: &InspectArgs, notes: &mut Vec<String>) -> (Vec<DeviceInfo>
             ));
         }
     }
-    (found.into_values().collect(), unknown)
+    found.into_values().collect()
 }
 
 fn is_vfio(path: &str) -> bool {
@@ -378,14 +378,6 @@ fn device_for<'d>(
         ));
     }
     fits.first().copied()
-}
-
-fn levels_zero() -> Levels {
-    Levels {
-        pud: 0,
-        pmd: 0,
-        pte: 0,
-    }
 }
 
 /// Runs one mapping on the model.
@@ -437,7 +429,7 @@ fn predict(
     let pt = touch.and_then(|s| s.page_table_pages);
     Ok(Prediction {
         faults: touch.map_or(0, |s| s.counters.faults),
-        leaves: touch.and_then(|s| s.leaves).unwrap_or_else(levels_zero),
+        leaves: touch.and_then(|s| s.leaves).unwrap_or_default(),
         page_table_bytes: pt.map_or(0, |p| (p.pgd + p.p4d + p.pud + p.pmd + p.pte) * 4096),
         dma_lookups: dma
             .filter(|s| s.errno.is_none())
@@ -505,7 +497,7 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
             "transparent_hugepage is `{thp}`: on this kernel that keeps BARs at 4 KiB unless MADV_HUGEPAGE (maps does not show VMA flags; smaps would, but reading it zaps 1 GiB leaves on 6.12-7.3)"
         ));
     }
-    let (devices, _unknown) = find_devices(args, &mut notes);
+    let devices = find_devices(args, &mut notes);
     let mut mappings = Vec::new();
     let vfio: Vec<&MapsLine> = lines.iter().filter(|l| is_vfio(&l.path)).collect();
     for (k, m) in vfio.iter().enumerate() {

@@ -161,14 +161,6 @@ fn scenario_text(gpu: &GpuPreset, bar: u8, size: u64, va: &str, thp: &str, arch:
     )
 }
 
-fn zero() -> Levels {
-    Levels {
-        pud: 0,
-        pmd: 0,
-        pte: 0,
-    }
-}
-
 /// Runs one placement of one BAR; the row without its VMM name and verdict.
 #[allow(clippy::too_many_arguments)]
 fn run_one(
@@ -190,7 +182,7 @@ fn run_one(
     let dma = step("dma_map");
     let guest = step("guest_touch");
     let faults: u64 = rep.steps.iter().map(|s| s.counters.faults).sum();
-    let mut by_level = zero();
+    let mut by_level = Levels::default();
     for s in &rep.steps {
         if let Some(l) = s.counters.faults_by_level {
             by_level.pud += l.pud;
@@ -208,13 +200,13 @@ fn run_one(
         va: model.mapping_va("bar"),
         faults,
         faults_by_level: by_level,
-        leaves: last.and_then(|s| s.leaves).unwrap_or_else(zero),
+        leaves: last.and_then(|s| s.leaves).unwrap_or_default(),
         page_table_bytes: pt.map_or(0, |p| (p.pgd + p.p4d + p.pud + p.pmd + p.pte) * 4096),
         dma_lookups,
         dma_batched: batched,
         dma_ms_estimate: dma_lookups as f64 * DMA_NS_PER_LOOKUP / 1e6,
-        iommu_entries: last.and_then(|s| s.iommu_entries).unwrap_or_else(zero),
-        ept_leaves: last.and_then(|s| s.ept_leaves).unwrap_or_else(zero),
+        iommu_entries: last.and_then(|s| s.iommu_entries).unwrap_or_default(),
+        ept_leaves: last.and_then(|s| s.ept_leaves).unwrap_or_default(),
         ept_violations: guest.map_or(0, |s| s.counters.ept_violations),
         verdict: String::new(),
         out_of_memory: rep.out_of_memory.clone(),
