@@ -212,6 +212,9 @@ impl From<WalkError> for MmError {
             WalkError::Vanished(va, l) => {
                 MmError::Invalid(format!("the {l} entry for {va:#x} vanished during a walk"))
             }
+            WalkError::Corrupt(pa) => MmError::Invalid(format!(
+                "page-table pointer {pa} names no table: the tree is corrupt"
+            )),
         }
     }
 }

@@ -473,7 +473,7 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     let ptl = vmf.pt.ptl(slot);
     match vmf.pt.decode(slot) {
         Decoded::None => {
-            vmf.pt.set(slot, raw);
+            ptl.set(slot, raw);
             vmf.installed.set(Some(level));
             VmFaultResult::NoPage
         }
@@ -640,15 +640,15 @@ pub fn handle_mm_fault_locked(
 }
 
 fn set_accessed(pt: &PageTables, slot: Slot, write: bool) {
-    let _ptl = pt.ptl(slot);
-    let raw = pt.get(slot);
+    let ptl = pt.ptl(slot);
+    let raw = ptl.get(slot);
     if let Decoded::Leaf(mut l) = entry::decode(raw, slot.level) {
         l.prot.flags |= ProtFlags::ACCESSED;
         if write && l.prot.is_writable() {
             l.prot.flags |= ProtFlags::DIRTY;
         }
         if let Ok(new) = entry::encode_leaf(l) {
-            pt.set(slot, new);
+            ptl.set(slot, new);
         }
     }
 }
@@ -731,7 +731,7 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
         let mut w = l;
         w.prot.flags |= writable;
         if let Ok(raw) = entry::encode_leaf(w) {
-            pt.set(slot, raw);
+            ptl.set(slot, raw);
         }
         return VmFaultResult::Done;
     }
@@ -742,7 +742,7 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
         let mut w = l;
         w.prot.flags |= writable;
         if let Ok(raw) = entry::encode_leaf(w) {
-            pt.set(slot, raw);
+            ptl.set(slot, raw);
         }
         return VmFaultResult::Done;
     }
@@ -763,8 +763,7 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
         phys.put_page(new);
         return VmFaultResult::Sigbus;
     };
-    let old = pt.get(slot);
-    pt.set(slot, raw);
+    let old = ptl.swap(slot, raw);
     drop(ptl);
     pt.release_leaf(old, Level::Pte);
     let base = vmf.address;
@@ -802,8 +801,7 @@ pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFault
         Err(_) => return VmFaultResult::Sigbus,
     };
     let ptl = pt.ptl(slot);
-    let old = pt.get(slot);
-    pt.set(slot, raw);
+    let old = ptl.swap(slot, raw);
     drop(ptl);
     vmf.installed.set(Some(level));
     if let (Decoded::Table(t), Some(lower)) = (entry::decode(old, level), level.lower()) {

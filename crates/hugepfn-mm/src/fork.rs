@@ -120,9 +120,9 @@ fn copy_range(
                 if cow && l.prot.is_writable() {
                     // Write-protect both (the parent under its lock).
                     l.prot.flags.remove(ProtFlags::WRITE);
-                    let _ptl = src.ptl(slot_src);
+                    let ptl = src.ptl(slot_src);
                     if let Ok(p) = entry::encode_leaf(l) {
-                        src.set(slot_src, p);
+                        ptl.set(slot_src, p);
                     }
                     st.wrprotected += 1;
                 }
@@ -139,8 +139,7 @@ fn copy_range(
             Decoded::None | Decoded::Table(_) => continue,
         };
         let slot = dst.slot_alloc(va, level)?;
-        let _ptl = dst.ptl(slot);
-        dst.set(slot, new_raw);
+        dst.ptl(slot).set(slot, new_raw);
     }
     Ok(())
 }

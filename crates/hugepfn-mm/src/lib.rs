@@ -10,14 +10,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod addr;
-pub mod entry;
+pub use hugepfn_pt::{entry, level, phys, sync};
+pub use hugepfn_units::addr;
+
 pub mod error;
 pub mod fault;
 pub mod follow;
 pub mod fork;
 pub mod gup;
-pub mod level;
 pub mod madvise;
 pub mod mapping;
 pub mod mm;
@@ -25,9 +25,7 @@ pub mod mprotect;
 pub mod mremap;
 pub mod pagewalk;
 pub mod pgtable;
-pub mod phys;
 pub mod remap_file;
-pub mod sync;
 pub mod task_mmu;
 pub mod vma;
 

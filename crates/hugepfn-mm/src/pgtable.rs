@@ -20,56 +20,15 @@ use std::sync::Arc;
 
 use crate::sync::{Mutex, MutexGuard, RwLock};
 
+use hugepfn_pt::{Format, Step, Tree, X86_64};
 use serde::Serialize;
-use thiserror::Error;
 
 use crate::addr::{PAGE_SIZE, PagingMode, Pfn, PhysAddr};
-use crate::entry::{self, Decoded, EncodeError, Leaf, Pgprot, ProtFlags};
+use crate::entry::{self, Decoded, Leaf, Pgprot, ProtFlags};
 use crate::level::{LeafCap, Level};
-use crate::phys::{LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
+use crate::phys::{PhysError, PhysMem, TableCounts, TablePage};
 
-/// Where one entry lives: a table and an index in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slot {
-    /// The table.
-    pub table: PhysAddr,
-    /// Index in the table.
-    pub index: usize,
-    /// Level of the entry.
-    pub level: Level,
-}
-
-/// A walk could not reach the level asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum WalkError {
-    /// A leaf sits above the level asked for (`pud_leaf`/`pmd_leaf` on the way down).
-    #[error("a {} leaf maps this address", .0.level)]
-    HugeAbove(Slot),
-    /// An entry on the way down is neither none, a table, nor a leaf.
-    #[error("non-present entry {1:#x} on the way down")]
-    Bad(Slot, u64),
-    /// Table allocation failed (`-ENOMEM`, `VM_FAULT_OOM`).
-    #[error("out of memory for page tables")]
-    Oom,
-    /// A leaf could not be encoded: its pfn is too wide for the format or not aligned to the
-    /// leaf's size (a caller's bug, never an allocation failure).
-    #[error("cannot encode the leaf: {0}")]
-    Encode(EncodeError),
-    /// A pfn past the architecture's physical width (a split or remap that would run off the
-    /// end of the pfn space).
-    #[error("pfn {0:#x} is past the physical address width")]
-    PfnTooWide(u64),
-    /// An entry seen a moment ago is gone (the table changed under a walk that does not hold
-    /// its lock).
-    #[error("the {1} entry for {0:#x} vanished during the walk")]
-    Vanished(u64, Level),
-}
-
-impl From<EncodeError> for WalkError {
-    fn from(e: EncodeError) -> Self {
-        WalkError::Encode(e)
-    }
-}
+pub use hugepfn_pt::tree::{Ptl, RcuReadGuard, Slot, WalkError};
 
 /// Leaves by level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -260,16 +219,12 @@ pub struct HazardCounts {
     pub cleared_without_flush: u64,
 }
 
-/// The page tables of one `Mm`.
+/// The page tables of one `Mm`: the engine's [`Tree`] in the [`X86_64`] format, and what the
+/// mm adds to it: TLB-flush records, MMU notifiers, zap counters, hazards and the selectable
+/// upstream bugs.
 pub struct PageTables {
-    phys: Arc<PhysMem>,
-    mode: PagingMode,
-    root: PhysAddr,
-    tables: LevelCounters,
-    page_table_lock: Mutex<()>,
+    tree: Tree<X86_64>,
     flushes: Mutex<FlushLog>,
-    tables_allocated: AtomicU64,
-    tables_freed: AtomicU64,
     notifiers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
     /// `mmu_notifier_invalidate_range_start` calls made (whether or not anyone listens).
     notifier_calls: AtomicU64,
@@ -277,132 +232,80 @@ pub struct PageTables {
     zapped: [AtomicU64; 3],
     hazards: [AtomicU64; 3],
     bugs: Bugs,
-    /// Lockless walkers inside the tree now (`rcu_read_lock` sections).
-    readers: AtomicU64,
-    /// Unlinked tables waiting for a grace period.
-    deferred: Mutex<Vec<(PhysAddr, Level)>>,
-}
-
-/// A lockless walk in progress (`rcu_read_lock()`…`rcu_read_unlock()`, or IRQs off for
-/// gup-fast): tables unlinked meanwhile are not freed until it ends.
-pub struct RcuReadGuard<'a> {
-    pt: &'a PageTables,
-}
-
-impl Drop for RcuReadGuard<'_> {
-    fn drop(&mut self) {
-        self.pt.readers.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl std::fmt::Debug for PageTables {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageTables")
-            .field("mode", &self.mode)
-            .field("root", &self.root)
-            .field("tables", &self.tables.snapshot())
+            .field("mode", &self.mode())
+            .field("root", &self.root())
+            .field("tables", &self.table_counts())
             .finish_non_exhaustive()
     }
 }
 
-/// A held page-table lock (`spinlock_t *ptl`).
-pub type Ptl<'a> = MutexGuard<'a, ()>;
-
 impl PageTables {
     /// A new tree with an empty PGD (`mm_alloc` → `pgd_alloc`).
     pub fn new(phys: Arc<PhysMem>, mode: PagingMode) -> Result<Self, PhysError> {
-        let root = phys.alloc_table(Level::Pgd)?;
-        let tables = LevelCounters::default();
-        tables.add(Level::Pgd, 1);
         Ok(PageTables {
-            phys,
-            mode,
-            root,
-            tables,
-            page_table_lock: Mutex::new(()),
+            tree: Tree::new(phys, X86_64 { mode })?,
             flushes: Mutex::new(FlushLog::default()),
-            tables_allocated: AtomicU64::new(1),
-            tables_freed: AtomicU64::new(0),
             notifiers: RwLock::new(Vec::new()),
             notifier_calls: AtomicU64::new(0),
             zapped: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             hazards: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             bugs: Bugs::empty(),
-            readers: AtomicU64::new(0),
-            deferred: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The engine under this tree.
+    pub fn tree(&self) -> &Tree<X86_64> {
+        &self.tree
     }
 
     /// The paging mode.
     pub fn mode(&self) -> PagingMode {
-        self.mode
+        self.tree.format().mode
     }
 
     /// The physical memory the tables live in.
     pub fn phys(&self) -> &Arc<PhysMem> {
-        &self.phys
+        self.tree.phys()
     }
 
     /// Physical address of the PGD (what CR3 would hold).
     pub fn root(&self) -> PhysAddr {
-        self.root
+        self.tree.root()
     }
 
     /// The top level of the walk.
     pub fn top(&self) -> Level {
-        Level::top(self.mode)
+        self.tree.top()
     }
 
     /// Page-table pages this tree holds now, named as Linux names the tables.
     pub fn table_counts(&self) -> TableCounts {
-        self.tables.snapshot()
+        self.tree.table_counts()
     }
 
     /// Page-table pages allocated and freed over the tree's life.
     pub fn alloc_free_counts(&self) -> (u64, u64) {
-        (
-            self.tables_allocated.load(Ordering::Relaxed),
-            self.tables_freed.load(Ordering::Relaxed),
-        )
+        self.tree.alloc_free_counts()
     }
 
     /// Enters a lockless walk.
     pub fn rcu_read_lock(&self) -> RcuReadGuard<'_> {
-        self.readers.fetch_add(1, Ordering::SeqCst);
-        RcuReadGuard { pt: self }
-    }
-
-    /// Frees an unlinked table once no lockless walker can still hold it (`pte_free_defer`,
-    /// `tlb_remove_table` with RCU): at once if no walk is in progress, else with the next
-    /// reclaim that finds none. A walker that starts after the unlink cannot reach the table.
-    fn free_deferred(&self, pa: PhysAddr, level: Level) {
-        self.deferred
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((pa, level));
-        self.reclaim_deferred();
+        self.tree.rcu_read_lock()
     }
 
     /// Frees deferred tables if no lockless walk is in progress. Returns how many were freed.
     pub fn reclaim_deferred(&self) -> usize {
-        if self.readers.load(Ordering::SeqCst) != 0 {
-            return 0;
-        }
-        let batch: Vec<(PhysAddr, Level)> =
-            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-        let n = batch.len();
-        for (pa, level) in batch {
-            self.free(pa, level);
-        }
-        n
+        self.tree.reclaim_deferred()
     }
 
     /// Tables unlinked but not yet freed.
     pub fn deferred_tables(&self) -> usize {
-        self.deferred
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.tree.deferred_tables()
     }
 
     /// Selects buggy protocol variants (tests only; see [`Bugs`]).
@@ -437,18 +340,18 @@ impl PageTables {
 
     /// `pte_alloc_one`: a PTE table not linked anywhere yet (`vmf->prealloc_pte`).
     pub fn prealloc_pte(&self) -> Result<PhysAddr, WalkError> {
-        self.alloc(Level::Pte)
+        self.tree.alloc(Level::Pte)
     }
 
     /// `pte_free` of an unused preallocated table.
     pub fn free_prealloc_pte(&self, pa: PhysAddr) {
-        self.free(pa, Level::Pte);
+        self.tree.free(pa, Level::Pte);
     }
 
     /// Frees a subtree that has just been unlinked (its leaves' page references dropped).
     /// Returns the tables freed.
     pub fn free_table_tree(&self, pa: PhysAddr, level: Level) -> u64 {
-        self.free_subtree(pa, level)
+        self.tree.free_subtree(pa, level)
     }
 
     /// `mmu_notifier_register`: `n` is told of every invalidation from now on.
@@ -502,233 +405,83 @@ impl PageTables {
         }
     }
 
-    fn table_name_level(&self, entry_level: Level) -> Level {
-        if entry_level == self.top() {
-            Level::Pgd
-        } else {
-            entry_level
-        }
-    }
-
-    /// The table page at `pa`. Every pointer in this tree names an allocated table.
+    /// The table page at `pa`. Every pointer in this tree names an allocated table: one that
+    /// does not is a corrupt tree (the engine's walks report [`WalkError::Corrupt`]).
     #[inline]
     pub fn table(&self, pa: PhysAddr) -> &TablePage {
-        match self.phys.table(pa) {
-            Some(t) => t,
-            None => unreachable_table(pa),
+        match self.tree.table(pa) {
+            Ok(t) => t,
+            Err(_) => unreachable_table(pa),
         }
     }
 
     /// Reads the entry in `slot`.
     #[inline]
     pub fn get(&self, slot: Slot) -> u64 {
-        self.table(slot.table).get(slot.index)
+        self.tree.get(slot)
     }
 
     /// Decodes the entry in `slot`.
     #[inline]
     pub fn decode(&self, slot: Slot) -> Decoded {
-        entry::decode(self.get(slot), slot.level)
-    }
-
-    /// Writes the entry in `slot`; the caller holds [`PageTables::ptl`] for it.
-    #[inline]
-    pub fn set(&self, slot: Slot, raw: u64) {
-        self.table(slot.table).set(slot.index, raw);
+        self.tree.decode(slot)
     }
 
     /// The lock protecting `slot`'s entry: `pud_lock` (= `mm->page_table_lock`) for PUD and
-    /// above, the table page's split lock for PMD and PTE tables.
+    /// above, the table page's split lock for PMD and PTE tables. Its guard is the only way to
+    /// write the entry.
     pub fn ptl(&self, slot: Slot) -> Ptl<'_> {
-        match slot.level {
-            Level::Pte | Level::Pmd => self.table(slot.table).lock(),
-            _ => self
-                .page_table_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        }
-    }
-
-    fn alloc(&self, entry_level: Level) -> Result<PhysAddr, WalkError> {
-        let pa = self
-            .phys
-            .alloc_table(self.table_name_level(entry_level))
-            .map_err(|_| WalkError::Oom)?;
-        self.tables.add(self.table_name_level(entry_level), 1);
-        self.tables_allocated.fetch_add(1, Ordering::Relaxed);
-        Ok(pa)
-    }
-
-    fn free(&self, pa: PhysAddr, entry_level: Level) {
-        if self.phys.free_table(pa) {
-            self.tables.sub(self.table_name_level(entry_level), 1);
-            self.tables_freed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn top_slot(&self, va: u64) -> Slot {
-        let level = self.top();
-        Slot {
-            table: self.root,
-            index: level.index(va),
-            level,
-        }
+        self.tree.lock(slot)
     }
 
     /// Lockless walk to the slot holding `va`'s entry at `level`, without allocating
     /// (`pmd_off`, `pte_offset_map`). `Ok(None)`: a table on the way is missing.
     pub fn slot(&self, va: u64, level: Level) -> Result<Option<Slot>, WalkError> {
-        let mut slot = self.top_slot(va);
-        while slot.level > level {
-            match self.decode(slot) {
-                Decoded::None => return Ok(None),
-                Decoded::Table(pa) => slot = self.child_slot(pa, slot.level, va),
-                Decoded::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
-                Decoded::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
-            }
-        }
-        Ok(Some(slot))
-    }
-
-    fn child_slot(&self, pa: PhysAddr, parent: Level, va: u64) -> Slot {
-        let level = parent.lower().unwrap_or(Level::Pte);
-        Slot {
-            table: pa,
-            index: level.index(va),
-            level,
-        }
+        self.tree.slot(va, level)
     }
 
     /// Walks to `va`'s slot at `level`, allocating missing tables (`p4d_alloc`, `pud_alloc`,
     /// `pmd_alloc`, `pte_alloc`): allocate, take the parent's lock, install if still none,
     /// otherwise free the new table (somebody else won the race).
     pub fn slot_alloc(&self, va: u64, level: Level) -> Result<Slot, WalkError> {
-        self.slot_alloc_from(self.top_slot(va), va, level)
+        self.slot_alloc_from(self.tree.top_slot(va), va, level)
     }
 
     /// [`PageTables::slot_alloc`] starting from a slot already reached for `va` (Linux passes
     /// `vmf->pud`/`vmf->pmd` down instead of walking again).
     pub fn slot_alloc_from(&self, from: Slot, va: u64, level: Level) -> Result<Slot, WalkError> {
-        let mut slot = from;
-        while slot.level > level {
-            match self.decode(slot) {
-                Decoded::Table(pa) => slot = self.child_slot(pa, slot.level, va),
-                Decoded::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
-                Decoded::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
-                Decoded::None => {
-                    let child_level = slot.level.lower().unwrap_or(Level::Pte);
-                    let new = self.alloc(child_level)?;
-                    let ptl = self.ptl(slot);
-                    if self.bugs.contains(Bugs::ALLOC_NO_RECHECK) || self.get(slot) == 0 {
-                        self.set(slot, entry::encode_table(new));
-                        drop(ptl);
-                    } else {
-                        drop(ptl);
-                        self.free(new, child_level);
-                    }
-                    // Re-read under the new state (a leaf may have raced in).
-                }
-            }
-        }
-        Ok(slot)
+        let recheck = !self.bugs.contains(Bugs::ALLOC_NO_RECHECK);
+        self.tree.slot_alloc_from(from, va, level, recheck)
     }
 
     /// Lockless lookup of the leaf mapping `va`, with its slot.
     pub fn lookup(&self, va: u64) -> Option<(Leaf, Slot)> {
-        let _rcu = self.rcu_read_lock();
-        let mut slot = self.top_slot(va);
-        loop {
-            match self.decode(slot) {
-                Decoded::Table(pa) if slot.level != Level::Pte => {
-                    slot = self.child_slot(pa, slot.level, va)
-                }
-                Decoded::Leaf(l) => return Some((l, slot)),
-                _ => return None,
-            }
-        }
+        self.tree.lookup(va)
     }
 
     /// The first address in `[start, end)` that has a leaf or a non-present entry, if any.
     pub fn first_mapped(&self, start: u64, end: u64) -> Option<u64> {
-        self.first_mapped_in(self.root, self.top(), start, end)
-    }
-
-    fn first_mapped_in(&self, table: PhysAddr, level: Level, start: u64, end: u64) -> Option<u64> {
-        let t = self.table(table);
-        let mut va = start;
-        while va < end {
-            let next = (va | (level.size() - 1)).saturating_add(1).min(end);
-            match entry::decode(t.get(level.index(va)), level) {
-                Decoded::None => {}
-                Decoded::Table(pa) if level != Level::Pte => {
-                    if let Some(hit) = self.first_mapped_in(pa, level.lower()?, va, next) {
-                        return Some(hit);
-                    }
-                }
-                _ => return Some(va),
-            }
-            va = next;
-        }
-        None
+        self.tree.first_mapped(start, end)
     }
 
     /// Page-table pages reachable from the PGD (PGD included). Equal to
     /// [`PageTables::table_counts`]`.total()` unless a table leaked.
     pub fn reachable_tables(&self) -> u64 {
-        fn count(pt: &PageTables, pa: PhysAddr, level: Level) -> u64 {
-            let mut n = 1;
-            if let Some(lower) = level.lower() {
-                let t = pt.table(pa);
-                for i in 0..512 {
-                    if let Decoded::Table(c) = entry::decode(t.get(i), level) {
-                        n += count(pt, c, lower);
-                    }
-                }
-            }
-            n
-        }
-        count(self, self.root, self.top())
+        self.tree.reachable_tables()
     }
 
     /// Counts leaves (by level) whose first byte lies in `[start, end)`.
     pub fn count_leaves(&self, start: u64, end: u64) -> LeafCounts {
         let mut c = LeafCounts::default();
-        self.for_each_leaf(start, end, &mut |_, leaf| c.add(leaf.level, 1));
+        self.tree
+            .for_each_leaf(start, end, &mut |_, _, level| c.add(level, 1));
         c
     }
 
     /// Calls `f(va, leaf)` for every leaf whose first byte lies in `[start, end)`, in address order.
     pub fn for_each_leaf(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, Leaf)) {
-        self.for_each_leaf_in(self.root, self.top(), start, end, f);
-    }
-
-    fn for_each_leaf_in(
-        &self,
-        table: PhysAddr,
-        level: Level,
-        start: u64,
-        end: u64,
-        f: &mut dyn FnMut(u64, Leaf),
-    ) {
-        let t = self.table(table);
-        let mut va = start;
-        while va < end {
-            let base = va & !(level.size() - 1);
-            let next = base.saturating_add(level.size()).min(end);
-            match entry::decode(t.get(level.index(va)), level) {
-                Decoded::Table(pa) if level != Level::Pte => {
-                    if let Some(lower) = level.lower() {
-                        self.for_each_leaf_in(pa, lower, va, next, f);
-                    }
-                }
-                Decoded::Leaf(l) if base >= start => f(base, l),
-                _ => {}
-            }
-            if next == base {
-                break;
-            }
-            va = next;
-        }
+        self.tree
+            .for_each_leaf(start, end, &mut |va, l, _| f(va, l));
     }
 
     /// Installs leaves for `[start, end)` mapping to consecutive pfns from `pfn`: at each step the
@@ -751,7 +504,7 @@ impl PageTables {
             prot,
             cap: cap.max_level(),
         };
-        self.remap_in(self.root, self.top(), start, end, &r, &mut counts)?;
+        self.remap_in(self.root(), self.top(), start, end, &r, &mut counts)?;
         Ok(counts)
     }
 
@@ -764,7 +517,6 @@ impl PageTables {
         r: &RemapArgs,
         counts: &mut LeafCounts,
     ) -> Result<(), WalkError> {
-        let t = self.table(table);
         if level == Level::Pte {
             let first = level.index(start);
             let n = ((end - start) / PAGE_SIZE) as usize;
@@ -775,10 +527,12 @@ impl PageTables {
                 level,
             };
             let base_raw = entry::encode_leaf(leaf)?;
-            let _ptl = t.lock();
-            for i in 0..n {
-                t.set(first + i, base_raw + (i as u64) * PAGE_SIZE);
-            }
+            let slot = Slot {
+                table,
+                index: first,
+                level,
+            };
+            self.ptl(slot).fill(slot, n, base_raw, PAGE_SIZE);
             counts.add(Level::Pte, n as u64);
             return Ok(());
         }
@@ -804,19 +558,17 @@ impl PageTables {
                     level,
                 };
                 let raw = entry::encode_leaf(leaf)?;
-                let ptl = self.ptl(slot);
-                let old = self.get(slot);
-                self.set(slot, raw);
-                drop(ptl);
+                let old = self.ptl(slot).swap(slot, raw);
                 if let Decoded::Table(pa) = entry::decode(old, level) {
                     // An empty table was in the way: free it after a grace period (paging-
                     // structure caches and lockless walkers may hold it).
-                    self.free_subtree_deferred(pa, level.lower().unwrap_or(Level::Pte));
+                    self.tree
+                        .free_subtree_deferred(pa, level.lower().unwrap_or(Level::Pte));
                     self.flush_tlb_range(base, base + level.size(), "free_pgtables");
                 }
                 counts.add(level, 1);
             } else {
-                let child = self.slot_alloc_at(slot, va)?;
+                let child = self.tree.table_below(slot)?;
                 self.remap_in(
                     child,
                     level.lower().unwrap_or(Level::Pte),
@@ -831,59 +583,11 @@ impl PageTables {
         Ok(())
     }
 
-    /// Returns the table below `slot`, allocating it if the entry is none.
-    fn slot_alloc_at(&self, slot: Slot, _va: u64) -> Result<PhysAddr, WalkError> {
-        loop {
-            match self.decode(slot) {
-                Decoded::Table(pa) => return Ok(pa),
-                Decoded::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
-                Decoded::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
-                Decoded::None => {
-                    let child_level = slot.level.lower().unwrap_or(Level::Pte);
-                    let new = self.alloc(child_level)?;
-                    let ptl = self.ptl(slot);
-                    if self.get(slot) == 0 {
-                        self.set(slot, entry::encode_table(new));
-                        return Ok(new);
-                    }
-                    drop(ptl);
-                    self.free(new, child_level);
-                }
-            }
-        }
-    }
-
     /// Splits the huge leaf in `slot` into a table of 512 next-level leaves with the same pfns and
     /// attributes (`__split_huge_pud_locked`/`__split_huge_pmd_locked` as the huge-remap RFC
     /// series does it for remap-populated pfnmaps). Returns false if `slot` holds no huge leaf.
     pub fn split_leaf(&self, slot: Slot) -> Result<bool, WalkError> {
-        let Some(lower) = slot.level.lower() else {
-            return Ok(false);
-        };
-        let Decoded::Leaf(leaf) = self.decode(slot) else {
-            return Ok(false);
-        };
-        let new = self.alloc(lower)?;
-        let nt = self.table(new);
-        let step = lower.size() / PAGE_SIZE;
-        for i in 0..512u64 {
-            let l = Leaf {
-                pfn: Pfn::new(leaf.pfn.as_u64() + i * step)
-                    .map_err(|_| WalkError::PfnTooWide(leaf.pfn.as_u64() + i * step))?,
-                prot: leaf.prot,
-                level: lower,
-            };
-            nt.set(i as usize, entry::encode_leaf(l)?);
-        }
-        let ptl = self.ptl(slot);
-        if self.get(slot) != entry::encode_leaf(leaf).unwrap_or(0) {
-            drop(ptl);
-            self.free(new, lower);
-            return Ok(false);
-        }
-        self.set(slot, entry::encode_table(new));
-        drop(ptl);
-        Ok(true)
+        self.tree.split_leaf(slot)
     }
 
     /// Makes `addr` a leaf boundary before a VMA is split there (`vma_adjust_trans_huge`): a huge
@@ -927,7 +631,7 @@ impl PageTables {
             };
             let keep = l.prot.flags & (ProtFlags::ACCESSED | ProtFlags::DIRTY | ProtFlags::SPECIAL);
             let mut flags = newprot.flags | keep;
-            if !l.prot.is_special() && self.phys.page_refs(l.pfn) > 1 {
+            if !l.prot.is_special() && self.phys().page_refs(l.pfn) > 1 {
                 flags.remove(ProtFlags::WRITE); // still shared with a fork: keep CoW
             }
             let new = Leaf {
@@ -939,8 +643,7 @@ impl PageTables {
                 level: l.level,
             };
             if let Ok(raw) = entry::encode_leaf(new) {
-                let _ptl = self.ptl(slot);
-                self.set(slot, raw);
+                self.ptl(slot).set(slot, raw);
                 n.add(l.level, 1);
             }
         }
@@ -1004,10 +707,7 @@ impl PageTables {
                     if self.bugs.contains(Bugs::MREMAP_PUD_CLEAR_BAD) =>
                 {
                     // 6.12: pud_none_or_clear_bad() → pud_ERROR() + pud_clear(), no flush.
-                    {
-                        let _ptl = self.ptl(os);
-                        self.set(os, 0);
-                    }
+                    self.ptl(os).set(os, 0);
                     self.note_hazard(Hazard::ClearedWithoutFlush);
                     mv.zapped.add(Level::Pud, 1);
                     (o, n) = (o + ext, n + ext);
@@ -1043,8 +743,8 @@ impl PageTables {
                 Decoded::Table(pa) => {
                     let dm = self.slot_alloc(n, Level::Pmd)?; // alloc_new_pmd
                     if !(ext == Level::Pmd.size() && self.move_table(om, dm, o, &mut mv.moved)) {
-                        let dt = self.slot_alloc_at(dm, n)?; // pte_alloc, even for no PTE
-                        let (ot, dtab) = (self.table(pa), self.table(dt));
+                        let dt = self.tree.table_below(dm)?; // pte_alloc, even for no PTE
+                        let ot = self.table(pa);
                         let (oi, di) = (Level::Pte.index(o), Level::Pte.index(n));
                         let count = (ext / PAGE_SIZE) as usize;
                         let mut k = 0;
@@ -1063,12 +763,7 @@ impl PageTables {
                                 index: di + i,
                                 level: Level::Pte,
                             };
-                            {
-                                let _ptl = self.ptl(to);
-                                dtab.set(to.index, raw);
-                            }
-                            let _ptl = self.ptl(from);
-                            ot.set(from.index, 0);
+                            self.move_entry(from, to);
                             k += 1;
                         }
                         mv.moved.add(Level::Pte, k);
@@ -1099,13 +794,7 @@ impl PageTables {
         if ext == size {
             let d = self.slot_alloc(n, level)?;
             if self.get(d) == 0 {
-                let raw = self.get(slot);
-                {
-                    let _ptl = self.ptl(d);
-                    self.set(d, raw);
-                }
-                let _ptl = self.ptl(slot);
-                self.set(slot, 0);
+                self.move_entry(slot, d);
                 mv.moved.add(level, 1);
                 return Ok(true);
             }
@@ -1125,6 +814,15 @@ impl PageTables {
         Ok(false)
     }
 
+    /// Moves one entry: cleared at `from` under its lock (`ptep_get_and_clear`), written at `to`
+    /// under its lock (`set_pte_at`). The two locks are taken one after the other, not nested
+    /// as in `move_ptes`: the mmap lock is held for writing, so no fault can fill either slot
+    /// in between, and a lockless reader sees the entry in neither place (as after a zap).
+    fn move_entry(&self, from: Slot, to: Slot) {
+        let raw = self.ptl(from).swap(from, 0);
+        self.ptl(to).set(to, raw);
+    }
+
     /// Moves the table `from` points to into the none entry `to` (`move_normal_pud`,
     /// `move_normal_pmd`); counts the leaves under it as moved. False if `to` is not none.
     fn move_table(&self, from: Slot, to: Slot, o: u64, moved: &mut LeafCounts) -> bool {
@@ -1132,13 +830,7 @@ impl PageTables {
             return false;
         }
         let under = self.count_leaves(o, o + from.level.size());
-        let raw = self.get(from);
-        {
-            let _ptl = self.ptl(to);
-            self.set(to, raw);
-        }
-        let _ptl = self.ptl(from);
-        self.set(from, 0);
+        self.move_entry(from, to);
         for l in Level::LEAF_LEVELS {
             moved.add(l, under.get(l));
         }
@@ -1158,7 +850,7 @@ impl PageTables {
             lo: u64::MAX,
             ..ZapStats::default()
         };
-        self.zap_in(self.root, self.top(), start, end, partial, &mut st)?;
+        self.zap_pmd_range(start, end, partial, &mut st)?;
         for (i, n) in [st.cleared.pud, st.cleared.pmd, st.cleared.pte]
             .into_iter()
             .enumerate()
@@ -1174,162 +866,73 @@ impl PageTables {
         Ok(st)
     }
 
-    fn zap_in(
+    /// `unmap_page_range` → `zap_p4d_range` … `zap_pte_range`, as one engine walk: a leaf (or a
+    /// non-present entry) wholly inside is cleared under its lock; a huge one only partly inside
+    /// is split and its pieces visited again, or cleared whole, as `partial` says.
+    fn zap_pmd_range(
         &self,
-        table: PhysAddr,
-        level: Level,
         start: u64,
         end: u64,
         partial: PartialHuge,
         st: &mut ZapStats,
     ) -> Result<(), WalkError> {
-        let t = self.table(table);
-        let mut va = start;
-        while va < end {
-            let base = va & !(level.size() - 1);
-            let next = base.saturating_add(level.size()).min(end);
-            let slot = Slot {
-                table,
-                index: level.index(va),
-                level,
-            };
-            match entry::decode(t.get(slot.index), level) {
-                Decoded::None => {}
-                Decoded::Table(pa) if level != Level::Pte => {
-                    if let Some(lower) = level.lower() {
-                        self.zap_in(pa, lower, va, next, partial, st)?;
-                    }
-                }
-                Decoded::Leaf(_) | Decoded::NonPresent(_) | Decoded::Table(_) => {
-                    let covered = base >= start && base + level.size() <= end;
-                    if covered || partial == PartialHuge::ZapWhole || level == Level::Pte {
-                        let ptl = self.ptl(slot);
-                        let old = t.swap(slot.index, 0);
-                        drop(ptl);
+        self.tree.walk_range(start, end, &mut |t, v| {
+            let level = v.slot.level;
+            Ok(match v.entry {
+                Decoded::None => Step::Next,
+                Decoded::Table(_) => Step::Descend,
+                Decoded::Leaf(_) | Decoded::NonPresent(_) => {
+                    if v.covered() || partial == PartialHuge::ZapWhole || level == Level::Pte {
+                        let old = t.lock(v.slot).swap(v.slot, 0);
                         self.release_leaf(old, level);
                         if old != 0 {
                             st.cleared.add(level, 1);
-                            st.lo = st.lo.min(base);
-                            st.hi = st.hi.max(base + level.size());
+                            st.lo = st.lo.min(v.base);
+                            st.hi = st.hi.max(v.base + level.size());
                         }
-                    } else if self.split_leaf(slot)? {
+                        Step::Next
+                    } else if t.split_leaf(v.slot)? {
                         st.splits += 1;
-                        self.flush_tlb_range(base, base + level.size(), "split");
-                        continue; // re-read: now a table
+                        self.flush_tlb_range(v.base, v.base + level.size(), "split");
+                        Step::Again // now a table
+                    } else {
+                        Step::Next
                     }
                 }
-            }
-            va = next;
-        }
-        Ok(())
+            })
+        })
     }
 
     /// Frees the tables under `[start, end)` whose whole span lies inside `[floor, ceiling)`,
     /// the addresses no VMA uses (`free_pgtables`/`free_pgd_range`). Such tables are empty once
     /// their range has been zapped. Returns how many were freed.
     pub fn free_pgtables(&self, start: u64, end: u64, floor: u64, ceiling: u64) -> u64 {
-        let n = self.free_in(self.root, self.top(), start, end, floor, ceiling);
-        if n > 0 {
-            self.flush_tlb_range(start, end, "free_pgtables");
-        }
-        n
-    }
-
-    fn free_in(
-        &self,
-        table: PhysAddr,
-        level: Level,
-        start: u64,
-        end: u64,
-        floor: u64,
-        ceiling: u64,
-    ) -> u64 {
-        if level == Level::Pte {
-            return 0;
-        }
-        let Some(lower) = level.lower() else { return 0 };
-        let t = self.table(table);
         let mut freed = 0;
-        let mut va = start;
-        while va < end {
-            let base = va & !(level.size() - 1);
-            let span_end = base.saturating_add(level.size());
-            let next = span_end.min(end);
-            let slot = Slot {
-                table,
-                index: level.index(va),
-                level,
+        let _ = self.tree.walk_range::<WalkError>(start, end, &mut |t, v| {
+            let Decoded::Table(pa) = v.entry else {
+                return Ok(Step::Next);
             };
-            if let Decoded::Table(pa) = entry::decode(t.get(slot.index), level) {
-                freed += self.free_in(pa, lower, va, next, floor, ceiling);
-                if base >= floor && span_end <= ceiling && self.table(pa).is_empty() {
-                    let ptl = self.ptl(slot);
-                    self.set(slot, 0);
-                    drop(ptl);
-                    self.free_deferred(pa, lower);
-                    freed += 1;
-                }
+            if !v.post {
+                return Ok(Step::Descend);
             }
-            if span_end == base {
-                break;
+            let span_end = v.base.saturating_add(v.slot.level.size());
+            if v.base >= floor && span_end <= ceiling && t.table(pa)?.is_empty() {
+                t.lock(v.slot).set(v.slot, 0);
+                t.free_subtree_deferred(pa, v.slot.level.lower().unwrap_or(Level::Pte));
+                freed += 1;
             }
-            va = next;
+            Ok(Step::Next)
+        });
+        if freed > 0 {
+            self.flush_tlb_range(start, end, "free_pgtables");
         }
         freed
     }
 
-    /// Drops the page reference a cleared leaf held (`zap_present_ptes` → `folio_remove_rmap`):
-    /// only anonymous pages (not special) have one.
+    /// Drops the page reference a cleared leaf held (`zap_present_ptes` →
+    /// `folio_remove_rmap`): only anonymous pages (not special) have one.
     pub fn release_leaf(&self, raw: u64, level: Level) {
-        if let Decoded::Leaf(l) = entry::decode(raw, level)
-            && !l.prot.is_special()
-        {
-            self.phys.put_page(l.pfn);
-        }
-    }
-
-    /// Unlinked subtree: every table in it freed after a grace period.
-    fn free_subtree_deferred(&self, pa: PhysAddr, level: Level) {
-        let mut all = Vec::new();
-        let mut stack = vec![(pa, level)];
-        while let Some((t, l)) = stack.pop() {
-            all.push((t, l));
-            if let Some(lower) = l.lower() {
-                let tp = self.table(t);
-                for i in 0..512 {
-                    match entry::decode(tp.get(i), l) {
-                        Decoded::Table(c) => stack.push((c, lower)),
-                        Decoded::Leaf(_) => self.release_leaf(tp.get(i), l),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        self.deferred
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(all);
-        self.reclaim_deferred();
-    }
-
-    /// Frees a whole subtree (teardown, and tables replaced by a huge leaf), dropping the page
-    /// references its leaves hold. Returns the tables freed.
-    fn free_subtree(&self, pa: PhysAddr, level: Level) -> u64 {
-        let mut n = 0;
-        let t = self.table(pa);
-        for i in 0..512 {
-            match entry::decode(t.get(i), level) {
-                Decoded::Table(child) if level != Level::Pte => {
-                    if let Some(lower) = level.lower() {
-                        n += self.free_subtree(child, lower);
-                    }
-                }
-                Decoded::Leaf(_) => self.release_leaf(t.get(i), level),
-                _ => {}
-            }
-        }
-        self.free(pa, level);
-        n + 1
+        self.tree.format().release_leaf(self.phys(), raw, level);
     }
 }
 
@@ -1343,27 +946,4 @@ struct RemapArgs {
 #[cold]
 fn unreachable_table(pa: PhysAddr) -> ! {
     panic!("page-table pointer {pa} does not name an allocated table: tree corrupted")
-}
-
-impl Drop for PageTables {
-    /// `free_pgd_range` over everything, then `pgd_free`.
-    fn drop(&mut self) {
-        let pending: Vec<(PhysAddr, Level)> =
-            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-        for (pa, level) in pending {
-            self.free(pa, level);
-        }
-        let top = self.top();
-        let t = self.table(self.root);
-        let mut children = Vec::new();
-        for i in 0..512 {
-            if let Decoded::Table(child) = entry::decode(t.get(i), top) {
-                children.push(child);
-            }
-        }
-        for child in children {
-            self.free_subtree(child, top.lower().unwrap_or(Level::Pte));
-        }
-        self.free(self.root, top);
-    }
 }

@@ -7,6 +7,8 @@
 
 use thiserror::Error;
 
+pub mod addr;
+
 /// 1 KiB.
 pub const KIB: u64 = 1 << 10;
 /// 1 MiB.

@@ -29,24 +29,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hugepfn_mm::phys::ENTRIES;
-use hugepfn_mm::{LeafCounts, Level, PhysAddr, PhysMem};
+use hugepfn_mm::{LeafCounts, Level, Pfn, PhysAddr, PhysMem};
+use hugepfn_pt::format::vtd::{Vtd, VtdLeaf};
+use hugepfn_pt::{EncodeError, Entry, Format, Slot, Step, Tree, WalkError};
 use thiserror::Error;
 
-/// Second-level page-table entry bits (`DMA_PTE_*`, VT-d spec 9.8).
-pub mod bits {
-    /// Read permission.
-    pub const READ: u64 = 1 << 0;
-    /// Write permission.
-    pub const WRITE: u64 = 1 << 1;
-    /// Execute permission (unused by vfio).
-    pub const EXEC: u64 = 1 << 2;
-    /// Page size: this PDE/PDPE is a 2 MiB / 1 GiB superpage (`DMA_PTE_LARGE_PAGE`).
-    pub const LARGE_PAGE: u64 = 1 << 7;
-    /// Snoop behaviour (`DMA_PTE_SNP`).
-    pub const SNP: u64 = 1 << 11;
-    /// Address bits 12..51.
-    pub const ADDR_MASK: u64 = ((1u64 << 52) - 1) & !0xfff;
-}
+pub use hugepfn_pt::format::vtd::{IommuProt, bits};
 
 /// The VT-d capability register (`CAP_REG`), as far as page tables are concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,26 +101,6 @@ impl Default for CapReg {
     }
 }
 
-/// What a mapping allows the device to do (`IOMMU_READ`, `IOMMU_WRITE`, `IOMMU_CACHE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct IommuProt {
-    /// `IOMMU_READ`: the device may read.
-    pub read: bool,
-    /// `IOMMU_WRITE`: the device may write.
-    pub write: bool,
-    /// `IOMMU_CACHE`: snooped (sets `DMA_PTE_SNP` when the domain forces snooping).
-    pub cache: bool,
-}
-
-impl IommuProt {
-    /// Read and write, as vfio maps a `VFIO_DMA_MAP_FLAG_READ | WRITE` request.
-    pub const RW: IommuProt = IommuProt {
-        read: true,
-        write: true,
-        cache: false,
-    };
-}
-
 /// Why the IOMMU refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IommuError {
@@ -163,6 +131,12 @@ pub enum IommuError {
     /// The tables could not be allocated (`-ENOMEM`).
     #[error("out of memory for IOMMU page tables")]
     NoMemory,
+    /// A leaf that the format cannot hold (a physical address past 52 bits).
+    #[error("cannot encode the IOMMU leaf: {0}")]
+    Encode(EncodeError),
+    /// A table pointer names no table: the domain's tree is corrupt.
+    #[error("IOMMU table pointer {0} names no table: the tree is corrupt")]
+    Corrupt(PhysAddr),
     /// The capability register names no table depth this model supports.
     #[error("CAP_REG {0:#x}: SAGAW supports neither 3-, 4- nor 5-level tables")]
     UnsupportedCap(u64),
@@ -172,10 +146,13 @@ impl IommuError {
     /// The errno the kernel returns.
     pub fn errno_name(&self) -> &'static str {
         match self {
-            IommuError::Unaligned { .. } | IommuError::UnsupportedCap(_) => "EINVAL",
+            IommuError::Unaligned { .. }
+            | IommuError::UnsupportedCap(_)
+            | IommuError::Encode(_) => "EINVAL",
             IommuError::OutOfAperture { .. } => "EFAULT",
             IommuError::Busy(_) => "EBUSY",
             IommuError::NoMemory => "ENOMEM",
+            IommuError::Corrupt(_) => "EIO",
         }
     }
 }
@@ -255,18 +232,15 @@ fn genmask(h: u32) -> u64 {
     }
 }
 
-/// One IOMMU domain (`struct dmar_domain`): a second-level page table and its counters.
+/// One IOMMU domain (`struct dmar_domain`): a second-level page table (the engine's [`Tree`] in
+/// the [`Vtd`] format) and its counters.
 pub struct IommuDomain {
-    phys: Arc<PhysMem>,
+    tree: Tree<Vtd>,
     cap: CapReg,
-    top: Level,
     width: u32,
-    root: PhysAddr,
-    force_snooping: bool,
     /// Serialises map and unmap.
     lock: Mutex<()>,
     leaves: [AtomicU64; 3],
-    tables: AtomicU64,
     stats: Mutex<IommuStats>,
 }
 
@@ -274,10 +248,23 @@ impl std::fmt::Debug for IommuDomain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IommuDomain")
             .field("cap", &format_args!("{:#x}", self.cap.0))
-            .field("top", &self.top)
+            .field("top", &self.tree.top())
             .field("width", &self.width)
             .field("leaves", &self.leaves())
             .finish_non_exhaustive()
+    }
+}
+
+impl From<WalkError> for IommuError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Oom => IommuError::NoMemory,
+            WalkError::Corrupt(pa) => IommuError::Corrupt(pa),
+            WalkError::HugeAbove(s) | WalkError::Bad(s, _) => IommuError::Corrupt(s.table),
+            WalkError::Encode(_) | WalkError::PfnTooWide(_) | WalkError::Vanished(..) => {
+                IommuError::NoMemory
+            }
+        }
     }
 }
 
@@ -296,24 +283,19 @@ impl IommuDomain {
         } else {
             return Err(IommuError::UnsupportedCap(cap.0));
         };
-        let width = agaw_bits.min(cap.mgaw());
-        let root = phys.alloc_table(top).map_err(|_| IommuError::NoMemory)?;
-        let d = IommuDomain {
-            phys,
-            cap,
+        let fmt = Vtd {
             top,
-            width,
-            root,
             force_snooping: false,
+        };
+        let tree = Tree::new(phys, fmt).map_err(|_| IommuError::NoMemory)?;
+        Ok(Arc::new(IommuDomain {
+            tree,
+            cap,
+            width: agaw_bits.min(cap.mgaw()),
             lock: Mutex::new(()),
             leaves: [const { AtomicU64::new(0) }; 3],
-            tables: AtomicU64::new(1),
-            stats: Mutex::new(IommuStats {
-                tables_allocated: 1,
-                ..IommuStats::default()
-            }),
-        };
-        Ok(Arc::new(d))
+            stats: Mutex::new(IommuStats::default()),
+        }))
     }
 
     /// The capability register.
@@ -350,7 +332,7 @@ impl IommuDomain {
 
     /// Physical address of the root table (what the context entry points at).
     pub fn root(&self) -> PhysAddr {
-        self.root
+        self.tree.root()
     }
 
     /// Leaves mapped now, by size.
@@ -365,12 +347,17 @@ impl IommuDomain {
 
     /// Page-table pages held now (including the root).
     pub fn table_pages(&self) -> u64 {
-        self.tables.load(Ordering::Relaxed)
+        self.tree.table_counts().total()
     }
 
     /// Counters so far.
     pub fn stats(&self) -> IommuStats {
-        *self.stats_mut()
+        let (allocated, freed) = self.tree.alloc_free_counts();
+        IommuStats {
+            tables_allocated: allocated,
+            tables_freed: freed,
+            ..*self.stats_mut()
+        }
     }
 
     fn stats_mut(&self) -> MutexGuard<'_, IommuStats> {
@@ -381,67 +368,21 @@ impl IommuDomain {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, table: PhysAddr, i: usize) -> u64 {
-        self.phys.table(table).map_or(0, |t| t.get(i))
-    }
-
-    fn set(&self, table: PhysAddr, i: usize, raw: u64) {
-        if let Some(t) = self.phys.table(table) {
-            t.set(i, raw);
-        }
-    }
-
-    fn alloc(&self, level: Level) -> Result<PhysAddr, IommuError> {
-        let pa = self
-            .phys
-            .alloc_table(level)
-            .map_err(|_| IommuError::NoMemory)?;
-        self.tables.fetch_add(1, Ordering::Relaxed);
-        self.stats_mut().tables_allocated += 1;
-        Ok(pa)
-    }
-
-    fn free(&self, pa: PhysAddr) {
-        if self.phys.free_table(pa) {
-            self.tables.fetch_sub(1, Ordering::Relaxed);
-            self.stats_mut().tables_freed += 1;
-        }
-    }
-
     /// Encodes a leaf (`pteval = (phys_pfn << VTD_PAGE_SHIFT) | attr`, plus
-    /// `DMA_PTE_LARGE_PAGE` above 4 KiB).
-    pub fn encode_leaf(&self, pa: u64, level: Level, prot: IommuProt) -> u64 {
-        let mut raw = pa & bits::ADDR_MASK;
-        if prot.read {
-            raw |= bits::READ;
-        }
-        if prot.write {
-            raw |= bits::WRITE;
-        }
-        if prot.cache && self.force_snooping {
-            raw |= bits::SNP;
-        }
-        if level != Level::Pte {
-            raw |= bits::LARGE_PAGE;
-        }
-        raw
-    }
-
-    /// A non-leaf entry: the table's address with R and W.
-    fn encode_table(pa: PhysAddr) -> u64 {
-        (pa.as_u64() & bits::ADDR_MASK) | bits::READ | bits::WRITE
-    }
-
-    fn present(raw: u64) -> bool {
-        raw & (bits::READ | bits::WRITE) != 0
-    }
-
-    fn is_leaf(raw: u64, level: Level) -> bool {
-        level == Level::Pte || raw & bits::LARGE_PAGE != 0
-    }
-
-    fn table_of(raw: u64) -> Option<PhysAddr> {
-        PhysAddr::new(raw & bits::ADDR_MASK).ok()
+    /// `DMA_PTE_LARGE_PAGE` above 4 KiB): the [`Vtd`] format's encoding.
+    pub fn encode_leaf(
+        &self,
+        pa: PhysAddr,
+        level: Level,
+        prot: IommuProt,
+    ) -> Result<u64, EncodeError> {
+        self.tree.format().encode_leaf(
+            &VtdLeaf {
+                pfn: pa.pfn(),
+                prot,
+            },
+            level,
+        )
     }
 
     /// `hardware_largepage_caps(domain, iov_pfn, phy_pfn, pages)`: the largest level whose
@@ -466,62 +407,13 @@ impl IommuDomain {
         level
     }
 
-    /// `pfn_to_dma_pte(domain, iov_pfn, &target_level)`: the table holding the `target`-level
-    /// entry for `iova`, allocating tables on the way down. `Busy` when a superpage sits above.
-    fn pfn_to_dma_pte(&self, iova: u64, target: Level) -> Result<(PhysAddr, usize), IommuError> {
-        let mut table = self.root;
-        let mut level = self.top;
-        loop {
-            let i = level.index(iova);
-            if level == target {
-                return Ok((table, i));
-            }
-            let raw = self.get(table, i);
-            let lower = level.lower().ok_or(IommuError::Busy(iova))?;
-            if !Self::present(raw) {
-                let t = self.alloc(lower)?;
-                self.set(table, i, Self::encode_table(t));
-                table = t;
-            } else if Self::is_leaf(raw, level) {
-                return Err(IommuError::Busy(iova));
-            } else {
-                table = Self::table_of(raw).ok_or(IommuError::Busy(iova))?;
-            }
-            level = lower;
+    /// `pfn_to_dma_pte(domain, iov_pfn, &target_level)`: the slot of the `target`-level entry
+    /// for `iova`, allocating tables on the way down. `Busy` when a superpage sits above.
+    fn pfn_to_dma_pte(&self, iova: u64, target: Level) -> Result<Slot, IommuError> {
+        match self.tree.slot_alloc(iova, target) {
+            Err(WalkError::HugeAbove(_)) => Err(IommuError::Busy(iova)),
+            r => Ok(r?),
         }
-    }
-
-    /// True if the subtree of `table` (entries of `level`) maps nothing.
-    fn subtree_empty(&self, table: PhysAddr, level: Level) -> bool {
-        (0..ENTRIES).all(|i| {
-            let raw = self.get(table, i);
-            if !Self::present(raw) {
-                return true;
-            }
-            if Self::is_leaf(raw, level) {
-                return false;
-            }
-            match (Self::table_of(raw), level.lower()) {
-                (Some(t), Some(l)) => self.subtree_empty(t, l),
-                _ => false,
-            }
-        })
-    }
-
-    /// Frees the tables of a subtree (its leaves already cleared or counted by the caller).
-    fn free_subtree(&self, table: PhysAddr, level: Level) {
-        if let Some(lower) = level.lower() {
-            for i in 0..ENTRIES {
-                let raw = self.get(table, i);
-                if Self::present(raw)
-                    && !Self::is_leaf(raw, level)
-                    && let Some(t) = Self::table_of(raw)
-                {
-                    self.free_subtree(t, lower);
-                }
-            }
-        }
-        self.free(table);
     }
 
     /// `__domain_mapping(domain, iov_pfn, phys_pfn, nr_pages, prot)`: writes leaves, each the
@@ -542,27 +434,33 @@ impl IommuDomain {
             }
             let (va, pa) = (iova + done, paddr + done);
             let level = self.hardware_largepage_caps(va >> 12, pa >> 12, (size - done) >> 12);
-            let (table, i) = match self.pfn_to_dma_pte(va, level) {
+            let slot = match self.pfn_to_dma_pte(va, level) {
                 Ok(x) => x,
                 Err(e) => break Err(e),
             };
-            let old = self.get(table, i);
-            if Self::present(old) {
+            match self.tree.decode(slot) {
+                Entry::None | Entry::NonPresent(_) => {}
                 // Room for a superpage: old small tables that map nothing are freed
                 // (dma_pte_free_pagetable); anything mapped is a conflict.
-                match (
-                    Self::is_leaf(old, level),
-                    Self::table_of(old),
-                    level.lower(),
-                ) {
-                    (false, Some(t), Some(lower)) if self.subtree_empty(t, lower) => {
-                        self.set(table, i, 0);
-                        self.free_subtree(t, lower);
-                    }
-                    _ => break Err(IommuError::Busy(va)),
+                Entry::Table(t) if self.tree.first_mapped(va, va + level.size()).is_none() => {
+                    self.tree.lock(slot).set(slot, 0);
+                    self.tree
+                        .free_subtree(t, level.lower().unwrap_or(Level::Pte));
                 }
+                Entry::Table(_) | Entry::Leaf(_) => break Err(IommuError::Busy(va)),
             }
-            self.set(table, i, self.encode_leaf(pa, level, prot));
+            let raw = match Pfn::new(pa >> 12) {
+                Ok(pfn) => self
+                    .tree
+                    .format()
+                    .encode_leaf(&VtdLeaf { pfn, prot }, level),
+                Err(_) => Err(EncodeError::PfnTooWide(pa >> 12)),
+            };
+            let raw = match raw {
+                Ok(raw) => raw,
+                Err(e) => break Err(IommuError::Encode(e)),
+            };
+            self.tree.lock(slot).set(slot, raw);
             self.leaves[level.leaf_index()].fetch_add(1, Ordering::Relaxed);
             written += 1;
             done += level.size();
@@ -646,8 +544,8 @@ impl IommuDomain {
         if size == 0 {
             return out;
         }
-        let last = iova.saturating_add(size - 1);
-        self.clear_level(self.root, self.top, 0, iova, last, &mut out);
+        let end = iova.saturating_add(size);
+        self.dma_pte_clear_level(iova, end, &mut out);
         let mut st = self.stats_mut();
         st.unmap_calls += 1;
         st.leaves_cleared += out.leaves.total();
@@ -657,50 +555,31 @@ impl IommuDomain {
         out
     }
 
-    /// `dma_pte_clear_level`: clears `[start, last]` in `table` (entries of `level`, the table
-    /// covering addresses from `base`).
-    fn clear_level(
-        &self,
-        table: PhysAddr,
-        level: Level,
-        base: u64,
-        start: u64,
-        last: u64,
-        out: &mut Unmapped,
-    ) {
-        let size = level.size();
-        let first_i = if start > base {
-            ((start - base) / size) as usize
-        } else {
-            0
-        };
-        for i in first_i..ENTRIES {
-            let lo = base + i as u64 * size;
-            if lo > last {
-                break;
-            }
-            let hi = lo + (size - 1);
-            let raw = self.get(table, i);
-            if !Self::present(raw) {
-                continue;
-            }
-            if Self::is_leaf(raw, level) {
-                self.set(table, i, 0);
-                self.leaves[level.leaf_index()].fetch_sub(1, Ordering::Relaxed);
-                out.leaves.add(level, 1);
-                out.bytes += size;
-                continue;
-            }
-            let (Some(t), Some(lower)) = (Self::table_of(raw), level.lower()) else {
-                continue;
-            };
-            self.clear_level(t, lower, lo, start, last, out);
-            if start <= lo && last >= hi {
-                // The whole table is inside the range: free it (its leaves are cleared).
-                self.set(table, i, 0);
-                self.free_subtree(t, lower);
-            }
-        }
+    /// `dma_pte_clear_level` + `dma_pte_free_level`: clears every leaf intersecting
+    /// `[start, end)` whole, and frees each table whose span lies wholly inside the range once
+    /// its subtree is clear.
+    fn dma_pte_clear_level(&self, start: u64, end: u64, out: &mut Unmapped) {
+        let r = self.tree.walk_range::<WalkError>(start, end, &mut |t, v| {
+            Ok(match v.entry {
+                Entry::Leaf(_) => {
+                    t.lock(v.slot).set(v.slot, 0);
+                    let level = v.slot.level;
+                    self.leaves[level.leaf_index()].fetch_sub(1, Ordering::Relaxed);
+                    out.leaves.add(level, 1);
+                    out.bytes += level.size();
+                    Step::Next
+                }
+                Entry::Table(_) if !v.post => Step::Descend,
+                Entry::Table(pa) if v.covered() => {
+                    // The whole table is inside the range: free it (its leaves are cleared).
+                    t.lock(v.slot).set(v.slot, 0);
+                    t.free_subtree(pa, v.slot.level.lower().unwrap_or(Level::Pte));
+                    Step::Next
+                }
+                _ => Step::Next,
+            })
+        });
+        debug_assert!(r.is_ok(), "{r:?}");
     }
 
     /// `intel_iommu_iova_to_phys`: the physical address `iova` translates to, with the leaf's
@@ -709,26 +588,9 @@ impl IommuDomain {
         if iova > self.aperture_end() {
             return None;
         }
-        let mut table = self.root;
-        let mut level = self.top;
-        loop {
-            let raw = self.get(table, level.index(iova));
-            if !Self::present(raw) {
-                return None;
-            }
-            if Self::is_leaf(raw, level) {
-                let size = level.size();
-                let pa = (raw & bits::ADDR_MASK & !(size - 1)) | (iova & (size - 1));
-                let prot = IommuProt {
-                    read: raw & bits::READ != 0,
-                    write: raw & bits::WRITE != 0,
-                    cache: raw & bits::SNP != 0,
-                };
-                return Some((pa, level, prot));
-            }
-            table = Self::table_of(raw)?;
-            level = level.lower()?;
-        }
+        let (leaf, slot) = self.tree.lookup(iova)?;
+        let off = iova & (slot.level.size() - 1);
+        Some((leaf.pfn.phys().as_u64() | off, slot.level, leaf.prot))
     }
 
     /// `iommu_iova_to_phys`.
@@ -738,27 +600,11 @@ impl IommuDomain {
 
     /// The raw entry that maps `iova` and its level (for format tests).
     pub fn raw_leaf(&self, iova: u64) -> Option<(u64, Level)> {
-        let mut table = self.root;
-        let mut level = self.top;
-        loop {
-            let raw = self.get(table, level.index(iova));
-            if !Self::present(raw) {
-                return None;
-            }
-            if Self::is_leaf(raw, level) {
-                return Some((raw, level));
-            }
-            table = Self::table_of(raw)?;
-            level = level.lower()?;
+        if iova > self.aperture_end() {
+            return None;
         }
-    }
-}
-
-impl Drop for IommuDomain {
-    /// `intel_iommu_domain_free` → `domain_exit`: every table goes back to the allocator.
-    fn drop(&mut self) {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.free_subtree(self.root, self.top);
+        let (_, slot) = self.tree.lookup(iova)?;
+        Some((self.tree.get(slot), slot.level))
     }
 }
 

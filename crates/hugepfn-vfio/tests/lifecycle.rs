@@ -124,7 +124,7 @@ fn regress_47fa30118f02_fork_checks_present_before_special() {
     .unwrap();
     let slot = pt.slot_alloc(va + 2 * M, Level::Pmd).unwrap();
     let migration = (0x4_0000u64 << 12) | (1 << 7) | (1 << 1) | (1 << 9);
-    pt.set(slot, migration);
+    pt.ptl(slot).set(slot, migration);
     let before = fork_warnings();
     let (child, st) = mm.fork().unwrap();
     assert_eq!(st.non_present, 1);
@@ -138,8 +138,8 @@ fn regress_47fa30118f02_fork_checks_present_before_special() {
     assert_eq!(child.page_tables().get(cslot), migration, "copied verbatim");
     assert_eq!(pt.get(slot), migration, "the parent's entry is untouched");
     // Clean up the fake entry so teardown does not meet it.
-    pt.set(slot, 0);
-    child.page_tables().set(cslot, 0);
+    pt.ptl(slot).set(slot, 0);
+    child.page_tables().ptl(cslot).set(cslot, 0);
 }
 
 #[test]

@@ -19,6 +19,8 @@ use serde::Serialize;
 use crate::addr::{PHYS_ADDR_BITS, Pfn, PhysAddr};
 use crate::level::Level;
 
+pub use crate::format::{EncodeError, Entry};
+
 /// Raw bit positions (`_PAGE_BIT_*`).
 pub mod bits {
     /// Present.
@@ -232,34 +234,8 @@ pub struct Leaf {
     pub level: Level,
 }
 
-/// What an entry is, given its level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decoded {
-    /// `pxx_none()`: all zero.
-    None,
-    /// A pointer to the next-level table.
-    Table(PhysAddr),
-    /// A leaf (present, or PROT_NONE).
-    Leaf(Leaf),
-    /// Not present, not none, not PROT_NONE: bits we do not model (swap, migration entries).
-    NonPresent(u64),
-}
-
-/// Encoding failed: a leaf at a level that cannot hold one, or a pfn not aligned to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum EncodeError {
-    /// P4D/PGD leaves do not exist on x86-64.
-    #[error("no leaf can be encoded at the {0} level")]
-    NotLeafLevel(Level),
-    /// The SDM requires the low bits of a huge leaf's frame to be zero (upstream.md §3.3).
-    #[error("pfn {pfn} is not aligned to a {level} leaf")]
-    Misaligned {
-        /// The pfn.
-        pfn: Pfn,
-        /// The level.
-        level: Level,
-    },
-}
+/// What an entry is, given its level (the engine's [`Entry`] with x86-64 leaves).
+pub type Decoded = Entry<Leaf>;
 
 fn addr_mask(level: Level) -> u64 {
     ((1u64 << PHYS_ADDR_BITS) - 1) & !(level.size() - 1)

@@ -1,0 +1,178 @@
+//! Entry formats: what one page-table entry means at its level, for each kind of table the engine
+//! builds.
+//!
+//! Linux keeps one generic mm and an `arch/*/include/asm/pgtable*.h` per architecture with
+//! `pte_present`, `pmd_leaf`, `pfn_pmd`, `pmd_page_vaddr`, …; the IOMMU drivers and KVM have their
+//! own (`dma_pte_*` in intel/iommu.h, `spte.h`). Here each is an implementation of [`Format`]:
+//! the engine ([`crate::tree::Tree`]) walks, allocates, locks, splits and frees, and asks the
+//! format only what an entry is and how to write one.
+//!
+//! Formats: [`X86_64`] (CPU, 4- and 5-level; its encoding lives in [`crate::entry`]), [`vtd`]
+//! (VT-d second level) and [`ept`] (Intel EPT as KVM's TDP MMU writes it).
+
+pub mod ept;
+pub mod vtd;
+
+use std::fmt;
+
+use crate::addr::{PagingMode, Pfn, PhysAddr};
+use crate::entry::{self, Leaf};
+use crate::level::Level;
+use crate::phys::PhysMem;
+
+/// What an entry is, given its level (`pxx_none`, `pxx_present` + `pxx_leaf`, `pxx_page_vaddr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry<L> {
+    /// All zero: nothing here.
+    None,
+    /// A pointer to the next-level table.
+    Table(PhysAddr),
+    /// A leaf (for a CPU format: present, or PROT_NONE).
+    Leaf(L),
+    /// Not none, not a table, not a leaf: bits the model does not decode (swap or migration
+    /// entries, a non-present IOMMU entry with stray bits).
+    NonPresent(u64),
+}
+
+/// Encoding failed: a leaf at a level that cannot hold one, or a pfn not aligned to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// The format has no leaves at this level (P4D/PGD on x86-64).
+    #[error("no leaf can be encoded at the {0} level")]
+    NotLeafLevel(Level),
+    /// The low bits of a huge leaf's frame must be zero (SDM; upstream.md §3.3).
+    #[error("pfn {pfn} is not aligned to a {level} leaf")]
+    Misaligned {
+        /// The pfn.
+        pfn: Pfn,
+        /// The level.
+        level: Level,
+    },
+    /// The frame number does not fit the format's address field.
+    #[error("pfn {0:#x} does not fit the entry's address field")]
+    PfnTooWide(u64),
+}
+
+/// How a tree's entries are locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    /// Linux's split page-table locks: entries of PMD and PTE tables under their table page's
+    /// lock (`pmd_lock`, `pte_offset_map_lock`), every higher entry under the tree's one lock
+    /// (`mm->page_table_lock`, `pud_lock`).
+    Split,
+    /// One lock for every entry (an IOMMU domain's map/unmap lock, KVM's `mmu_lock`).
+    Single,
+}
+
+/// An entry format: the levels a tree has, which of them hold leaves, and how entries are
+/// encoded and decoded. Everything else is the engine's.
+pub trait Format: Send + Sync + 'static {
+    /// A decoded leaf: frame, attributes, and whatever the format records of its level.
+    type Leaf: Copy + fmt::Debug + PartialEq;
+
+    /// How entries of this format are locked.
+    const LOCKING: Locking;
+
+    /// Short name, as in `x86-64 4-level`.
+    fn name(&self) -> &'static str;
+
+    /// The level of the root table's entries.
+    fn top(&self) -> Level;
+
+    /// True if an entry at `level` may be a leaf in this format.
+    fn can_be_leaf(&self, level: Level) -> bool;
+
+    /// Decodes an entry found at `level`.
+    fn decode(&self, raw: u64, level: Level) -> Entry<Self::Leaf>;
+
+    /// Encodes a leaf at `level`.
+    fn encode_leaf(&self, leaf: &Self::Leaf, level: Level) -> Result<u64, EncodeError>;
+
+    /// Encodes a pointer to a table holding entries one level below `level`.
+    fn encode_table(&self, table: PhysAddr, level: Level) -> u64;
+
+    /// The first frame a leaf maps.
+    fn leaf_pfn(&self, leaf: &Self::Leaf) -> Pfn;
+
+    /// The same attributes at another frame and level (a piece of a split leaf).
+    fn leaf_at(&self, leaf: &Self::Leaf, pfn: Pfn, level: Level) -> Self::Leaf;
+
+    /// The level a table holding entries of `level` is accounted as (x86-64 with 4-level paging
+    /// names its top table the PGD although it holds P4D-sized entries).
+    fn account_level(&self, level: Level) -> Level {
+        level
+    }
+
+    /// Drops what a cleared leaf held (a CPU format: the page reference of an anonymous page).
+    fn release_leaf(&self, _phys: &PhysMem, _raw: u64, _level: Level) {}
+}
+
+/// The x86-64 CPU page-table format (`arch/x86/include/asm/pgtable*.h`), 4- or 5-level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct X86_64 {
+    /// 4-level (48-bit) or 5-level (57-bit, LA57) paging.
+    pub mode: PagingMode,
+}
+
+impl Format for X86_64 {
+    type Leaf = Leaf;
+    const LOCKING: Locking = Locking::Split;
+
+    fn name(&self) -> &'static str {
+        match self.mode {
+            PagingMode::Level4 => "x86-64 4-level",
+            PagingMode::Level5 => "x86-64 5-level",
+        }
+    }
+
+    fn top(&self) -> Level {
+        Level::top(self.mode)
+    }
+
+    fn can_be_leaf(&self, level: Level) -> bool {
+        level.can_be_leaf()
+    }
+
+    #[inline]
+    fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
+        entry::decode(raw, level)
+    }
+
+    fn encode_leaf(&self, leaf: &Leaf, level: Level) -> Result<u64, EncodeError> {
+        entry::encode_leaf(Leaf { level, ..*leaf })
+    }
+
+    fn encode_table(&self, table: PhysAddr, _level: Level) -> u64 {
+        entry::encode_table(table)
+    }
+
+    fn leaf_pfn(&self, leaf: &Leaf) -> Pfn {
+        leaf.pfn
+    }
+
+    fn leaf_at(&self, leaf: &Leaf, pfn: Pfn, level: Level) -> Leaf {
+        Leaf {
+            pfn,
+            prot: leaf.prot,
+            level,
+        }
+    }
+
+    fn account_level(&self, level: Level) -> Level {
+        if level == self.top() {
+            Level::Pgd
+        } else {
+            level
+        }
+    }
+
+    /// `zap_present_ptes` → `folio_remove_rmap`: only anonymous pages (not special) hold a
+    /// reference.
+    fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
+        if let Entry::Leaf(l) = entry::decode(raw, level)
+            && !l.prot.is_special()
+        {
+            phys.put_page(l.pfn);
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! The engine: one radix tree of page tables over simulated physical memory, generic over an
+//! entry [`Format`].
+//!
+//! What every page-table user in the kernel does by hand, done once: walk to a level without
+//! allocating (`pmd_off`, `pfn_to_dma_pte` with no allocation), walk allocating the tables on the
+//! way down (`__pud_alloc`/`__pmd_alloc`/`__pte_alloc`: allocate outside the lock, install under
+//! it if the entry is still none, free on a lost race), look up the leaf for an address, visit a
+//! range (`walk_page_range`'s shape: an entry before and after its subtree), split a huge leaf
+//! into a table of the next level's leaves with the same frames and attributes, free a subtree,
+//! and free unlinked tables after a grace period (`tlb_remove_table` with RCU, `pte_free_defer`).
+//!
+//! **Locks.** A [`Ptl`] is the only way to write an entry: [`Tree::lock`] returns the lock that
+//! protects a slot under the format's [`Locking`] (Linux's split locks for CPU tables, one lock
+//! for an IOMMU domain or an EPT), and [`Ptl::set`]/[`Ptl::swap`] check (in debug builds) that
+//! the guard covers the slot written. Readers walk without locks: every entry is an atomic.
+//!
+//! **Errors.** A pointer that names no table frame is [`WalkError::Corrupt`] wherever a walk
+//! follows it; allocation failure is [`WalkError::Oom`]; a leaf that cannot be encoded is
+//! [`WalkError::Encode`]. Nothing is turned into "out of memory" that is not.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::addr::{PAGE_SIZE, Pfn, PhysAddr};
+use crate::format::{EncodeError, Entry, Format, Locking};
+use crate::level::Level;
+use crate::phys::{ENTRIES, LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Mutex, MutexGuard};
+
+/// Where one entry lives: a table and an index in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// The table.
+    pub table: PhysAddr,
+    /// Index in the table.
+    pub index: usize,
+    /// Level of the entry.
+    pub level: Level,
+}
+
+/// A walk could not reach the level asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum WalkError {
+    /// A leaf sits above the level asked for (`pud_leaf`/`pmd_leaf` on the way down).
+    #[error("a {} leaf maps this address", .0.level)]
+    HugeAbove(Slot),
+    /// An entry on the way down is neither none, a table, nor a leaf.
+    #[error("non-present entry {1:#x} on the way down")]
+    Bad(Slot, u64),
+    /// Table allocation failed (`-ENOMEM`, `VM_FAULT_OOM`).
+    #[error("out of memory for page tables")]
+    Oom,
+    /// A leaf could not be encoded: its pfn is too wide for the format or not aligned to the
+    /// leaf's size (a caller's bug, never an allocation failure).
+    #[error("cannot encode the leaf: {0}")]
+    Encode(EncodeError),
+    /// A pfn past the architecture's physical width (a split or remap that would run off the
+    /// end of the pfn space).
+    #[error("pfn {0:#x} is past the physical address width")]
+    PfnTooWide(u64),
+    /// An entry seen a moment ago is gone (the table changed under a walk that does not hold
+    /// its lock).
+    #[error("the {1} entry for {0:#x} vanished during the walk")]
+    Vanished(u64, Level),
+    /// A table pointer names no page-table frame: the tree is corrupt.
+    #[error("table pointer {0} names no page-table frame: the tree is corrupt")]
+    Corrupt(PhysAddr),
+}
+
+impl From<EncodeError> for WalkError {
+    fn from(e: EncodeError) -> Self {
+        WalkError::Encode(e)
+    }
+}
+
+/// A held page-table lock (`spinlock_t *ptl`): the proof a writer needs.
+pub struct Ptl<'a> {
+    _guard: MutexGuard<'a, ()>,
+    phys: &'a PhysMem,
+    scope: Scope,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// One table's split lock.
+    Table(PhysAddr),
+    /// The tree's lock: every entry it protects under the format's locking.
+    Tree(Locking),
+}
+
+impl Ptl<'_> {
+    /// True if this lock protects `slot`'s entry.
+    pub fn covers(&self, slot: Slot) -> bool {
+        match self.scope {
+            Scope::Table(t) => t == slot.table,
+            Scope::Tree(Locking::Single) => true,
+            Scope::Tree(Locking::Split) => slot.level > Level::Pmd,
+        }
+    }
+
+    #[inline]
+    fn page(&self, slot: Slot) -> Option<&TablePage> {
+        debug_assert!(
+            self.covers(slot),
+            "{slot:?} written without its page-table lock"
+        );
+        self.phys.table(slot.table)
+    }
+
+    /// Reads the entry in `slot`.
+    #[inline]
+    pub fn get(&self, slot: Slot) -> u64 {
+        self.phys.table(slot.table).map_or(0, |t| t.get(slot.index))
+    }
+
+    /// Writes the entry in `slot` (`set_pte_at`, `set_pmd_at`, `set_pud_at`).
+    #[inline]
+    pub fn set(&self, slot: Slot, raw: u64) {
+        if let Some(t) = self.page(slot) {
+            t.set(slot.index, raw);
+        }
+    }
+
+    /// Writes `n` consecutive entries of one table from `slot` on: `first`, `first + step`, …
+    /// (`remap_pte_range`'s loop, `set_ptes`).
+    #[inline]
+    pub fn fill(&self, slot: Slot, n: usize, first: u64, step: u64) {
+        if let Some(t) = self.page(slot) {
+            for i in 0..n {
+                t.set(slot.index + i, first + (i as u64) * step);
+            }
+        }
+    }
+
+    /// Clears the entry in `slot` and returns what it held (`ptep_get_and_clear`).
+    #[inline]
+    pub fn swap(&self, slot: Slot, raw: u64) -> u64 {
+        self.page(slot).map_or(0, |t| t.swap(slot.index, raw))
+    }
+}
+
+/// A lockless walk in progress (`rcu_read_lock()`…`rcu_read_unlock()`, or IRQs off for
+/// gup-fast): tables unlinked meanwhile are not freed until it ends.
+pub struct RcuReadGuard<'a> {
+    readers: &'a AtomicU64,
+}
+
+impl Drop for RcuReadGuard<'_> {
+    fn drop(&mut self) {
+        self.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// One entry met by [`Tree::walk_range`].
+#[derive(Debug, Clone, Copy)]
+pub struct Visit<L> {
+    /// Where the entry is.
+    pub slot: Slot,
+    /// What it held when read.
+    pub raw: u64,
+    /// Decoded.
+    pub entry: Entry<L>,
+    /// First address the entry maps.
+    pub base: u64,
+    /// The walked range clipped to the entry: `[start, end)`.
+    pub start: u64,
+    /// End of the clipped range.
+    pub end: u64,
+    /// True on the second visit of a table entry, after its subtree was walked.
+    pub post: bool,
+}
+
+impl<L> Visit<L> {
+    /// True if the walked range covers all the entry maps.
+    pub fn covered(&self) -> bool {
+        self.start == self.base && self.end.wrapping_sub(self.base) == self.slot.level.size()
+    }
+}
+
+/// The callback of [`Tree::walk_range`]: sees the tree and one entry, says what to do next.
+pub type Visitor<'a, F, E> =
+    dyn FnMut(&Tree<F>, &Visit<<F as Format>::Leaf>) -> Result<Step, E> + 'a;
+
+/// What [`Tree::walk_range`] does after a visit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Go on with the next entry (a table's subtree is not walked).
+    Next,
+    /// Walk the table this entry points to, then visit the entry again with `post` set.
+    Descend,
+    /// Read the entry again and visit it anew (it was split or replaced).
+    Again,
+}
+
+/// A radix tree of page tables in format `F`.
+pub struct Tree<F: Format> {
+    phys: Arc<PhysMem>,
+    fmt: F,
+    root: PhysAddr,
+    tables: LevelCounters,
+    allocated: AtomicU64,
+    freed: AtomicU64,
+    tree_lock: Mutex<()>,
+    readers: AtomicU64,
+    deferred: Mutex<Vec<(PhysAddr, Level)>>,
+}
+
+impl<F: Format> std::fmt::Debug for Tree<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tree")
+            .field("format", &self.fmt.name())
+            .field("root", &self.root)
+            .field("tables", &self.tables.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Format> Tree<F> {
+    /// A tree with an empty root table (`pgd_alloc`, a domain's or an EPT's root).
+    pub fn new(phys: Arc<PhysMem>, fmt: F) -> Result<Self, PhysError> {
+        let acct = fmt.account_level(fmt.top());
+        let root = phys.alloc_table(acct)?;
+        let tables = LevelCounters::default();
+        tables.add(acct, 1);
+        Ok(Tree {
+            phys,
+            fmt,
+            root,
+            tables,
+            allocated: AtomicU64::new(1),
+            freed: AtomicU64::new(0),
+            tree_lock: Mutex::new(()),
+            readers: AtomicU64::new(0),
+            deferred: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The format.
+    pub fn format(&self) -> &F {
+        &self.fmt
+    }
+
+    /// The physical memory the tables live in.
+    pub fn phys(&self) -> &Arc<PhysMem> {
+        &self.phys
+    }
+
+    /// Physical address of the root table (CR3, the context entry, the EPT pointer).
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The level of the root table's entries.
+    pub fn top(&self) -> Level {
+        self.fmt.top()
+    }
+
+    /// Table pages held now, by the level each is accounted as.
+    pub fn table_counts(&self) -> TableCounts {
+        self.tables.snapshot()
+    }
+
+    /// Table pages allocated and freed over the tree's life (the root included).
+    pub fn alloc_free_counts(&self) -> (u64, u64) {
+        (
+            self.allocated.load(Ordering::Relaxed),
+            self.freed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The table page at `pa`, or [`WalkError::Corrupt`].
+    #[inline]
+    pub fn table(&self, pa: PhysAddr) -> Result<&TablePage, WalkError> {
+        self.phys.table(pa).ok_or(WalkError::Corrupt(pa))
+    }
+
+    /// Reads the entry in `slot` (0 if the slot names no table frame).
+    #[inline]
+    pub fn get(&self, slot: Slot) -> u64 {
+        self.phys.table(slot.table).map_or(0, |t| t.get(slot.index))
+    }
+
+    /// Decodes the entry in `slot`.
+    #[inline]
+    pub fn decode(&self, slot: Slot) -> Entry<F::Leaf> {
+        self.fmt.decode(self.get(slot), slot.level)
+    }
+
+    /// The lock protecting `slot`'s entry: under [`Locking::Split`] the table page's own lock for
+    /// PMD and PTE tables and the tree's lock above; under [`Locking::Single`] the tree's lock.
+    pub fn lock(&self, slot: Slot) -> Ptl<'_> {
+        match F::LOCKING {
+            Locking::Split if slot.level <= Level::Pmd => {
+                if let Some(t) = self.phys.table(slot.table) {
+                    return Ptl {
+                        _guard: t.lock(),
+                        phys: &self.phys,
+                        scope: Scope::Table(slot.table),
+                    };
+                }
+                self.lock_tree()
+            }
+            _ => self.lock_tree(),
+        }
+    }
+
+    /// The tree's lock (`mm->page_table_lock`; the whole tree for [`Locking::Single`]).
+    pub fn lock_tree(&self) -> Ptl<'_> {
+        Ptl {
+            _guard: self.tree_lock.lock().unwrap_or_else(|e| e.into_inner()),
+            phys: &self.phys,
+            scope: Scope::Tree(F::LOCKING),
+        }
+    }
+
+    /// Allocates a table for entries of `level` (`pagetable_alloc` + `ptlock_init`).
+    pub fn alloc(&self, level: Level) -> Result<PhysAddr, WalkError> {
+        let acct = self.fmt.account_level(level);
+        let pa = self.phys.alloc_table(acct).map_err(|_| WalkError::Oom)?;
+        self.tables.add(acct, 1);
+        self.allocated.fetch_add(1, Ordering::Relaxed);
+        Ok(pa)
+    }
+
+    /// Frees a table for entries of `level` that is linked nowhere (`pagetable_free`).
+    pub fn free(&self, pa: PhysAddr, level: Level) {
+        if self.phys.free_table(pa) {
+            self.tables.sub(self.fmt.account_level(level), 1);
+            self.freed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The slot of `va`'s entry in the root table.
+    #[inline]
+    pub fn top_slot(&self, va: u64) -> Slot {
+        let level = self.top();
+        Slot {
+            table: self.root,
+            index: level.index(va),
+            level,
+        }
+    }
+
+    /// The slot of `va`'s entry in the table at `pa`, which holds entries one level below
+    /// `parent`; [`WalkError::Corrupt`] if `pa` names no table frame.
+    #[inline]
+    pub fn child_slot(&self, pa: PhysAddr, parent: Level, va: u64) -> Result<Slot, WalkError> {
+        self.table(pa)?;
+        let level = parent.lower().ok_or(WalkError::Corrupt(pa))?;
+        Ok(Slot {
+            table: pa,
+            index: level.index(va),
+            level,
+        })
+    }
+
+    /// Lockless walk to the slot holding `va`'s entry at `level`, without allocating
+    /// (`pmd_off`, `pte_offset_map`). `Ok(None)`: a table on the way is missing.
+    pub fn slot(&self, va: u64, level: Level) -> Result<Option<Slot>, WalkError> {
+        let mut slot = self.top_slot(va);
+        while slot.level > level {
+            match self.decode(slot) {
+                Entry::None => return Ok(None),
+                Entry::Table(pa) => slot = self.child_slot(pa, slot.level, va)?,
+                Entry::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
+                Entry::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
+            }
+        }
+        Ok(Some(slot))
+    }
+
+    /// Walks to `va`'s slot at `level`, allocating missing tables.
+    pub fn slot_alloc(&self, va: u64, level: Level) -> Result<Slot, WalkError> {
+        self.slot_alloc_from(self.top_slot(va), va, level, true)
+    }
+
+    /// [`Tree::slot_alloc`] from a slot already reached for `va` (Linux passes `vmf->pud` down
+    /// instead of walking again). `recheck` false is the race bug of a missing recheck under the
+    /// lock (two racing faults: a leaked table and a lost entry); the engine's users pass true.
+    pub fn slot_alloc_from(
+        &self,
+        from: Slot,
+        va: u64,
+        level: Level,
+        recheck: bool,
+    ) -> Result<Slot, WalkError> {
+        let mut slot = from;
+        while slot.level > level {
+            match self.decode(slot) {
+                Entry::Table(pa) => slot = self.child_slot(pa, slot.level, va)?,
+                Entry::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
+                Entry::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
+                Entry::None => {
+                    self.install_table(slot, recheck)?;
+                    // Re-read under the new state (a leaf may have raced in).
+                }
+            }
+        }
+        Ok(slot)
+    }
+
+    /// The table below `slot`, allocated and linked if the entry is none.
+    pub fn table_below(&self, slot: Slot) -> Result<PhysAddr, WalkError> {
+        loop {
+            match self.decode(slot) {
+                Entry::Table(pa) => return Ok(pa),
+                Entry::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
+                Entry::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
+                Entry::None => {
+                    self.install_table(slot, true)?;
+                }
+            }
+        }
+    }
+
+    /// Allocates a table and links it into the none entry `slot`; frees it again if somebody
+    /// else filled the entry first.
+    fn install_table(&self, slot: Slot, recheck: bool) -> Result<(), WalkError> {
+        let child = slot.level.lower().ok_or(WalkError::Corrupt(slot.table))?;
+        let new = self.alloc(child)?;
+        let ptl = self.lock(slot);
+        if !recheck || ptl.get(slot) == 0 {
+            ptl.set(slot, self.fmt.encode_table(new, slot.level));
+        } else {
+            drop(ptl);
+            self.free(new, child);
+        }
+        Ok(())
+    }
+
+    /// Enters a lockless walk.
+    pub fn rcu_read_lock(&self) -> RcuReadGuard<'_> {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+        RcuReadGuard {
+            readers: &self.readers,
+        }
+    }
+
+    /// Lockless lookup of the leaf mapping `va`, with its slot (the hardware walk).
+    pub fn lookup(&self, va: u64) -> Option<(F::Leaf, Slot)> {
+        let _rcu = self.rcu_read_lock();
+        let mut slot = self.top_slot(va);
+        loop {
+            match self.decode(slot) {
+                Entry::Table(pa) => slot = self.child_slot(pa, slot.level, va).ok()?,
+                Entry::Leaf(l) => return Some((l, slot)),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Visits every entry that maps part of `[start, end)`, top-down and in address order
+    /// (`walk_page_range`'s shape): `f` sees each entry once, and a table entry a second time
+    /// after its subtree when it asked to descend. Stops at the first error `f` returns.
+    pub fn walk_range<E>(
+        &self,
+        start: u64,
+        end: u64,
+        f: &mut Visitor<'_, F, E>,
+    ) -> Result<(), E>
+    where
+        E: From<WalkError>,
+    {
+        if end > start {
+            self.walk_in(self.root, self.top(), start, end, f)?;
+        }
+        Ok(())
+    }
+
+    fn walk_in<E>(
+        &self,
+        table: PhysAddr,
+        level: Level,
+        start: u64,
+        end: u64,
+        f: &mut Visitor<'_, F, E>,
+    ) -> Result<(), E>
+    where
+        E: From<WalkError>,
+    {
+        let t = self.table(table)?;
+        let size = level.size();
+        let mut va = start;
+        while va < end {
+            let base = va & !(size - 1);
+            let next = base.wrapping_add(size);
+            let clip_end = if next == 0 || next > end { end } else { next };
+            let slot = Slot {
+                table,
+                index: level.index(va),
+                level,
+            };
+            let raw = t.get(slot.index);
+            let mut v = Visit {
+                slot,
+                raw,
+                entry: self.fmt.decode(raw, level),
+                base,
+                start: va,
+                end: clip_end,
+                post: false,
+            };
+            match f(self, &v)? {
+                Step::Next => {}
+                Step::Again => continue,
+                Step::Descend => {
+                    if let Entry::Table(pa) = v.entry
+                        && let Some(lower) = level.lower()
+                    {
+                        self.walk_in(pa, lower, va, clip_end, f)?;
+                        v.raw = t.get(slot.index);
+                        v.entry = self.fmt.decode(v.raw, level);
+                        v.post = true;
+                        if f(self, &v)? == Step::Again {
+                            continue;
+                        }
+                    }
+                }
+            }
+            if clip_end == end {
+                break;
+            }
+            va = clip_end;
+        }
+        Ok(())
+    }
+
+    /// Calls `f(va, leaf, level)` for every leaf whose first byte lies in `[start, end)`.
+    pub fn for_each_leaf(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, F::Leaf, Level)) {
+        let _ = self.walk_range::<WalkError>(start, end, &mut |_, v| {
+            Ok(match v.entry {
+                Entry::Table(_) if !v.post => Step::Descend,
+                Entry::Leaf(l) if v.base >= start => {
+                    f(v.base, l, v.slot.level);
+                    Step::Next
+                }
+                _ => Step::Next,
+            })
+        });
+    }
+
+    /// The first address in `[start, end)` that has a leaf or a non-present entry, if any.
+    pub fn first_mapped(&self, start: u64, end: u64) -> Option<u64> {
+        let mut hit = None;
+        let _ = self.walk_range::<WalkError>(start, end, &mut |_, v| {
+            if hit.is_some() {
+                return Ok(Step::Next);
+            }
+            Ok(match v.entry {
+                Entry::None => Step::Next,
+                Entry::Table(_) => Step::Descend,
+                Entry::Leaf(_) | Entry::NonPresent(_) => {
+                    hit = Some(v.start);
+                    Step::Next
+                }
+            })
+        });
+        hit
+    }
+
+    /// Table pages reachable from the root (the root included). Equal to
+    /// [`Tree::table_counts`]`.total()` unless a table leaked.
+    pub fn reachable_tables(&self) -> u64 {
+        let mut stack = vec![(self.root, self.top())];
+        let mut n = 0;
+        while let Some((pa, level)) = stack.pop() {
+            n += 1;
+            let (Ok(t), Some(lower)) = (self.table(pa), level.lower()) else {
+                continue;
+            };
+            for i in 0..ENTRIES {
+                if let Entry::Table(c) = self.fmt.decode(t.get(i), level) {
+                    stack.push((c, lower));
+                }
+            }
+        }
+        n
+    }
+
+    /// Splits the huge leaf in `slot` into a table of next-level leaves with the same frames and
+    /// attributes (`__split_huge_pud_locked`/`__split_huge_pmd_locked` for a remap-populated
+    /// pfnmap; `split_large_page` in the IOMMU drivers). False if `slot` holds no huge leaf or it
+    /// changed before the lock was taken.
+    pub fn split_leaf(&self, slot: Slot) -> Result<bool, WalkError> {
+        let Some(lower) = slot.level.lower() else {
+            return Ok(false);
+        };
+        let seen = self.get(slot);
+        let Entry::Leaf(leaf) = self.fmt.decode(seen, slot.level) else {
+            return Ok(false);
+        };
+        let new = self.alloc(lower)?;
+        let nt = self.table(new)?;
+        let first = self.fmt.leaf_pfn(&leaf).as_u64();
+        let step = lower.size() / PAGE_SIZE;
+        for i in 0..ENTRIES as u64 {
+            let p = first + i * step;
+            let pfn = Pfn::new(p).map_err(|_| WalkError::PfnTooWide(p));
+            let raw = pfn.and_then(|pfn| {
+                Ok(self
+                    .fmt
+                    .encode_leaf(&self.fmt.leaf_at(&leaf, pfn, lower), lower)?)
+            });
+            match raw {
+                // not linked yet: nobody else can see the new table
+                Ok(raw) => nt.set(i as usize, raw),
+                Err(e) => {
+                    self.free(new, lower);
+                    return Err(e);
+                }
+            }
+        }
+        let ptl = self.lock(slot);
+        if ptl.get(slot) != seen {
+            drop(ptl);
+            self.free(new, lower);
+            return Ok(false);
+        }
+        ptl.set(slot, self.fmt.encode_table(new, slot.level));
+        Ok(true)
+    }
+
+    /// Frees a whole unlinked subtree at once, releasing its leaves (teardown; a table replaced
+    /// by a huge leaf while nothing can walk it). Returns the tables freed.
+    pub fn free_subtree(&self, pa: PhysAddr, level: Level) -> u64 {
+        let mut all = Vec::new();
+        self.collect_subtree(pa, level, &mut all);
+        let n = all.len() as u64;
+        for (t, l) in all {
+            self.free(t, l);
+        }
+        n
+    }
+
+    /// The tables of a subtree (post-order), releasing its leaves on the way.
+    fn collect_subtree(&self, pa: PhysAddr, level: Level, out: &mut Vec<(PhysAddr, Level)>) {
+        if let (Ok(t), Some(lower)) = (self.table(pa), level.lower()) {
+            for i in 0..ENTRIES {
+                let raw = t.get(i);
+                match self.fmt.decode(raw, level) {
+                    Entry::Table(c) => self.collect_subtree(c, lower, out),
+                    Entry::Leaf(_) => self.fmt.release_leaf(&self.phys, raw, level),
+                    _ => {}
+                }
+            }
+        } else if let Ok(t) = self.table(pa) {
+            for i in 0..ENTRIES {
+                let raw = t.get(i);
+                if matches!(self.fmt.decode(raw, level), Entry::Leaf(_)) {
+                    self.fmt.release_leaf(&self.phys, raw, level);
+                }
+            }
+        }
+        out.push((pa, level));
+    }
+
+    /// Frees an unlinked subtree once no lockless walker can still hold it: at once if no walk
+    /// is in progress, else with the next reclaim that finds none. Leaves are released now.
+    pub fn free_subtree_deferred(&self, pa: PhysAddr, level: Level) {
+        let mut all = Vec::new();
+        self.collect_subtree(pa, level, &mut all);
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(all);
+        self.reclaim_deferred();
+    }
+
+    /// Frees deferred tables if no lockless walk is in progress. Returns how many were freed.
+    pub fn reclaim_deferred(&self) -> usize {
+        if self.readers.load(Ordering::SeqCst) != 0 {
+            return 0;
+        }
+        let batch: Vec<(PhysAddr, Level)> =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        let n = batch.len();
+        for (pa, level) in batch {
+            self.free(pa, level);
+        }
+        n
+    }
+
+    /// Tables unlinked but not yet freed.
+    pub fn deferred_tables(&self) -> usize {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+impl<F: Format> Drop for Tree<F> {
+    /// Every table back to the allocator (`free_pgd_range` + `pgd_free`, `domain_exit`,
+    /// `kvm_mmu_free_roots`).
+    fn drop(&mut self) {
+        let pending: Vec<(PhysAddr, Level)> =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        for (pa, level) in pending {
+            self.free(pa, level);
+        }
+        self.free_subtree(self.root, self.top());
+    }
+}
