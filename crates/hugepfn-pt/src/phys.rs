@@ -60,15 +60,16 @@ impl TablePage {
         self.entries[i].load(Ordering::Acquire)
     }
 
-    /// Writes entry `i` (`WRITE_ONCE`, release). Callers hold the table's page-table lock.
+    /// Writes entry `i` (`WRITE_ONCE`, release). Only the engine calls it, through a
+    /// [`crate::tree::Ptl`] (or on a table not linked anywhere yet).
     #[inline]
-    pub fn set(&self, i: usize, raw: u64) {
+    pub(crate) fn set(&self, i: usize, raw: u64) {
         self.entries[i].store(raw, Ordering::Release);
     }
 
     /// Atomically swaps entry `i`, returning the old value (`ptep_get_and_clear`).
     #[inline]
-    pub fn swap(&self, i: usize, raw: u64) -> u64 {
+    pub(crate) fn swap(&self, i: usize, raw: u64) -> u64 {
         self.entries[i].swap(raw, Ordering::AcqRel)
     }
 

@@ -454,12 +454,7 @@ impl<F: Format> Tree<F> {
     /// Visits every entry that maps part of `[start, end)`, top-down and in address order
     /// (`walk_page_range`'s shape): `f` sees each entry once, and a table entry a second time
     /// after its subtree when it asked to descend. Stops at the first error `f` returns.
-    pub fn walk_range<E>(
-        &self,
-        start: u64,
-        end: u64,
-        f: &mut Visitor<'_, F, E>,
-    ) -> Result<(), E>
+    pub fn walk_range<E>(&self, start: u64, end: u64, f: &mut Visitor<'_, F, E>) -> Result<(), E>
     where
         E: From<WalkError>,
     {
