@@ -495,6 +495,15 @@ pub enum HugeFaultVersion {
     PfnChecked,
 }
 
+/// Which huge leaves a pfnmap may have ([`Behaviour::pfnmap_leaves`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PfnmapLeaves {
+    /// `CONFIG_ARCH_SUPPORTS_PMD_PFNMAP`.
+    pub pmd: bool,
+    /// `CONFIG_ARCH_SUPPORTS_PUD_PFNMAP`.
+    pub pud: bool,
+}
+
 /// What the model does: the corrected design, or one kernel as released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Behaviour {
@@ -603,6 +612,32 @@ impl Behaviour {
     /// Whether an MREMAP_FIXED move of the same length may span several VMAs (6.17+).
     pub fn mremap_moves_multiple_vmas(self) -> bool {
         self.has(Change::MremapMovesMultipleVmas)
+    }
+
+    /// The pfnmap leaves the architecture's Kconfig allows in this kernel
+    /// (`ARCH_SUPPORTS_PMD_PFNMAP` = `ARCH_SUPPORTS_HUGE_PFNMAP` && `HAVE_ARCH_TRANSPARENT_HUGEPAGE`,
+    /// `ARCH_SUPPORTS_PUD_PFNMAP` = … && `HAVE_ARCH_TRANSPARENT_HUGEPAGE_PUD`, mm/Kconfig), as
+    /// read in the 6.12.117 and 7.3.4 sources:
+    /// - x86-64 selects all three in both: PMD and PUD;
+    /// - arm64 selects `ARCH_SUPPORTS_HUGE_PFNMAP` and THP but not THP_PUD in both: PMD only
+    ///   (a Grace host maps a BAR with 2 MiB blocks at best);
+    /// - riscv selects THP only in 6.12 (4 KiB pfnmaps); 7.3 adds `ARCH_SUPPORTS_HUGE_PFNMAP` and
+    ///   THP_PUD: PMD and PUD. The model takes 6.12.x as without and 7.x as with (the commit
+    ///   between them is not identified).
+    ///
+    /// The corrected design allows what 7.3's Kconfig allows.
+    pub fn pfnmap_leaves(self, arch: hugepfn_units::arch::Arch) -> PfnmapLeaves {
+        let seven = self
+            .kernel
+            .is_none_or(|k| k.version() >= Version::new(7, 0, 0));
+        let (pmd, pud) = if arch.is_arm64() {
+            (true, false)
+        } else if arch.is_riscv() {
+            (seven, seven)
+        } else {
+            (true, true)
+        };
+        PfnmapLeaves { pmd, pud }
     }
 
     /// Whether `remap_pfn_range` may install PUD/PMD leaves (the RFC's design).

@@ -325,7 +325,7 @@ impl Vm {
     /// (`kvm_arch_flush_shadow_memslot`); turning dirty logging on zaps its huge leaves, off
     /// zaps its small ones so that they can come back huge.
     pub fn set_user_memory_region(&self, r: &UserMemoryRegion) -> Result<MemslotChange, KvmError> {
-        let task = self.inner.mm.config().mode.task_size();
+        let task = self.inner.mm.config().arch.task_size();
         let change = self
             .inner
             .slots

@@ -21,8 +21,8 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::addr::Pfn;
-use crate::entry::{self, Decoded, Leaf, ProtFlags};
-use crate::level::Level;
+use crate::entry::{Decoded, Leaf, ProtFlags};
+use crate::level::{LeafCap, Level};
 use crate::pgtable::{Hazard, PageTables, PartialHuge, Slot, WalkError};
 use crate::vma::{VmFlags, Vma};
 
@@ -270,6 +270,11 @@ pub struct ThpGate {
     /// VM_PFNMAP VMAs with a `huge_fault` handler ignore `policy` (MADV_NOHUGEPAGE still
     /// counts).
     pub bypass_pfnmap: bool,
+    /// The largest pfnmap leaf the architecture allows ([`crate::MmConfig::pfnmap_cap`]).
+    /// Deliberate difference: Linux offers the order to the driver, which falls back when
+    /// `CONFIG_ARCH_SUPPORTS_PUD_PFNMAP` (PMD) is not set (`vfio_pci_vmf_insert_pfn`); the model
+    /// does not offer it.
+    pub pfnmap_cap: LeafCap,
 }
 
 /// `thp_vma_allowable_order(vma, vm_flags, TVA_IN_PF | TVA_ENFORCE_SYSFS, order)` for a
@@ -282,7 +287,7 @@ pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpGate, order: u32) -> bool {
     let Some(level) = Level::from_order(order) else {
         return false;
     };
-    if level == Level::Pte {
+    if level == Level::Pte || level > thp.pfnmap_cap.max_level() {
         return false;
     }
     let special_huge =
@@ -440,7 +445,7 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     if vmf.is_write() && prot.is_writable() {
         prot = prot.with(ProtFlags::ACCESSED | ProtFlags::DIRTY, ProtFlags::empty());
     }
-    let Ok(raw) = entry::encode_leaf(Leaf { pfn, prot, level }) else {
+    let Ok(raw) = vmf.pt.encode_leaf(Leaf { pfn, prot, level }) else {
         return VmFaultResult::Sigbus;
     };
     // A PTE insert at the faulting address starts from vmf->pmd, as Linux's does.
@@ -642,12 +647,12 @@ pub fn handle_mm_fault_locked(
 fn set_accessed(pt: &PageTables, slot: Slot, write: bool) {
     let ptl = pt.ptl(slot);
     let raw = ptl.get(slot);
-    if let Decoded::Leaf(mut l) = entry::decode(raw, slot.level) {
+    if let Decoded::Leaf(mut l) = pt.decode_raw(raw, slot.level) {
         l.prot.flags |= ProtFlags::ACCESSED;
         if write && l.prot.is_writable() {
             l.prot.flags |= ProtFlags::DIRTY;
         }
-        if let Ok(new) = entry::encode_leaf(l) {
+        if let Ok(new) = pt.encode_leaf(l) {
             ptl.set(slot, new);
         }
     }
@@ -723,14 +728,14 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
         return VmFaultResult::Sigsegv;
     }
     let ptl = pt.ptl(slot);
-    if pt.get(slot) != entry::encode_leaf(l).unwrap_or(0) {
+    if pt.get(slot) != pt.encode_leaf(l).unwrap_or(0) {
         return VmFaultResult::Done; // changed under us: retry the access
     }
     let writable = ProtFlags::WRITE | ProtFlags::DIRTY | ProtFlags::ACCESSED;
     if vma.flags.contains(VmFlags::SHARED) {
         let mut w = l;
         w.prot.flags |= writable;
-        if let Ok(raw) = entry::encode_leaf(w) {
+        if let Ok(raw) = pt.encode_leaf(w) {
             ptl.set(slot, raw);
         }
         return VmFaultResult::Done;
@@ -741,7 +746,7 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
     {
         let mut w = l;
         w.prot.flags |= writable;
-        if let Ok(raw) = entry::encode_leaf(w) {
+        if let Ok(raw) = pt.encode_leaf(w) {
             ptl.set(slot, raw);
         }
         return VmFaultResult::Done;
@@ -755,7 +760,7 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
         return VmFaultResult::Oom;
     };
     let prot = vma.page_prot.with(writable, ProtFlags::SPECIAL);
-    let Ok(raw) = entry::encode_leaf(Leaf {
+    let Ok(raw) = pt.encode_leaf(Leaf {
         pfn: new,
         prot,
         level: Level::Pte,
@@ -789,7 +794,7 @@ pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFault
         .vma
         .page_prot
         .with(ProtFlags::SPECIAL, ProtFlags::empty());
-    let Ok(raw) = entry::encode_leaf(Leaf { pfn, prot, level }) else {
+    let Ok(raw) = vmf.pt.encode_leaf(Leaf { pfn, prot, level }) else {
         return VmFaultResult::Sigbus;
     };
     let pt = vmf.pt;
@@ -804,7 +809,7 @@ pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFault
     let old = ptl.swap(slot, raw);
     drop(ptl);
     vmf.installed.set(Some(level));
-    if let (Decoded::Table(t), Some(lower)) = (entry::decode(old, level), level.lower()) {
+    if let (Decoded::Table(t), Some(lower)) = (pt.decode_raw(old, level), level.lower()) {
         let freed = pt.free_table_tree(t, lower);
         for _ in 0..freed {
             pt.note_hazard(Hazard::LiveTableFreed);

@@ -75,11 +75,11 @@ impl MmapRead<'_> {
             let ptl = pt.ptl(slot);
             // Re-read under the lock (§3.10); the buggy variant trusts the lockless read.
             let now = if pt.bugs().contains(crate::pgtable::Bugs::FOLLOW_NO_RECHECK) {
-                entry::encode_leaf(seen).unwrap_or(0)
+                pt.encode_leaf(seen).unwrap_or(0)
             } else {
                 pt.get(slot)
             };
-            match entry::decode(now, slot.level) {
+            match pt.decode_raw(now, slot.level) {
                 Decoded::Leaf(l) if l.prot.is_present() => {
                     if !l.prot.flags.contains(entry::ProtFlags::PRESENT) {
                         return Err(MmError::NotMapped(addr));

@@ -12,7 +12,7 @@
 use crate::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::entry::{self, Decoded, ProtFlags};
+use crate::entry::{Decoded, ProtFlags};
 use crate::error::MmError;
 use crate::fault::FaultStats;
 use crate::level::Level;
@@ -105,7 +105,7 @@ fn copy_range(
     collect(src, src.root(), src.top(), start, end, &mut items);
     for (va, level, raw) in items {
         let slot_src = src.slot(va, level)?.ok_or(WalkError::Vanished(va, level))?;
-        let new_raw = match entry::decode(raw, level) {
+        let new_raw = match src.decode_raw(raw, level) {
             // Present checked before special (47fa30118f02): non-present entries are copied as
             // they are, whatever their software bits say.
             Decoded::NonPresent(r) => {
@@ -121,7 +121,7 @@ fn copy_range(
                     // Write-protect both (the parent under its lock).
                     l.prot.flags.remove(ProtFlags::WRITE);
                     let ptl = src.ptl(slot_src);
-                    if let Ok(p) = entry::encode_leaf(l) {
+                    if let Ok(p) = src.encode_leaf(l) {
                         ptl.set(slot_src, p);
                     }
                     st.wrprotected += 1;
@@ -134,7 +134,7 @@ fn copy_range(
                 }
                 l.prot.flags.remove(ProtFlags::ACCESSED);
                 st.leaves.add(level, 1);
-                entry::encode_leaf(l)?
+                src.encode_leaf(l)?
             }
             Decoded::None | Decoded::Table(_) => continue,
         };
@@ -159,7 +159,7 @@ fn collect(
         let base = va & !(level.size() - 1);
         let next = base.saturating_add(level.size()).min(end);
         let raw = t.get(level.index(va));
-        match entry::decode(raw, level) {
+        match pt.decode_raw(raw, level) {
             Decoded::None => {}
             Decoded::Table(pa) if level != Level::Pte => {
                 if let Some(lower) = level.lower() {

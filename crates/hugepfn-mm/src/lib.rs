@@ -37,6 +37,7 @@ pub use fault::{
 };
 pub use follow::{FollowPfnmap, FollowPfnmapArgs};
 pub use gup::{FollFlags, GupFast};
+pub use hugepfn_units::arch::Arch;
 pub use level::{LeafCap, Level};
 pub use mapping::AddressSpace;
 pub use mm::{

@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 
 use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::addr::{PAGE_SIZE, PagingMode, Pfn, VirtAddr};
+use crate::addr::{PAGE_SIZE, Pfn};
 use crate::entry::{Pgprot, ProtFlags};
 use crate::error::MmError;
 use crate::fault::{
@@ -28,6 +28,8 @@ use crate::mapping::{AddressSpace, IMmapEntry};
 use crate::pgtable::{Bugs, LeafCounts, PageTables, PartialHuge};
 use crate::phys::{PhysMem, TableCounts};
 use crate::vma::{VmFlags, Vma, vm_get_page_prot};
+use hugepfn_pt::format::cpu::Cpu;
+use hugepfn_units::arch::Arch;
 
 // A plain std atomic: shared by every shuttle execution, not part of any protocol.
 static NEXT_MM_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -38,8 +40,13 @@ pub const MMAP_MIN_ADDR: u64 = 0x10000;
 /// How an `Mm` behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmConfig {
-    /// 4- or 5-level paging.
-    pub mode: PagingMode,
+    /// The architecture: its page-table format, levels and user address range.
+    pub arch: Arch,
+    /// The largest leaf a pfnmap may have on this architecture and kernel
+    /// (`ARCH_SUPPORTS_PMD_PFNMAP`, `ARCH_SUPPORTS_PUD_PFNMAP`: x86-64 PUD; arm64 PMD, having no
+    /// `HAVE_ARCH_TRANSPARENT_HUGEPAGE_PUD`; riscv PUD from 7.x, 4 KiB in 6.12). Caps both the
+    /// fault path and `remap_pfn_range`.
+    pub pfnmap_cap: LeafCap,
     /// `/sys/kernel/mm/transparent_hugepage/enabled`.
     pub thp: ThpPolicy,
     /// Huge pfnmap faults ignore [`MmConfig::thp`] (Linux 6.12.115+ and 7.x; the corrected
@@ -67,7 +74,8 @@ pub struct MmConfig {
 impl Default for MmConfig {
     fn default() -> Self {
         MmConfig {
-            mode: PagingMode::Level4,
+            arch: Arch::X86_64,
+            pfnmap_cap: LeafCap::Pud,
             thp: ThpPolicy::Always,
             thp_bypass_pfnmap: false,
             thp_align_file_mappings: true,
@@ -364,7 +372,8 @@ impl<'a> MmapRead<'a> {
 impl Mm {
     /// A new, empty address space on `phys` (`mm_alloc`).
     pub fn new(phys: Arc<PhysMem>, cfg: MmConfig) -> Result<Arc<Mm>, MmError> {
-        let pt = PageTables::new(phys, cfg.mode)
+        let fmt = Cpu::for_arch(cfg.arch).map_err(|e| MmError::Invalid(e.to_string()))?;
+        let pt = PageTables::with_format(phys, fmt)
             .map_err(|_| MmError::Oom)?
             .with_bugs(cfg.bugs);
         Ok(Arc::new_cyclic(|me| Mm {
@@ -383,6 +392,7 @@ impl Mm {
         ThpGate {
             policy: self.cfg.thp,
             bypass_pfnmap: self.cfg.thp_bypass_pfnmap,
+            pfnmap_cap: self.cfg.pfnmap_cap,
         }
     }
 
@@ -448,7 +458,7 @@ impl Mm {
 
     /// Leaves mapped now anywhere.
     pub fn all_leaves(&self) -> LeafCounts {
-        self.pt.count_leaves(0, self.cfg.mode.task_size())
+        self.pt.count_leaves(0, self.cfg.arch.task_size())
     }
 
     /// `mmap_read_lock`.
@@ -476,7 +486,7 @@ impl Mm {
     pub(crate) fn mmap_base(&self) -> u64 {
         self.cfg
             .mmap_base
-            .unwrap_or(self.cfg.mode.task_size() - (128 << 20))
+            .unwrap_or(self.cfg.arch.task_size() - (128 << 20))
     }
 
     /// [`Mm::check_range`] for a system call's `(addr, len)`: the length is rounded up to
@@ -495,13 +505,13 @@ impl Mm {
             .ok_or(MmError::Overflow {
                 addr,
                 len,
-                limit: self.cfg.mode.task_size(),
+                limit: self.cfg.arch.task_size(),
             })?;
         if len != 0 && aligned == 0 {
             return Err(MmError::Overflow {
                 addr,
                 len,
-                limit: self.cfg.mode.task_size(),
+                limit: self.cfg.arch.task_size(),
             });
         }
         self.check_range(what, addr, aligned)
@@ -530,7 +540,7 @@ impl Mm {
                 align: PAGE_SIZE,
             });
         }
-        let limit = self.cfg.mode.task_size();
+        let limit = self.cfg.arch.task_size();
         match addr.checked_add(len) {
             Some(end) if end <= limit => Ok(end),
             _ => Err(MmError::Overflow { addr, len, limit }),
@@ -631,7 +641,7 @@ impl Mm {
                     return Err(MmError::Overflow {
                         addr: a,
                         len: req.len,
-                        limit: self.cfg.mode.task_size(),
+                        limit: self.cfg.arch.task_size(),
                     });
                 }
                 if let Some(v) = tree.overlapping(a, end).next() {
@@ -858,7 +868,7 @@ impl Mm {
         if pfn.checked_add(pages).is_none_or(|e| e > Pfn::LIMIT) {
             return Err(MmError::PfnTooWide { pfn, pages });
         }
-        let mut cap = cap;
+        let mut cap = cap.min(self.cfg.pfnmap_cap);
         let cow = vma.flags.is_cow_mapping();
         if cow {
             if addr != vma.start || end != vma.end {
@@ -953,7 +963,7 @@ impl Mm {
     }
 
     fn access_inner(&self, addr: u64, write: bool, count_segv: bool) -> Access {
-        if VirtAddr::new(addr, self.cfg.mode).is_err() {
+        if self.cfg.arch.check_va(addr).is_err() {
             // Past TASK_SIZE (or not canonical): in no VMA, like any unmapped address (found
             // by `hugepfn fuzz`: such strides were neither skipped nor counted).
             if count_segv {
@@ -1108,7 +1118,7 @@ impl Mm {
     /// `handle_mm_fault(vma, address, flags)` after `lock_vma_under_rcu`/`find_vma` and
     /// `access_error`: `Err` is a bad area (no VMA, or an access the VMA forbids): SIGSEGV.
     pub fn handle_mm_fault(&self, addr: u64, flags: FaultFlags) -> Result<FaultOutcome, MmError> {
-        VirtAddr::new(addr, self.cfg.mode)?;
+        self.cfg.arch.check_va(addr)?;
         let g = self.mmap_read();
         let Some(vma) = g.find_vma(addr) else {
             // bad_area: the caller (the CPU, GUP) decides what to raise and count.

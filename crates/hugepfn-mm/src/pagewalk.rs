@@ -166,7 +166,7 @@ pub fn for_each_pte(
     let t = pt.table(table);
     let mut va = start;
     while va < end {
-        f(va, entry::decode(t.get(Level::Pte.index(va)), Level::Pte));
+        f(va, pt.decode_raw(t.get(Level::Pte.index(va)), Level::Pte));
         va += Level::Pte.size();
     }
 }
@@ -316,7 +316,7 @@ impl<O: MmWalkOps> Walk<'_, O> {
         end: u64,
     ) -> Result<WalkAction, WalkError> {
         let raw = self.pt().get(pud);
-        let table = match entry::decode(raw, Level::Pud) {
+        let table = match self.pt().decode_raw(raw, Level::Pud) {
             Decoded::Table(t) => t,
             Decoded::Leaf(_) if self.bugs().contains(Bugs::PAGEWALK_NO_RECHECK) => {
                 // pmd_offset() on a leaf: the leaf's address taken for a table.
@@ -373,10 +373,9 @@ impl<O: MmWalkOps> Walk<'_, O> {
                         addr: va,
                         end: va + Level::Pte.size(),
                         level: Level::Pte,
-                        entry: entry::decode(
-                            self.pt().table(t).get(Level::Pte.index(va)),
-                            Level::Pte,
-                        ),
+                        entry: self
+                            .pt()
+                            .decode_raw(self.pt().table(t).get(Level::Pte.index(va)), Level::Pte),
                     };
                     self.ops.pte_entry(self.mm.page_tables(), &pte, vma);
                     va += Level::Pte.size();

@@ -20,11 +20,12 @@ use std::sync::Arc;
 
 use crate::sync::{Mutex, MutexGuard, RwLock};
 
-use hugepfn_pt::{Format, Step, Tree, X86_64};
+use hugepfn_pt::format::cpu::Cpu;
+use hugepfn_pt::{EncodeError, Format, Step, Tree, X86_64};
 use serde::Serialize;
 
 use crate::addr::{PAGE_SIZE, PagingMode, Pfn, PhysAddr};
-use crate::entry::{self, Decoded, Leaf, Pgprot, ProtFlags};
+use crate::entry::{Decoded, Leaf, Pgprot, ProtFlags};
 use crate::level::{LeafCap, Level};
 use crate::phys::{PhysError, PhysMem, TableCounts, TablePage};
 
@@ -219,11 +220,11 @@ pub struct HazardCounts {
     pub cleared_without_flush: u64,
 }
 
-/// The page tables of one `Mm`: the engine's [`Tree`] in the [`X86_64`] format, and what the
+/// The page tables of one `Mm`: the engine's [`Tree`] in the architecture's [`Cpu`] format, and what the
 /// mm adds to it: TLB-flush records, MMU notifiers, zap counters, hazards and the selectable
 /// upstream bugs.
 pub struct PageTables {
-    tree: Tree<X86_64>,
+    tree: Tree<Cpu>,
     flushes: Mutex<FlushLog>,
     notifiers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
     /// `mmu_notifier_invalidate_range_start` calls made (whether or not anyone listens).
@@ -237,7 +238,7 @@ pub struct PageTables {
 impl std::fmt::Debug for PageTables {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PageTables")
-            .field("mode", &self.mode())
+            .field("format", &self.tree.format().name())
             .field("root", &self.root())
             .field("tables", &self.table_counts())
             .finish_non_exhaustive()
@@ -245,10 +246,15 @@ impl std::fmt::Debug for PageTables {
 }
 
 impl PageTables {
-    /// A new tree with an empty PGD (`mm_alloc` → `pgd_alloc`).
+    /// A new x86-64 tree with an empty PGD (`mm_alloc` → `pgd_alloc`).
     pub fn new(phys: Arc<PhysMem>, mode: PagingMode) -> Result<Self, PhysError> {
+        Self::with_format(phys, Cpu::X86(X86_64 { mode }))
+    }
+
+    /// A new tree in the CPU format `fmt`, with an empty PGD.
+    pub fn with_format(phys: Arc<PhysMem>, fmt: Cpu) -> Result<Self, PhysError> {
         Ok(PageTables {
-            tree: Tree::new(phys, X86_64 { mode })?,
+            tree: Tree::new(phys, fmt)?,
             flushes: Mutex::new(FlushLog::default()),
             notifiers: RwLock::new(Vec::new()),
             notifier_calls: AtomicU64::new(0),
@@ -259,13 +265,25 @@ impl PageTables {
     }
 
     /// The engine under this tree.
-    pub fn tree(&self) -> &Tree<X86_64> {
+    pub fn tree(&self) -> &Tree<Cpu> {
         &self.tree
     }
 
-    /// The paging mode.
-    pub fn mode(&self) -> PagingMode {
-        self.tree.format().mode
+    /// The CPU format.
+    pub fn format(&self) -> &Cpu {
+        self.tree.format()
+    }
+
+    /// Encodes a leaf in this tree's format (`pfn_pte`, `pfn_pmd` + `pmd_mkhuge`, …).
+    #[inline]
+    pub fn encode_leaf(&self, leaf: Leaf) -> Result<u64, EncodeError> {
+        self.tree.format().encode_leaf(&leaf, leaf.level)
+    }
+
+    /// Decodes a raw entry found at `level` in this tree's format.
+    #[inline]
+    pub fn decode_raw(&self, raw: u64, level: Level) -> Decoded {
+        self.tree.format().decode(raw, level)
     }
 
     /// The physical memory the tables live in.
@@ -526,7 +544,7 @@ impl PageTables {
                 prot: r.prot,
                 level,
             };
-            let base_raw = entry::encode_leaf(leaf)?;
+            let base_raw = self.encode_leaf(leaf)?;
             let slot = Slot {
                 table,
                 index: first,
@@ -557,9 +575,9 @@ impl PageTables {
                     prot: r.prot,
                     level,
                 };
-                let raw = entry::encode_leaf(leaf)?;
+                let raw = self.encode_leaf(leaf)?;
                 let old = self.ptl(slot).swap(slot, raw);
-                if let Decoded::Table(pa) = entry::decode(old, level) {
+                if let Decoded::Table(pa) = self.decode_raw(old, level) {
                     // An empty table was in the way: free it after a grace period (paging-
                     // structure caches and lockless walkers may hold it).
                     self.tree
@@ -642,7 +660,7 @@ impl PageTables {
                 },
                 level: l.level,
             };
-            if let Ok(raw) = entry::encode_leaf(new) {
+            if let Ok(raw) = self.encode_leaf(new) {
                 self.ptl(slot).set(slot, raw);
                 n.add(l.level, 1);
             }

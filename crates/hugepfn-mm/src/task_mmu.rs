@@ -317,7 +317,7 @@ impl Mm {
             }
             ProcFile::ClearRefs => {
                 r.walk = self
-                    .walk_page_range(0, self.config().mode.task_size(), &mut ClearRefsOps)
+                    .walk_page_range(0, self.config().arch.task_size(), &mut ClearRefsOps)
                     .map_err(walk_err)?;
             }
         }

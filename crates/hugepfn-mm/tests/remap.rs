@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use hugepfn_mm::{CacheMode, LeafCap, Level, MmConfig, MmError, PagingMode, Pgprot, TableCounts};
+use hugepfn_mm::{CacheMode, LeafCap, Level, MmConfig, MmError, Pgprot, TableCounts};
 
 const BAR1: u64 = 0x1000_0000_0000;
 
@@ -98,7 +98,7 @@ fn page_tables_are_counted_per_level() {
 #[test]
 fn five_level_paging_walks_five_levels() {
     let (_p, mm) = mm_with(MmConfig {
-        mode: PagingMode::Level5,
+        arch: hugepfn_units::arch::Arch::X86_64_5Level,
         ..MmConfig::default()
     });
     let va = 0x00f0_0000_0000_0000u64; // above 2^47: needs LA57

@@ -135,6 +135,11 @@ bitflags! {
         const NX = 1 << 7;
         /// `_PAGE_PROTNONE` (non-present entries only).
         const PROTNONE = 1 << 8;
+        /// One of a run of entries the TLB may cache as one: arm64's `PTE_CONT` (16 PTEs = 64 KiB,
+        /// 16 PMDs = 32 MiB with the 4 KiB granule), riscv's Svnapot `N` (16 PTEs). x86-64 has no
+        /// such bit: encoding it there fails. Linux never sets it on a pfnmap (`contpte_try_fold`
+        /// skips special entries).
+        const CONT = 1 << 9;
     }
 }
 
@@ -246,6 +251,9 @@ pub fn encode_leaf(leaf: Leaf) -> Result<u64, EncodeError> {
     let level = leaf.level;
     if !level.can_be_leaf() {
         return Err(EncodeError::NotLeafLevel(level));
+    }
+    if leaf.prot.flags.contains(ProtFlags::CONT) {
+        return Err(EncodeError::Unrepresentable("x86-64 has no contiguous bit"));
     }
     if !leaf.pfn.is_aligned_order(level.order()) {
         return Err(EncodeError::Misaligned {

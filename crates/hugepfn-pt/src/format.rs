@@ -10,7 +10,10 @@
 //! Formats: [`X86_64`] (CPU, 4- and 5-level; its encoding lives in [`crate::entry`]), [`vtd`]
 //! (VT-d second level) and [`ept`] (Intel EPT as KVM's TDP MMU writes it).
 
+pub mod arm64;
+pub mod cpu;
 pub mod ept;
+pub mod riscv;
 pub mod vtd;
 
 use std::fmt;
@@ -51,6 +54,9 @@ pub enum EncodeError {
     /// The frame number does not fit the format's address field.
     #[error("pfn {0:#x} does not fit the entry's address field")]
     PfnTooWide(u64),
+    /// An attribute the format cannot express (a memory type, a contiguous bit).
+    #[error("the entry format cannot express it: {0}")]
+    Unrepresentable(&'static str),
 }
 
 /// How a tree's entries are locked.

@@ -61,17 +61,7 @@ impl Scenario {
     }
 }
 
-/// Paging mode of the modelled machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-pub enum Arch {
-    /// 4-level paging (PGD → PUD → PMD → PTE, p4d folded). `"x86_64"`.
-    #[default]
-    #[serde(rename = "x86_64")]
-    X86_64,
-    /// 5-level paging (LA57). `"x86_64-5level"`.
-    #[serde(rename = "x86_64-5level")]
-    X86_64_5Level,
-}
+pub use hugepfn_units::arch::Arch;
 
 /// `/sys/kernel/mm/transparent_hugepage/enabled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]

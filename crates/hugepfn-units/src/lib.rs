@@ -8,6 +8,7 @@
 use thiserror::Error;
 
 pub mod addr;
+pub mod arch;
 
 /// 1 KiB.
 pub const KIB: u64 = 1 << 10;

@@ -418,7 +418,7 @@ fn regress_touch_far_past_the_mapping_skips_gaps_as_ranges() {
     let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
     let n = 1u64 << 40;
     let stride = 4096;
-    let limit = (mm.config().mode.task_size() - va) / stride;
+    let limit = (mm.config().arch.task_size() - va) / stride;
     let count = n.min(limit);
     for reverse in [false, true] {
         let r = mm.access_range(va, count, stride, true, reverse);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hugepfn_kernels::Behaviour;
+use hugepfn_mm::Arch;
 use hugepfn_mm::remap_file::RemapPfnFile;
 use hugepfn_mm::{
     CacheMode, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, PhysConfig,
@@ -115,6 +116,10 @@ pub struct VfioRow {
 pub struct Demo {
     /// What the model behaved as: "the corrected design" or "Linux 7.3.4".
     pub model: String,
+    /// The architecture (`x86_64`, `arm64`, …).
+    pub arch: Arch,
+    /// The largest pfnmap leaf the architecture's Kconfig allows in that kernel.
+    pub pfnmap_cap: &'static str,
     /// RFC huge remap_pfn_range, per BAR and policy.
     pub mappings: Vec<RemapRow>,
     /// vfio-pci fault path, per BAR and placement.
@@ -131,6 +136,7 @@ pub fn remap_bar(
     cap: LeafCap,
     b: Behaviour,
     memory: u64,
+    arch: Arch,
 ) -> Result<RemapRow, DemoError> {
     let phys = Arc::new(PhysMem::new(PhysConfig::with_memory(memory)));
     phys.add_device_range("bar", bar.phys, bar.size)
@@ -141,6 +147,7 @@ pub fn remap_bar(
             b,
             MmConfig {
                 remap_cap: cap,
+                arch,
                 ..MmConfig::default()
             },
         ),
@@ -189,6 +196,7 @@ pub fn vfio_touch_bar(
     aligned: bool,
     b: Behaviour,
     memory: u64,
+    arch: Arch,
 ) -> Result<VfioRow, DemoError> {
     let phys = Arc::new(PhysMem::new(PhysConfig::with_memory(memory)));
     let logic = HugeFaultLogic::from(b.huge_fault());
@@ -199,7 +207,13 @@ pub fn vfio_touch_bar(
         .ok_or_else(|| MmError::Invalid(format!("no BAR{index}")))?;
     let mm = Mm::new(
         phys.clone(),
-        crate::runner::mm_config(b, MmConfig::default()),
+        crate::runner::mm_config(
+            b,
+            MmConfig {
+                arch,
+                ..MmConfig::default()
+            },
+        ),
     )?;
     let addr = if aligned {
         MmapAddr::Fixed(mm.find_aligned_area(bar.size, 1 << 30, 0)?)
@@ -269,13 +283,27 @@ pub fn preset_bars(p: &hugepfn_scenario::presets::GpuPreset) -> Vec<Bar> {
         .collect()
 }
 
-/// Runs the demo on `bars` (default: the H100 layout). `bar_filter` keeps one BAR.
-pub fn run(
-    bars: Option<Vec<Bar>>,
-    bar_filter: Option<u8>,
-    kernel: Option<hugepfn_kernels::Kernel>,
-    memory: Option<u64>,
-) -> Result<Demo, DemoError> {
+/// What the demo runs as.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DemoOptions {
+    /// Only this BAR.
+    pub bar: Option<u8>,
+    /// The kernel (`None`: the corrected design).
+    pub kernel: Option<hugepfn_kernels::Kernel>,
+    /// The simulated memory per run (default [`hugepfn_mm::phys::DEFAULT_MEMORY`]).
+    pub memory: Option<u64>,
+    /// The architecture.
+    pub arch: Arch,
+}
+
+/// Runs the demo on `bars` (default: the H100 layout).
+pub fn run(bars: Option<Vec<Bar>>, opts: DemoOptions) -> Result<Demo, DemoError> {
+    let DemoOptions {
+        bar: bar_filter,
+        kernel,
+        memory,
+        arch,
+    } = opts;
     let memory = memory.unwrap_or(hugepfn_mm::phys::DEFAULT_MEMORY);
     let behaviour = Behaviour::from_option(kernel);
     let bars = bars.unwrap_or_else(presets::h100_bars);
@@ -295,16 +323,25 @@ pub fn run(
     let mut vfio = Vec::new();
     for b in &chosen {
         for cap in LeafCap::ALL {
-            mappings.push(remap_bar(b, cap, behaviour, memory)?);
+            mappings.push(remap_bar(b, cap, behaviour, memory, arch)?);
         }
     }
     for b in &chosen {
         for aligned in [false, true] {
-            vfio.push(vfio_touch_bar(&bars, b.index, aligned, behaviour, memory)?);
+            vfio.push(vfio_touch_bar(
+                &bars, b.index, aligned, behaviour, memory, arch,
+            )?);
         }
     }
+    let leaves = behaviour.pfnmap_leaves(arch);
     Ok(Demo {
         model: behaviour.label(),
+        arch,
+        pfnmap_cap: match (leaves.pmd, leaves.pud) {
+            (_, true) => "pud",
+            (true, false) => "pmd",
+            _ => "pte",
+        },
         mappings,
         vfio,
     })
@@ -318,7 +355,17 @@ fn ms(ns: u64) -> String {
 pub fn format(d: &Demo) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "Model: {}\n", d.model);
+    let _ = writeln!(s, "Model: {}", d.model);
+    let _ = writeln!(
+        s,
+        "Architecture: {}: {}\n",
+        d.arch,
+        match d.pfnmap_cap {
+            "pud" => "pfnmaps may use 1 GiB and 2 MiB leaves",
+            "pmd" => "pfnmaps may use 2 MiB leaves at most (ARCH_SUPPORTS_PUD_PFNMAP is not set)",
+            _ => "pfnmaps use 4 KiB entries only (ARCH_SUPPORTS_HUGE_PFNMAP is not set)",
+        }
+    );
     let _ = writeln!(
         s,
         "RFC huge remap_pfn_range at a 1 GiB-aligned VA (built-in H100-like device){}\n",

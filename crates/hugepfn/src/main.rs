@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hugepfn::{bench, compare, demo, output, runner};
 use hugepfn_kernels::Kernel;
+use hugepfn_mm::Arch;
 
 #[derive(Parser)]
 #[command(
@@ -114,6 +115,10 @@ enum Cmd {
         /// is exit 3.
         #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
         memory: Option<u64>,
+        /// The architecture (default x86_64): x86_64, x86_64-5level, arm64, riscv64-sv39, riscv64-sv48,
+        /// riscv64-sv57 (arm64-16k and arm64-64k are refused: not modelled yet).
+        #[arg(long, value_name = "ARCH")]
+        arch: Option<Arch>,
     },
     /// Run a scenario file on the model; exit 1 if an `expect` fails, 2 if the file is
     /// malformed, 3 if the model's simulated memory runs out (--memory raises it).
@@ -131,6 +136,11 @@ enum Cmd {
         /// Old spelling of --kernel: fixed = the corrected design, v612 = 6.12.0, v613 = 6.13.0.
         #[arg(long, value_enum, hide = true, conflicts_with = "kernel")]
         logic: Option<Logic>,
+        /// The architecture, overriding the file's `arch`: x86_64, x86_64-5level, arm64, riscv64-sv39, riscv64-sv48,
+        /// riscv64-sv57 (arm64-16k and arm64-64k are refused: not modelled yet).
+        #[arg(long, value_name = "ARCH")]
+        arch: Option<Arch>,
+
         /// The model's simulated memory (page tables, IOMMU and EPT tables, CoW pages), e.g.
         /// 16G; default the scenario's `memory`, else 4G. Using it up stops the run: exit 3.
         #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
@@ -147,6 +157,11 @@ enum Cmd {
         /// Behave as this Linux version (or `corrected`), overriding the file's `kernel`.
         #[arg(long, value_name = "VERSION", value_parser = parse_kernel_arg)]
         kernel: Option<KernelArg>,
+        /// The architecture, overriding the file's `arch`: x86_64, x86_64-5level, arm64, riscv64-sv39, riscv64-sv48,
+        /// riscv64-sv57 (arm64-16k and arm64-64k are refused: not modelled yet).
+        #[arg(long, value_name = "ARCH")]
+        arch: Option<Arch>,
+
         /// The model's simulated memory (page tables, IOMMU and EPT tables, CoW pages), e.g.
         /// 16G; default the scenario's `memory`, else 4G. Using it up stops the run: exit 3.
         #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
@@ -212,7 +227,14 @@ fn main() -> ExitCode {
             gpu,
             kernel,
             memory,
+            arch,
         } => {
+            let opts = demo::DemoOptions {
+                bar,
+                kernel,
+                memory,
+                arch: arch.unwrap_or_default(),
+            };
             if let Some(g) = gpu {
                 let Some(p) = hugepfn_scenario::presets::gpu_preset(&g) else {
                     eprintln!(
@@ -221,7 +243,7 @@ fn main() -> ExitCode {
                     );
                     return ExitCode::from(2);
                 };
-                return demo_main(Some(demo::preset_bars(p)), bar, kernel, memory, json);
+                return demo_main(Some(demo::preset_bars(p)), opts, json);
             }
             let bars = match resource {
                 Some(p) => {
@@ -242,21 +264,23 @@ fn main() -> ExitCode {
                 }
                 None => None,
             };
-            demo_main(bars, bar, kernel, memory, json)
+            demo_main(bars, opts, json)
         }
         Cmd::Compare {
             file,
             json,
             kernel,
             memory,
+            arch,
         } => {
-            let sc = match hugepfn_scenario::load_scenario(&file) {
+            let mut sc = match hugepfn_scenario::load_scenario(&file) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("hugepfn: {e}");
                     return ExitCode::from(2);
                 }
             };
+            sc.arch = arch.unwrap_or(sc.arch);
             match compare::compare(&sc, run_options(kernel, memory)) {
                 Ok(rows) => {
                     if json {
@@ -319,14 +343,16 @@ fn main() -> ExitCode {
             kernel,
             logic,
             memory,
+            arch,
         } => {
-            let sc = match hugepfn_scenario::load_scenario(&file) {
+            let mut sc = match hugepfn_scenario::load_scenario(&file) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("hugepfn: {e}");
                     return ExitCode::from(2);
                 }
             };
+            sc.arch = arch.unwrap_or(sc.arch);
             let opts = run_options(
                 kernel.or(logic.and_then(Logic::kernel).map(KernelArg::Version)),
                 memory,
@@ -377,12 +403,10 @@ fn main() -> ExitCode {
 
 fn demo_main(
     bars: Option<Vec<hugepfn_vfio::Bar>>,
-    bar: Option<u8>,
-    kernel: Option<Kernel>,
-    memory: Option<u64>,
+    opts: demo::DemoOptions,
     json: bool,
 ) -> ExitCode {
-    match demo::run(bars, bar, kernel, memory) {
+    match demo::run(bars, opts) {
         Ok(d) => {
             if json {
                 match serde_json::to_string_pretty(&d) {

@@ -230,8 +230,15 @@ impl Reference {
             maps: HashMap::new(),
             mincore_walks,
             task_size: match sc.arch {
+                // written out here, not taken from the model: x86-64's TASK_SIZE_MAX, arm64's
+                // 1 << VA_BITS, riscv's lower half
                 hugepfn_scenario::Arch::X86_64 => (1 << 47) - PAGE,
                 hugepfn_scenario::Arch::X86_64_5Level => (1 << 56) - PAGE,
+                hugepfn_scenario::Arch::Arm64 | hugepfn_scenario::Arch::Arm64_16k => 1 << 48,
+                hugepfn_scenario::Arch::Arm64_64k => 1 << 52,
+                hugepfn_scenario::Arch::Riscv64Sv39 => 1 << 38,
+                hugepfn_scenario::Arch::Riscv64Sv48 => 1 << 47,
+                hugepfn_scenario::Arch::Riscv64Sv57 => 1 << 56,
             },
             rng: Rng::new(seed ^ 0x5eed),
         }

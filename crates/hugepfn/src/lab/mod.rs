@@ -282,6 +282,12 @@ pub(super) fn load_all(files: &[PathBuf]) -> Result<Vec<LabScenario>, LabError> 
 
 /// The ivshmem BAR size a scenario needs, or why the lab cannot run it.
 pub fn lab_bar_size(sc: &Scenario, max_bar: u64) -> Result<u64, String> {
+    if sc.arch.paging_mode().is_none() {
+        return Err(format!(
+            "arch = \"{}\": the lab boots x86-64 guests (an arm64 lab is issue 14's)",
+            sc.arch
+        ));
+    }
     if let Some((s, why)) = sc
         .steps
         .iter()

@@ -8,14 +8,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hugepfn_kernels::Behaviour;
+use hugepfn_kernels::{Behaviour, PfnmapLeaves};
 use hugepfn_mm::pgtable::Bugs;
 use hugepfn_mm::{
-    FaultCounts, FaultPath, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PagingMode,
-    PhysConfig, PhysMem, Prot, TableCounts, ThpPolicy, VmFlags,
+    FaultCounts, FaultPath, LeafCap, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PhysConfig,
+    PhysMem, Prot, TableCounts, ThpPolicy, VmFlags,
 };
 use hugepfn_scenario::{
-    Access, Arch, Counters, ExpectNow, FaultPathSpec, Kernel, KernelBug, Levels, Madvise, Order,
+    Access, Counters, ExpectNow, FaultPathSpec, Kernel, KernelBug, Levels, Madvise, Order,
     PowerState, PtPages, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement, check_expect,
 };
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
@@ -175,10 +175,7 @@ impl ModelRun {
         let cfg = mm_config(
             behaviour,
             MmConfig {
-                mode: match sc.arch {
-                    Arch::X86_64 => PagingMode::Level4,
-                    Arch::X86_64_5Level => PagingMode::Level5,
-                },
+                arch: sc.arch,
                 thp: match sc.thp {
                     ThpMode::Always => ThpPolicy::Always,
                     ThpMode::Madvise => ThpPolicy::Madvise,
@@ -560,10 +557,15 @@ pub fn mm_config(b: Behaviour, base: MmConfig) -> MmConfig {
         mincore_walks_pfnmap: b.mincore_walks_pfnmap(),
         mremap_moves_multiple_vmas: b.mremap_moves_multiple_vmas(),
         mmap_base: match base.mmap_base {
-            None if !aligned_base => Some(base.mode.task_size() - (128 << 20) - 4096),
+            None if !aligned_base => Some(base.arch.task_size() - (128 << 20) - 4096),
             other => other,
         },
         thp_bypass_pfnmap: !b.thp_sysfs_gates_pfnmap(),
+        pfnmap_cap: match b.pfnmap_leaves(base.arch) {
+            PfnmapLeaves { pud: true, .. } => LeafCap::Pud,
+            PfnmapLeaves { pmd: true, .. } => LeafCap::Pmd,
+            _ => LeafCap::Pte,
+        },
         bugs: b.bugs().fold(base.bugs, |acc, k| acc | kernel_bug(k)),
         remap_cap: if b.huge_remap_pfn_range() {
             base.remap_cap

@@ -1,0 +1,256 @@
+//! The CPU page-table format of the architecture a machine runs, chosen at run time.
+//!
+//! Linux builds one architecture's `pgtable.h` into a kernel; the model picks it per `Mm` from
+//! the scenario's `arch`, so one engine instance ([`crate::tree::Tree<Cpu>`]) serves every CPU
+//! format: x86-64 ([`X86_64`]), arm64 ([`Arm64`]) and riscv ([`Riscv`]). All three decode to the
+//! same [`Leaf`] (pfn, [`crate::entry::Pgprot`], level), as Linux's generic mm sees every
+//! architecture's entries through `pte_pfn`, `pte_write`, `pte_special`, ….
+
+use hugepfn_units::arch::Arch;
+
+use crate::addr::{Pfn, PhysAddr};
+use crate::entry::Leaf;
+use crate::format::arm64::Arm64;
+use crate::format::riscv::Riscv;
+use crate::format::{EncodeError, Entry, Format, Locking, X86_64};
+use crate::level::Level;
+use crate::phys::PhysMem;
+
+/// A CPU page-table format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cpu {
+    /// x86-64, 4- or 5-level.
+    X86(X86_64),
+    /// arm64 stage 1, 4 KiB granule.
+    Arm64(Arm64),
+    /// riscv64 Sv39/48/57.
+    Riscv(Riscv),
+}
+
+/// An architecture whose format the model does not have yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {0} page-table format is not modelled yet (its levels index 11 or 13 bits and its tables are 16 or 64 KiB); use arm64 (4 KiB granule)"
+)]
+pub struct UnsupportedArch(pub Arch);
+
+impl Cpu {
+    /// The format `arch` walks.
+    pub fn for_arch(arch: Arch) -> Result<Cpu, UnsupportedArch> {
+        Ok(match arch {
+            Arch::X86_64 | Arch::X86_64_5Level => Cpu::X86(X86_64 {
+                mode: arch.paging_mode().unwrap_or_default(),
+            }),
+            Arch::Arm64 => Cpu::Arm64(Arm64 { va39: false }),
+            Arch::Riscv64Sv39 | Arch::Riscv64Sv48 | Arch::Riscv64Sv57 => Cpu::Riscv(Riscv {
+                levels: arch.levels(),
+            }),
+            Arch::Arm64_16k | Arch::Arm64_64k => return Err(UnsupportedArch(arch)),
+        })
+    }
+}
+
+/// Forwards a call to the format inside.
+macro_rules! each {
+    ($self:expr, $f:ident => $e:expr) => {
+        match $self {
+            Cpu::X86($f) => $e,
+            Cpu::Arm64($f) => $e,
+            Cpu::Riscv($f) => $e,
+        }
+    };
+}
+
+impl Format for Cpu {
+    type Leaf = Leaf;
+    const LOCKING: Locking = Locking::Split;
+
+    fn name(&self) -> &'static str {
+        each!(self, f => f.name())
+    }
+
+    fn top(&self) -> Level {
+        each!(self, f => f.top())
+    }
+
+    fn can_be_leaf(&self, level: Level) -> bool {
+        each!(self, f => f.can_be_leaf(level))
+    }
+
+    #[inline]
+    fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
+        each!(self, f => f.decode(raw, level))
+    }
+
+    #[inline]
+    fn encode_leaf(&self, leaf: &Leaf, level: Level) -> Result<u64, EncodeError> {
+        each!(self, f => f.encode_leaf(leaf, level))
+    }
+
+    fn encode_table(&self, table: PhysAddr, level: Level) -> u64 {
+        each!(self, f => f.encode_table(table, level))
+    }
+
+    fn leaf_pfn(&self, leaf: &Leaf) -> Pfn {
+        leaf.pfn
+    }
+
+    fn leaf_at(&self, leaf: &Leaf, pfn: Pfn, level: Level) -> Leaf {
+        Leaf {
+            pfn,
+            prot: leaf.prot,
+            level,
+        }
+    }
+
+    fn account_level(&self, level: Level) -> Level {
+        each!(self, f => f.account_level(level))
+    }
+
+    /// `zap_present_ptes` → `folio_remove_rmap`: only anonymous pages (not special) hold a
+    /// reference.
+    fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
+        if let Entry::Leaf(l) = self.decode(raw, level)
+            && !l.prot.is_special()
+        {
+            phys.put_page(l.pfn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::entry::{CacheMode, Pgprot, ProtFlags};
+    use crate::tree::Tree;
+
+    fn cpus() -> Vec<Cpu> {
+        [
+            Arch::X86_64,
+            Arch::X86_64_5Level,
+            Arch::Arm64,
+            Arch::Riscv64Sv39,
+            Arch::Riscv64Sv48,
+            Arch::Riscv64Sv57,
+        ]
+        .into_iter()
+        .map(|a| Cpu::for_arch(a).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn every_cpu_format_round_trips_every_leaf_it_can_hold() {
+        let prots = [
+            Pgprot::SHARED,
+            Pgprot::READONLY,
+            Pgprot::NONE,
+            Pgprot::SHARED.with(
+                ProtFlags::SPECIAL | ProtFlags::DIRTY | ProtFlags::ACCESSED,
+                ProtFlags::empty(),
+            ),
+            Pgprot::READONLY.with(ProtFlags::empty(), ProtFlags::NX),
+        ];
+        for f in cpus() {
+            for level in Level::LEAF_LEVELS {
+                for prot in prots {
+                    for cache in [CacheMode::Wb, CacheMode::Wc, CacheMode::UcMinus] {
+                        let leaf = Leaf {
+                            pfn: Pfn::new(0x4_0000 << 9).unwrap(),
+                            prot: prot.with_cache(cache),
+                            level,
+                        };
+                        let raw = f.encode_leaf(&leaf, level).unwrap();
+                        assert_eq!(
+                            f.decode(raw, level),
+                            Entry::Leaf(leaf),
+                            "{} {level} {prot} {raw:#x}",
+                            f.name()
+                        );
+                    }
+                }
+            }
+            let t = PhysAddr::new(0x1_0000_3000).unwrap();
+            for level in [Level::Pmd, Level::Pud] {
+                assert_eq!(f.decode(f.encode_table(t, level), level), Entry::Table(t));
+            }
+            assert_eq!(f.decode(0, Level::Pte), Entry::None);
+        }
+        assert!(matches!(
+            Cpu::for_arch(Arch::Arm64_64k),
+            Err(UnsupportedArch(Arch::Arm64_64k))
+        ));
+    }
+
+    #[test]
+    fn the_engine_splits_a_pud_leaf_the_same_way_in_every_format() {
+        for f in cpus() {
+            let phys = Arc::new(PhysMem::default());
+            let tree = Tree::new(phys.clone(), f).unwrap();
+            let va = 5u64 << 30;
+            let slot = tree.slot_alloc(va, Level::Pud).unwrap();
+            let prot = Pgprot::SHARED
+                .with_cache(CacheMode::UcMinus)
+                .with(ProtFlags::SPECIAL, ProtFlags::empty());
+            let leaf = Leaf {
+                pfn: Pfn::new(0x1000_0000_0000 >> 12).unwrap(),
+                prot,
+                level: Level::Pud,
+            };
+            let raw = f.encode_leaf(&leaf, Level::Pud).unwrap();
+            tree.lock(slot).set(slot, raw);
+            assert!(tree.split_leaf(slot).unwrap(), "{}", f.name());
+            let mut n = 0;
+            tree.for_each_leaf(va, va + (1 << 30), &mut |at, l, level| {
+                assert_eq!(level, Level::Pmd);
+                assert_eq!(l.prot, prot);
+                assert_eq!(l.pfn.as_u64(), leaf.pfn.as_u64() + ((at - va) >> 12));
+                n += 1;
+            });
+            assert_eq!(n, 512, "{}", f.name());
+            let (l, s) = tree.lookup(va + (3 << 21) + 5).unwrap();
+            assert_eq!(
+                (s.level, l.pfn.as_u64()),
+                (Level::Pmd, leaf.pfn.as_u64() + 3 * 512)
+            );
+            assert_eq!(tree.reachable_tables(), tree.table_counts().total());
+            drop(tree);
+            assert!(phys.leak_check().is_empty(), "{}", f.name());
+        }
+    }
+
+    #[test]
+    fn riscv_prot_none_and_napot_are_linuxs() {
+        let f = Cpu::for_arch(Arch::Riscv64Sv48).unwrap();
+        let none = Leaf {
+            pfn: Pfn::new(0x200).unwrap(),
+            prot: Pgprot::NONE,
+            level: Level::Pmd,
+        };
+        let raw = f.encode_leaf(&none, Level::Pmd).unwrap();
+        use crate::format::riscv::bits;
+        assert_eq!(
+            raw & (bits::V | bits::G | bits::R),
+            bits::G | bits::R,
+            "PAGE_NONE"
+        );
+        let run = Leaf {
+            pfn: Pfn::new(0x1230).unwrap(),
+            prot: Pgprot::SHARED.with(ProtFlags::CONT, ProtFlags::empty()),
+            level: Level::Pte,
+        };
+        let raw = f.encode_leaf(&run, Level::Pte).unwrap();
+        assert_ne!(raw & bits::N, 0);
+        assert_eq!((raw >> bits::PPN_SHIFT) & 0xf, 0b1000, "PPN[3:0] = 1000");
+        assert_eq!(f.decode(raw, Level::Pte), Entry::Leaf(run));
+        let odd = Leaf {
+            pfn: Pfn::new(0x1231).unwrap(),
+            ..run
+        };
+        assert!(matches!(
+            f.encode_leaf(&odd, Level::Pte),
+            Err(EncodeError::Unrepresentable(_))
+        ));
+    }
+}
