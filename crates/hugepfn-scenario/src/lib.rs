@@ -208,6 +208,8 @@ mod parse;
 pub mod presets;
 mod report;
 mod scenario;
+#[cfg(test)]
+mod test_util;
 pub mod vmm;
 
 pub use error::{Location, Problem, ScenarioError};
