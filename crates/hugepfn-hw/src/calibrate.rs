@@ -147,14 +147,14 @@ pub fn fit(
         let mut rows: Vec<[f64; NPARAM]> = Vec::new();
         for m in measured {
             progress(tr, llc, m);
-            let c = sim::chase_counters(
-                &cpu,
-                model_cap(m),
+            let chase = sim::Chase {
+                cap: model_cap(m),
                 tr,
-                m.spec.size,
-                m.spec.lines,
-                opts.sim_count,
-            )?;
+                len: m.spec.size,
+                lines: m.spec.lines,
+                count: opts.sim_count,
+            };
+            let c = sim::chase_counters(&cpu, &chase)?;
             let n = c.accesses.max(1) as f64;
             rows.push(calib::features(&c).map(|x| x / n));
         }

@@ -109,6 +109,14 @@ pub struct PwcSizes {
     pub pde: u32,
 }
 
+/// The paging-structure caches of both presets, in both dimensions of a walk: 2 PML4E, 4 PDPTE
+/// and 32 PDE entries (see the module doc for sources).
+const PWC: PwcSizes = PwcSizes {
+    pml4e: 2,
+    pdpte: 4,
+    pde: 32,
+};
+
 /// One data-cache level.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheLevel {
@@ -150,84 +158,67 @@ impl Default for CpuModel {
 impl CpuModel {
     /// Intel Golden Cove (Sapphire Rapids); see the module doc for sources.
     pub fn golden_cove() -> Self {
-        CpuModel {
-            name: "golden-cove".into(),
-            l1_dtlb: vec![
+        CpuModel::preset_core(
+            "golden-cove",
+            vec![
                 TlbArray::new("dtlb-4k", 96, 6, PageSizes::K4),
                 TlbArray::new("dtlb-2m", 32, 4, PageSizes::M2),
                 TlbArray::new("dtlb-1g", 8, 8, PageSizes::G1),
             ],
-            stlb: vec![
+            vec![
                 TlbArray::new("stlb", 2048, 16, PageSizes::K4_M2),
                 TlbArray::new("stlb-1g", 1024, 8, PageSizes::G1),
             ],
-            pwc: PwcSizes {
-                pml4e: 2,
-                pdpte: 4,
-                pde: 32,
-            },
-            pwc_second: PwcSizes {
-                pml4e: 2,
-                pdpte: 4,
-                pde: 32,
-            },
-            nested_tlb: 16,
-            caches: vec![
-                CacheLevel {
-                    name: "L1D".into(),
-                    size: 48 << 10,
-                    ways: 12,
-                },
-                CacheLevel {
-                    name: "L2".into(),
-                    size: 2 << 20,
-                    ways: 16,
-                },
-                CacheLevel {
-                    name: "L3".into(),
-                    size: 30 << 20,
-                    ways: 15,
-                },
+            [
+                ("L1D", 48 << 10, 12),
+                ("L2", 2 << 20, 16),
+                ("L3", 30 << 20, 15),
             ],
-            walker_cache: 0,
-        }
+            0,
+        )
     }
 
     /// AMD Zen 4 (Genoa); see the module doc for sources.
     pub fn zen4() -> Self {
-        CpuModel {
-            name: "zen4".into(),
-            l1_dtlb: vec![TlbArray::new("dtlb", 72, 72, PageSizes::ALL)],
-            stlb: vec![TlbArray::new("l2-dtlb", 3072, 12, PageSizes::K4_M2)],
-            pwc: PwcSizes {
-                pml4e: 2,
-                pdpte: 4,
-                pde: 32,
-            },
-            pwc_second: PwcSizes {
-                pml4e: 2,
-                pdpte: 4,
-                pde: 32,
-            },
-            nested_tlb: 16,
-            caches: vec![
-                CacheLevel {
-                    name: "L1D".into(),
-                    size: 32 << 10,
-                    ways: 8,
-                },
-                CacheLevel {
-                    name: "L2".into(),
-                    size: 1 << 20,
-                    ways: 8,
-                },
-                CacheLevel {
-                    name: "L3".into(),
-                    size: 32 << 20,
-                    ways: 16,
-                },
+        CpuModel::preset_core(
+            "zen4",
+            vec![TlbArray::new("dtlb", 72, 72, PageSizes::ALL)],
+            vec![TlbArray::new("l2-dtlb", 3072, 12, PageSizes::K4_M2)],
+            [
+                ("L1D", 32 << 10, 8),
+                ("L2", 1 << 20, 8),
+                ("L3", 32 << 20, 16),
             ],
-            walker_cache: 1,
+            1,
+        )
+    }
+
+    /// A preset core: its TLBs, its data caches (name, bytes, ways; innermost first) and the
+    /// first level its walker reads through, with what the presets share: [`PWC`] in both
+    /// dimensions and a 16-entry nested TLB.
+    fn preset_core(
+        name: &str,
+        l1_dtlb: Vec<TlbArray>,
+        stlb: Vec<TlbArray>,
+        caches: [(&str, u64, u32); 3],
+        walker_cache: usize,
+    ) -> Self {
+        CpuModel {
+            name: name.into(),
+            l1_dtlb,
+            stlb,
+            pwc: PWC,
+            pwc_second: PWC,
+            nested_tlb: 16,
+            caches: caches
+                .into_iter()
+                .map(|(name, size, ways)| CacheLevel {
+                    name: name.into(),
+                    size,
+                    ways,
+                })
+                .collect(),
+            walker_cache,
         }
     }
 

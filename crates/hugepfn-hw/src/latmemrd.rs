@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::calib::Costs;
 use crate::config::CpuModel;
-use crate::sim::{self, SimError, Translation};
+use crate::sim::{self, Chase, SimError, Translation};
 
 /// The published table: (MiB, PTE ns, PMD ns), upstream.md §4.
 pub const PUBLISHED: [(u64, f64, f64); 7] = [
@@ -40,6 +40,27 @@ pub struct Row {
     pub published: f64,
 }
 
+/// The text table of `rows` that `hugepfn hw lat-mem-rd` prints: a header line, then a line
+/// per row (each line ends in a newline).
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:>6} {:>9} {:>9} {:>10} {:>10} {:>7}\n",
+        "MiB", "PTE ns", "PMD ns", "reduction", "published", "diff"
+    );
+    for r in rows {
+        out += &format!(
+            "{:>6} {:>9.1} {:>9.1} {:>9.1}% {:>9.1}% {:>+6.1}\n",
+            r.mib,
+            r.pte_ns,
+            r.pmd_ns,
+            r.reduction,
+            r.published,
+            r.reduction - r.published
+        );
+    }
+    out
+}
+
 /// Loads simulated per point after warm-up.
 pub const DEFAULT_COUNT: u64 = 20_000;
 
@@ -56,8 +77,14 @@ pub fn reproduce(
         let mut ns = [0.0; 2];
         for (i, cap) in [LeafCap::Pte, LeafCap::Pmd].into_iter().enumerate() {
             progress(mib, cap);
-            ns[i] =
-                sim::chase(cpu, cap, Translation::Native, len, 64, count, costs)?.ns_per_access();
+            let c = Chase {
+                cap,
+                tr: Translation::Native,
+                len,
+                lines: 64,
+                count,
+            };
+            ns[i] = sim::chase(cpu, &c, costs)?.ns_per_access();
         }
         rows.push(Row {
             mib,

@@ -21,6 +21,8 @@ pub mod nested;
 pub mod pattern;
 pub mod sim;
 pub mod sweep;
+#[cfg(test)]
+mod test_tables;
 pub mod walk;
 pub mod workload;
 

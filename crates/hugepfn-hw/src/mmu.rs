@@ -461,21 +461,8 @@ impl Mmu {
 mod tests {
     use super::*;
     use crate::nested::Nested;
-    use hugepfn_mm::{CacheMode, LeafCap, PageTables, Pfn, Pgprot, PhysMem};
-    use std::sync::Arc;
-
-    fn native(cap: LeafCap, len: u64) -> PageTables {
-        let pt = PageTables::new(Arc::new(PhysMem::default()), Default::default()).unwrap();
-        pt.remap_range(
-            1 << 30,
-            (1 << 30) + len,
-            Pfn::new((64u64 << 30) >> 12).unwrap(),
-            Pgprot::SHARED.with_cache(CacheMode::Wb),
-            cap,
-        )
-        .unwrap();
-        pt
-    }
+    use crate::test_tables::native;
+    use hugepfn_mm::LeafCap;
 
     #[test]
     fn cold_walk_then_hits() {

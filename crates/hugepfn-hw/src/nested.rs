@@ -96,20 +96,7 @@ impl EptTable {
             let hpa = gpa
                 .checked_add(HOST_OFFSET)
                 .ok_or(NestedError::BadRange { va: gpa, len: size })?;
-            ept.map(
-                gpa,
-                &EptLeaf {
-                    pfn: hpa >> 12,
-                    level: host_leaf,
-                    read: true,
-                    write: true,
-                    exec: true,
-                    mem_type: MemType::Wb,
-                    ipat: true,
-                    accessed: true,
-                    dirty: true,
-                },
-            )?;
+            ept.map(gpa, &touched_leaf(hpa, host_leaf))?;
         }
         Ok(EptTable { ept, phys })
     }
@@ -155,6 +142,22 @@ pub struct Nested {
     pub ept_data_leaves: u64,
 }
 
+/// An EPT leaf mapping host-physical `hpa` at `level` as KVM leaves it after the guest touched
+/// the page: read, write and execute, write-back with IPAT, accessed and dirty.
+fn touched_leaf(hpa: u64, level: Level) -> EptLeaf {
+    EptLeaf {
+        pfn: hpa >> 12,
+        level,
+        read: true,
+        write: true,
+        exec: true,
+        mem_type: MemType::Wb,
+        ipat: true,
+        accessed: true,
+        dirty: true,
+    }
+}
+
 fn ept_map_range(
     ept: &Ept,
     start: u64,
@@ -165,20 +168,7 @@ fn ept_map_range(
     let size = level.size();
     let mut gpa = start & !(size - 1);
     while gpa < end {
-        ept.map(
-            gpa,
-            &EptLeaf {
-                pfn: (gpa + offset) >> 12,
-                level,
-                read: true,
-                write: true,
-                exec: true,
-                mem_type: MemType::Wb,
-                ipat: true,
-                accessed: true,
-                dirty: true,
-            },
-        )?;
+        ept.map(gpa, &touched_leaf(gpa + offset, level))?;
         gpa += size;
     }
     Ok(())

@@ -114,17 +114,31 @@ pub fn chase_warmup(cpu: &CpuModel, len: u64, lines: u32) -> u64 {
     (2 * llc_lines).max(100_000).min(cycle)
 }
 
-/// Runs a `lat_mem_rd -t` chase of `count` loads over a fresh mapping of `len` bytes with a
-/// cold MMU, after [`chase_warmup`] loads.
-pub fn chase(
-    cpu: &CpuModel,
-    cap: LeafCap,
-    tr: Translation,
-    len: u64,
-    lines: u32,
-    count: u64,
-    costs: &Costs,
-) -> Result<AccessResult, SimError> {
+/// A `lat_mem_rd -t` chase: `count` loads over a fresh mapping of `len` bytes with leaves up to
+/// `cap`, translated by `tr`, visiting `lines` cache lines per page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chase {
+    /// Largest leaf of the process (guest) page table.
+    pub cap: LeafCap,
+    /// Native, or nested with the EPT's leaf size.
+    pub tr: Translation,
+    /// Bytes mapped and chased over.
+    pub len: u64,
+    /// Cache lines visited per 4 KiB page.
+    pub lines: u32,
+    /// Timed loads.
+    pub count: u64,
+}
+
+/// Runs `chase` on `cpu` with a cold MMU, after [`chase_warmup`] loads.
+pub fn chase(cpu: &CpuModel, chase: &Chase, costs: &Costs) -> Result<AccessResult, SimError> {
+    let Chase {
+        cap,
+        tr,
+        len,
+        lines,
+        count,
+    } = *chase;
     let map = Mapping::build(cap, tr, len)?;
     let mut mmu = Mmu::new(cpu);
     let w = Workload {
@@ -139,15 +153,8 @@ pub fn chase(
 }
 
 /// Counters per load of [`chase`] (for fitting).
-pub fn chase_counters(
-    cpu: &CpuModel,
-    cap: LeafCap,
-    tr: Translation,
-    len: u64,
-    lines: u32,
-    count: u64,
-) -> Result<Counters, SimError> {
-    Ok(chase(cpu, cap, tr, len, lines, count, &Costs::default())?.counters)
+pub fn chase_counters(cpu: &CpuModel, c: &Chase) -> Result<Counters, SimError> {
+    Ok(chase(cpu, c, &Costs::default())?.counters)
 }
 
 #[cfg(test)]
@@ -171,26 +178,19 @@ mod tests {
     fn nested_chase_costs_more_walk_references() {
         let cpu = CpuModel::zen4();
         let c = Costs::default();
-        let n = chase(
-            &cpu,
-            LeafCap::Pte,
-            Translation::Native,
-            64 << 20,
-            1,
-            5000,
-            &c,
-        )
-        .unwrap();
-        let v = chase(
-            &cpu,
-            LeafCap::Pte,
-            Translation::Nested(Level::Pte),
-            64 << 20,
-            1,
-            5000,
-            &c,
-        )
-        .unwrap();
+        let native = Chase {
+            cap: LeafCap::Pte,
+            tr: Translation::Native,
+            len: 64 << 20,
+            lines: 1,
+            count: 5000,
+        };
+        let n = chase(&cpu, &native, &c).unwrap();
+        let nested = Chase {
+            tr: Translation::Nested(Level::Pte),
+            ..native
+        };
+        let v = chase(&cpu, &nested, &c).unwrap();
         assert!(v.counters.walk_refs > n.counters.walk_refs);
         assert!(v.time_ns > n.time_ns);
     }

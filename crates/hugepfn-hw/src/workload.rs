@@ -200,21 +200,8 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::config::CpuModel;
-    use hugepfn_mm::{CacheMode, LeafCap, PageTables, Pfn, Pgprot, PhysMem};
-    use std::sync::Arc;
-
-    fn pt(cap: LeafCap, len: u64) -> PageTables {
-        let pt = PageTables::new(Arc::new(PhysMem::default()), Default::default()).unwrap();
-        pt.remap_range(
-            1 << 30,
-            (1 << 30) + len,
-            Pfn::new((64u64 << 30) >> 12).unwrap(),
-            Pgprot::SHARED.with_cache(CacheMode::Wb),
-            cap,
-        )
-        .unwrap();
-        pt
-    }
+    use crate::test_tables::native;
+    use hugepfn_mm::LeafCap;
 
     fn w(pattern: Pattern, len: u64, count: u64) -> Workload {
         Workload {
@@ -229,7 +216,7 @@ mod tests {
 
     #[test]
     fn sequential_misses_once_per_page() {
-        let t = pt(LeafCap::Pte, 1 << 20);
+        let t = native(LeafCap::Pte, 1 << 20);
         let mut m = Mmu::new(&CpuModel::golden_cove());
         let r = run(
             &mut m,
@@ -249,7 +236,7 @@ mod tests {
         let len = 256 << 20;
         let mut miss = Vec::new();
         for cap in [LeafCap::Pte, LeafCap::Pmd] {
-            let t = pt(cap, len);
+            let t = native(cap, len);
             let mut m = Mmu::new(&CpuModel::golden_cove());
             let mut wl = w(Pattern::Chase { lines: 8 }, len, 20_000);
             wl.warmup = 20_000;

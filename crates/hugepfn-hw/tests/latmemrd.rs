@@ -10,17 +10,7 @@ fn rows() -> Vec<Row> {
     let cal = Calibration::load(&committed_path()).expect("the committed calibration file");
     let cpu = cal.cpu_model().expect("a known CPU preset");
     let rows = latmemrd::reproduce(&cpu, &cal.costs, 5_000, |_, _| {}).expect("model runs");
-    for r in &rows {
-        println!(
-            "{:>5} MiB  PTE {:6.1} ns  PMD {:6.1} ns  model {:5.1}%  published {:5.1}%  diff {:+5.1}",
-            r.mib,
-            r.pte_ns,
-            r.pmd_ns,
-            r.reduction,
-            r.published,
-            r.reduction - r.published
-        );
-    }
+    print!("{}", latmemrd::table(&rows));
     rows
 }
 

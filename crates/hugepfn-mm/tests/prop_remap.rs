@@ -12,7 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use hugepfn_mm::{CacheMode, MmError, MmapAddr, MmapRequest, Pgprot, Prot};
+use hugepfn_mm::{CacheMode, MmError, Pgprot};
 use proptest::prelude::*;
 
 const ARENA: u64 = 0x40_0000_0000; // 1 GiB aligned
@@ -166,14 +166,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Mmap { off, len } => {
                 let addr = ARENA + off;
-                let res = mm.mmap(MmapRequest {
-                    addr: MmapAddr::Fixed(addr),
-                    len,
-                    prot: Prot::RW,
-                    shared: true,
-                    offset: 0,
-                    file: None,
-                });
+                let res = mmap_at(&mm, addr, len, true, None);
                 // mmap rounds the length up to whole pages (PAGE_ALIGN), never the address
                 let alen = len.next_multiple_of(4096);
                 let valid = len > 0 && addr.is_multiple_of(4096);

@@ -114,14 +114,7 @@ fn five_level_paging_walks_five_levels() {
     // The same address is not canonical with 4-level paging.
     let (_p, mm4) = common::mm();
     assert!(matches!(
-        mm4.mmap(hugepfn_mm::MmapRequest {
-            addr: hugepfn_mm::MmapAddr::Fixed(va),
-            len: 2 * G,
-            prot: hugepfn_mm::Prot::RW,
-            shared: true,
-            offset: 0,
-            file: None
-        }),
+        mmap_at(&mm4, va, 2 * G, true, None),
         Err(MmError::Overflow { .. })
     ));
 }
@@ -342,16 +335,7 @@ fn mm_drop_frees_every_table() {
 fn mmap_fixed_refuses_overlap() {
     let (_p, mm) = mm();
     vma(&mm, G, 2 * M);
-    let e = mm
-        .mmap(hugepfn_mm::MmapRequest {
-            addr: hugepfn_mm::MmapAddr::Fixed(G + M),
-            len: 2 * M,
-            prot: hugepfn_mm::Prot::RW,
-            shared: true,
-            offset: 0,
-            file: None,
-        })
-        .unwrap_err();
+    let e = mmap_at(&mm, G + M, 2 * M, true, None).unwrap_err();
     assert!(matches!(e, MmError::Overlap { .. }));
     assert_eq!(e.errno(), hugepfn_mm::Errno::EEXIST);
 }

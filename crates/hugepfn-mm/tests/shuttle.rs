@@ -9,6 +9,8 @@
 //! `SHUTTLE_ITERATIONS=100000 cargo test --release -p hugepfn-mm --features shuttle --test shuttle`.
 #![cfg(feature = "shuttle")]
 
+mod common;
+
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -22,8 +24,8 @@ use hugepfn_mm::sync::RwLock;
 use hugepfn_mm::sync::atomic::{AtomicU8, Ordering};
 use hugepfn_mm::vma::VmFlags;
 use hugepfn_mm::{
-    Access, FileOps, Level, Mm, MmConfig, MmError, MmapAddr, MmapCtx, MmapRequest, Pfn, PhysConfig,
-    PhysMem, Prot, ThpPolicy, VmOperations,
+    Access, FileOps, Level, Mm, MmConfig, MmError, MmapCtx, Pfn, PhysConfig, PhysMem, ThpPolicy,
+    VmOperations,
 };
 
 const G: u64 = 1 << 30;
@@ -161,15 +163,7 @@ fn world(len: u64, thp: ThpPolicy, bugs: Bugs, align_down: bool, toctou: bool) -
     .unwrap();
     let dev = Dev::new(align_down, toctou);
     let va = 8 * G;
-    mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
-        len,
-        prot: Prot::RW,
-        shared: true,
-        offset: 0,
-        file: Some(&File(dev.clone())),
-    })
-    .unwrap();
+    common::mmap_at(&mm, va, len, true, Some(&File(dev.clone()))).unwrap();
     World { phys, mm, dev, va }
 }
 

@@ -12,8 +12,8 @@ use std::io::{self, Write};
 
 use hugepfn_scenario::{
     Access as ScAccess, Advice as ScAdvice, Counters, ExpectNow, Kernel, MAIN_PROCESS, Madvise,
-    Order, PowerState, ProcFileSpec, ProtSpec, RunReport, Scenario, Step, StepReport, ThpMode,
-    VaPlacement, check_expect,
+    ModelOnly, Order, PowerState, ProcFileSpec, ProtSpec, RunReport, Scenario, Step, StepReport,
+    ThpMode, VaPlacement, check_expect, model_only,
 };
 use hugepfn_units::format_size;
 
@@ -830,15 +830,14 @@ fn read_proc(file: ProcFileSpec, range: Option<(u64, u64)>, buf: &mut [u8]) -> i
 /// `access` (its counts are the MMU model's TLB and walk counters, not the kernel's). DMA ops
 /// in a forked child run on the container the child inherited, as the model has it.
 pub fn unsupported_reason(step: &Step) -> Option<&'static str> {
-    match step {
-        Step::KvmMemslot(_) | Step::GuestTouch(_) => Some(
-            "KVM ops need a VM (/dev/kvm and a vCPU running guest code); the probe runs no guest",
-        ),
-        Step::Access(_) => Some(
-            "a workload on the MMU model whose TLB and page-walk counts a process cannot read from the kernel",
-        ),
-        _ => None,
-    }
+    model_only(step).map(|why| match why {
+        ModelOnly::Kvm => {
+            "KVM ops need a VM (/dev/kvm and a vCPU running guest code); the probe runs no guest"
+        }
+        ModelOnly::Access => {
+            "a workload on the MMU model whose TLB and page-walk counts a process cannot read from the kernel"
+        }
+    })
 }
 
 /// The first step the probe cannot perform (see [`unsupported_reason`]).
@@ -1280,28 +1279,16 @@ mod tests {
         }
     }
 
-    const FORK_SC: &str = r#"
-name = "t"
-[[device]]
-name = "d"
-bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
-[[step]]
-op = "mmap"
-name = "m"
-device = "d"
-bar = 2
-[[step]]
-op = "fork"
-child = "c1"
-[[step]]
-op = "touch"
-map = "m"
-process = "c1"
-"#;
+    /// A 2 GiB mapping `m`, a fork of `c1`, and a touch of `m` in `c1` (steps 0 to 2).
+    fn fork_sc() -> String {
+        hugepfn_scenario::fixture::bar2_head("2G", "")
+            + "[[step]]\nop = \"fork\"\nchild = \"c1\"\n\
+               [[step]]\nop = \"touch\"\nmap = \"m\"\nprocess = \"c1\"\n"
+    }
 
     #[test]
     fn child_results_round_trip() {
-        let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
+        let sc = hugepfn_scenario::parse_scenario(&fork_sc(), "t.toml").expect("parses");
         let mut report = StepReport::for_step(2, &sc.steps[2], false);
         report.counters.faults = 2;
         report.counters.sigbus = 1;
@@ -1330,7 +1317,7 @@ process = "c1"
         ] {
             assert!(ChildResult::parse(bad).is_err(), "{bad:?}");
         }
-        let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
+        let sc = hugepfn_scenario::parse_scenario(&fork_sc(), "t.toml").expect("parses");
         let ok = ChildResult {
             report: StepReport::for_step(2, &sc.steps[2], false),
             warnings: vec![],
@@ -1346,22 +1333,28 @@ process = "c1"
 
     #[test]
     fn only_kvm_and_access_are_unsupported() {
-        let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
+        let sc = hugepfn_scenario::parse_scenario(&fork_sc(), "t.toml").expect("parses");
         assert!(unsupported(&sc).is_none());
         let dma_child = format!(
-            "{FORK_SC}[[step]]\nop = \"dma_map\"\nmap = \"m\"\niova = \"0x4000000000\"\nprocess = \"c1\"\n"
+            "{}[[step]]\nop = \"dma_map\"\nmap = \"m\"\niova = \"0x4000000000\"\nprocess = \"c1\"\n",
+            fork_sc()
         );
         let sc = hugepfn_scenario::parse_scenario(&dma_child, "t.toml").expect("parses");
         assert!(
             unsupported(&sc).is_none(),
             "DMA in a child runs on the inherited container"
         );
-        let kvm = format!("{FORK_SC}[[step]]\nop = \"guest_touch\"\ngpa = \"0\"\nlen = \"4K\"\n");
+        let kvm = format!(
+            "{}[[step]]\nop = \"guest_touch\"\ngpa = \"0\"\nlen = \"4K\"\n",
+            fork_sc()
+        );
         let sc = hugepfn_scenario::parse_scenario(&kvm, "t.toml").expect("parses");
         let e = unsupported(&sc).expect("refused").to_string();
         assert!(e.contains("guest_touch") && e.contains("no guest"), "{e}");
-        let access =
-            format!("{FORK_SC}[[step]]\nop = \"access\"\nmap = \"m\"\npattern = \"random\"\n");
+        let access = format!(
+            "{}[[step]]\nop = \"access\"\nmap = \"m\"\npattern = \"random\"\n",
+            fork_sc()
+        );
         let sc = hugepfn_scenario::parse_scenario(&access, "t.toml").expect("parses");
         let e = unsupported(&sc).expect("refused").to_string();
         assert!(e.contains("access") && e.contains("MMU model"), "{e}");
@@ -1392,7 +1385,7 @@ process = "c1"
         // the fork/pipe/reap machinery without a device: the child echoes step reports
         let (cmd_r, cmd_w) = sys::pipe().expect("pipe");
         let (res_r, res_w) = sys::pipe().expect("pipe");
-        let sc = hugepfn_scenario::parse_scenario(FORK_SC, "t.toml").expect("parses");
+        let sc = hugepfn_scenario::parse_scenario(&fork_sc(), "t.toml").expect("parses");
         match sys::fork_measured().expect("fork") {
             sys::Forked::Child => {
                 drop(cmd_w);

@@ -204,13 +204,18 @@
 //! "step 5 (line 40): expect failed". The parser never panics.
 
 mod error;
+pub mod fixture;
+mod model_only;
 mod parse;
 pub mod presets;
 mod report;
 mod scenario;
+#[cfg(test)]
+mod test_util;
 pub mod vmm;
 
 pub use error::{Location, Problem, ScenarioError};
+pub use model_only::{ModelOnly, model_only};
 pub use parse::{MIN_MEMORY, load_scenario, parse_scenario};
 pub use report::{
     AccessEstimate, Counters, ExpectNow, ExpectOutcome, ExpectValue, Levels, Mismatch, PtPages,

@@ -539,42 +539,38 @@ pub fn check_expect(expect: &ExpectSpec, since_last: &Counters, now: &ExpectNow)
         }
     }
     let measured = |n: u64| now.consumers_measured.then_some(n);
-    out.extend(scalar_mismatches([(
+    out.extend(scalar(
         "dma_lookups",
         expect.dma_lookups,
         measured(since_last.dma_lookups),
-    )]));
-    out.extend(level_mismatches(
-        "iommu_entries",
-        expect.iommu_entries.as_ref(),
-        now.iommu_entries.as_ref(),
     ));
-    out.extend(scalar_mismatches([(
+    out.extend(levels(
+        "iommu_entries",
+        &expect.iommu_entries,
+        &now.iommu_entries,
+    ));
+    out.extend(scalar(
         "ept_violations",
         expect.ept_violations,
         measured(since_last.ept_violations),
-    )]));
-    out.extend(level_mismatches(
-        "ept_leaves",
-        expect.ept_leaves.as_ref(),
-        now.ept_leaves.as_ref(),
     ));
-    out.extend(scalar_mismatches([(
+    out.extend(levels("ept_leaves", &expect.ept_leaves, &now.ept_leaves));
+    out.extend(scalar(
         "mmu_invalidations",
         expect.mmu_invalidations,
         measured(since_last.mmu_invalidations),
-    )]));
-    out.extend(tlb_mismatches(expect, &since_last.tlb, now.tlb_measured));
-    out.extend(level_mismatches(
-        "leaves_zapped",
-        expect.leaves_zapped.as_ref(),
-        since_last.leaves_zapped.as_ref(),
     ));
-    out.extend(scalar_mismatches([(
+    out.extend(tlb_mismatches(expect, &since_last.tlb, now.tlb_measured));
+    out.extend(levels(
+        "leaves_zapped",
+        &expect.leaves_zapped,
+        &since_last.leaves_zapped,
+    ));
+    out.extend(scalar(
         "resident",
         expect.resident,
         Some(since_last.resident),
-    )]));
+    ));
     ExpectOutcome {
         passed: out.is_empty(),
         mismatches: out,
@@ -615,6 +611,16 @@ fn scalar_mismatches<const N: usize>(
     })
 }
 
+/// The mismatch of one expected counter, if any (see [`scalar_mismatches`]).
+fn scalar(field: &str, want: Option<u64>, have: Option<u64>) -> impl Iterator<Item = Mismatch> {
+    scalar_mismatches([(field, want, have)])
+}
+
+/// The mismatches of one expected per-level count (see [`level_mismatches`]).
+fn levels(prefix: &str, want: &Option<LevelCounts>, have: &Option<Levels>) -> Vec<Mismatch> {
+    level_mismatches(prefix, want.as_ref(), have.as_ref())
+}
+
 fn level_mismatches(
     prefix: &str,
     want: Option<&LevelCounts>,
@@ -642,6 +648,7 @@ fn level_mismatches(
 mod tests {
     use super::*;
     use crate::scenario::{ErrnoName, ExpectStep, ResetStep};
+    use crate::test_util::puds;
 
     fn counters(faults: u64, levels: Option<(u64, u64, u64)>) -> Counters {
         Counters {
@@ -678,10 +685,7 @@ mod tests {
             sigbus: Some(0),
             sigsegv: Some(0),
             skipped: Some(0),
-            leaves: Some(LevelCounts {
-                pud: Some(2),
-                ..LevelCounts::default()
-            }),
+            leaves: puds(2),
             ..ExpectSpec::default()
         };
         let leaves = Levels {
@@ -753,10 +757,7 @@ mod tests {
         // the kernel: no fault levels, no leaves
         let e = ExpectSpec {
             faults: Some(2),
-            faults_by_level: Some(LevelCounts {
-                pud: Some(2),
-                ..LevelCounts::default()
-            }),
+            faults_by_level: puds(2),
             leaves: Some(LevelCounts {
                 pmd: Some(0),
                 ..LevelCounts::default()
@@ -906,10 +907,7 @@ mod tests {
         ExpectSpec {
             errno: Some("EINVAL".parse().expect("errno")),
             dma_lookups: Some(32),
-            iommu_entries: Some(LevelCounts {
-                pud: Some(32),
-                ..LevelCounts::default()
-            }),
+            iommu_entries: puds(32),
             ept_violations: Some(128),
             ept_leaves: Some(LevelCounts {
                 pud: Some(128),

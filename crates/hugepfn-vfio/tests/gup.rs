@@ -1,11 +1,11 @@
 //! GUP, fixup_user_fault and MMU notifiers on a vfio BAR mapping.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
-use hugepfn_mm::{
-    Errno, FollFlags, Level, Mm, MmConfig, MmapAddr, MmapRequest, MmuNotifier, PhysMem, Prot,
-};
-use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
+use hugepfn_mm::{Errno, FollFlags, Level, Mm, MmConfig, MmapAddr, MmuNotifier};
+use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets};
 
 const G: u64 = 1 << 30;
 
@@ -19,26 +19,10 @@ impl MmuNotifier for Log {
 }
 
 fn setup() -> (Arc<VfioPciDevice>, Arc<Mm>, u64) {
-    let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "d",
-        presets::ivshmem_bars(2 * G),
-        HugeFaultLogic::Fixed,
-    )
-    .unwrap();
+    let (phys, dev) = common::device("d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed);
     let mm = Mm::new(phys, MmConfig::default()).unwrap();
     let va = mm.find_aligned_area(2 * G, G, 0).unwrap();
-    let f = dev.open();
-    mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
-        len: 2 * G,
-        prot: Prot::RW,
-        shared: true,
-        offset: region_offset(2),
-        file: Some(&f),
-    })
-    .unwrap();
+    common::map_bar(&mm, &dev, 2, 0, 2 * G, MmapAddr::Fixed(va)).unwrap();
     (dev, mm, va)
 }
 

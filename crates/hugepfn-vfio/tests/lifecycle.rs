@@ -1,6 +1,8 @@
 //! What a mapping lives through: fork, CoW, mprotect, mremap, madvise — on vfio (fault-backed)
 //! and remap-populated pfnmaps.
 
+mod common;
+
 use std::sync::Arc;
 
 use hugepfn_mm::fork::fork_warnings;
@@ -12,7 +14,7 @@ use hugepfn_mm::{
     Access, CacheMode, Errno, Level, Mm, MmConfig, MmapAddr, MmapRequest, Pfn, PhysMem, Prot,
     VmFlags,
 };
-use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
+use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets};
 
 const G: u64 = 1 << 30;
 const M: u64 = 1 << 20;
@@ -27,27 +29,19 @@ fn vfio_with(
     len: u64,
     skew: u64,
 ) -> (Arc<PhysMem>, Arc<VfioPciDevice>, Arc<Mm>, u64) {
-    let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "d",
-        presets::ivshmem_bars(2 * G),
-        HugeFaultLogic::Fixed,
-    )
-    .unwrap();
+    let (phys, dev) = common::device("d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed);
     let mm = Mm::new(phys.clone(), cfg).unwrap();
     let va = mm.find_aligned_area(len, G, skew).unwrap();
-    let f = dev.open();
-    mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
-        len,
-        prot: Prot::RW,
-        shared: true,
-        offset: region_offset(2),
-        file: Some(&f),
-    })
-    .unwrap();
+    common::map_bar(&mm, &dev, 2, 0, len, MmapAddr::Fixed(va)).unwrap();
     (phys, dev, mm, va)
+}
+
+/// `MREMAP_MAYMOVE | MREMAP_FIXED` to `dst`.
+fn move_to(dst: u64) -> MremapFlags {
+    MremapFlags {
+        maymove: true,
+        fixed: Some(dst),
+    }
 }
 
 fn remapped(len: u64, shared: bool) -> (Arc<PhysMem>, Arc<Mm>, u64) {
@@ -240,17 +234,7 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     let (_p, _d, mm, va) = vfio(2 * G, 0);
     touch(&mm, va, 2 * G, true);
     let dst = mm.find_aligned_area(2 * G, G, 0).unwrap();
-    let st = mm
-        .mremap(
-            va,
-            2 * G,
-            2 * G,
-            MremapFlags {
-                maymove: true,
-                fixed: Some(dst),
-            },
-        )
-        .unwrap();
+    let st = mm.mremap(va, 2 * G, 2 * G, move_to(dst)).unwrap();
     assert_eq!((st.addr, st.moved.pud, st.zapped.total()), (dst, 2, 0));
     let before = mm.fault_counts();
     touch(&mm, dst, 2 * G, true);
@@ -258,17 +242,7 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     assert_eq!(pfn_at(&mm, dst + G), (BAR + G) >> 12);
     // Breaks it (VA ≡ 2 MiB mod 1 GiB): zapped, refault as PMDs.
     let dst2 = mm.find_aligned_area(2 * G, G, 2 * M).unwrap();
-    let st = mm
-        .mremap(
-            dst,
-            2 * G,
-            2 * G,
-            MremapFlags {
-                maymove: true,
-                fixed: Some(dst2),
-            },
-        )
-        .unwrap();
+    let st = mm.mremap(dst, 2 * G, 2 * G, move_to(dst2)).unwrap();
     assert_eq!((st.moved.total(), st.zapped.pud), (0, 2));
     let before = mm.fault_counts();
     touch(&mm, dst2, 2 * G, true);
@@ -299,10 +273,6 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
 /// what the code below the check was written to do); the bug is selectable and shown here.
 #[test]
 fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
-    let flags = |dst| MremapFlags {
-        maymove: true,
-        fixed: Some(dst),
-    };
     for bug in [false, true] {
         let cfg = MmConfig {
             bugs: if bug {
@@ -315,7 +285,7 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
         let (phys, _dev, mm, va) = vfio_with(cfg, 2 * G, 0);
         touch(&mm, va, 2 * G, true);
         let dst = mm.find_aligned_area(2 * G, G, 0).unwrap();
-        let st = mm.mremap(va, 2 * G, 2 * G, flags(dst)).unwrap();
+        let st = mm.mremap(va, 2 * G, 2 * G, move_to(dst)).unwrap();
         let hz = mm.page_tables().hazards().cleared_without_flush;
         let before = mm.fault_counts();
         touch(&mm, dst, 2 * G, true);
@@ -338,17 +308,7 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
 fn mremap_of_a_remapped_vma_keeps_every_pfn() {
     let (phys, mm, va) = remapped(2 * G, true);
     let dst = mm.find_aligned_area(2 * G, G, 4096).unwrap();
-    let st = mm
-        .mremap(
-            va,
-            2 * G,
-            2 * G,
-            MremapFlags {
-                maymove: true,
-                fixed: Some(dst),
-            },
-        )
-        .unwrap();
+    let st = mm.mremap(va, 2 * G, 2 * G, move_to(dst)).unwrap();
     assert_eq!(
         st.zapped.total(),
         0,

@@ -3,12 +3,14 @@
 //! which leaves it destroys — on the kernels (`Bugs::PAGEWALK_SPLITS_SPECIAL_LEAVES`) and in the
 //! corrected design.
 
+mod common;
+
 use std::sync::Arc;
 
 use hugepfn_mm::pgtable::Bugs;
 use hugepfn_mm::task_mmu::{PM_PRESENT, ProcFile};
-use hugepfn_mm::{Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
-use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
+use hugepfn_mm::{Mm, MmConfig, MmapAddr};
+use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets};
 
 const G: u64 = 1 << 30;
 const M: u64 = 1 << 20;
@@ -16,26 +18,11 @@ const M: u64 = 1 << 20;
 /// A 2 GiB ivshmem BAR mapped at a VA `skew` past a 1 GiB boundary and touched; returns the mm
 /// and the VA.
 fn mapped(skew: u64, cfg: MmConfig) -> (Arc<Mm>, u64, Arc<VfioPciDevice>) {
-    let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "ivshmem",
-        presets::ivshmem_bars(2 * G),
-        HugeFaultLogic::Fixed,
-    )
-    .unwrap();
+    let bars = presets::ivshmem_bars(2 * G);
+    let (phys, dev) = common::device("ivshmem", bars, HugeFaultLogic::Fixed);
     let mm = Mm::new(phys, cfg).unwrap();
-    let f = dev.open();
-    let va = mm
-        .mmap(MmapRequest {
-            addr: MmapAddr::Fixed(mm.find_aligned_area(2 * G, G, skew).unwrap()),
-            len: 2 * G,
-            prot: Prot::RW,
-            shared: true,
-            offset: region_offset(2),
-            file: Some(&f),
-        })
-        .unwrap();
+    let at = MmapAddr::Fixed(mm.find_aligned_area(2 * G, G, skew).unwrap());
+    let va = common::map_bar(&mm, &dev, 2, 0, 2 * G, at).unwrap();
     mm.access_range(va, 2 * G / 4096, 4096, true, false);
     (mm, va, dev)
 }

@@ -3,12 +3,13 @@
 //!
 //! CI runs it for 2 s. A long run: `HUGEPFN_STRESS_SECS=600 cargo test --release -p hugepfn-vfio --test stress -- --nocapture`.
 
-use std::sync::Arc;
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hugepfn_mm::{Access, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
-use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
+use hugepfn_mm::{Access, Mm, MmConfig, MmapAddr};
+use hugepfn_vfio::{HugeFaultLogic, presets};
 
 const G: u64 = 1 << 30;
 const M: u64 = 1 << 20;
@@ -34,27 +35,11 @@ fn secs() -> u64 {
 
 #[test]
 fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
-    let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "d",
-        presets::ivshmem_bars(2 * G),
-        HugeFaultLogic::Fixed,
-    )
-    .unwrap();
+    let (phys, dev) = common::device("d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed);
     let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
     let va = mm.find_aligned_area(LEN, G, 0).unwrap();
-    let map = |addr: u64, len: u64| {
-        let f = dev.open();
-        mm.mmap(MmapRequest {
-            addr: MmapAddr::Fixed(addr),
-            len,
-            prot: Prot::RW,
-            shared: true,
-            offset: region_offset(2) + (addr - va),
-            file: Some(&f),
-        })
-    };
+    let map =
+        |addr: u64, len: u64| common::map_bar(&mm, &dev, 2, addr - va, len, MmapAddr::Fixed(addr));
     map(va, LEN).unwrap();
     let stop = AtomicBool::new(false);
     let ops = AtomicU64::new(0);

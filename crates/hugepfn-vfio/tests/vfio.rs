@@ -1,6 +1,8 @@
 //! vfio-pci on the model: mmap checks, the huge fault path, revocation across processes, munmap
 //! of fault-backed VMAs, and the upstream fixes as regression tests.
 
+mod common;
+
 use std::sync::Arc;
 
 use hugepfn_mm::{
@@ -18,8 +20,7 @@ struct World {
 }
 
 fn world(bars: Vec<Bar>, logic: HugeFaultLogic) -> World {
-    let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(phys.clone(), "dev", bars, logic).unwrap();
+    let (phys, dev) = common::device("dev", bars, logic);
     World { phys, dev }
 }
 
@@ -39,15 +40,7 @@ fn process(w: &World, thp: ThpPolicy) -> Arc<Mm> {
 }
 
 fn map(w: &World, mm: &Mm, bar: u8, off: u64, len: u64, addr: MmapAddr) -> Result<u64, MmError> {
-    let f = w.dev.open();
-    mm.mmap(MmapRequest {
-        addr,
-        len,
-        prot: Prot::RW,
-        shared: true,
-        offset: region_offset(bar) + off,
-        file: Some(&f),
-    })
+    common::map_bar(mm, &w.dev, bar, off, len, addr)
 }
 
 fn at(mm: &Mm, len: u64, align: u64, skew: u64) -> MmapAddr {

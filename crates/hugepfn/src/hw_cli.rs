@@ -381,21 +381,7 @@ fn lat_mem_rd_cmd(a: &CommonArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!("cpu {}, costs from {from}", cpu.name);
-    println!(
-        "{:>6} {:>9} {:>9} {:>10} {:>10} {:>7}",
-        "MiB", "PTE ns", "PMD ns", "reduction", "published", "diff"
-    );
-    for r in &rows {
-        println!(
-            "{:>6} {:>9.1} {:>9.1} {:>9.1}% {:>9.1}% {:>+6.1}",
-            r.mib,
-            r.pte_ns,
-            r.pmd_ns,
-            r.reduction,
-            r.published,
-            r.reduction - r.published
-        );
-    }
+    print!("{}", latmemrd::table(&rows));
     ExitCode::SUCCESS
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hugepfn_mm::{Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
+use hugepfn_mm::{FileOps, Mm, MmConfig, MmError, MmapAddr, MmapRequest, PhysMem, Prot};
 
 pub const G: u64 = 1 << 30;
 pub const M: u64 = 1 << 20;
@@ -22,26 +22,28 @@ pub fn mm_with(cfg: MmConfig) -> (Arc<PhysMem>, Arc<Mm>) {
 
 /// A bare shared read/write VMA at a fixed address (no file: what remap_pfn_range fills).
 pub fn vma(mm: &Mm, addr: u64, len: u64) -> u64 {
-    mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(addr),
-        len,
-        prot: Prot::RW,
-        shared: true,
-        offset: 0,
-        file: None,
-    })
-    .expect("mmap")
+    mmap_at(mm, addr, len, true, None).expect("mmap")
 }
 
 /// A private writable (CoW) VMA.
 pub fn cow_vma(mm: &Mm, addr: u64, len: u64) -> u64 {
+    mmap_at(mm, addr, len, false, None).expect("mmap")
+}
+
+/// A read/write mmap of `file` (from offset 0; `None`: no file) at the fixed address `addr`.
+pub fn mmap_at(
+    mm: &Mm,
+    addr: u64,
+    len: u64,
+    shared: bool,
+    file: Option<&dyn FileOps>,
+) -> Result<u64, MmError> {
     mm.mmap(MmapRequest {
         addr: MmapAddr::Fixed(addr),
         len,
         prot: Prot::RW,
-        shared: false,
+        shared,
         offset: 0,
-        file: None,
+        file,
     })
-    .expect("mmap")
 }

@@ -5,6 +5,7 @@
 use super::tests::{err, problem, step, toml_err, with_map};
 use super::*;
 use crate::scenario::{Access, Advice, DmaMode, ErrnoName, MemslotFlag, ProtSpec};
+use crate::test_util::puds;
 use hugepfn_units::{GIB, MIB};
 
 /// The example of the format documentation for the new ops, verbatim.
@@ -245,15 +246,9 @@ fn the_documented_example_of_the_new_ops_parses() {
         e.expect,
         ExpectSpec {
             dma_lookups: Some(32),
-            iommu_entries: Some(LevelCounts {
-                pud: Some(32),
-                ..LevelCounts::default()
-            }),
+            iommu_entries: puds(32),
             ept_violations: Some(128),
-            ept_leaves: Some(LevelCounts {
-                pud: Some(128),
-                ..LevelCounts::default()
-            }),
+            ept_leaves: puds(128),
             mmu_invalidations: Some(1),
             ..ExpectSpec::default()
         }

@@ -11,6 +11,11 @@ const H100_RESOURCE: &str = "\
 0x0000000000000000 0x0000000000000000 0x0000000000000000
 ";
 
+/// Whether one of `notes` mentions `needle`.
+fn noted(notes: &[String], needle: &str) -> bool {
+    notes.iter().any(|n| n.contains(needle))
+}
+
 struct Fake {
     root: PathBuf,
 }
@@ -77,6 +82,12 @@ impl Fake {
     }
 }
 
+/// `inspect` of a fake process with `maps` on a kernel `release` (see [`Fake::new`]).
+fn inspected(tag: &str, maps: &str, release: &str, syspath_in_fdinfo: bool) -> InspectReport {
+    let f = Fake::new(tag, maps, release, syspath_in_fdinfo);
+    inspect(&f.args()).expect("inspect")
+}
+
 const MAPS: &str = "\
 55d0c0a00000-55d0c0a21000 r--p 00000000 08:01 1234                       /usr/bin/qemu-system-x86_64
 7f0000000000-7f2000000000 rw-s 20000000000 00:0e 77                      anon_inode:[vfio-device]
@@ -117,8 +128,7 @@ fn nearest_kernels() {
 
 #[test]
 fn a_qemu_like_process_on_7_3_4() {
-    let f = Fake::new("q", MAPS, "7.3.4+bpo-amd64", true);
-    let r = inspect(&f.args()).expect("inspect");
+    let r = inspected("q", MAPS, "7.3.4+bpo-amd64", true);
     assert_eq!(
         (r.modelled_as.as_str(), r.exact, r.thp.as_str()),
         ("7.3.4", true, "always")
@@ -143,13 +153,7 @@ fn a_qemu_like_process_on_7_3_4() {
     assert_eq!(b.region, 4);
     let p = b.prediction.as_ref().expect("prediction");
     assert_eq!((p.faults, p.leaves.pte), (8192, 8192));
-    assert!(
-        b.notes
-            .iter()
-            .any(|n| n.contains("align the mmap to 2 MiB")),
-        "{:?}",
-        b.notes
-    );
+    assert!(noted(&b.notes, "align the mmap to 2 MiB"), "{:?}", b.notes);
     let text = format(&r);
     assert!(
         text.contains("BAR2") && text.contains("0000:00:06.0"),
@@ -161,19 +165,10 @@ fn a_qemu_like_process_on_7_3_4() {
 fn without_fdinfo_devices_come_from_vfio_pci_and_a_guess_is_said() {
     let maps = "7f0000001000-7f0040001000 rw-s 20000000000 00:0e 77 anon_inode:[vfio-device]\n\
                 7f0040001000-7f0080001000 r--s 20040000000 00:0e 77 anon_inode:[vfio-device]\n";
-    let f = Fake::new("g", maps, "6.12.50-amd64", false);
-    let r = inspect(&f.args()).expect("inspect");
+    let r = inspected("g", maps, "6.12.50-amd64", false);
     assert_eq!((r.modelled_as.as_str(), r.exact), ("6.12.95", false));
-    assert!(
-        r.notes.iter().any(|n| n.contains("a guess")),
-        "{:?}",
-        r.notes
-    );
-    assert!(
-        r.notes.iter().any(|n| n.contains("matched")),
-        "{:?}",
-        r.notes
-    );
+    assert!(noted(&r.notes, "a guess"), "{:?}", r.notes);
+    assert!(noted(&r.notes, "matched"), "{:?}", r.notes);
     assert_eq!(r.devices[0].found_by, "bound to vfio-pci");
     let a = &r.mappings[0];
     assert_eq!(a.skew_1g, Some(4096));
@@ -198,23 +193,18 @@ fn without_fdinfo_devices_come_from_vfio_pci_and_a_guess_is_said() {
 fn a_split_inside_a_gib_is_reported() {
     let maps = "7f0000000000-7f0000200000 rw-s 20000000000 00:0e 77 anon_inode:[vfio-device]\n\
                 7f0000200000-7f0040000000 r--s 20000200000 00:0e 77 anon_inode:[vfio-device]\n";
-    let f = Fake::new("s", maps, "7.3.4", true);
-    let r = inspect(&f.args()).expect("inspect");
+    let r = inspected("s", maps, "7.3.4", true);
     assert!(
-        r.mappings[0]
-            .notes
-            .iter()
-            .any(|n| n.contains("split at 0x7f0000200000")),
+        noted(&r.mappings[0].notes, "split at 0x7f0000200000"),
         "{:?}",
         r.mappings[0].notes
     );
     // two separate mmaps side by side (offsets not contiguous) are not a split
     let maps = "7f0000000000-7f0000200000 rw-s 20000000000 00:0e 77 anon_inode:[vfio-device]\n\
                 7f0000200000-7f0040000000 r--s 20040000000 00:0e 77 anon_inode:[vfio-device]\n";
-    let f = Fake::new("s2", maps, "7.3.4", true);
-    let r = inspect(&f.args()).expect("inspect");
+    let r = inspected("s2", maps, "7.3.4", true);
     assert!(
-        !r.mappings[0].notes.iter().any(|n| n.contains("split")),
+        !noted(&r.mappings[0].notes, "split"),
         "{:?}",
         r.mappings[0].notes
     );

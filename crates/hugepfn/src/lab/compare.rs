@@ -719,31 +719,17 @@ mod tests {
     use super::*;
     use crate::runner::RunOptions;
     use hugepfn_kernels::Kernel;
+    use hugepfn_scenario::fixture::bar2_head;
     use hugepfn_scenario::parse_scenario;
 
-    const SC: &str = r#"
-name = "t"
-[[device]]
-name = "d"
-bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
-[[step]]
-op = "mmap"
-name = "m"
-device = "d"
-bar = 2
-va = "align:1G"
-[[step]]
-op = "touch"
-map = "m"
-[[step]]
-op = "expect"
-faults = 2
-"#;
-
+    /// Touch all of a 1 GiB-aligned 2 GiB mapping: 2 faults.
     fn scenario() -> LabScenario {
+        let steps =
+            "[[step]]\nop = \"touch\"\nmap = \"m\"\n[[step]]\nop = \"expect\"\nfaults = 2\n";
+        let text = bar2_head("2G", "va = \"align:1G\"\n") + steps;
         LabScenario {
             path: "t.toml".into(),
-            sc: parse_scenario(SC, "t.toml").expect("parses"),
+            sc: parse_scenario(&text, "t.toml").expect("parses"),
         }
     }
 
@@ -800,7 +786,7 @@ faults = 2
         );
         let md = markdown(&[c], "kernel test", 1.0, &[]);
         assert!(
-            md.contains("| t | 2 touch (l.12) | 2 | 2/0/0 | 1024 | 0 / 0 | DIFF (faults) |"),
+            md.contains("| t | 2 touch (l.11) | 2 | 2/0/0 | 1024 | 0 / 0 | DIFF (faults) |"),
             "{md}"
         );
     }

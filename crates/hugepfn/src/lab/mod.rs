@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hugepfn_scenario::{Scenario, Step};
+use hugepfn_scenario::{ModelOnly, Scenario, Step};
 use thiserror::Error;
 
 pub use guest::{Accel, KernelOutcome, StepRef};
@@ -332,20 +332,26 @@ pub fn lab_bar_size(sc: &Scenario, max_bar: u64) -> Result<u64, String> {
     Ok(size)
 }
 
+/// Prints the probe's `warnings` about the scenario at `path` to stderr, one line each.
+fn warn_each(path: &Path, warnings: &[String]) {
+    for w in warnings {
+        eprintln!("lab: {}: warning: {w}", path.display());
+    }
+}
+
 /// Why the probe in the lab cannot run `step` (`None`: it can). The probe runs every op in
 /// the first process and in forked children (DMA too, on the container the child inherits),
 /// except KVM ops (the TCG guest has no KVM of its own) and `access` (the MMU model's TLB
 /// counters have no kernel counterpart); the probe refuses the same steps.
 pub fn lab_step_unsupported(step: &Step) -> Option<&'static str> {
-    match step {
-        Step::KvmMemslot(_) | Step::GuestTouch(_) => Some(
-            "KVM ops need /dev/kvm in the guest, i.e. nested KVM; the lab's guest runs under QEMU TCG without it",
-        ),
-        Step::Access(_) => Some(
-            "a workload on the MMU model whose TLB and page-walk counts the kernel does not expose; the probe cannot count them",
-        ),
-        _ => None,
-    }
+    hugepfn_scenario::model_only(step).map(|why| match why {
+        ModelOnly::Kvm => {
+            "KVM ops need /dev/kvm in the guest, i.e. nested KVM; the lab's guest runs under QEMU TCG without it"
+        }
+        ModelOnly::Access => {
+            "a workload on the MMU model whose TLB and page-walk counts the kernel does not expose; the probe cannot count them"
+        }
+    })
 }
 
 /// A kernel the lab boots: Debian's package of a modelled release, or our build of 7.3.4
@@ -645,9 +651,7 @@ fn cmd_run(files: &[PathBuf], out: Option<&Path>, o: &LabOpts) -> Result<ExitCod
             KernelOutcome::Report {
                 report, warnings, ..
             } => {
-                for w in warnings {
-                    eprintln!("lab: {}: warning: {w}", s.path.display());
-                }
+                warn_each(&s.path, warnings);
                 let json = serde_json::to_string_pretty(report)
                     .map_err(|e| LabError::Input(e.to_string()))?;
                 println!("{json}");
@@ -733,23 +737,12 @@ pub fn main(cmd: LabCmd) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hugepfn_scenario::fixture::bar2_head;
     use hugepfn_scenario::parse_scenario;
 
-    const HEAD: &str = r#"
-name = "t"
-[[device]]
-name = "d"
-bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
-[[step]]
-op = "mmap"
-name = "m"
-device = "d"
-bar = 2
-va = "align:1G"
-"#;
-
     fn size_of(steps: &str) -> Result<u64, String> {
-        let sc = parse_scenario(&format!("{HEAD}{steps}"), "t.toml").expect("parses");
+        let text = bar2_head("2G", "va = \"align:1G\"\n") + steps;
+        let sc = parse_scenario(&text, "t.toml").expect("parses");
         lab_bar_size(&sc, 16 << 30)
     }
 
@@ -858,7 +851,7 @@ tlb_misses = { stlb = 2 }
 "#;
         let e = size_of(access).expect_err("skipped");
         assert!(
-            e.starts_with("line 16: `access`: ") && e.contains("MMU model"),
+            e.starts_with("line 15: `access`: ") && e.contains("MMU model"),
             "{e}"
         );
     }

@@ -267,9 +267,7 @@ pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, Lab
             KernelOutcome::Report {
                 report, warnings, ..
             } => {
-                for w in warnings {
-                    eprintln!("lab: {}: warning: {w}", s.path.display());
-                }
+                super::warn_each(&s.path, warnings);
                 let changes = record_file(&s.path, &s.sc, report, kernel)?;
                 if changes.is_empty() {
                     println!("{}: unchanged ({})", s.path.display(), report.source);
@@ -303,6 +301,7 @@ pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, Lab
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hugepfn_scenario::fixture::bar2_head;
     use hugepfn_scenario::parse_scenario;
 
     const SC: &str = r#"# a comment that must stay
@@ -417,16 +416,8 @@ faults = 0
         assert_eq!(text2, text);
     }
 
-    const FORK: &str = r#"name = "f"
-[[device]]
-name = "d"
-bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
-[[step]]
-op = "mmap"
-name = "m"
-device = "d"
-bar = 2
-[[step]]
+    /// After [`bar2_head`]: main touches, forks `c1`, `c1` unmaps the second GiB and touches.
+    const FORK_STEPS: &str = r#"[[step]]
 op = "touch"
 map = "m"
 [[step]]
@@ -454,14 +445,15 @@ errno = "EINVAL"
 
     #[test]
     fn expects_get_their_own_process_counts() {
-        let sc = parse_scenario(FORK, "f.toml").expect("parses");
+        let fork = bar2_head("2G", "") + FORK_STEPS;
+        let sc = parse_scenario(&fork, "f.toml").expect("parses");
         let model =
             crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
         let mut k = model.clone();
         k.steps[1].counters.faults = 1024; // main's touch
         k.steps[4].counters.faults = 3; // the child's touch
         k.steps[4].counters.skipped = 7;
-        let (text, _) = record_text(FORK, &sc, &k, Kernel::V6_12_95).expect("records");
+        let (text, _) = record_text(&fork, &sc, &k, Kernel::V6_12_95).expect("records");
         let again = parse_scenario(&text, "f.toml").expect("parses");
         let (Step::Expect(child), Step::Expect(main)) = (&again.steps[5], &again.steps[6]) else {
             panic!("expects")
