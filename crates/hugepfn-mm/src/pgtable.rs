@@ -490,10 +490,8 @@ impl PageTables {
 
     /// Counts leaves (by level) whose first byte lies in `[start, end)`.
     pub fn count_leaves(&self, start: u64, end: u64) -> LeafCounts {
-        let mut c = LeafCounts::default();
-        self.tree
-            .for_each_leaf(start, end, &mut |_, _, level| c.add(level, 1));
-        c
+        let [pte, pmd, pud] = self.tree.count_leaves(start, end);
+        LeafCounts { pud, pmd, pte }
     }
 
     /// Calls `f(va, leaf)` for every leaf whose first byte lies in `[start, end)`, in address order.

@@ -242,11 +242,13 @@ pub struct Leaf {
 /// What an entry is, given its level (the engine's [`Entry`] with x86-64 leaves).
 pub type Decoded = Entry<Leaf>;
 
+#[inline]
 fn addr_mask(level: Level) -> u64 {
     ((1u64 << PHYS_ADDR_BITS) - 1) & !(level.size() - 1)
 }
 
 /// Encodes a leaf (`pfn_pte`, `pmd_mkhuge(pfn_pmd())`, `pud_mkhuge(pfn_pud())`).
+#[inline]
 pub fn encode_leaf(leaf: Leaf) -> Result<u64, EncodeError> {
     let level = leaf.level;
     if !level.can_be_leaf() {
@@ -305,6 +307,7 @@ pub fn encode_leaf(leaf: Leaf) -> Result<u64, EncodeError> {
 }
 
 /// Encodes a pointer to a next-level table (`_PAGE_TABLE`: P, RW, US, A, D).
+#[inline]
 pub fn encode_table(table: PhysAddr) -> u64 {
     (table.as_u64() & bits::PTE_ADDR_MASK)
         | bits::PRESENT
@@ -314,7 +317,34 @@ pub fn encode_table(table: PhysAddr) -> u64 {
         | bits::DIRTY
 }
 
+/// The table an entry at `level` points to: present, above the PTE level, and not a leaf
+/// (`pxd_present && !pxd_leaf`).
+#[inline]
+pub fn table_of(raw: u64, level: Level) -> Option<PhysAddr> {
+    let table = raw & bits::PRESENT != 0
+        && match level {
+            Level::Pte => false,
+            Level::Pmd | Level::Pud => raw & bits::PSE == 0,
+            Level::P4d | Level::Pgd => true,
+        };
+    // The mask keeps the address within 52 bits, so this cannot fail.
+    table.then(|| PhysAddr::new(raw & bits::PTE_ADDR_MASK).unwrap_or_default())
+}
+
+/// True if an entry at `level` is a leaf: present or PROT_NONE, and a PTE or a PSE entry.
+#[inline]
+pub fn is_leaf(raw: u64, level: Level) -> bool {
+    let present = raw & bits::PRESENT != 0;
+    (present || raw & bits::PROTNONE != 0)
+        && match level {
+            Level::Pte => true,
+            Level::Pmd | Level::Pud => raw & bits::PSE != 0,
+            Level::P4d | Level::Pgd => false,
+        }
+}
+
 /// Decodes an entry found at `level`.
+#[inline]
 pub fn decode(raw: u64, level: Level) -> Decoded {
     if raw == 0 {
         return Decoded::None;
@@ -382,6 +412,35 @@ pub fn decode(raw: u64, level: Level) -> Decoded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_classifiers_agree_with_decode() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // keep the flag bits random and the address sometimes zero
+            let raw = if i % 4 == 0 {
+                x & 0x8000_0000_0000_0fff
+            } else {
+                x
+            };
+            for level in Level::ALL {
+                let d = decode(raw, level);
+                assert_eq!(
+                    is_leaf(raw, level),
+                    matches!(d, Decoded::Leaf(_)),
+                    "{raw:#x} {level}"
+                );
+                let t = match d {
+                    Decoded::Table(pa) => Some(pa),
+                    _ => None,
+                };
+                assert_eq!(table_of(raw, level), t, "{raw:#x} {level}");
+            }
+        }
+    }
 
     fn pfn(p: u64) -> Pfn {
         Pfn::new(p).unwrap()

@@ -91,6 +91,24 @@ pub trait Format: Send + Sync + 'static {
     /// Decodes an entry found at `level`.
     fn decode(&self, raw: u64, level: Level) -> Entry<Self::Leaf>;
 
+    /// The table a raw entry at `level` points to, if it is a table pointer: the walkers' fast
+    /// path, which need not decode a leaf's attributes to step down (`pmd_page_vaddr` after
+    /// `pmd_present && !pmd_leaf`). The default decodes.
+    #[inline]
+    fn table_of(&self, raw: u64, level: Level) -> Option<PhysAddr> {
+        match self.decode(raw, level) {
+            Entry::Table(pa) => Some(pa),
+            _ => None,
+        }
+    }
+
+    /// True if a raw entry at `level` is a leaf (counting needs no attributes). The default
+    /// decodes.
+    #[inline]
+    fn is_leaf(&self, raw: u64, level: Level) -> bool {
+        matches!(self.decode(raw, level), Entry::Leaf(_))
+    }
+
     /// Encodes a leaf at `level`.
     fn encode_leaf(&self, leaf: &Self::Leaf, level: Level) -> Result<u64, EncodeError>;
 
@@ -144,6 +162,17 @@ impl Format for X86_64 {
         entry::decode(raw, level)
     }
 
+    #[inline]
+    fn table_of(&self, raw: u64, level: Level) -> Option<PhysAddr> {
+        entry::table_of(raw, level)
+    }
+
+    #[inline]
+    fn is_leaf(&self, raw: u64, level: Level) -> bool {
+        entry::is_leaf(raw, level)
+    }
+
+    #[inline]
     fn encode_leaf(&self, leaf: &Leaf, level: Level) -> Result<u64, EncodeError> {
         entry::encode_leaf(Leaf { level, ..*leaf })
     }

@@ -39,6 +39,7 @@ impl Level {
     pub const ALL: [Level; 5] = [Level::Pte, Level::Pmd, Level::Pud, Level::P4d, Level::Pgd];
 
     /// Address bit where this level's index starts (`PAGE_SHIFT`, `PMD_SHIFT`, …).
+    #[inline]
     pub const fn shift(self) -> u32 {
         match self {
             Level::Pte => 12,
@@ -50,16 +51,19 @@ impl Level {
     }
 
     /// Bytes mapped by one entry of this level.
+    #[inline]
     pub const fn size(self) -> u64 {
         1u64 << self.shift()
     }
 
     /// `log2(size / PAGE_SIZE)`: 0, 9 (`PMD_ORDER`), 18 (`PUD_ORDER`), …
+    #[inline]
     pub const fn order(self) -> u32 {
         self.shift() - 12
     }
 
     /// The level whose leaves have this order, if any can be a leaf.
+    #[inline]
     pub const fn from_order(order: u32) -> Option<Level> {
         match order {
             0 => Some(Level::Pte),
@@ -70,17 +74,20 @@ impl Level {
     }
 
     /// Index of `va` in a table of this level.
+    #[inline]
     pub const fn index(self, va: u64) -> usize {
         ((va >> self.shift()) & 511) as usize
     }
 
     /// True if a leaf may sit at this level on x86-64 (PTE, 2 MiB PMD, 1 GiB PUD).
+    #[inline]
     pub const fn can_be_leaf(self) -> bool {
         matches!(self, Level::Pte | Level::Pmd | Level::Pud)
     }
 
     /// Index of a leaf level in `[PTE, PMD, PUD]` arrays of per-level counters (0 for PTE and
     /// for levels that cannot hold a leaf).
+    #[inline]
     pub const fn leaf_index(self) -> usize {
         match self {
             Level::Pud => 2,
@@ -90,6 +97,7 @@ impl Level {
     }
 
     /// The next level down, if any.
+    #[inline]
     pub const fn lower(self) -> Option<Level> {
         match self {
             Level::Pte => None,
@@ -101,6 +109,7 @@ impl Level {
     }
 
     /// The top level of a walk in `mode`.
+    #[inline]
     pub const fn top(mode: PagingMode) -> Level {
         match mode {
             PagingMode::Level4 => Level::P4d,
@@ -109,6 +118,7 @@ impl Level {
     }
 
     /// Lower-case name, as in `pud`.
+    #[inline]
     pub const fn name(self) -> &'static str {
         match self {
             Level::Pte => "pte",
@@ -121,6 +131,7 @@ impl Level {
 
     /// The name Linux uses for the *table* holding entries of this level in `mode`
     /// (the top table is always the PGD).
+    #[inline]
     pub const fn table_name(self, mode: PagingMode) -> &'static str {
         if matches!((self, mode), (Level::P4d, PagingMode::Level4)) {
             "pgd"
@@ -130,6 +141,7 @@ impl Level {
     }
 
     /// Position in [`Level::ALL`].
+    #[inline]
     pub const fn idx(self) -> usize {
         self as usize
     }
@@ -163,6 +175,7 @@ pub enum LeafCap {
 
 impl LeafCap {
     /// The largest level allowed.
+    #[inline]
     pub const fn max_level(self) -> Level {
         match self {
             LeafCap::Pte => Level::Pte,
@@ -175,6 +188,7 @@ impl LeafCap {
     pub const ALL: [LeafCap; 3] = [LeafCap::Pte, LeafCap::Pmd, LeafCap::Pud];
 
     /// Lower-case name.
+    #[inline]
     pub const fn name(self) -> &'static str {
         self.max_level().name()
     }

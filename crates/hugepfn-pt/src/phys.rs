@@ -74,6 +74,7 @@ impl TablePage {
     }
 
     /// Takes this page's split lock (`ptlock_ptr`).
+    #[inline]
     pub fn lock(&self) -> MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -298,6 +299,7 @@ impl PhysMem {
         self.cfg
     }
 
+    #[inline]
     fn frame_index(&self, pa: PhysAddr) -> Option<u64> {
         let a = pa.as_u64();
         let off = a.checked_sub(self.cfg.ram_base)?;

@@ -80,6 +80,8 @@ pub struct Ptl<'a> {
     _guard: MutexGuard<'a, ()>,
     phys: &'a PhysMem,
     scope: Scope,
+    /// The locked table's page, for a split lock.
+    page: Option<&'a TablePage>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,13 +108,19 @@ impl Ptl<'_> {
             self.covers(slot),
             "{slot:?} written without its page-table lock"
         );
-        self.phys.table(slot.table)
+        match (self.scope, self.page) {
+            (Scope::Table(t), Some(p)) if t == slot.table => Some(p),
+            _ => self.phys.table(slot.table),
+        }
     }
 
     /// Reads the entry in `slot`.
     #[inline]
     pub fn get(&self, slot: Slot) -> u64 {
-        self.phys.table(slot.table).map_or(0, |t| t.get(slot.index))
+        match (self.scope, self.page) {
+            (Scope::Table(t), Some(p)) if t == slot.table => p.get(slot.index),
+            _ => self.phys.table(slot.table).map_or(0, |t| t.get(slot.index)),
+        }
     }
 
     /// Writes the entry in `slot` (`set_pte_at`, `set_pmd_at`, `set_pud_at`).
@@ -298,6 +306,7 @@ impl<F: Format> Tree<F> {
                         _guard: t.lock(),
                         phys: &self.phys,
                         scope: Scope::Table(slot.table),
+                        page: Some(t),
                     };
                 }
                 self.lock_tree()
@@ -312,6 +321,7 @@ impl<F: Format> Tree<F> {
             _guard: self.tree_lock.lock().unwrap_or_else(|e| e.into_inner()),
             phys: &self.phys,
             scope: Scope::Tree(F::LOCKING),
+            page: None,
         }
     }
 
@@ -360,15 +370,41 @@ impl<F: Format> Tree<F> {
     /// (`pmd_off`, `pte_offset_map`). `Ok(None)`: a table on the way is missing.
     pub fn slot(&self, va: u64, level: Level) -> Result<Option<Slot>, WalkError> {
         let mut slot = self.top_slot(va);
+        let mut page = self.table(slot.table)?;
         while slot.level > level {
-            match self.decode(slot) {
+            let raw = page.get(slot.index);
+            if let Some(pa) = self.fmt.table_of(raw, slot.level) {
+                (slot, page) = self.descend(pa, slot.level, va)?;
+                continue;
+            }
+            match self.fmt.decode(raw, slot.level) {
                 Entry::None => return Ok(None),
-                Entry::Table(pa) => slot = self.child_slot(pa, slot.level, va)?,
+                Entry::Table(pa) => (slot, page) = self.descend(pa, slot.level, va)?,
                 Entry::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
                 Entry::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
             }
         }
         Ok(Some(slot))
+    }
+
+    /// Follows a table pointer met at `parent` for `va`: the child's slot and page.
+    #[inline]
+    fn descend(
+        &self,
+        pa: PhysAddr,
+        parent: Level,
+        va: u64,
+    ) -> Result<(Slot, &TablePage), WalkError> {
+        let page = self.table(pa)?;
+        let level = parent.lower().ok_or(WalkError::Corrupt(pa))?;
+        Ok((
+            Slot {
+                table: pa,
+                index: level.index(va),
+                level,
+            },
+            page,
+        ))
     }
 
     /// Walks to `va`'s slot at `level`, allocating missing tables.
@@ -387,9 +423,15 @@ impl<F: Format> Tree<F> {
         recheck: bool,
     ) -> Result<Slot, WalkError> {
         let mut slot = from;
+        let mut page = self.table(slot.table)?;
         while slot.level > level {
-            match self.decode(slot) {
-                Entry::Table(pa) => slot = self.child_slot(pa, slot.level, va)?,
+            let raw = page.get(slot.index);
+            if let Some(pa) = self.fmt.table_of(raw, slot.level) {
+                (slot, page) = self.descend(pa, slot.level, va)?;
+                continue;
+            }
+            match self.fmt.decode(raw, slot.level) {
+                Entry::Table(pa) => (slot, page) = self.descend(pa, slot.level, va)?,
                 Entry::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
                 Entry::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
                 Entry::None => {
@@ -442,9 +484,15 @@ impl<F: Format> Tree<F> {
     pub fn lookup(&self, va: u64) -> Option<(F::Leaf, Slot)> {
         let _rcu = self.rcu_read_lock();
         let mut slot = self.top_slot(va);
+        let mut page = self.phys.table(slot.table)?;
         loop {
-            match self.decode(slot) {
-                Entry::Table(pa) => slot = self.child_slot(pa, slot.level, va).ok()?,
+            let raw = page.get(slot.index);
+            if let Some(pa) = self.fmt.table_of(raw, slot.level) {
+                (slot, page) = self.descend(pa, slot.level, va).ok()?;
+                continue;
+            }
+            match self.fmt.decode(raw, slot.level) {
+                Entry::Table(pa) => (slot, page) = self.descend(pa, slot.level, va).ok()?,
                 Entry::Leaf(l) => return Some((l, slot)),
                 _ => return None,
             }
@@ -522,18 +570,62 @@ impl<F: Format> Tree<F> {
         Ok(())
     }
 
-    /// Calls `f(va, leaf, level)` for every leaf whose first byte lies in `[start, end)`.
+    /// Calls `f(va, leaf, level)` for every leaf whose first byte lies in `[start, end)`, in
+    /// address order.
     pub fn for_each_leaf(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, F::Leaf, Level)) {
-        let _ = self.walk_range::<WalkError>(start, end, &mut |_, v| {
-            Ok(match v.entry {
-                Entry::Table(_) if !v.post => Step::Descend,
-                Entry::Leaf(l) if v.base >= start => {
-                    f(v.base, l, v.slot.level);
-                    Step::Next
+        if end > start {
+            self.leaves_in(self.root, self.top(), start, end, &mut |raw, va, level| {
+                if let Entry::Leaf(l) = self.fmt.decode(raw, level) {
+                    f(va, l, level);
                 }
-                _ => Step::Next,
-            })
-        });
+            });
+        }
+    }
+
+    /// Counts the leaves whose first byte lies in `[start, end)`, by level (the leaf levels
+    /// only: `[PTE, PMD, PUD]`, as [`Level::leaf_index`] numbers them).
+    pub fn count_leaves(&self, start: u64, end: u64) -> [u64; 3] {
+        let mut n = [0u64; 3];
+        if end > start {
+            self.leaves_in(self.root, self.top(), start, end, &mut |_, _, level| {
+                n[level.leaf_index()] += 1
+            });
+        }
+        n
+    }
+
+    /// The leaf iteration under [`Tree::for_each_leaf`] and [`Tree::count_leaves`]: `f(raw, va,
+    /// level)` for each leaf entry, without decoding what the caller does not ask for.
+    fn leaves_in(
+        &self,
+        table: PhysAddr,
+        level: Level,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, u64, Level),
+    ) {
+        let Ok(t) = self.table(table) else { return };
+        let size = level.size();
+        let mut va = start;
+        while va < end {
+            let base = va & !(size - 1);
+            let next = base.wrapping_add(size);
+            let clip = if next == 0 || next > end { end } else { next };
+            let raw = t.get(level.index(va));
+            if raw != 0 {
+                if let Some(pa) = self.fmt.table_of(raw, level) {
+                    if let Some(lower) = level.lower() {
+                        self.leaves_in(pa, lower, va, clip, f);
+                    }
+                } else if base >= start && self.fmt.is_leaf(raw, level) {
+                    f(raw, base, level);
+                }
+            }
+            if clip == end {
+                break;
+            }
+            va = clip;
+        }
     }
 
     /// The first address in `[start, end)` that has a leaf or a non-present entry, if any.
@@ -631,20 +723,18 @@ impl<F: Format> Tree<F> {
 
     /// The tables of a subtree (post-order), releasing its leaves on the way.
     fn collect_subtree(&self, pa: PhysAddr, level: Level, out: &mut Vec<(PhysAddr, Level)>) {
-        if let (Ok(t), Some(lower)) = (self.table(pa), level.lower()) {
+        if let Ok(t) = self.table(pa) {
             for i in 0..ENTRIES {
                 let raw = t.get(i);
-                match self.fmt.decode(raw, level) {
-                    Entry::Table(c) => self.collect_subtree(c, lower, out),
-                    Entry::Leaf(_) => self.fmt.release_leaf(&self.phys, raw, level),
-                    _ => {}
+                if raw == 0 {
+                    continue;
                 }
-            }
-        } else if let Ok(t) = self.table(pa) {
-            for i in 0..ENTRIES {
-                let raw = t.get(i);
-                if matches!(self.fmt.decode(raw, level), Entry::Leaf(_)) {
-                    self.fmt.release_leaf(&self.phys, raw, level);
+                match (self.fmt.table_of(raw, level), level.lower()) {
+                    (Some(c), Some(lower)) => self.collect_subtree(c, lower, out),
+                    _ if self.fmt.is_leaf(raw, level) => {
+                        self.fmt.release_leaf(&self.phys, raw, level)
+                    }
+                    _ => {}
                 }
             }
         }

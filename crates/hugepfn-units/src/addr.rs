@@ -52,6 +52,7 @@ pub enum PagingMode {
 
 impl PagingMode {
     /// Width of a virtual address in bits.
+    #[inline]
     pub const fn va_bits(self) -> u32 {
         match self {
             PagingMode::Level4 => 48,
@@ -60,11 +61,13 @@ impl PagingMode {
     }
 
     /// Linux's `TASK_SIZE_MAX`: the end of user space (one guard page below the canonical hole).
+    #[inline]
     pub const fn task_size(self) -> u64 {
         (1u64 << (self.va_bits() - 1)) - PAGE_SIZE
     }
 
     /// Number of levels in a walk.
+    #[inline]
     pub const fn levels(self) -> u32 {
         match self {
             PagingMode::Level4 => 4,
@@ -89,6 +92,7 @@ pub struct PhysAddr(u64);
 
 impl PhysAddr {
     /// Checks the 52-bit width.
+    #[inline]
     pub const fn new(addr: u64) -> Result<Self, AddrError> {
         if addr >> PHYS_ADDR_BITS != 0 {
             Err(AddrError::PhysTooWide(addr))
@@ -98,21 +102,25 @@ impl PhysAddr {
     }
 
     /// The raw value.
+    #[inline]
     pub const fn as_u64(self) -> u64 {
         self.0
     }
 
     /// The frame this address lies in.
+    #[inline]
     pub const fn pfn(self) -> Pfn {
         Pfn(self.0 >> PAGE_SHIFT)
     }
 
     /// True if aligned to `align` (a power of two).
+    #[inline]
     pub const fn is_aligned(self, align: u64) -> bool {
         self.0 & (align - 1) == 0
     }
 
     /// `self + off`, if the result is still a valid physical address.
+    #[inline]
     pub fn checked_add(self, off: u64) -> Option<PhysAddr> {
         self.0.checked_add(off).and_then(|a| PhysAddr::new(a).ok())
     }
@@ -140,6 +148,7 @@ impl Pfn {
     pub const LIMIT: u64 = 1 << (PHYS_ADDR_BITS - PAGE_SHIFT);
 
     /// Checks the 52-bit physical width.
+    #[inline]
     pub const fn new(pfn: u64) -> Result<Self, AddrError> {
         if pfn >= Self::LIMIT {
             Err(AddrError::PfnTooWide(pfn))
@@ -149,21 +158,25 @@ impl Pfn {
     }
 
     /// The raw value.
+    #[inline]
     pub const fn as_u64(self) -> u64 {
         self.0
     }
 
     /// The physical address of the frame's first byte.
+    #[inline]
     pub const fn phys(self) -> PhysAddr {
         PhysAddr(self.0 << PAGE_SHIFT)
     }
 
     /// `self + n`, if still within the physical width.
+    #[inline]
     pub fn checked_add(self, n: u64) -> Option<Pfn> {
         self.0.checked_add(n).and_then(|p| Pfn::new(p).ok())
     }
 
     /// True if `self` is a multiple of `2^order`.
+    #[inline]
     pub const fn is_aligned_order(self, order: u32) -> bool {
         self.0 & ((1u64 << order) - 1) == 0
     }
@@ -191,6 +204,7 @@ pub struct VirtAddr(u64);
 
 impl VirtAddr {
     /// Checks that `addr` is canonical for `mode` (bits above the top implemented bit copy it).
+    #[inline]
     pub const fn new(addr: u64, mode: PagingMode) -> Result<Self, AddrError> {
         let bits = mode.va_bits();
         let top = (addr as i64) >> (bits - 1);
@@ -202,26 +216,31 @@ impl VirtAddr {
     }
 
     /// A user-space address: below 2^47 is canonical in every mode.
+    #[inline]
     pub const fn new_user(addr: u64) -> Result<Self, AddrError> {
         Self::new(addr, PagingMode::Level4)
     }
 
     /// The raw value.
+    #[inline]
     pub const fn as_u64(self) -> u64 {
         self.0
     }
 
     /// True if aligned to `align` (a power of two).
+    #[inline]
     pub const fn is_aligned(self, align: u64) -> bool {
         self.0 & (align - 1) == 0
     }
 
     /// Rounds down to `align` (a power of two). Never leaves the canonical range.
+    #[inline]
     pub const fn align_down(self, align: u64) -> VirtAddr {
         VirtAddr(self.0 & !(align - 1))
     }
 
     /// `self + off` if the sum is canonical for `mode`.
+    #[inline]
     pub fn checked_add(self, off: u64, mode: PagingMode) -> Option<VirtAddr> {
         self.0
             .checked_add(off)

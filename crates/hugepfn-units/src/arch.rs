@@ -56,6 +56,7 @@ impl Arch {
     ];
 
     /// The name used in scenarios and on the command line.
+    #[inline]
     pub const fn name(self) -> &'static str {
         match self {
             Arch::X86_64 => "x86_64",
@@ -70,6 +71,7 @@ impl Arch {
     }
 
     /// Base page size in bytes (the translation granule).
+    #[inline]
     pub const fn page_size(self) -> u64 {
         match self {
             Arch::Arm64_16k => 16 << 10,
@@ -79,6 +81,7 @@ impl Arch {
     }
 
     /// Width of a user virtual address in bits.
+    #[inline]
     pub const fn va_bits(self) -> u32 {
         match self {
             Arch::X86_64 => 48,
@@ -92,6 +95,7 @@ impl Arch {
     }
 
     /// Levels in a walk.
+    #[inline]
     pub const fn levels(self) -> u32 {
         match self {
             Arch::X86_64 | Arch::Arm64 | Arch::Riscv64Sv48 => 4,
@@ -102,6 +106,7 @@ impl Arch {
     }
 
     /// The x86-64 paging mode, for the x86-64 family.
+    #[inline]
     pub const fn paging_mode(self) -> Option<PagingMode> {
         match self {
             Arch::X86_64 => Some(PagingMode::Level4),
@@ -111,11 +116,13 @@ impl Arch {
     }
 
     /// True for arm64 in any granule.
+    #[inline]
     pub const fn is_arm64(self) -> bool {
         matches!(self, Arch::Arm64 | Arch::Arm64_16k | Arch::Arm64_64k)
     }
 
     /// True for riscv64 in any mode.
+    #[inline]
     pub const fn is_riscv(self) -> bool {
         matches!(
             self,
@@ -126,6 +133,7 @@ impl Arch {
     /// The end of user space (`TASK_SIZE`): x86-64 stops one page below the canonical hole
     /// (`TASK_SIZE_MAX`), arm64 gives user space all of TTBR0's range (`1 << vabits_actual`),
     /// riscv the lower half of the sign-extended space (`PGDIR_SIZE * PTRS_PER_PGD / 2`).
+    #[inline]
     pub const fn task_size(self) -> u64 {
         match self {
             Arch::X86_64 | Arch::X86_64_5Level => (1u64 << (self.va_bits() - 1)) - PAGE_SIZE,
@@ -137,6 +145,7 @@ impl Arch {
     /// Checks that `addr` is a well-formed virtual address for this architecture: canonical
     /// (sign-extended) on x86-64 and riscv, bits 63..VA_BITS all zero (TTBR0) or all one
     /// (TTBR1) on arm64.
+    #[inline]
     pub const fn check_va(self, addr: u64) -> Result<(), AddrError> {
         let bits = self.va_bits();
         let ok = if self.is_arm64() {

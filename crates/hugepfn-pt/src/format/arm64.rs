@@ -134,6 +134,7 @@ impl Format for Arm64 {
         level.can_be_leaf()
     }
 
+    #[inline(never)]
     fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
         if raw == 0 {
             return Entry::None;

@@ -77,9 +77,19 @@ impl Format for Cpu {
         each!(self, f => f.can_be_leaf(level))
     }
 
-    #[inline]
+    #[inline(always)]
     fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
         each!(self, f => f.decode(raw, level))
+    }
+
+    #[inline]
+    fn table_of(&self, raw: u64, level: Level) -> Option<PhysAddr> {
+        each!(self, f => f.table_of(raw, level))
+    }
+
+    #[inline]
+    fn is_leaf(&self, raw: u64, level: Level) -> bool {
+        each!(self, f => f.is_leaf(raw, level))
     }
 
     #[inline]
@@ -87,6 +97,7 @@ impl Format for Cpu {
         each!(self, f => f.encode_leaf(leaf, level))
     }
 
+    #[inline]
     fn encode_table(&self, table: PhysAddr, level: Level) -> u64 {
         each!(self, f => f.encode_table(table, level))
     }
@@ -103,6 +114,7 @@ impl Format for Cpu {
         }
     }
 
+    #[inline]
     fn account_level(&self, level: Level) -> Level {
         each!(self, f => f.account_level(level))
     }

@@ -85,6 +85,7 @@ impl Format for Riscv {
         level.can_be_leaf()
     }
 
+    #[inline(never)]
     fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
         if raw == 0 {
             return Entry::None;
