@@ -43,19 +43,21 @@ pub enum EptError {
     /// The guest-physical address is beyond the 48-bit EPT.
     #[error("gpa {0:#x} is beyond the 4-level EPT")]
     OutOfRange(u64),
+    /// The walk met what KVM's never leaves (a leaf above the goal it did not zap, a
+    /// non-present entry with stray bits).
+    #[error("EPT walk: {0}")]
+    Walk(WalkError),
     /// A table pointer in the EPT names no table: the tree is corrupt.
     #[error("EPT table pointer {0} names no table: the tree is corrupt")]
     Corrupt(PhysAddr),
 }
 
 impl From<WalkError> for EptError {
-    /// The engine's walk errors as KVM sees them: the walk never meets a leaf above the goal
-    /// (it zaps it) or a leaf it must encode, so only allocation and corruption remain.
     fn from(e: WalkError) -> Self {
         match e {
+            WalkError::Oom => EptError::NoMemory,
             WalkError::Corrupt(pa) => EptError::Corrupt(pa),
-            WalkError::HugeAbove(s) | WalkError::Bad(s, _) => EptError::Corrupt(s.table),
-            _ => EptError::NoMemory,
+            e => EptError::Walk(e),
         }
     }
 }

@@ -96,6 +96,9 @@ pub struct VmFault<'a> {
     pmd: std::cell::Cell<Option<Slot>>,
     /// The level of the leaf a handler installed, if it installed one.
     installed: std::cell::Cell<Option<Level>>,
+    /// The largest pfnmap leaf the architecture has (`vmf_insert_pfn_pud` exists only with
+    /// `CONFIG_ARCH_SUPPORTS_PUD_PFNMAP`).
+    pfnmap_cap: LeafCap,
     pt: &'a PageTables,
     stats: &'a FaultStats,
 }
@@ -130,9 +133,23 @@ impl<'a> VmFault<'a> {
             pgoff: vma.linear_page_index(page),
             pmd: std::cell::Cell::new(None),
             installed: std::cell::Cell::new(None),
+            pfnmap_cap: LeafCap::Pud,
             pt,
             stats,
         }
+    }
+
+    /// The same context on an architecture whose pfnmap leaves stop at `cap`.
+    pub fn with_pfnmap_cap(self, cap: LeafCap) -> Self {
+        VmFault {
+            pfnmap_cap: cap,
+            ..self
+        }
+    }
+
+    /// The largest pfnmap leaf this architecture has.
+    pub fn pfnmap_cap(&self) -> LeafCap {
+        self.pfnmap_cap
     }
 
     /// True for a write fault.
@@ -431,6 +448,11 @@ fn check_insert(vmf: &VmFault<'_>, addr: u64, level: Level) -> Option<VmFaultRes
 }
 
 fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultResult {
+    if level > vmf.pfnmap_cap.max_level() {
+        // Not built on this architecture: drivers fall back (vfio-pci's `#ifdef
+        // CONFIG_ARCH_SUPPORTS_PUD_PFNMAP`), whichever design calls them.
+        return VmFaultResult::Fallback;
+    }
     if let Some(r) = check_insert(vmf, addr, level) {
         return r;
     }
@@ -537,7 +559,7 @@ pub fn handle_mm_fault_locked(
     flags: FaultFlags,
     stats: &FaultStats,
 ) -> FaultOutcome {
-    let vmf = VmFault::new(vma, address, flags, pt, stats);
+    let vmf = VmFault::new(vma, address, flags, pt, stats).with_pfnmap_cap(thp.pfnmap_cap);
     let write = vmf.is_write();
     // The level a fault is counted at: the leaf its handler installed, else the path's level.
     let done = |result, level| FaultOutcome {
@@ -783,6 +805,9 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
 /// read, and lockless walkers (gup-fast, the hardware walker, other CPUs' TLB fills) may still
 /// be inside the tables freed here: both are counted as hazards on the page tables.
 pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFaultResult {
+    if level > vmf.pfnmap_cap.max_level() {
+        return VmFaultResult::Fallback;
+    }
     let addr = vmf.address & !(level.size() - 1);
     if let Some(r) = check_insert(vmf, addr, level) {
         return r;

@@ -242,6 +242,17 @@ pub struct Leaf {
 /// What an entry is, given its level (the engine's [`Entry`] with x86-64 leaves).
 pub type Decoded = Entry<Leaf>;
 
+/// The flags that are one bit each at every level, and that bit.
+const FLAG_BITS: [(ProtFlags, u64); 7] = [
+    (ProtFlags::PRESENT, bits::PRESENT),
+    (ProtFlags::WRITE, bits::RW),
+    (ProtFlags::USER, bits::USER),
+    (ProtFlags::ACCESSED, bits::ACCESSED),
+    (ProtFlags::DIRTY, bits::DIRTY),
+    (ProtFlags::SPECIAL, bits::SPECIAL),
+    (ProtFlags::NX, bits::NX),
+];
+
 #[inline]
 fn addr_mask(level: Level) -> u64 {
     ((1u64 << PHYS_ADDR_BITS) - 1) & !(level.size() - 1)
@@ -265,16 +276,7 @@ pub fn encode_leaf(leaf: Leaf) -> Result<u64, EncodeError> {
     }
     let fl = leaf.prot.flags;
     let mut raw = leaf.pfn.phys().as_u64();
-    let pairs = [
-        (ProtFlags::PRESENT, bits::PRESENT),
-        (ProtFlags::WRITE, bits::RW),
-        (ProtFlags::USER, bits::USER),
-        (ProtFlags::ACCESSED, bits::ACCESSED),
-        (ProtFlags::DIRTY, bits::DIRTY),
-        (ProtFlags::SPECIAL, bits::SPECIAL),
-        (ProtFlags::NX, bits::NX),
-    ];
-    for (f, b) in pairs {
+    for (f, b) in FLAG_BITS {
         if fl.contains(f) {
             raw |= b;
         }
@@ -370,16 +372,7 @@ pub fn decode(raw: u64, level: Level) -> Decoded {
     let pa = raw & addr_mask(level);
     let pfn = PhysAddr::new(pa).unwrap_or_default().pfn();
     let mut flags = ProtFlags::empty();
-    let pairs = [
-        (ProtFlags::PRESENT, bits::PRESENT),
-        (ProtFlags::WRITE, bits::RW),
-        (ProtFlags::USER, bits::USER),
-        (ProtFlags::ACCESSED, bits::ACCESSED),
-        (ProtFlags::DIRTY, bits::DIRTY),
-        (ProtFlags::SPECIAL, bits::SPECIAL),
-        (ProtFlags::NX, bits::NX),
-    ];
-    for (f, b) in pairs {
+    for (f, b) in FLAG_BITS {
         if raw & b != 0 {
             flags |= f;
         }

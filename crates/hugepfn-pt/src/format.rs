@@ -59,6 +59,29 @@ pub enum EncodeError {
     Unrepresentable(&'static str),
 }
 
+/// What the engine needs of a decoded leaf to split it.
+pub trait LeafOps: Copy + fmt::Debug + PartialEq {
+    /// The first frame the leaf maps.
+    fn first_pfn(&self) -> Pfn;
+
+    /// The same attributes at another frame and level (a piece of a split leaf).
+    fn at(&self, pfn: Pfn, level: Level) -> Self;
+}
+
+impl LeafOps for Leaf {
+    fn first_pfn(&self) -> Pfn {
+        self.pfn
+    }
+
+    fn at(&self, pfn: Pfn, level: Level) -> Leaf {
+        Leaf {
+            pfn,
+            prot: self.prot,
+            level,
+        }
+    }
+}
+
 /// How a tree's entries are locked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Locking {
@@ -74,7 +97,7 @@ pub enum Locking {
 /// encoded and decoded. Everything else is the engine's.
 pub trait Format: Send + Sync + 'static {
     /// A decoded leaf: frame, attributes, and whatever the format records of its level.
-    type Leaf: Copy + fmt::Debug + PartialEq;
+    type Leaf: LeafOps;
 
     /// How entries of this format are locked.
     const LOCKING: Locking;
@@ -114,12 +137,6 @@ pub trait Format: Send + Sync + 'static {
 
     /// Encodes a pointer to a table holding entries one level below `level`.
     fn encode_table(&self, table: PhysAddr, level: Level) -> u64;
-
-    /// The first frame a leaf maps.
-    fn leaf_pfn(&self, leaf: &Self::Leaf) -> Pfn;
-
-    /// The same attributes at another frame and level (a piece of a split leaf).
-    fn leaf_at(&self, leaf: &Self::Leaf, pfn: Pfn, level: Level) -> Self::Leaf;
 
     /// The level a table holding entries of `level` is accounted as (x86-64 with 4-level paging
     /// names its top table the PGD although it holds P4D-sized entries).
@@ -179,18 +196,6 @@ impl Format for X86_64 {
 
     fn encode_table(&self, table: PhysAddr, _level: Level) -> u64 {
         entry::encode_table(table)
-    }
-
-    fn leaf_pfn(&self, leaf: &Leaf) -> Pfn {
-        leaf.pfn
-    }
-
-    fn leaf_at(&self, leaf: &Leaf, pfn: Pfn, level: Level) -> Leaf {
-        Leaf {
-            pfn,
-            prot: leaf.prot,
-            level,
-        }
     }
 
     fn account_level(&self, level: Level) -> Level {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::addr::{PAGE_SIZE, Pfn, PhysAddr};
-use crate::format::{EncodeError, Entry, Format, Locking};
+use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
 use crate::level::Level;
 use crate::phys::{ENTRIES, LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
 use crate::sync::atomic::{AtomicU64, Ordering};
@@ -369,7 +369,20 @@ impl<F: Format> Tree<F> {
     /// Lockless walk to the slot holding `va`'s entry at `level`, without allocating
     /// (`pmd_off`, `pte_offset_map`). `Ok(None)`: a table on the way is missing.
     pub fn slot(&self, va: u64, level: Level) -> Result<Option<Slot>, WalkError> {
-        let mut slot = self.top_slot(va);
+        self.walk_to(self.top_slot(va), va, level, None)
+    }
+
+    /// The walk under [`Tree::slot`] and [`Tree::slot_alloc_from`]: from `from` down to
+    /// `level`; a none entry on the way ends it (`alloc` none) or gets a table (`alloc` =
+    /// whether to recheck the entry under the lock).
+    fn walk_to(
+        &self,
+        from: Slot,
+        va: u64,
+        level: Level,
+        alloc: Option<bool>,
+    ) -> Result<Option<Slot>, WalkError> {
+        let mut slot = from;
         let mut page = self.table(slot.table)?;
         while slot.level > level {
             let raw = page.get(slot.index);
@@ -377,11 +390,13 @@ impl<F: Format> Tree<F> {
                 (slot, page) = self.descend(pa, slot.level, va)?;
                 continue;
             }
-            match self.fmt.decode(raw, slot.level) {
-                Entry::None => return Ok(None),
-                Entry::Table(pa) => (slot, page) = self.descend(pa, slot.level, va)?,
-                Entry::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
-                Entry::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
+            match (self.fmt.decode(raw, slot.level), alloc) {
+                (Entry::Table(pa), _) => (slot, page) = self.descend(pa, slot.level, va)?,
+                (Entry::Leaf(_), _) => return Err(WalkError::HugeAbove(slot)),
+                (Entry::NonPresent(raw), _) => return Err(WalkError::Bad(slot, raw)),
+                (Entry::None, None) => return Ok(None),
+                // Re-read under the new state (a leaf may have raced in).
+                (Entry::None, Some(recheck)) => self.install_table(slot, recheck)?,
             }
         }
         Ok(Some(slot))
@@ -422,25 +437,8 @@ impl<F: Format> Tree<F> {
         level: Level,
         recheck: bool,
     ) -> Result<Slot, WalkError> {
-        let mut slot = from;
-        let mut page = self.table(slot.table)?;
-        while slot.level > level {
-            let raw = page.get(slot.index);
-            if let Some(pa) = self.fmt.table_of(raw, slot.level) {
-                (slot, page) = self.descend(pa, slot.level, va)?;
-                continue;
-            }
-            match self.fmt.decode(raw, slot.level) {
-                Entry::Table(pa) => (slot, page) = self.descend(pa, slot.level, va)?,
-                Entry::Leaf(_) => return Err(WalkError::HugeAbove(slot)),
-                Entry::NonPresent(raw) => return Err(WalkError::Bad(slot, raw)),
-                Entry::None => {
-                    self.install_table(slot, recheck)?;
-                    // Re-read under the new state (a leaf may have raced in).
-                }
-            }
-        }
-        Ok(slot)
+        self.walk_to(from, va, level, Some(recheck))?
+            .ok_or(WalkError::Vanished(va, level))
     }
 
     /// The table below `slot`, allocated and linked if the entry is none.
@@ -680,16 +678,12 @@ impl<F: Format> Tree<F> {
         };
         let new = self.alloc(lower)?;
         let nt = self.table(new)?;
-        let first = self.fmt.leaf_pfn(&leaf).as_u64();
+        let first = leaf.first_pfn().as_u64();
         let step = lower.size() / PAGE_SIZE;
         for i in 0..ENTRIES as u64 {
             let p = first + i * step;
             let pfn = Pfn::new(p).map_err(|_| WalkError::PfnTooWide(p));
-            let raw = pfn.and_then(|pfn| {
-                Ok(self
-                    .fmt
-                    .encode_leaf(&self.fmt.leaf_at(&leaf, pfn, lower), lower)?)
-            });
+            let raw = pfn.and_then(|pfn| Ok(self.fmt.encode_leaf(&leaf.at(pfn, lower), lower)?));
             match raw {
                 // not linked yet: nobody else can see the new table
                 Ok(raw) => nt.set(i as usize, raw),

@@ -477,6 +477,9 @@ impl VfioPciMmapOps {
             return VmFaultResult::Sigbus;
         }
         for level in Level::LEAF_LEVELS {
+            if level > vmf.pfnmap_cap().max_level() {
+                continue;
+            }
             let size = level.size();
             let addr = vmf.address & !(size - 1);
             let pfn = base_pfn + (addr.wrapping_sub(vma.start) >> 12);

@@ -134,6 +134,9 @@ pub enum IommuError {
     /// A leaf that the format cannot hold (a physical address past 52 bits).
     #[error("cannot encode the IOMMU leaf: {0}")]
     Encode(EncodeError),
+    /// The walk met an entry the driver never writes (a non-present entry with stray bits).
+    #[error("IOMMU page-table walk: {0}")]
+    Walk(WalkError),
     /// A table pointer names no table: the domain's tree is corrupt.
     #[error("IOMMU table pointer {0} names no table: the tree is corrupt")]
     Corrupt(PhysAddr),
@@ -152,7 +155,7 @@ impl IommuError {
             IommuError::OutOfAperture { .. } => "EFAULT",
             IommuError::Busy(_) => "EBUSY",
             IommuError::NoMemory => "ENOMEM",
-            IommuError::Corrupt(_) => "EIO",
+            IommuError::Corrupt(_) | IommuError::Walk(_) => "EIO",
         }
     }
 }
@@ -260,10 +263,7 @@ impl From<WalkError> for IommuError {
         match e {
             WalkError::Oom => IommuError::NoMemory,
             WalkError::Corrupt(pa) => IommuError::Corrupt(pa),
-            WalkError::HugeAbove(s) | WalkError::Bad(s, _) => IommuError::Corrupt(s.table),
-            WalkError::Encode(_) | WalkError::PfnTooWide(_) | WalkError::Vanished(..) => {
-                IommuError::NoMemory
-            }
+            e => IommuError::Walk(e),
         }
     }
 }

@@ -89,6 +89,20 @@ fn run_options(k: Option<KernelArg>, memory: Option<u64>) -> runner::RunOptions 
     }
 }
 
+/// What `run` and `compare` override in a scenario.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// The architecture, overriding the file's `arch`: x86_64, x86_64-5level, arm64,
+    /// riscv64-sv39, riscv64-sv48, riscv64-sv57 (arm64-16k and arm64-64k are refused: not
+    /// modelled yet).
+    #[arg(long, value_name = "ARCH")]
+    arch: Option<Arch>,
+    /// The model's simulated memory (page tables, IOMMU and EPT tables, CoW pages), e.g.
+    /// 16G; default the scenario's `memory`, else 4G. Using it up stops the run: exit 3.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    memory: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     // Subcommands are listed in the order a user meets them: demo, run, bench, lab.
@@ -115,8 +129,8 @@ enum Cmd {
         /// is exit 3.
         #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
         memory: Option<u64>,
-        /// The architecture (default x86_64): x86_64, x86_64-5level, arm64, riscv64-sv39, riscv64-sv48,
-        /// riscv64-sv57 (arm64-16k and arm64-64k are refused: not modelled yet).
+        /// The architecture (default x86_64): x86_64, x86_64-5level, arm64, riscv64-sv39,
+        /// riscv64-sv48, riscv64-sv57 (arm64-16k and arm64-64k are refused: not modelled yet).
         #[arg(long, value_name = "ARCH")]
         arch: Option<Arch>,
     },
@@ -136,15 +150,8 @@ enum Cmd {
         /// Old spelling of --kernel: fixed = the corrected design, v612 = 6.12.0, v613 = 6.13.0.
         #[arg(long, value_enum, hide = true, conflicts_with = "kernel")]
         logic: Option<Logic>,
-        /// The architecture, overriding the file's `arch`: x86_64, x86_64-5level, arm64, riscv64-sv39, riscv64-sv48,
-        /// riscv64-sv57 (arm64-16k and arm64-64k are refused: not modelled yet).
-        #[arg(long, value_name = "ARCH")]
-        arch: Option<Arch>,
-
-        /// The model's simulated memory (page tables, IOMMU and EPT tables, CoW pages), e.g.
-        /// 16G; default the scenario's `memory`, else 4G. Using it up stops the run: exit 3.
-        #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
-        memory: Option<u64>,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Run one scenario under the RFC's three fault-path designs (huge_fault, early_fault,
     /// remap_overwrite) and print faults, page tables, TLB flushes, time and hazards side by side.
@@ -157,15 +164,8 @@ enum Cmd {
         /// Behave as this Linux version (or `corrected`), overriding the file's `kernel`.
         #[arg(long, value_name = "VERSION", value_parser = parse_kernel_arg)]
         kernel: Option<KernelArg>,
-        /// The architecture, overriding the file's `arch`: x86_64, x86_64-5level, arm64, riscv64-sv39, riscv64-sv48,
-        /// riscv64-sv57 (arm64-16k and arm64-64k are refused: not modelled yet).
-        #[arg(long, value_name = "ARCH")]
-        arch: Option<Arch>,
-
-        /// The model's simulated memory (page tables, IOMMU and EPT tables, CoW pages), e.g.
-        /// 16G; default the scenario's `memory`, else 4G. Using it up stops the run: exit 3.
-        #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
-        memory: Option<u64>,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// The kernel versions the model knows: every change of huge-pfnmap behaviour and every
     /// known bug, with its commit, and which kernel has it (docs/kernels.md).
@@ -270,29 +270,16 @@ fn main() -> ExitCode {
             file,
             json,
             kernel,
-            memory,
-            arch,
+            model: ModelArgs { arch, memory },
         } => {
-            let mut sc = match hugepfn_scenario::load_scenario(&file) {
+            let sc = match load(&file, arch) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("hugepfn: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            sc.arch = arch.unwrap_or(sc.arch);
             match compare::compare(&sc, run_options(kernel, memory)) {
                 Ok(rows) => {
-                    if json {
-                        match serde_json::to_string_pretty(&rows) {
-                            Ok(s) => println!("{s}"),
-                            Err(e) => {
-                                eprintln!("hugepfn: {e}");
-                                return ExitCode::FAILURE;
-                            }
-                        }
-                    } else {
-                        print!("{}", compare::format(&sc, &rows));
+                    if !emit(json, &rows, || compare::format(&sc, &rows)) {
+                        return ExitCode::FAILURE;
                     }
                     ExitCode::SUCCESS
                 }
@@ -304,31 +291,15 @@ fn main() -> ExitCode {
         }
         Cmd::Kernels { json, markdown: _ } => {
             let t = hugepfn::kernels_cli::table();
-            if json {
-                match serde_json::to_string_pretty(&t) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("hugepfn: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                print!("{}", hugepfn::kernels_cli::markdown(&t));
+            if !emit(json, &t, || hugepfn::kernels_cli::markdown(&t)) {
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }
         Cmd::Bench { quick, json } => match bench::run_all(quick) {
             Ok(figs) => {
-                if json {
-                    match serde_json::to_string_pretty(&figs) {
-                        Ok(s) => println!("{s}"),
-                        Err(e) => {
-                            eprintln!("hugepfn: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    }
-                } else {
-                    print!("{}", bench::format(&figs));
+                if !emit(json, &figs, || bench::format(&figs)) {
+                    return ExitCode::FAILURE;
                 }
                 ExitCode::SUCCESS
             }
@@ -342,17 +313,12 @@ fn main() -> ExitCode {
             json,
             kernel,
             logic,
-            memory,
-            arch,
+            model: ModelArgs { arch, memory },
         } => {
-            let mut sc = match hugepfn_scenario::load_scenario(&file) {
+            let sc = match load(&file, arch) {
                 Ok(s) => s,
-                Err(e) => {
-                    eprintln!("hugepfn: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            sc.arch = arch.unwrap_or(sc.arch);
             let opts = run_options(
                 kernel.or(logic.and_then(Logic::kernel).map(KernelArg::Version)),
                 memory,
@@ -378,16 +344,8 @@ fn main() -> ExitCode {
                 bar.set_message(format!("last: {} (line {})", rep.op, rep.line));
             });
             bar.finish_and_clear();
-            if json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("hugepfn: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                print!("{}", output::format_report(&sc, &report));
+            if !emit(json, &report, || output::format_report(&sc, &report)) {
+                return ExitCode::FAILURE;
             }
             if let Some(m) = &report.out_of_memory {
                 eprintln!("hugepfn: {}: {m}", sc.origin);
@@ -401,6 +359,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints `v` as JSON (`json`) or the text `text` makes; false if JSON serialisation failed
+/// (said on stderr).
+fn emit<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -> bool {
+    if !json {
+        print!("{}", text());
+        return true;
+    }
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            true
+        }
+        Err(e) => {
+            eprintln!("hugepfn: {e}");
+            false
+        }
+    }
+}
+
+/// Loads a scenario and applies `--arch`; a malformed file is said on stderr (exit 2).
+fn load(
+    file: &std::path::Path,
+    arch: Option<Arch>,
+) -> Result<hugepfn_scenario::Scenario, ExitCode> {
+    let mut sc = hugepfn_scenario::load_scenario(file).map_err(|e| {
+        eprintln!("hugepfn: {e}");
+        ExitCode::from(2)
+    })?;
+    sc.arch = arch.unwrap_or(sc.arch);
+    Ok(sc)
+}
+
 fn demo_main(
     bars: Option<Vec<hugepfn_vfio::Bar>>,
     opts: demo::DemoOptions,
@@ -408,16 +398,8 @@ fn demo_main(
 ) -> ExitCode {
     match demo::run(bars, opts) {
         Ok(d) => {
-            if json {
-                match serde_json::to_string_pretty(&d) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("hugepfn: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                print!("{}", demo::format(&d));
+            if !emit(json, &d, || demo::format(&d)) {
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }

@@ -130,3 +130,43 @@ fn hazard_remap_overwrite_remaps_under_the_read_lock() {
         assert_eq!(mm.all_leaves().pud, 2, "{design:?}");
     }
 }
+
+/// Every design stops at the architecture's largest pfnmap leaf: PMD on arm64 (no
+/// `ARCH_SUPPORTS_PUD_PFNMAP`), 4 KiB on riscv with 6.12 (no `ARCH_SUPPORTS_HUGE_PFNMAP`), PUD on
+/// x86-64 — early_fault and remap_overwrite included, which bypass the THP gate.
+#[test]
+fn every_design_stops_at_the_architectures_largest_pfnmap_leaf() {
+    let text = |arch: &str| {
+        format!(
+            "name = \"t\"\narch = \"{arch}\"\n[[device]]\nname = \"d\"\n\
+             bars = [{{ index = 2, phys = \"0x4000000000\", size = \"2G\" }}]\n\
+             [[step]]\nop = \"mmap\"\nname = \"m\"\ndevice = \"d\"\nbar = 2\nva = \"align:1G\"\n\
+             [[step]]\nop = \"touch\"\nmap = \"m\"\n[[step]]\nop = \"expect\"\nsigbus = 0\n"
+        )
+    };
+    for (arch, kernel, want) in [
+        ("x86_64", None, [2, 0, 0]),
+        ("arm64", None, [0, 1024, 0]),
+        ("arm64", Some(hugepfn_kernels::Kernel::V7_3_4), [0, 1024, 0]),
+        ("riscv64-sv39", None, [2, 0, 0]),
+        (
+            "riscv64-sv39",
+            Some(hugepfn_kernels::Kernel::V6_12_95),
+            [0, 0, 524288],
+        ),
+    ] {
+        let sc = hugepfn_scenario::parse_scenario(&text(arch), "t.toml").unwrap();
+        let opts = RunOptions {
+            kernel,
+            ..RunOptions::default()
+        };
+        for row in compare(&sc, opts).unwrap() {
+            assert_eq!(
+                [row.faults_pud, row.faults_pmd, row.faults_pte],
+                want,
+                "{arch} {kernel:?} {}",
+                row.design
+            );
+        }
+    }
+}

@@ -23,7 +23,7 @@
 //! Deliberate difference: 16 KiB and 64 KiB granules are not modelled yet (their levels index
 //! 11 and 13 bits and their tables are 16 and 64 KiB).
 
-use crate::addr::{Pfn, PhysAddr};
+use crate::addr::PhysAddr;
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
 use crate::format::{EncodeError, Entry, Format, Locking};
 use crate::level::Level;
@@ -239,18 +239,6 @@ impl Format for Arm64 {
             | bits::TABLE_OR_PAGE
             | bits::AF
             | bits::TABLE_PXN
-    }
-
-    fn leaf_pfn(&self, leaf: &Leaf) -> Pfn {
-        leaf.pfn
-    }
-
-    fn leaf_at(&self, leaf: &Leaf, pfn: Pfn, level: Level) -> Leaf {
-        Leaf {
-            pfn,
-            prot: leaf.prot,
-            level,
-        }
     }
 
     fn account_level(&self, level: Level) -> Level {

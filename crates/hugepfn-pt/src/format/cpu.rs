@@ -8,7 +8,7 @@
 
 use hugepfn_units::arch::Arch;
 
-use crate::addr::{Pfn, PhysAddr};
+use crate::addr::PhysAddr;
 use crate::entry::Leaf;
 use crate::format::arm64::Arm64;
 use crate::format::riscv::Riscv;
@@ -102,18 +102,6 @@ impl Format for Cpu {
         each!(self, f => f.encode_table(table, level))
     }
 
-    fn leaf_pfn(&self, leaf: &Leaf) -> Pfn {
-        leaf.pfn
-    }
-
-    fn leaf_at(&self, leaf: &Leaf, pfn: Pfn, level: Level) -> Leaf {
-        Leaf {
-            pfn,
-            prot: leaf.prot,
-            level,
-        }
-    }
-
     #[inline]
     fn account_level(&self, level: Level) -> Level {
         each!(self, f => f.account_level(level))
@@ -135,6 +123,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::addr::Pfn;
     use crate::entry::{CacheMode, Pgprot, ProtFlags};
     use crate::tree::Tree;
 

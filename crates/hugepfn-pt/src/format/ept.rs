@@ -6,7 +6,7 @@
 //! next table's address with R, W, X (and bit 11). Four levels: a 48-bit guest-physical space.
 
 use crate::addr::{Pfn, PhysAddr};
-use crate::format::{EncodeError, Entry, Format, Locking};
+use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
 use crate::level::Level;
 
 /// EPT entry bits.
@@ -155,6 +155,22 @@ pub fn encode_table(pa: PhysAddr) -> u64 {
     (pa.as_u64() & bits::ADDR_MASK) | bits::READ | bits::WRITE | bits::EXEC | bits::MMU_PRESENT
 }
 
+impl LeafOps for EptLeaf {
+    /// Leaves the engine decoded always fit (40 address bits); a leaf built by hand with a
+    /// wider pfn reads as frame 0 here and is refused by [`Format::encode_leaf`].
+    fn first_pfn(&self) -> Pfn {
+        Pfn::new(self.pfn).unwrap_or_default()
+    }
+
+    fn at(&self, pfn: Pfn, level: Level) -> EptLeaf {
+        EptLeaf {
+            pfn: pfn.as_u64(),
+            level,
+            ..*self
+        }
+    }
+}
+
 /// The 4-level EPT format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Ept4;
@@ -200,19 +216,5 @@ impl Format for Ept4 {
 
     fn encode_table(&self, table: PhysAddr, _level: Level) -> u64 {
         encode_table(table)
-    }
-
-    /// Leaves the engine decoded always fit (40 address bits); a leaf built by hand with a
-    /// wider pfn reads as frame 0 here and is refused by [`Format::encode_leaf`].
-    fn leaf_pfn(&self, leaf: &EptLeaf) -> Pfn {
-        Pfn::new(leaf.pfn).unwrap_or_default()
-    }
-
-    fn leaf_at(&self, leaf: &EptLeaf, pfn: Pfn, level: Level) -> EptLeaf {
-        EptLeaf {
-            pfn: pfn.as_u64(),
-            level,
-            ..*leaf
-        }
     }
 }

@@ -13,7 +13,7 @@
 //! Memory types: UC- (the model's `pgprot_noncached`) and UC are both `IO` and read back as
 //! UC-; WT and WP do not exist and fail to encode. The model assumes Svpbmt.
 
-use crate::addr::{Pfn, PhysAddr};
+use crate::addr::PhysAddr;
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
 use crate::format::{EncodeError, Entry, Format, Locking};
 use crate::level::Level;
@@ -196,18 +196,6 @@ impl Format for Riscv {
 
     fn encode_table(&self, table: PhysAddr, _level: Level) -> u64 {
         ((table.as_u64() >> 12) << bits::PPN_SHIFT) | bits::V
-    }
-
-    fn leaf_pfn(&self, leaf: &Leaf) -> Pfn {
-        leaf.pfn
-    }
-
-    fn leaf_at(&self, leaf: &Leaf, pfn: Pfn, level: Level) -> Leaf {
-        Leaf {
-            pfn,
-            prot: leaf.prot,
-            level,
-        }
     }
 
     fn account_level(&self, level: Level) -> Level {

@@ -4,7 +4,7 @@
 //! (`dma_pte_present`); a non-leaf entry is the next table's address with R and W.
 
 use crate::addr::{Pfn, PhysAddr};
-use crate::format::{EncodeError, Entry, Format, Locking};
+use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
 use crate::level::Level;
 
 /// Second-level page-table entry bits (`DMA_PTE_*`).
@@ -50,6 +50,16 @@ pub struct VtdLeaf {
     pub pfn: Pfn,
     /// Permissions; `cache` is the SNP bit as found.
     pub prot: IommuProt,
+}
+
+impl LeafOps for VtdLeaf {
+    fn first_pfn(&self) -> Pfn {
+        self.pfn
+    }
+
+    fn at(&self, pfn: Pfn, _level: Level) -> VtdLeaf {
+        VtdLeaf { pfn, ..*self }
+    }
 }
 
 /// The VT-d second-level format of one domain: its depth (from SAGAW) and whether it forces
@@ -129,14 +139,6 @@ impl Format for Vtd {
 
     fn encode_table(&self, table: PhysAddr, _level: Level) -> u64 {
         (table.as_u64() & bits::ADDR_MASK) | bits::READ | bits::WRITE
-    }
-
-    fn leaf_pfn(&self, leaf: &VtdLeaf) -> Pfn {
-        leaf.pfn
-    }
-
-    fn leaf_at(&self, leaf: &VtdLeaf, pfn: Pfn, _level: Level) -> VtdLeaf {
-        VtdLeaf { pfn, ..*leaf }
     }
 }
 

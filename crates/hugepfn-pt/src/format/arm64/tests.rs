@@ -4,6 +4,7 @@
 use aarch64_paging::paging::Attributes;
 
 use super::*;
+use crate::addr::Pfn;
 
 fn pfn(p: u64) -> Pfn {
     Pfn::new(p).unwrap()
