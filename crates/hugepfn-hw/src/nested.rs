@@ -14,8 +14,8 @@
 
 use std::sync::Arc;
 
-use hugepfn_kvm::ept::{Ept, EptError, EptLeaf, MemType, bits};
-use hugepfn_mm::{CacheMode, LeafCap, Level, PageTables, Pfn, Pgprot, PhysAddr, PhysMem};
+use hugepfn_kvm::ept::{Ept, EptError, EptLeaf, MemType};
+use hugepfn_mm::{CacheMode, LeafCap, Level, PageTables, Pfn, Pgprot, PhysMem};
 use thiserror::Error;
 
 use crate::mmu::Space;
@@ -32,32 +32,15 @@ pub struct EptTable {
 
 impl RadixTable for EptTable {
     fn root(&self) -> u64 {
-        self.ept.root().as_u64()
+        RadixTable::root(self.ept.tree())
     }
 
     fn top(&self) -> Level {
-        Level::P4d
+        RadixTable::top(self.ept.tree())
     }
 
     fn entry(&self, table: u64, level: Level, index: usize) -> Entry {
-        let Some(raw) = PhysAddr::new(table)
-            .ok()
-            .and_then(|pa| self.phys.table(pa))
-            .map(|t| t.get(index))
-        else {
-            return Entry::Absent;
-        };
-        if raw & bits::MMU_PRESENT == 0 {
-            Entry::Absent
-        } else if level == Level::Pte || raw & bits::LARGE != 0 {
-            if level.can_be_leaf() {
-                Entry::Leaf(raw & bits::ADDR_MASK & !(level.size() - 1))
-            } else {
-                Entry::Absent
-            }
-        } else {
-            Entry::Table(raw & bits::ADDR_MASK)
-        }
+        self.ept.tree().entry(table, level, index)
     }
 }
 

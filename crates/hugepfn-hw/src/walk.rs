@@ -7,12 +7,14 @@
 //! references a cold walk of it makes — and every `RadixTable` is one: `hugepfn_mm::PageTables`
 //! here, `hugepfn_kvm::Ept` in [`crate::nested::EptTable`].
 //!
-//! A walk here reads the real simulated entries (`PageTables::table(pa).get(index)` decoded
-//! with `hugepfn_mm::entry::decode`), so a mapping built by `remap_pfn_range` or by vfio-pci
-//! faults is walked exactly as it was built, leaf sizes included.
+//! A walk here reads the real simulated entries through the engine's read side
+//! ([`Format::table_of`], [`Format::decode`] of the tree's own format), so a mapping built by
+//! `remap_pfn_range` or by vfio-pci faults is walked exactly as it was built, leaf sizes
+//! included, in whichever format it was built.
 
-use hugepfn_mm::entry::{self, Decoded};
-use hugepfn_mm::{Level, PageTables, PhysAddr, ProtFlags};
+use hugepfn_mm::{Level, PageTables, PhysAddr};
+use hugepfn_pt::format::LeafOps;
+use hugepfn_pt::{Entry as PtEntry, Format, Tree};
 
 /// What the walker sees in an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +37,41 @@ pub trait RadixTable {
     fn entry(&self, table: u64, level: Level, index: usize) -> Entry;
 }
 
+/// Every tree the engine builds is walkable: the CPU formats, the VT-d second level, the EPT.
+impl<F: Format> RadixTable for Tree<F> {
+    fn root(&self) -> u64 {
+        Tree::root(self).as_u64()
+    }
+
+    fn top(&self) -> Level {
+        Tree::top(self)
+    }
+
+    fn entry(&self, table: u64, level: Level, index: usize) -> Entry {
+        let Some(raw) = PhysAddr::new(table)
+            .ok()
+            .and_then(|pa| self.phys().table(pa))
+            .map(|t| t.get(index))
+        else {
+            return Entry::Absent;
+        };
+        let fmt = self.format();
+        if let Some(pa) = fmt.table_of(raw, level) {
+            return Entry::Table(pa.as_u64());
+        }
+        match fmt.decode(raw, level) {
+            // A PROT_NONE leaf is not present to the hardware.
+            PtEntry::Leaf(l) if fmt.can_be_leaf(level) && l.hw_present() => {
+                Entry::Leaf(l.first_pfn().phys().as_u64())
+            }
+            _ => Entry::Absent,
+        }
+    }
+}
+
 impl RadixTable for PageTables {
     fn root(&self) -> u64 {
-        PageTables::root(self).as_u64()
+        RadixTable::root(self.tree())
     }
 
     fn top(&self) -> Level {
@@ -45,23 +79,7 @@ impl RadixTable for PageTables {
     }
 
     fn entry(&self, table: u64, level: Level, index: usize) -> Entry {
-        let raw = match PhysAddr::new(table)
-            .ok()
-            .and_then(|pa| self.phys().table(pa))
-        {
-            Some(t) => t.get(index),
-            None => return Entry::Absent,
-        };
-        match entry::decode(raw, level) {
-            Decoded::Table(pa) if level != Level::Pte => Entry::Table(pa.as_u64()),
-            // A PROT_NONE leaf is not present to the hardware.
-            Decoded::Leaf(l)
-                if level.can_be_leaf() && l.prot.flags.contains(ProtFlags::PRESENT) =>
-            {
-                Entry::Leaf(l.pfn.as_u64() * 4096)
-            }
-            _ => Entry::Absent,
-        }
+        self.tree().entry(table, level, index)
     }
 }
 

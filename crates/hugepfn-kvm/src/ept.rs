@@ -102,6 +102,11 @@ impl Ept {
         })
     }
 
+    /// The engine's tree under this EPT (for walkers: the hardware model reads it).
+    pub fn tree(&self) -> &Tree<Ept4> {
+        &self.tree
+    }
+
     /// The EPT pointer's table address.
     pub fn root(&self) -> PhysAddr {
         self.tree.root()

@@ -19,6 +19,7 @@ use crate::level::Level;
 use crate::mm::{Mm, VmaTree};
 use crate::pgtable::{PageTables, WalkError};
 use crate::vma::VmFlags;
+use hugepfn_pt::Step;
 
 /// What a fork copied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -102,7 +103,7 @@ fn copy_range(
     let cow = flags.is_cow_mapping();
     let shared = flags.contains(VmFlags::SHARED);
     let mut items: Vec<(u64, Level, u64)> = Vec::new();
-    collect(src, src.root(), src.top(), start, end, &mut items);
+    collect(src, start, end, &mut items);
     for (va, level, raw) in items {
         let slot_src = src.slot(va, level)?.ok_or(WalkError::Vanished(va, level))?;
         let new_raw = match src.decode_raw(raw, level) {
@@ -144,34 +145,19 @@ fn copy_range(
     Ok(())
 }
 
-/// Every leaf or non-present entry in `[start, end)`, with its level and raw value.
-fn collect(
-    pt: &PageTables,
-    table: crate::addr::PhysAddr,
-    level: Level,
-    start: u64,
-    end: u64,
-    out: &mut Vec<(u64, Level, u64)>,
-) {
-    let t = pt.table(table);
-    let mut va = start;
-    while va < end {
-        let base = va & !(level.size() - 1);
-        let next = base.saturating_add(level.size()).min(end);
-        let raw = t.get(level.index(va));
-        match pt.decode_raw(raw, level) {
-            Decoded::None => {}
-            Decoded::Table(pa) if level != Level::Pte => {
-                if let Some(lower) = level.lower() {
-                    collect(pt, pa, lower, va, next, out);
+/// Every leaf or non-present entry whose first byte is in `[start, end)`, with its level and
+/// raw value (the part of `copy_page_range` that reads the parent).
+fn collect(pt: &PageTables, start: u64, end: u64, out: &mut Vec<(u64, Level, u64)>) {
+    let _ = pt.tree().walk_range::<WalkError>(start, end, &mut |_, v| {
+        Ok(match v.entry {
+            Decoded::None => Step::Next,
+            Decoded::Table(_) => Step::Descend,
+            Decoded::Leaf(_) | Decoded::NonPresent(_) => {
+                if v.base >= start {
+                    out.push((v.base, v.slot.level, v.raw));
                 }
+                Step::Next
             }
-            _ if base >= start => out.push((base, level, raw)),
-            _ => {}
-        }
-        if next == base {
-            break;
-        }
-        va = next;
-    }
+        })
+    });
 }

@@ -66,6 +66,12 @@ pub trait LeafOps: Copy + fmt::Debug + PartialEq {
 
     /// The same attributes at another frame and level (a piece of a split leaf).
     fn at(&self, pfn: Pfn, level: Level) -> Self;
+
+    /// True if the hardware walker uses it (a CPU's PROT_NONE leaf is the kernel's, not the
+    /// MMU's).
+    fn hw_present(&self) -> bool {
+        true
+    }
 }
 
 impl LeafOps for Leaf {
@@ -79,6 +85,10 @@ impl LeafOps for Leaf {
             prot: self.prot,
             level,
         }
+    }
+
+    fn hw_present(&self) -> bool {
+        self.prot.flags.contains(crate::entry::ProtFlags::PRESENT)
     }
 }
 
