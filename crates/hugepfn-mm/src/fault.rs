@@ -794,7 +794,7 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
     drop(ptl);
     pt.release_leaf(old, Level::Pte);
     let base = vmf.address;
-    pt.flush_tlb_range(base, base + 4096, "cow");
+    pt.flush_tlb_range(base, base + 4096, crate::pgtable::FlushReason::Cow);
     pt.mmu_notifier_invalidate(base, base + 4096);
     VmFaultResult::Done
 }
@@ -839,7 +839,11 @@ pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFault
         for _ in 0..freed {
             pt.note_hazard(Hazard::LiveTableFreed);
         }
-        pt.flush_tlb_range(addr, addr + level.size(), "overwrite");
+        pt.flush_tlb_range(
+            addr,
+            addr + level.size(),
+            crate::pgtable::FlushReason::Overwrite,
+        );
     }
     VmFaultResult::NoPage
 }

@@ -75,7 +75,11 @@ impl Mm {
             // The parent's TLB must forget the writable entries it had.
             for v in parent_tree.vmas.values() {
                 if v.flags.is_cow_mapping() {
-                    self.pt.flush_tlb_range(v.start, v.end, "fork-wrprotect");
+                    self.pt.flush_tlb_range(
+                        v.start,
+                        v.end,
+                        crate::pgtable::FlushReason::ForkWrprotect,
+                    );
                 }
             }
         }

@@ -1,0 +1,44 @@
+//! `change_protection`: mprotect's page-table half.
+
+use crate::entry::{Leaf, Pgprot, ProtFlags};
+
+use super::*;
+
+impl PageTables {
+    /// Rewrites the protection of every leaf in `[start, end)` (`change_protection`,
+    /// `change_huge_pud`/`change_huge_pmd`/`change_pte_range`): access bits from `newprot`,
+    /// while pfn, special, accessed, dirty and the memory type are kept (`pte_modify`). Leaves
+    /// must not straddle the range (split them first). Returns the leaves changed.
+    pub fn change_protection(&self, start: u64, end: u64, newprot: Pgprot) -> LeafCounts {
+        let mut items = Vec::new();
+        self.for_each_leaf(start, end, &mut |va, l| items.push((va, l)));
+        let mut n = LeafCounts::default();
+        for (va, l) in items {
+            let Ok(Some(slot)) = self.slot(va, l.level) else {
+                continue;
+            };
+            let keep = l.prot.flags & (ProtFlags::ACCESSED | ProtFlags::DIRTY | ProtFlags::SPECIAL);
+            let mut flags = newprot.flags | keep;
+            if !l.prot.is_special() && self.phys().page_refs(l.pfn) > 1 {
+                flags.remove(ProtFlags::WRITE); // still shared with a fork: keep CoW
+            }
+            let new = Leaf {
+                pfn: l.pfn,
+                prot: Pgprot {
+                    flags,
+                    cache: l.prot.cache,
+                },
+                level: l.level,
+            };
+            if let Ok(raw) = self.encode_leaf(new) {
+                self.ptl(slot).set(slot, raw);
+                n.add(l.level, 1);
+            }
+        }
+        if n.total() > 0 {
+            self.flush_tlb_range(start, end, FlushReason::Protect);
+            self.mmu_notifier_invalidate(start, end);
+        }
+        n
+    }
+}
