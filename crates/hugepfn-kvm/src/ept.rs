@@ -16,8 +16,8 @@
 //! under a read lock; no shadow paging, no MMIO SPTEs (a miss on a gfn without a memslot is an
 //! exit every time), no NX-huge-page mitigation.
 
+use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use hugepfn_mm::{LeafCounts, Level, PhysAddr, PhysMem};
 use hugepfn_pt::format::ept::Ept4;

@@ -36,8 +36,10 @@
 //! `FOLL_NOWAIT`, no NX-huge-page mitigation; enabling dirty logging zaps the slot's huge
 //! leaves instead of splitting them eagerly.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Weak};
+
+use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
+use hugepfn_mm::sync::{Mutex, MutexGuard, RwLock};
 
 use hugepfn_mm::{FollFlags, LeafCounts, Level, Mm, MmuNotifier, VmFlags};
 use serde::Serialize;

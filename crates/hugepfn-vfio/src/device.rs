@@ -13,8 +13,12 @@
 //! [`HugeFaultLogic`] also keeps the two earlier, buggy versions of the handler, so tests can
 //! show what they did (upstream.md §3.3 and §3.4).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+// The mm's primitives: std's, or shuttle's with the `shuttle` feature, so the shuttle suite
+// schedules threads at the real `memory_lock` (tests/shuttle.rs).
+use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
+use hugepfn_mm::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hugepfn_mm::error::{Errno, MmError};
 use hugepfn_mm::fault::{
@@ -212,11 +216,11 @@ impl VfioPciDevice {
         }
     }
 
-    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+    fn state(&self) -> RwLockReadGuard<'_, State> {
         self.memory_lock.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn state_mut(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
         self.memory_lock.write().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -25,8 +25,10 @@
 //! entry; the IOTLB is not modelled beyond counting flushes; snooping (`DMA_PTE_SNP`) is set only
 //! when the caller asks for it and the domain forces it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
+use hugepfn_mm::sync::{Mutex, MutexGuard};
 
 use hugepfn_mm::phys::ENTRIES;
 use hugepfn_mm::{LeafCounts, Level, Pfn, PhysAddr, PhysMem};

@@ -34,7 +34,9 @@
 //! kernel's "unlocked → -EAGAIN → retry" path); locked-memory accounting is not modelled.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use hugepfn_mm::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hugepfn_mm::addr::PAGE_SHIFT;
