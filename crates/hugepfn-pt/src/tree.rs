@@ -782,3 +782,6 @@ impl<F: Format> Drop for Tree<F> {
         self.free_subtree(self.root, self.top());
     }
 }
+
+#[cfg(test)]
+mod tests;

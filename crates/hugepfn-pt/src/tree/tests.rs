@@ -1,0 +1,258 @@
+//! White-box tests of the engine, in every format: sparse walks, splits of every leaf size,
+//! allocation races lost, corrupt pointers, deferred frees. Range maps are drawn one character
+//! per `unit` of address space: `G` a 1 GiB leaf, `M` a 2 MiB leaf, `k` 4 KiB leaves, `t` a
+//! table with no leaf there, `.` nothing.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::addr::Pfn;
+use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
+use crate::format::cpu::Cpu;
+use crate::format::ept::{Ept4, EptLeaf, MemType};
+use crate::format::vtd::{IommuProt, Vtd, VtdLeaf};
+use crate::format::{LeafOps, X86_64};
+use hugepfn_units::addr::PagingMode;
+
+const K: u64 = 4096;
+const M: u64 = 2 << 20;
+const G: u64 = 1 << 30;
+
+/// One character per `unit` from `start`: what maps the unit's first byte.
+fn map<F: Format>(t: &Tree<F>, start: u64, units: u64, unit: u64) -> String {
+    (0..units)
+        .map(|i| {
+            let va = start + i * unit;
+            match t.lookup(va) {
+                Some((_, s)) if s.level == Level::Pud => 'G',
+                Some((_, s)) if s.level == Level::Pmd => 'M',
+                Some(_) => 'k',
+                None if t.slot(va, Level::Pte).ok().flatten().is_some() => 't',
+                None => '.',
+            }
+        })
+        .collect()
+}
+
+fn install<F: Format>(t: &Tree<F>, va: u64, leaf: &F::Leaf, level: Level) {
+    let slot = t.slot_alloc(va, level).unwrap();
+    let raw = t.format().encode_leaf(leaf, level).unwrap();
+    t.lock(slot).set(slot, raw);
+}
+
+fn cpu_leaf(pfn: u64, level: Level) -> Leaf {
+    Leaf {
+        pfn: Pfn::new(pfn).unwrap(),
+        prot: Pgprot::SHARED
+            .with_cache(CacheMode::UcMinus)
+            .with(ProtFlags::SPECIAL, ProtFlags::empty()),
+        level,
+    }
+}
+
+const BAR_PFN: u64 = 0x1000_0000_0000 >> 12;
+
+#[test]
+fn a_sparse_tree_walks_as_drawn() {
+    let t = Tree::new(
+        Arc::new(PhysMem::default()),
+        X86_64 {
+            mode: PagingMode::Level4,
+        },
+    )
+    .unwrap();
+    // A 1 GiB leaf at 1G; 2 MiB leaves at 2G and 2G+4M; 4 KiB leaves at 2G+8M..+12K (M is
+    // 2 MiB here).
+    install(&t, G, &cpu_leaf(BAR_PFN, Level::Pud), Level::Pud);
+    install(&t, 2 * G, &cpu_leaf(BAR_PFN, Level::Pmd), Level::Pmd);
+    install(
+        &t,
+        2 * G + 2 * M,
+        &cpu_leaf(BAR_PFN + 1024, Level::Pmd),
+        Level::Pmd,
+    );
+    for i in 0..3 {
+        install(
+            &t,
+            2 * G + 4 * M + i * K,
+            &cpu_leaf(BAR_PFN + i, Level::Pte),
+            Level::Pte,
+        );
+    }
+    // per 2 MiB from 2G-4M
+    assert_eq!(map(&t, 2 * G - 2 * M, 8, M), "GGM.M.k.");
+    assert_eq!(
+        map(&t, 2 * G + 4 * M, 4, K),
+        "kkkt",
+        "the rest of the PTE table is empty"
+    );
+    let mut seen = Vec::new();
+    t.for_each_leaf(0, 4 * G, &mut |va, _, level| seen.push((va, level)));
+    assert_eq!(seen.len(), 1 + 2 + 3);
+    assert_eq!(seen[0], (G, Level::Pud));
+    assert_eq!(seen[3], (2 * G + 4 * M, Level::Pte));
+    assert_eq!(t.count_leaves(0, 4 * G), [3, 2, 1]);
+    assert_eq!(t.first_mapped(G + G, 4 * G), Some(2 * G));
+    assert_eq!(t.first_mapped(2 * G + 6 * M, 4 * G), None);
+    // walk_range visits a table twice (before and after its subtree), a leaf once
+    let (mut pre, mut post) = (0, 0);
+    t.walk_range::<WalkError>(2 * G, 2 * G + 6 * M, &mut |_, v| {
+        Ok(match v.entry {
+            Entry::Table(_) if !v.post => {
+                pre += 1;
+                Step::Descend
+            }
+            Entry::Table(_) => {
+                post += 1;
+                Step::Next
+            }
+            _ => Step::Next,
+        })
+    })
+    .unwrap();
+    assert_eq!(
+        (pre, post),
+        (3, 3),
+        "PGD entry, PUD entry, PMD entry of the 4 KiB table"
+    );
+    assert_eq!(t.reachable_tables(), t.table_counts().total());
+}
+
+/// Splitting a leaf of every size in every format keeps every frame and attribute: the map
+/// changes from `G` to `M` to `k`, the translation does not.
+#[test]
+fn every_leaf_size_splits_in_every_format() {
+    fn split_down<F: Format>(t: &Tree<F>, leaf: F::Leaf, name: &str) {
+        install(t, 4 * G, &leaf, Level::Pud);
+        let probe = 4 * G + 2 * M + 5 * K + 123;
+        let before = t.lookup(probe).unwrap().0;
+        assert_eq!(map(t, 4 * G, 4, M), "GGGG", "{name}");
+        let pud = t.slot(4 * G, Level::Pud).unwrap().unwrap();
+        assert!(t.split_leaf(pud).unwrap(), "{name}");
+        assert_eq!(map(t, 4 * G, 4, M), "MMMM", "{name}");
+        let pmd = t.slot(4 * G + 2 * M, Level::Pmd).unwrap().unwrap();
+        assert!(t.split_leaf(pmd).unwrap(), "{name}");
+        assert_eq!(map(t, 4 * G, 4, M), "MMkM", "{name}");
+        assert_eq!(map(t, 4 * G + 2 * M, 4, K), "kkkk", "{name}");
+        let (after, slot) = t.lookup(probe).unwrap();
+        assert_eq!(slot.level, Level::Pte, "{name}");
+        let want = before.first_pfn().as_u64() + ((probe - 4 * G) >> 12);
+        assert_eq!(after.first_pfn().as_u64(), want, "{name}");
+        assert_eq!(after, before.at(after.first_pfn(), Level::Pte), "{name}");
+        // nothing to split at the PTE level or in an empty slot
+        let pte = t.slot(probe, Level::Pte).unwrap().unwrap();
+        assert!(!t.split_leaf(pte).unwrap());
+        assert_eq!(t.reachable_tables(), t.table_counts().total(), "{name}");
+    }
+    for arch in [
+        hugepfn_units::arch::Arch::X86_64,
+        hugepfn_units::arch::Arch::X86_64_5Level,
+        hugepfn_units::arch::Arch::Arm64,
+        hugepfn_units::arch::Arch::Riscv64Sv39,
+        hugepfn_units::arch::Arch::Riscv64Sv57,
+    ] {
+        let phys = Arc::new(PhysMem::default());
+        let t = Tree::new(phys.clone(), Cpu::for_arch(arch).unwrap()).unwrap();
+        split_down(&t, cpu_leaf(BAR_PFN, Level::Pud), arch.name());
+        drop(t);
+        assert!(phys.leak_check().is_empty(), "{arch}");
+    }
+    let phys = Arc::new(PhysMem::default());
+    let vtd = Tree::new(
+        phys.clone(),
+        Vtd {
+            top: Level::P4d,
+            force_snooping: false,
+        },
+    )
+    .unwrap();
+    let leaf = VtdLeaf {
+        pfn: Pfn::new(BAR_PFN).unwrap(),
+        prot: IommuProt::RW,
+    };
+    split_down(&vtd, leaf, "vtd");
+    let ept = Tree::new(phys.clone(), Ept4).unwrap();
+    let leaf = EptLeaf {
+        pfn: BAR_PFN,
+        level: Level::Pud,
+        read: true,
+        write: true,
+        exec: false,
+        mem_type: MemType::Uc,
+        ipat: false,
+        accessed: true,
+        dirty: false,
+    };
+    split_down(&ept, leaf, "ept");
+    drop((vtd, ept));
+    assert!(phys.leak_check().is_empty());
+}
+
+#[test]
+fn writes_need_the_right_lock_and_a_lost_race_frees_its_table() {
+    let phys = Arc::new(PhysMem::default());
+    let t = Tree::new(
+        phys.clone(),
+        X86_64 {
+            mode: PagingMode::Level4,
+        },
+    )
+    .unwrap();
+    let pte = t.slot_alloc(5 * G, Level::Pte).unwrap();
+    let pmd = t.slot(5 * G, Level::Pmd).unwrap().unwrap();
+    let pud = t.slot(5 * G, Level::Pud).unwrap().unwrap();
+    // split locks: a PTE table's lock covers its entries only; the tree lock covers PUD and up
+    assert!(t.lock(pte).covers(pte));
+    assert!(!t.lock(pte).covers(pmd));
+    assert!(t.lock(pud).covers(pud) && !t.lock(pud).covers(pmd));
+    // a racing installer that loses frees its table: pretend the entry filled meanwhile
+    let before = t.table_counts().total();
+    let other = t.slot_alloc(5 * G + G, Level::Pmd).unwrap(); // a new PMD table
+    assert_eq!(t.table_counts().total(), before + 1);
+    t.install_table(other, true).unwrap(); // still none: installs
+    let n = t.table_counts().total();
+    t.install_table(other, true).unwrap(); // now a table: the new one is freed again
+    assert_eq!(t.table_counts().total(), n);
+    assert_eq!(t.reachable_tables(), n);
+    drop(t);
+    assert!(phys.leak_check().is_empty());
+}
+
+#[test]
+fn a_corrupt_pointer_is_its_own_error_and_deferred_frees_wait_for_readers() {
+    let phys = Arc::new(PhysMem::default());
+    let t = Tree::new(
+        phys.clone(),
+        X86_64 {
+            mode: PagingMode::Level4,
+        },
+    )
+    .unwrap();
+    let top = t.top_slot(7 * G);
+    // a table pointer into device memory (not RAM): no table frame there
+    let bogus = PhysAddr::new(0x1000_0000_0000).unwrap();
+    t.lock(top)
+        .set(top, t.format().encode_table(bogus, top.level));
+    assert_eq!(t.slot(7 * G, Level::Pte), Err(WalkError::Corrupt(bogus)));
+    assert_eq!(
+        t.slot_alloc(7 * G, Level::Pmd),
+        Err(WalkError::Corrupt(bogus))
+    );
+    assert!(t.lookup(7 * G).is_none());
+    t.lock(top).set(top, 0);
+    // an unlinked subtree waits for the lockless walker that may hold it
+    let pte = t.slot_alloc(9 * G, Level::Pte).unwrap();
+    let pmd = t.slot(9 * G, Level::Pmd).unwrap().unwrap();
+    let rcu = t.rcu_read_lock();
+    t.lock(pmd).set(pmd, 0);
+    t.free_subtree_deferred(pte.table, Level::Pte);
+    assert_eq!(
+        t.deferred_tables(),
+        1,
+        "not freed while a walk is in progress"
+    );
+    drop(rcu);
+    assert_eq!(t.reclaim_deferred(), 1);
+    drop(t);
+    assert!(phys.leak_check().is_empty());
+}
