@@ -89,23 +89,41 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Adds `o` into `self`.
+    /// Adds `o` into `self`, counter by counter (`self` is destructured whole, so that a
+    /// counter added to the struct cannot be left out here).
     pub fn add(&mut self, o: &Counters) {
-        self.accesses += o.accesses;
-        self.l1_hits += o.l1_hits;
-        self.stlb_hits += o.stlb_hits;
-        self.walks += o.walks;
-        self.faults += o.faults;
-        self.walk_refs += o.walk_refs;
-        self.walk_refs_host += o.walk_refs_host;
-        for i in 0..5 {
-            self.walk_refs_by_level[i] += o.walk_refs_by_level[i];
-        }
-        self.pwc_hits += o.pwc_hits;
-        self.nested_tlb_hits += o.nested_tlb_hits;
-        for i in 0..4 {
-            self.walk_served[i] += o.walk_served[i];
-            self.data_served[i] += o.data_served[i];
+        let Counters {
+            accesses,
+            l1_hits,
+            stlb_hits,
+            walks,
+            faults,
+            walk_refs,
+            walk_refs_host,
+            walk_refs_by_level,
+            pwc_hits,
+            nested_tlb_hits,
+            walk_served,
+            data_served,
+        } = self;
+        let counts = [
+            (accesses, o.accesses),
+            (l1_hits, o.l1_hits),
+            (stlb_hits, o.stlb_hits),
+            (walks, o.walks),
+            (faults, o.faults),
+            (walk_refs, o.walk_refs),
+            (walk_refs_host, o.walk_refs_host),
+            (pwc_hits, o.pwc_hits),
+            (nested_tlb_hits, o.nested_tlb_hits),
+        ];
+        let by_index = walk_refs_by_level
+            .iter_mut()
+            .zip(o.walk_refs_by_level)
+            .chain(walk_served.iter_mut().zip(o.walk_served))
+            .chain(data_served.iter_mut().zip(o.data_served));
+        for (sum, n) in counts.into_iter().chain(by_index) {
+            *sum += n;
         }
     }
 
@@ -463,6 +481,33 @@ mod tests {
     use crate::nested::Nested;
     use crate::test_tables::native;
     use hugepfn_mm::LeafCap;
+
+    #[test]
+    fn counters_add_sums_every_counter() {
+        let c = Counters {
+            accesses: 1,
+            l1_hits: 2,
+            stlb_hits: 3,
+            walks: 4,
+            faults: 5,
+            walk_refs: 6,
+            walk_refs_host: 7,
+            walk_refs_by_level: [8, 9, 10, 11, 12],
+            pwc_hits: 13,
+            nested_tlb_hits: 14,
+            walk_served: [15, 16, 17, 18],
+            data_served: [19, 20, 21, 22],
+        };
+        let mut sum = Counters::default();
+        sum.add(&c);
+        assert_eq!(sum, c);
+        sum.add(&c);
+        assert_eq!(sum.accesses, 2);
+        assert_eq!(sum.nested_tlb_hits, 28);
+        assert_eq!(sum.walk_refs_by_level, [16, 18, 20, 22, 24]);
+        assert_eq!(sum.walk_served, [30, 32, 34, 36]);
+        assert_eq!(sum.data_served, [38, 40, 42, 44]);
+    }
 
     #[test]
     fn cold_walk_then_hits() {

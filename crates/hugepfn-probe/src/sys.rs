@@ -37,32 +37,50 @@ const PAGE: u64 = 4096;
 // ------------------------------------------------------------------------------------------
 // Fault-catching accesses
 
+/// `global_asm!` text of the function `$name` (`extern "C"`): global, typed and sized, aligned
+/// to 16 bytes, with the `$line`s (instructions and labels) as its body.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! asm_fn {
+    ($name:literal, $($line:expr),+ $(,)?) => {
+        concat!(
+            ".balign 16\n",
+            ".globl ", $name, "\n",
+            ".type ", $name, ",@function\n",
+            $name, ":\n",
+            $($line, "\n",)+
+            ".size ", $name, ", . - ", $name,
+        )
+    };
+}
+
+/// `global_asm!` text of a global label inside a function, whose address Rust reads.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! global_label {
+    ($name:literal) => {
+        concat!(".globl ", $name, "\n", $name, ":")
+    };
+}
+
+// Each function has a global label at its access (`_insn`), where a fault is recognised, and
+// one at its `ret` (`_resume`), where the handler moves the PC after setting the result.
 #[cfg(target_arch = "x86_64")]
 std::arch::global_asm!(
     ".pushsection .text.hugepfn_probe_access,\"ax\",@progbits",
-    ".balign 16",
-    ".globl hugepfn_probe_read8",
-    ".type hugepfn_probe_read8,@function",
-    "hugepfn_probe_read8:",
-    ".globl hugepfn_probe_read8_insn",
-    "hugepfn_probe_read8_insn:",
-    "    movzx eax, byte ptr [rdi]",
-    ".globl hugepfn_probe_read8_resume",
-    "hugepfn_probe_read8_resume:",
-    "    ret",
-    ".size hugepfn_probe_read8, . - hugepfn_probe_read8",
-    ".balign 16",
-    ".globl hugepfn_probe_write8",
-    ".type hugepfn_probe_write8,@function",
-    "hugepfn_probe_write8:",
-    "    xor eax, eax",
-    ".globl hugepfn_probe_write8_insn",
-    "hugepfn_probe_write8_insn:",
-    "    mov byte ptr [rdi], sil",
-    ".globl hugepfn_probe_write8_resume",
-    "hugepfn_probe_write8_resume:",
-    "    ret",
-    ".size hugepfn_probe_write8, . - hugepfn_probe_write8",
+    asm_fn!(
+        "hugepfn_probe_read8",
+        global_label!("hugepfn_probe_read8_insn"),
+        "    movzx eax, byte ptr [rdi]",
+        global_label!("hugepfn_probe_read8_resume"),
+        "    ret",
+    ),
+    asm_fn!(
+        "hugepfn_probe_write8",
+        "    xor eax, eax",
+        global_label!("hugepfn_probe_write8_insn"),
+        "    mov byte ptr [rdi], sil",
+        global_label!("hugepfn_probe_write8_resume"),
+        "    ret",
+    ),
     ".popsection",
 );
 
@@ -71,29 +89,21 @@ std::arch::global_asm!(
 #[cfg(target_arch = "aarch64")]
 std::arch::global_asm!(
     ".pushsection .text.hugepfn_probe_access,\"ax\",@progbits",
-    ".balign 16",
-    ".globl hugepfn_probe_read8",
-    ".type hugepfn_probe_read8,@function",
-    "hugepfn_probe_read8:",
-    ".globl hugepfn_probe_read8_insn",
-    "hugepfn_probe_read8_insn:",
-    "    ldrb w0, [x0]",
-    ".globl hugepfn_probe_read8_resume",
-    "hugepfn_probe_read8_resume:",
-    "    ret",
-    ".size hugepfn_probe_read8, . - hugepfn_probe_read8",
-    ".balign 16",
-    ".globl hugepfn_probe_write8",
-    ".type hugepfn_probe_write8,@function",
-    "hugepfn_probe_write8:",
-    ".globl hugepfn_probe_write8_insn",
-    "hugepfn_probe_write8_insn:",
-    "    strb w1, [x0]",
-    "    mov x0, #0",
-    ".globl hugepfn_probe_write8_resume",
-    "hugepfn_probe_write8_resume:",
-    "    ret",
-    ".size hugepfn_probe_write8, . - hugepfn_probe_write8",
+    asm_fn!(
+        "hugepfn_probe_read8",
+        global_label!("hugepfn_probe_read8_insn"),
+        "    ldrb w0, [x0]",
+        global_label!("hugepfn_probe_read8_resume"),
+        "    ret",
+    ),
+    asm_fn!(
+        "hugepfn_probe_write8",
+        global_label!("hugepfn_probe_write8_insn"),
+        "    strb w1, [x0]",
+        "    mov x0, #0",
+        global_label!("hugepfn_probe_write8_resume"),
+        "    ret",
+    ),
     ".popsection",
 );
 
@@ -841,33 +851,31 @@ pub fn vfio_unmap_dma(container: &File, iova: u64, size: u64) -> io::Result<u64>
 #[cfg(target_arch = "x86_64")]
 std::arch::global_asm!(
     ".pushsection .text.hugepfn_probe_fork,\"ax\",@progbits",
-    ".balign 16",
-    ".globl hugepfn_probe_fork_measured",
-    ".type hugepfn_probe_fork_measured,@function",
-    // rdi = rusage before, rsi = rusage after (both in MAP_SHARED memory); returns fork's rax.
-    // Between the two getrusage calls the parent touches no memory at all (registers only;
-    // `syscall` clobbers rcx and r11), so the COW that fork sets up on its own stack and data
-    // cannot show up as faults of the step.
-    "hugepfn_probe_fork_measured:",
-    "    mov r8, rdi",
-    "    mov r9, rsi",
-    "    mov eax, 98",  // SYS_getrusage
-    "    xor edi, edi", // RUSAGE_SELF
-    "    mov rsi, r8",
-    "    syscall",
-    "    mov eax, 57", // SYS_fork
-    "    syscall",
-    "    test rax, rax",
-    "    jle 2f", // child (0) or error (-errno)
-    "    mov r10, rax",
-    "    mov eax, 98",
-    "    xor edi, edi",
-    "    mov rsi, r9",
-    "    syscall",
-    "    mov rax, r10",
-    "2:",
-    "    ret",
-    ".size hugepfn_probe_fork_measured, . - hugepfn_probe_fork_measured",
+    asm_fn!(
+        "hugepfn_probe_fork_measured",
+        // rdi = rusage before, rsi = rusage after (both in MAP_SHARED memory); returns fork's rax.
+        // Between the two getrusage calls the parent touches no memory at all (registers only;
+        // `syscall` clobbers rcx and r11), so the COW that fork sets up on its own stack and data
+        // cannot show up as faults of the step.
+        "    mov r8, rdi",
+        "    mov r9, rsi",
+        "    mov eax, 98",  // SYS_getrusage
+        "    xor edi, edi", // RUSAGE_SELF
+        "    mov rsi, r8",
+        "    syscall",
+        "    mov eax, 57", // SYS_fork
+        "    syscall",
+        "    test rax, rax",
+        "    jle 2f", // child (0) or error (-errno)
+        "    mov r10, rax",
+        "    mov eax, 98",
+        "    xor edi, edi",
+        "    mov rsi, r9",
+        "    syscall",
+        "    mov rax, r10",
+        "2:",
+        "    ret",
+    ),
     ".popsection",
 );
 
@@ -877,34 +885,32 @@ std::arch::global_asm!(
 #[cfg(target_arch = "aarch64")]
 std::arch::global_asm!(
     ".pushsection .text.hugepfn_probe_fork,\"ax\",@progbits",
-    ".balign 16",
-    ".globl hugepfn_probe_fork_measured",
-    ".type hugepfn_probe_fork_measured,@function",
-    "hugepfn_probe_fork_measured:",
-    "    mov x9, x0",
-    "    mov x10, x1",
-    "    mov x8, #165", // SYS_getrusage
-    "    mov x0, #0",   // RUSAGE_SELF
-    "    mov x1, x9",
-    "    svc #0",
-    "    mov x8, #220", // SYS_clone
-    "    mov x0, #17",  // SIGCHLD
-    "    mov x1, #0",
-    "    mov x2, #0",
-    "    mov x3, #0",
-    "    mov x4, #0",
-    "    svc #0",
-    "    cmp x0, #0",
-    "    b.le 2f", // child (0) or error (-errno)
-    "    mov x11, x0",
-    "    mov x8, #165",
-    "    mov x0, #0",
-    "    mov x1, x10",
-    "    svc #0",
-    "    mov x0, x11",
-    "2:",
-    "    ret",
-    ".size hugepfn_probe_fork_measured, . - hugepfn_probe_fork_measured",
+    asm_fn!(
+        "hugepfn_probe_fork_measured",
+        "    mov x9, x0",
+        "    mov x10, x1",
+        "    mov x8, #165", // SYS_getrusage
+        "    mov x0, #0",   // RUSAGE_SELF
+        "    mov x1, x9",
+        "    svc #0",
+        "    mov x8, #220", // SYS_clone
+        "    mov x0, #17",  // SIGCHLD
+        "    mov x1, #0",
+        "    mov x2, #0",
+        "    mov x3, #0",
+        "    mov x4, #0",
+        "    svc #0",
+        "    cmp x0, #0",
+        "    b.le 2f", // child (0) or error (-errno)
+        "    mov x11, x0",
+        "    mov x8, #165",
+        "    mov x0, #0",
+        "    mov x1, x10",
+        "    svc #0",
+        "    mov x0, x11",
+        "2:",
+        "    ret",
+    ),
     ".popsection",
 );
 

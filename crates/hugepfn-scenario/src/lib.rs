@@ -226,8 +226,8 @@ pub use scenario::{
     DmaMode, DmaUnmapStep, ErrnoName, ExpectSpec, ExpectStep, FaultPathSpec, ForkStep,
     GuestTouchStep, Kernel, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep,
     MemoryStep, MemslotFlag, MincoreStep, MmapStep, MprotectStep, MremapStep, MunmapStep, Order,
-    PlacementError, PowerState, PowerStep, ProcFileSpec, ProtSpec, ReadProcStep, ResetStep,
-    Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts, TouchStep, VaPlacement,
+    PlacementError, PowerState, PowerStep, ProcFileSpec, ProtSpec, RangeStep, ReadProcStep,
+    ResetStep, Scenario, Step, TableLevelCounts, ThpMode, TlbMissCounts, TouchStep, VaPlacement,
 };
 
 /// The name of the first process, the one every step acts in unless it says `process = ...`.

@@ -24,9 +24,9 @@ use crate::scenario::{
     Access, AccessPattern, AccessStep, Advice, Arch, BarSpec, CpuSpec, DeviceSpec, DmaMapStep,
     DmaMode, DmaUnmapStep, ErrnoName, ExpectSpec, ExpectStep, FaultPathSpec, ForkStep,
     GuestTouchStep, Kernel, KernelBug, KvmMemslotStep, Len, LevelCounts, Madvise, MadviseStep,
-    MemoryStep, MemslotFlag, MincoreStep, MmapStep, MprotectStep, MremapStep, MunmapStep, Order,
-    PowerState, PowerStep, ProcFileSpec, ProtSpec, ReadProcStep, ResetStep, Scenario, Step,
-    TableLevelCounts, ThpMode, TlbMissCounts, TouchStep, VaPlacement,
+    MemoryStep, MemslotFlag, MmapStep, MprotectStep, MremapStep, Order, PowerState, PowerStep,
+    ProcFileSpec, ProtSpec, RangeStep, ReadProcStep, ResetStep, Scenario, Step, TableLevelCounts,
+    ThpMode, TlbMissCounts, TouchStep, VaPlacement,
 };
 
 /// The smallest `memory` a scenario may ask for: 1 MiB (256 frames; a process needs a few).
@@ -174,233 +174,207 @@ struct RawBar {
     size: Spanned<Scalar>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMmap {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    name: Spanned<String>,
-    device: Spanned<String>,
-    bar: Spanned<i64>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    va: Option<Spanned<Scalar>>,
-    madvise: Option<Madvise>,
-    shared: Option<bool>,
+/// Declares the raw (as written) form of one op's step: a `deny_unknown_fields` struct whose
+/// first key is `op` (read already by `Cx::op_of`, here only accepted), then the given fields.
+/// An unknown key is reported as "unknown field `k`, expected one of `op`, ..." with the keys
+/// in the order they are given here.
+macro_rules! raw_step {
+    ($(#[$attr:meta])* struct $name:ident { $($field:ident: $ty:ty,)* }) => {
+        $(#[$attr])*
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            #[serde(default, rename = "op")]
+            _op: IgnoredAny,
+            $($field: $ty,)*
+        }
+    };
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTouch {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    map: Spanned<String>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    stride: Option<Spanned<Scalar>>,
-    access: Option<Access>,
-    order: Option<Order>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawMmap {
+        name: Spanned<String>,
+        device: Spanned<String>,
+        bar: Spanned<i64>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        va: Option<Spanned<Scalar>>,
+        madvise: Option<Madvise>,
+        shared: Option<bool>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMunmap {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    map: Spanned<String>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawTouch {
+        map: Spanned<String>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        stride: Option<Spanned<Scalar>>,
+        access: Option<Access>,
+        order: Option<Order>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMprotect {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    map: Spanned<String>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    prot: ProtSpec,
-    process: Option<Spanned<String>>,
+raw_step! {
+    /// `munmap` and `mincore`: a range of a mapping.
+    struct RawRange {
+        map: Spanned<String>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMremap {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    map: Spanned<String>,
-    va: Option<Spanned<Scalar>>,
-    new_len: Option<Spanned<Scalar>>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawMprotect {
+        map: Spanned<String>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        prot: ProtSpec,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMadvise {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    map: Spanned<String>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    advice: Advice,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawMremap {
+        map: Spanned<String>,
+        va: Option<Spanned<Scalar>>,
+        new_len: Option<Spanned<Scalar>>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReadProc {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    file: Spanned<ProcFileSpec>,
-    map: Option<Spanned<String>>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawMadvise {
+        map: Spanned<String>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        advice: Advice,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMincore {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    map: Spanned<String>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawReadProc {
+        file: Spanned<ProcFileSpec>,
+        map: Option<Spanned<String>>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFork {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    child: Spanned<String>,
+raw_step! {
+    struct RawFork {
+        child: Spanned<String>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDmaMap {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    map: Spanned<String>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    iova: Spanned<Scalar>,
-    mode: Option<DmaMode>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawDmaMap {
+        map: Spanned<String>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        iova: Spanned<Scalar>,
+        mode: Option<DmaMode>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDmaUnmap {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    iova: Spanned<Scalar>,
-    len: Spanned<Scalar>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawDmaUnmap {
+        iova: Spanned<Scalar>,
+        len: Spanned<Scalar>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKvmMemslot {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    slot: u32,
-    gpa: Spanned<Scalar>,
-    map: Spanned<String>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    flags: Option<Spanned<Vec<MemslotFlag>>>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawKvmMemslot {
+        slot: u32,
+        gpa: Spanned<Scalar>,
+        map: Spanned<String>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        flags: Option<Spanned<Vec<MemslotFlag>>>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGuestTouch {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    gpa: Spanned<Scalar>,
-    len: Spanned<Scalar>,
-    stride: Option<Spanned<Scalar>>,
-    access: Option<Access>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawGuestTouch {
+        gpa: Spanned<Scalar>,
+        len: Spanned<Scalar>,
+        stride: Option<Spanned<Scalar>>,
+        access: Option<Access>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAccess {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    map: Spanned<String>,
-    offset: Option<Spanned<Scalar>>,
-    len: Option<Spanned<Scalar>>,
-    pattern: AccessPattern,
-    stride: Option<Spanned<Scalar>>,
-    lines: Option<Spanned<i64>>,
-    count: Option<u64>,
-    warmup: Option<u64>,
-    seed: Option<u64>,
-    vm: Option<Spanned<Scalar>>,
-    cpu: Option<CpuSpec>,
-    process: Option<Spanned<String>>,
+raw_step! {
+    struct RawAccess {
+        map: Spanned<String>,
+        offset: Option<Spanned<Scalar>>,
+        len: Option<Spanned<Scalar>>,
+        pattern: AccessPattern,
+        stride: Option<Spanned<Scalar>>,
+        lines: Option<Spanned<i64>>,
+        count: Option<u64>,
+        warmup: Option<u64>,
+        seed: Option<u64>,
+        vm: Option<Spanned<Scalar>>,
+        cpu: Option<CpuSpec>,
+        process: Option<Spanned<String>>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMemory {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    device: Spanned<String>,
-    enable: bool,
+raw_step! {
+    struct RawMemory {
+        device: Spanned<String>,
+        enable: bool,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReset {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    device: Spanned<String>,
+raw_step! {
+    struct RawReset {
+        device: Spanned<String>,
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPower {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    device: Spanned<String>,
-    state: PowerState,
+raw_step! {
+    struct RawPower {
+        device: Spanned<String>,
+        state: PowerState,
+    }
 }
 
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct RawExpect {
-    #[serde(default, rename = "op")]
-    _op: IgnoredAny,
-    faults: Option<u64>,
-    faults_by_level: Option<LevelCounts>,
-    sigbus: Option<u64>,
-    sigsegv: Option<u64>,
-    skipped: Option<u64>,
-    leaves: Option<LevelCounts>,
-    errno: Option<Spanned<String>>,
-    dma_lookups: Option<u64>,
-    iommu_entries: Option<LevelCounts>,
-    ept_violations: Option<u64>,
-    ept_leaves: Option<LevelCounts>,
-    mmu_invalidations: Option<u64>,
-    loads: Option<u64>,
-    tlb_misses: Option<TlbMissCounts>,
-    walk_refs: Option<u64>,
-    walk_refs_by_level: Option<TableLevelCounts>,
-    walk_refs_ept: Option<u64>,
-    walk_faults: Option<u64>,
-    leaves_zapped: Option<LevelCounts>,
-    resident: Option<u64>,
-    process: Option<Spanned<String>>,
-    on_kernel: Option<std::collections::BTreeMap<Spanned<String>, Spanned<RawExpect>>>,
+raw_step! {
+    #[derive(Clone)]
+    struct RawExpect {
+        faults: Option<u64>,
+        faults_by_level: Option<LevelCounts>,
+        sigbus: Option<u64>,
+        sigsegv: Option<u64>,
+        skipped: Option<u64>,
+        leaves: Option<LevelCounts>,
+        errno: Option<Spanned<String>>,
+        dma_lookups: Option<u64>,
+        iommu_entries: Option<LevelCounts>,
+        ept_violations: Option<u64>,
+        ept_leaves: Option<LevelCounts>,
+        mmu_invalidations: Option<u64>,
+        loads: Option<u64>,
+        tlb_misses: Option<TlbMissCounts>,
+        walk_refs: Option<u64>,
+        walk_refs_by_level: Option<TableLevelCounts>,
+        walk_refs_ept: Option<u64>,
+        walk_faults: Option<u64>,
+        leaves_zapped: Option<LevelCounts>,
+        resident: Option<u64>,
+        process: Option<Spanned<String>>,
+        on_kernel: Option<std::collections::BTreeMap<Spanned<String>, Spanned<RawExpect>>>,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -722,6 +696,39 @@ impl Cx<'_> {
         Ok((offset, len))
     }
 
+    /// `map`, `offset` and `len` of a step on a range of a mapping: the mapping exists by now,
+    /// then [`Cx::range`].
+    fn in_mapping(
+        &self,
+        maps: &Maps,
+        map: Spanned<String>,
+        offset: Option<&Spanned<Scalar>>,
+        len: Option<&Spanned<Scalar>>,
+    ) -> Result<(String, u64, Len), ScenarioError> {
+        self.mapping(maps, &map)?;
+        let (offset, len) = self.range(offset, len)?;
+        Ok((map.into_inner(), offset, len))
+    }
+
+    /// `munmap` and `mincore`: a range of a mapping, in a process.
+    fn range_step(
+        &self,
+        d: ValueDeserializer<'_>,
+        line: usize,
+        maps: &Maps,
+        procs: &Procs,
+    ) -> Result<RangeStep, ScenarioError> {
+        let r: RawRange = self.de(d)?;
+        let (map, offset, len) = self.in_mapping(maps, r.map, r.offset.as_ref(), r.len.as_ref())?;
+        Ok(RangeStep {
+            line,
+            map,
+            offset,
+            len,
+            process: self.process(procs, r.process)?,
+        })
+    }
+
     /// `stride`, default 4 KiB, never 0.
     fn stride(&self, v: Option<&Spanned<Scalar>>) -> Result<u64, ScenarioError> {
         let stride = self.size_or("stride", v, 4 * KIB)?;
@@ -730,6 +737,34 @@ impl Cx<'_> {
             return Err(self.invalid(&span, Problem::ZeroStride));
         }
         Ok(stride)
+    }
+
+    /// The start (`iova`, `gpa`) of what a range of a mapping is mapped at: with a length given,
+    /// `start + len` must fit in 64 bits.
+    fn start_in_mapping(
+        &self,
+        key: &'static str,
+        v: &Spanned<Scalar>,
+        len: Len,
+    ) -> Result<u64, ScenarioError> {
+        let start = self.req_size(key, v)?;
+        if let Len::Bytes(n) = len {
+            self.fits(key, start, n, &v.span())?;
+        }
+        Ok(start)
+    }
+
+    /// A required start (`iova`, `gpa`, named by `key`) and `len` that must fit in 64 bits.
+    fn sized_range(
+        &self,
+        key: &'static str,
+        start: &Spanned<Scalar>,
+        len: &Spanned<Scalar>,
+    ) -> Result<(u64, u64), ScenarioError> {
+        let s = self.req_size(key, start)?;
+        let n = self.req_size("len", len)?;
+        self.fits(key, s, n, &len.span())?;
+        Ok((s, n))
     }
 
     /// `start + len` must fit in 64 bits (`iova`/`gpa` ranges; `key` names the start).
@@ -849,8 +884,7 @@ impl Cx<'_> {
         maps: &Maps,
         procs: &Procs,
     ) -> Result<AccessStep, ScenarioError> {
-        self.mapping(maps, &r.map)?;
-        let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+        let (map, offset, len) = self.in_mapping(maps, r.map, r.offset.as_ref(), r.len.as_ref())?;
         let pattern = r.pattern;
         let only = |key: &'static str, wants: AccessPattern, span: Range<usize>| {
             if pattern == wants {
@@ -900,7 +934,7 @@ impl Cx<'_> {
         };
         Ok(AccessStep {
             line,
-            map: r.map.into_inner(),
+            map,
             offset,
             len,
             pattern,
@@ -927,11 +961,11 @@ impl Cx<'_> {
         Ok(match op {
             "mprotect" => {
                 let r: RawMprotect = self.de(d)?;
-                self.mapping(maps, &r.map)?;
-                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                let (map, offset, len) =
+                    self.in_mapping(maps, r.map, r.offset.as_ref(), r.len.as_ref())?;
                 Step::Mprotect(MprotectStep {
                     line,
-                    map: r.map.into_inner(),
+                    map,
                     offset,
                     len,
                     prot: r.prot,
@@ -956,11 +990,11 @@ impl Cx<'_> {
             }
             "madvise" => {
                 let r: RawMadvise = self.de(d)?;
-                self.mapping(maps, &r.map)?;
-                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                let (map, offset, len) =
+                    self.in_mapping(maps, r.map, r.offset.as_ref(), r.len.as_ref())?;
                 Step::Madvise(MadviseStep {
                     line,
-                    map: r.map.into_inner(),
+                    map,
                     offset,
                     len,
                     advice: r.advice,
@@ -1003,33 +1037,19 @@ impl Cx<'_> {
                     process: self.process(procs, r.process)?,
                 })
             }
-            "mincore" => {
-                let r: RawMincore = self.de(d)?;
-                self.mapping(maps, &r.map)?;
-                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
-                Step::Mincore(MincoreStep {
-                    line,
-                    map: r.map.into_inner(),
-                    offset,
-                    len,
-                    process: self.process(procs, r.process)?,
-                })
-            }
+            "mincore" => Step::Mincore(self.range_step(d, line, maps, procs)?),
             "fork" => {
                 let r: RawFork = self.de(d)?;
                 Step::Fork(self.fork(r, line, procs)?)
             }
             "dma_map" => {
                 let r: RawDmaMap = self.de(d)?;
-                self.mapping(maps, &r.map)?;
-                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
-                let iova = self.req_size("iova", &r.iova)?;
-                if let Len::Bytes(n) = len {
-                    self.fits("iova", iova, n, &r.iova.span())?;
-                }
+                let (map, offset, len) =
+                    self.in_mapping(maps, r.map, r.offset.as_ref(), r.len.as_ref())?;
+                let iova = self.start_in_mapping("iova", &r.iova, len)?;
                 Step::DmaMap(DmaMapStep {
                     line,
-                    map: r.map.into_inner(),
+                    map,
                     offset,
                     len,
                     iova,
@@ -1039,9 +1059,7 @@ impl Cx<'_> {
             }
             "dma_unmap" => {
                 let r: RawDmaUnmap = self.de(d)?;
-                let iova = self.req_size("iova", &r.iova)?;
-                let len = self.req_size("len", &r.len)?;
-                self.fits("iova", iova, len, &r.len.span())?;
+                let (iova, len) = self.sized_range("iova", &r.iova, &r.len)?;
                 Step::DmaUnmap(DmaUnmapStep {
                     line,
                     iova,
@@ -1051,12 +1069,9 @@ impl Cx<'_> {
             }
             "kvm_memslot" => {
                 let r: RawKvmMemslot = self.de(d)?;
-                self.mapping(maps, &r.map)?;
-                let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
-                let gpa = self.req_size("gpa", &r.gpa)?;
-                if let Len::Bytes(n) = len {
-                    self.fits("gpa", gpa, n, &r.gpa.span())?;
-                }
+                let (map, offset, len) =
+                    self.in_mapping(maps, r.map, r.offset.as_ref(), r.len.as_ref())?;
+                let gpa = self.start_in_mapping("gpa", &r.gpa, len)?;
                 let (flags_span, flags) = r
                     .flags
                     .map_or((0..0, Vec::new()), |f| (f.span(), f.into_inner()));
@@ -1074,7 +1089,7 @@ impl Cx<'_> {
                     line,
                     slot: r.slot,
                     gpa,
-                    map: r.map.into_inner(),
+                    map,
                     offset,
                     len,
                     flags,
@@ -1083,9 +1098,7 @@ impl Cx<'_> {
             }
             "guest_touch" => {
                 let r: RawGuestTouch = self.de(d)?;
-                let gpa = self.req_size("gpa", &r.gpa)?;
-                let len = self.req_size("len", &r.len)?;
-                self.fits("gpa", gpa, len, &r.len.span())?;
+                let (gpa, len) = self.sized_range("gpa", &r.gpa, &r.len)?;
                 let stride = self.stride(r.stride.as_ref())?;
                 Step::GuestTouch(GuestTouchStep {
                     line,
@@ -1174,12 +1187,12 @@ impl Cx<'_> {
                 }
                 "touch" => {
                     let r: RawTouch = self.de(d)?;
-                    self.mapping(&maps, &r.map)?;
-                    let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
+                    let (map, offset, len) =
+                        self.in_mapping(&maps, r.map, r.offset.as_ref(), r.len.as_ref())?;
                     let stride = self.stride(r.stride.as_ref())?;
                     Step::Touch(TouchStep {
                         line,
-                        map: r.map.into_inner(),
+                        map,
                         offset,
                         len,
                         stride,
@@ -1188,18 +1201,7 @@ impl Cx<'_> {
                         process: self.process(&procs, r.process)?,
                     })
                 }
-                "munmap" => {
-                    let r: RawMunmap = self.de(d)?;
-                    self.mapping(&maps, &r.map)?;
-                    let (offset, len) = self.range(r.offset.as_ref(), r.len.as_ref())?;
-                    Step::Munmap(MunmapStep {
-                        line,
-                        map: r.map.into_inner(),
-                        offset,
-                        len,
-                        process: self.process(&procs, r.process)?,
-                    })
-                }
+                "munmap" => Step::Munmap(self.range_step(d, line, &maps, &procs)?),
                 "memory" => {
                     let r: RawMemory = self.de(d)?;
                     self.device(devices, &r.device)?;

@@ -869,9 +869,10 @@ pub struct TouchStep {
     pub process: Option<String>,
 }
 
-/// Unmap a range of a mapping.
+/// A step on a range of a mapping with nothing more to say: `munmap` ([`MunmapStep`]) and
+/// `mincore` ([`MincoreStep`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MunmapStep {
+pub struct RangeStep {
     /// Source line.
     pub line: usize,
     /// Mapping name (created by an earlier `mmap`).
@@ -883,6 +884,9 @@ pub struct MunmapStep {
     /// `process = ...`: `None` = the first process.
     pub process: Option<String>,
 }
+
+/// Unmap a range of a mapping.
+pub type MunmapStep = RangeStep;
 
 /// Set or clear PCI_COMMAND_MEMORY through config space.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1040,19 +1044,7 @@ pub struct ReadProcStep {
 }
 
 /// `mincore(va + offset, len, vec)` on a mapping; the step reports the pages found resident.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MincoreStep {
-    /// Source line.
-    pub line: usize,
-    /// Mapping name.
-    pub map: String,
-    /// Offset into the mapping, default 0.
-    pub offset: u64,
-    /// Length, default [`Len::All`] = the rest of the mapping.
-    pub len: Len,
-    /// `process = ...`: `None` = the first process.
-    pub process: Option<String>,
-}
+pub type MincoreStep = RangeStep;
 
 /// `fork()` of the first process: a child that later steps name with `process = child`.
 #[derive(Debug, Clone, PartialEq, Eq)]

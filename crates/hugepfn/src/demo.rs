@@ -61,6 +61,13 @@ pub struct Leaves {
     pub pte: u64,
 }
 
+/// `pud/pmd/pte`, as the tables print leaves and faults by level.
+impl std::fmt::Display for Leaves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.pud, self.pmd, self.pte)
+    }
+}
+
 impl From<LeafCounts> for Leaves {
     fn from(c: LeafCounts) -> Self {
         Leaves {
@@ -375,52 +382,84 @@ pub fn format(d: &Demo) -> String {
             ""
         }
     );
-    let _ = writeln!(
-        s,
-        "{:<5} {:<7} {:>6} {:>7} {:>10} {:>10} {:>14} {:>12}",
-        "BAR", "policy", "PUD", "PMD", "PTE", "PT pages", "PT bytes", "time"
+    table(
+        &mut s,
+        [
+            ("BAR", 5),
+            ("policy", 7),
+            ("PUD", 6),
+            ("PMD", 7),
+            ("PTE", 10),
+            ("PT pages", 10),
+            ("PT bytes", 14),
+            ("time", 12),
+        ],
+        d.mappings.iter().map(|r| {
+            [
+                r.bar.to_string(),
+                r.policy.to_string(),
+                r.leaves.pud.to_string(),
+                r.leaves.pmd.to_string(),
+                r.leaves.pte.to_string(),
+                r.page_table_pages.to_string(),
+                hugepfn_units::format_bytes(r.page_table_bytes),
+                ms(r.elapsed_ns),
+            ]
+        }),
     );
-    for r in &d.mappings {
-        let _ = writeln!(
-            s,
-            "{:<5} {:<7} {:>6} {:>7} {:>10} {:>10} {:>14} {:>12}",
-            r.bar,
-            r.policy,
-            r.leaves.pud,
-            r.leaves.pmd,
-            r.leaves.pte,
-            r.page_table_pages,
-            hugepfn_units::format_bytes(r.page_table_bytes),
-            ms(r.elapsed_ns)
-        );
-    }
     let _ = writeln!(
         s,
         "\nvfio-pci (huge_fault, Linux 6.12+): mmap, then touch every 4 KiB page\n"
     );
-    let _ = writeln!(
-        s,
-        "{:<5} {:<9} {:>16} {:>9} {:>14} {:>16} {:>10} {:>12}",
-        "BAR", "VA", "address", "faults", "pud/pmd/pte", "leaves", "PT pages", "touch time"
+    table(
+        &mut s,
+        [
+            ("BAR", 5),
+            ("VA", 9),
+            ("address", 16),
+            ("faults", 9),
+            ("pud/pmd/pte", 14),
+            ("leaves", 16),
+            ("PT pages", 10),
+            ("touch time", 12),
+        ],
+        d.vfio.iter().map(|r| {
+            [
+                r.bar.to_string(),
+                r.placement.to_string(),
+                r.va.clone(),
+                r.faults.to_string(),
+                r.faults_by_level.to_string(),
+                r.leaves.to_string(),
+                r.page_table_pages.to_string(),
+                ms(r.elapsed_ns),
+            ]
+        }),
     );
-    for r in &d.vfio {
-        let _ = writeln!(
-            s,
-            "{:<5} {:<9} {:>16} {:>9} {:>14} {:>16} {:>10} {:>12}",
-            r.bar,
-            r.placement,
-            r.va,
-            r.faults,
-            format!(
-                "{}/{}/{}",
-                r.faults_by_level.pud, r.faults_by_level.pmd, r.faults_by_level.pte
-            ),
-            format!("{}/{}/{}", r.leaves.pud, r.leaves.pmd, r.leaves.pte),
-            r.page_table_pages,
-            ms(r.elapsed_ns)
-        );
-    }
     s
+}
+
+/// Appends a table to `s`: the titles of `columns`, then `rows`, a line each. A column is a
+/// title and a width; the first two columns are left-aligned, the others right-aligned, one
+/// space apart.
+fn table<const N: usize>(
+    s: &mut String,
+    columns: [(&str, usize); N],
+    rows: impl Iterator<Item = [String; N]>,
+) {
+    use std::fmt::Write as _;
+    let titles = columns.map(|(title, _)| title.to_string());
+    for row in std::iter::once(titles).chain(rows) {
+        for (i, (cell, (_, width))) in row.iter().zip(columns).enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            let _ = if i < 2 {
+                write!(s, "{sep}{cell:<width$}")
+            } else {
+                write!(s, "{sep}{cell:>width$}")
+            };
+        }
+        s.push('\n');
+    }
 }
 
 #[cfg(test)]

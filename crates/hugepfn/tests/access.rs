@@ -3,30 +3,29 @@
 //! reported, and a revoked BAR makes every walk fault.
 
 use hugepfn::runner::{RunOptions, run_scenario};
+use hugepfn_scenario::fixture::{mmap_step, one_bar_device, step};
 use hugepfn_scenario::{RunReport, StepReport, parse_scenario};
 
-const HEAD: &str = r#"
-name = "access"
-[[device]]
-name = "d"
-bars = [{ index = 2, phys = "0xff00000000", size = "8M" }]
-[[step]]
-op = "mmap"
-name = "pmd"
-device = "d"
-bar = 2
-va = "align:1G"
-[[step]]
-op = "mmap"
-name = "pte"
-device = "d"
-bar = 2
-va = "align:1G+4K"
-"#;
-
-fn run(steps: &str) -> RunReport {
-    let sc = parse_scenario(&format!("{HEAD}{steps}"), "t.toml").expect("parses");
+/// Runs these steps after device `d`, an 8 MiB BAR 2, mapped twice: `pmd` 1 GiB-aligned
+/// (2 MiB leaves) and `pte` 4 KiB off that (4 KiB leaves).
+fn run(steps: &[String]) -> RunReport {
+    let text = format!(
+        "name = \"access\"\n{}{}{}{}",
+        one_bar_device("d", 2, "0xff00000000", "8M"),
+        mmap_step("pmd", "d", 2, "va = \"align:1G\"\n"),
+        mmap_step("pte", "d", 2, "va = \"align:1G+4K\"\n"),
+        steps.concat()
+    );
+    let sc = parse_scenario(&text, "t.toml").expect("parses");
     run_scenario(&sc, RunOptions::default()).expect("runs")
+}
+
+/// An `access` step over all of `map`, in `pattern`, with `keys` (TOML lines, or nothing).
+fn access(map: &str, pattern: &str, keys: &str) -> String {
+    step(
+        "access",
+        &format!("map = \"{map}\"\npattern = \"{pattern}\"\n{keys}"),
+    )
 }
 
 fn accesses(r: &RunReport) -> Vec<&StepReport> {
@@ -35,24 +34,11 @@ fn accesses(r: &RunReport) -> Vec<&StepReport> {
 
 #[test]
 fn access_walks_the_installed_leaves() {
-    let r = run(r#"
-[[step]]
-op = "access"
-map = "pmd"
-pattern = "random"
-count = 2000
-[[step]]
-op = "access"
-map = "pte"
-pattern = "random"
-count = 2000
-[[step]]
-op = "access"
-map = "pte"
-pattern = "random"
-count = 2000
-vm = "4K"
-"#);
+    let r = run(&[
+        access("pmd", "random", "count = 2000\n"),
+        access("pte", "random", "count = 2000\n"),
+        access("pte", "random", "count = 2000\nvm = \"4K\"\n"),
+    ]);
     assert!(r.ok, "{r:?}");
     let a = accesses(&r);
     // Populated through the fault path first: 4 PMD faults, then 2048 PTE faults.
@@ -91,48 +77,30 @@ vm = "4K"
     );
     assert!(r.steps[0].access.is_none());
     // Deterministic: the same counts again.
-    let again = run(r#"
-[[step]]
-op = "access"
-map = "pmd"
-pattern = "random"
-count = 2000
-"#);
+    let again = run(&[access("pmd", "random", "count = 2000\n")]);
     assert_eq!(accesses(&again)[0].counters.tlb, pmd);
 }
 
 #[test]
 fn expects_check_the_counts_and_revoked_bars_fault() {
-    let r = run(r#"
-[[step]]
-op = "touch"
-map = "pmd"
-[[step]]
-op = "access"
-map = "pmd"
-pattern = "sequential"
-[[step]]
-op = "expect"
-faults = 4
-loads = 1048576
-tlb_misses = { l1 = 4, stlb = 4 }
-walk_refs_by_level = { pte = 0 }
-walk_faults = 0
-[[step]]
-op = "memory"
-device = "d"
-enable = false
-[[step]]
-op = "access"
-map = "pmd"
-pattern = "strided"
-stride = "4K"
-[[step]]
-op = "expect"
-sigbus = 2048
-loads = 2048
-walk_faults = 2048
-"#);
+    let r = run(&[
+        step("touch", "map = \"pmd\"\n"),
+        access("pmd", "sequential", ""),
+        step(
+            "expect",
+            "faults = 4\n\
+             loads = 1048576\n\
+             tlb_misses = { l1 = 4, stlb = 4 }\n\
+             walk_refs_by_level = { pte = 0 }\n\
+             walk_faults = 0\n",
+        ),
+        step("memory", "device = \"d\"\nenable = false\n"),
+        access("pmd", "strided", "stride = \"4K\"\n"),
+        step(
+            "expect",
+            "sigbus = 2048\nloads = 2048\nwalk_faults = 2048\n",
+        ),
+    ]);
     assert!(
         r.ok,
         "{:?}",
@@ -142,16 +110,10 @@ walk_faults = 2048
             .collect::<Vec<_>>()
     );
     // A wrong expectation fails and names the field.
-    let r = run(r#"
-[[step]]
-op = "access"
-map = "pmd"
-pattern = "random"
-count = 10
-[[step]]
-op = "expect"
-tlb_misses = { stlb = 0 }
-"#);
+    let r = run(&[
+        access("pmd", "random", "count = 10\n"),
+        step("expect", "tlb_misses = { stlb = 0 }\n"),
+    ]);
     assert!(!r.ok);
     let e = r.steps[3].expect.as_ref().expect("outcome");
     assert_eq!(e.mismatches[0].field, "tlb_misses.stlb");
@@ -159,26 +121,12 @@ tlb_misses = { stlb = 0 }
 
 #[test]
 fn bad_workloads_and_failed_mmaps_are_errnos() {
-    let r = run(r#"
-[[step]]
-op = "access"
-map = "pmd"
-pattern = "chase"
-len = "6K"
-[[step]]
-op = "mmap"
-name = "bad"
-device = "d"
-bar = 2
-va = "0x1001"
-[[step]]
-op = "access"
-map = "bad"
-pattern = "random"
-[[step]]
-op = "expect"
-errno = "EFAULT"
-"#);
+    let r = run(&[
+        access("pmd", "chase", "len = \"6K\"\n"),
+        mmap_step("bad", "d", 2, "va = \"0x1001\"\n"),
+        access("bad", "random", ""),
+        step("expect", "errno = \"EFAULT\"\n"),
+    ]);
     assert_eq!(r.steps[2].errno.as_deref(), Some("EINVAL"));
     assert!(r.ok, "{r:?}");
 }
@@ -187,35 +135,16 @@ errno = "EFAULT"
 /// aborted) and 10^18 loads (hours) are refused up front with E2BIG, nothing allocated or run.
 #[test]
 fn workloads_over_the_limits_are_refused_up_front() {
-    let sc = hugepfn_scenario::parse_scenario(
-        r#"name = "big"
-[[device]]
-name = "d"
-bars = [{ index = 2, phys = "0x100000000000", size = "16T" }]
-[[step]]
-op = "mmap"
-name = "m"
-device = "d"
-bar = 2
-va = "align:1G"
-[[step]]
-op = "access"
-map = "m"
-pattern = "chase"
-[[step]]
-op = "access"
-map = "m"
-pattern = "random"
-len = "1G"
-count = 1000000000000000000
-[[step]]
-op = "expect"
-errno = "E2BIG"
-faults = 0
-"#,
-        "big.toml",
-    )
-    .expect("parses");
+    let text = [
+        "name = \"big\"\n".to_string(),
+        one_bar_device("d", 2, "0x100000000000", "16T"),
+        mmap_step("m", "d", 2, "va = \"align:1G\"\n"),
+        access("m", "chase", ""),
+        access("m", "random", "len = \"1G\"\ncount = 1000000000000000000\n"),
+        step("expect", "errno = \"E2BIG\"\nfaults = 0\n"),
+    ]
+    .concat();
+    let sc = hugepfn_scenario::parse_scenario(&text, "big.toml").expect("parses");
     let r =
         hugepfn::runner::run_scenario(&sc, hugepfn::runner::RunOptions::default()).expect("runs");
     assert_eq!(r.steps[1].errno.as_deref(), Some("E2BIG"));

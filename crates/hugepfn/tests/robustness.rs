@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use hugepfn::fuzz::{GenConfig, Rng, generate};
 use hugepfn::runner::{RunOptions, run_scenario};
+use hugepfn_scenario::fixture::{mmap_step, one_bar_device, step};
 use hugepfn_scenario::{Step, parse_scenario};
 
 fn corpus() -> Vec<String> {
@@ -163,33 +164,25 @@ fn random_bytes_never_panic_the_parser() {
     }
 }
 
-const BIG: &str = r#"
-name = "big"
-thp = "never"
-memory = "8M"
-[[device]]
-name = "gpu"
-bars = [{ index = 1, size = "8T", phys = "0x400000000000" }]
-[[step]]
-op = "mmap"
-name = "m"
-device = "gpu"
-bar = 1
-[[step]]
-op = "touch"
-map = "m"
-stride = "2M"
-[[step]]
-op = "touch"
-map = "m"
-"#;
+/// An 8 TiB BAR, mapped and touched twice (at 2 MiB strides, then every 4 KiB), with
+/// `thp = "never"` and `memory` (a size string) of simulated memory.
+fn big(memory: &str) -> String {
+    [
+        format!("name = \"big\"\nthp = \"never\"\nmemory = \"{memory}\"\n"),
+        one_bar_device("gpu", 1, "0x400000000000", "8T"),
+        mmap_step("m", "gpu", 1, ""),
+        step("touch", "map = \"m\"\nstride = \"2M\"\n"),
+        step("touch", "map = \"m\"\n"),
+    ]
+    .concat()
+}
 
 /// issue 17: an 8 TiB BAR touched at 2 MiB strides with thp = "never" wants 16 GiB of PTE
 /// pages; the simulated memory (here 8 MiB) runs out, the step says ENOMEM, the run stops
 /// there and says what ran out — no abort.
 #[test]
 fn running_out_of_simulated_memory_is_a_typed_stop() {
-    let sc = parse_scenario(BIG, "big").unwrap();
+    let sc = parse_scenario(&big("8M"), "big").unwrap();
     let r = run_scenario(&sc, RunOptions::default()).unwrap();
     assert_eq!(r.steps.len(), 2, "the run stops at the step that ran out");
     assert_eq!(r.steps[1].errno.as_deref(), Some("ENOMEM"));
@@ -213,11 +206,15 @@ fn running_out_of_simulated_memory_is_a_typed_stop() {
 /// with ENOMEM.
 #[test]
 fn forks_stop_at_the_memory_limit() {
-    let mut text = String::from(
-        "name = \"forks\"\nthp = \"never\"\nmemory = \"16M\"\n[[device]]\nname = \"d\"\nbars = [{ index = 0, size = \"2G\", phys = \"0x100000000000\" }]\n[[step]]\nop = \"mmap\"\nname = \"m\"\ndevice = \"d\"\nbar = 0\n[[step]]\nop = \"touch\"\nmap = \"m\"\n",
-    );
+    let mut text = [
+        "name = \"forks\"\nthp = \"never\"\nmemory = \"16M\"\n".to_string(),
+        one_bar_device("d", 0, "0x100000000000", "2G"),
+        mmap_step("m", "d", 0, ""),
+        step("touch", "map = \"m\"\n"),
+    ]
+    .concat();
     for i in 0..20 {
-        text.push_str(&format!("[[step]]\nop = \"fork\"\nchild = \"c{i}\"\n"));
+        text.push_str(&step("fork", &format!("child = \"c{i}\"\n")));
     }
     let sc = parse_scenario(&text, "forks").unwrap();
     let r = run_scenario(&sc, RunOptions::default()).unwrap();
@@ -234,6 +231,6 @@ fn forks_stop_at_the_memory_limit() {
 
 #[test]
 fn memory_below_a_mebibyte_is_refused_with_its_name() {
-    let e = parse_scenario(&BIG.replace("\"8M\"", "\"64K\""), "small").unwrap_err();
+    let e = parse_scenario(&big("64K"), "small").unwrap_err();
     assert!(e.to_string().contains("memory"), "{e}");
 }

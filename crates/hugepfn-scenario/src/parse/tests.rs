@@ -1,7 +1,7 @@
 //! Unit tests of the parser: the documented example, then one test per error path.
 
 use super::*;
-use crate::scenario::{Access, Arch, Madvise, Order, PlacementError, PowerState};
+use crate::scenario::{Access, Arch, Madvise, MunmapStep, Order, PlacementError, PowerState};
 use hugepfn_units::{GIB, MIB, ParseSizeError};
 
 /// The example of the format documentation, verbatim.

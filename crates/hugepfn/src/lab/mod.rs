@@ -103,6 +103,22 @@ pub struct LabOpts {
     max_bar: String,
 }
 
+/// The kernels a `lab compare` or `lab fuzz` runs on, and the crashes on record. The help
+/// here is `compare`'s; `fuzz` words it for itself (`mut_arg` on `LabCmd::Fuzz`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Campaign {
+    /// Kernel crashes on record (`SCENARIO-NAME FUNCTION` per line, e.g.
+    /// lab/known-crashes.txt): such a crash, with FUNCTION in the oops, is reported but not
+    /// a failure. A crash the model predicts (a known crashing bug of that kernel version,
+    /// at that step, in that function) is accepted too.
+    #[arg(long, value_name = "FILE")]
+    known_crashes: Option<PathBuf>,
+    /// The kernels to compare, one verdict column each (ignored with --kernel,
+    /// --kernel-package or --reports).
+    #[arg(long, value_name = "V,V", value_delimiter = ',', value_parser = parse_lab_kernel, default_value = "6.12.95,7.3.4")]
+    kernels: Vec<LabKernel>,
+}
+
 /// `hugepfn lab ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum LabCmd {
@@ -141,16 +157,9 @@ pub enum LabCmd {
         /// Also fail when a scenario cannot run in the lab (skipped).
         #[arg(long)]
         strict: bool,
-        /// Kernel crashes on record (`SCENARIO-NAME FUNCTION` per line, e.g.
-        /// lab/known-crashes.txt): such a crash, with FUNCTION in the oops, is reported but not
-        /// a failure. A crash the model predicts (a known crashing bug of that kernel version,
-        /// at that step, in that function) is accepted too.
-        #[arg(long, value_name = "FILE")]
-        known_crashes: Option<PathBuf>,
-        /// The kernels to compare, one verdict column each (ignored with --kernel,
-        /// --kernel-package or --reports).
-        #[arg(long, value_name = "V,V", value_delimiter = ',', value_parser = parse_lab_kernel, default_value = "6.12.95,7.3.4")]
-        kernels: Vec<LabKernel>,
+        /// The kernels and the crashes on record.
+        #[command(flatten)]
+        campaign: Campaign,
         /// Options shared by the lab commands.
         #[command(flatten)]
         opts: Box<LabOpts>,
@@ -158,6 +167,8 @@ pub enum LabCmd {
     /// The fuzzer's random scenarios (`hugepfn fuzz`, lab shapes) on each kernel, compared
     /// step by step with the model as that kernel; divergences are shrunk on the kernel and
     /// written to --out. Exit 1 if any case differs or fails.
+    #[command(mut_arg("known_crashes", |a| a.help("Kernel crashes on record (lab/known-crashes.txt)")))]
+    #[command(mut_arg("kernels", |a| a.help("The kernels, one campaign each")))]
     Fuzz {
         /// Campaign seed.
         #[arg(long, default_value_t = 1)]
@@ -168,12 +179,9 @@ pub enum LabCmd {
         /// Where shrunk divergences go.
         #[arg(long, value_name = "DIR", default_value = "scenarios/found")]
         out: PathBuf,
-        /// Kernel crashes on record (lab/known-crashes.txt).
-        #[arg(long, value_name = "FILE")]
-        known_crashes: Option<PathBuf>,
-        /// The kernels, one campaign each.
-        #[arg(long, value_name = "V,V", value_delimiter = ',', value_parser = parse_lab_kernel, default_value = "6.12.95,7.3.4")]
-        kernels: Vec<LabKernel>,
+        /// The kernels and the crashes on record.
+        #[command(flatten)]
+        campaign: Campaign,
         /// Options shared by the lab commands.
         #[command(flatten)]
         opts: Box<LabOpts>,
@@ -694,16 +702,15 @@ pub fn main(cmd: LabCmd) -> ExitCode {
             reports,
             markdown,
             strict,
-            known_crashes,
-            kernels,
+            campaign,
             opts,
         } => compare::cmd_compare(
             files,
             reports.as_deref(),
             markdown,
             *strict,
-            known_crashes.as_deref(),
-            kernels,
+            campaign.known_crashes.as_deref(),
+            &campaign.kernels,
             opts,
         ),
         LabCmd::Record { files, opts } => record::cmd_record(files, opts),
@@ -711,10 +718,16 @@ pub fn main(cmd: LabCmd) -> ExitCode {
             seed,
             count,
             out,
-            known_crashes,
-            kernels,
+            campaign,
             opts,
-        } => fuzz::cmd_fuzz(*seed, *count, kernels, out, known_crashes.as_deref(), opts),
+        } => fuzz::cmd_fuzz(
+            *seed,
+            *count,
+            &campaign.kernels,
+            out,
+            campaign.known_crashes.as_deref(),
+            opts,
+        ),
         LabCmd::Kernel {
             cmd:
                 KernelCmd::Build {

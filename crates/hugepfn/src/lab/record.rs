@@ -304,20 +304,16 @@ mod tests {
     use hugepfn_scenario::fixture::bar2_head;
     use hugepfn_scenario::parse_scenario;
 
-    const SC: &str = r#"# a comment that must stay
-name = "t"
-[[device]]
-name = "d"
-bars = [{ index = 2, phys = "0xff00000000", size = "2G" }]
+    /// [`bar2_head`] under a comment, then touch, expect, touch, expect, with comments and blank
+    /// lines that recording must keep (the first `expect` is at line 18).
+    fn sc_text() -> String {
+        format!(
+            "# a comment that must stay\n\n{}\n{SC_STEPS}",
+            bar2_head("2G", "va = \"kernel\"    # kernel-chosen\n")
+        )
+    }
 
-[[step]]
-op = "mmap"
-name = "m"
-device = "d"
-bar = 2
-va = "kernel"    # kernel-chosen
-
-[[step]]
+    const SC_STEPS: &str = r#"[[step]]
 op = "touch"
 map = "m"
 
@@ -337,12 +333,13 @@ faults = 0
 
     #[test]
     fn another_kernel_writes_on_kernel_entries_where_it_differs_only() {
-        let sc = parse_scenario(SC, "t.toml").expect("parses");
+        let text = sc_text();
+        let sc = parse_scenario(&text, "t.toml").expect("parses");
         let model =
             crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
         let mut k = model.clone();
         k.steps[1].counters.faults = 524288; // 7.3.4: 4 KiB at the kernel's VA
-        let (text, changes) = record_text(SC, &sc, &k, Kernel::V7_3_4).expect("records");
+        let (text, changes) = record_text(&text, &sc, &k, Kernel::V7_3_4).expect("records");
         assert!(
             text.contains("on_kernel.\"7.3.4\" = { faults = 524288 }"),
             "{text}"
@@ -372,14 +369,15 @@ faults = 0
 
     #[test]
     fn counts_are_written_and_comments_kept() {
-        let sc = parse_scenario(SC, "t.toml").expect("parses");
+        let text = sc_text();
+        let sc = parse_scenario(&text, "t.toml").expect("parses");
         let model =
             crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
         let mut k = model.clone();
         k.source = "kernel test".into();
         k.steps[1].counters.faults = 1024;
         k.steps[1].counters.sigbus = 3;
-        let (text, changes) = record_text(SC, &sc, &k, Kernel::V6_12_95).expect("records");
+        let (text, changes) = record_text(&text, &sc, &k, Kernel::V6_12_95).expect("records");
         assert!(text.contains("# a comment that must stay"));
         assert!(
             text.contains("faults = 1024        # was predicted"),
