@@ -16,12 +16,11 @@
 //! under a read lock; no shadow paging, no MMIO SPTEs (a miss on a gfn without a memslot is an
 //! exit every time), no NX-huge-page mitigation.
 
-use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hugepfn_mm::{LeafCounts, Level, PhysAddr, PhysMem};
 use hugepfn_pt::format::ept::Ept4;
-use hugepfn_pt::{Entry, Step, Tree, WalkError};
+use hugepfn_pt::{AtomicLeafCounts, Entry, Step, Tree, WalkError};
 use thiserror::Error;
 
 pub use hugepfn_pt::format::ept::{EptLeaf, MemType, bits, decode_leaf, encode_leaf};
@@ -77,7 +76,7 @@ pub struct MapOutcome {
 /// format, with KVM's policy on top. Callers serialise writers (`mmu_lock`).
 pub struct Ept {
     tree: Tree<Ept4>,
-    leaves: [AtomicU64; 3],
+    leaves: AtomicLeafCounts,
 }
 
 impl std::fmt::Debug for Ept {
@@ -98,7 +97,7 @@ impl Ept {
     pub fn new(phys: Arc<PhysMem>) -> Result<Self, EptError> {
         Ok(Ept {
             tree: Tree::new(phys, Ept4).map_err(|_| EptError::NoMemory)?,
-            leaves: [const { AtomicU64::new(0) }; 3],
+            leaves: AtomicLeafCounts::default(),
         })
     }
 
@@ -114,20 +113,14 @@ impl Ept {
 
     /// Leaves mapped now, by size.
     pub fn leaves(&self) -> LeafCounts {
-        let g = |l: Level| self.leaves[l.leaf_index()].load(Ordering::Relaxed);
-        LeafCounts {
-            pud: g(Level::Pud),
-            pmd: g(Level::Pmd),
-            pte: g(Level::Pte),
-        }
+        self.leaves.snapshot()
     }
 
     fn count(&self, level: Level, n: u64, add: bool) {
-        let c = &self.leaves[level.leaf_index()];
         if add {
-            c.fetch_add(n, Ordering::Relaxed);
+            self.leaves.add(level, n);
         } else {
-            c.fetch_sub(n, Ordering::Relaxed);
+            self.leaves.sub(level, n);
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub use hugepfn_units::addr;
 
+pub mod counts;
 pub mod entry;
 pub mod format;
 pub mod level;
@@ -17,6 +18,7 @@ pub mod phys;
 pub mod sync;
 pub mod tree;
 
+pub use counts::{AtomicLeafCounts, LeafCounts};
 pub use format::{EncodeError, Entry, Format, Locking, X86_64};
 pub use level::Level;
 pub use phys::{PhysMem, TableCounts};

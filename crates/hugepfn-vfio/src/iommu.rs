@@ -27,13 +27,12 @@
 
 use std::sync::Arc;
 
-use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
 use hugepfn_mm::sync::{Mutex, MutexGuard};
 
 use hugepfn_mm::phys::ENTRIES;
 use hugepfn_mm::{LeafCounts, Level, Pfn, PhysAddr, PhysMem};
 use hugepfn_pt::format::vtd::{Vtd, VtdLeaf};
-use hugepfn_pt::{EncodeError, Entry, Format, Slot, Step, Tree, WalkError};
+use hugepfn_pt::{AtomicLeafCounts, EncodeError, Entry, Format, Slot, Step, Tree, WalkError};
 use thiserror::Error;
 
 pub use hugepfn_pt::format::vtd::{IommuProt, bits};
@@ -245,7 +244,7 @@ pub struct IommuDomain {
     width: u32,
     /// Serialises map and unmap.
     lock: Mutex<()>,
-    leaves: [AtomicU64; 3],
+    leaves: AtomicLeafCounts,
     stats: Mutex<IommuStats>,
 }
 
@@ -295,7 +294,7 @@ impl IommuDomain {
             cap,
             width: agaw_bits.min(cap.mgaw()),
             lock: Mutex::new(()),
-            leaves: [const { AtomicU64::new(0) }; 3],
+            leaves: AtomicLeafCounts::default(),
             stats: Mutex::new(IommuStats::default()),
         }))
     }
@@ -339,12 +338,7 @@ impl IommuDomain {
 
     /// Leaves mapped now, by size.
     pub fn leaves(&self) -> LeafCounts {
-        let g = |l: Level| self.leaves[l.leaf_index()].load(Ordering::Relaxed);
-        LeafCounts {
-            pud: g(Level::Pud),
-            pmd: g(Level::Pmd),
-            pte: g(Level::Pte),
-        }
+        self.leaves.snapshot()
     }
 
     /// Page-table pages held now (including the root).
@@ -463,7 +457,7 @@ impl IommuDomain {
                 Err(e) => break Err(IommuError::Encode(e)),
             };
             self.tree.lock(slot).set(slot, raw);
-            self.leaves[level.leaf_index()].fetch_add(1, Ordering::Relaxed);
+            self.leaves.add(level, 1);
             written += 1;
             done += level.size();
         };
@@ -566,7 +560,7 @@ impl IommuDomain {
                 Entry::Leaf(_) => {
                     t.lock(v.slot).set(v.slot, 0);
                     let level = v.slot.level;
-                    self.leaves[level.leaf_index()].fetch_sub(1, Ordering::Relaxed);
+                    self.leaves.sub(level, 1);
                     out.leaves.add(level, 1);
                     out.bytes += level.size();
                     Step::Next

@@ -33,55 +33,13 @@ use crate::entry::{Decoded, Leaf};
 use crate::level::Level;
 use crate::phys::{PhysError, PhysMem, TableCounts, TablePage};
 
+pub use hugepfn_pt::counts::{AtomicLeafCounts, LeafCounts};
 pub use hugepfn_pt::tree::{Ptl, RcuReadGuard, Slot, WalkError};
 
 mod move_pt;
 mod protect;
 mod remap;
 mod zap;
-
-/// Leaves by level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct LeafCounts {
-    /// 1 GiB leaves.
-    pub pud: u64,
-    /// 2 MiB leaves.
-    pub pmd: u64,
-    /// 4 KiB leaves.
-    pub pte: u64,
-}
-
-impl LeafCounts {
-    /// Adds one leaf of `level`.
-    pub fn add(&mut self, level: Level, n: u64) {
-        match level {
-            Level::Pud => self.pud += n,
-            Level::Pmd => self.pmd += n,
-            Level::Pte => self.pte += n,
-            _ => {}
-        }
-    }
-
-    /// Count at `level`.
-    pub fn get(&self, level: Level) -> u64 {
-        match level {
-            Level::Pud => self.pud,
-            Level::Pmd => self.pmd,
-            Level::Pte => self.pte,
-            _ => 0,
-        }
-    }
-
-    /// Bytes mapped.
-    pub fn bytes(&self) -> u64 {
-        self.pud * Level::Pud.size() + self.pmd * Level::Pmd.size() + self.pte * Level::Pte.size()
-    }
-
-    /// Leaves in all.
-    pub fn total(&self) -> u64 {
-        self.pud + self.pmd + self.pte
-    }
-}
 
 /// Why translations were flushed (the caller of `flush_tlb_range` / `tlb_finish_mmu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -270,7 +228,7 @@ pub struct PageTables {
     /// `mmu_notifier_invalidate_range_start` calls made (whether or not anyone listens).
     notifier_calls: AtomicU64,
     /// Leaves cleared by zaps so far, by level (PUD, PMD, PTE).
-    zapped: [AtomicU64; 3],
+    zapped: AtomicLeafCounts,
     hazards: [AtomicU64; 3],
     bugs: Bugs,
 }
@@ -298,7 +256,7 @@ impl PageTables {
             flushes: Mutex::new(FlushLog::default()),
             notifiers: RwLock::new(Vec::new()),
             notifier_calls: AtomicU64::new(0),
-            zapped: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            zapped: AtomicLeafCounts::default(),
             hazards: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             bugs: Bugs::empty(),
         })
@@ -439,12 +397,7 @@ impl PageTables {
 
     /// Leaves cleared by zaps so far (munmap, revocation, a split of a pfnmap leaf, …).
     pub fn zapped_leaves(&self) -> LeafCounts {
-        let g = |i: usize| self.zapped[i].load(Ordering::Relaxed);
-        LeafCounts {
-            pud: g(0),
-            pmd: g(1),
-            pte: g(2),
-        }
+        self.zapped.snapshot()
     }
 
     /// The TLB flushes recorded so far.

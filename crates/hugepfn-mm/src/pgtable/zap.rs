@@ -55,14 +55,7 @@ impl PageTables {
             ..ZapStats::default()
         };
         self.zap_pmd_range(start, end, partial, &mut st)?;
-        for (i, n) in [st.cleared.pud, st.cleared.pmd, st.cleared.pte]
-            .into_iter()
-            .enumerate()
-        {
-            if n > 0 {
-                self.zapped[i].fetch_add(n, Ordering::Relaxed);
-            }
-        }
+        self.zapped.add_all(st.cleared);
         if st.cleared.total() > 0 {
             self.flush_tlb_range(st.lo, st.hi, FlushReason::Zap);
             self.mmu_notifier_invalidate(st.lo, st.hi);
