@@ -262,17 +262,9 @@ fn addr_mask(level: Level) -> u64 {
 #[inline]
 pub fn encode_leaf(leaf: Leaf) -> Result<u64, EncodeError> {
     let level = leaf.level;
-    if !level.can_be_leaf() {
-        return Err(EncodeError::NotLeafLevel(level));
-    }
+    crate::format::check_placement(leaf.pfn, level)?;
     if leaf.prot.flags.contains(ProtFlags::CONT) {
         return Err(EncodeError::Unrepresentable("x86-64 has no contiguous bit"));
-    }
-    if !leaf.pfn.is_aligned_order(level.order()) {
-        return Err(EncodeError::Misaligned {
-            pfn: leaf.pfn,
-            level,
-        });
     }
     let fl = leaf.prot.flags;
     let mut raw = leaf.pfn.phys().as_u64();

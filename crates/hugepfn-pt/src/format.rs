@@ -59,6 +59,37 @@ pub enum EncodeError {
     Unrepresentable(&'static str),
 }
 
+/// A leaf of `level` may start at `pfn`: the level can hold leaves (on the x86-style levels:
+/// PTE, PMD, PUD) and the frame is aligned to it (the SDM's and the Arm ARM's rule).
+#[inline]
+pub(crate) fn check_placement(pfn: Pfn, level: Level) -> Result<(), EncodeError> {
+    if !level.can_be_leaf() {
+        return Err(EncodeError::NotLeafLevel(level));
+    }
+    if !pfn.is_aligned_order(level.order()) {
+        return Err(EncodeError::Misaligned { pfn, level });
+    }
+    Ok(())
+}
+
+/// `raw` with every bit whose condition holds set (the encoders' bit tables).
+#[inline]
+pub(crate) fn set_bits<const N: usize>(raw: u64, bits: [(bool, u64); N]) -> u64 {
+    bits.into_iter()
+        .fold(raw, |r, (on, b)| if on { r | b } else { r })
+}
+
+/// The flags whose condition holds (the decoders' bit tables).
+#[inline]
+pub(crate) fn flags_where<const N: usize>(
+    flags: [(crate::entry::ProtFlags, bool); N],
+) -> crate::entry::ProtFlags {
+    flags
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .fold(crate::entry::ProtFlags::empty(), |a, (f, _)| a | f)
+}
+
 /// What the engine needs of a decoded leaf to split it.
 pub trait LeafOps: Copy + fmt::Debug + PartialEq {
     /// The first frame the leaf maps.

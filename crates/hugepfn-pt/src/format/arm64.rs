@@ -25,7 +25,7 @@
 
 use crate::addr::PhysAddr;
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
-use crate::format::{EncodeError, Entry, Format, Locking};
+use crate::format::{EncodeError, Entry, Format, Locking, check_placement, flags_where, set_bits};
 use crate::level::Level;
 
 /// Descriptor bits.
@@ -156,9 +156,8 @@ impl Format for Arm64 {
         if !level.can_be_leaf() || (level == Level::Pte && !table) {
             return Entry::NonPresent(raw);
         }
-        let mut flags = ProtFlags::empty();
         let on = |b: u64| raw & b != 0;
-        for (f, b) in [
+        let flags = flags_where([
             (ProtFlags::PRESENT, valid),
             (ProtFlags::PROTNONE, protnone),
             (ProtFlags::WRITE, on(bits::WRITE)),
@@ -172,11 +171,7 @@ impl Format for Arm64 {
             (ProtFlags::NX, on(bits::UXN)),
             (ProtFlags::GLOBAL, valid && !on(bits::NG)),
             (ProtFlags::CONT, on(bits::CONT)),
-        ] {
-            if b {
-                flags |= f;
-            }
-        }
+        ]);
         let base = addr & !(level.size() - 1);
         Entry::Leaf(Leaf {
             pfn: PhysAddr::new(base).unwrap_or_default().pfn(),
@@ -189,15 +184,7 @@ impl Format for Arm64 {
     }
 
     fn encode_leaf(&self, leaf: &Leaf, level: Level) -> Result<u64, EncodeError> {
-        if !level.can_be_leaf() {
-            return Err(EncodeError::NotLeafLevel(level));
-        }
-        if !leaf.pfn.is_aligned_order(level.order()) {
-            return Err(EncodeError::Misaligned {
-                pfn: leaf.pfn,
-                level,
-            });
-        }
+        check_placement(leaf.pfn, level)?;
         let pa = leaf.pfn.phys().as_u64();
         if pa & !bits::ADDR_MASK != 0 {
             return Err(EncodeError::PfnTooWide(leaf.pfn.as_u64()));
@@ -209,27 +196,26 @@ impl Format for Arm64 {
             pa | bits::SHARED | (Arm64::attr_index(leaf.prot.cache)? << bits::ATTRINDX_SHIFT);
         let write = fl.contains(ProtFlags::WRITE);
         let dirty = fl.contains(ProtFlags::DIRTY);
-        for (on, b) in [
-            (present, bits::VALID),
-            (level == Level::Pte, bits::TABLE_OR_PAGE),
-            (
-                protnone || (present && !fl.contains(ProtFlags::GLOBAL)),
-                bits::NG,
-            ),
-            (fl.contains(ProtFlags::USER), bits::USER),
-            (write, bits::WRITE),
-            (!(write && dirty), bits::RDONLY),
-            (dirty, bits::DIRTY),
-            (fl.contains(ProtFlags::ACCESSED), bits::AF),
-            (fl.contains(ProtFlags::SPECIAL), bits::SPECIAL),
-            (fl.contains(ProtFlags::NX), bits::UXN),
-            (fl.contains(ProtFlags::CONT), bits::CONT),
-            (true, bits::PXN),
-        ] {
-            if on {
-                raw |= b;
-            }
-        }
+        raw = set_bits(
+            raw,
+            [
+                (present, bits::VALID),
+                (level == Level::Pte, bits::TABLE_OR_PAGE),
+                (
+                    protnone || (present && !fl.contains(ProtFlags::GLOBAL)),
+                    bits::NG,
+                ),
+                (fl.contains(ProtFlags::USER), bits::USER),
+                (write, bits::WRITE),
+                (!(write && dirty), bits::RDONLY),
+                (dirty, bits::DIRTY),
+                (fl.contains(ProtFlags::ACCESSED), bits::AF),
+                (fl.contains(ProtFlags::SPECIAL), bits::SPECIAL),
+                (fl.contains(ProtFlags::NX), bits::UXN),
+                (fl.contains(ProtFlags::CONT), bits::CONT),
+                (true, bits::PXN),
+            ],
+        );
         Ok(raw)
     }
 

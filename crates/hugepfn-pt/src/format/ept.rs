@@ -6,7 +6,7 @@
 //! next table's address with R, W, X (and bit 11). Four levels: a 48-bit guest-physical space.
 
 use crate::addr::{Pfn, PhysAddr};
-use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
+use crate::format::{EncodeError, Entry, Format, LeafOps, Locking, set_bits};
 use crate::level::Level;
 
 /// EPT entry bits.
@@ -104,20 +104,19 @@ pub fn encode_leaf(l: &EptLeaf) -> Option<u64> {
         return None;
     }
     let mut raw = (l.pfn << 12) & bits::ADDR_MASK;
-    for (on, b) in [
-        (l.read, bits::READ),
-        (l.write, bits::WRITE),
-        (l.exec, bits::EXEC),
-        (l.ipat, bits::IPAT),
-        (l.level != Level::Pte, bits::LARGE),
-        (l.accessed, bits::ACCESSED),
-        (l.dirty, bits::DIRTY),
-        (true, bits::MMU_PRESENT),
-    ] {
-        if on {
-            raw |= b;
-        }
-    }
+    raw = set_bits(
+        raw,
+        [
+            (l.read, bits::READ),
+            (l.write, bits::WRITE),
+            (l.exec, bits::EXEC),
+            (l.ipat, bits::IPAT),
+            (l.level != Level::Pte, bits::LARGE),
+            (l.accessed, bits::ACCESSED),
+            (l.dirty, bits::DIRTY),
+            (true, bits::MMU_PRESENT),
+        ],
+    );
     Some(raw | (l.mem_type.encoding() << bits::MT_SHIFT))
 }
 

@@ -15,7 +15,7 @@
 
 use crate::addr::PhysAddr;
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
-use crate::format::{EncodeError, Entry, Format, Locking};
+use crate::format::{EncodeError, Entry, Format, Locking, check_placement, flags_where, set_bits};
 use crate::level::Level;
 
 /// Entry bits.
@@ -104,8 +104,7 @@ impl Format for Riscv {
             return Entry::NonPresent(raw);
         }
         let on = |b: u64| raw & b != 0;
-        let mut flags = ProtFlags::empty();
-        for (f, b) in [
+        let flags = flags_where([
             (ProtFlags::PRESENT, valid),
             (ProtFlags::PROTNONE, protnone),
             (ProtFlags::WRITE, on(bits::W)),
@@ -116,11 +115,7 @@ impl Format for Riscv {
             (ProtFlags::NX, valid && !on(bits::X)),
             (ProtFlags::GLOBAL, valid && on(bits::G)),
             (ProtFlags::CONT, on(bits::N)),
-        ] {
-            if b {
-                flags |= f;
-            }
-        }
+        ]);
         let cache = match (raw & bits::PBMT_MASK) >> bits::PBMT_SHIFT {
             0 => CacheMode::Wb,
             bits::PBMT_NC => CacheMode::Wc,
@@ -139,15 +134,7 @@ impl Format for Riscv {
     }
 
     fn encode_leaf(&self, leaf: &Leaf, level: Level) -> Result<u64, EncodeError> {
-        if !level.can_be_leaf() {
-            return Err(EncodeError::NotLeafLevel(level));
-        }
-        if !leaf.pfn.is_aligned_order(level.order()) {
-            return Err(EncodeError::Misaligned {
-                pfn: leaf.pfn,
-                level,
-            });
-        }
+        check_placement(leaf.pfn, level)?;
         let fl = leaf.prot.flags;
         let napot = fl.contains(ProtFlags::CONT);
         if napot && (level != Level::Pte || !leaf.pfn.is_aligned_order(4)) {
@@ -172,25 +159,24 @@ impl Format for Riscv {
             ppn |= 0b1000;
         }
         let mut raw = (ppn << bits::PPN_SHIFT) | (pbmt << bits::PBMT_SHIFT);
-        for (on, b) in [
-            (present, bits::V),
-            (present || protnone, bits::R),
-            (fl.contains(ProtFlags::WRITE), bits::W),
-            (present && !fl.contains(ProtFlags::NX), bits::X),
-            (fl.contains(ProtFlags::USER), bits::U),
-            (
-                protnone || (present && fl.contains(ProtFlags::GLOBAL)),
-                bits::G,
-            ),
-            (fl.contains(ProtFlags::ACCESSED), bits::A),
-            (fl.contains(ProtFlags::DIRTY), bits::D),
-            (fl.contains(ProtFlags::SPECIAL), bits::SPECIAL),
-            (napot, bits::N),
-        ] {
-            if on {
-                raw |= b;
-            }
-        }
+        raw = set_bits(
+            raw,
+            [
+                (present, bits::V),
+                (present || protnone, bits::R),
+                (fl.contains(ProtFlags::WRITE), bits::W),
+                (present && !fl.contains(ProtFlags::NX), bits::X),
+                (fl.contains(ProtFlags::USER), bits::U),
+                (
+                    protnone || (present && fl.contains(ProtFlags::GLOBAL)),
+                    bits::G,
+                ),
+                (fl.contains(ProtFlags::ACCESSED), bits::A),
+                (fl.contains(ProtFlags::DIRTY), bits::D),
+                (fl.contains(ProtFlags::SPECIAL), bits::SPECIAL),
+                (napot, bits::N),
+            ],
+        );
         Ok(raw)
     }
 

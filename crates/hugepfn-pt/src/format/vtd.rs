@@ -4,7 +4,7 @@
 //! (`dma_pte_present`); a non-leaf entry is the next table's address with R and W.
 
 use crate::addr::{Pfn, PhysAddr};
-use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
+use crate::format::{EncodeError, Entry, Format, LeafOps, Locking, check_placement, set_bits};
 use crate::level::Level;
 
 /// Second-level page-table entry bits (`DMA_PTE_*`).
@@ -113,27 +113,18 @@ impl Format for Vtd {
 
     /// `pteval = (phys_pfn << VTD_PAGE_SHIFT) | attr`, plus `DMA_PTE_LARGE_PAGE` above 4 KiB.
     fn encode_leaf(&self, leaf: &VtdLeaf, level: Level) -> Result<u64, EncodeError> {
-        if !level.can_be_leaf() {
-            return Err(EncodeError::NotLeafLevel(level));
-        }
-        if !leaf.pfn.is_aligned_order(level.order()) {
-            return Err(EncodeError::Misaligned {
-                pfn: leaf.pfn,
-                level,
-            });
-        }
+        check_placement(leaf.pfn, level)?;
         let mut raw = leaf.pfn.phys().as_u64() & bits::ADDR_MASK;
         let p = leaf.prot;
-        for (on, b) in [
-            (p.read, bits::READ),
-            (p.write, bits::WRITE),
-            (p.cache && self.force_snooping, bits::SNP),
-            (level != Level::Pte, bits::LARGE_PAGE),
-        ] {
-            if on {
-                raw |= b;
-            }
-        }
+        raw = set_bits(
+            raw,
+            [
+                (p.read, bits::READ),
+                (p.write, bits::WRITE),
+                (p.cache && self.force_snooping, bits::SNP),
+                (level != Level::Pte, bits::LARGE_PAGE),
+            ],
+        );
         Ok(raw)
     }
 
