@@ -116,6 +116,7 @@ fn main() {
                 dma: Some(DmaLookupArg::Batched),
                 kernel: None,
                 only: None,
+                arch: None,
                 json: false,
             };
             match guest_boot(&args) {
