@@ -249,7 +249,12 @@ impl Format for X86_64 {
 
     /// `zap_present_ptes` → `folio_remove_rmap`: only anonymous pages (not special) hold a
     /// reference.
+    #[inline]
     fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
+        // `_PAGE_SPECIAL` is bit 9 at every level: a pfnmap leaf holds nothing (no decode)
+        if raw & entry::bits::SPECIAL != 0 {
+            return;
+        }
         if let Entry::Leaf(l) = entry::decode(raw, level)
             && !l.prot.is_special()
         {

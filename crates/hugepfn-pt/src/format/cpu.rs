@@ -110,6 +110,9 @@ impl Format for Cpu {
     /// `zap_present_ptes` → `folio_remove_rmap`: only anonymous pages (not special) hold a
     /// reference.
     fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
+        if let Cpu::X86(f) = self {
+            return f.release_leaf(phys, raw, level);
+        }
         if let Entry::Leaf(l) = self.decode(raw, level)
             && !l.prot.is_special()
         {
