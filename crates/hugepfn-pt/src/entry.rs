@@ -268,7 +268,7 @@ pub fn encode_leaf(leaf: Leaf) -> Result<u64, EncodeError> {
     }
     let fl = leaf.prot.flags;
     let mut raw = leaf.pfn.phys().as_u64();
-    for (f, b) in FLAG_BITS {
+    for &(f, b) in &FLAG_BITS {
         if fl.contains(f) {
             raw |= b;
         }
@@ -364,7 +364,7 @@ pub fn decode(raw: u64, level: Level) -> Decoded {
     let pa = raw & addr_mask(level);
     let pfn = PhysAddr::new(pa).unwrap_or_default().pfn();
     let mut flags = ProtFlags::empty();
-    for (f, b) in FLAG_BITS {
+    for &(f, b) in &FLAG_BITS {
         if raw & b != 0 {
             flags |= f;
         }

@@ -375,6 +375,7 @@ impl<F: Format> Tree<F> {
     /// The walk under [`Tree::slot`] and [`Tree::slot_alloc_from`]: from `from` down to
     /// `level`; a none entry on the way ends it (`alloc` none) or gets a table (`alloc` =
     /// whether to recheck the entry under the lock).
+    #[inline(always)]
     fn walk_to(
         &self,
         from: Slot,
