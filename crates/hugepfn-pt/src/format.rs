@@ -149,8 +149,11 @@ pub trait Format: Send + Sync + 'static {
     /// The level of the root table's entries.
     fn top(&self) -> Level;
 
-    /// True if an entry at `level` may be a leaf in this format.
-    fn can_be_leaf(&self, level: Level) -> bool;
+    /// True if an entry at `level` may be a leaf in this format. The default: PTE, PMD and PUD,
+    /// the levels every format here (and Linux's pfnmaps) use.
+    fn can_be_leaf(&self, level: Level) -> bool {
+        level.can_be_leaf()
+    }
 
     /// Decodes an entry found at `level`.
     fn decode(&self, raw: u64, level: Level) -> Entry<Self::Leaf>;
@@ -209,10 +212,6 @@ impl Format for X86_64 {
 
     fn top(&self) -> Level {
         Level::top(self.mode)
-    }
-
-    fn can_be_leaf(&self, level: Level) -> bool {
-        level.can_be_leaf()
     }
 
     #[inline]

@@ -357,13 +357,7 @@ impl<F: Format> Tree<F> {
     /// `parent`; [`WalkError::Corrupt`] if `pa` names no table frame.
     #[inline]
     pub fn child_slot(&self, pa: PhysAddr, parent: Level, va: u64) -> Result<Slot, WalkError> {
-        self.table(pa)?;
-        let level = parent.lower().ok_or(WalkError::Corrupt(pa))?;
-        Ok(Slot {
-            table: pa,
-            index: level.index(va),
-            level,
-        })
+        self.descend(pa, parent, va).map(|(slot, _)| slot)
     }
 
     /// Lockless walk to the slot holding `va`'s entry at `level`, without allocating

@@ -130,10 +130,6 @@ impl Format for Arm64 {
         if self.va39 { Level::Pud } else { Level::P4d }
     }
 
-    fn can_be_leaf(&self, level: Level) -> bool {
-        level.can_be_leaf()
-    }
-
     #[inline(never)]
     fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
         if raw == 0 {

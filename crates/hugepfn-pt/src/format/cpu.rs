@@ -73,10 +73,6 @@ impl Format for Cpu {
         each!(self, f => f.top())
     }
 
-    fn can_be_leaf(&self, level: Level) -> bool {
-        each!(self, f => f.can_be_leaf(level))
-    }
-
     #[inline(always)]
     fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
         each!(self, f => f.decode(raw, level))

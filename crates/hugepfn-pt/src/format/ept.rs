@@ -186,10 +186,6 @@ impl Format for Ept4 {
         Level::P4d
     }
 
-    fn can_be_leaf(&self, level: Level) -> bool {
-        level.can_be_leaf()
-    }
-
     #[inline]
     fn decode(&self, raw: u64, level: Level) -> Entry<EptLeaf> {
         if raw == 0 {

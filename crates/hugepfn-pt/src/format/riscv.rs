@@ -81,10 +81,6 @@ impl Format for Riscv {
         }
     }
 
-    fn can_be_leaf(&self, level: Level) -> bool {
-        level.can_be_leaf()
-    }
-
     #[inline(never)]
     fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
         if raw == 0 {

@@ -84,10 +84,6 @@ impl Format for Vtd {
         self.top
     }
 
-    fn can_be_leaf(&self, level: Level) -> bool {
-        level.can_be_leaf()
-    }
-
     #[inline]
     fn decode(&self, raw: u64, level: Level) -> Entry<VtdLeaf> {
         if raw == 0 {

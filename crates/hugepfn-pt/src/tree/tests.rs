@@ -50,17 +50,22 @@ fn cpu_leaf(pfn: u64, level: Level) -> Leaf {
     }
 }
 
-const BAR_PFN: u64 = 0x1000_0000_0000 >> 12;
-
-#[test]
-fn a_sparse_tree_walks_as_drawn() {
-    let t = Tree::new(
-        Arc::new(PhysMem::default()),
+/// An empty x86-64 4-level tree on `phys`.
+fn x86_tree(phys: &Arc<PhysMem>) -> Tree<X86_64> {
+    Tree::new(
+        phys.clone(),
         X86_64 {
             mode: PagingMode::Level4,
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+const BAR_PFN: u64 = 0x1000_0000_0000 >> 12;
+
+#[test]
+fn a_sparse_tree_walks_as_drawn() {
+    let t = x86_tree(&Arc::new(PhysMem::default()));
     // A 1 GiB leaf at 1G; 2 MiB leaves at 2G and 2G+4M; 4 KiB leaves at 2G+8M..+12K (M is
     // 2 MiB here).
     install(&t, G, &cpu_leaf(BAR_PFN, Level::Pud), Level::Pud);
@@ -191,13 +196,7 @@ fn every_leaf_size_splits_in_every_format() {
 #[test]
 fn writes_need_the_right_lock_and_a_lost_race_frees_its_table() {
     let phys = Arc::new(PhysMem::default());
-    let t = Tree::new(
-        phys.clone(),
-        X86_64 {
-            mode: PagingMode::Level4,
-        },
-    )
-    .unwrap();
+    let t = x86_tree(&phys);
     let pte = t.slot_alloc(5 * G, Level::Pte).unwrap();
     let pmd = t.slot(5 * G, Level::Pmd).unwrap().unwrap();
     let pud = t.slot(5 * G, Level::Pud).unwrap().unwrap();
@@ -221,13 +220,7 @@ fn writes_need_the_right_lock_and_a_lost_race_frees_its_table() {
 #[test]
 fn a_corrupt_pointer_is_its_own_error_and_deferred_frees_wait_for_readers() {
     let phys = Arc::new(PhysMem::default());
-    let t = Tree::new(
-        phys.clone(),
-        X86_64 {
-            mode: PagingMode::Level4,
-        },
-    )
-    .unwrap();
+    let t = x86_tree(&phys);
     let top = t.top_slot(7 * G);
     // a table pointer into device memory (not RAM): no table frame there
     let bogus = PhysAddr::new(0x1000_0000_0000).unwrap();
