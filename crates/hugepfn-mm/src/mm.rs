@@ -586,6 +586,27 @@ impl Mm {
         tree.topdown(len, low, high).ok_or(MmError::NoSpace(len))
     }
 
+    /// What [`Mm::get_unmapped_area`] determines of the address it returns for a file mapping of
+    /// `len` bytes at file `offset`, as `(modulus, residue)`: the kernel's choice is congruent
+    /// with `residue` modulo `modulus`, and the rest is the layout and ASLR's draw of
+    /// `mmap_base`, which the model cannot know. With 6.12's THP alignment and a length that
+    /// is a multiple of 2 MiB: the file offset modulo 2 MiB; otherwise only page alignment.
+    /// The lab holds a kernel's VA to this rule before it gives the VA to the model.
+    pub fn unmapped_area_rule(&self, len: u64, offset: u64) -> (u64, u64) {
+        let size = Level::Pmd.size();
+        let off_align = offset.div_ceil(size).saturating_mul(size);
+        let off_end = offset.saturating_add(len);
+        if self.cfg.thp_align_file_mappings
+            && len.is_multiple_of(size)
+            && off_end > off_align
+            && off_end - off_align >= size
+        {
+            (size, offset % size)
+        } else {
+            (PAGE_SIZE, 0)
+        }
+    }
+
     /// A free range of `len` bytes starting at `skew` modulo `align`: what user space gets by
     /// reserving `len + align + skew` bytes PROT_NONE and mapping MAP_FIXED at the first aligned
     /// address plus `skew` (QEMU 9.2's `vfio/helpers: Align mmaps`, cloud-hypervisor).

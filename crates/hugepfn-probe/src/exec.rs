@@ -15,6 +15,7 @@ use hugepfn_scenario::{
     ModelOnly, Order, PowerState, ProcFileSpec, ProtSpec, RunReport, Scenario, Step, StepReport,
     ThpMode, VaPlacement, check_expect, model_only,
 };
+use hugepfn_units::addr::VirtAddr;
 use hugepfn_units::format_size;
 
 use crate::error::ProbeError;
@@ -466,6 +467,9 @@ impl Runner<'_> {
                     );
                     errno = Some(e);
                 }
+                rep.va = map
+                    .as_ref()
+                    .and_then(|mp| VirtAddr::new_user(mp.va()).ok());
                 self.maps.insert(
                     m.name.clone(),
                     MapState {

@@ -25,6 +25,7 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use hugepfn_units::addr::VirtAddr;
 
 use crate::scenario::{ExpectSpec, LevelCounts, Step};
 
@@ -113,6 +114,11 @@ pub struct StepReport {
     pub process: Option<String>,
     /// The error of the step's system call, e.g. `"EINVAL"`; `None` if it succeeded.
     pub errno: Option<String>,
+    /// An `mmap` that succeeded: the VA the mapping got. Where the scenario left the placement
+    /// to the kernel this is the kernel's choice, random modulo 2 MiB under ASLR on 7.x; the
+    /// lab gives it back to the model (`hugepfn lab compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub va: Option<VirtAddr>,
     /// Outcome of an `expect` step; `None` for other ops.
     pub expect: Option<ExpectOutcome>,
     /// What an `access` step's simulation used and estimated (absent for other ops and in runs
@@ -171,6 +177,7 @@ impl StepReport {
             ept_leaves: None,
             process: step.process().map(str::to_string),
             errno: None,
+            va: None,
             expect: None,
             access: None,
             kernel_crash: None,

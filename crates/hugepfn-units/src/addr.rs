@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
 /// Bits of physical address the x86-64 page-table entry format can hold (`MAXPHYADDR` ≤ 52).
@@ -248,6 +248,15 @@ impl VirtAddr {
     }
 }
 
+/// Read back from a report: the number must be canonical with 5-level paging (the widest mode;
+/// a narrower mode's consumer checks again, as every user of a `VirtAddr` does).
+impl<'de> Deserialize<'de> for VirtAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = u64::deserialize(d)?;
+        VirtAddr::new(raw, PagingMode::Level5).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Debug for VirtAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "VirtAddr({:#x})", self.0)
@@ -297,6 +306,9 @@ mod tests {
         let v = VirtAddr::new(0x7fff_ffff_f000, m4).unwrap();
         assert!(v.checked_add(0x1000, m4).is_none());
         assert!(v.checked_add(0x1000, m5).is_some());
+        let back: VirtAddr = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+        assert!(serde_json::from_str::<VirtAddr>("72057594037927936").is_err());
         assert_eq!(
             VirtAddr::new_user(0x4000_3000).unwrap().align_down(1 << 30),
             VirtAddr::new_user(0x4000_0000).unwrap()

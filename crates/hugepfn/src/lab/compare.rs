@@ -4,18 +4,25 @@
 //! The kernel cannot tell fault levels; the model's are shown for reading, not compared.
 //! Expectations are not what is compared: a scenario may expect `leaves`, which the kernel
 //! cannot see, and still agree with the kernel on every count.
+//!
+//! A VA the kernel chose (an `mmap` with no `va`) is an input to the model, not something
+//! compared: [`model_for`] gives it to the model after checking it against what the model
+//! predicts of it (docs/kernels.md).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use hugepfn_scenario::{RunReport, StepReport};
+use std::collections::BTreeMap;
+
+use hugepfn_mm::addr::VirtAddr;
+use hugepfn_scenario::{RunReport, Scenario, Step, StepReport, VaPlacement};
 
 use super::{
     KernelOutcome, LabError, LabOpts, LabScenario, expand_files, kernel_outcomes, load_all,
 };
-use crate::runner::run_scenario;
+use crate::runner::{ModelRun, RunOptions};
 
 /// Per-scenario result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +129,52 @@ pub fn step_differences(m: &StepReport, k: &StepReport) -> Vec<String> {
         ));
     }
     d
+}
+
+/// The model's run to set next to `kernel`'s. Where a scenario's `mmap` leaves the VA to the
+/// kernel, the kernel's choice is an input, not a prediction (ASLR draws `mmap_base`): the
+/// model takes it ([`ModelRun::take_kernel_vas`]) after checking it against what the model
+/// does predict of it. What became of each VA is in the notes.
+pub fn model_for(
+    s: &LabScenario,
+    opts: RunOptions,
+    kernel: &KernelOutcome,
+) -> (Result<RunReport, String>, Vec<String>) {
+    let mut run = match ModelRun::new(&s.sc, opts) {
+        Ok(r) => r,
+        Err(e) => return (Err(e.to_string()), Vec::new()),
+    };
+    if let KernelOutcome::Report { report, .. } = kernel {
+        run.take_kernel_vas(kernel_vas(&s.sc, report));
+    }
+    let report = run.run(&s.sc);
+    (Ok(report), run.draw_notes().to_vec())
+}
+
+/// The VAs the kernel chose for the `mmap` steps that leave the placement to it.
+fn kernel_vas(sc: &Scenario, kernel: &RunReport) -> BTreeMap<usize, VirtAddr> {
+    sc.steps
+        .iter()
+        .zip(&kernel.steps)
+        .enumerate()
+        .filter_map(|(i, (step, k))| match step {
+            Step::Mmap(m) if m.va == VaPlacement::Kernel => k.va.map(|va| (i, va)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`compare_one`] with the model run [`model_for`] makes.
+pub fn compare_with_model(
+    s: &LabScenario,
+    opts: RunOptions,
+    kernel: &KernelOutcome,
+    known: &KnownCrashes,
+) -> ScenarioCompare {
+    let (model, notes) = model_for(s, opts, kernel);
+    let mut c = compare_one(s, model, kernel, known);
+    c.notes.extend(notes);
+    c
 }
 
 /// Compares one scenario.
@@ -587,10 +640,7 @@ fn compare_kernel(
     let results = scen
         .iter()
         .zip(&outcomes)
-        .map(|(s, k)| {
-            let model = run_scenario(&s.sc, opts).map_err(|e| e.to_string());
-            compare_one(s, model, k, known)
-        })
+        .map(|(s, k)| compare_with_model(s, opts, k, known))
         .collect();
     Ok(KernelColumn {
         kernel,
@@ -717,7 +767,7 @@ pub(super) fn cmd_compare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::RunOptions;
+    use crate::runner::run_scenario;
     use hugepfn_kernels::Kernel;
     use hugepfn_scenario::fixture::bar2_head;
     use hugepfn_scenario::parse_scenario;
@@ -741,6 +791,73 @@ mod tests {
             s.page_table_pages = None;
         }
         r
+    }
+
+    /// Touch all of a 2 GiB mapping whose VA the kernel chooses.
+    fn kernel_placed() -> LabScenario {
+        let text = bar2_head("2G", "") + "[[step]]\nop = \"touch\"\nmap = \"m\"\n";
+        LabScenario {
+            path: "k.toml".into(),
+            sc: parse_scenario(&text, "k.toml").expect("parses"),
+        }
+    }
+
+    fn with_va(report: RunReport, va: u64, faults: u64) -> KernelOutcome {
+        let mut report = as_kernel(report);
+        report.steps[0].va = Some(VirtAddr::new_user(va).expect("user VA"));
+        report.steps[1].counters.faults = faults;
+        KernelOutcome::Report {
+            report,
+            warnings: vec![],
+            inspect: None,
+        }
+    }
+
+    #[test]
+    fn a_kernel_chosen_va_is_an_aslr_draw_the_model_takes() {
+        // 7.3.4: the model's own top-down VA is page-granular (524288 PTE faults); a kernel
+        // that drew a 1 GiB-aligned VA took 2 PUD faults, and the model given the VA agrees
+        let s = kernel_placed();
+        let opts = RunOptions {
+            kernel: Some(Kernel::V7_3_4),
+            ..RunOptions::default()
+        };
+        let own = run_scenario(&s.sc, opts).expect("model");
+        assert_eq!(own.steps[1].counters.faults, 524_288);
+        assert!(own.steps[0].va.is_some_and(|v| !v.is_aligned(2 << 20)));
+        let k = with_va(own.clone(), 0x7f80_0000_0000, 2);
+        assert_eq!(compare_one(&s, Ok(own), &k, &vec![]).verdict, Verdict::Differ);
+        let c = compare_with_model(&s, opts, &k, &vec![]);
+        assert_eq!(c.verdict, Verdict::Same, "{:?}", c.notes);
+        assert!(c.notes.iter().any(|n| n.contains("ASLR draw")), "{:?}", c.notes);
+        // a draw 4 KiB past a 2 MiB boundary: every pfn is 4 KiB off its VA's boundary, PTEs
+        let k = with_va(run_scenario(&s.sc, opts).expect("model"), 0x7f80_0020_1000, 0);
+        let (m, _) = model_for(&s, opts, &k);
+        let m = m.expect("model");
+        assert_eq!(m.steps[0].va.map(|v| v.as_u64() % (1 << 30)), Some(0x20_1000));
+        assert_eq!(m.steps[1].counters.faults, 524_288);
+    }
+
+    #[test]
+    fn a_kernel_va_that_breaks_6_12s_thp_alignment_is_refused() {
+        // 6.12.95 THP-aligns a file mapping: its VA is congruent with the offset (0) modulo
+        // 2 MiB, a prediction; a kernel VA 4 KiB off it is not taken, and the faults differ
+        let s = kernel_placed();
+        let opts = RunOptions {
+            kernel: Some(Kernel::V6_12_95),
+            ..RunOptions::default()
+        };
+        let own = run_scenario(&s.sc, opts).expect("model");
+        assert!(own.steps[0].va.is_some_and(|v| v.is_aligned(2 << 20)));
+        let pmd = own.steps[1].counters.faults;
+        let k = with_va(own, 0x7f80_0000_1000, 524_288);
+        let c = compare_with_model(&s, opts, &k, &vec![]);
+        assert_eq!(c.verdict, Verdict::Differ);
+        assert!(c.notes.iter().any(|n| n.contains("keeps its own choice")), "{:?}", c.notes);
+        assert!(c.notes.iter().any(|n| n.contains(&format!("faults model {pmd} kernel 524288"))));
+        // a VA congruent with the offset is taken
+        let k = with_va(run_scenario(&s.sc, opts).expect("model"), 0x7f80_0020_0000, pmd);
+        assert_eq!(compare_with_model(&s, opts, &k, &vec![]).verdict, Verdict::Same);
     }
 
     #[test]

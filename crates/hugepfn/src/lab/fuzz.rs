@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::compare::{KnownCrashes, Verdict, compare_one, load_known_crashes};
+use super::compare::{KnownCrashes, Verdict, compare_with_model, load_known_crashes};
 use super::{LabError, LabKernel, LabOpts, LabScenario, kernel_outcomes, load_all};
 use crate::fuzz::{GenConfig, case_seed, generate, split_steps};
 use crate::runner::run_scenario;
@@ -58,8 +58,7 @@ fn verdicts(
         .iter()
         .zip(&outcomes)
         .map(|(s, k)| {
-            let model = run_scenario(&s.sc, opts).map_err(|e| e.to_string());
-            let c = compare_one(s, model, k, known);
+            let c = compare_with_model(s, opts, k, known);
             (c.verdict, c.notes)
         })
         .collect())

@@ -5,13 +5,15 @@
 //! It produces the same [`RunReport`] JSON as the real-kernel probe, with what only the model can
 //! see added (faults by level, leaves, page-table pages).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use hugepfn_kernels::{Behaviour, PfnmapLeaves};
+use hugepfn_mm::addr::{PagingMode, VirtAddr};
+use hugepfn_mm::level::Level;
 use hugepfn_mm::pgtable::Bugs;
 use hugepfn_mm::{
-    FaultCounts, FaultPath, LeafCap, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PhysConfig,
+    FaultCounts, FaultPath, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, PhysConfig,
     PhysMem, Prot, TableCounts, ThpPolicy, VmFlags,
 };
 use hugepfn_scenario::{
@@ -106,6 +108,12 @@ pub struct ModelRun {
     last_resident: u64,
     /// Where the last `mremap` step asked to move to (`MREMAP_FIXED`), if it got that far.
     last_mremap_dst: Option<u64>,
+    /// [`ModelRun::take_kernel_vas`]: step index → the VA a kernel chose there.
+    kernel_vas: BTreeMap<usize, VirtAddr>,
+    /// The step [`ModelRun::step`] runs.
+    step_index: usize,
+    /// What became of each kernel VA, for the lab's report.
+    draw_notes: Vec<String>,
 }
 
 fn levels(c: &LeafCounts) -> Levels {
@@ -206,7 +214,51 @@ impl ModelRun {
             behaviour,
             last_resident: 0,
             last_mremap_dst: None,
+            kernel_vas: BTreeMap::new(),
+            step_index: 0,
+            draw_notes: Vec::new(),
         })
+    }
+
+    /// Takes the VAs a kernel chose for `mmap` steps that leave the placement to it (step index
+    /// → VA, from a lab run). Under ASLR the kernel's choice is a draw, not something the model
+    /// can predict: 7.x's top-down VA for a device mmap is random modulo 2 MiB. Such a step
+    /// then maps at an address congruent with the kernel's modulo 1 GiB (the largest leaf), so
+    /// every fault meets the alignment the kernel's did, found by the model's own search so
+    /// nothing the model mapped is in the way. What the model does predict of the choice
+    /// ([`hugepfn_mm::Mm::unmapped_area_rule`]: 6.12 puts a file mapping congruent with its
+    /// offset modulo 2 MiB) is checked first: a VA that breaks it is refused, the model keeps
+    /// its own, and the faults show the difference.
+    pub fn take_kernel_vas(&mut self, vas: BTreeMap<usize, VirtAddr>) {
+        self.kernel_vas = vas;
+    }
+
+    /// What became of each VA given by [`ModelRun::take_kernel_vas`], one line per step.
+    pub fn draw_notes(&self) -> &[String] {
+        &self.draw_notes
+    }
+
+    /// The placement of an `mmap` with no `va` at step [`ModelRun::step_index`]: the kernel's
+    /// draw if there is one that the model's rule allows, else the model's own choice.
+    fn kernel_placement(&mut self, len: u64, offset: u64) -> Result<MmapAddr, MmError> {
+        let Some(draw) = self.kernel_vas.get(&self.step_index).copied() else {
+            return Ok(MmapAddr::Kernel);
+        };
+        let step = self.step_index + 1;
+        let (modulus, residue) = self.mm.unmapped_area_rule(len, offset);
+        if draw.as_u64() % modulus != residue {
+            self.draw_notes.push(format!(
+                "step {step}: the kernel chose VA {draw}, not congruent with {residue:#x} modulo {} as the model's get_unmapped_area has it; the model keeps its own choice",
+                hugepfn_units::format_size(modulus)
+            ));
+            return Ok(MmapAddr::Kernel);
+        }
+        let gib = Level::Pud.size();
+        let va = self.mm.find_aligned_area(len, gib, draw.as_u64() % gib)?;
+        self.draw_notes.push(format!(
+            "step {step}: the kernel chose VA {draw} (an ASLR draw); the model maps at {va:#x}, the same offset modulo 1 GiB"
+        ));
+        Ok(MmapAddr::Fixed(va))
     }
 
     /// What the model behaves as.
@@ -274,8 +326,9 @@ impl ModelRun {
                 let bar_size = dev.bar(m.bar).map_or(0, |b| b.size);
                 let bar_phys = dev.bar(m.bar).map_or(0, |b| b.phys);
                 let len = m.len.resolve(bar_size.saturating_sub(m.offset));
+                let offset = region_offset(m.bar).wrapping_add(m.offset);
                 let addr = match m.va {
-                    VaPlacement::Kernel => Ok(MmapAddr::Kernel),
+                    VaPlacement::Kernel => self.kernel_placement(len, offset),
                     VaPlacement::Align { size, skew } => self
                         .mm
                         .find_aligned_area(len, size, skew)
@@ -293,7 +346,7 @@ impl ModelRun {
                         len,
                         prot: Prot::RW,
                         shared: m.shared,
-                        offset: region_offset(m.bar).wrapping_add(m.offset),
+                        offset,
                         file: Some(&file),
                     })
                 });
@@ -430,6 +483,7 @@ impl ModelRun {
             let cbefore = self.consumer_counts();
             let oopses_before = self.kernel_oopses();
             let oom_before = self.phys.oom_events();
+            self.step_index = i;
             let (mut errno, skipped) = self.step(step);
             if self.phys.oom_events() > oom_before {
                 let cfg = self.phys.config();
@@ -486,6 +540,11 @@ impl ModelRun {
             rep.counters = delta_actor;
             if let Some(e) = &errno {
                 last_errno.insert(actor.clone(), e.clone());
+            }
+            if let (Step::Mmap(m), None) = (step, &errno) {
+                rep.va = self
+                    .mapping_va(&m.name)
+                    .and_then(|v| VirtAddr::new(v, PagingMode::Level5).ok());
             }
             rep.errno = errno;
             rep.access = access.map(|a| a.estimate);
