@@ -6,8 +6,10 @@
 # (/lab/s/<ID>.toml) and powers off. The probe itself finds the ivshmem device (1af4:1110),
 # binds it to vfio-pci, sets the THP mode and prints one JSON line.
 #
-# Data channel: the second serial port (/dev/ttyS1, a file on the host), kept apart from the
-# kernel console on ttyS0 (which carries oops traces). Protocol, one item per line:
+# Data channel: the second serial port (a file on the host), kept apart from the kernel console
+# on the first (which carries oops traces): /dev/ttyS1 on x86-64, /dev/ttyAMA1 on arm64 (QEMU
+# virt's second PL011), named by `hugepfn_data=` on the kernel command line. Protocol, one item
+# per line:
 #   @@HUGEPFN-LAB uname=<release>
 #   @@BEGIN <ID>
 #   hugepfn-probe: trace step=<i> of=<n> line=<l> op=<op>   (drained before the step runs)
@@ -23,7 +25,8 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 
-OUT=/dev/ttyS1
+OUT=/dev/$(sed -n 's/.*hugepfn_data=\([^ ]*\).*/\1/p' /proc/cmdline)
+[ "$OUT" = /dev/ ] && OUT=/dev/ttyS1
 stty -F "$OUT" raw -echo 2>/dev/null
 exec 3>"$OUT"
 echo "@@HUGEPFN-LAB uname=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime)" >&3

@@ -126,6 +126,17 @@ impl Kernel {
         }
     }
 
+    /// Debian's arm64 package of this release that the arm64 lab boots (`None`: none; the
+    /// research recipe `kernel-lab-arm64` booted these two). 6.12.117 for arm64 is trixie's,
+    /// 7.3.4 trixie-backports' (a meta package over `linux-binary-…` and `linux-modules-…`).
+    pub const fn debian_package_arm64(self) -> Option<&'static str> {
+        match self {
+            Kernel::V6_12_117 => Some("linux-image-6.12.117+deb13-arm64-unsigned"),
+            Kernel::V7_3_4 => Some("linux-image-7.3.4+deb13-arm64"),
+            _ => None,
+        }
+    }
+
     /// The apt suite that has [`Kernel::debian_package`] (added to apt's sources by the lab,
     /// on the mirror this machine is configured with).
     pub const fn debian_suite(self) -> Option<&'static str> {

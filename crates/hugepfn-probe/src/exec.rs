@@ -467,9 +467,7 @@ impl Runner<'_> {
                     );
                     errno = Some(e);
                 }
-                rep.va = map
-                    .as_ref()
-                    .and_then(|mp| VirtAddr::new_user(mp.va()).ok());
+                rep.va = map.as_ref().and_then(|mp| VirtAddr::new_user(mp.va()).ok());
                 self.maps.insert(
                     m.name.clone(),
                     MapState {
@@ -965,8 +963,18 @@ fn fork_step(
             return (rep, None);
         }
     };
-    // once per run, before the first fork (see rseq_unregister); not doing it is only noise
-    let _ = sys::rseq_unregister();
+    // once per run, before the first fork (see rseq_unregister): if the area stays, the fork
+    // step counts the kernel's copy-on-write fault on it
+    if let Err(e) = sys::rseq_unregister() {
+        warn(
+            &mut runner.warnings,
+            format!(
+                "step {} (line {}): rseq unregister: {e}; a fork may count one fault more",
+                i + 1,
+                step.line()
+            ),
+        );
+    }
     runner.warm(true, false);
     match sys::fork_measured() {
         Err(e) => {

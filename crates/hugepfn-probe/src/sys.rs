@@ -1008,15 +1008,23 @@ fn thread_pointer() -> usize {
 /// copy-on-write, and the kernel updates it on the way back to user space after every context
 /// switch — a write fault on our own memory that `ru_minflt` counts inside whatever step is
 /// running (the fork itself, on a one-CPU guest). glibc only uses the area to speed up
-/// `sched_getcpu`, which falls back to the system call. Returns whether one was unregistered.
-pub fn rseq_unregister() -> bool {
+/// `sched_getcpu`, which falls back to the system call. Returns whether one was unregistered
+/// (`Ok(false)`: glibc registered none); an error if the kernel refused (the area stays).
+pub fn rseq_unregister() -> io::Result<bool> {
     const SYS_RSEQ: libc::c_long = libc::SYS_rseq;
     const RSEQ_FLAG_UNREGISTER: libc::c_long = 1;
+    // The signature glibc registered with, which unregistering must repeat (EPERM otherwise):
+    // glibc's RSEQ_SIG per architecture (sysdeps/unix/sysv/linux/*/rseq.h). The arm64 lab
+    // found the x86 value used on aarch64: the area stayed registered and every fork step
+    // counted the kernel's copy-on-write fault on it.
+    #[cfg(target_arch = "x86_64")]
     const RSEQ_SIG: libc::c_long = 0x5305_3053;
+    #[cfg(target_arch = "aarch64")]
+    const RSEQ_SIG: libc::c_long = 0xd428_bc00; // `brk #0x45e0`, little-endian data
     // SAFETY: reading two integers glibc exports.
     let (offset, size) = unsafe { (__rseq_offset, __rseq_size) };
     if size == 0 {
-        return false;
+        return Ok(false);
     }
     let tp = thread_pointer();
     let area = tp.wrapping_add_signed(offset);
@@ -1026,10 +1034,10 @@ pub fn rseq_unregister() -> bool {
         // readers of it handle an unregistered area (cpu_id < 0).
         let r = unsafe { libc::syscall(SYS_RSEQ, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) };
         if r == 0 {
-            return true;
+            return Ok(true);
         }
     }
-    false
+    Err(io::Error::last_os_error())
 }
 
 /// A pipe: (read end, write end), close-on-exec.

@@ -24,8 +24,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
 use hugepfn_units::addr::VirtAddr;
+use serde::{Deserialize, Serialize};
 
 use crate::scenario::{ExpectSpec, LevelCounts, Step};
 

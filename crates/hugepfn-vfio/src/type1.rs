@@ -53,6 +53,23 @@ pub const DMA_ENTRY_LIMIT: u32 = u16::MAX as u32;
 /// valid IOVA for `MAP_DMA`.
 pub const X86_MSI_RANGE: (u64, u64) = (0xfee0_0000, 0xfeef_ffff);
 
+/// The software-managed MSI window the arm SMMU (v2 and v3) reserves in every domain
+/// (`IOMMU_RESV_SW_MSI` at `MSI_IOVA_BASE` 0x8000000, `MSI_IOVA_LENGTH` 0x100000;
+/// `arm_smmu_get_resv_regions`), which type1 takes out of the valid IOVA list
+/// (`vfio_iommu_resv_exclude`). The arm64 lab found `MAP_DMA` at 0xfee00000 accepted there.
+pub const ARM_SMMU_SW_MSI_RANGE: (u64, u64) = (0x0800_0000, 0x080f_ffff);
+
+/// The MSI window the IOMMU of a machine of `arch` reserves: Intel VT-d's on x86-64, the arm
+/// SMMU's on arm64; `None` on riscv, whose IOMMU driver's reserved regions are not read here.
+pub fn reserved_msi_range(arch: hugepfn_mm::Arch) -> Option<(u64, u64)> {
+    use hugepfn_mm::Arch;
+    match arch {
+        Arch::X86_64 | Arch::X86_64_5Level => Some(X86_MSI_RANGE),
+        Arch::Arm64 | Arch::Arm64_16k | Arch::Arm64_64k => Some(ARM_SMMU_SW_MSI_RANGE),
+        _ => None,
+    }
+}
+
 /// How `vaddr_get_pfns` walks a PFNMAP range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 pub enum PfnLookup {
@@ -291,10 +308,11 @@ impl VfioIommu {
     }
 
     /// `vfio_iommu_iova_dma_valid`: `[start, end]` inside one valid IOVA range (the aperture
-    /// minus the reserved MSI window).
+    /// minus the reserved MSI window of the machine, [`reserved_msi_range`]).
     fn iova_valid(&self, start: u64, end: u64) -> bool {
-        let (msi_lo, msi_hi) = X86_MSI_RANGE;
-        end <= self.domain.aperture_end() && (end < msi_lo || start > msi_hi)
+        end <= self.domain.aperture_end()
+            && reserved_msi_range(self.mm.config().arch)
+                .is_none_or(|(msi_lo, msi_hi)| end < msi_lo || start > msi_hi)
     }
 
     /// `vfio_find_dma`: a mapping overlapping `[start, start + size)`.
@@ -602,5 +620,25 @@ impl Drop for VfioIommu {
         for d in std::mem::take(&mut inner.dma_list).into_values() {
             self.domain.iommu_unmap(d.iova, d.size);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hugepfn_mm::Arch;
+
+    #[test]
+    fn the_reserved_msi_window_is_the_machines_iommu_s() {
+        assert_eq!(
+            reserved_msi_range(Arch::X86_64),
+            Some((0xfee0_0000, 0xfeef_ffff))
+        );
+        assert_eq!(reserved_msi_range(Arch::X86_64_5Level), Some(X86_MSI_RANGE));
+        assert_eq!(
+            reserved_msi_range(Arch::Arm64),
+            Some((0x0800_0000, 0x080f_ffff))
+        );
+        assert_eq!(reserved_msi_range(Arch::Riscv64Sv48), None);
     }
 }

@@ -692,22 +692,15 @@ pub(super) fn cmd_compare(
     md_path: &Path,
     strict: bool,
     known_crashes: Option<&Path>,
-    kernels: &[super::LabKernel],
-    o: &LabOpts,
+    opts: &[LabOpts],
 ) -> Result<ExitCode, LabError> {
     let known = match known_crashes {
         Some(p) => load_known_crashes(p)?,
         None => Vec::new(),
     };
     let scen = load_all(&expand_files(files)?)?;
-    // `--kernel`/`--kernel-package`/`--reports` name one kernel; else every one of `kernels`.
-    let opts: Vec<LabOpts> = if o.names_kernel() || reports.is_some() || kernels.is_empty() {
-        vec![o.clone()]
-    } else {
-        kernels.iter().map(|k| o.with_kernel(*k)).collect()
-    };
     let mut cols = Vec::new();
-    for ko in &opts {
+    for ko in opts {
         cols.push(compare_kernel(&scen, reports, &known, ko)?);
     }
     let mut bad = 0;
@@ -826,15 +819,29 @@ mod tests {
         assert_eq!(own.steps[1].counters.faults, 524_288);
         assert!(own.steps[0].va.is_some_and(|v| !v.is_aligned(2 << 20)));
         let k = with_va(own.clone(), 0x7f80_0000_0000, 2);
-        assert_eq!(compare_one(&s, Ok(own), &k, &vec![]).verdict, Verdict::Differ);
+        assert_eq!(
+            compare_one(&s, Ok(own), &k, &vec![]).verdict,
+            Verdict::Differ
+        );
         let c = compare_with_model(&s, opts, &k, &vec![]);
         assert_eq!(c.verdict, Verdict::Same, "{:?}", c.notes);
-        assert!(c.notes.iter().any(|n| n.contains("ASLR draw")), "{:?}", c.notes);
+        assert!(
+            c.notes.iter().any(|n| n.contains("ASLR draw")),
+            "{:?}",
+            c.notes
+        );
         // a draw 4 KiB past a 2 MiB boundary: every pfn is 4 KiB off its VA's boundary, PTEs
-        let k = with_va(run_scenario(&s.sc, opts).expect("model"), 0x7f80_0020_1000, 0);
+        let k = with_va(
+            run_scenario(&s.sc, opts).expect("model"),
+            0x7f80_0020_1000,
+            0,
+        );
         let (m, _) = model_for(&s, opts, &k);
         let m = m.expect("model");
-        assert_eq!(m.steps[0].va.map(|v| v.as_u64() % (1 << 30)), Some(0x20_1000));
+        assert_eq!(
+            m.steps[0].va.map(|v| v.as_u64() % (1 << 30)),
+            Some(0x20_1000)
+        );
         assert_eq!(m.steps[1].counters.faults, 524_288);
     }
 
@@ -853,11 +860,26 @@ mod tests {
         let k = with_va(own, 0x7f80_0000_1000, 524_288);
         let c = compare_with_model(&s, opts, &k, &vec![]);
         assert_eq!(c.verdict, Verdict::Differ);
-        assert!(c.notes.iter().any(|n| n.contains("keeps its own choice")), "{:?}", c.notes);
-        assert!(c.notes.iter().any(|n| n.contains(&format!("faults model {pmd} kernel 524288"))));
+        assert!(
+            c.notes.iter().any(|n| n.contains("keeps its own choice")),
+            "{:?}",
+            c.notes
+        );
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains(&format!("faults model {pmd} kernel 524288")))
+        );
         // a VA congruent with the offset is taken
-        let k = with_va(run_scenario(&s.sc, opts).expect("model"), 0x7f80_0020_0000, pmd);
-        assert_eq!(compare_with_model(&s, opts, &k, &vec![]).verdict, Verdict::Same);
+        let k = with_va(
+            run_scenario(&s.sc, opts).expect("model"),
+            0x7f80_0020_0000,
+            pmd,
+        );
+        assert_eq!(
+            compare_with_model(&s, opts, &k, &vec![]).verdict,
+            Verdict::Same
+        );
     }
 
     #[test]

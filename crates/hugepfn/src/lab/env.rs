@@ -1,17 +1,24 @@
 //! The lab's host side: QEMU, a Debian kernel (downloaded and unpacked, never installed),
 //! busybox, and the static probe. Downloads are cached in the lab directory
 //! (default `/var/tmp/hugepfn-lab`) and reused by later runs without asking apt again.
+//!
+//! The arm64 lab takes its packages (Debian's arm64 kernels, busybox-static:arm64) from the
+//! same mirror through private apt lists in `<lab dir>/apt-arm64` (no `dpkg
+//! --add-architecture`: nothing on the host changes but `qemu-system-arm` and the cross
+//! toolchain installed), and cross-builds the probe for aarch64.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::LabError;
+use super::{LabArch, LabError};
 
 /// What a guest boot needs.
 #[derive(Debug, Clone)]
 pub struct LabEnv {
-    /// `qemu-system-x86_64`.
+    /// The machine.
+    pub arch: LabArch,
+    /// `qemu-system-x86_64` or `qemu-system-aarch64`.
     pub qemu: PathBuf,
     /// The Debian kernel package name, e.g. `linux-image-6.12.95+deb12-amd64-unsigned`.
     pub kernel_package: String,
@@ -47,6 +54,40 @@ pub struct EnvOptions {
     /// Boot our build of 7.3.4 (`hugepfn lab kernel build`), patched or not, instead of a
     /// Debian package; built on first use.
     pub built: Option<bool>,
+    /// The machine.
+    pub arch: LabArch,
+}
+
+impl LabArch {
+    fn qemu_binary(self) -> &'static str {
+        match self {
+            LabArch::X86_64 => "qemu-system-x86_64",
+            LabArch::Arm64 => "qemu-system-aarch64",
+        }
+    }
+
+    fn qemu_package(self) -> &'static str {
+        match self {
+            LabArch::X86_64 => "qemu-system-x86",
+            LabArch::Arm64 => "qemu-system-arm",
+        }
+    }
+
+    /// The Rust target the static probe is built for.
+    pub(crate) fn rust_target(self) -> &'static str {
+        match self {
+            LabArch::X86_64 => "x86_64-unknown-linux-gnu",
+            LabArch::Arm64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    /// ELF `e_machine`.
+    fn elf_machine(self) -> u16 {
+        match self {
+            LabArch::X86_64 => 0x3e,
+            LabArch::Arm64 => 0xb7,
+        }
+    }
 }
 
 fn log(msg: &str) {
@@ -200,22 +241,24 @@ fn dpkg_version(pkg: &str) -> Option<String> {
     (status.contains("install ok installed") && !ver.is_empty()).then(|| ver.to_string())
 }
 
-/// QEMU: on PATH, or installed with apt (qemu-system-x86 at the version of an installed
-/// qemu-utils, so the two match; from backports when that one is).
+/// QEMU: on PATH, or installed with apt (qemu-system-x86 or qemu-system-arm at the version of
+/// an installed qemu-system-common or qemu-utils, so that they match; from backports when
+/// that one is).
 fn ensure_qemu(opts: &EnvOptions, updated: &mut bool) -> Result<PathBuf, LabError> {
-    if let Some(q) = which("qemu-system-x86_64") {
+    let (bin, base) = (opts.arch.qemu_binary(), opts.arch.qemu_package());
+    if let Some(q) = which(bin) {
         return Ok(q);
     }
     if opts.no_install {
         return Err(LabError::Missing {
-            what: "qemu-system-x86_64".into(),
-            hint: "install qemu-system-x86 (or run without --no-install, as root)".into(),
+            what: bin.into(),
+            hint: format!("install {base} (or run without --no-install, as root)"),
         });
     }
     if !is_root() {
         return Err(LabError::Missing {
-            what: "qemu-system-x86_64".into(),
-            hint: "run `hugepfn lab setup` as root, or apt-get install qemu-system-x86".into(),
+            what: bin.into(),
+            hint: format!("run `hugepfn lab setup` as root, or apt-get install {base}"),
         });
     }
     ensure_backports(opts)?;
@@ -223,20 +266,21 @@ fn ensure_qemu(opts: &EnvOptions, updated: &mut bool) -> Result<PathBuf, LabErro
         apt_update()?;
         *updated = true;
     }
-    let (pkg, target) = match dpkg_version("qemu-utils") {
-        Some(v) => {
-            let t = v
-                .contains("bpo")
-                .then(|| codename().map(|c| format!("{c}-backports")))
-                .flatten();
-            (format!("qemu-system-x86={v}"), t)
-        }
-        None => ("qemu-system-x86".to_string(), None),
-    };
+    let (pkg, target) =
+        match dpkg_version("qemu-system-common").or_else(|| dpkg_version("qemu-utils")) {
+            Some(v) => {
+                let t = v
+                    .contains("bpo")
+                    .then(|| codename().map(|c| format!("{c}-backports")))
+                    .flatten();
+                (format!("{base}={v}"), t)
+            }
+            None => (base.to_string(), None),
+        };
     apt_install(&[pkg], target.as_deref())?;
-    which("qemu-system-x86_64").ok_or_else(|| LabError::Missing {
-        what: "qemu-system-x86_64".into(),
-        hint: "apt-get install qemu-system-x86 did not provide it".into(),
+    which(bin).ok_or_else(|| LabError::Missing {
+        what: bin.into(),
+        hint: format!("apt-get install {base} did not provide it"),
     })
 }
 
@@ -309,7 +353,12 @@ fn search_kernel() -> Result<Option<String>, LabError> {
 
 /// `apt-get download` + `dpkg-deb -x` of `pkg` into `dir/<pkg>/root` (cached).
 pub(crate) fn fetch_unpack(dir: &Path, pkg: &str) -> Result<PathBuf, LabError> {
-    let home = dir.join("pkgs").join(pkg);
+    fetch_unpack_with(dir, pkg, &[])
+}
+
+/// [`fetch_unpack`] with apt options (the arm64 lab's private lists, [`arm64_apt`]).
+fn fetch_unpack_with(dir: &Path, pkg: &str, apt: &[String]) -> Result<PathBuf, LabError> {
+    let home = dir.join("pkgs").join(pkg.replace(':', "_"));
     let root = home.join("root");
     if home.join(".unpacked").exists() {
         return Ok(root);
@@ -327,6 +376,7 @@ pub(crate) fn fetch_unpack(dir: &Path, pkg: &str) -> Result<PathBuf, LabError> {
         None => {
             log(&format!("apt-get download {pkg}"));
             run(Command::new("apt-get")
+                .args(apt)
                 .args(["download", "-q", pkg])
                 .current_dir(&home))?;
             has_deb(&home).ok_or_else(|| LabError::Missing {
@@ -366,6 +416,18 @@ fn workspace_root() -> Option<PathBuf> {
         .then(|| root.canonicalize().unwrap_or(root))
 }
 
+/// The ELF file's `e_machine` (0x3e x86-64, 0xb7 aarch64).
+fn elf_machine(path: &Path) -> Result<u16, LabError> {
+    let b = fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
+    b.get(0x12..0x14)
+        .filter(|_| b.starts_with(b"\x7fELF"))
+        .map(|m| u16::from_le_bytes([m[0], m[1]]))
+        .ok_or_else(|| LabError::Missing {
+            what: format!("{} as an ELF file", path.display()),
+            hint: "pass a static hugepfn-probe with --probe / --probe-arm64".into(),
+        })
+}
+
 /// True when the ELF file has no PT_INTERP (statically linked).
 pub fn is_static_elf(path: &Path) -> Result<bool, LabError> {
     let b = fs::read(path).map_err(io_err(format!("read {}", path.display())))?;
@@ -400,31 +462,70 @@ pub fn is_static_elf(path: &Path) -> Result<bool, LabError> {
     Ok(true)
 }
 
-/// Builds the probe from this workspace, static (glibc, `+crt-static`, for the
-/// x86_64-unknown-linux-gnu target so that host artifacts are not rebuilt).
-fn build_probe() -> Result<PathBuf, LabError> {
+/// The aarch64 cross toolchain and Rust target, installed if missing (as root).
+fn ensure_cross_aarch64(opts: &EnvOptions) -> Result<(), LabError> {
+    ensure_tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu", opts)?;
+    if !Path::new("/usr/aarch64-linux-gnu/lib/libc.a").exists() {
+        if opts.no_install || !is_root() {
+            return Err(LabError::Missing {
+                what: "the static aarch64 glibc (/usr/aarch64-linux-gnu/lib/libc.a)".into(),
+                hint: "apt-get install libc6-dev-arm64-cross".into(),
+            });
+        }
+        apt_install(&["libc6-dev-arm64-cross".to_string()], None)?;
+    }
+    let installed =
+        run(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed
+        .lines()
+        .any(|l| l.trim() == LabArch::Arm64.rust_target())
+    {
+        if opts.no_install {
+            return Err(LabError::Missing {
+                what: "the Rust target aarch64-unknown-linux-gnu".into(),
+                hint: "rustup target add aarch64-unknown-linux-gnu".into(),
+            });
+        }
+        log("rustup target add aarch64-unknown-linux-gnu");
+        run(Command::new("rustup").args(["target", "add", LabArch::Arm64.rust_target()]))?;
+    }
+    Ok(())
+}
+
+/// Builds the probe from this workspace, static (glibc, `+crt-static`, for an explicit target
+/// so that host artifacts are not rebuilt): for x86-64 with a static `hugepfn` beside it
+/// (inspect in the guest), for aarch64 the probe alone, linked by aarch64-linux-gnu-gcc.
+fn build_probe(opts: &EnvOptions) -> Result<PathBuf, LabError> {
+    if opts.arch == LabArch::Arm64 {
+        ensure_cross_aarch64(opts)?;
+    }
     let root = workspace_root().ok_or_else(|| LabError::Missing {
         what: "the hugepfn workspace (to build hugepfn-probe)".into(),
         hint: "pass a static probe binary with --probe".into(),
     })?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    log(
-        "cargo build --release -p hugepfn-probe -p hugepfn --target x86_64-unknown-linux-gnu (static; hugepfn for inspect in the guest)",
-    );
-    run(Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-q",
-            "-p",
-            "hugepfn-probe",
-            "-p",
-            "hugepfn",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
+    let triple = opts.arch.rust_target();
+    let env_prefix = format!("CARGO_TARGET_{}", triple.to_uppercase().replace('-', "_"));
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "-q", "-p", "hugepfn-probe"]);
+    match opts.arch {
+        LabArch::X86_64 => {
+            log(&format!(
+                "cargo build --release -p hugepfn-probe -p hugepfn --target {triple} (static; hugepfn for inspect in the guest)"
+            ));
+            cmd.args(["-p", "hugepfn"]);
+        }
+        LabArch::Arm64 => {
+            log(&format!(
+                "cargo build --release -p hugepfn-probe --target {triple} (static, linked by aarch64-linux-gnu-gcc)"
+            ));
+            cmd.env(format!("{env_prefix}_LINKER"), "aarch64-linux-gnu-gcc");
+        }
+    }
+    run(cmd
+        .args(["--target", triple])
         .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            format!("{env_prefix}_RUSTFLAGS"),
             "-C target-feature=+crt-static -C strip=debuginfo",
         )
         .env_remove("RUSTFLAGS")
@@ -433,7 +534,55 @@ fn build_probe() -> Result<PathBuf, LabError> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    Ok(target.join("x86_64-unknown-linux-gnu/release/hugepfn-probe"))
+    Ok(target.join(format!("{triple}/release/hugepfn-probe")))
+}
+
+/// Apt options for the arm64 lab's private package lists in `<lab dir>/apt-arm64`: the
+/// mirror this machine is configured with, its bookworm and trixie suites (and their
+/// backports), architecture arm64. `apt-get update` runs on them once (and again with
+/// `refresh`, when a package is not found).
+fn arm64_apt(opts: &EnvOptions, refresh: bool) -> Result<Vec<String>, LabError> {
+    let home = opts.dir.join("apt-arm64");
+    let lists = home.join("lists");
+    fs::create_dir_all(lists.join("partial"))
+        .map_err(io_err(format!("mkdir {}", lists.display())))?;
+    let sources = home.join("sources.list");
+    let apt: Vec<String> = [
+        format!("Dir::Etc::sourcelist={}", sources.display()),
+        "Dir::Etc::sourceparts=-".into(),
+        format!("Dir::State::Lists={}", lists.display()),
+        "APT::Architectures::=arm64".into(),
+        "APT::Architecture=arm64".into(),
+        "Dir::Cache::pkgcache=".into(),
+        "Dir::Cache::srcpkgcache=".into(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect();
+    let stamp = home.join(".updated");
+    if stamp.exists() && !refresh {
+        return Ok(apt);
+    }
+    let mirror = debian_mirror(&apt_sources()).ok_or_else(|| LabError::Missing {
+        what: "a Debian mirror in apt's sources (for the arm64 packages)".into(),
+        hint: "configure apt with a Debian mirror".into(),
+    })?;
+    let text: String = ["trixie", "trixie-backports", "bookworm", "bookworm-backports"]
+        .iter()
+        .map(|suite| {
+            format!(
+                "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {suite} main\n"
+            )
+        })
+        .collect();
+    fs::write(&sources, text).map_err(io_err(format!("write {}", sources.display())))?;
+    log(&format!(
+        "apt-get update (arm64 lists in {})",
+        lists.display()
+    ));
+    run(Command::new("apt-get").args(&apt).args(["update", "-q"]))?;
+    fs::write(&stamp, b"").map_err(io_err(format!("write {}", stamp.display())))?;
+    Ok(apt)
 }
 
 /// Whether apt (or the cache) has `pkg`; if not, adds the suite the modelled kernel of that
@@ -534,12 +683,16 @@ fn locate_kernel(roots: &[PathBuf]) -> Option<(String, PathBuf, PathBuf)> {
 
 /// Downloads and unpacks a kernel package, and the `linux-binary-…` / `linux-modules-…` it
 /// depends on when it is Debian's newer meta package; returns (release, bzImage, modules).
-fn unpack_kernel(dir: &Path, pkg: &str) -> Result<(String, PathBuf, PathBuf), LabError> {
-    let mut roots = vec![fetch_unpack(dir, pkg)?];
+fn unpack_kernel(
+    dir: &Path,
+    pkg: &str,
+    apt: &[String],
+) -> Result<(String, PathBuf, PathBuf), LabError> {
+    let mut roots = vec![fetch_unpack_with(dir, pkg, apt)?];
     if locate_kernel(&roots).is_none() {
         for d in package_depends(dir, pkg)? {
             if d.starts_with("linux-binary-") || d.starts_with("linux-modules-") {
-                roots.push(fetch_unpack(dir, &d)?);
+                roots.push(fetch_unpack_with(dir, &d, apt)?);
             }
         }
     }
@@ -549,15 +702,22 @@ fn unpack_kernel(dir: &Path, pkg: &str) -> Result<(String, PathBuf, PathBuf), La
     })
 }
 
-/// A static `hugepfn` next to the probe (built with it), for `inspect` in the guest.
-fn inspect_next_to(probe: &Path) -> Option<PathBuf> {
+/// A static `hugepfn` next to the probe (built with it), for `inspect` in the guest (x86-64).
+fn inspect_next_to(probe: &Path, arch: LabArch) -> Option<PathBuf> {
     let p = probe.with_file_name("hugepfn");
-    (p.is_file() && is_static_elf(&p).unwrap_or(false)).then_some(p)
+    (arch == LabArch::X86_64 && p.is_file() && is_static_elf(&p).unwrap_or(false)).then_some(p)
 }
 
 /// The static busybox (downloaded) and the static probe (given, or built from this workspace).
-fn busybox_and_probe(opts: &EnvOptions, build: bool) -> Result<(PathBuf, PathBuf), LabError> {
-    let bbroot = fetch_unpack(&opts.dir, "busybox-static")?;
+fn busybox_and_probe(
+    opts: &EnvOptions,
+    build: bool,
+    apt: &[String],
+) -> Result<(PathBuf, PathBuf), LabError> {
+    let bbroot = match opts.arch {
+        LabArch::X86_64 => fetch_unpack(&opts.dir, "busybox-static")?,
+        LabArch::Arm64 => fetch_unpack_with(&opts.dir, "busybox-static:arm64", apt)?,
+    };
     let busybox = ["bin/busybox", "usr/bin/busybox"]
         .iter()
         .map(|p| bbroot.join(p))
@@ -568,13 +728,26 @@ fn busybox_and_probe(opts: &EnvOptions, build: bool) -> Result<(PathBuf, PathBuf
         })?;
     let probe = match &opts.probe {
         Some(p) => p.clone(),
-        None if build => build_probe()?,
+        None if build => build_probe(opts)?,
         None => PathBuf::from("hugepfn-probe"),
     };
     if build && !is_static_elf(&probe)? {
         return Err(LabError::Missing {
             what: format!("a static probe ({} is dynamically linked)", probe.display()),
-            hint: "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target x86_64-unknown-linux-gnu".into(),
+            hint: format!(
+                "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target {}",
+                opts.arch.rust_target()
+            ),
+        });
+    }
+    if build && elf_machine(&probe)? != opts.arch.elf_machine() {
+        return Err(LabError::Missing {
+            what: format!(
+                "a probe for {:?} ({} is for another machine)",
+                opts.arch,
+                probe.display()
+            ),
+            hint: format!("build it with --target {}", opts.arch.rust_target()),
         });
     }
     Ok((busybox, probe))
@@ -588,10 +761,14 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
     for (cmd, pkg) in [("xz", "xz-utils"), ("dpkg-deb", "dpkg"), ("apt-get", "apt")] {
         ensure_tool(cmd, pkg, opts)?;
     }
+    if opts.arch == LabArch::Arm64 {
+        return prepare_arm64(opts, build, qemu);
+    }
     if let Some(patched) = opts.built {
         let b = super::build::build(opts, None, !patched)?;
-        let (busybox, probe) = busybox_and_probe(opts, build)?;
+        let (busybox, probe) = busybox_and_probe(opts, build, &[])?;
         return Ok(LabEnv {
+            arch: opts.arch,
             qemu,
             kernel_package: format!(
                 "linux-source-7.3 built {} ({})",
@@ -606,7 +783,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
             vmlinuz: b.bzimage,
             modules: PathBuf::new(),
             busybox,
-            inspect: inspect_next_to(&probe),
+            inspect: inspect_next_to(&probe, opts.arch),
             probe,
             module_cache: opts.dir.join("kbuild").join("no-modules"),
             builtin_vfio: true,
@@ -646,16 +823,58 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
             }
         },
     };
-    let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, &pkg)?;
-    let (busybox, probe) = busybox_and_probe(opts, build)?;
+    let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, &pkg, &[])?;
+    let (busybox, probe) = busybox_and_probe(opts, build, &[])?;
     Ok(LabEnv {
+        arch: opts.arch,
         qemu,
         kernel_package: pkg.clone(),
         kernel_release: release,
         vmlinuz,
         modules,
         busybox,
-        inspect: inspect_next_to(&probe),
+        inspect: inspect_next_to(&probe, opts.arch),
+        probe,
+        module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),
+        builtin_vfio: false,
+    })
+}
+
+/// [`prepare`] for the arm64 lab: Debian's arm64 kernel package (`opts.kernel_package`), its
+/// busybox-static, both from the private arm64 lists ([`arm64_apt`]); the cross-built probe.
+fn prepare_arm64(opts: &EnvOptions, build: bool, qemu: PathBuf) -> Result<LabEnv, LabError> {
+    let pkg = opts.kernel_package.clone().ok_or_else(|| {
+        LabError::Input("the arm64 lab boots Debian's arm64 kernels: name one with --kernel".into())
+    })?;
+    let cached = opts.dir.join("pkgs").join(&pkg).join(".unpacked").exists();
+    let mut apt = arm64_apt(opts, false)?;
+    let known = |apt: &[String]| {
+        Command::new("apt-cache")
+            .args(apt)
+            .args(["show", "-q", &pkg])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+    };
+    if !cached && !known(&apt) {
+        apt = arm64_apt(opts, true)?;
+        if !known(&apt) {
+            return Err(LabError::Missing {
+                what: format!("the Debian arm64 package {pkg}"),
+                hint: "the mirror's trixie / trixie-backports lists (lab dir apt-arm64/) do not have it".into(),
+            });
+        }
+    }
+    let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, &pkg, &apt)?;
+    let (busybox, probe) = busybox_and_probe(opts, build, &apt)?;
+    Ok(LabEnv {
+        arch: LabArch::Arm64,
+        qemu,
+        kernel_package: pkg.clone(),
+        kernel_release: release,
+        vmlinuz,
+        modules,
+        busybox,
+        inspect: None,
         probe,
         module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),
         builtin_vfio: false,

@@ -113,23 +113,17 @@ fn shrink_on_kernel(
 pub(super) fn cmd_fuzz(
     seed: u64,
     count: u64,
-    kernels: &[LabKernel],
+    opts: &[LabOpts],
     out: &Path,
     known_crashes: Option<&Path>,
-    o: &LabOpts,
 ) -> Result<ExitCode, LabError> {
     let known = match known_crashes {
         Some(p) => load_known_crashes(p)?,
         None => Vec::new(),
     };
-    let opts: Vec<LabOpts> = if o.names_kernel() || kernels.is_empty() {
-        vec![o.clone()]
-    } else {
-        kernels.iter().map(|k| o.with_kernel(*k)).collect()
-    };
     let mut unexplained = 0;
     let mut summary = String::new();
-    for ko in &opts {
+    for ko in opts {
         let t0 = Instant::now();
         let kernel = ko.lab_kernel();
         let dir = ko

@@ -1,6 +1,7 @@
 //! Booting the guest: the initramfs (busybox, VFIO modules, the probe, `lab/guest-init.sh`, the
 //! scenarios), QEMU with an ivshmem-plain BAR of the scenarios' size, and reading back what the
-//! guest said on its data serial port (ttyS1) and its console (ttyS0, for oops traces).
+//! guest said on its data serial port (ttyS1; ttyAMA1 on arm64) and its console (ttyS0 or
+//! ttyAMA0, for oops traces).
 //!
 //! A boot runs many scenarios, one probe process each. If the kernel crashes (the command line
 //! has `oops=panic panic=-1`, QEMU `-no-reboot`, so a crash ends QEMU) or a step stops making
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use hugepfn_scenario::RunReport;
 
-use super::LabError;
 use super::env::LabEnv;
+use super::{LabArch, LabError};
 
 /// The initramfs `/init` (a busybox shell script).
 const GUEST_INIT: &str = include_str!("../../../../lab/guest-init.sh");
@@ -455,7 +456,8 @@ fn parse_data(text: &str) -> Parsed {
 
 /// The oops / panic lines of a console log.
 fn oops_lines(console: &str) -> Vec<String> {
-    const MARKS: [&str; 7] = [
+    // x86-64's and arm64's words ("Unable to handle kernel paging request", "Call trace:")
+    const MARKS: [&str; 9] = [
         "BUG:",
         "Oops:",
         "general protection fault",
@@ -463,6 +465,8 @@ fn oops_lines(console: &str) -> Vec<String> {
         "WARNING: CPU:",
         "Kernel panic",
         "Call Trace:",
+        "Unable to handle kernel",
+        "Call trace:",
     ];
     let lines: Vec<&str> = console.lines().map(|l| l.trim_end_matches('\r')).collect();
     let Some(start) = lines
@@ -517,16 +521,34 @@ fn boot(
             what: format!("write {}", initrd.display()),
             source,
         })?;
-    let (machine, cpu) = match opts.accel {
-        Accel::Tcg => ("q35,accel=tcg", "max"),
-        Accel::Kvm => ("q35,accel=kvm", "host"),
+    // x86-64: q35 with an Intel IOMMU, consoles on ttyS0 / ttyS1. arm64: virt with GICv3 (its
+    // ITS gives the MSI isolation vfio type1 asks for) and an SMMUv3, ttyAMA0 / ttyAMA1.
+    let accel = match opts.accel {
+        Accel::Tcg => "tcg",
+        Accel::Kvm => "kvm",
+    };
+    let cpu = match opts.accel {
+        Accel::Tcg => "max",
+        Accel::Kvm => "host",
+    };
+    let (machine, append) = match env.arch {
+        LabArch::X86_64 => (
+            format!("q35,accel={accel}"),
+            "console=ttyS0 hugepfn_data=ttyS1 intel_iommu=on oops=panic panic=-1 loglevel=4",
+        ),
+        LabArch::Arm64 => (
+            format!("virt,gic-version=3,iommu=smmuv3,accel={accel}"),
+            "console=ttyAMA0 hugepfn_data=ttyAMA1 oops=panic panic=-1 loglevel=4",
+        ),
     };
     let mut cmd = Command::new(&env.qemu);
     cmd.args([
-        "-machine", machine, "-cpu", cpu, "-smp", "1", "-m", &opts.mem,
-    ])
-    .args(["-device", "intel-iommu"])
-    .args([
+        "-machine", &machine, "-cpu", cpu, "-smp", "1", "-m", &opts.mem,
+    ]);
+    if env.arch == LabArch::X86_64 {
+        cmd.args(["-device", "intel-iommu"]);
+    }
+    cmd.args([
         "-object",
         &format!("memory-backend-ram,id=barmem,size={}", qemu_size(bar_size)),
     ])
@@ -535,10 +557,7 @@ fn boot(
     .arg(&env.vmlinuz)
     .arg("-initrd")
     .arg(&initrd)
-    .args([
-        "-append",
-        "console=ttyS0 intel_iommu=on oops=panic panic=-1 loglevel=4",
-    ])
+    .args(["-append", append])
     .args([
         "-display",
         "none",

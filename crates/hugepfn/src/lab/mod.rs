@@ -1,9 +1,10 @@
 //! `hugepfn lab`: runs scenarios on the real Linux kernel and compares them with the model.
 //!
-//! The lab boots Debian's 6.12 kernel (downloaded with apt and unpacked, never installed) under
-//! QEMU with an emulated Intel IOMMU and an `ivshmem-plain` device whose BAR2 (RAM-backed, as
-//! large as the scenario's BAR) is bound to vfio-pci, and runs `hugepfn-probe` (built static
-//! from this workspace) on each scenario inside it. The probe prints the same
+//! The lab boots a Debian kernel (downloaded with apt and unpacked, never installed) or our
+//! build under QEMU with an emulated IOMMU (x86-64: q35 + Intel IOMMU; arm64, [`LabArch`]:
+//! virt + GICv3 + SMMUv3) and an `ivshmem-plain` device whose BAR2 (RAM-backed, as large as the
+//! scenario's BAR) is bound to vfio-pci, and runs `hugepfn-probe` (built static from this
+//! workspace, cross-built for aarch64) on each scenario inside it. The probe prints the same
 //! [`hugepfn_scenario::RunReport`] JSON as `hugepfn run --json`; `compare` puts the two side by
 //! side, `record` writes the kernel's counts into the scenario's `expect` steps.
 //!
@@ -80,9 +81,18 @@ pub struct LabOpts {
     /// runs as the modelled kernel of that package, or as 6.12.95 if it has none.
     #[arg(long, value_name = "PACKAGE")]
     kernel_package: Option<String>,
-    /// A prebuilt static hugepfn-probe (default: build it from this workspace).
+    /// The machine the kernels boot on: x86_64 (QEMU q35, Intel IOMMU) or arm64 (QEMU virt,
+    /// GICv3, SMMUv3; Debian's arm64 kernels, 6.12.117 and 7.3.4). A kernel in --kernels may
+    /// also name it: `arm64:7.3.4`.
+    #[arg(long, value_enum, default_value = "x86_64")]
+    arch: LabArch,
+    /// A prebuilt static hugepfn-probe for x86-64 (default: build it from this workspace).
     #[arg(long, value_name = "FILE")]
     probe: Option<PathBuf>,
+    /// A prebuilt static hugepfn-probe for aarch64 (default: cross-build it from this
+    /// workspace with aarch64-linux-gnu-gcc).
+    #[arg(long, value_name = "FILE")]
+    probe_arm64: Option<PathBuf>,
     /// Never apt-get install anything nor add apt sources (fail instead).
     #[arg(long)]
     no_install: bool,
@@ -114,9 +124,40 @@ pub struct Campaign {
     #[arg(long, value_name = "FILE")]
     known_crashes: Option<PathBuf>,
     /// The kernels to compare, one verdict column each (ignored with --kernel,
-    /// --kernel-package or --reports).
-    #[arg(long, value_name = "V,V", value_delimiter = ',', value_parser = parse_lab_kernel, default_value = "6.12.95,7.3.4")]
+    /// --kernel-package or --reports). `arm64:V` is Debian's arm64 kernel of release V; with
+    /// --arch arm64 every V is. Default: 6.12.95,7.3.4 (arm64: 6.12.117,7.3.4).
+    #[arg(long, value_name = "V,V", value_delimiter = ',', value_parser = parse_lab_kernel)]
     kernels: Vec<LabKernel>,
+}
+
+impl Campaign {
+    /// The options of each kernel's run: `--kernel` / `--kernel-package` (or `single`, e.g.
+    /// `--reports`) name one; else each of `--kernels`, on `--arch`.
+    pub fn per_kernel(&self, o: &LabOpts, single: bool) -> Result<Vec<LabOpts>, LabError> {
+        use hugepfn_kernels::Kernel;
+        if o.names_kernel() || single {
+            return Ok(vec![o.clone()]);
+        }
+        let kernels = match (self.kernels.is_empty(), o.arch) {
+            (false, _) => self.kernels.clone(),
+            (true, LabArch::X86_64) => vec![
+                LabKernel::Debian(Kernel::V6_12_95),
+                LabKernel::Debian(Kernel::V7_3_4),
+            ],
+            (true, LabArch::Arm64) => vec![
+                LabKernel::Arm64(Kernel::V6_12_117),
+                LabKernel::Arm64(Kernel::V7_3_4),
+            ],
+        };
+        kernels
+            .into_iter()
+            .map(|k| match o.arch {
+                LabArch::Arm64 => k.on(LabArch::Arm64).map_err(LabError::Input),
+                LabArch::X86_64 => Ok(k),
+            })
+            .map(|k| k.map(|k| o.with_kernel(k)))
+            .collect()
+    }
 }
 
 /// `hugepfn lab ...`.
@@ -288,13 +329,38 @@ pub(super) fn load_all(files: &[PathBuf]) -> Result<Vec<LabScenario>, LabError> 
         .collect()
 }
 
-/// The ivshmem BAR size a scenario needs, or why the lab cannot run it.
-pub fn lab_bar_size(sc: &Scenario, max_bar: u64) -> Result<u64, String> {
-    if sc.arch.paging_mode().is_none() {
-        return Err(format!(
-            "arch = \"{}\": the lab boots x86-64 guests (an arm64 lab is issue 14's)",
-            sc.arch
-        ));
+/// The ivshmem BAR size a scenario needs on a lab of `arch`, or why that lab cannot run it.
+///
+/// The x86-64 lab runs the x86-64 scenarios (4- and 5-level). The arm64 lab runs the arm64
+/// ones and every `x86_64` one as arm64 (the model with `arch = "arm64"`): what a scenario
+/// does is the same there, only the leaves differ, and those the model predicts per
+/// architecture. 5-level paging is x86-64's own; `hugepfn inspect` in the guest needs a
+/// static hugepfn the arm64 lab does not build.
+pub fn lab_bar_size(sc: &Scenario, max_bar: u64, arch: LabArch) -> Result<u64, String> {
+    use hugepfn_units::arch::Arch;
+    match (arch, sc.arch) {
+        (LabArch::X86_64, Arch::X86_64 | Arch::X86_64_5Level) => {}
+        (LabArch::X86_64, a) => {
+            return Err(format!(
+                "arch = \"{a}\": the x86-64 lab boots x86-64 guests{}",
+                if a == Arch::Arm64 {
+                    " (this one runs with --arch arm64)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        (LabArch::Arm64, Arch::Arm64 | Arch::X86_64) => {}
+        (LabArch::Arm64, a) => {
+            return Err(format!(
+                "arch = \"{a}\": the arm64 lab boots arm64 guests with 4 KiB pages"
+            ));
+        }
+    }
+    if arch == LabArch::Arm64 && sc.name.starts_with("lab-inspect") {
+        return Err(
+            "`hugepfn inspect` in the guest: the arm64 lab has no static aarch64 hugepfn".into(),
+        );
     }
     if let Some((s, why)) = sc
         .steps
@@ -373,6 +439,30 @@ pub enum LabKernel {
     Patched,
     /// `7.3.4-base`: the same build without them, the control; the model runs as 7.3.4.
     Base,
+    /// `arm64:7.3.4`: Debian's arm64 package of that release (`6.12.117`, `7.3.4`), booted under
+    /// `qemu-system-aarch64`; the model runs as that kernel with `arch = "arm64"`.
+    Arm64(hugepfn_kernels::Kernel),
+}
+
+/// The machine a lab kernel boots on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LabArch {
+    /// x86-64: QEMU `q35` with an emulated Intel IOMMU.
+    #[default]
+    #[value(name = "x86_64")]
+    X86_64,
+    /// arm64 (4 KiB pages): QEMU `virt,gic-version=3,iommu=smmuv3`.
+    Arm64,
+}
+
+impl LabArch {
+    /// The `arch` the model runs with against a kernel of this machine.
+    pub fn model_arch(self) -> hugepfn_units::arch::Arch {
+        match self {
+            LabArch::X86_64 => hugepfn_units::arch::Arch::X86_64,
+            LabArch::Arm64 => hugepfn_units::arch::Arch::Arm64,
+        }
+    }
 }
 
 impl LabKernel {
@@ -382,6 +472,38 @@ impl LabKernel {
             LabKernel::Debian(k) => k.name().to_string(),
             LabKernel::Patched => "7.3.4+hugepfn".into(),
             LabKernel::Base => "7.3.4-base".into(),
+            LabKernel::Arm64(k) => format!("arm64:{}", k.name()),
+        }
+    }
+
+    /// The machine it boots on.
+    pub fn arch(self) -> LabArch {
+        match self {
+            LabKernel::Arm64(_) => LabArch::Arm64,
+            _ => LabArch::X86_64,
+        }
+    }
+
+    /// The same release on `arch` (`--arch arm64`), or why there is none: our build is x86-64's.
+    pub fn on(self, arch: LabArch) -> Result<LabKernel, String> {
+        match (self, arch) {
+            (LabKernel::Debian(k) | LabKernel::Arm64(k), LabArch::Arm64) => {
+                if k.debian_package_arm64().is_some() {
+                    Ok(LabKernel::Arm64(k))
+                } else {
+                    Err(format!(
+                        "Debian has no arm64 package of {k} the lab boots; arm64 kernels: {}",
+                        arm64_kernels()
+                    ))
+                }
+            }
+            (LabKernel::Arm64(k), LabArch::X86_64) => Ok(LabKernel::Debian(k)),
+            (LabKernel::Patched | LabKernel::Base, LabArch::Arm64) => Err(format!(
+                "{} is our x86-64 build; the arm64 lab boots Debian's kernels ({})",
+                self.name(),
+                arm64_kernels()
+            )),
+            (k, LabArch::X86_64) => Ok(k),
         }
     }
 
@@ -401,12 +523,30 @@ impl LabKernel {
                 kernel: Some(hugepfn_kernels::Kernel::V7_3_4),
                 ..Default::default()
             },
+            LabKernel::Arm64(k) => crate::runner::RunOptions {
+                kernel: Some(k),
+                arch: Some(hugepfn_units::arch::Arch::Arm64),
+                ..Default::default()
+            },
         }
     }
 }
 
+/// The releases the arm64 lab boots, for messages.
+fn arm64_kernels() -> String {
+    hugepfn_kernels::Kernel::LAB
+        .into_iter()
+        .filter(|k| k.debian_package_arm64().is_some())
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `--kernel`: a kernel the lab boots (not a model-only one), or our build.
 fn parse_lab_kernel(s: &str) -> Result<LabKernel, String> {
+    if let Some(v) = s.strip_prefix("arm64:") {
+        return parse_lab_kernel(v)?.on(LabArch::Arm64);
+    }
     match s {
         "7.3.4+hugepfn" => return Ok(LabKernel::Patched),
         "7.3.4-base" => return Ok(LabKernel::Base),
@@ -430,6 +570,7 @@ impl LabOpts {
         LabOpts {
             kernel: Some(k),
             kernel_package: None,
+            arch: k.arch(),
             ..self.clone()
         }
     }
@@ -439,32 +580,69 @@ impl LabOpts {
         self.kernel.is_some() || self.kernel_package.is_some()
     }
 
-    /// The kernel these options boot.
+    /// The kernel these options boot (on `--arch`, checked by [`LabOpts::check_arch`]).
     pub fn lab_kernel(&self) -> LabKernel {
+        let k = self.lab_kernel_x86();
+        match self.arch {
+            LabArch::Arm64 => k.on(LabArch::Arm64).unwrap_or(k),
+            LabArch::X86_64 => k,
+        }
+    }
+
+    /// `--arch arm64` with a kernel that has no arm64 build here (our patched build, or
+    /// `--kernel-package`): refused up front.
+    pub fn check_arch(&self) -> Result<(), LabError> {
+        if self.arch == LabArch::Arm64 && self.kernel_package.is_some() {
+            return Err(LabError::Input(
+                "--kernel-package names an x86-64 package; with --arch arm64 use --kernel".into(),
+            ));
+        }
+        match self.arch {
+            LabArch::Arm64 => self
+                .lab_kernel_x86()
+                .on(LabArch::Arm64)
+                .map(|_| ())
+                .map_err(LabError::Input),
+            LabArch::X86_64 => Ok(()),
+        }
+    }
+
+    /// `--kernel` / `--kernel-package` as given (an `arm64:` kernel stays one).
+    fn lab_kernel_x86(&self) -> LabKernel {
         match (&self.kernel, &self.kernel_package) {
             (Some(k), _) => *k,
             (None, Some(p)) => LabKernel::Debian(
                 hugepfn_kernels::Kernel::from_package(p)
                     .unwrap_or(hugepfn_kernels::Kernel::V6_12_95),
             ),
+            (None, None) if self.arch == LabArch::Arm64 => {
+                LabKernel::Debian(hugepfn_kernels::Kernel::V7_3_4)
+            }
             (None, None) => LabKernel::Debian(hugepfn_kernels::Kernel::V6_12_95),
         }
     }
 }
 
 fn env_options(o: &LabOpts) -> env::EnvOptions {
-    let (kernel_package, built) = match o.kernel {
-        Some(LabKernel::Debian(k)) => (k.debian_package().map(str::to_string), None),
-        Some(LabKernel::Patched) => (None, Some(true)),
-        Some(LabKernel::Base) => (None, Some(false)),
-        None => (o.kernel_package.clone(), None),
+    let lab_kernel = o.lab_kernel();
+    let (kernel_package, built) = match (o.kernel, lab_kernel) {
+        (_, LabKernel::Arm64(k)) => (k.debian_package_arm64().map(str::to_string), None),
+        (Some(LabKernel::Debian(k)), _) => (k.debian_package().map(str::to_string), None),
+        (Some(LabKernel::Patched), _) => (None, Some(true)),
+        (Some(LabKernel::Base), _) => (None, Some(false)),
+        _ => (o.kernel_package.clone(), None),
     };
+    let arch = lab_kernel.arch();
     env::EnvOptions {
         dir: o.lab_dir.clone(),
         kernel_package,
-        probe: o.probe.clone(),
+        probe: match arch {
+            LabArch::X86_64 => o.probe.clone(),
+            LabArch::Arm64 => o.probe_arm64.clone(),
+        },
         no_install: o.no_install,
         built,
+        arch,
     }
 }
 
@@ -479,7 +657,7 @@ pub fn kernel_outcomes(
     let mut outcomes: Vec<Option<KernelOutcome>> = vec![None; scen.len()];
     let mut groups: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
     for (i, s) in scen.iter().enumerate() {
-        match lab_bar_size(&s.sc, max_bar) {
+        match lab_bar_size(&s.sc, max_bar, o.lab_kernel().arch()) {
             Ok(size) => groups.entry(size).or_default().push(i),
             Err(why) => outcomes[i] = Some(KernelOutcome::Skipped(why)),
         }
@@ -694,6 +872,20 @@ fn cmd_run(files: &[PathBuf], out: Option<&Path>, o: &LabOpts) -> Result<ExitCod
 /// `hugepfn lab ...`: exit 0 = all good, 1 = a difference / failed expectation / crash,
 /// 2 = the lab could not run.
 pub fn main(cmd: LabCmd) -> ExitCode {
+    let opts = match &cmd {
+        LabCmd::Setup { opts }
+        | LabCmd::Run { opts, .. }
+        | LabCmd::Compare { opts, .. }
+        | LabCmd::Fuzz { opts, .. }
+        | LabCmd::Record { opts, .. }
+        | LabCmd::Kernel {
+            cmd: KernelCmd::Build { opts, .. },
+        } => opts,
+    };
+    if let Err(e) = opts.check_arch() {
+        eprintln!("hugepfn lab: {e}");
+        return ExitCode::from(2);
+    }
     let r = match &cmd {
         LabCmd::Setup { opts } => cmd_setup(opts),
         LabCmd::Run { files, out, opts } => cmd_run(files, out.as_deref(), opts),
@@ -704,15 +896,18 @@ pub fn main(cmd: LabCmd) -> ExitCode {
             strict,
             campaign,
             opts,
-        } => compare::cmd_compare(
-            files,
-            reports.as_deref(),
-            markdown,
-            *strict,
-            campaign.known_crashes.as_deref(),
-            &campaign.kernels,
-            opts,
-        ),
+        } => campaign
+            .per_kernel(opts, reports.is_some())
+            .and_then(|runs| {
+                compare::cmd_compare(
+                    files,
+                    reports.as_deref(),
+                    markdown,
+                    *strict,
+                    campaign.known_crashes.as_deref(),
+                    &runs,
+                )
+            }),
         LabCmd::Record { files, opts } => record::cmd_record(files, opts),
         LabCmd::Fuzz {
             seed,
@@ -720,14 +915,9 @@ pub fn main(cmd: LabCmd) -> ExitCode {
             out,
             campaign,
             opts,
-        } => fuzz::cmd_fuzz(
-            *seed,
-            *count,
-            &campaign.kernels,
-            out,
-            campaign.known_crashes.as_deref(),
-            opts,
-        ),
+        } => campaign.per_kernel(opts, false).and_then(|runs| {
+            fuzz::cmd_fuzz(*seed, *count, &runs, out, campaign.known_crashes.as_deref())
+        }),
         LabCmd::Kernel {
             cmd:
                 KernelCmd::Build {
@@ -756,7 +946,7 @@ mod tests {
     fn size_of(steps: &str) -> Result<u64, String> {
         let text = bar2_head("2G", "va = \"align:1G\"\n") + steps;
         let sc = parse_scenario(&text, "t.toml").expect("parses");
-        lab_bar_size(&sc, 16 << 30)
+        lab_bar_size(&sc, 16 << 30, LabArch::X86_64)
     }
 
     #[test]
@@ -829,6 +1019,111 @@ process = "c1"
         );
         let b = LabKernel::Base.run_options();
         assert_eq!((b.kernel, b.bugs_fixed), (Some(Kernel::V7_3_4), false));
+        // arm64: Debian's arm64 packages of 6.12.117 and 7.3.4; the model runs as arm64
+        let a = parse_lab_kernel("arm64:6.12.117").expect("arm64 6.12.117");
+        assert_eq!(a, LabKernel::Arm64(Kernel::V6_12_117));
+        assert_eq!(a.name(), "arm64:6.12.117");
+        assert_eq!(a.arch(), LabArch::Arm64);
+        let o = a.run_options();
+        assert_eq!(
+            (o.kernel, o.arch),
+            (
+                Some(Kernel::V6_12_117),
+                Some(hugepfn_units::arch::Arch::Arm64)
+            )
+        );
+        for (k, why) in [
+            ("arm64:6.12.95", "no arm64 package"),
+            ("arm64:7.3.4+hugepfn", "x86-64 build"),
+        ] {
+            let e = parse_lab_kernel(k).expect_err(k);
+            assert!(e.contains(why), "{e}");
+        }
+        assert_eq!(
+            LabKernel::Arm64(Kernel::V7_3_4).on(LabArch::X86_64),
+            Ok(LabKernel::Debian(Kernel::V7_3_4))
+        );
+    }
+
+    #[test]
+    fn campaign_columns_follow_kernels_and_arch() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            opts: LabOpts,
+            #[command(flatten)]
+            campaign: Campaign,
+        }
+        let columns = |args: &[&str]| {
+            let cli = <Cli as clap::Parser>::try_parse_from(
+                std::iter::once("t").chain(args.iter().copied()),
+            )
+            .expect("parses");
+            cli.opts.check_arch().map_err(|e| e.to_string())?;
+            cli.campaign
+                .per_kernel(&cli.opts, false)
+                .map(|v| {
+                    v.iter()
+                        .map(|o| o.lab_kernel().name())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(columns(&[]), Ok("6.12.95,7.3.4".into()));
+        assert_eq!(
+            columns(&["--arch", "arm64"]),
+            Ok("arm64:6.12.117,arm64:7.3.4".into())
+        );
+        assert_eq!(
+            columns(&["--kernels", "7.3.4,7.3.4+hugepfn,arm64:7.3.4"]),
+            Ok("7.3.4,7.3.4+hugepfn,arm64:7.3.4".into())
+        );
+        assert_eq!(
+            columns(&["--arch", "arm64", "--kernels", "6.12.117,7.3.4"]),
+            Ok("arm64:6.12.117,arm64:7.3.4".into())
+        );
+        assert!(
+            columns(&["--arch", "arm64", "--kernels", "7.3.4+hugepfn"])
+                .is_err_and(|e| e.contains("x86-64 build"))
+        );
+        assert_eq!(
+            columns(&["--kernel", "arm64:7.3.4"]),
+            Ok("arm64:7.3.4".into())
+        );
+        assert_eq!(
+            columns(&["--kernel", "7.3.4", "--arch", "arm64"]),
+            Ok("arm64:7.3.4".into())
+        );
+        assert!(
+            columns(&["--kernel", "6.12.95", "--arch", "arm64"])
+                .is_err_and(|e| e.contains("no arm64 package"))
+        );
+    }
+
+    #[test]
+    fn the_arm64_lab_runs_x86_64_and_arm64_scenarios_as_arm64() {
+        let with = |head: &str, name: &str| {
+            let text = format!("arch = \"{head}\"\n")
+                + &bar2_head("2G", "").replacen("name = \"t\"", &format!("name = \"{name}\""), 1);
+            let sc = parse_scenario(&text, "t.toml").expect("parses");
+            (
+                lab_bar_size(&sc, 16 << 30, LabArch::X86_64),
+                lab_bar_size(&sc, 16 << 30, LabArch::Arm64),
+            )
+        };
+        assert_eq!(with("x86_64", "t"), (Ok(2 << 30), Ok(2 << 30)));
+        let (x, a) = with("arm64", "t");
+        assert!(x.is_err_and(|e| e.contains("--arch arm64")));
+        assert_eq!(a, Ok(2 << 30));
+        let (x, a) = with("x86_64-5level", "t");
+        assert_eq!(x, Ok(2 << 30));
+        assert!(a.is_err_and(|e| e.contains("arm64 guests")));
+        let (x, a) = with("riscv64-sv48", "t");
+        assert!(x.is_err() && a.is_err());
+        let (x, a) = with("x86_64", "lab-inspect-x");
+        assert_eq!(x, Ok(2 << 30));
+        assert!(a.is_err_and(|e| e.contains("inspect")));
     }
 
     #[test]

@@ -252,6 +252,22 @@ fn record_file(
 pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, LabError> {
     let kernel = match o.lab_kernel() {
         super::LabKernel::Debian(k) => k,
+        super::LabKernel::Arm64(k) => {
+            // arm64 counts go into the scenarios written for arm64 only: an x86-64 scenario's
+            // expectations are x86-64's
+            let scen = load_all(&expand_files(files)?)?;
+            if let Some(s) = scen
+                .iter()
+                .find(|s| s.sc.arch != hugepfn_units::arch::Arch::Arm64)
+            {
+                return Err(LabError::Input(format!(
+                    "{}: arch = \"{}\": the arm64 lab records into arch = \"arm64\" scenarios only",
+                    s.path.display(),
+                    s.sc.arch
+                )));
+            }
+            k
+        }
         other => {
             return Err(LabError::Input(format!(
                 "record writes what a released kernel measures; {} is our build (compare it instead)",

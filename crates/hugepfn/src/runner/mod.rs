@@ -13,8 +13,8 @@ use hugepfn_mm::addr::{PagingMode, VirtAddr};
 use hugepfn_mm::level::Level;
 use hugepfn_mm::pgtable::Bugs;
 use hugepfn_mm::{
-    FaultCounts, FaultPath, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, PhysConfig,
-    PhysMem, Prot, TableCounts, ThpPolicy, VmFlags,
+    FaultCounts, FaultPath, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest,
+    PhysConfig, PhysMem, Prot, TableCounts, ThpPolicy, VmFlags,
 };
 use hugepfn_scenario::{
     Access, Counters, ExpectNow, FaultPathSpec, Kernel, KernelBug, Levels, Madvise, Order,
@@ -62,6 +62,9 @@ pub struct RunOptions {
     pub fault_path: Option<FaultPath>,
     /// The simulated memory's size in bytes, overriding the scenario's `memory` (`--memory`).
     pub memory: Option<u64>,
+    /// The architecture, overriding the scenario's `arch` (the arm64 lab runs x86-64
+    /// scenarios as arm64).
+    pub arch: Option<hugepfn_units::arch::Arch>,
 }
 
 struct MapState {
@@ -183,7 +186,7 @@ impl ModelRun {
         let cfg = mm_config(
             behaviour,
             MmConfig {
-                arch: sc.arch,
+                arch: opts.arch.unwrap_or(sc.arch),
                 thp: match sc.thp {
                     ThpMode::Always => ThpPolicy::Always,
                     ThpMode::Madvise => ThpPolicy::Madvise,
