@@ -16,6 +16,7 @@
 //! * A write fault in a private (CoW) pfnmap is not handled yet (`do_cow_fault`): it is SIGBUS.
 
 use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{STRIPES, stripe};
 use std::fmt;
 
 use serde::Serialize;
@@ -328,9 +329,18 @@ pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpGate, order: u32) -> bool {
     sysfs && has_huge_fault
 }
 
-/// Counters of one process's faults (`current->min_flt`, split by the level that served them).
+/// Counters of one process's faults (`current->min_flt`, split by the level that served them),
+/// kept per thread as the kernel keeps them per task ([`crate::sync::stripe`]) and folded when
+/// read, so that threads faulting at once do not share a counter's cache line.
 #[derive(Debug, Default)]
 pub struct FaultStats {
+    stripes: [StatStripe; STRIPES],
+}
+
+/// One thread's share of [`FaultStats`].
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct StatStripe {
     minor: AtomicU64,
     by_level: [AtomicU64; 3],
     sigbus: AtomicU64,
@@ -383,50 +393,68 @@ impl FaultCounts {
 impl FaultStats {
     /// Snapshot.
     pub fn snapshot(&self) -> FaultCounts {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let g = |f: fn(&StatStripe) -> &AtomicU64| {
+            self.stripes
+                .iter()
+                .map(|s| f(s).load(Ordering::Relaxed))
+                .sum()
+        };
         FaultCounts {
-            faults: g(&self.minor),
-            pud: g(&self.by_level[2]),
-            pmd: g(&self.by_level[1]),
-            pte: g(&self.by_level[0]),
-            sigbus: g(&self.sigbus),
-            sigsegv: g(&self.sigsegv),
-            oom: g(&self.oom),
-            retries: g(&self.retries),
-            insert_conflicts: g(&self.insert_conflicts),
+            faults: g(|s| &s.minor),
+            pud: g(|s| &s.by_level[2]),
+            pmd: g(|s| &s.by_level[1]),
+            pte: g(|s| &s.by_level[0]),
+            sigbus: g(|s| &s.sigbus),
+            sigsegv: g(|s| &s.sigsegv),
+            oom: g(|s| &s.oom),
+            retries: g(|s| &s.retries),
+            insert_conflicts: g(|s| &s.insert_conflicts),
         }
+    }
+
+    /// This thread's counters.
+    #[inline]
+    fn mine(&self) -> &StatStripe {
+        &self.stripes[stripe()]
     }
 
     /// `mm_account_fault`: errors and retries are not minor faults.
     /// `n` more faults that ended in `r` (SIGBUS or SIGSEGV), as many accesses of one page
     /// each took (`Mm::access_range` counts them without faulting each again).
     pub(crate) fn account_signals(&self, r: VmFaultResult, n: u64) {
+        let s = self.mine();
         match r {
-            VmFaultResult::Sigbus => self.sigbus.fetch_add(n, Ordering::Relaxed),
-            VmFaultResult::Sigsegv => self.sigsegv.fetch_add(n, Ordering::Relaxed),
+            VmFaultResult::Sigbus => s.sigbus.fetch_add(n, Ordering::Relaxed),
+            VmFaultResult::Sigsegv => s.sigsegv.fetch_add(n, Ordering::Relaxed),
             _ => 0,
         };
     }
 
     pub(crate) fn account(&self, r: VmFaultResult, level: Level) {
+        let s = self.mine();
         let inc = |a: &AtomicU64| {
             a.fetch_add(1, Ordering::Relaxed);
         };
         match r {
-            VmFaultResult::Sigbus => inc(&self.sigbus),
-            VmFaultResult::Sigsegv => inc(&self.sigsegv),
-            VmFaultResult::Oom => inc(&self.oom),
-            VmFaultResult::Retry => inc(&self.retries),
+            VmFaultResult::Sigbus => inc(&s.sigbus),
+            VmFaultResult::Sigsegv => inc(&s.sigsegv),
+            VmFaultResult::Oom => inc(&s.oom),
+            VmFaultResult::Retry => inc(&s.retries),
             VmFaultResult::NoPage | VmFaultResult::Done | VmFaultResult::Fallback => {
-                inc(&self.minor);
+                inc(&s.minor);
                 let i = match level {
                     Level::Pud => 2,
                     Level::Pmd => 1,
                     _ => 0,
                 };
-                inc(&self.by_level[i]);
+                inc(&s.by_level[i]);
             }
         }
+    }
+
+    /// An insert that met a different pfn.
+    pub(crate) fn account_insert_conflict(&self) {
+        self.mine().insert_conflicts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -506,7 +534,7 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
         }
         Decoded::Leaf(old) if old.pfn != pfn => {
             drop(ptl);
-            vmf.stats.insert_conflicts.fetch_add(1, Ordering::Relaxed);
+            vmf.stats.account_insert_conflict();
             VmFaultResult::Sigbus
         }
         // The same pfn (a racing fault won), or a table below (the PTE-vs-PMD race of §3.4):

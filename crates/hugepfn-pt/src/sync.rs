@@ -18,3 +18,25 @@ pub mod atomic {
     #[cfg(feature = "shuttle")]
     pub use shuttle::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 }
+
+/// Counters split this many ways, one per cache line ([`stripe`]).
+pub const STRIPES: usize = 8;
+
+/// This thread's stripe of a per-thread-split counter (`0..STRIPES`), like the kernel's per-CPU
+/// counters: threads counting the same event do not bounce one cache line between their cores.
+/// Threads get stripes round-robin on first use; readers fold all stripes.
+#[inline]
+pub fn stripe() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
+    static NEXT: StdAtomicUsize = StdAtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|c| {
+        if c.get() == usize::MAX {
+            c.set(NEXT.fetch_add(1, StdOrdering::Relaxed) % STRIPES);
+        }
+        c.get()
+    })
+}

@@ -27,7 +27,7 @@ use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
 use crate::level::Level;
 use crate::phys::{ENTRIES, LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{Mutex, MutexGuard, STRIPES, stripe};
 
 /// Where one entry lives: a table and an index in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +161,34 @@ impl Drop for RcuReadGuard<'_> {
     }
 }
 
+/// Reader counts of lockless walks, one per cache line and a thread to each (like the
+/// kernel's per-CPU RCU state): two threads walking the same tree do not bounce one counter's
+/// line between their cores on every walk. A grace period needs all of them at zero.
+struct Readers([Stripe; STRIPES]);
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe(AtomicU64);
+
+impl Default for Readers {
+    fn default() -> Self {
+        Readers(std::array::from_fn(|_| Stripe::default()))
+    }
+}
+
+impl Readers {
+    /// This thread's counter.
+    #[inline]
+    fn mine(&self) -> &AtomicU64 {
+        &self.0[stripe()].0
+    }
+
+    /// Whether no walk is in progress on any thread.
+    fn idle(&self) -> bool {
+        self.0.iter().all(|s| s.0.load(Ordering::SeqCst) == 0)
+    }
+}
+
 /// One entry met by [`Tree::walk_range`].
 #[derive(Debug, Clone, Copy)]
 pub struct Visit<L> {
@@ -211,7 +239,7 @@ pub struct Tree<F: Format> {
     allocated: AtomicU64,
     freed: AtomicU64,
     tree_lock: Mutex<()>,
-    readers: AtomicU64,
+    readers: Readers,
     deferred: Mutex<Vec<(PhysAddr, Level)>>,
 }
 
@@ -240,7 +268,7 @@ impl<F: Format> Tree<F> {
             allocated: AtomicU64::new(1),
             freed: AtomicU64::new(0),
             tree_lock: Mutex::new(()),
-            readers: AtomicU64::new(0),
+            readers: Readers::default(),
             deferred: Mutex::new(Vec::new()),
         })
     }
@@ -467,10 +495,9 @@ impl<F: Format> Tree<F> {
 
     /// Enters a lockless walk.
     pub fn rcu_read_lock(&self) -> RcuReadGuard<'_> {
-        self.readers.fetch_add(1, Ordering::SeqCst);
-        RcuReadGuard {
-            readers: &self.readers,
-        }
+        let readers = self.readers.mine();
+        readers.fetch_add(1, Ordering::SeqCst);
+        RcuReadGuard { readers }
     }
 
     /// Lockless lookup of the leaf mapping `va`, with its slot (the hardware walk).
@@ -743,12 +770,21 @@ impl<F: Format> Tree<F> {
     }
 
     /// Frees deferred tables if no lockless walk is in progress. Returns how many were freed.
+    ///
+    /// The batch is taken before the readers are checked: every table in it was unlinked
+    /// before that, so a walk that can still be inside one began before it too and is counted.
+    /// (Checking first let a walk that began between the check and the take keep a table of a
+    /// batch unlinked after the check: freed under it.)
     pub fn reclaim_deferred(&self) -> usize {
-        if self.readers.load(Ordering::SeqCst) != 0 {
-            return 0;
-        }
         let batch: Vec<(PhysAddr, Level)> =
             std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
+        if !self.readers.idle() {
+            self.deferred
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(batch);
+            return 0;
+        }
         let n = batch.len();
         for (pa, level) in batch {
             self.free(pa, level);
