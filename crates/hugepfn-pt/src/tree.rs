@@ -239,7 +239,7 @@ pub struct Tree<F: Format> {
     allocated: AtomicU64,
     freed: AtomicU64,
     tree_lock: Mutex<()>,
-    readers: Readers,
+    readers: Box<Readers>,
     deferred: Mutex<Vec<(PhysAddr, Level)>>,
 }
 
@@ -268,7 +268,7 @@ impl<F: Format> Tree<F> {
             allocated: AtomicU64::new(1),
             freed: AtomicU64::new(0),
             tree_lock: Mutex::new(()),
-            readers: Readers::default(),
+            readers: Box::default(),
             deferred: Mutex::new(Vec::new()),
         })
     }

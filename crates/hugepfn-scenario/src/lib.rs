@@ -169,6 +169,9 @@
 //! faults = 1024              # for the file's kernel (absent: the corrected design and 6.12.95)
 //! on_kernel."7.3.4" = { faults = 524288 }  # replaces those checks on that kernel
 //! on_kernel.corrected = { faults = 0 }     # and for the corrected design
+//! on_kernel."arm64:7.3.4" = { faults = 1024 }  # run on arm64 (not the file's `arch`): over
+//!                            # 7.3.4's faults, sigbus, sigsegv, skipped, resident and errno;
+//!                            # the model-only checks are the file's architecture's and not used
 //! ```
 //!
 //! ## /proc readers and mincore (issue 12)

@@ -812,22 +812,39 @@ impl Cx<'_> {
         procs: &Procs,
     ) -> Result<ExpectStep, ScenarioError> {
         let mut on_kernel = Vec::new();
+        let mut on_arch = Vec::new();
         for (k, v) in r.on_kernel.clone().into_iter().flatten() {
-            let kernel = match k.get_ref().as_str() {
-                "corrected" => None,
-                _ => Some(self.kernel(&k)?),
-            };
             let span = v.span();
             let o = v.into_inner();
             if o.process.is_some() || o.on_kernel.is_some() {
                 return Err(self.invalid(&span, Problem::OnKernelNests));
             }
-            on_kernel.push((kernel, self.expect_spec(&o)?));
+            let spec = self.expect_spec(&o)?;
+            // `"arm64:7.3.4"`: that kernel on another architecture
+            if let Some((a, kname)) = k.get_ref().split_once(':') {
+                let arch = a.parse::<Arch>().map_err(|e| {
+                    self.invalid(
+                        &k.span(),
+                        Problem::UnknownKernel {
+                            message: format!("`{a}` in `{}`: {e}", k.get_ref()),
+                        },
+                    )
+                })?;
+                let kernel = Spanned::new(k.span(), kname.to_string());
+                on_arch.push((arch, self.kernel(&kernel)?, spec));
+                continue;
+            }
+            let kernel = match k.get_ref().as_str() {
+                "corrected" => None,
+                _ => Some(self.kernel(&k)?),
+            };
+            on_kernel.push((kernel, spec));
         }
         Ok(ExpectStep {
             line,
             expect: self.expect_spec(&r)?,
             on_kernel,
+            on_arch,
             process: self.process(procs, r.process.clone())?,
         })
     }

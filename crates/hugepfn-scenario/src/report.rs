@@ -844,6 +844,7 @@ mod tests {
             line: 12,
             expect: spec(Some(2), None),
             on_kernel: vec![],
+            on_arch: vec![],
             process: None,
         });
         let mut s0 = StepReport::for_step(0, &reset, false);

@@ -930,6 +930,10 @@ pub struct ExpectStep {
     /// lab boots) that kernel; each replaces the same check of `expect`. The key `corrected`
     /// (`None` here) is the corrected design, for a scenario whose `kernel` names a kernel.
     pub on_kernel: Vec<(Option<Kernel>, ExpectSpec)>,
+    /// `on_kernel."arm64:7.3.4" = { faults = 1024 }`: checks that differ when the scenario runs
+    /// on another architecture than its own `arch` (the arm64 lab runs the x86-64 scenarios as
+    /// arm64; `hugepfn lab record --arch arm64` writes these), over those of that kernel.
+    pub on_arch: Vec<(Arch, Kernel, ExpectSpec)>,
     /// `process = ...`: whose counters (since that process's previous `expect`); `None` = the
     /// first process.
     pub process: Option<String>,
@@ -941,6 +945,36 @@ impl ExpectStep {
         match self.on_kernel.iter().find(|(o, _)| *o == kernel) {
             Some((_, over)) => self.expect.overlaid(over),
             None => self.expect,
+        }
+    }
+
+    /// The checks that hold under `kernel` on `foreign`, an architecture other than the
+    /// scenario's own (`None`: its own): of [`ExpectStep::spec_for`] the checks a kernel
+    /// measures (`faults`, `sigbus`, `sigsegv`, `skipped`, `resident`, `errno`: what `hugepfn
+    /// lab record` writes), with the `"ARCH:KERNEL"` entry of `on_kernel` over them. The
+    /// model-only checks (leaves, faults by level, IOMMU and EPT entries, ...) are about the
+    /// scenario's own architecture's page tables and do not carry over.
+    pub fn spec_on(&self, foreign: Option<Arch>, kernel: Option<Kernel>) -> ExpectSpec {
+        let own = self.spec_for(kernel);
+        let Some(a) = foreign else {
+            return own;
+        };
+        let measured = ExpectSpec {
+            faults: own.faults,
+            sigbus: own.sigbus,
+            sigsegv: own.sigsegv,
+            skipped: own.skipped,
+            resident: own.resident,
+            errno: own.errno,
+            ..ExpectSpec::default()
+        };
+        match self
+            .on_arch
+            .iter()
+            .find(|(x, y, _)| *x == a && Some(*y) == kernel)
+        {
+            Some((_, _, over)) => measured.overlaid(over),
+            None => measured,
         }
     }
 }

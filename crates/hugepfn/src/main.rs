@@ -76,9 +76,14 @@ fn parse_memory(s: &str) -> Result<u64, String> {
     Ok(m)
 }
 
-fn run_options(k: Option<KernelArg>, memory: Option<u64>) -> runner::RunOptions {
+fn run_options(
+    k: Option<KernelArg>,
+    memory: Option<u64>,
+    arch: Option<Arch>,
+) -> runner::RunOptions {
     runner::RunOptions {
         memory,
+        arch,
         kernel: match k {
             Some(KernelArg::Version(v) | KernelArg::Fixed(v)) => Some(v),
             _ => None,
@@ -272,11 +277,11 @@ fn main() -> ExitCode {
             kernel,
             model: ModelArgs { arch, memory },
         } => {
-            let sc = match load(&file, arch) {
+            let sc = match load(&file) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            match compare::compare(&sc, run_options(kernel, memory)) {
+            match compare::compare(&sc, run_options(kernel, memory, arch)) {
                 Ok(rows) => {
                     if !emit(json, &rows, || compare::format(&sc, &rows)) {
                         return ExitCode::FAILURE;
@@ -315,13 +320,14 @@ fn main() -> ExitCode {
             logic,
             model: ModelArgs { arch, memory },
         } => {
-            let sc = match load(&file, arch) {
+            let sc = match load(&file) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
             let opts = run_options(
                 kernel.or(logic.and_then(Logic::kernel).map(KernelArg::Version)),
                 memory,
+                arch,
             );
             let mut model = match runner::ModelRun::new(&sc, opts) {
                 Ok(m) => m,
@@ -378,17 +384,14 @@ fn emit<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -
     }
 }
 
-/// Loads a scenario and applies `--arch`; a malformed file is said on stderr (exit 2).
-fn load(
-    file: &std::path::Path,
-    arch: Option<Arch>,
-) -> Result<hugepfn_scenario::Scenario, ExitCode> {
-    let mut sc = hugepfn_scenario::load_scenario(file).map_err(|e| {
+/// Loads a scenario; a malformed file is said on stderr (exit 2). (`--arch` goes to the run's
+/// options: on another architecture than its own a scenario checks its `"ARCH:KERNEL"`
+/// expectations.)
+fn load(file: &std::path::Path) -> Result<hugepfn_scenario::Scenario, ExitCode> {
+    hugepfn_scenario::load_scenario(file).map_err(|e| {
         eprintln!("hugepfn: {e}");
         ExitCode::from(2)
-    })?;
-    sc.arch = arch.unwrap_or(sc.arch);
-    Ok(sc)
+    })
 }
 
 fn demo_main(

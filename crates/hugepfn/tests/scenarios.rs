@@ -58,6 +58,41 @@ fn every_scenario_meets_its_expectations_as_every_lab_kernel() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
+/// Every scenario the arm64 lab runs (`hugepfn lab --arch arm64`: the arm64 ones, and the
+/// x86-64 ones as arm64) meets, as each arm64 kernel the lab boots, the checks recorded there
+/// (`hugepfn lab record --arch arm64`: the arm64 scenarios' own, the others' `"arm64:K"`
+/// entries). The model's arm64 predictions against the counts of Linux/arm64, without a boot.
+#[test]
+fn every_scenario_meets_its_arm64_expectations_as_every_arm64_lab_kernel() {
+    use hugepfn::lab::{LabArch, lab_bar_size};
+    use hugepfn_units::arch::Arch;
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for kernel in hugepfn_kernels::Kernel::LAB {
+        if kernel.debian_package_arm64().is_none() {
+            continue;
+        }
+        for f in &scenario_files() {
+            let sc = hugepfn_scenario::load_scenario(f).expect("parses");
+            if lab_bar_size(&sc, 16 << 30, LabArch::Arm64).is_err() {
+                continue;
+            }
+            let opts = RunOptions {
+                kernel: Some(kernel),
+                arch: Some(Arch::Arm64),
+                ..RunOptions::default()
+            };
+            let r = run_scenario(&sc, opts).expect("runs");
+            ran += 1;
+            if !r.ok {
+                failed.push(format!("as arm64 {kernel}:\n{}", format_report(&sc, &r)));
+            }
+        }
+    }
+    assert!(ran >= 2 * 60, "only {ran} arm64 runs");
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
 /// `--kernel corrected` on every scenario: the corrected design meets the checks (its
 /// `on_kernel.corrected` entries where the file names a kernel), and no /proc reader or mincore
 /// step zaps a leaf (issue: a read-only reader keeps every leaf it walks).

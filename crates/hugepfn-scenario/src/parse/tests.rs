@@ -197,6 +197,7 @@ fn the_documented_example_parses() {
                     ..ExpectSpec::default()
                 },
                 on_kernel: vec![],
+                on_arch: vec![],
                 process: None,
             }),
         ]

@@ -191,6 +191,7 @@ fn the_documented_example_of_the_new_ops_parses() {
                 ..ExpectSpec::default()
             },
             on_kernel: vec![],
+            on_arch: vec![],
             process: Some("c1".into()),
         })
     );
@@ -884,6 +885,38 @@ fn on_kernel_overrides_only_the_checks_it_names() {
         "op = \"expect\"\non_kernel.\"7.3.4\" = { fault = 2 }",
     ));
     assert!(msg.contains("fault"), "{msg}");
+}
+
+#[test]
+fn an_arch_kernel_key_holds_that_architectures_measured_checks() {
+    let text = step(
+        "op = \"expect\"\nfaults = 2\nsigbus = 0\nleaves = { pud = 2 }\non_kernel.\"7.3.4\" = { faults = 4 }\non_kernel.\"arm64:7.3.4\" = { faults = 1024 }",
+    );
+    let s = parse_scenario(&text, "k.toml").unwrap_or_else(|e| panic!("{e}"));
+    let Some(Step::Expect(e)) = s.steps.last() else {
+        panic!("expect step")
+    };
+    use crate::scenario::Kernel;
+    use hugepfn_units::arch::Arch;
+    let k7 = Some(Kernel::V7_3_4);
+    assert_eq!(e.on_arch.len(), 1);
+    // on its own architecture the entry is not used
+    assert_eq!(e.spec_on(None, k7), e.spec_for(k7));
+    assert_eq!(e.spec_for(k7).faults, Some(4));
+    // on arm64: the entry over 7.3.4's measured checks; the leaves are x86-64's, not checked
+    let a = e.spec_on(Some(Arch::Arm64), k7);
+    assert_eq!((a.faults, a.sigbus, a.leaves), (Some(1024), Some(0), None));
+    // no entry for that kernel: its measured checks
+    let b = e.spec_on(Some(Arch::Arm64), Some(Kernel::V6_12_117));
+    assert_eq!((b.faults, b.sigbus, b.leaves), (Some(2), Some(0), None));
+    let msg = any_err(&step(
+        "op = \"expect\"\non_kernel.\"mips:7.3.4\" = { faults = 2 }",
+    ));
+    assert!(msg.contains("`mips`"), "{msg}");
+    let msg = any_err(&step(
+        "op = \"expect\"\non_kernel.\"arm64:9.9\" = { faults = 2 }",
+    ));
+    assert!(msg.contains("unknown kernel `9.9`"), "{msg}");
 }
 
 fn any_err(text: &str) -> String {

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use hugepfn_kernels::{Behaviour, Kernel};
 use hugepfn_scenario::{Counters, RunReport, Scenario, Step};
+use hugepfn_units::arch::Arch;
 use toml_edit::{DocumentMut, InlineTable, Item, Table, Value};
 
 use super::{KernelOutcome, LabError, LabOpts, expand_files, kernel_outcomes, load_all};
@@ -74,27 +75,24 @@ fn count(n: u64) -> Value {
 }
 
 /// The step's `on_kernel."K"` inline table, created (dotted) if absent.
-fn override_table(tbl: &mut Table, kernel: Kernel) -> Option<&mut InlineTable> {
+fn override_table<'t>(tbl: &'t mut Table, kernel: &str) -> Option<&'t mut InlineTable> {
     let on = tbl.entry("on_kernel").or_insert_with(|| {
         let mut t = Table::new();
         t.set_dotted(true);
         Item::Table(t)
     });
     let on = on.as_table_like_mut()?;
-    if on.get(kernel.name()).is_none() {
-        on.insert(
-            kernel.name(),
-            Item::Value(Value::InlineTable(InlineTable::new())),
-        );
+    if on.get(kernel).is_none() {
+        on.insert(kernel, Item::Value(Value::InlineTable(InlineTable::new())));
     }
-    on.get_mut(kernel.name())?.as_inline_table_mut()
+    on.get_mut(kernel)?.as_inline_table_mut()
 }
 
 /// Writes `key = new` into `on_kernel."K"` of the step where it differs from the base check
 /// `base` (as text), and removes it there where it is the same; empty tables go.
 fn set_override(
     tbl: &mut Table,
-    kernel: Kernel,
+    kernel: &str,
     key: &'static str,
     new: Value,
     base: Option<String>,
@@ -128,11 +126,11 @@ fn set_override(
     // drop what is empty now
     if let Some(on) = tbl.get_mut("on_kernel").and_then(Item::as_table_like_mut) {
         if on
-            .get(kernel.name())
+            .get(kernel)
             .and_then(Item::as_inline_table)
             .is_some_and(|t| t.is_empty())
         {
-            on.remove(kernel.name());
+            on.remove(kernel);
         }
         if on.is_empty() {
             tbl.remove("on_kernel");
@@ -144,14 +142,25 @@ fn set_override(
 /// text and what changed. `kernel` is the kernel that measured them: the scenario's own
 /// (`kernel`, else 6.12.95, the corrected design's base) writes the checks themselves; another
 /// writes `on_kernel."K"` entries where its counts differ from them (and removes those that no
-/// longer do).
+/// longer do). A kernel of `foreign`, an architecture other than the scenario's own, writes
+/// `on_kernel."ARCH:K"` entries where its counts differ from the checks that hold for `K` on
+/// the scenario's own architecture.
 pub fn record_text(
     text: &str,
     sc: &Scenario,
     report: &RunReport,
     kernel: Kernel,
+    foreign: Option<Arch>,
 ) -> Result<(String, Vec<Change>), String> {
-    let base_kernel = sc.kernel.unwrap_or(Behaviour::CORRECTED_BASE);
+    let base_kernel = match foreign {
+        // never the base checks: they are the scenario's own architecture's
+        Some(_) => None,
+        None => Some(sc.kernel.unwrap_or(Behaviour::CORRECTED_BASE)),
+    };
+    let key_name = match foreign {
+        Some(a) => format!("{a}:{}", kernel.name()),
+        None => kernel.name().to_string(),
+    };
     let mut doc: DocumentMut = text.parse().map_err(|e| format!("TOML: {e}"))?;
     let steps = doc
         .get_mut("step")
@@ -197,7 +206,10 @@ pub fn record_text(
             return Err(format!("step {}: no table", i + 1));
         };
         let line = e.line;
-        let x = &e.expect;
+        let x = &match foreign {
+            Some(_) => e.spec_for(Some(kernel)),
+            None => e.expect,
+        };
         let text = |v: Option<u64>| v.map(|n| n.to_string());
         for (key, n, base) in [
             ("faults", since.faults, text(x.faults)),
@@ -209,19 +221,19 @@ pub fn record_text(
             if base.is_none() && n == 0 {
                 continue;
             }
-            if kernel == base_kernel {
+            if Some(kernel) == base_kernel {
                 set(tbl, key, count(n), line, &mut changes);
             } else {
-                set_override(tbl, kernel, key, count(n), base, line, &mut changes);
+                set_override(tbl, &key_name, key, count(n), base, line, &mut changes);
             }
         }
         if let Some(base) = x.errno {
             let v = Value::from(last_errno.unwrap_or_else(|| "0".into()));
-            if kernel == base_kernel {
+            if Some(kernel) == base_kernel {
                 set(tbl, "errno", v, line, &mut changes);
             } else {
                 let base = Some(bare(&Value::from(base.to_string())));
-                set_override(tbl, kernel, "errno", v, base, line, &mut changes);
+                set_override(tbl, &key_name, "errno", v, base, line, &mut changes);
             }
         }
     }
@@ -233,12 +245,13 @@ fn record_file(
     sc: &Scenario,
     report: &RunReport,
     kernel: Kernel,
+    foreign: Option<Arch>,
 ) -> Result<Vec<Change>, LabError> {
     let text = std::fs::read_to_string(path).map_err(|source| LabError::Io {
         what: format!("read {}", path.display()),
         source,
     })?;
-    let (new, changes) = record_text(&text, sc, report, kernel)
+    let (new, changes) = record_text(&text, sc, report, kernel, foreign)
         .map_err(|e| LabError::Input(format!("{}: {e}", path.display())))?;
     if !changes.is_empty() {
         std::fs::write(path, new).map_err(|source| LabError::Io {
@@ -250,24 +263,11 @@ fn record_file(
 }
 
 pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, LabError> {
-    let kernel = match o.lab_kernel() {
-        super::LabKernel::Debian(k) => k,
-        super::LabKernel::Arm64(k) => {
-            // arm64 counts go into the scenarios written for arm64 only: an x86-64 scenario's
-            // expectations are x86-64's
-            let scen = load_all(&expand_files(files)?)?;
-            if let Some(s) = scen
-                .iter()
-                .find(|s| s.sc.arch != hugepfn_units::arch::Arch::Arm64)
-            {
-                return Err(LabError::Input(format!(
-                    "{}: arch = \"{}\": the arm64 lab records into arch = \"arm64\" scenarios only",
-                    s.path.display(),
-                    s.sc.arch
-                )));
-            }
-            k
-        }
+    // an arm64 kernel's counts go into the arm64 scenarios as theirs, into the others as
+    // `on_kernel."arm64:K"` entries
+    let (kernel, arch) = match o.lab_kernel() {
+        super::LabKernel::Debian(k) => (k, None),
+        super::LabKernel::Arm64(k) => (k, Some(Arch::Arm64)),
         other => {
             return Err(LabError::Input(format!(
                 "record writes what a released kernel measures; {} is our build (compare it instead)",
@@ -284,7 +284,8 @@ pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, Lab
                 report, warnings, ..
             } => {
                 super::warn_each(&s.path, warnings);
-                let changes = record_file(&s.path, &s.sc, report, kernel)?;
+                let foreign = arch.filter(|a| *a != s.sc.arch);
+                let changes = record_file(&s.path, &s.sc, report, kernel, foreign)?;
                 if changes.is_empty() {
                     println!("{}: unchanged ({})", s.path.display(), report.source);
                 }
@@ -355,7 +356,7 @@ faults = 0
             crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
         let mut k = model.clone();
         k.steps[1].counters.faults = 524288; // 7.3.4: 4 KiB at the kernel's VA
-        let (text, changes) = record_text(&text, &sc, &k, Kernel::V7_3_4).expect("records");
+        let (text, changes) = record_text(&text, &sc, &k, Kernel::V7_3_4, None).expect("records");
         assert!(
             text.contains("on_kernel.\"7.3.4\" = { faults = 524288 }"),
             "{text}"
@@ -378,9 +379,51 @@ faults = 0
         );
         // the kernel now agrees with the base: the entry goes
         k.steps[1].counters.faults = 2;
-        let (text2, changes2) = record_text(&text, &again, &k, Kernel::V7_3_4).expect("records");
+        let (text2, changes2) =
+            record_text(&text, &again, &k, Kernel::V7_3_4, None).expect("records");
         assert!(!text2.contains("on_kernel"), "{text2}");
         assert_eq!(changes2.len(), 1, "{changes2:?}");
+    }
+
+    #[test]
+    fn another_architecture_writes_arch_kernel_entries_over_that_kernels_checks() {
+        let text = sc_text();
+        let sc = parse_scenario(&text, "t.toml").expect("parses");
+        let model =
+            crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
+        // 7.3.4 on x86-64 first, then arm64's 7.3.4: 1024 PMD faults where x86 takes 524288
+        let mut k = model.clone();
+        k.steps[1].counters.faults = 524288;
+        let (text, _) = record_text(&text, &sc, &k, Kernel::V7_3_4, None).expect("records");
+        let sc = parse_scenario(&text, "t.toml").expect("parses");
+        k.steps[1].counters.faults = 1024;
+        let (text, changes) =
+            record_text(&text, &sc, &k, Kernel::V7_3_4, Some(Arch::Arm64)).expect("records");
+        assert!(
+            text.contains("on_kernel.\"arm64:7.3.4\" = { faults = 1024 }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("faults = 2        # was predicted"),
+            "base kept: {text}"
+        );
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let again = parse_scenario(&text, "t.toml").expect("still parses");
+        let Step::Expect(e) = &again.steps[2] else {
+            panic!("expect")
+        };
+        let k7 = Some(Kernel::V7_3_4);
+        assert_eq!(e.spec_on(Some(Arch::Arm64), k7).faults, Some(1024));
+        assert_eq!(e.spec_on(None, k7).faults, Some(524288));
+        assert_eq!(
+            e.spec_on(Some(Arch::Arm64), Some(Kernel::V6_12_117)).faults,
+            Some(2)
+        );
+        // the second touch agrees with 7.3.4's checks: nothing written for it
+        assert!(
+            !text.contains("on_kernel.\"arm64:7.3.4\" = { faults = 0 }"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -393,7 +436,7 @@ faults = 0
         k.source = "kernel test".into();
         k.steps[1].counters.faults = 1024;
         k.steps[1].counters.sigbus = 3;
-        let (text, changes) = record_text(&text, &sc, &k, Kernel::V6_12_95).expect("records");
+        let (text, changes) = record_text(&text, &sc, &k, Kernel::V6_12_95, None).expect("records");
         assert!(text.contains("# a comment that must stay"));
         assert!(
             text.contains("faults = 1024        # was predicted"),
@@ -425,7 +468,8 @@ faults = 0
         };
         assert_eq!(e.expect.faults, Some(1024));
         // recording the same numbers again changes nothing
-        let (text2, changes2) = record_text(&text, &again, &k, Kernel::V6_12_95).expect("records");
+        let (text2, changes2) =
+            record_text(&text, &again, &k, Kernel::V6_12_95, None).expect("records");
         assert!(changes2.is_empty());
         assert_eq!(text2, text);
     }
@@ -467,7 +511,7 @@ errno = "EINVAL"
         k.steps[1].counters.faults = 1024; // main's touch
         k.steps[4].counters.faults = 3; // the child's touch
         k.steps[4].counters.skipped = 7;
-        let (text, _) = record_text(&fork, &sc, &k, Kernel::V6_12_95).expect("records");
+        let (text, _) = record_text(&fork, &sc, &k, Kernel::V6_12_95, None).expect("records");
         let again = parse_scenario(&text, "f.toml").expect("parses");
         let (Step::Expect(child), Step::Expect(main)) = (&again.steps[5], &again.steps[6]) else {
             panic!("expects")

@@ -111,6 +111,9 @@ pub struct ModelRun {
     last_resident: u64,
     /// Where the last `mremap` step asked to move to (`MREMAP_FIXED`), if it got that far.
     last_mremap_dst: Option<u64>,
+    /// The architecture the run is on when it is not the scenario's own (`RunOptions::arch`):
+    /// `expect` steps check their `"ARCH:KERNEL"` entries.
+    foreign_arch: Option<hugepfn_units::arch::Arch>,
     /// [`ModelRun::take_kernel_vas`]: step index → the VA a kernel chose there.
     kernel_vas: BTreeMap<usize, VirtAddr>,
     /// The step [`ModelRun::step`] runs.
@@ -217,6 +220,7 @@ impl ModelRun {
             behaviour,
             last_resident: 0,
             last_mremap_dst: None,
+            foreign_arch: opts.arch.filter(|a| *a != sc.arch),
             kernel_vas: BTreeMap::new(),
             step_index: 0,
             draw_notes: Vec::new(),
@@ -576,7 +580,7 @@ impl ModelRun {
                     .remove(&actor)
                     .unwrap_or_else(|| Counters::zero(true));
                 rep.expect = Some(check_expect(
-                    &e.spec_for(self.behaviour.kernel()),
+                    &e.spec_on(self.foreign_arch, self.behaviour.kernel()),
                     &since,
                     &now,
                 ));
