@@ -15,7 +15,7 @@ use hugepfn_scenario::{
     ModelOnly, Order, PowerState, ProcFileSpec, ProtSpec, RunReport, Scenario, Step, StepReport,
     ThpMode, VaPlacement, check_expect, model_only,
 };
-use hugepfn_units::addr::VirtAddr;
+use hugepfn_units::addr::{PagingMode, VirtAddr};
 use hugepfn_units::format_size;
 
 use crate::error::ProbeError;
@@ -467,7 +467,10 @@ impl Runner<'_> {
                     );
                     errno = Some(e);
                 }
-                rep.va = map.as_ref().and_then(|mp| VirtAddr::new_user(mp.va()).ok());
+                // (checked as 57-bit: arm64's 48-bit user VAs are above x86-64's 47 bits)
+                rep.va = map
+                    .as_ref()
+                    .and_then(|mp| VirtAddr::new(mp.va(), PagingMode::Level5).ok());
                 self.maps.insert(
                     m.name.clone(),
                     MapState {

@@ -75,9 +75,19 @@ struct Map {
     holes: bool,
     /// Children forked before it was made (they do not have it).
     born: usize,
-    /// Placed at `align:2M+4K`: its probe reservation had only 2 MiB of slack, so its ends
-    /// share PMD ranges with the probe's own memory on the kernel (see `step`, mremap).
+    /// Placed where its unaligned ends may share PMD ranges with the probe's own memory on
+    /// the kernel ([`tight_placement`]; see `step`, mremap).
     tight: bool,
+}
+
+/// Placements after which a mapping's unaligned ends may share a PMD range with other memory
+/// of the probe on the kernel: `align:2M+4K` (its reservation has 2 MiB of slack), and those
+/// whose VA the kernel chose below 2 MiB (`kernel`, `align:4K`, `congruent:2M`: top-down next to
+/// the probe's other mappings). Moved by mremap, such a mapping takes the neighbour's PTE table
+/// along (lab fuzz seeds 20261204 and 20261203, docs/testing.md), which the model's process,
+/// with no memory of its own, cannot show.
+fn tight_placement(va: &str) -> bool {
+    matches!(va, "align:2M+4K" | "kernel" | "align:4K" | "congruent:2M")
 }
 
 struct Gen<'a> {
@@ -279,17 +289,23 @@ impl Gen<'_> {
         if let Some(l) = len {
             f.push(("len", format!("{l}")));
         }
-        // In the lab, placements that fix the VA's alignment to 2 MiB and 1 GiB: `kernel` (7.3
-        // is 2 MiB-aligned in 1 of 512 ASLR draws), `align:4K` (the probe's reservation is
-        // THP-aligned by the kernel) and `congruent:2M` (1 GiB alignment by chance) leave the
-        // leaf size to chance (lab fuzz seeds 20261202, 20261203).
+        // In the lab, `kernel` (7.3 is 2 MiB-aligned in 1 of 512 ASLR draws), `align:4K` (the
+        // probe's reservation is THP-aligned by the kernel) and `congruent:2M` (1 GiB alignment
+        // by chance) leave the leaf size to the kernel's choice of VA (lab fuzz seeds 20261202,
+        // 20261203 found them); they were left out until the lab gave that VA to the model
+        // (`ModelRun::take_kernel_vas`), and are drawn less often than the fixed placements.
         let choices: &[&str] = if self.cfg.lab {
             &[
+                "kernel",
                 "congruent:1G",
+                "congruent:1G",
+                "congruent:2M",
+                "align:1G",
                 "align:1G",
                 "align:1G+2M",
                 "align:1G+4K",
                 "align:2M+4K",
+                "align:4K",
             ]
         } else {
             &[
@@ -326,7 +342,7 @@ impl Gen<'_> {
             len: len.unwrap_or(rest),
             holes: false,
             born: self.children.len(),
-            tight: va == "align:2M+4K",
+            tight: tight_placement(va),
         });
     }
 
@@ -421,9 +437,7 @@ impl Gen<'_> {
                     "congruent:1G",
                     "align:2M+4K",
                 ]);
-                if va != "kernel" {
-                    self.maps[m].tight = va == "align:2M+4K";
-                }
+                self.maps[m].tight = tight_placement(va);
                 f.push(("va", format!("\"{va}\"")));
                 // (the lab keeps the length: the generator's later offsets assume it)
                 if !self.cfg.lab && self.r.chance(35) {

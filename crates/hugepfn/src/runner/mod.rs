@@ -227,8 +227,8 @@ impl ModelRun {
         })
     }
 
-    /// Takes the VAs a kernel chose for `mmap` steps that leave the placement to it (step index
-    /// → VA, from a lab run). Under ASLR the kernel's choice is a draw, not something the model
+    /// Takes the VAs a kernel chose for `mmap` steps (step index → VA, from a lab run); used
+    /// where the placement leaves alignment below 1 GiB to the kernel ([`ModelRun::drawn_placement`]). Under ASLR the kernel's choice is a draw, not something the model
     /// can predict: 7.x's top-down VA for a device mmap is random modulo 2 MiB. Such a step
     /// then maps at an address congruent with the kernel's modulo 1 GiB (the largest leaf), so
     /// every fault meets the alignment the kernel's did, found by the model's own search so
@@ -245,25 +245,38 @@ impl ModelRun {
         &self.draw_notes
     }
 
-    /// The placement of an `mmap` with no `va` at step [`ModelRun::step_index`]: the kernel's
-    /// draw if there is one that the model's rule allows, else the model's own choice.
-    fn kernel_placement(&mut self, len: u64, offset: u64) -> Result<MmapAddr, MmError> {
+    /// The placement of an `mmap` at step [`ModelRun::step_index`] whose VA the model knows
+    /// only as `rule` = `(modulus, residue)` (the VA is congruent with `residue` modulo
+    /// `modulus`): with a kernel's VA for the step that keeps the rule, an address congruent
+    /// with it modulo 1 GiB; else `own`, the model's choice. The kernel chose the rest: ASLR's
+    /// draw of `mmap_base` with no hint, or where it put the probe's reservation for an
+    /// `align:`/`congruent:` placement finer than 1 GiB (an anonymous reservation of 2 MiB or
+    /// more is THP-aligned there).
+    fn drawn_placement(
+        &mut self,
+        rule: (u64, u64),
+        len: u64,
+        own: impl FnOnce(&Mm) -> Result<MmapAddr, MmError>,
+    ) -> Result<MmapAddr, MmError> {
+        let gib = Level::Pud.size();
+        let (modulus, residue) = rule;
         let Some(draw) = self.kernel_vas.get(&self.step_index).copied() else {
-            return Ok(MmapAddr::Kernel);
+            return own(&self.mm);
         };
+        if modulus >= gib {
+            return own(&self.mm); // nothing left to the kernel that matters for leaves
+        }
         let step = self.step_index + 1;
-        let (modulus, residue) = self.mm.unmapped_area_rule(len, offset);
         if draw.as_u64() % modulus != residue {
             self.draw_notes.push(format!(
-                "step {step}: the kernel chose VA {draw}, not congruent with {residue:#x} modulo {} as the model's get_unmapped_area has it; the model keeps its own choice",
+                "step {step}: the kernel chose VA {draw}, not congruent with {residue:#x} modulo {} as the model has it; the model keeps its own choice",
                 hugepfn_units::format_size(modulus)
             ));
-            return Ok(MmapAddr::Kernel);
+            return own(&self.mm);
         }
-        let gib = Level::Pud.size();
         let va = self.mm.find_aligned_area(len, gib, draw.as_u64() % gib)?;
         self.draw_notes.push(format!(
-            "step {step}: the kernel chose VA {draw} (an ASLR draw); the model maps at {va:#x}, the same offset modulo 1 GiB"
+            "step {step}: the kernel chose VA {draw}; the model maps at {va:#x}, the same offset modulo 1 GiB"
         ));
         Ok(MmapAddr::Fixed(va))
     }
@@ -335,15 +348,21 @@ impl ModelRun {
                 let len = m.len.resolve(bar_size.saturating_sub(m.offset));
                 let offset = region_offset(m.bar).wrapping_add(m.offset);
                 let addr = match m.va {
-                    VaPlacement::Kernel => self.kernel_placement(len, offset),
-                    VaPlacement::Align { size, skew } => self
-                        .mm
-                        .find_aligned_area(len, size, skew)
-                        .map(MmapAddr::Fixed),
-                    VaPlacement::Congruent { size } => self
-                        .mm
-                        .find_aligned_area(len, size, bar_phys.wrapping_add(m.offset) % size)
-                        .map(MmapAddr::Fixed),
+                    VaPlacement::Kernel => {
+                        let rule = self.mm.unmapped_area_rule(len, offset);
+                        self.drawn_placement(rule, len, |_| Ok(MmapAddr::Kernel))
+                    }
+                    VaPlacement::Align { size, skew } => {
+                        self.drawn_placement((size, skew % size), len, |mm| {
+                            mm.find_aligned_area(len, size, skew).map(MmapAddr::Fixed)
+                        })
+                    }
+                    VaPlacement::Congruent { size } => {
+                        let skew = bar_phys.wrapping_add(m.offset) % size;
+                        self.drawn_placement((size, skew), len, |mm| {
+                            mm.find_aligned_area(len, size, skew).map(MmapAddr::Fixed)
+                        })
+                    }
                     VaPlacement::Fixed(a) => Ok(MmapAddr::Fixed(a)),
                 };
                 let file = dev.open();
