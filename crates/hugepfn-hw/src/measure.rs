@@ -239,6 +239,29 @@ pub fn minor_faults() -> Option<u64> {
     rest.split_ascii_whitespace().nth(7)?.parse().ok()
 }
 
+/// This process's resident set: (`VmRSS`, `VmHWM`, the peak since start or the last
+/// [`reset_peak_rss`]) in bytes, from `/proc/self/status`.
+pub fn rss() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|k| k << 10)
+    };
+    Some((kib("VmRSS:")?, kib("VmHWM:")?))
+}
+
+/// Resets this process's peak RSS (`VmHWM`) to its current RSS: writes `5` to
+/// `/proc/self/clear_refs` (Linux ≥ 4.0). False if the kernel refused.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// What anonymous 4 KiB minor faults cost on this machine.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct MinorFaultCost {

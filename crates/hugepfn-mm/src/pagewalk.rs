@@ -53,6 +53,9 @@ pub enum WalkError {
     /// A callback (`test_walk`, `pte_hole`) returned an error.
     #[error("the walk failed with {0:?}")]
     Errno(Errno),
+    /// A table pointer named no page-table page (a corrupt tree).
+    #[error(transparent)]
+    Table(#[from] crate::pgtable::WalkError),
 }
 
 /// `walk->action`.
@@ -163,7 +166,11 @@ pub fn for_each_pte(
     end: u64,
     mut f: impl FnMut(u64, Decoded),
 ) {
-    let t = pt.table(table);
+    // The walker checked the table before it called the ops (`walk_pmd`): a pointer that
+    // names no table cannot reach here, and would visit nothing.
+    let Ok(t) = pt.table(table) else {
+        return;
+    };
     let mut va = start;
     while va < end {
         f(va, pt.decode_raw(t.get(Level::Pte.index(va)), Level::Pte));
@@ -352,6 +359,10 @@ impl<O: MmWalkOps> Walk<'_, O> {
                 level: Level::Pmd,
                 entry: self.pt().decode(slot),
             };
+            if let Decoded::Table(t) = e.entry {
+                // The ops read the PTE table it points at (`for_each_pte`): it must be one.
+                self.pt().table(t)?;
+            }
             let action = match self.visit(vma, &e)? {
                 None => return Ok(()),
                 Some(WalkAction::Again) => continue,
@@ -367,6 +378,7 @@ impl<O: MmWalkOps> Walk<'_, O> {
                 continue; // look again: now a table, or nothing
             }
             if let Decoded::Table(t) = e.entry {
+                let table = self.mm.page_tables().table(t)?;
                 let mut va = addr;
                 while va < next {
                     let pte = WalkEntry {
@@ -375,7 +387,7 @@ impl<O: MmWalkOps> Walk<'_, O> {
                         level: Level::Pte,
                         entry: self
                             .pt()
-                            .decode_raw(self.pt().table(t).get(Level::Pte.index(va)), Level::Pte),
+                            .decode_raw(table.get(Level::Pte.index(va)), Level::Pte),
                     };
                     self.ops.pte_entry(self.mm.page_tables(), &pte, vma);
                     va += Level::Pte.size();

@@ -226,6 +226,7 @@ fn walk_err(e: WalkError) -> MmError {
     match e {
         WalkError::Errno(n) => MmError::Invalid(format!("the walk failed: {n:?}")),
         WalkError::Oops(o) => MmError::Invalid(format!("kernel oops: {o}")),
+        WalkError::Table(e) => e.into(),
     }
 }
 

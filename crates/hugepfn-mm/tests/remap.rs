@@ -237,7 +237,7 @@ fn follow_guard_holds_the_page_table_lock() {
     let f = g.follow_pfnmap_start(G).unwrap();
     let (_, slot) = mm.page_tables().lookup(G).unwrap();
     // The PMD lock is the PMD table's split lock: taken, so try_lock fails.
-    let t = mm.page_tables().table(slot.table);
+    let t = mm.page_tables().table(slot.table).unwrap();
     assert!(
         t.try_lock().is_none(),
         "PMD lock held between start and end"
@@ -402,4 +402,41 @@ fn move_page_tables_keeps_emptied_tables() {
     let (leaf, _) = pt.lookup(8 * G + 4 * K).unwrap();
     assert_eq!(leaf.pfn.as_u64(), (BAR1 >> 12) + 1);
     assert!(pt.lookup(old + 4 * K).is_none());
+}
+
+/// A PMD entry that points at no page-table page (a corrupt tree) is an error in the walks
+/// that meet it (follow, mremap's PTE move), not a panic; the hardware walk sees nothing.
+/// (`PageTables::table` used to panic.)
+#[test]
+fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
+    let (_p, mm) = mm();
+    vma(&mm, G, 2 * M);
+    mm.remap_pfn_range_capped(G, BAR1 >> 12, 2 * M, prot(), LeafCap::Pte)
+        .unwrap();
+    let pt = mm.page_tables();
+    let pmd = pt.slot(G, Level::Pmd).unwrap().unwrap();
+    let good = pt.get(pmd);
+    // a table pointer into device memory (not RAM): no page-table page there
+    let bogus = hugepfn_mm::PhysAddr::new(BAR1).unwrap();
+    pt.ptl(pmd).set(
+        pmd,
+        hugepfn_pt::format::Format::encode_table(pt.format(), bogus, Level::Pmd),
+    );
+    assert!(pt.lookup(G).is_none());
+    assert!(mm.mmap_read().follow_pfnmap_start(G).is_err());
+    // half the PMD's range: its PTEs are moved one by one (a whole PMD would move the pointer)
+    let moved = mm.mremap(
+        G,
+        M,
+        M,
+        hugepfn_mm::mremap::MremapFlags {
+            maymove: true,
+            fixed: Some(4 * G),
+        },
+    );
+    let e = moved.unwrap_err();
+    assert!(e.to_string().contains("0x100000000000"), "{e}");
+    // the real pointer back: the mapping is whole again
+    pt.ptl(pmd).set(pmd, good);
+    assert_eq!(pt.lookup(G).map(|(l, _)| l.pfn.as_u64()), Some(BAR1 >> 12));
 }

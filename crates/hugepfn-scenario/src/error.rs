@@ -315,6 +315,16 @@ pub enum Problem {
     /// An `on_kernel` table has `process` or `on_kernel` of its own.
     #[error("an `on_kernel` table holds checks only (no `process`, no nested `on_kernel`)")]
     OnKernelNests,
+    /// `on_kernel."ARCH:V"` with the scenario's own `arch`.
+    #[error(
+        "`on_kernel.\"{key}\"` names this scenario's own arch: its checks for {kernel} go in `on_kernel.\"{kernel}\"` (an `ARCH:` prefix is for running the file as another architecture)"
+    )]
+    OnKernelOwnArch {
+        /// The key as written.
+        key: String,
+        /// The kernel part.
+        kernel: String,
+    },
     /// A step names a process that no `fork` creates.
     #[error("unknown process `{name}`{}", known_list("processes so far", known))]
     UnknownProcess {

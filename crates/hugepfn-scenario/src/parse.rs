@@ -46,9 +46,10 @@ pub fn load_scenario(path: impl AsRef<Path>) -> Result<Scenario, ScenarioError> 
 /// Parses and validates scenario text. `origin` (usually the path) prefixes every error
 /// message: `origin:line:column: message`. Never panics.
 pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
-    let cx = Cx {
+    let mut cx = Cx {
         origin,
         text,
+        arch: Arch::default(),
         line_starts: crate::error::line_starts(text),
     };
     let mut root = DeTable::parse(text).map_err(|e| cx.syntax_error(&e))?;
@@ -58,6 +59,7 @@ pub fn parse_scenario(text: &str, origin: &str) -> Result<Scenario, ScenarioErro
         DeValue::Table(root.into_inner()),
     )))?;
 
+    cx.arch = head.arch;
     let devices = cx.devices(head.device)?;
     let step_values = match steps_value {
         None => Vec::new(),
@@ -383,6 +385,8 @@ raw_step! {
 struct Cx<'a> {
     origin: &'a str,
     text: &'a str,
+    /// The scenario's `arch` (its own: `on_kernel."ARCH:V"` must name another).
+    arch: Arch,
     /// Where each line starts, so that locating an error is a binary search (issue 17: a
     /// 50,000-step file took 18 s when every location counted newlines from the start).
     line_starts: Vec<usize>,
@@ -830,6 +834,16 @@ impl Cx<'_> {
                         },
                     )
                 })?;
+                if arch == self.arch {
+                    // The file's own architecture: its plain `on_kernel."V"` is meant.
+                    return Err(self.invalid(
+                        &k.span(),
+                        Problem::OnKernelOwnArch {
+                            key: k.get_ref().clone(),
+                            kernel: kname.to_string(),
+                        },
+                    ));
+                }
                 let kernel = Spanned::new(k.span(), kname.to_string());
                 on_arch.push((arch, self.kernel(&kernel)?, spec));
                 continue;

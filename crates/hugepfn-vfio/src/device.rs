@@ -18,7 +18,7 @@ use std::sync::Arc;
 // The mm's primitives: std's, or shuttle's with the `shuttle` feature, so the shuttle suite
 // schedules threads at the real `memory_lock` (tests/shuttle.rs).
 use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
-use hugepfn_mm::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use hugepfn_mm::sync::{PerThreadCounter, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hugepfn_mm::error::{Errno, MmError};
 use hugepfn_mm::fault::{
@@ -126,8 +126,8 @@ pub struct VfioPciDevice {
     logic: HugeFaultLogic,
     revokes: AtomicU64,
     zapped: AtomicU64,
-    sigbus: AtomicU64,
-    fallbacks: AtomicU64,
+    sigbus: PerThreadCounter,
+    fallbacks: PerThreadCounter,
     phys: Arc<PhysMem>,
 }
 
@@ -175,8 +175,8 @@ impl VfioPciDevice {
             logic,
             revokes: AtomicU64::new(0),
             zapped: AtomicU64::new(0),
-            sigbus: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
+            sigbus: PerThreadCounter::default(),
+            fallbacks: PerThreadCounter::default(),
             phys,
         }))
     }
@@ -211,8 +211,8 @@ impl VfioPciDevice {
         DeviceStats {
             revokes: self.revokes.load(Ordering::Relaxed),
             zapped_leaves: self.zapped.load(Ordering::Relaxed),
-            sigbus: self.sigbus.load(Ordering::Relaxed),
-            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            sigbus: self.sigbus.get(),
+            fallbacks: self.fallbacks.get(),
         }
     }
 
@@ -416,7 +416,7 @@ impl VfioPciMmapOps {
             return VmFaultResult::Sigbus;
         };
         let fallback = |dev: &VfioPciDevice| {
-            dev.fallbacks.fetch_add(1, Ordering::Relaxed);
+            dev.fallbacks.add(1);
             VmFaultResult::Fallback
         };
         let (addr, pfn) = match dev.logic {
@@ -448,7 +448,7 @@ impl VfioPciMmapOps {
         let _ = addr;
         let s = dev.state();
         if s.power != PowerState::D0 || !s.config.memory_enabled() {
-            dev.sigbus.fetch_add(1, Ordering::Relaxed);
+            dev.sigbus.add(1);
             return VmFaultResult::Sigbus;
         }
         let Ok(pfn) = Pfn::new(pfn) else {
@@ -477,7 +477,7 @@ impl VfioPciMmapOps {
         };
         let s = dev.state();
         if s.power != PowerState::D0 || !s.config.memory_enabled() {
-            dev.sigbus.fetch_add(1, Ordering::Relaxed);
+            dev.sigbus.add(1);
             return VmFaultResult::Sigbus;
         }
         for level in Level::LEAF_LEVELS {

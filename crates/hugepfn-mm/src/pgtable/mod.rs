@@ -416,14 +416,11 @@ impl PageTables {
         }
     }
 
-    /// The table page at `pa`. Every pointer in this tree names an allocated table: one that
-    /// does not is a corrupt tree (the engine's walks report [`WalkError::Corrupt`]).
+    /// The table page at `pa`, or [`WalkError::Corrupt`] if `pa` names no allocated table (a
+    /// corrupt tree: an error like the engine's walks report, not a panic).
     #[inline]
-    pub fn table(&self, pa: PhysAddr) -> &TablePage {
-        match self.tree.table(pa) {
-            Ok(t) => t,
-            Err(_) => unreachable_table(pa),
-        }
+    pub fn table(&self, pa: PhysAddr) -> Result<&TablePage, WalkError> {
+        self.tree.table(pa)
     }
 
     /// Reads the entry in `slot`.
@@ -492,9 +489,4 @@ impl PageTables {
         self.tree
             .for_each_leaf(start, end, &mut |va, l, _| f(va, l));
     }
-}
-
-#[cold]
-fn unreachable_table(pa: PhysAddr) -> ! {
-    panic!("page-table pointer {pa} does not name an allocated table: tree corrupted")
 }

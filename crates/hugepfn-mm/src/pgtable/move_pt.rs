@@ -97,7 +97,7 @@ impl PageTables {
                     let dm = self.slot_alloc(n, Level::Pmd)?; // alloc_new_pmd
                     if !(ext == Level::Pmd.size() && self.move_table(om, dm, o, &mut mv.moved)) {
                         let dt = self.tree.table_below(dm)?; // pte_alloc, even for no PTE
-                        let ot = self.table(pa);
+                        let ot = self.table(pa)?;
                         let (oi, di) = (Level::Pte.index(o), Level::Pte.index(n));
                         let count = (ext / PAGE_SIZE) as usize;
                         let mut k = 0;

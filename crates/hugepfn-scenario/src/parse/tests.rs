@@ -991,3 +991,31 @@ fn gpu_presets_and_vmm_placements() {
     ));
     assert_eq!(p, Problem::VmmPlacementNotMmap { op: "mremap" });
 }
+
+#[test]
+fn on_kernel_with_the_files_own_arch_is_an_error() {
+    // x86_64 (the default): `x86_64:7.3.4` is the plain `7.3.4`; `arm64:7.3.4` is another arch
+    let own = "name = \"t\"\n[[step]]\nop = \"expect\"\nfaults = 0\non_kernel.\"x86_64:7.3.4\" = { faults = 1 }\n";
+    let (p, l, _) = problem(own);
+    assert_eq!(
+        (p, l),
+        (
+            Problem::OnKernelOwnArch {
+                key: "x86_64:7.3.4".into(),
+                kernel: "7.3.4".into()
+            },
+            5
+        )
+    );
+    assert!(
+        err(own)
+            .to_string()
+            .contains("its checks for 7.3.4 go in `on_kernel.\"7.3.4\"`")
+    );
+    let other = own.replace("x86_64:", "arm64:");
+    assert!(parse_scenario(&other, "x.toml").is_ok());
+    // an arm64 file: the roles swap
+    let arm = format!("arch = \"arm64\"\n{other}");
+    assert!(matches!(problem(&arm).0, Problem::OnKernelOwnArch { .. }));
+    assert!(parse_scenario(&format!("arch = \"arm64\"\n{own}"), "x.toml").is_ok());
+}

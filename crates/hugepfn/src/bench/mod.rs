@@ -1,6 +1,9 @@
 //! The workloads behind the speed targets, shared by `hugepfn bench` (one run, ratios printed)
 //! and the criterion benchmarks in `benches/` (statistics). Setup is outside every timed part.
 
+pub mod chart;
+pub mod growth;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,15 +160,16 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
         (
             LeafCap::Pte,
             "4 KiB leaves",
-            "< 1.5 s for 128 GiB",
-            Duration::from_millis(1500),
+            "<= 5 ns per PTE (issue 16)",
+            // 5 ns for each 4 KiB of the range
+            Duration::from_nanos(5 * (big / 4096)),
         ),
     ] {
         drop(remapped.take());
         let (mm, va) = remap_setup(big, cap)?;
         let (n, d) = time(|| remap(&mm, va, big));
         let name = format!("remap_pfn_range {label}, {leaves}");
-        out.push(Figure::timed(name, d, n?, target.into(), d < limit));
+        out.push(Figure::timed(name, d, n?, target.into(), d <= limit));
         remapped = Some((mm, va));
     }
     let (mm, va) = remapped.expect("the loop ran");
@@ -176,7 +180,7 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
         (
             "follow_pfnmap_start + end, one address (4 KiB leaf)",
             false,
-            Some(100),
+            Some(50),
         ),
         ("follow_pfnmap_start + end, random addresses", true, None),
     ] {
@@ -203,9 +207,9 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
             elapsed_ns: ns,
             ops: 1,
             target: target.map_or("(no target; cache-cold walks)".into(), |t| {
-                format!("< {t} ns")
+                format!("<= {t} ns (issue 16)")
             }),
-            met: target.is_none_or(|t| ns < t),
+            met: target.is_none_or(|t| ns <= t),
         });
     }
     drop(mm);
@@ -227,8 +231,11 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
     let (n, d) = time(|| touch(&mm, va, big));
     let rate = n as f64 / d.as_secs_f64();
     let name = format!("vfio touch {label} at a VA skewed by 4 KiB");
-    let target = format!(">= 5 M faults/s (this run: {:.2} M/s)", rate / 1e6);
-    out.push(Figure::timed(name, d, n, target, rate >= 5e6));
+    let target = format!(
+        ">= 20 M faults/s on one core (issue 16; this run: {:.2} M/s)",
+        rate / 1e6
+    );
+    out.push(Figure::timed(name, d, n, target, rate >= 20e6));
     drop(mm);
 
     // The real thing on this machine, same run: Linux's anonymous 4 KiB minor fault.
@@ -247,7 +254,9 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
     }
 
     // Concurrency: 4 KiB faults per second with 1 and 2 threads, disjoint and shared ranges.
+    // Issue 16: 2 threads on disjoint ranges >= 1.7x one thread; on shared ranges no slower.
     let plen = if quick { 1 << 30 } else { 4 << 30 };
+    let mut one = None;
     for (threads, shared) in [(1, false), (2, false), (2, true)] {
         let (n, d) = parallel_touch(plen, threads, shared)?;
         let rate = n as f64 / d.as_secs_f64();
@@ -257,8 +266,24 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
             if shared { "shared" } else { "disjoint" },
             hugepfn_units::format_size(plen)
         );
-        let target = format!("(no target: {:.2} M faults/s)", rate / 1e6);
-        out.push(Figure::timed(name, d, n, target, true));
+        let (target, met) = match one {
+            None => {
+                one = Some(rate);
+                (format!("(the base: {:.2} M faults/s)", rate / 1e6), true)
+            }
+            Some(base) => {
+                let x = rate / base;
+                let want = if shared { 1.0 } else { 1.7 };
+                (
+                    format!(
+                        ">= {want:.1}x one thread (issue 16; this run: {:.2} M faults/s, {x:.2}x)",
+                        rate / 1e6
+                    ),
+                    x >= want,
+                )
+            }
+        };
+        out.push(Figure::timed(name, d, n, target, met));
     }
     Ok(out)
 }
