@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::Args;
 use hugepfn_kernels::{Behaviour, Kernel};
 use hugepfn_scenario::{Levels, parse_scenario};
+use hugepfn_units::arch::Arch;
 use hugepfn_units::format_size;
 use hugepfn_vfio::{Bar, parse_sysfs_resource};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,10 @@ pub struct InspectArgs {
     /// Model this kernel instead of the one nearest to the running kernel.
     #[arg(long, value_name = "VERSION")]
     pub kernel: Option<String>,
+    /// Model this architecture instead of this machine's (x86_64 on x86-64, arm64 with 4 KiB
+    /// pages on aarch64).
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<Arch>,
     /// Where procfs is (tests).
     #[arg(long, hide = true, default_value = "/proc")]
     pub proc_root: PathBuf,
@@ -177,6 +182,9 @@ pub struct InspectReport {
     pub running_kernel: String,
     /// The kernel modelled.
     pub modelled_as: String,
+    /// The architecture modelled (this machine's unless `--arch`).
+    #[serde(default)]
+    pub arch: Arch,
     /// Whether that is the running kernel or only the nearest modelled one.
     pub exact: bool,
     /// THP mode.
@@ -387,6 +395,7 @@ fn predict(
     bar_offset: u64,
     thp: &str,
     kernel: Option<Kernel>,
+    arch: Arch,
 ) -> Result<Prediction, String> {
     let shared = m.perms.ends_with('s');
     let text = format!(
@@ -416,6 +425,7 @@ fn predict(
         &sc,
         RunOptions {
             kernel,
+            arch: Some(arch),
             ..RunOptions::default()
         },
     )
@@ -435,6 +445,16 @@ fn predict(
             .filter(|s| s.errno.is_none())
             .map(|s| s.counters.dma_lookups),
     })
+}
+
+/// The architecture this binary runs on, as the model names it (arm64: the 4 KiB granule of
+/// Debian's kernels; a 16 or 64 KiB kernel needs `--arch`).
+fn machine_arch() -> Option<Arch> {
+    match std::env::consts::ARCH {
+        "x86_64" => Some(Arch::X86_64),
+        "aarch64" => Some(Arch::Arm64),
+        _ => None,
+    }
 }
 
 /// Inspects the process.
@@ -497,6 +517,17 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
             "transparent_hugepage is `{thp}`: on this kernel that keeps BARs at 4 KiB unless MADV_HUGEPAGE (maps does not show VMA flags; smaps would, but reading it zaps 1 GiB leaves on 6.12-7.3)"
         ));
     }
+    let arch = match args.arch {
+        Some(a) => a,
+        None => machine_arch().ok_or_else(|| {
+            InspectError::Kernel(format!(
+                "this machine is {}: no modelled architecture; pass --arch",
+                std::env::consts::ARCH
+            ))
+        })?,
+    };
+    // the largest leaf a pfnmap takes here (arm64: 2 MiB; riscv 6.12: 4 KiB)
+    let leaves = Behaviour::from_option(kernel).pfnmap_leaves(arch);
     let devices = find_devices(args, &mut notes);
     let mut mappings = Vec::new();
     let vfio: Vec<&MapsLine> = lines.iter().filter(|l| is_vfio(&l.path)).collect();
@@ -520,7 +551,7 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
         let skew_1g = phys.map(|pa| m.start.wrapping_sub(pa) % GIB);
         if let Some(pa) = phys {
             let skew_2m = m.start.wrapping_sub(pa) % MIB2;
-            if len >= GIB && skew_1g != Some(0) {
+            if leaves.pud && len >= GIB && skew_1g != Some(0) {
                 let skew = skew_1g.unwrap_or(0);
                 // the next VA up that is congruent with the PA (rounding down could fall below
                 // the mapping space or into the previous VMA)
@@ -533,7 +564,7 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
                     format_size(skew),
                     if skew_2m == 0 { "" } else { " and no 2 MiB leaves" },
                 ));
-            } else if len >= MIB2 && skew_2m != 0 {
+            } else if leaves.pmd && len >= MIB2 && skew_2m != 0 {
                 mnotes.push(format!(
                     "VA ≡ PA + {} (mod 2 MiB): 4 KiB leaves only; align the mmap to 2 MiB (congruent with the BAR)",
                     format_size(skew_2m)
@@ -552,14 +583,14 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
             j != k && o.path == m.path && o.start == m.end && m.offset + len == o.offset
         });
         for (cut, has) in [(m.start, left), (m.end, right)] {
-            if has && cut % GIB != 0 && skew_1g == Some(0) {
+            if leaves.pud && has && cut % GIB != 0 && skew_1g == Some(0) {
                 mnotes.push(format!(
                     "the VMA is split at {cut:#x}, inside a 1 GiB block: that block maps with 2 MiB leaves at best (mprotect/madvise split it; on 6.12-7.3 a split inside a mapped 1 GiB leaf oopses)"
                 ));
             }
         }
         let prediction = match (bar, kernel) {
-            (Some(b), Some(k)) => match predict(b, m, bar_offset, &thp, Some(k)) {
+            (Some(b), Some(k)) => match predict(b, m, bar_offset, &thp, Some(k), arch) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     mnotes.push(format!("no prediction: {e}"));
@@ -588,6 +619,7 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
         pid: args.pid,
         running_kernel: release,
         modelled_as,
+        arch,
         exact,
         thp,
         devices,
@@ -602,11 +634,12 @@ pub fn format(r: &InspectReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "pid {}: Linux {}, modelled as {}{}, THP {}",
+        "pid {}: Linux {}, modelled as {}{} on {}, THP {}",
         r.pid,
         r.running_kernel,
         r.modelled_as,
         if r.exact { "" } else { " (nearest)" },
+        r.arch.name(),
         r.thp
     );
     for d in &r.devices {

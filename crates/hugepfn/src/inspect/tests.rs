@@ -76,6 +76,7 @@ impl Fake {
             pid: 4242,
             json: false,
             kernel: None,
+            arch: Some(Arch::X86_64),
             proc_root: self.root.join("proc"),
             sys_root: self.root.join("sys"),
         }
@@ -158,6 +159,29 @@ fn a_qemu_like_process_on_7_3_4() {
     assert!(
         text.contains("BAR2") && text.contains("0000:00:06.0"),
         "{text}"
+    );
+}
+
+#[test]
+fn on_arm64_a_bar_takes_2_mib_leaves_at_best_and_no_1_gib_advice() {
+    let f = Fake::new("arm", MAPS, "7.3.4+deb13-arm64", true);
+    let r = inspect(&InspectArgs {
+        arch: Some(Arch::Arm64),
+        ..f.args()
+    })
+    .expect("inspect");
+    assert_eq!(r.arch, Arch::Arm64);
+    // BAR2 at a 1 GiB-aligned VA: arm64 has no PUD pfnmaps, so 65,536 PMD leaves
+    let a = &r.mappings[0];
+    let p = a.prediction.as_ref().expect("prediction");
+    assert_eq!((p.faults, p.leaves.pmd, p.leaves.pud), (65_536, 65_536, 0));
+    assert!(a.notes.is_empty(), "{:?}", a.notes);
+    // BAR4 4 KiB off: the 2 MiB advice still holds
+    assert!(noted(&r.mappings[1].notes, "align the mmap to 2 MiB"));
+    assert!(
+        format(&r).contains("modelled as 7.3.4 on arm64"),
+        "{}",
+        format(&r)
     );
 }
 

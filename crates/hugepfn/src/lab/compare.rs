@@ -344,7 +344,7 @@ fn check_inspect(
         Some("MISSING") => {
             out.verdict = Verdict::Differ;
             out.notes.push(
-                "inspect: the guest has no static hugepfn (build it with the probe: cargo build --release -p hugepfn-probe -p hugepfn --target x86_64-unknown-linux-gnu, +crt-static)"
+                "inspect: the guest has no static hugepfn (build it with the probe: cargo build --release -p hugepfn-probe -p hugepfn --target <the guest's triple>, +crt-static; `hugepfn lab setup` does)"
                     .into(),
             );
             return;

@@ -494,7 +494,7 @@ fn ensure_cross_aarch64(opts: &EnvOptions) -> Result<(), LabError> {
 
 /// Builds the probe from this workspace, static (glibc, `+crt-static`, for an explicit target
 /// so that host artifacts are not rebuilt): for x86-64 with a static `hugepfn` beside it
-/// (inspect in the guest), for aarch64 the probe alone, linked by aarch64-linux-gnu-gcc.
+/// (inspect in the guest), linked by aarch64-linux-gnu-gcc for aarch64.
 fn build_probe(opts: &EnvOptions) -> Result<PathBuf, LabError> {
     if opts.arch == LabArch::Arm64 {
         ensure_cross_aarch64(opts)?;
@@ -507,20 +507,24 @@ fn build_probe(opts: &EnvOptions) -> Result<PathBuf, LabError> {
     let triple = opts.arch.rust_target();
     let env_prefix = format!("CARGO_TARGET_{}", triple.to_uppercase().replace('-', "_"));
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "-q", "-p", "hugepfn-probe"]);
-    match opts.arch {
-        LabArch::X86_64 => {
-            log(&format!(
-                "cargo build --release -p hugepfn-probe -p hugepfn --target {triple} (static; hugepfn for inspect in the guest)"
-            ));
-            cmd.args(["-p", "hugepfn"]);
+    cmd.args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "hugepfn-probe",
+        "-p",
+        "hugepfn",
+    ]);
+    log(&format!(
+        "cargo build --release -p hugepfn-probe -p hugepfn --target {triple} (static; hugepfn for inspect in the guest{})",
+        match opts.arch {
+            LabArch::X86_64 => "",
+            LabArch::Arm64 => ", linked by aarch64-linux-gnu-gcc",
         }
-        LabArch::Arm64 => {
-            log(&format!(
-                "cargo build --release -p hugepfn-probe --target {triple} (static, linked by aarch64-linux-gnu-gcc)"
-            ));
-            cmd.env(format!("{env_prefix}_LINKER"), "aarch64-linux-gnu-gcc");
-        }
+    ));
+    if opts.arch == LabArch::Arm64 {
+        cmd.env(format!("{env_prefix}_LINKER"), "aarch64-linux-gnu-gcc");
     }
     run(cmd
         .args(["--target", triple])
@@ -702,10 +706,14 @@ fn unpack_kernel(
     })
 }
 
-/// A static `hugepfn` next to the probe (built with it), for `inspect` in the guest (x86-64).
+/// A static `hugepfn` next to the probe (built with it) for the guest's architecture, for
+/// `inspect` in the guest.
 fn inspect_next_to(probe: &Path, arch: LabArch) -> Option<PathBuf> {
     let p = probe.with_file_name("hugepfn");
-    (arch == LabArch::X86_64 && p.is_file() && is_static_elf(&p).unwrap_or(false)).then_some(p)
+    (p.is_file()
+        && is_static_elf(&p).unwrap_or(false)
+        && elf_machine(&p).is_ok_and(|m| m == arch.elf_machine()))
+    .then_some(p)
 }
 
 /// The static busybox (downloaded) and the static probe (given, or built from this workspace).
@@ -874,7 +882,7 @@ fn prepare_arm64(opts: &EnvOptions, build: bool, qemu: PathBuf) -> Result<LabEnv
         vmlinuz,
         modules,
         busybox,
-        inspect: None,
+        inspect: inspect_next_to(&probe, LabArch::Arm64),
         probe,
         module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),
         builtin_vfio: false,
