@@ -18,6 +18,13 @@ pub struct LeafCounts {
     pub pte: u64,
 }
 
+/// `pud/pmd/pte`, as the tables print leaves and faults by level.
+impl std::fmt::Display for LeafCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.pud, self.pmd, self.pte)
+    }
+}
+
 impl LeafCounts {
     /// Adds one leaf of `level`.
     pub fn add(&mut self, level: Level, n: u64) {

@@ -142,27 +142,6 @@ pub enum GuestBootError {
     },
 }
 
-/// Leaves by size, for JSON and tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct Leaves {
-    /// 1 GiB.
-    pub pud: u64,
-    /// 2 MiB.
-    pub pmd: u64,
-    /// 4 KiB.
-    pub pte: u64,
-}
-
-impl From<LeafCounts> for Leaves {
-    fn from(l: LeafCounts) -> Self {
-        Leaves {
-            pud: l.pud,
-            pmd: l.pmd,
-            pte: l.pte,
-        }
-    }
-}
-
 /// One world's boot.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorldReport {
@@ -171,11 +150,11 @@ pub struct WorldReport {
     /// VA of the BAR mapping.
     pub va: u64,
     /// EPT leaves after the guest touched the BAR.
-    pub ept_leaves: Leaves,
+    pub ept_leaves: LeafCounts,
     /// EPT violations, whole boot.
     pub ept_violations: u64,
     /// Host faults of the VMM process (fault-ins by DMA mapping and by KVM), by level.
-    pub host_faults: Leaves,
+    pub host_faults: LeafCounts,
     /// Host faults in all.
     pub host_faults_total: u64,
     /// vfio revocations (memory decode off).
@@ -193,7 +172,7 @@ pub struct WorldReport {
     /// `fixup_user_fault` calls made by type1.
     pub dma_fixups: u64,
     /// IOMMU leaves mapped at the end.
-    pub iommu_entries: Leaves,
+    pub iommu_entries: LeafCounts,
     /// Host page-table pages at the end.
     pub host_table_pages: u64,
     /// EPT table pages at the end.
@@ -334,9 +313,9 @@ pub fn boot_world(
     let report = WorldReport {
         world,
         va,
-        ept_leaves: vm.ept_leaves().into(),
+        ept_leaves: vm.ept_leaves(),
         ept_violations: ks.ept_violations,
-        host_faults: Leaves {
+        host_faults: LeafCounts {
             pud: faults.pud,
             pmd: faults.pmd,
             pte: faults.pte,
@@ -349,7 +328,7 @@ pub fn boot_world(
         dma_maps,
         dma_lookups: ts.lookups,
         dma_fixups: ts.fixups,
-        iommu_entries: container.iommu_entries().into(),
+        iommu_entries: container.iommu_entries(),
         host_table_pages: mm.table_counts().total(),
         ept_table_pages: vm.ept_table_pages(),
         dma_map_time: dma_time,
@@ -399,7 +378,7 @@ pub fn guest_boot(args: &GuestBootArgs) -> Result<GuestBootReport, GuestBootErro
     })
 }
 
-fn lv(l: &Leaves) -> String {
+fn lv(l: &LeafCounts) -> String {
     format!("{}/{}/{}", l.pud, l.pmd, l.pte)
 }
 
@@ -704,7 +683,7 @@ mod tests {
         let pages = G / 4096;
         assert_eq!(
             h.ept_leaves,
-            Leaves {
+            LeafCounts {
                 pud: 1,
                 pmd: 0,
                 pte: 0
@@ -712,7 +691,7 @@ mod tests {
         );
         assert_eq!(
             s.ept_leaves,
-            Leaves {
+            LeafCounts {
                 pud: 0,
                 pmd: 0,
                 pte: pages
@@ -730,7 +709,7 @@ mod tests {
         // the IOMMU mapping depends on iova/PA alignment only: 1 GiB in both
         assert_eq!(
             h.iommu_entries,
-            Leaves {
+            LeafCounts {
                 pud: 1,
                 pmd: 0,
                 pte: 0

@@ -50,34 +50,6 @@ fn memory_check(phys: &PhysMem, what: impl FnOnce() -> String) -> Result<(), Dem
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, presets, region_offset};
 use serde::Serialize;
 
-/// Leaves by level, as the JSON prints them.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct Leaves {
-    /// 1 GiB leaves.
-    pub pud: u64,
-    /// 2 MiB leaves.
-    pub pmd: u64,
-    /// 4 KiB leaves.
-    pub pte: u64,
-}
-
-/// `pud/pmd/pte`, as the tables print leaves and faults by level.
-impl std::fmt::Display for Leaves {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.pud, self.pmd, self.pte)
-    }
-}
-
-impl From<LeafCounts> for Leaves {
-    fn from(c: LeafCounts) -> Self {
-        Leaves {
-            pud: c.pud,
-            pmd: c.pmd,
-            pte: c.pte,
-        }
-    }
-}
-
 /// One BAR mapped by `remap_pfn_range` under one policy.
 #[derive(Debug, Clone, Serialize)]
 pub struct RemapRow {
@@ -85,8 +57,8 @@ pub struct RemapRow {
     pub bar: u8,
     /// `pte`, `pmd` or `pud`: the largest leaf allowed.
     pub policy: &'static str,
-    /// Leaves now mapped, by level (counted by walking the tables).
-    pub leaves: Leaves,
+    /// LeafCounts now mapped, by level (counted by walking the tables).
+    pub leaves: LeafCounts,
     /// Page-table pages the mm holds (PGD included).
     pub page_table_pages: u64,
     /// The same in bytes.
@@ -107,9 +79,9 @@ pub struct VfioRow {
     /// Page faults of the full touch.
     pub faults: u64,
     /// Of which served at PUD, PMD, PTE level.
-    pub faults_by_level: Leaves,
-    /// Leaves after the touch.
-    pub leaves: Leaves,
+    pub faults_by_level: LeafCounts,
+    /// LeafCounts after the touch.
+    pub leaves: LeafCounts,
     /// Page-table pages after the touch (PGD included).
     pub page_table_pages: u64,
     /// The same in bytes.
@@ -189,7 +161,7 @@ pub fn remap_bar(
     Ok(RemapRow {
         bar: bar.index,
         policy: cap.name(),
-        leaves: mm.leaves(va, va + bar.size).into(),
+        leaves: mm.leaves(va, va + bar.size),
         page_table_pages: pages,
         page_table_bytes: bytes,
         elapsed_ns,
@@ -258,12 +230,12 @@ pub fn vfio_touch_bar(
         placement: if aligned { "align:1G" } else { "kernel" },
         va: format!("{va:#x}"),
         faults: f.faults,
-        faults_by_level: Leaves {
+        faults_by_level: LeafCounts {
             pud: f.pud,
             pmd: f.pmd,
             pte: f.pte,
         },
-        leaves: mm.leaves(va, va + bar.size).into(),
+        leaves: mm.leaves(va, va + bar.size),
         page_table_pages: pages,
         page_table_bytes: bytes,
         elapsed_ns,
