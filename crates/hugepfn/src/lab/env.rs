@@ -831,19 +831,31 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
             }
         },
     };
-    let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, &pkg, &[])?;
-    let (busybox, probe) = busybox_and_probe(opts, build, &[])?;
+    packaged_env(opts, build, qemu, &pkg, &[])
+}
+
+/// The lab of a Debian kernel package `pkg` (fetched with the apt options `apt`): unpacked,
+/// with busybox, the probe and (if built) a static `hugepfn` for inspect.
+fn packaged_env(
+    opts: &EnvOptions,
+    build: bool,
+    qemu: PathBuf,
+    pkg: &str,
+    apt: &[String],
+) -> Result<LabEnv, LabError> {
+    let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, pkg, apt)?;
+    let (busybox, probe) = busybox_and_probe(opts, build, apt)?;
     Ok(LabEnv {
         arch: opts.arch,
         qemu,
-        kernel_package: pkg.clone(),
+        kernel_package: pkg.to_string(),
         kernel_release: release,
         vmlinuz,
         modules,
         busybox,
         inspect: inspect_next_to(&probe, opts.arch),
         probe,
-        module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),
+        module_cache: opts.dir.join("pkgs").join(pkg).join("decompressed"),
         builtin_vfio: false,
     })
 }
@@ -872,21 +884,7 @@ fn prepare_arm64(opts: &EnvOptions, build: bool, qemu: PathBuf) -> Result<LabEnv
             });
         }
     }
-    let (release, vmlinuz, modules) = unpack_kernel(&opts.dir, &pkg, &apt)?;
-    let (busybox, probe) = busybox_and_probe(opts, build, &apt)?;
-    Ok(LabEnv {
-        arch: LabArch::Arm64,
-        qemu,
-        kernel_package: pkg.clone(),
-        kernel_release: release,
-        vmlinuz,
-        modules,
-        busybox,
-        inspect: inspect_next_to(&probe, LabArch::Arm64),
-        probe,
-        module_cache: opts.dir.join("pkgs").join(&pkg).join("decompressed"),
-        builtin_vfio: false,
-    })
+    packaged_env(opts, build, qemu, &pkg, &apt)
 }
 
 #[cfg(test)]

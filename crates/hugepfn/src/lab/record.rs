@@ -348,14 +348,15 @@ op = "expect"
 faults = 0
 "#;
 
-    #[test]
-    fn another_kernel_writes_on_kernel_entries_where_it_differs_only() {
+    /// The test scenario with 7.3.4's count recorded (524,288 faults: 4 KiB at the kernel's
+    /// VA, where the model predicts 2): the text, the changes, and the kernel's report.
+    fn recorded_7_3_4() -> (String, Vec<Change>, RunReport) {
         let text = sc_text();
         let sc = parse_scenario(&text, "t.toml").expect("parses");
         let model =
             crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
         let mut k = model.clone();
-        k.steps[1].counters.faults = 524288; // 7.3.4: 4 KiB at the kernel's VA
+        k.steps[1].counters.faults = 524288;
         let (text, changes) = record_text(&text, &sc, &k, Kernel::V7_3_4, None).expect("records");
         assert!(
             text.contains("on_kernel.\"7.3.4\" = { faults = 524288 }"),
@@ -365,6 +366,12 @@ faults = 0
             text.contains("faults = 2        # was predicted"),
             "base kept: {text}"
         );
+        (text, changes, k)
+    }
+
+    #[test]
+    fn another_kernel_writes_on_kernel_entries_where_it_differs_only() {
+        let (text, changes, mut k) = recorded_7_3_4();
         assert_eq!(changes.len(), 1, "{changes:?}");
         let again = parse_scenario(&text, "t.toml").expect("still parses");
         let Step::Expect(e) = &again.steps[2] else {
@@ -387,14 +394,8 @@ faults = 0
 
     #[test]
     fn another_architecture_writes_arch_kernel_entries_over_that_kernels_checks() {
-        let text = sc_text();
-        let sc = parse_scenario(&text, "t.toml").expect("parses");
-        let model =
-            crate::runner::run_scenario(&sc, crate::runner::RunOptions::default()).expect("model");
         // 7.3.4 on x86-64 first, then arm64's 7.3.4: 1024 PMD faults where x86 takes 524288
-        let mut k = model.clone();
-        k.steps[1].counters.faults = 524288;
-        let (text, _) = record_text(&text, &sc, &k, Kernel::V7_3_4, None).expect("records");
+        let (text, _, mut k) = recorded_7_3_4();
         let sc = parse_scenario(&text, "t.toml").expect("parses");
         k.steps[1].counters.faults = 1024;
         let (text, changes) =
