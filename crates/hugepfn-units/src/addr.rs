@@ -269,6 +269,52 @@ impl fmt::Display for VirtAddr {
     }
 }
 
+/// An IO virtual address (IOVA): the address a device puts on the bus, which the IOMMU
+/// translates (`dma_addr_t` in an `iommu_map` call, `vfio_iommu_type1_dma_map.iova`).
+///
+/// Every 64-bit value is a bus address, so the constructor cannot fail: it is a distinct type
+/// so that an IOVA cannot be passed where a physical or virtual address is meant (the IOMMU
+/// calls take both an IOVA and a physical address). A domain checks its own address width,
+/// as an `Mm` checks its user range for a [`VirtAddr`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IoVirtAddr(u64);
+
+impl IoVirtAddr {
+    /// The IOVA `addr`.
+    #[inline]
+    pub const fn new(addr: u64) -> Self {
+        IoVirtAddr(addr)
+    }
+
+    /// The raw value.
+    #[inline]
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// `self + off`, if it does not overflow 64 bits.
+    #[inline]
+    pub const fn checked_add(self, off: u64) -> Option<IoVirtAddr> {
+        match self.0.checked_add(off) {
+            Some(a) => Some(IoVirtAddr(a)),
+            None => None,
+        }
+    }
+}
+
+impl fmt::Debug for IoVirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IoVirtAddr({:#x})", self.0)
+    }
+}
+
+impl fmt::Display for IoVirtAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +334,20 @@ mod tests {
                 .is_none()
         );
         assert!(Pfn::new((1 << 40) - 1).unwrap().checked_add(1).is_none());
+    }
+
+    #[test]
+    fn an_iova_is_its_own_type_and_adds_without_wrapping() {
+        let a = IoVirtAddr::new(0x3800_0000_0000);
+        assert_eq!(
+            a.checked_add(4096).map(IoVirtAddr::as_u64),
+            Some(0x3800_0000_1000)
+        );
+        assert_eq!(IoVirtAddr::new(u64::MAX).checked_add(1), None);
+        assert_eq!(
+            format!("{a} {a:?}"),
+            "0x380000000000 IoVirtAddr(0x380000000000)"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use hugepfn_mm::sync::{Mutex, MutexGuard};
 
+use hugepfn_mm::addr::IoVirtAddr;
 use hugepfn_mm::phys::ENTRIES;
 use hugepfn_mm::{LeafCounts, Level, Pfn, PhysAddr, PhysMem};
 use hugepfn_pt::format::vtd::{Vtd, VtdLeaf};
@@ -470,11 +471,12 @@ impl IommuDomain {
     /// failure, unmaps what this call mapped.
     pub fn iommu_map(
         &self,
-        iova: u64,
-        paddr: u64,
+        iova: IoVirtAddr,
+        paddr: PhysAddr,
         size: u64,
         prot: IommuProt,
     ) -> Result<(), IommuError> {
+        let (iova, paddr) = (iova.as_u64(), paddr.as_u64());
         let _g = self.guard();
         self.stats_mut().map_calls += 1;
         let bitmap = self.pgsize_bitmap();
@@ -530,9 +532,9 @@ impl IommuDomain {
     /// `iommu_unmap(domain, iova, size)` with the VT-d driver's semantics: every leaf
     /// intersecting the range is cleared whole; tables wholly inside the range are freed; one
     /// IOTLB flush. Returns what was cleared.
-    pub fn iommu_unmap(&self, iova: u64, size: u64) -> Unmapped {
+    pub fn iommu_unmap(&self, iova: IoVirtAddr, size: u64) -> Unmapped {
         let _g = self.guard();
-        self.unmap_locked(iova, size)
+        self.unmap_locked(iova.as_u64(), size)
     }
 
     fn unmap_locked(&self, iova: u64, size: u64) -> Unmapped {
@@ -580,22 +582,25 @@ impl IommuDomain {
 
     /// `intel_iommu_iova_to_phys`: the physical address `iova` translates to, with the leaf's
     /// level and permissions.
-    pub fn translate(&self, iova: u64) -> Option<(u64, Level, IommuProt)> {
+    pub fn translate(&self, iova: IoVirtAddr) -> Option<(PhysAddr, Level, IommuProt)> {
+        let iova = iova.as_u64();
         if iova > self.aperture_end() {
             return None;
         }
         let (leaf, slot) = self.tree.lookup(iova)?;
         let off = iova & (slot.level.size() - 1);
-        Some((leaf.pfn.phys().as_u64() | off, slot.level, leaf.prot))
+        let pa = PhysAddr::new(leaf.pfn.phys().as_u64() | off).ok()?;
+        Some((pa, slot.level, leaf.prot))
     }
 
     /// `iommu_iova_to_phys`.
-    pub fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+    pub fn iova_to_phys(&self, iova: IoVirtAddr) -> Option<PhysAddr> {
         self.translate(iova).map(|(pa, _, _)| pa)
     }
 
     /// The raw entry that maps `iova` and its level (for format tests).
-    pub fn raw_leaf(&self, iova: u64) -> Option<(u64, Level)> {
+    pub fn raw_leaf(&self, iova: IoVirtAddr) -> Option<(u64, Level)> {
+        let iova = iova.as_u64();
         if iova > self.aperture_end() {
             return None;
         }
@@ -616,6 +621,14 @@ fn level_above(l: Level) -> Option<Level> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn io(a: u64) -> IoVirtAddr {
+        IoVirtAddr::new(a)
+    }
+
+    fn pa_of(a: u64) -> PhysAddr {
+        PhysAddr::new(a).expect("52-bit")
+    }
 
     const G: u64 = 1 << 30;
     const M2: u64 = 2 << 20;
@@ -673,7 +686,7 @@ mod tests {
     fn a_32g_range_is_32_superpages_in_the_real_format() {
         let (phys, d) = domain(CapReg::SERVER);
         let pa = 0x1000_0000_0000;
-        d.iommu_map(0x4000_0000_0000 >> 6, pa, 32 * G, IommuProt::RW)
+        d.iommu_map(io(0x4000_0000_0000 >> 6), pa_of(pa), 32 * G, IommuProt::RW)
             .expect("map");
         assert_eq!(
             d.leaves(),
@@ -684,17 +697,17 @@ mod tests {
             }
         );
         let iova = 0x4000_0000_0000u64 >> 6;
-        let (raw, level) = d.raw_leaf(iova + 5 * G + 12345).expect("mapped");
+        let (raw, level) = d.raw_leaf(io(iova + 5 * G + 12345)).expect("mapped");
         assert_eq!(level, Level::Pud);
         assert_eq!(raw & bits::ADDR_MASK, pa + 5 * G);
         assert_eq!(raw & 0xfff, bits::READ | bits::WRITE | bits::LARGE_PAGE);
         assert_eq!(
-            d.iova_to_phys(iova + 5 * G + 12345),
-            Some(pa + 5 * G + 12345)
+            d.iova_to_phys(io(iova + 5 * G + 12345)),
+            Some(pa_of(pa + 5 * G + 12345))
         );
         // root + one PDPT table: 1 GiB entries need no lower tables
         assert_eq!(d.table_pages(), 2);
-        let u = d.iommu_unmap(iova, 32 * G);
+        let u = d.iommu_unmap(io(iova), 32 * G);
         assert_eq!((u.bytes, u.leaves.pud), (32 * G, 32));
         assert_eq!(d.leaves().total(), 0);
         // the PDPT covers 512 GiB, not wholly inside the range: it stays until teardown
@@ -708,24 +721,25 @@ mod tests {
         // 4K-skewed iova: 511 4K pages, then 2M pages, then 1G pages, mirrored at the end
         let (_p, d) = domain(CapReg::SERVER);
         let pa = 0x10_0000_0000 + K4;
-        d.iommu_map(K4, pa, 2 * G, IommuProt::RW).expect("map");
+        d.iommu_map(io(K4), pa_of(pa), 2 * G, IommuProt::RW)
+            .expect("map");
         let l = d.leaves();
         assert_eq!(l.bytes(), 2 * G);
         // [4K, 2M): 511 x 4K; [2M, 1G): 511 x 2M; [1G, 2G): 1 x 1G; [2G, 2G+4K): 1 x 4K
         assert_eq!((l.pud, l.pmd, l.pte), (1, 511, 512));
         // same range on an IOMMU without 1G pages
         let (_p, d2) = domain(CapReg::ONLY_2M);
-        d2.iommu_map(0, 0x10_0000_0000, 2 * G, IommuProt::RW)
+        d2.iommu_map(io(0), pa_of(0x10_0000_0000), 2 * G, IommuProt::RW)
             .expect("map");
         assert_eq!(d2.leaves().pmd, 1024);
         assert_eq!(d2.leaves().pud, 0);
         let (_p, d3) = domain(CapReg::NO_SUPERPAGES);
-        d3.iommu_map(0, 0x10_0000_0000, 4 * M2, IommuProt::RW)
+        d3.iommu_map(io(0), pa_of(0x10_0000_0000), 4 * M2, IommuProt::RW)
             .expect("map");
         assert_eq!(d3.leaves().pte, 2048);
         // differently offset iova and pa: 4K only
         let (_p, d4) = domain(CapReg::SERVER);
-        d4.iommu_map(0, 0x10_0000_0000 + K4, 4 * M2, IommuProt::RW)
+        d4.iommu_map(io(0), pa_of(0x10_0000_0000 + K4), 4 * M2, IommuProt::RW)
             .expect("map");
         assert_eq!(d4.leaves().pte, 2048);
     }
@@ -733,23 +747,25 @@ mod tests {
     #[test]
     fn errors_leave_existing_mappings_alone() {
         let (phys, d) = domain(CapReg::SERVER);
-        d.iommu_map(G, 0x10_0000_0000, G, IommuProt::RW)
+        d.iommu_map(io(G), pa_of(0x10_0000_0000), G, IommuProt::RW)
             .expect("map");
         // unaligned
         assert!(matches!(
-            d.iommu_map(K4 + 1, 0, K4, IommuProt::RW),
+            d.iommu_map(io(K4 + 1), pa_of(0), K4, IommuProt::RW),
             Err(IommuError::Unaligned { .. })
         ));
         assert!(matches!(
-            d.iommu_map(0, 0, 0, IommuProt::RW),
+            d.iommu_map(io(0), pa_of(0), 0, IommuProt::RW),
             Err(IommuError::Unaligned { .. })
         ));
         // beyond 48 bits
-        let e = d.iommu_map(1 << 48, 0, K4, IommuProt::RW).unwrap_err();
+        let e = d
+            .iommu_map(io(1 << 48), pa_of(0), K4, IommuProt::RW)
+            .unwrap_err();
         assert_eq!(e.errno_name(), "EFAULT");
         // overlapping the superpage: refused, and the 2M mapped before it is unrolled
         let e = d
-            .iommu_map(G - 2 * M2, 0x20_0000_0000, 4 * M2, IommuProt::RW)
+            .iommu_map(io(G - 2 * M2), pa_of(0x20_0000_0000), 4 * M2, IommuProt::RW)
             .unwrap_err();
         assert_eq!(e, IommuError::Busy(G));
         assert_eq!(e.errno_name(), "EBUSY");
@@ -761,8 +777,8 @@ mod tests {
                 pte: 0
             }
         );
-        assert_eq!(d.iova_to_phys(G + 7), Some(0x10_0000_0007));
-        assert_eq!(d.iova_to_phys(G - M2), None);
+        assert_eq!(d.iova_to_phys(io(G + 7)), Some(pa_of(0x10_0000_0007)));
+        assert_eq!(d.iova_to_phys(io(G - M2)), None);
         drop(d);
         assert!(phys.leak_check().is_empty());
     }
@@ -770,19 +786,19 @@ mod tests {
     #[test]
     fn a_superpage_replaces_empty_small_tables_and_unmap_takes_whole_leaves() {
         let (phys, d) = domain(CapReg::SERVER);
-        d.iommu_map(0, 0x10_0000_0000, K4, IommuProt::RW)
+        d.iommu_map(io(0), pa_of(0x10_0000_0000), K4, IommuProt::RW)
             .expect("4K");
         assert_eq!(d.table_pages(), 4);
-        let u = d.iommu_unmap(0, K4);
+        let u = d.iommu_unmap(io(0), K4);
         assert_eq!(u.leaves.pte, 1);
         // the 4K table chain stays (not wholly inside the range) ...
         assert_eq!(d.table_pages(), 4);
         // ... and is replaced by a 1G superpage
-        d.iommu_map(0, 0x10_0000_0000, G, IommuProt::RW)
+        d.iommu_map(io(0), pa_of(0x10_0000_0000), G, IommuProt::RW)
             .expect("1G");
         assert_eq!((d.leaves().pud, d.table_pages()), (1, 2));
         // unmapping 4K of a 1G leaf unmaps the whole leaf (intel_iommu_unmap)
-        let u = d.iommu_unmap(K4, K4);
+        let u = d.iommu_unmap(io(K4), K4);
         assert_eq!((u.bytes, u.leaves.pud), (G, 1));
         assert_eq!(d.stats().iotlb_flushes, 2);
         drop(d);
@@ -793,7 +809,7 @@ mod tests {
     fn three_level_tables_and_bad_caps() {
         let (_p, d) = domain(CapReg::new(0b11, CapReg::SAGAW_3LEVEL, 39));
         assert_eq!(d.width(), 39);
-        d.iommu_map(0, 0x10_0000_0000, G, IommuProt::RW)
+        d.iommu_map(io(0), pa_of(0x10_0000_0000), G, IommuProt::RW)
             .expect("map");
         assert_eq!(d.leaves().pud, 1);
         assert_eq!(d.table_pages(), 1, "the 1G entry sits in the root");

@@ -39,8 +39,9 @@ use std::sync::Arc;
 use hugepfn_mm::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hugepfn_mm::addr::PAGE_SHIFT;
-use hugepfn_mm::{LeafCounts, Mm, VmFlags};
+use hugepfn_mm::addr::{IoVirtAddr, PAGE_SHIFT};
+use hugepfn_mm::{LeafCounts, Mm, Pfn, VmFlags};
+use hugepfn_pt::EncodeError;
 use serde::Serialize;
 use thiserror::Error;
 
@@ -433,9 +434,15 @@ impl VfioIommu {
             // vfio_iommu_map
             c.iommu_maps += 1;
             let before = self.domain.leaves();
-            let r =
-                self.domain
-                    .iommu_map(iova + mapped, pfn << PAGE_SHIFT, npage << PAGE_SHIFT, prot);
+            let r = match Pfn::new(pfn) {
+                Ok(p) => self.domain.iommu_map(
+                    IoVirtAddr::new(iova + mapped),
+                    p.phys(),
+                    npage << PAGE_SHIFT,
+                    prot,
+                ),
+                Err(_) => Err(IommuError::Encode(EncodeError::PfnTooWide(pfn))),
+            };
             let after = self.domain.leaves();
             c.entries.pud += after.pud.saturating_sub(before.pud);
             c.entries.pmd += after.pmd.saturating_sub(before.pmd);
@@ -454,7 +461,7 @@ impl VfioIommu {
             Err(e) => {
                 // vfio_remove_dma: unmap what this dma mapped.
                 if mapped > 0 {
-                    self.domain.iommu_unmap(iova, mapped);
+                    self.domain.iommu_unmap(IoVirtAddr::new(iova), mapped);
                 }
                 Err(e)
             }
@@ -600,7 +607,7 @@ impl VfioIommu {
         let mut st = DmaUnmapStats::default();
         for k in keys {
             if let Some(d) = inner.dma_list.remove(&k) {
-                let u = self.domain.iommu_unmap(d.iova, d.size);
+                let u = self.domain.iommu_unmap(IoVirtAddr::new(d.iova), d.size);
                 st.bytes += d.size;
                 st.dmas += 1;
                 st.entries.pud += u.leaves.pud;
@@ -618,7 +625,7 @@ impl Drop for VfioIommu {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         for d in std::mem::take(&mut inner.dma_list).into_values() {
-            self.domain.iommu_unmap(d.iova, d.size);
+            self.domain.iommu_unmap(IoVirtAddr::new(d.iova), d.size);
         }
     }
 }

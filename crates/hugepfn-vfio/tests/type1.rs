@@ -4,10 +4,19 @@
 
 use std::sync::Arc;
 
-use hugepfn_mm::{LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
+use hugepfn_mm::addr::IoVirtAddr;
+use hugepfn_mm::{LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PhysAddr, PhysMem, Prot};
 use hugepfn_vfio::iommu::{CapReg, IommuProt};
 use hugepfn_vfio::type1::{DmaMapRequest, PfnLookup, Type1Error, VfioIommu};
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, presets, region_offset};
+
+fn io(a: u64) -> IoVirtAddr {
+    IoVirtAddr::new(a)
+}
+
+fn pa(a: u64) -> PhysAddr {
+    PhysAddr::new(a).expect("52-bit")
+}
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -62,8 +71,11 @@ fn assert_translates(w: &World, c: &VfioIommu, va: u64, iova: u64, size: u64) {
     let mut off = 0;
     while off < size {
         let cpu = w.mm.follow_pfnmap(va + off).expect("cpu mapping").pfn;
-        let io = c.domain().iova_to_phys(iova + off).expect("iommu mapping");
-        assert_eq!(io, cpu.phys().as_u64(), "iova {:#x}", iova + off);
+        let io = c
+            .domain()
+            .iova_to_phys(io(iova + off))
+            .expect("iommu mapping");
+        assert_eq!(io, cpu.phys(), "iova {:#x}", iova + off);
         off += (size / 7).max(K4) & !(K4 - 1);
     }
 }
@@ -105,8 +117,8 @@ fn selftest_map_partial_bar() {
     assert_eq!((st.counters.lookups, st.counters.iommu_maps), (1, 1));
     assert_eq!(c.iommu_entries(), leaves(0, 0, 1));
     assert_eq!(
-        c.domain().iova_to_phys(IOVA + 123),
-        Some(0x1000_0000_0000 + 123)
+        c.domain().iova_to_phys(io(IOVA + 123)),
+        Some(pa(0x1000_0000_0000 + 123))
     );
     c.unmap_dma(IOVA, K4).expect("unmap");
 }
@@ -219,8 +231,14 @@ fn discontiguous_pfns_split_the_run() {
     let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, 2 * G, PfnLookup::Batched));
     r.expect("map");
     assert_eq!((st.counters.iommu_maps, st.counters.lookups), (2, 3));
-    assert_eq!(c.domain().iova_to_phys(IOVA), Some(0x1000_4000_0000));
-    assert_eq!(c.domain().iova_to_phys(IOVA + G), Some(0x1000_0000_0000));
+    assert_eq!(
+        c.domain().iova_to_phys(io(IOVA)),
+        Some(pa(0x1000_4000_0000))
+    );
+    assert_eq!(
+        c.domain().iova_to_phys(io(IOVA + G)),
+        Some(pa(0x1000_0000_0000))
+    );
 }
 
 // ----- errors ------------------------------------------------------------------------------
@@ -308,7 +326,10 @@ fn efault_when_the_bar_cannot_be_faulted_in() {
     assert_eq!((st.counters.fixups, st.counters.iommu_maps), (1, 0));
     // the earlier DMA mapping is untouched: type1 is not told of the revocation
     assert_eq!(c.iommu_entries(), leaves(1, 0, 0));
-    assert_eq!(c.domain().iova_to_phys(IOVA), Some(0x1000_0000_0000));
+    assert_eq!(
+        c.domain().iova_to_phys(io(IOVA)),
+        Some(pa(0x1000_0000_0000))
+    );
     w.dev.set_memory_enable(true);
     // a failure in the middle unmaps what the new mapping had mapped, nothing else
     w.mm.munmap(va + 3 * G, G).expect("hole");
@@ -354,7 +375,7 @@ fn efault_for_a_read_only_mapping_when_the_device_writes() {
         ..DmaMapRequest::rw(va, IOVA, G, PfnLookup::Batched)
     };
     c.map_dma(ro).1.expect("read-only DMA");
-    let (_, _, prot) = c.domain().translate(IOVA).expect("mapped");
+    let (_, _, prot) = c.domain().translate(io(IOVA)).expect("mapped");
     assert_eq!((prot.read, prot.write), (true, false));
     assert_ne!(prot, IommuProt::RW);
 }
