@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use hugepfn_kvm::ept::{Ept, EptError, EptLeaf, MemType};
+use hugepfn_mm::addr::GuestPhysAddr;
 use hugepfn_mm::{CacheMode, LeafCap, Level, PageTables, Pfn, Pgprot, PhysMem};
 use thiserror::Error;
 
@@ -79,7 +80,7 @@ impl EptTable {
             let hpa = gpa
                 .checked_add(HOST_OFFSET)
                 .ok_or(NestedError::BadRange { va: gpa, len: size })?;
-            ept.map(gpa, &touched_leaf(hpa, host_leaf))?;
+            ept.map(gpa_of(gpa)?, &touched_leaf(hpa, host_leaf))?;
         }
         Ok(EptTable { ept, phys })
     }
@@ -141,6 +142,11 @@ fn touched_leaf(hpa: u64, level: Level) -> EptLeaf {
     }
 }
 
+/// `gpa` as a guest physical address: past 52 bits it lies beyond any EPT.
+fn gpa_of(gpa: u64) -> Result<GuestPhysAddr, EptError> {
+    GuestPhysAddr::new(gpa).map_err(|_| EptError::OutOfRange(gpa))
+}
+
 fn ept_map_range(
     ept: &Ept,
     start: u64,
@@ -151,7 +157,7 @@ fn ept_map_range(
     let size = level.size();
     let mut gpa = start & !(size - 1);
     while gpa < end {
-        ept.map(gpa, &touched_leaf(gpa + offset, level))?;
+        ept.map(gpa_of(gpa)?, &touched_leaf(gpa + offset, level))?;
         gpa += size;
     }
     Ok(())
@@ -242,7 +248,10 @@ mod tests {
             let t = walk(&n.host, gpa, &mut reads).unwrap();
             assert_eq!(t.pa, gpa + HOST_OFFSET);
             assert_eq!(t.level, level);
-            assert_eq!(n.host.ept.translate(gpa).unwrap().level, level);
+            assert_eq!(
+                n.host.ept.translate(gpa_of(gpa).unwrap()).unwrap().level,
+                level
+            );
             assert_eq!(n.host.walk_refs(gpa), 4 - level.idx() as u32);
         }
     }

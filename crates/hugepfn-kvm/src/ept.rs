@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 
+use hugepfn_mm::addr::GuestPhysAddr;
 use hugepfn_mm::{LeafCounts, Level, PhysAddr, PhysMem};
 use hugepfn_pt::format::ept::Ept4;
 use hugepfn_pt::{AtomicLeafCounts, Entry, Step, Tree, WalkError};
@@ -130,7 +131,8 @@ impl Ept {
     }
 
     /// The hardware walk: the leaf that maps `gpa`, if any.
-    pub fn translate(&self, gpa: u64) -> Option<EptLeaf> {
+    pub fn translate(&self, gpa: GuestPhysAddr) -> Option<EptLeaf> {
+        let gpa = gpa.as_u64();
         if gpa >= GPA_LIMIT {
             return None;
         }
@@ -138,7 +140,8 @@ impl Ept {
     }
 
     /// The raw entry mapping `gpa` and its level (for format checks).
-    pub fn raw_leaf(&self, gpa: u64) -> Option<(u64, Level)> {
+    pub fn raw_leaf(&self, gpa: GuestPhysAddr) -> Option<(u64, Level)> {
+        let gpa = gpa.as_u64();
         if gpa >= GPA_LIMIT {
             return None;
         }
@@ -147,7 +150,8 @@ impl Ept {
     }
 
     /// `kvm_tdp_mmu_map`: installs `leaf` for the block containing `gpa`.
-    pub fn map(&self, gpa: u64, leaf: &EptLeaf) -> Result<MapOutcome, EptError> {
+    pub fn map(&self, gpa: GuestPhysAddr, leaf: &EptLeaf) -> Result<MapOutcome, EptError> {
+        let gpa = gpa.as_u64();
         if gpa >= GPA_LIMIT {
             return Err(EptError::OutOfRange(gpa));
         }
@@ -228,6 +232,10 @@ impl Ept {
 mod tests {
     use super::*;
 
+    fn gpa_of(a: u64) -> GuestPhysAddr {
+        GuestPhysAddr::new(a).expect("52-bit")
+    }
+
     const G: u64 = 1 << 30;
 
     fn leaf(pfn: u64, level: Level) -> EptLeaf {
@@ -275,21 +283,23 @@ mod tests {
         let phys = Arc::new(PhysMem::default());
         let ept = Ept::new(phys.clone()).expect("ept");
         let pfn = 0x1000_0000_0000u64 >> 12;
-        ept.map(4 * G, &leaf(pfn, Level::Pud)).expect("1G");
+        ept.map(gpa_of(4 * G), &leaf(pfn, Level::Pud)).expect("1G");
         assert_eq!(ept.leaves().pud, 1);
         assert_eq!(ept.table_pages(), 2);
-        let t = ept.translate(4 * G + 12345).expect("mapped");
+        let t = ept.translate(gpa_of(4 * G + 12345)).expect("mapped");
         assert_eq!((t.pfn, t.level), (pfn, Level::Pud));
         assert!(
-            ept.map(4 * G, &leaf(pfn, Level::Pud))
+            ept.map(gpa_of(4 * G), &leaf(pfn, Level::Pud))
                 .expect("again")
                 .spurious
         );
         // a 4K leaf inside the 1G leaf: the huge leaf is zapped first
-        let o = ept.map(5 * G, &leaf(pfn + 1, Level::Pte)).expect("4K");
+        let o = ept
+            .map(gpa_of(5 * G), &leaf(pfn + 1, Level::Pte))
+            .expect("4K");
         assert!(!o.zapped_huge, "different 1G block");
         let o = ept
-            .map(4 * G + 4096, &leaf(pfn + 1, Level::Pte))
+            .map(gpa_of(4 * G + 4096), &leaf(pfn + 1, Level::Pte))
             .expect("4K");
         assert!(o.zapped_huge);
         assert_eq!(
@@ -301,7 +311,9 @@ mod tests {
             }
         );
         // and a 1G leaf over that table collapses it
-        let o = ept.map(4 * G, &leaf(pfn, Level::Pud)).expect("collapse");
+        let o = ept
+            .map(gpa_of(4 * G), &leaf(pfn, Level::Pud))
+            .expect("collapse");
         assert_eq!(o.collapsed.pte, 1);
         assert_eq!(
             ept.leaves(),
@@ -314,10 +326,10 @@ mod tests {
         // zap: the 1G leaf intersecting the range goes whole
         let z = ept.zap_gfn_range(4 * G + 8192, 4 * G + 12288);
         assert_eq!(z.pud, 1);
-        assert!(ept.translate(4 * G).is_none());
-        assert!(ept.translate(5 * G).is_some());
+        assert!(ept.translate(gpa_of(4 * G)).is_none());
+        assert!(ept.translate(gpa_of(5 * G)).is_some());
         assert_eq!(
-            ept.map(GPA_LIMIT, &leaf(pfn, Level::Pte)),
+            ept.map(gpa_of(GPA_LIMIT), &leaf(pfn, Level::Pte)),
             Err(EptError::OutOfRange(GPA_LIMIT))
         );
         drop(ept);

@@ -41,6 +41,7 @@ use std::sync::{Arc, Weak};
 use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
 use hugepfn_mm::sync::{Mutex, MutexGuard, RwLock};
 
+use hugepfn_mm::addr::GuestPhysAddr;
 use hugepfn_mm::{FollFlags, LeafCounts, Level, Mm, MmuNotifier, VmFlags};
 use serde::Serialize;
 use thiserror::Error;
@@ -290,12 +291,12 @@ impl Vm {
     }
 
     /// The EPT leaf that maps `gpa` now.
-    pub fn ept_translate(&self, gpa: u64) -> Option<EptLeaf> {
+    pub fn ept_translate(&self, gpa: GuestPhysAddr) -> Option<EptLeaf> {
         self.inner.ept().translate(gpa)
     }
 
     /// The raw EPT entry that maps `gpa` and its level.
-    pub fn ept_raw(&self, gpa: u64) -> Option<(u64, Level)> {
+    pub fn ept_raw(&self, gpa: GuestPhysAddr) -> Option<(u64, Level)> {
         self.inner.ept().raw_leaf(gpa)
     }
 
@@ -369,7 +370,7 @@ impl Vm {
     }
 
     /// One guest access to `gpa`: a hit, or EPT violations until the EPT maps it (or an exit).
-    pub fn guest_access(&self, gpa: u64, write: bool) -> Result<GuestAccess, KvmError> {
+    pub fn guest_access(&self, gpa: GuestPhysAddr, write: bool) -> Result<GuestAccess, KvmError> {
         for violations in 0..8u32 {
             if let Some(l) = self.inner.ept().translate(gpa)
                 && l.read
@@ -387,7 +388,7 @@ impl Vm {
         }
         // Livelock against invalidations: what KVM would keep retrying.
         Err(KvmError::Fault {
-            gpa,
+            gpa: gpa.as_u64(),
             hva: 0,
             reason: "the fault kept being invalidated".into(),
         })
@@ -408,7 +409,11 @@ impl Vm {
         while i < count {
             let addr = gpa.saturating_add(i.saturating_mul(stride));
             let before = self.inner.c.ept_violations.load(Ordering::Relaxed);
-            let r = self.guest_access(addr, write);
+            // a GPA past MAXPHYADDR is in no memslot: the exit any unbacked GPA takes
+            let r = match GuestPhysAddr::new(addr) {
+                Ok(g) => self.guest_access(g, write),
+                Err(_) => Ok(GuestAccess::MmioExit),
+            };
             out.violations += self.inner.c.ept_violations.load(Ordering::Relaxed) - before;
             out.accesses += 1;
             match r {
@@ -478,7 +483,7 @@ impl Inner {
                 let mut z = LeafCounts::default();
                 let mut gpa = start;
                 while gpa < end {
-                    match ept.translate(gpa) {
+                    match GuestPhysAddr::new(gpa).ok().and_then(|g| ept.translate(g)) {
                         Some(l) => {
                             let size = l.level.size();
                             let wrong = if keep == Level::Pte {
@@ -537,9 +542,9 @@ impl Inner {
     }
 
     /// `kvm_tdp_page_fault` for an EPT violation at `gpa`.
-    fn handle_ept_violation(&self, gpa: u64, write: bool) -> Result<Faultin, KvmError> {
+    fn handle_ept_violation(&self, gpa: GuestPhysAddr, write: bool) -> Result<Faultin, KvmError> {
         inc(&self.c.ept_violations);
-        let gfn = gpa >> 12;
+        let gfn = gpa.gfn();
         let Some(slot) = self.slots().find(gfn).copied() else {
             inc(&self.c.mmio_exits);
             return Ok(Faultin::Emulate);
@@ -559,7 +564,11 @@ impl Inner {
                 }
                 Err(reason) => {
                     inc(&self.c.efaults);
-                    return Err(KvmError::Fault { gpa, hva, reason });
+                    return Err(KvmError::Fault {
+                        gpa: gpa.as_u64(),
+                        hva,
+                        reason,
+                    });
                 }
             };
             let ept = self.ept();

@@ -8,8 +8,12 @@ use hugepfn_kvm::{
     GuestAccess, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmConfig, MemType, UserMemoryRegion,
     Vm, host_pfn_mapping_level,
 };
+use hugepfn_mm::addr::GuestPhysAddr;
 use hugepfn_mm::{LeafCounts, Level, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
+fn gpa_of(a: u64) -> GuestPhysAddr {
+    GuestPhysAddr::new(a).expect("52-bit")
+}
 
 const K4: u64 = 4096;
 const M2: u64 = 2 << 20;
@@ -94,7 +98,7 @@ fn a_1g_host_mapping_gives_1g_ept_leaves() {
     assert_eq!(w.mm.fault_counts().pud, 4);
     assert_eq!(host_pfn_mapping_level(&w.mm, w.va + 5), Level::Pud);
     // the real EPT entry: R W X, UC for MMIO, no IPAT, large, A and D, BAR address
-    let (raw, level) = w.vm.ept_raw(GPA + G + 77).expect("mapped");
+    let (raw, level) = w.vm.ept_raw(gpa_of(GPA + G + 77)).expect("mapped");
     assert_eq!(level, Level::Pud);
     assert_eq!(raw & 0x7, 0b111);
     assert_eq!(raw & bits::MT_MASK, 0, "UC");
@@ -104,7 +108,7 @@ fn a_1g_host_mapping_gives_1g_ept_leaves() {
     assert_ne!(raw & bits::DIRTY, 0);
     assert_eq!(raw & bits::ADDR_MASK, BAR_PA + G);
     assert_eq!(
-        w.vm.ept_translate(GPA + G).map(|l| l.mem_type),
+        w.vm.ept_translate(gpa_of(GPA + G)).map(|l| l.mem_type),
         Some(MemType::Uc)
     );
     // a second pass hits
@@ -185,7 +189,7 @@ fn vfio_revoke_reaches_the_ept_through_the_mmu_notifier() {
     assert_eq!(w.vm.ept_leaves(), leaves(0, 0, 0));
     assert_eq!(st.zapped.pud - before.zapped.pud, 4);
     // the guest touching the BAR now: the host fault SIGBUSes → KVM_RUN -EFAULT
-    let e = w.vm.guest_access(GPA, false).unwrap_err();
+    let e = w.vm.guest_access(gpa_of(GPA), false).unwrap_err();
     assert_eq!(e.errno_name(), "EFAULT", "{e}");
     // decode back on: the next touch refaults at 1 GiB
     w.dev.set_memory_enable(true);
@@ -204,14 +208,17 @@ fn munmap_and_memslot_delete_zap() {
         .expect("touch");
     w.mm.munmap(w.va + G, G).expect("munmap");
     assert_eq!(w.vm.ept_leaves(), leaves(3, 0, 0));
-    let e = w.vm.guest_access(GPA + G, true).unwrap_err();
+    let e = w.vm.guest_access(gpa_of(GPA + G), true).unwrap_err();
     assert_eq!(e.errno_name(), "EFAULT");
     assert!(e.to_string().contains("no VMA"), "{e}");
     // deleting the slot zaps the rest; accesses become MMIO exits
     w.vm.set_user_memory_region(&slot(0, GPA, 0, 0, 0))
         .expect("delete");
     assert_eq!(w.vm.ept_leaves(), leaves(0, 0, 0));
-    assert_eq!(w.vm.guest_access(GPA, false), Ok(GuestAccess::MmioExit));
+    assert_eq!(
+        w.vm.guest_access(gpa_of(GPA), false),
+        Ok(GuestAccess::MmioExit)
+    );
 }
 
 #[test]
@@ -219,33 +226,43 @@ fn readonly_slots_and_dirty_logging() {
     let w = world(G, 0, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA, G, w.va, KVM_MEM_READONLY))
         .expect("ro slot");
-    assert_eq!(w.vm.guest_access(GPA, true), Ok(GuestAccess::MmioExit));
+    assert_eq!(
+        w.vm.guest_access(gpa_of(GPA), true),
+        Ok(GuestAccess::MmioExit)
+    );
     assert!(matches!(
-        w.vm.guest_access(GPA, false),
+        w.vm.guest_access(gpa_of(GPA), false),
         Ok(GuestAccess::Mapped {
             level: Level::Pud,
             ..
         })
     ));
-    assert_eq!(w.vm.ept_translate(GPA).map(|l| l.write), Some(false));
+    assert_eq!(
+        w.vm.ept_translate(gpa_of(GPA)).map(|l| l.write),
+        Some(false)
+    );
     // dirty logging forces 4 KiB and zaps the huge leaves of the slot
     w.vm.set_user_memory_region(&slot(1, GPA + G, G, w.va + G, 0))
         .expect("slot 1");
-    w.vm.guest_access(GPA + G, true).expect("1G");
+    w.vm.guest_access(gpa_of(GPA + G), true).expect("1G");
     assert_eq!(w.vm.ept_leaves().pud, 2);
     w.vm.set_user_memory_region(&slot(1, GPA + G, G, w.va + G, KVM_MEM_LOG_DIRTY_PAGES))
         .expect("log");
     assert_eq!(w.vm.ept_leaves().pud, 1);
-    w.vm.guest_access(GPA + G, true).expect("4K");
+    w.vm.guest_access(gpa_of(GPA + G), true).expect("4K");
     assert_eq!(w.vm.ept_leaves().pte, 1);
     // turning it off zaps the small leaves, so the next fault maps 1 GiB again
     w.vm.set_user_memory_region(&slot(1, GPA + G, G, w.va + G, 0))
         .expect("unlog");
     assert_eq!(w.vm.ept_leaves().pte, 0);
-    w.vm.guest_access(GPA + G + K4, false).expect("1G again");
+    w.vm.guest_access(gpa_of(GPA + G + K4), false)
+        .expect("1G again");
     assert_eq!(w.vm.ept_leaves().pud, 2);
     // no slot: MMIO exit
-    assert_eq!(w.vm.guest_access(0x1000, false), Ok(GuestAccess::MmioExit));
+    assert_eq!(
+        w.vm.guest_access(gpa_of(0x1000), false),
+        Ok(GuestAccess::MmioExit)
+    );
     assert_eq!(w.vm.stats().mmio_exits, 2);
 }
 

@@ -147,6 +147,8 @@ impl Mm {
         dst: u64,
     ) -> Result<(LeafCounts, LeafCounts), MmError> {
         let mut tree = self.mmap_write();
+        // A corrupt table under the range would stop the move halfway: refuse it first.
+        self.pt.check_tables(old_addr, old_addr + len)?;
         self.split_vma_at(&mut tree, old_addr)?;
         self.split_vma_at(&mut tree, old_addr + len)?;
         self.split_straddling(&tree, old_addr)?;
@@ -159,7 +161,16 @@ impl Mm {
         } else {
             PartialHuge::Split
         };
-        let (moved, zapped) = self.pt.move_page_tables(old_addr, dst, len, policy)?;
+        let (moved, zapped) = match self.pt.move_page_tables(old_addr, dst, len, policy) {
+            Ok(m) => m,
+            Err(e) => {
+                // Out of memory for a destination table (the tree was checked above): the VMA
+                // stays where it was, so that nothing mapped is left without one; extents
+                // moved before the failure stay at `dst` (Linux moves them back).
+                self.link(&mut tree, piece);
+                return Err(e.into());
+            }
+        };
         let mut newv = piece.clone();
         newv.start = dst;
         newv.end = dst + len;

@@ -169,6 +169,7 @@ pub fn for_each_pte(
     // The walker checked the table before it called the ops (`walk_pmd`): a pointer that
     // names no table cannot reach here, and would visit nothing.
     let Ok(t) = pt.table(table) else {
+        debug_assert!(false, "for_each_pte on {table}: no page-table page");
         return;
     };
     let mut va = start;

@@ -436,7 +436,16 @@ fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
     );
     let e = moved.unwrap_err();
     assert!(e.to_string().contains("0x100000000000"), "{e}");
-    // the real pointer back: the mapping is whole again
+    // refused before anything changed: the VMA is where it was, nothing is at the target
+    assert_eq!(
+        mm.mmap_read().find_vma(G).map(|v| (v.start, v.end)),
+        Some((G, G + 2 * M))
+    );
+    assert!(mm.mmap_read().find_vma(4 * G).is_none());
+    assert_eq!(pt.first_mapped(4 * G, 4 * G + M), None);
+    // the real pointer back: the mapping is whole again, and munmap clears it
     pt.ptl(pmd).set(pmd, good);
     assert_eq!(pt.lookup(G).map(|(l, _)| l.pfn.as_u64()), Some(BAR1 >> 12));
+    mm.munmap(G, 2 * M).unwrap();
+    assert_eq!(pt.first_mapped(G, G + 2 * M), None);
 }

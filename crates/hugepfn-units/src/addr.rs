@@ -29,6 +29,9 @@ pub enum AddrError {
     /// A pfn at or above 2^40.
     #[error("pfn {0:#x} is beyond the 52-bit physical address width")]
     PfnTooWide(u64),
+    /// A guest physical address at or above 2^52.
+    #[error("guest physical address {0:#x} is beyond the 52-bit physical address width")]
+    GuestPhysTooWide(u64),
     /// A virtual address whose upper bits are not a sign extension of the top implemented bit.
     #[error("virtual address {addr:#x} is not canonical for {bits}-bit virtual addresses")]
     NotCanonical {
@@ -269,6 +272,49 @@ impl fmt::Display for VirtAddr {
     }
 }
 
+/// A guest physical address (GPA): what a guest's own page tables produce, which the
+/// second-stage MMU (EPT, arm64 stage 2) translates to a host physical address. Below 2^52, the
+/// widest MAXPHYADDR; an EPT checks its own (narrower) limit.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct GuestPhysAddr(u64);
+
+impl GuestPhysAddr {
+    /// Checks that `addr` is below 2^52.
+    #[inline]
+    pub const fn new(addr: u64) -> Result<Self, AddrError> {
+        if addr >> PHYS_ADDR_BITS == 0 {
+            Ok(GuestPhysAddr(addr))
+        } else {
+            Err(AddrError::GuestPhysTooWide(addr))
+        }
+    }
+
+    /// The raw value.
+    #[inline]
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// The guest frame number (`gpa >> PAGE_SHIFT`, KVM's gfn).
+    #[inline]
+    pub const fn gfn(self) -> u64 {
+        self.0 >> PAGE_SHIFT
+    }
+}
+
+impl fmt::Debug for GuestPhysAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GuestPhysAddr({:#x})", self.0)
+    }
+}
+
+impl fmt::Display for GuestPhysAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
 /// An IO virtual address (IOVA): the address a device puts on the bus, which the IOMMU
 /// translates (`dma_addr_t` in an `iommu_map` call, `vfio_iommu_type1_dma_map.iova`).
 ///
@@ -334,6 +380,17 @@ mod tests {
                 .is_none()
         );
         assert!(Pfn::new((1 << 40) - 1).unwrap().checked_add(1).is_none());
+    }
+
+    #[test]
+    fn a_gpa_is_checked_against_52_bits() {
+        let g = GuestPhysAddr::new(0x1_2345_6000).unwrap();
+        assert_eq!((g.as_u64(), g.gfn()), (0x1_2345_6000, 0x12_3456));
+        assert_eq!(
+            GuestPhysAddr::new(1 << 52),
+            Err(AddrError::GuestPhysTooWide(1 << 52))
+        );
+        assert!(GuestPhysAddr::new((1 << 52) - 1).is_ok());
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub enum InspectError {
     /// `--kernel` names no modelled kernel.
     #[error("{0}")]
     Kernel(String),
+    /// The machine's (or `--arch`'s) architecture is not one the model predicts.
+    #[error("{0}")]
+    Arch(String),
 }
 
 /// One line of `/proc/PID/maps`.
@@ -447,14 +450,27 @@ fn predict(
     })
 }
 
-/// The architecture this binary runs on, as the model names it (arm64: the 4 KiB granule of
-/// Debian's kernels; a 16 or 64 KiB kernel needs `--arch`).
+/// The architecture this binary runs on, as the model names it: on aarch64 the kernel's page
+/// size (`AT_PAGESZ` in `/proc/self/auxv`) picks the granule.
 fn machine_arch() -> Option<Arch> {
     match std::env::consts::ARCH {
         "x86_64" => Some(Arch::X86_64),
-        "aarch64" => Some(Arch::Arm64),
+        "aarch64" => match page_size() {
+            Some(0x4000) => Some(Arch::Arm64_16k),
+            Some(0x10000) => Some(Arch::Arm64_64k),
+            _ => Some(Arch::Arm64),
+        },
         _ => None,
     }
+}
+
+/// The kernel's page size: `AT_PAGESZ` (6) in this process's auxiliary vector.
+fn page_size() -> Option<u64> {
+    let auxv = std::fs::read("/proc/self/auxv").ok()?;
+    auxv.chunks_exact(16).find_map(|kv| {
+        let word = |b: &[u8]| b.try_into().ok().map(u64::from_ne_bytes);
+        (word(&kv[..8])? == 6).then(|| word(&kv[8..])).flatten()
+    })
 }
 
 /// Inspects the process.
@@ -520,12 +536,19 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
     let arch = match args.arch {
         Some(a) => a,
         None => machine_arch().ok_or_else(|| {
-            InspectError::Kernel(format!(
+            InspectError::Arch(format!(
                 "this machine is {}: no modelled architecture; pass --arch",
                 std::env::consts::ARCH
             ))
         })?,
     };
+    if arch.page_size() != 4096 {
+        return Err(InspectError::Arch(format!(
+            "{} has {} KiB pages: the model has 4 KiB pages only (pass --arch to predict as another architecture)",
+            arch.name(),
+            arch.page_size() >> 10
+        )));
+    }
     // the largest leaf a pfnmap takes here (arm64: 2 MiB; riscv 6.12: 4 KiB)
     let leaves = Behaviour::from_option(kernel).pfnmap_leaves(arch);
     let devices = find_devices(args, &mut notes);

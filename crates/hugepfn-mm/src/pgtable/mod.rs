@@ -467,6 +467,24 @@ impl PageTables {
         self.tree.lookup(va)
     }
 
+    /// Checks that every table pointer under `[start, end)` names a page-table page
+    /// ([`WalkError::Corrupt`] otherwise), so that an operation that must not stop halfway
+    /// (mremap's move) can refuse a corrupt tree before it changes anything.
+    pub fn check_tables(&self, start: u64, end: u64) -> Result<(), WalkError> {
+        self.tree.walk_range::<WalkError>(start, end, &mut |t, v| {
+            Ok(match v.entry {
+                // a PTE table: its page must exist; its 512 entries need no visit
+                hugepfn_pt::Entry::Table(pa) if v.slot.level == Level::Pmd => {
+                    t.table(pa)?;
+                    Step::Next
+                }
+                // above: the walk checks each table as it descends into it
+                hugepfn_pt::Entry::Table(_) if !v.post => Step::Descend,
+                _ => Step::Next,
+            })
+        })
+    }
+
     /// The first address in `[start, end)` that has a leaf or a non-present entry, if any.
     pub fn first_mapped(&self, start: u64, end: u64) -> Option<u64> {
         self.tree.first_mapped(start, end)

@@ -202,6 +202,8 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
         });
         std::hint::black_box(sum);
         let ns = d.as_nanos() as u64 / iters;
+        // against the whole run, not the truncated mean (50.9 ns is not <= 50 ns)
+        let within = |t: u64| d.as_nanos() <= u128::from(t) * u128::from(iters);
         out.push(Figure {
             name: what.into(),
             elapsed_ns: ns,
@@ -209,7 +211,7 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
             target: target.map_or("(no target; cache-cold walks)".into(), |t| {
                 format!("<= {t} ns (issue 16)")
             }),
-            met: target.is_none_or(|t| ns <= t),
+            met: target.is_none_or(within),
         });
     }
     drop(mm);

@@ -430,13 +430,21 @@ impl Gen<'_> {
             // non-none old PMD), keeping PMD leaves from the moved mapping there; the model's
             // process has no memory of its own (lab fuzz seed 20261204, docs/testing.md).
             46..=51 if !(self.cfg.lab && (self.maps[m].holes || self.maps[m].tight)) => {
-                let va = *self.r.pick(&[
-                    "kernel",
-                    "align:1G",
-                    "align:1G+2M",
-                    "congruent:1G",
-                    "align:2M+4K",
-                ]);
+                // Not `kernel` in the lab: the destination the kernel picks is an ASLR draw the
+                // probe does not report (mmap's are given to the model; mremap's are not).
+                let va = if self.cfg.lab {
+                    *self
+                        .r
+                        .pick(&["align:1G", "align:1G+2M", "congruent:1G", "align:2M+4K"])
+                } else {
+                    *self.r.pick(&[
+                        "kernel",
+                        "align:1G",
+                        "align:1G+2M",
+                        "congruent:1G",
+                        "align:2M+4K",
+                    ])
+                };
                 self.maps[m].tight = tight_placement(va);
                 f.push(("va", format!("\"{va}\"")));
                 // (the lab keeps the length: the generator's later offsets assume it)

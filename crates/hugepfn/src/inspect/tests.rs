@@ -186,6 +186,19 @@ fn on_arm64_a_bar_takes_2_mib_leaves_at_best_and_no_1_gib_advice() {
 }
 
 #[test]
+fn a_16k_arm64_machine_is_refused_by_name_and_this_machines_page_is_read() {
+    let f = Fake::new("arm16", MAPS, "7.3.4+deb13-arm64-16k", true);
+    let e = inspect(&InspectArgs {
+        arch: Some(Arch::Arm64_16k),
+        ..f.args()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("arm64-16k has 16 KiB pages"), "{e}");
+    // the test machine's own page size, from its auxv
+    assert_eq!(page_size(), Some(4096));
+}
+
+#[test]
 fn without_fdinfo_devices_come_from_vfio_pci_and_a_guess_is_said() {
     let maps = "7f0000001000-7f0040001000 rw-s 20000000000 00:0e 77 anon_inode:[vfio-device]\n\
                 7f0040001000-7f0080001000 r--s 20040000000 00:0e 77 anon_inode:[vfio-device]\n";
