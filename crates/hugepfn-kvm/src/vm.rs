@@ -41,7 +41,7 @@ use std::sync::{Arc, Weak};
 use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
 use hugepfn_mm::sync::{Mutex, MutexGuard, RwLock};
 
-use hugepfn_mm::addr::GuestPhysAddr;
+use hugepfn_mm::addr::{GuestPhysAddr, PagingMode, VirtAddr};
 use hugepfn_mm::{FollFlags, LeafCounts, Level, Mm, MmuNotifier, VmFlags};
 use serde::Serialize;
 use thiserror::Error;
@@ -669,14 +669,15 @@ impl Inner {
             }
             // hva_to_pfn_remapped
             inc(&self.c.follow_calls);
-            let found = match g.follow_pfnmap_start(hva) {
-                Ok(f) => {
+            // (an hva checked canonical for the widest mode; the mm checks its own range)
+            let found = VirtAddr::new(hva, PagingMode::Level5)
+                .map_err(hugepfn_mm::MmError::from)
+                .and_then(|va| g.follow_pfnmap_start(va))
+                .map(|f| {
                     let a = f.args;
                     f.end();
-                    Ok(a)
-                }
-                Err(e) => Err(e),
-            };
+                    a
+                });
             drop(g);
             match found {
                 Ok(args) => {

@@ -7,7 +7,7 @@
 //! held until `end`: here the [`FollowPfnmap`] guard, whose drop is `follow_pfnmap_end`, and which
 //! borrows the mmap read lock so the lock cannot be released first (the kerneldoc's rule).
 
-use crate::addr::Pfn;
+use crate::addr::{Pfn, VirtAddr};
 use crate::entry::{self, Decoded, Pgprot};
 use crate::error::MmError;
 use crate::level::Level;
@@ -62,7 +62,8 @@ impl FollowPfnmap<'_> {
 
 impl MmapRead<'_> {
     /// `follow_pfnmap_start(args)` for `addr`, with the mmap lock held by `self`.
-    pub fn follow_pfnmap_start(&self, addr: u64) -> Result<FollowPfnmap<'_>, MmError> {
+    pub fn follow_pfnmap_start(&self, addr: VirtAddr) -> Result<FollowPfnmap<'_>, MmError> {
+        let addr = addr.as_u64();
         let vma = self.find_vma(addr).ok_or(MmError::NoVma(addr))?;
         if !vma.is_pfnmap_or_io() {
             return Err(MmError::NotPfnmap(vma.start));
@@ -110,7 +111,7 @@ impl MmapRead<'_> {
 
 impl Mm {
     /// `follow_pfnmap_start` + copy + `follow_pfnmap_end`, taking the mmap lock for read.
-    pub fn follow_pfnmap(&self, addr: u64) -> Result<FollowPfnmapArgs, MmError> {
+    pub fn follow_pfnmap(&self, addr: VirtAddr) -> Result<FollowPfnmapArgs, MmError> {
         let g = self.mmap_read();
         let f = g.follow_pfnmap_start(addr)?;
         Ok(f.args)

@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 
 use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::addr::{PAGE_SIZE, Pfn};
+use crate::addr::{PAGE_SIZE, Pfn, VirtAddr};
 use crate::entry::{Pgprot, ProtFlags};
 use crate::error::MmError;
 use crate::fault::{
@@ -836,8 +836,8 @@ impl Mm {
     /// Installs the largest leaves the alignment allows, up to the mm's `remap_cap`.
     pub fn remap_pfn_range(
         &self,
-        addr: u64,
-        pfn: u64,
+        addr: VirtAddr,
+        pfn: Pfn,
         size: u64,
         prot: Pgprot,
     ) -> Result<LeafCounts, MmError> {
@@ -847,12 +847,13 @@ impl Mm {
     /// [`Mm::remap_pfn_range`] with an explicit cap on the leaf size.
     pub fn remap_pfn_range_capped(
         &self,
-        addr: u64,
-        pfn: u64,
+        addr: VirtAddr,
+        pfn: Pfn,
         size: u64,
         prot: Pgprot,
         cap: LeafCap,
     ) -> Result<LeafCounts, MmError> {
+        let (addr, pfn) = (addr.as_u64(), pfn.as_u64());
         self.check_range("remap_pfn_range", addr, size)?;
         let mut tree = self.mmap_write();
         let key = tree

@@ -192,7 +192,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let addr = ARENA + off;
                 let pfn = (BAR + off + skew) >> 12;
                 let prot = Pgprot::SHARED.with_cache(cache_of(cache));
-                let res = mm.remap_pfn_range(addr, pfn, len, prot);
+                let res = mm.remap_pfn_range(uva(addr), upfn(pfn), len, prot);
                 let valid = len > 0 && addr.is_multiple_of(4096) && len % 4096 == 0;
                 let vma = r.vma_of(addr);
                 let inside = vma.is_some_and(|(_, e, _)| addr + len <= e);
@@ -254,7 +254,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Follow { off } => {
                 let addr = ARENA + off;
-                let res = mm.follow_pfnmap(addr);
+                let res = mm.follow_pfnmap(uva(addr));
                 let page = addr & !4095;
                 match (r.vma_of(addr), r.pages.get(&page)) {
                     (None, _) => prop_assert!(matches!(res, Err(MmError::NoVma(_))), "{res:?}"),

@@ -10,6 +10,7 @@
 #![cfg(feature = "shuttle")]
 
 mod common;
+use common::uva;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -306,7 +307,7 @@ fn follow_vs_zap(bugs: Bugs) {
         let w = w.clone();
         shuttle::thread::spawn(move || {
             let g = w.mm.mmap_read();
-            if let Ok(f) = g.follow_pfnmap_start(w.va + 0x5000) {
+            if let Ok(f) = g.follow_pfnmap_start(uva(w.va + 0x5000)) {
                 // With the lock held, the entry must still be what follow reported.
                 let now = w.mm.page_tables().get(f.slot);
                 let l = hugepfn_mm::entry::decode(now, f.slot.level);

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use hugepfn_mm::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hugepfn_mm::addr::{IoVirtAddr, PAGE_SHIFT};
+use hugepfn_mm::addr::{IoVirtAddr, PAGE_SHIFT, PagingMode, VirtAddr};
 use hugepfn_mm::{LeafCounts, Mm, Pfn, VmFlags};
 use hugepfn_pt::EncodeError;
 use serde::Serialize;
@@ -523,14 +523,15 @@ impl VfioIommu {
             }
             // follow_fault_pfn
             c.follow_calls += 1;
-            let found = match g.follow_pfnmap_start(vaddr) {
-                Ok(f) => {
+            // (a vaddr checked canonical for the widest mode; the mm checks its own range)
+            let found = VirtAddr::new(vaddr, PagingMode::Level5)
+                .map_err(hugepfn_mm::MmError::from)
+                .and_then(|va| g.follow_pfnmap_start(va))
+                .map(|f| {
                     let args = f.args;
                     f.end();
-                    Ok(args)
-                }
-                Err(e) => Err(e),
-            };
+                    args
+                });
             drop(g);
             match found {
                 Ok(args) => {

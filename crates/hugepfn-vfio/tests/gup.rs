@@ -1,6 +1,7 @@
 //! GUP, fixup_user_fault and MMU notifiers on a vfio BAR mapping.
 
 mod common;
+use common::uva;
 
 use std::sync::{Arc, Mutex};
 
@@ -51,7 +52,7 @@ fn gup_fast_refuses_special_huge_leaves_and_slow_gup_efaults() {
 fn fixup_user_fault_then_follow_sees_the_pud() {
     let (dev, mm, va) = setup();
     mm.fixup_user_fault(va + G + 0x5000, false).unwrap();
-    let f = mm.follow_pfnmap(va + G + 0x5000).unwrap();
+    let f = mm.follow_pfnmap(uva(va + G + 0x5000)).unwrap();
     assert_eq!(f.level, Level::Pud);
     assert_eq!(f.pfn.as_u64(), (0xff_0000_0000u64 + G + 0x5000) >> 12);
     dev.set_memory_enable(false);

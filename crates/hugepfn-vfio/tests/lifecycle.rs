@@ -2,6 +2,7 @@
 //! and remap-populated pfnmaps.
 
 mod common;
+use common::uva;
 
 use std::sync::Arc;
 
@@ -71,7 +72,7 @@ fn touch(mm: &Mm, va: u64, len: u64, write: bool) -> hugepfn_mm::RangeAccess {
 }
 
 fn pfn_at(mm: &Mm, va: u64) -> u64 {
-    mm.follow_pfnmap(va).unwrap().pfn.as_u64()
+    mm.follow_pfnmap(uva(va)).unwrap().pfn.as_u64()
 }
 
 #[test]
@@ -82,7 +83,7 @@ fn fork_copies_huge_special_leaves_as_they_are() {
     let (child, st) = mm.fork().unwrap();
     assert_eq!(st.leaves.pud, 2);
     assert_eq!(st.wrprotected, 0, "shared: the write bit is kept");
-    let f = child.follow_pfnmap(va + G + 4096).unwrap();
+    let f = child.follow_pfnmap(uva(va + G + 4096)).unwrap();
     assert_eq!(f.level, Level::Pud);
     assert!(f.writable && f.special);
     assert_eq!(f.pfn.as_u64(), (BAR + G + 4096) >> 12);
@@ -140,11 +141,11 @@ fn regress_47fa30118f02_fork_checks_present_before_special() {
 fn cow_pfnmap_copies_on_write_and_keeps_small_entries() {
     let (phys, mm, va) = remapped(4 * M, false);
     assert_eq!(mm.all_leaves().pte, 1024, "CoW VMAs get 4 KiB entries only");
-    assert!(!mm.follow_pfnmap(va).unwrap().writable);
+    assert!(!mm.follow_pfnmap(uva(va)).unwrap().writable);
     // Reading maps the device; writing copies the page.
     assert!(matches!(mm.access(va, false), Access::Ok { faults: 0, .. }));
     assert!(matches!(mm.access(va, true), Access::Ok { faults: 1, .. }));
-    let f = mm.follow_pfnmap(va).unwrap();
+    let f = mm.follow_pfnmap(uva(va)).unwrap();
     assert!(!f.special && f.writable, "an anonymous copy now");
     assert_eq!(
         phys.page_content(f.pfn),
@@ -160,13 +161,13 @@ fn cow_pfnmap_copies_on_write_and_keeps_small_entries() {
         child.access(va, true),
         Access::Ok { faults: 1, .. }
     ));
-    let cf = child.follow_pfnmap(va).unwrap();
+    let cf = child.follow_pfnmap(uva(va)).unwrap();
     assert_ne!(cf.pfn, f.pfn);
     assert_eq!(phys.page_content(cf.pfn), Some(BAR >> 12));
     assert_eq!(phys.page_refs(f.pfn), 1);
     // The parent reuses its page (now exclusive) without copying.
     assert!(matches!(mm.access(va, true), Access::Ok { faults: 1, .. }));
-    assert_eq!(mm.follow_pfnmap(va).unwrap().pfn, f.pfn);
+    assert_eq!(mm.follow_pfnmap(uva(va)).unwrap().pfn, f.pfn);
     assert_eq!(phys.anon_pages(), 2);
     drop(child);
     drop(mm);
@@ -193,7 +194,7 @@ fn mprotect_zaps_straddling_leaves_of_fault_backed_vmas() {
     assert_eq!((d.pud, d.pmd, d.pte), (0, 511, 0));
     let r = touch(&mm, va + G, 2 * M, false);
     assert_eq!(r.sigsegv, 0);
-    let f = mm.follow_pfnmap(va + G).unwrap();
+    let f = mm.follow_pfnmap(uva(va + G)).unwrap();
     assert!(!f.writable && f.level == Level::Pmd);
     // PROT_NONE: every access is refused; then back to read/write.
     mm.mprotect(va, G, Prot::NONE).unwrap();
@@ -201,7 +202,7 @@ fn mprotect_zaps_straddling_leaves_of_fault_backed_vmas() {
     mm.mprotect(va, G, Prot::RW).unwrap();
     assert!(matches!(mm.access(va + 4096, true), Access::Ok { .. }));
     assert_eq!(
-        mm.follow_pfnmap(va).unwrap().level,
+        mm.follow_pfnmap(uva(va)).unwrap().level,
         Level::Pud,
         "changed in place, not zapped"
     );
@@ -224,8 +225,8 @@ fn mprotect_splits_remapped_leaves_in_place() {
     for off in [0, G, G + 4096, G + 8192, 2 * G - 4096] {
         assert_eq!(pfn_at(&mm, va + off), (BAR + off) >> 12, "{off:#x}");
     }
-    assert!(!mm.follow_pfnmap(va + G + 4096).unwrap().writable);
-    assert!(mm.follow_pfnmap(va + G + 8192).unwrap().writable);
+    assert!(!mm.follow_pfnmap(uva(va + G + 4096)).unwrap().writable);
+    assert!(mm.follow_pfnmap(uva(va + G + 8192)).unwrap().writable);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! CI runs it for 2 s. A long run: `HUGEPFN_STRESS_SECS=600 cargo test --release -p hugepfn-vfio --test stress -- --nocapture`.
 
 mod common;
+use common::uva;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -60,7 +61,7 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
                             );
                         }
                         60..=89 => {
-                            if let Ok(f) = mm.follow_pfnmap(va + off) {
+                            if let Ok(f) = mm.follow_pfnmap(uva(va + off)) {
                                 assert_eq!(f.pfn.as_u64(), (BAR + off) >> 12, "follow at {off:#x}");
                             }
                         }

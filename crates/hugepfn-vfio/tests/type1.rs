@@ -70,7 +70,7 @@ fn map(c: &VfioIommu, va: u64, iova: u64, size: u64, lookup: PfnLookup) -> Resul
 fn assert_translates(w: &World, c: &VfioIommu, va: u64, iova: u64, size: u64) {
     let mut off = 0;
     while off < size {
-        let cpu = w.mm.follow_pfnmap(va + off).expect("cpu mapping").pfn;
+        let cpu = w.mm.follow_pfnmap(uva(va + off)).expect("cpu mapping").pfn;
         let io = c
             .domain()
             .iova_to_phys(io(iova + off))
@@ -424,4 +424,9 @@ fn teardown_frees_every_table() {
     drop(mm);
     drop(dev);
     assert!(phys.leak_check().is_empty(), "{:?}", phys.leak_check());
+}
+
+/// A user VA for the typed calls.
+fn uva(a: u64) -> hugepfn_mm::VirtAddr {
+    hugepfn_mm::VirtAddr::new_user(a).expect("a user VA")
 }

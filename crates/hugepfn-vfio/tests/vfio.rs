@@ -2,6 +2,7 @@
 //! of fault-backed VMAs, and the upstream fixes as regression tests.
 
 mod common;
+use common::uva;
 
 use std::sync::Arc;
 
@@ -130,7 +131,7 @@ fn lab_rules_pud_pmd_pte() {
                 assert_eq!(leaf.prot.cache, CacheMode::UcMinus);
             });
         // Follow reports the level and addr_mask.
-        let fl = mm.follow_pfnmap(va + len - 4096).unwrap();
+        let fl = mm.follow_pfnmap(uva(va + len - 4096)).unwrap();
         assert_eq!(fl.pfn.as_u64(), (0xff_0000_0000 + off + len - 4096) >> 12);
     }
 }
@@ -263,7 +264,7 @@ fn two_vmas_of_one_bar_map_independently() {
     let f = mm.fault_counts();
     assert_eq!((f.pud, f.pmd), (1, 512));
     assert_eq!(
-        mm.follow_pfnmap(v1).unwrap().pfn.as_u64(),
+        mm.follow_pfnmap(uva(v1)).unwrap().pfn.as_u64(),
         (0xff_0000_0000u64 + G) >> 12
     );
 }

@@ -43,7 +43,7 @@ fn follow_benches(c: &mut Criterion) {
     c.bench_function("follow_pfnmap_start+end 4K leaf", |b| {
         b.iter(|| {
             let f = g
-                .follow_pfnmap_start(std::hint::black_box(va + 0x1234_5000))
+                .follow_pfnmap_start(uva(std::hint::black_box(va + 0x1234_5000)))
                 .expect("mapped");
             f.args.pfn
         })
@@ -82,3 +82,8 @@ fn fault_benches(c: &mut Criterion) {
 
 criterion_group!(benches, remap_benches, follow_benches, fault_benches);
 criterion_main!(benches);
+
+/// A user VA for the typed calls.
+fn uva(a: u64) -> hugepfn_mm::VirtAddr {
+    hugepfn_mm::VirtAddr::new_user(a).expect("a user VA")
+}

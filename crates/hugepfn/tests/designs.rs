@@ -94,7 +94,7 @@ fn hazard_remap_overwrite_frees_tables_a_walker_still_holds() {
                 assert!(!freed, "huge_fault never frees a linked table");
                 assert_eq!(pt.hazards().live_table_freed, 0);
                 // The price: the table the walker allocated keeps this GiB below 1 GiB leaves.
-                assert_eq!(mm.follow_pfnmap(va).unwrap().level, Level::Pmd);
+                assert_eq!(mm.follow_pfnmap(uva(va)).unwrap().level, Level::Pmd);
             }
         }
     }
@@ -110,7 +110,7 @@ fn hazard_early_fault_bypasses_the_thp_policy() {
     ] {
         let (_p, _d, mm, va) = setup(design, ThpPolicy::Never);
         assert!(matches!(mm.access(va, false), Access::Ok { .. }));
-        assert_eq!(mm.follow_pfnmap(va).unwrap().level, want, "{design:?}");
+        assert_eq!(mm.follow_pfnmap(uva(va)).unwrap().level, want, "{design:?}");
     }
 }
 
@@ -169,4 +169,9 @@ fn every_design_stops_at_the_architectures_largest_pfnmap_leaf() {
             );
         }
     }
+}
+
+/// A user VA for the typed calls.
+fn uva(a: u64) -> hugepfn_mm::VirtAddr {
+    hugepfn_mm::VirtAddr::new_user(a).expect("a user VA")
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hugepfn_mm::{
-    CacheMode, LeafCap, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pgprot, PhysMem, Prot,
+    CacheMode, LeafCap, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, Pgprot, PhysMem, Prot,
+    VirtAddr,
 };
 use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
 use serde::Serialize;
@@ -44,8 +45,8 @@ pub fn remap_setup(len: u64, cap: LeafCap) -> Result<(Arc<Mm>, u64), MmError> {
 /// The timed part: `remap_pfn_range` of the whole VMA onto BAR1.
 pub fn remap(mm: &Mm, va: u64, len: u64) -> Result<u64, MmError> {
     let c = mm.remap_pfn_range(
-        va,
-        BAR1_PHYS >> 12,
+        VirtAddr::new_user(va)?,
+        Pfn::new(BAR1_PHYS >> 12)?,
         len,
         Pgprot::SHARED.with_cache(CacheMode::UcMinus),
     )?;
@@ -194,7 +195,9 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
                 } else {
                     12345
                 };
-                if let Ok(f) = g.follow_pfnmap_start(va + page * 4096) {
+                if let Ok(v) = VirtAddr::new_user(va + page * 4096)
+                    && let Ok(f) = g.follow_pfnmap_start(v)
+                {
                     sum = sum.wrapping_add(f.args.pfn.as_u64());
                 }
             }

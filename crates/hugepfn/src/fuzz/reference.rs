@@ -361,7 +361,10 @@ impl Reference {
             let must: &[u64] = if name == actor { &pred.must_map } else { &[] };
             sample.extend_from_slice(must);
             for va in sample {
-                let r = mm.follow_pfnmap(va);
+                // (a VA no mode can hold is in no VMA either)
+                let r = hugepfn_mm::VirtAddr::new(va, hugepfn_mm::PagingMode::Level5)
+                    .map_err(|_| MmError::NoVma(va))
+                    .and_then(|v| mm.follow_pfnmap(v));
                 let refv = p.find(va);
                 match (refv, r) {
                     (None, Err(MmError::NoVma(_))) => {}
