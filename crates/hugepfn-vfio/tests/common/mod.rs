@@ -37,14 +37,8 @@ pub fn map_bar(
     })
 }
 
-/// A user VA for the typed calls (`remap_pfn_range`, `follow_pfnmap_start`).
+/// A user VA for `follow_pfnmap`.
 #[allow(dead_code)]
 pub fn uva(a: u64) -> hugepfn_mm::VirtAddr {
     hugepfn_mm::VirtAddr::new_user(a).expect("a user VA")
-}
-
-/// A pfn for the typed calls.
-#[allow(dead_code)]
-pub fn upfn(p: u64) -> hugepfn_mm::Pfn {
-    hugepfn_mm::Pfn::new(p).expect("a 40-bit pfn")
 }
