@@ -6,14 +6,13 @@
 //! this process's peak RSS during the point (`VmHWM`, reset before it). Issue 16's target is the
 //! 512 GiB point: faulted in completely in < 10 s with peak RSS ≤ 1.5 GiB.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hugepfn_mm::{Mm, MmConfig, MmError, MmapAddr, MmapRequest, PhysMem, Prot};
-use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, pci::Bar, region_offset};
+use hugepfn_mm::MmError;
+use hugepfn_vfio::Bar;
 use serde::Serialize;
 
-use super::touch;
+use super::{touch, vfio_setup_on};
 
 /// Where the sweep's BAR sits: 16 TiB, like the H100's aperture (1 GiB aligned, above RAM).
 const BAR_PHYS: u64 = 0x1000_0000_0000;
@@ -73,30 +72,12 @@ pub fn sizes(max: u64) -> Vec<u64> {
 pub fn point(bar: u64) -> Result<GrowthPoint, MmError> {
     let rss_before = hugepfn_hw::measure::rss().map(|(r, _)| r);
     let reset = hugepfn_hw::measure::reset_peak_rss();
-    let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "bar",
-        vec![Bar::mem64(2, BAR_PHYS, bar)],
-        HugeFaultLogic::Fixed,
-    )
-    .map_err(|e| MmError::Invalid(e.to_string()))?;
-    let mm = Mm::new(phys.clone(), MmConfig::default())?;
-    let va = mm.find_aligned_area(bar, 1 << 30, 4096)?;
-    let f = dev.open();
-    mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
-        len: bar,
-        prot: Prot::RW,
-        shared: true,
-        offset: region_offset(2),
-        file: Some(&f),
-    })?;
+    let (mm, dev, va) = vfio_setup_on(vec![Bar::mem64(2, BAR_PHYS, bar)], 2, bar, 4096)?;
     let t0 = Instant::now();
     let faults = touch(&mm, va, bar);
     let elapsed_ns = t0.elapsed().as_nanos() as u64;
-    let table_bytes = phys.tables_in_use().bytes();
-    drop(f);
+    // the device allocates no tables: the process's are all there are
+    let table_bytes = mm.table_counts().bytes();
     drop(mm);
     drop(dev);
     let peak_rss = if reset {

@@ -11,7 +11,7 @@ use hugepfn_mm::{
     CacheMode, LeafCap, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, Pgprot, PhysMem, Prot,
     VirtAddr,
 };
-use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets, region_offset};
+use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, presets, region_offset};
 use serde::Serialize;
 
 /// BAR1 of the H100: 128 GiB at 16 TiB.
@@ -55,14 +55,20 @@ pub fn remap(mm: &Mm, va: u64, len: u64) -> Result<u64, MmError> {
 
 /// A process with BAR1 of an H100 mmapped through vfio-pci at `align + skew`, nothing faulted.
 pub fn vfio_setup(len: u64, skew: u64) -> Result<(Arc<Mm>, Arc<VfioPciDevice>, u64), MmError> {
+    vfio_setup_on(presets::h100_bars(), presets::H100_APERTURE, len, skew)
+}
+
+/// A process with `len` bytes of BAR `index` of a device with `bars` mmapped through vfio-pci
+/// at a 1 GiB-aligned VA plus `skew`, nothing faulted.
+pub fn vfio_setup_on(
+    bars: Vec<Bar>,
+    index: u8,
+    len: u64,
+    skew: u64,
+) -> Result<(Arc<Mm>, Arc<VfioPciDevice>, u64), MmError> {
     let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "gpu",
-        presets::h100_bars(),
-        HugeFaultLogic::Fixed,
-    )
-    .map_err(|e| MmError::Invalid(e.to_string()))?;
+    let dev = VfioPciDevice::new(phys.clone(), "gpu", bars, HugeFaultLogic::Fixed)
+        .map_err(|e| MmError::Invalid(e.to_string()))?;
     let mm = Mm::new(phys, MmConfig::default())?;
     let va = mm.find_aligned_area(len, 1 << 30, skew)?;
     let f = dev.open();
@@ -71,7 +77,7 @@ pub fn vfio_setup(len: u64, skew: u64) -> Result<(Arc<Mm>, Arc<VfioPciDevice>, u
         len,
         prot: Prot::RW,
         shared: true,
-        offset: region_offset(presets::H100_APERTURE),
+        offset: region_offset(index),
         file: Some(&f),
     })?;
     Ok((mm, dev, va))
