@@ -152,6 +152,7 @@ fn world(len: u64, thp: ThpPolicy, bugs: Bugs, align_down: bool, toctou: bool) -
         ram_base: 1 << 32,
         ram_frames: 256,
         limit_frames: 256,
+        ..PhysConfig::default()
     }));
     let mm = Mm::new(
         phys.clone(),

@@ -20,7 +20,7 @@ use std::fmt;
 
 use crate::addr::{PagingMode, Pfn, PhysAddr};
 use crate::entry::{self, Leaf};
-use crate::level::Level;
+use crate::level::{Geometry, Level};
 use crate::phys::PhysMem;
 
 /// What an entry is, given its level (`pxx_none`, `pxx_present` + `pxx_leaf`, `pxx_page_vaddr`).
@@ -59,14 +59,18 @@ pub enum EncodeError {
     Unrepresentable(&'static str),
 }
 
-/// A leaf of `level` may start at `pfn`: the level can hold leaves (on the x86-style levels:
-/// PTE, PMD, PUD) and the frame is aligned to it (the SDM's and the Arm ARM's rule).
+/// A leaf of `level` may start at `pfn` in format `f`: the level can hold leaves there and the
+/// frame is aligned to the leaf's size in `f`'s granule (the SDM's and the Arm ARM's rule).
 #[inline]
-pub(crate) fn check_placement(pfn: Pfn, level: Level) -> Result<(), EncodeError> {
-    if !level.can_be_leaf() {
+pub(crate) fn check_placement<F: Format + ?Sized>(
+    f: &F,
+    pfn: Pfn,
+    level: Level,
+) -> Result<(), EncodeError> {
+    if !f.can_be_leaf(level) {
         return Err(EncodeError::NotLeafLevel(level));
     }
-    if !pfn.is_aligned_order(level.order()) {
+    if !pfn.phys().as_u64().is_multiple_of(f.geometry().size(level)) {
         return Err(EncodeError::Misaligned { pfn, level });
     }
     Ok(())
@@ -149,8 +153,15 @@ pub trait Format: Send + Sync + 'static {
     /// The level of the root table's entries.
     fn top(&self) -> Level;
 
+    /// The granule: page size and index bits per level. The default is 4 KiB pages with 512
+    /// entries per table (x86-64, riscv, VT-d, EPT, arm64 with 4 KiB pages).
+    #[inline]
+    fn geometry(&self) -> Geometry {
+        Geometry::G4K
+    }
+
     /// True if an entry at `level` may be a leaf in this format. The default: PTE, PMD and PUD,
-    /// the levels every format here (and Linux's pfnmaps) use.
+    /// the levels the 4 KiB-granule formats here (and Linux's pfnmaps on them) use.
     fn can_be_leaf(&self, level: Level) -> bool {
         level.can_be_leaf()
     }

@@ -159,6 +159,105 @@ impl fmt::Display for Level {
     }
 }
 
+/// A translation granule: the base page size and the index bits each level takes
+/// (`PAGE_SHIFT` and `PTRS_PER_PTE`; arm64's `CONFIG_ARM64_{4K,16K,64K}_PAGES`).
+///
+/// A table is one granule-sized page holding `page_size / 8` entries, so every level indexes
+/// `page_shift - 3` bits: with 4 KiB pages a PMD entry maps 2 MiB, with 16 KiB pages 32 MiB, with
+/// 64 KiB pages 512 MiB. [`Level`]'s own `shift`/`size`/`index` are the 4 KiB granule's (x86-64,
+/// riscv, VT-d, EPT, arm64 with 4 KiB pages); code that serves every granule asks the geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Geometry {
+    /// Each level's shift, `Level as usize` indexed (the walkers' hot path: no multiply).
+    shifts: [u8; 5],
+    /// Entries per table minus one.
+    mask: u16,
+}
+
+impl Geometry {
+    /// 4 KiB pages, 512 entries per table: 4 KiB / 2 MiB / 1 GiB / 512 GiB / 256 TiB.
+    pub const G4K: Geometry = Geometry::with_page_shift(12);
+    /// 16 KiB pages, 2048 entries per table: 16 KiB / 32 MiB / 64 GiB / 128 TiB.
+    pub const G16K: Geometry = Geometry::with_page_shift(14);
+    /// 64 KiB pages, 8192 entries per table: 64 KiB / 512 MiB / 4 TiB.
+    pub const G64K: Geometry = Geometry::with_page_shift(16);
+
+    const fn with_page_shift(p: u8) -> Geometry {
+        let b = p - 3;
+        Geometry {
+            shifts: [p, p + b, p + 2 * b, p + 3 * b, p + 4 * b],
+            mask: (1 << b) - 1,
+        }
+    }
+
+    /// `PAGE_SHIFT`.
+    #[inline]
+    pub const fn page_shift(self) -> u32 {
+        self.shifts[0] as u32
+    }
+
+    /// `PAGE_SIZE`: the granule, and the size of every table page.
+    #[inline]
+    pub const fn page_size(self) -> u64 {
+        1 << self.shifts[0]
+    }
+
+    /// Index bits per level (`page_shift - 3`: a table is one page of 8-byte entries).
+    #[inline]
+    pub const fn index_bits(self) -> u32 {
+        self.page_shift() - 3
+    }
+
+    /// Entries per table (`PTRS_PER_PTE`).
+    #[inline]
+    pub const fn entries(self) -> usize {
+        self.mask as usize + 1
+    }
+
+    /// Address bit where `level`'s index starts.
+    #[inline]
+    pub const fn shift(&self, level: Level) -> u32 {
+        self.shifts[level as usize] as u32
+    }
+
+    /// Bytes one entry of `level` maps.
+    #[inline]
+    pub const fn size(&self, level: Level) -> u64 {
+        1u64 << self.shift(level)
+    }
+
+    /// `log2(size / PAGE_SIZE)` of a `level` leaf, in this granule's pages.
+    #[inline]
+    pub const fn order(&self, level: Level) -> u32 {
+        self.index_bits() * level as u32
+    }
+
+    /// Index of `va` in a table of `level`.
+    #[inline]
+    pub const fn index(&self, level: Level, va: u64) -> usize {
+        ((va >> self.shift(level)) as usize) & self.mask as usize
+    }
+
+    /// Human-readable size of a `level` entry, as in `32 MiB`.
+    pub fn size_name(self, level: Level) -> String {
+        let s = self.shift(level);
+        let (n, unit) = match s {
+            0..10 => (1u64 << s, "B"),
+            10..20 => (1 << (s - 10), "KiB"),
+            20..30 => (1 << (s - 20), "MiB"),
+            30..40 => (1 << (s - 30), "GiB"),
+            _ => (1 << (s - 40), "TiB"),
+        };
+        format!("{n} {unit}")
+    }
+}
+
+impl Default for Geometry {
+    fn default() -> Self {
+        Geometry::G4K
+    }
+}
+
 /// The largest leaf a mapping may use: the RFC's huge `remap_pfn_range` (`Pud`), PMD only, or
 /// the pre-RFC behaviour of 4 KiB entries everywhere (`Pte`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
@@ -228,5 +327,37 @@ mod tests {
         assert!(!Level::P4d.can_be_leaf());
         assert_eq!("pmd".parse::<LeafCap>(), Ok(LeafCap::Pmd));
         assert!("huge".parse::<LeafCap>().is_err());
+    }
+
+    #[test]
+    fn every_granule_indexes_page_shift_minus_three_bits() {
+        for level in Level::ALL {
+            assert_eq!(Geometry::G4K.shift(level), level.shift());
+            assert_eq!(Geometry::G4K.order(level), level.order());
+            assert_eq!(
+                Geometry::G4K.index(level, 0x7f12_3456_7000),
+                level.index(0x7f12_3456_7000)
+            );
+        }
+        let g = Geometry::G16K;
+        assert_eq!((g.page_size(), g.entries()), (16 << 10, 2048));
+        assert_eq!(g.size(Level::Pmd), 32 << 20, "arm64 16K: PMD_SIZE");
+        assert_eq!(g.size(Level::Pud), 64 << 30);
+        assert_eq!(g.order(Level::Pmd), 11);
+        assert_eq!(
+            g.index(Level::Pte, 0x0123_4567_c000),
+            (0x0123_4567_c000 >> 14) & 2047
+        );
+        assert_eq!(
+            g.index(Level::P4d, 0xffff_ffff_ffff),
+            1,
+            "48-bit VA: a 2-entry PGD, index 1 at the top"
+        );
+        let g = Geometry::G64K;
+        assert_eq!((g.page_size(), g.entries()), (64 << 10, 8192));
+        assert_eq!(g.size(Level::Pmd), 512 << 20);
+        assert_eq!(g.size(Level::Pud), 4 << 40);
+        assert_eq!(g.size_name(Level::Pmd), "512 MiB");
+        assert_eq!(Geometry::G16K.size_name(Level::Pte), "16 KiB");
     }
 }

@@ -20,6 +20,6 @@ pub mod tree;
 
 pub use counts::{AtomicLeafCounts, LeafCounts};
 pub use format::{EncodeError, Entry, Format, Locking, X86_64};
-pub use level::Level;
+pub use level::{Geometry, Level};
 pub use phys::{PhysMem, TableCounts};
 pub use tree::{Ptl, RcuReadGuard, Slot, Step, Tree, Visit, WalkError};

@@ -21,9 +21,10 @@ use crate::sync::{Mutex, MutexGuard};
 use thiserror::Error;
 
 use crate::addr::{PAGE_SIZE, Pfn, PhysAddr};
-use crate::level::Level;
+use crate::level::{Geometry, Level};
 
-/// Entries per table.
+/// Entries per table with the 4 KiB granule (a memory of another granule:
+/// [`PhysMem::entries_per_table`]).
 pub const ENTRIES: usize = 512;
 #[cfg(not(feature = "shuttle"))]
 const CHUNK: usize = 512;
@@ -31,69 +32,121 @@ const CHUNK: usize = 512;
 #[cfg(feature = "shuttle")]
 const CHUNK: usize = 8;
 
-/// One 4 KiB page-table page: 512 entries and its split lock.
+/// One frame: its entries (as many as the memory's granule holds: 512 of 4 KiB, 2048 of
+/// 16 KiB, 8192 of 64 KiB), its split lock (`ptlock_ptr`), what it is used as, and the
+/// references of an anonymous page.
+///
+/// The first 512 entries are inline, so a 4 KiB table is reached with no pointer to chase (the
+/// walkers' hot path); a larger granule's others live in `more`.
 #[derive(Debug)]
-pub struct TablePage {
+struct Frame {
     lock: Mutex<()>,
     level: AtomicU8,
     refs: AtomicU32,
     entries: [AtomicU64; ENTRIES],
+    more: Box<[AtomicU64]>,
+}
+
+impl Frame {
+    fn new(entries: usize) -> Self {
+        Frame {
+            lock: Mutex::new(()),
+            level: AtomicU8::new(NO_LEVEL),
+            refs: AtomicU32::new(0),
+            entries: [const { AtomicU64::new(0) }; ENTRIES],
+            more: (ENTRIES..entries).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Entry `i`, if the frame has it.
+    #[inline]
+    fn entry(&self, i: usize) -> Option<&AtomicU64> {
+        match self.entries.get(i) {
+            Some(e) => Some(e),
+            None => self.more.get(i - ENTRIES),
+        }
+    }
+
+    /// Every entry.
+    fn all(&self) -> impl Iterator<Item = &AtomicU64> {
+        self.entries.iter().chain(self.more.iter())
+    }
+}
+
+/// One page-table page and its split lock: a view of a frame.
+#[derive(Debug, Clone, Copy)]
+pub struct TablePage<'a> {
+    frame: &'a Frame,
 }
 
 const NO_LEVEL: u8 = u8::MAX;
 /// Marks a frame used as an anonymous page (a CoW copy), not a table.
 const ANON: u8 = 100;
 
-impl TablePage {
-    fn new() -> Self {
-        TablePage {
-            lock: Mutex::new(()),
-            level: AtomicU8::new(NO_LEVEL),
-            refs: AtomicU32::new(0),
-            entries: [const { AtomicU64::new(0) }; ENTRIES],
-        }
-    }
-
+impl<'a> TablePage<'a> {
     /// Reads entry `i` (`READ_ONCE`, acquire so a table pointer's contents are visible).
+    /// An index past the table reads as none.
     #[inline]
-    pub fn get(&self, i: usize) -> u64 {
-        self.entries[i].load(Ordering::Acquire)
+    pub fn get(self, i: usize) -> u64 {
+        self.frame.entry(i).map_or(0, |e| e.load(Ordering::Acquire))
     }
 
     /// Writes entry `i` (`WRITE_ONCE`, release). Only the engine calls it, through a
     /// [`crate::tree::Ptl`] (or on a table not linked anywhere yet).
     #[inline]
-    pub(crate) fn set(&self, i: usize, raw: u64) {
-        self.entries[i].store(raw, Ordering::Release);
+    pub(crate) fn set(self, i: usize, raw: u64) {
+        if let Some(e) = self.frame.entry(i) {
+            e.store(raw, Ordering::Release);
+        }
     }
 
     /// Atomically swaps entry `i`, returning the old value (`ptep_get_and_clear`).
     #[inline]
-    pub(crate) fn swap(&self, i: usize, raw: u64) -> u64 {
-        self.entries[i].swap(raw, Ordering::AcqRel)
+    pub(crate) fn swap(self, i: usize, raw: u64) -> u64 {
+        self.frame
+            .entry(i)
+            .map_or(0, |e| e.swap(raw, Ordering::AcqRel))
+    }
+
+    /// The first `n` entries' values, in order (`READ_ONCE` each).
+    #[inline]
+    pub fn values(self, n: usize) -> impl Iterator<Item = u64> + 'a {
+        let inline = &self.frame.entries[..n.min(ENTRIES)];
+        let more = self
+            .frame
+            .more
+            .get(..n.saturating_sub(ENTRIES))
+            .unwrap_or_default();
+        inline.iter().chain(more).map(|e| e.load(Ordering::Acquire))
+    }
+
+    /// Entries the page holds.
+    #[inline]
+    pub fn capacity(self) -> usize {
+        ENTRIES + self.frame.more.len()
     }
 
     /// Takes this page's split lock (`ptlock_ptr`).
     #[inline]
-    pub fn lock(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn lock(self) -> MutexGuard<'a, ()> {
+        self.frame.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes the split lock if it is free (tests use it to see that a lock is held).
-    pub fn try_lock(&self) -> Option<MutexGuard<'_, ()>> {
-        self.lock.try_lock().ok()
+    pub fn try_lock(self) -> Option<MutexGuard<'a, ()>> {
+        self.frame.lock.try_lock().ok()
     }
 
     /// The level of the entries this table holds.
-    pub fn level(&self) -> Option<Level> {
+    pub fn level(self) -> Option<Level> {
         Level::ALL
-            .get(usize::from(self.level.load(Ordering::Relaxed)))
+            .get(usize::from(self.frame.level.load(Ordering::Relaxed)))
             .copied()
     }
 
-    /// True if all 512 entries are none.
-    pub fn is_empty(&self) -> bool {
-        self.entries.iter().all(|e| e.load(Ordering::Acquire) == 0)
+    /// True if every entry is none.
+    pub fn is_empty(self) -> bool {
+        self.frame.all().all(|e| e.load(Ordering::Acquire) == 0)
     }
 }
 
@@ -103,10 +156,29 @@ pub enum PhysError {
     /// The simulated memory is used up (`-ENOMEM`): page tables, IOMMU and EPT tables and
     /// CoW copies together hold every frame the limit allows ([`PhysConfig::limit_frames`]).
     #[error(
-        "the simulated memory is used up: {0} frames of 4 KiB in use ({mib} MiB of page tables and CoW pages); raise the limit with --memory or the scenario key `memory`",
-        mib = .0 * 4 / 1024
+        "the simulated memory is used up: {frames} frames of {kib} KiB in use ({mib} MiB of page tables and CoW pages); raise the limit with --memory or the scenario key `memory`",
+        kib = .frame_bytes >> 10,
+        mib = .frames * (.frame_bytes >> 10) / 1024
     )]
-    OutOfMemory(u64),
+    OutOfMemory {
+        /// Frames in use.
+        frames: u64,
+        /// Bytes per frame.
+        frame_bytes: u64,
+    },
+    /// A format's table pages are larger than this memory's frames (16 KiB arm64 tables in a
+    /// memory of 4 KiB frames): the memory must be built with the machine's granule.
+    #[error(
+        "{format} tables are {table_bytes} bytes, larger than this memory's {frame_bytes}-byte frames (build the memory with the machine's granule, PhysConfig::with_granule)"
+    )]
+    TableTooLarge {
+        /// The format's name.
+        format: &'static str,
+        /// Its table size.
+        table_bytes: u64,
+        /// The memory's frame size.
+        frame_bytes: u64,
+    },
     /// A device range overlaps RAM or another device.
     #[error("device range {start:#x}..{end:#x} ({name}) overlaps {other}")]
     Overlap {
@@ -138,12 +210,16 @@ pub enum PhysError {
 pub struct PhysConfig {
     /// First byte of RAM usable for page tables.
     pub ram_base: u64,
-    /// Number of 4 KiB frames: the physical address range of RAM.
+    /// Number of frames: the physical address range of RAM.
     pub ram_frames: u64,
     /// How many of them may be in use at once: the simulated memory's size. Every frame in use
     /// costs the host about 4 KiB, so this bounds the model's own memory (issue 17: a touch of an
     /// 8 TiB BAR at 2 MiB strides with `thp = "never"` wants 16 GiB of PTE pages).
     pub limit_frames: u64,
+    /// The frame size, which is every table page's: the machine's granule (4 KiB on x86-64 and
+    /// riscv; 4, 16 or 64 KiB on arm64). Tables of a format with smaller tables (VT-d's 4 KiB in
+    /// a 16 KiB memory) use the first entries of a frame.
+    pub granule: Geometry,
 }
 
 /// The default size of the simulated memory: 4 GiB (1 Mi frames, about 4.2 GB of host memory
@@ -158,6 +234,7 @@ impl Default for PhysConfig {
             ram_base: 4 << 30,
             ram_frames: 4 << 20,
             limit_frames: DEFAULT_MEMORY / PAGE_SIZE,
+            granule: Geometry::G4K,
         }
     }
 }
@@ -173,6 +250,24 @@ impl PhysConfig {
             limit_frames: frames,
             ..d
         }
+    }
+
+    /// The same RAM range and limit in bytes, in frames of `granule` (at least one).
+    pub fn with_granule(self, granule: Geometry) -> Self {
+        let bytes = |frames: u64| frames * self.granule.page_size();
+        let frames = |b: u64| (b / granule.page_size()).max(1);
+        PhysConfig {
+            ram_frames: frames(bytes(self.ram_frames)),
+            limit_frames: frames(bytes(self.limit_frames)),
+            granule,
+            ..self
+        }
+    }
+
+    /// Bytes of one frame.
+    #[inline]
+    pub fn frame_size(&self) -> u64 {
+        self.granule.page_size()
     }
 }
 
@@ -214,9 +309,14 @@ impl TableCounts {
         self.pte + self.pmd + self.pud + self.p4d + self.pgd
     }
 
-    /// Bytes of page tables.
+    /// Bytes of page tables of 4 KiB ([`TableCounts::bytes_with`] for another granule).
     pub fn bytes(&self) -> u64 {
-        self.total() * PAGE_SIZE
+        self.bytes_with(Geometry::G4K)
+    }
+
+    /// Bytes of page tables of `granule`'s page size.
+    pub fn bytes_with(&self, granule: Geometry) -> u64 {
+        self.total() * granule.page_size()
     }
 
     /// The count at `level`.
@@ -261,7 +361,9 @@ impl LevelCounters {
 #[derive(Debug)]
 pub struct PhysMem {
     cfg: PhysConfig,
-    dir: Box<[OnceLock<Box<[TablePage]>>]>,
+    dir: Box<[OnceLock<Box<[Frame]>>]>,
+    /// `log2` of the frame size (the granule's page shift).
+    frame_shift: u32,
     alloc: Mutex<Alloc>,
     in_use: LevelCounters,
     allocs: AtomicU64,
@@ -284,6 +386,7 @@ impl PhysMem {
         PhysMem {
             cfg,
             dir: (0..chunks).map(|_| OnceLock::new()).collect(),
+            frame_shift: cfg.granule.page_shift(),
             alloc: Mutex::new(Alloc::default()),
             in_use: LevelCounters::default(),
             allocs: AtomicU64::new(0),
@@ -299,22 +402,50 @@ impl PhysMem {
         self.cfg
     }
 
+    /// Entries one table page holds (the granule's `PTRS_PER_PTE`).
+    #[inline]
+    pub fn entries_per_table(&self) -> usize {
+        self.cfg.granule.entries()
+    }
+
+    /// Bytes of one frame (a table page, an anonymous page).
+    #[inline]
+    pub fn frame_size(&self) -> u64 {
+        1 << self.frame_shift
+    }
+
+    /// The frame `pa` lies in.
     #[inline]
     fn frame_index(&self, pa: PhysAddr) -> Option<u64> {
         let a = pa.as_u64();
         let off = a.checked_sub(self.cfg.ram_base)?;
-        let idx = off / PAGE_SIZE;
+        let idx = off >> self.frame_shift;
         (idx < self.cfg.ram_frames).then_some(idx)
+    }
+
+    /// The first byte of frame `idx`.
+    #[inline]
+    fn frame_addr(&self, idx: u64) -> PhysAddr {
+        PhysAddr::new(self.cfg.ram_base + (idx << self.frame_shift)).unwrap_or_default()
+    }
+
+    /// Frame `idx` of an initialised chunk, if it is one.
+    #[inline]
+    fn page(&self, idx: u64) -> Option<TablePage<'_>> {
+        let chunk = self.dir.get((idx / CHUNK as u64) as usize)?.get()?;
+        Some(TablePage {
+            frame: chunk.get((idx % CHUNK as u64) as usize)?,
+        })
     }
 
     /// Allocates a zeroed page-table page for entries of `level` (`pagetable_alloc` + `ptlock_init`).
     pub fn alloc_table(&self, level: Level) -> Result<PhysAddr, PhysError> {
         let idx = self.alloc_index()?;
         let page = self.page_at(idx);
-        page.level.store(level as u8, Ordering::Relaxed);
+        page.frame.level.store(level as u8, Ordering::Relaxed);
         self.in_use.add(level, 1);
         self.allocs.fetch_add(1, Ordering::Relaxed);
-        Ok(PhysAddr::new(self.cfg.ram_base + idx * PAGE_SIZE).unwrap_or_default())
+        Ok(self.frame_addr(idx))
     }
 
     /// Frees a page-table page: zeroes it and returns it to the free list (`pagetable_free`).
@@ -330,10 +461,13 @@ impl PhysMem {
         let Some(level) = page.level() else {
             return false;
         };
-        for e in &page.entries {
+        for e in &page.frame.entries {
             e.store(0, Ordering::Relaxed);
         }
-        page.level.store(NO_LEVEL, Ordering::Release);
+        for e in &page.frame.more {
+            e.store(0, Ordering::Relaxed);
+        }
+        page.frame.level.store(NO_LEVEL, Ordering::Release);
         self.in_use.sub(level, 1);
         self.frees.fetch_add(1, Ordering::Relaxed);
         self.alloc
@@ -346,10 +480,8 @@ impl PhysMem {
 
     /// The table at `pa`, lock-free (the kernel's direct map: `__va(pa)`).
     #[inline]
-    pub fn table(&self, pa: PhysAddr) -> Option<&TablePage> {
-        let idx = self.frame_index(pa)?;
-        let chunk = self.dir.get((idx / CHUNK as u64) as usize)?.get()?;
-        chunk.get((idx % CHUNK as u64) as usize)
+    pub fn table(&self, pa: PhysAddr) -> Option<TablePage<'_>> {
+        self.page(self.frame_index(pa)?)
     }
 
     /// Page-table pages allocated now, by level.
@@ -367,14 +499,20 @@ impl PhysMem {
         let in_use = a.next - a.free.len() as u64;
         if in_use >= self.cfg.limit_frames.min(self.cfg.ram_frames) {
             self.oom.fetch_add(1, Ordering::Relaxed);
-            return Err(PhysError::OutOfMemory(in_use));
+            return Err(PhysError::OutOfMemory {
+                frames: in_use,
+                frame_bytes: self.frame_size(),
+            });
         }
         match a.free.pop() {
             Some(i) => Ok(i),
             None => {
                 if a.next >= self.cfg.ram_frames {
                     self.oom.fetch_add(1, Ordering::Relaxed);
-                    return Err(PhysError::OutOfMemory(in_use));
+                    return Err(PhysError::OutOfMemory {
+                        frames: in_use,
+                        frame_bytes: self.frame_size(),
+                    });
                 }
                 a.next += 1;
                 Ok(a.next - 1)
@@ -382,10 +520,14 @@ impl PhysMem {
         }
     }
 
-    fn page_at(&self, idx: u64) -> &TablePage {
-        let chunk = self.dir[(idx / CHUNK as u64) as usize]
-            .get_or_init(|| (0..CHUNK).map(|_| TablePage::new()).collect());
-        &chunk[(idx % CHUNK as u64) as usize]
+    /// Frame `idx`, its chunk initialised on first use.
+    fn page_at(&self, idx: u64) -> TablePage<'_> {
+        let entries = self.entries_per_table();
+        self.dir[(idx / CHUNK as u64) as usize]
+            .get_or_init(|| (0..CHUNK).map(|_| Frame::new(entries)).collect());
+        // the chunk exists now
+        self.page(idx)
+            .unwrap_or_else(|| unreachable!("frame {idx} of an initialised chunk"))
     }
 
     /// Allocates an anonymous page with one reference (`folio_prealloc` for a CoW copy), whose
@@ -393,33 +535,31 @@ impl PhysMem {
     pub fn alloc_anon_page(&self, content: u64) -> Result<Pfn, PhysError> {
         let idx = self.alloc_index()?;
         let page = self.page_at(idx);
-        page.level.store(ANON, Ordering::Relaxed);
-        page.refs.store(1, Ordering::Relaxed);
-        page.entries[0].store(content, Ordering::Relaxed);
+        page.frame.level.store(ANON, Ordering::Relaxed);
+        page.frame.refs.store(1, Ordering::Relaxed);
+        page.set(0, content);
         self.anon.fetch_add(1, Ordering::Relaxed);
-        Ok(PhysAddr::new(self.cfg.ram_base + idx * PAGE_SIZE)
-            .unwrap_or_default()
-            .pfn())
+        Ok(self.frame_addr(idx).pfn())
     }
 
-    fn anon_page(&self, pfn: Pfn) -> Option<&TablePage> {
+    fn anon_page(&self, pfn: Pfn) -> Option<TablePage<'_>> {
         let p = self.table(pfn.phys())?;
-        (p.level.load(Ordering::Relaxed) == ANON).then_some(p)
+        (p.frame.level.load(Ordering::Relaxed) == ANON).then_some(p)
     }
 
     /// `folio_get`: one more mapping of an anonymous page. False if `pfn` is not one.
     pub fn get_page(&self, pfn: Pfn) -> bool {
         self.anon_page(pfn)
-            .map(|p| p.refs.fetch_add(1, Ordering::AcqRel))
+            .map(|p| p.frame.refs.fetch_add(1, Ordering::AcqRel))
             .is_some()
     }
 
     /// `folio_put`: drops a reference; the page is freed with the last one.
     pub fn put_page(&self, pfn: Pfn) {
         let Some(p) = self.anon_page(pfn) else { return };
-        if p.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-            p.entries[0].store(0, Ordering::Relaxed);
-            p.level.store(NO_LEVEL, Ordering::Release);
+        if p.frame.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            p.set(0, 0);
+            p.frame.level.store(NO_LEVEL, Ordering::Release);
             self.anon.fetch_sub(1, Ordering::Relaxed);
             if let Some(idx) = self.frame_index(pfn.phys()) {
                 self.alloc
@@ -434,13 +574,12 @@ impl PhysMem {
     /// References to an anonymous page (0 if it is not one).
     pub fn page_refs(&self, pfn: Pfn) -> u32 {
         self.anon_page(pfn)
-            .map_or(0, |p| p.refs.load(Ordering::Acquire))
+            .map_or(0, |p| p.frame.refs.load(Ordering::Acquire))
     }
 
     /// The word of data an anonymous page holds.
     pub fn page_content(&self, pfn: Pfn) -> Option<u64> {
-        self.anon_page(pfn)
-            .map(|p| p.entries[0].load(Ordering::Acquire))
+        self.anon_page(pfn).map(|p| p.get(0))
     }
 
     /// Anonymous pages allocated now.
@@ -463,11 +602,13 @@ impl PhysMem {
         let mut out = Vec::new();
         for (c, chunk) in self.dir.iter().enumerate() {
             let Some(chunk) = chunk.get() else { continue };
-            for (i, page) in chunk.iter().enumerate() {
-                if let Some(level) = page.level() {
+            for (i, frame) in chunk.iter().enumerate() {
+                if let Some(level) = Level::ALL
+                    .get(usize::from(frame.level.load(Ordering::Relaxed)))
+                    .copied()
+                {
                     let idx = (c * CHUNK + i) as u64;
-                    let pa = PhysAddr::new(self.cfg.ram_base + idx * PAGE_SIZE).unwrap_or_default();
-                    out.push((pa, level));
+                    out.push((self.frame_addr(idx), level));
                 }
             }
         }
@@ -492,7 +633,7 @@ impl PhysMem {
         }
         let pa = PhysAddr::new(start).map_err(|_| bad())?;
         PhysAddr::new(end - 1).map_err(|_| bad())?;
-        let ram_end = self.cfg.ram_base + self.cfg.ram_frames * PAGE_SIZE;
+        let ram_end = self.cfg.ram_base + (self.cfg.ram_frames << self.frame_shift);
         let overlap = |s: u64, e: u64| start < e && s < end;
         if overlap(self.cfg.ram_base, ram_end) {
             return Err(PhysError::Overlap {
@@ -557,12 +698,13 @@ mod tests {
             ram_base: 1 << 30,
             ram_frames: 2,
             limit_frames: 2,
+            granule: Geometry::G4K,
         });
         let a = pm.alloc_table(Level::Pte).unwrap();
         let b = pm.alloc_table(Level::Pmd).unwrap();
         assert!(matches!(
             pm.alloc_table(Level::Pte),
-            Err(PhysError::OutOfMemory(2))
+            Err(PhysError::OutOfMemory { frames: 2, .. })
         ));
         assert_eq!(pm.tables_in_use().total(), 2);
         pm.table(a).unwrap().set(3, 0x1234);
@@ -589,7 +731,13 @@ mod tests {
             .map(|_| pm.alloc_table(Level::Pte).unwrap())
             .collect();
         let e = pm.alloc_table(Level::Pte).unwrap_err();
-        assert_eq!(e, PhysError::OutOfMemory(3));
+        assert!(matches!(
+            e,
+            PhysError::OutOfMemory {
+                frames: 3,
+                frame_bytes: 4096
+            }
+        ));
         assert!(e.to_string().contains("--memory"), "{e}");
         assert!(pm.free_table(t[1]));
         assert!(

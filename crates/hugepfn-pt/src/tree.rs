@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::addr::{PAGE_SIZE, Pfn, PhysAddr};
+use crate::addr::{PAGE_SHIFT, Pfn, PhysAddr};
 use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
-use crate::level::Level;
-use crate::phys::{ENTRIES, LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
+use crate::level::{Geometry, Level};
+use crate::phys::{LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::sync::{Mutex, MutexGuard, STRIPES, stripe};
 
@@ -81,7 +81,7 @@ pub struct Ptl<'a> {
     phys: &'a PhysMem,
     scope: Scope,
     /// The locked table's page, for a split lock.
-    page: Option<&'a TablePage>,
+    page: Option<TablePage<'a>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,7 @@ impl Ptl<'_> {
     }
 
     #[inline]
-    fn page(&self, slot: Slot) -> Option<&TablePage> {
+    fn page(&self, slot: Slot) -> Option<TablePage<'_>> {
         debug_assert!(
             self.covers(slot),
             "{slot:?} written without its page-table lock"
@@ -202,6 +202,8 @@ pub struct Visit<L> {
     pub base: u64,
     /// The walked range clipped to the entry: `[start, end)`.
     pub start: u64,
+    /// Bytes the entry maps (its level's size in the tree's granule).
+    pub span: u64,
     /// End of the clipped range.
     pub end: u64,
     /// True on the second visit of a table entry, after its subtree was walked.
@@ -211,7 +213,7 @@ pub struct Visit<L> {
 impl<L> Visit<L> {
     /// True if the walked range covers all the entry maps.
     pub fn covered(&self) -> bool {
-        self.start == self.base && self.end.wrapping_sub(self.base) == self.slot.level.size()
+        self.start == self.base && self.end.wrapping_sub(self.base) == self.span
     }
 }
 
@@ -234,6 +236,7 @@ pub enum Step {
 pub struct Tree<F: Format> {
     phys: Arc<PhysMem>,
     fmt: F,
+    geo: Geometry,
     root: PhysAddr,
     tables: LevelCounters,
     allocated: AtomicU64,
@@ -255,7 +258,17 @@ impl<F: Format> std::fmt::Debug for Tree<F> {
 
 impl<F: Format> Tree<F> {
     /// A tree with an empty root table (`pgd_alloc`, a domain's or an EPT's root).
+    ///
+    /// [`PhysError::TableTooLarge`] if the format's tables do not fit the memory's frames.
     pub fn new(phys: Arc<PhysMem>, fmt: F) -> Result<Self, PhysError> {
+        let geo = fmt.geometry();
+        if geo.entries() > phys.entries_per_table() {
+            return Err(PhysError::TableTooLarge {
+                format: fmt.name(),
+                table_bytes: geo.page_size(),
+                frame_bytes: phys.frame_size(),
+            });
+        }
         let acct = fmt.account_level(fmt.top());
         let root = phys.alloc_table(acct)?;
         let tables = LevelCounters::default();
@@ -263,6 +276,7 @@ impl<F: Format> Tree<F> {
         Ok(Tree {
             phys,
             fmt,
+            geo,
             root,
             tables,
             allocated: AtomicU64::new(1),
@@ -276,6 +290,12 @@ impl<F: Format> Tree<F> {
     /// The format.
     pub fn format(&self) -> &F {
         &self.fmt
+    }
+
+    /// The granule: page size, entries per table and each level's size.
+    #[inline]
+    pub fn geometry(&self) -> Geometry {
+        self.geo
     }
 
     /// The physical memory the tables live in.
@@ -308,7 +328,7 @@ impl<F: Format> Tree<F> {
 
     /// The table page at `pa`, or [`WalkError::Corrupt`].
     #[inline]
-    pub fn table(&self, pa: PhysAddr) -> Result<&TablePage, WalkError> {
+    pub fn table(&self, pa: PhysAddr) -> Result<TablePage<'_>, WalkError> {
         self.phys.table(pa).ok_or(WalkError::Corrupt(pa))
     }
 
@@ -376,7 +396,7 @@ impl<F: Format> Tree<F> {
         let level = self.top();
         Slot {
             table: self.root,
-            index: level.index(va),
+            index: self.geo.index(level, va),
             level,
         }
     }
@@ -432,13 +452,13 @@ impl<F: Format> Tree<F> {
         pa: PhysAddr,
         parent: Level,
         va: u64,
-    ) -> Result<(Slot, &TablePage), WalkError> {
+    ) -> Result<(Slot, TablePage<'_>), WalkError> {
         let page = self.table(pa)?;
         let level = parent.lower().ok_or(WalkError::Corrupt(pa))?;
         Ok((
             Slot {
                 table: pa,
-                index: level.index(va),
+                index: self.geo.index(level, va),
                 level,
             },
             page,
@@ -503,19 +523,27 @@ impl<F: Format> Tree<F> {
     /// Lockless lookup of the leaf mapping `va`, with its slot (the hardware walk).
     pub fn lookup(&self, va: u64) -> Option<(F::Leaf, Slot)> {
         let _rcu = self.rcu_read_lock();
-        let mut slot = self.top_slot(va);
-        let mut page = self.phys.table(slot.table)?;
+        let mut level = self.top();
+        let mut table = self.root;
         loop {
-            let raw = page.get(slot.index);
-            if let Some(pa) = self.fmt.table_of(raw, slot.level) {
-                (slot, page) = self.descend(pa, slot.level, va).ok()?;
+            let index = self.geo.index(level, va);
+            let raw = self.phys.table(table)?.get(index);
+            if let Some(pa) = self.fmt.table_of(raw, level) {
+                (table, level) = (pa, level.lower()?);
                 continue;
             }
-            match self.fmt.decode(raw, slot.level) {
-                Entry::Table(pa) => (slot, page) = self.descend(pa, slot.level, va).ok()?,
-                Entry::Leaf(l) => return Some((l, slot)),
-                _ => return None,
-            }
+            // `table_of` said no: decode can only find a leaf or nothing here
+            return match self.fmt.decode(raw, level) {
+                Entry::Leaf(l) => Some((
+                    l,
+                    Slot {
+                        table,
+                        index,
+                        level,
+                    },
+                )),
+                _ => None,
+            };
         }
     }
 
@@ -544,7 +572,7 @@ impl<F: Format> Tree<F> {
         E: From<WalkError>,
     {
         let t = self.table(table)?;
-        let size = level.size();
+        let size = self.geo.size(level);
         let mut va = start;
         while va < end {
             let base = va & !(size - 1);
@@ -552,7 +580,7 @@ impl<F: Format> Tree<F> {
             let clip_end = if next == 0 || next > end { end } else { next };
             let slot = Slot {
                 table,
-                index: level.index(va),
+                index: self.geo.index(level, va),
                 level,
             };
             let raw = t.get(slot.index);
@@ -562,6 +590,7 @@ impl<F: Format> Tree<F> {
                 entry: self.fmt.decode(raw, level),
                 base,
                 start: va,
+                span: size,
                 end: clip_end,
                 post: false,
             };
@@ -625,13 +654,13 @@ impl<F: Format> Tree<F> {
         f: &mut dyn FnMut(u64, u64, Level),
     ) {
         let Ok(t) = self.table(table) else { return };
-        let size = level.size();
+        let size = self.geo.size(level);
         let mut va = start;
         while va < end {
             let base = va & !(size - 1);
             let next = base.wrapping_add(size);
             let clip = if next == 0 || next > end { end } else { next };
-            let raw = t.get(level.index(va));
+            let raw = t.get(self.geo.index(level, va));
             if raw != 0 {
                 if let Some(pa) = self.fmt.table_of(raw, level) {
                     if let Some(lower) = level.lower() {
@@ -677,8 +706,8 @@ impl<F: Format> Tree<F> {
             let (Ok(t), Some(lower)) = (self.table(pa), level.lower()) else {
                 continue;
             };
-            for i in 0..ENTRIES {
-                if let Entry::Table(c) = self.fmt.decode(t.get(i), level) {
+            for raw in t.values(self.geo.entries()) {
+                if let Entry::Table(c) = self.fmt.decode(raw, level) {
                     stack.push((c, lower));
                 }
             }
@@ -701,8 +730,8 @@ impl<F: Format> Tree<F> {
         let new = self.alloc(lower)?;
         let nt = self.table(new)?;
         let first = leaf.first_pfn().as_u64();
-        let step = lower.size() / PAGE_SIZE;
-        for i in 0..ENTRIES as u64 {
+        let step = self.geo.size(lower) >> PAGE_SHIFT;
+        for i in 0..self.geo.entries() as u64 {
             let p = first + i * step;
             let pfn = Pfn::new(p).map_err(|_| WalkError::PfnTooWide(p));
             let raw = pfn.and_then(|pfn| Ok(self.fmt.encode_leaf(&leaf.at(pfn, lower), lower)?));
@@ -740,8 +769,7 @@ impl<F: Format> Tree<F> {
     /// The tables of a subtree (post-order), releasing its leaves on the way.
     fn collect_subtree(&self, pa: PhysAddr, level: Level, out: &mut Vec<(PhysAddr, Level)>) {
         if let Ok(t) = self.table(pa) {
-            for i in 0..ENTRIES {
-                let raw = t.get(i);
+            for raw in t.values(self.geo.entries()) {
                 if raw == 0 {
                     continue;
                 }

@@ -104,6 +104,13 @@ impl PhysAddr {
         }
     }
 
+    /// The low 52 bits of `addr`: for decoders whose field mask already keeps an address within
+    /// the width (a table pointer's bits 51:12), so nothing is lost and nothing can fail.
+    #[inline]
+    pub const fn from_masked(addr: u64) -> Self {
+        PhysAddr(addr & ((1 << PHYS_ADDR_BITS) - 1))
+    }
+
     /// The raw value.
     #[inline]
     pub const fn as_u64(self) -> u64 {

@@ -419,7 +419,7 @@ impl PageTables {
     /// The table page at `pa`, or [`WalkError::Corrupt`] if `pa` names no allocated table (a
     /// corrupt tree: an error like the engine's walks report, not a panic).
     #[inline]
-    pub fn table(&self, pa: PhysAddr) -> Result<&TablePage, WalkError> {
+    pub fn table(&self, pa: PhysAddr) -> Result<TablePage<'_>, WalkError> {
         self.tree.table(pa)
     }
 

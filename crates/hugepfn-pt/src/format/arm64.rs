@@ -1,8 +1,17 @@
-//! The arm64 stage-1 descriptor format as Linux writes user mappings, 4 KiB granule
-//! (`arch/arm64/include/asm/pgtable-hwdef.h`, `pgtable-prot.h`, `pgtable.h`, Linux 6.12 and 7.3).
+//! The arm64 stage-1 descriptor format as Linux writes user mappings, in the 4, 16 and 64 KiB
+//! granules (`arch/arm64/include/asm/pgtable-hwdef.h`, `pgtable-prot.h`, `pgtable.h`, Linux 6.12
+//! and 7.3; `CONFIG_ARM64_{4K,16K,64K}_PAGES`, `CONFIG_ARM64_VA_BITS_*`).
 //!
 //! - bits 1:0: `11` a table (levels 0–2) or a page (level 3), `01` a block (`PMD_TYPE_SECT`: a
-//!   2 MiB PMD or 1 GiB PUD leaf); bit 0 is `PTE_VALID`.
+//!   PMD or PUD leaf); bit 0 is `PTE_VALID`.
+//! - Granules: a table is one page of 8-byte descriptors, so a level indexes 9, 11 or 13 bits
+//!   and a PMD block maps 2 MiB, 32 MiB or 512 MiB. Blocks sit at level 2 (PMD) in every granule
+//!   and at level 1 (PUD, 1 GiB) in the 4 KiB granule only: with 48-bit output addresses the
+//!   Arm ARM has no level-1 block for 16 KiB (it needs FEAT_LPA2) or 64 KiB (FEAT_LPA), and
+//!   Linux maps PUD-sized huge pages in the 4 KiB granule only (`arch_hugetlb_valid_size`,
+//!   `arch/arm64/mm/hugetlbpage.c`). The levels a VA width needs: `ceil((va_bits - page_shift) /
+//!   (page_shift - 3))` (`ARM64_HW_PGTABLE_LEVELS`): 4 for 4K/48, 4 for 16K/48 (a PGD of 2
+//!   entries), 3 for 16K/47, 3 for 64K/48 and 64K/52.
 //! - `PTE_ATTRINDX` bits 4:2, an index into MAIR as Linux programs it: `MT_NORMAL` 0,
 //!   `MT_NORMAL_TAGGED` 1, `MT_NORMAL_NC` 2 (`pgprot_writecombine`), `MT_DEVICE_nGnRnE` 3
 //!   (`pgprot_noncached`: what vfio-pci maps a BAR with), `MT_DEVICE_nGnRE` 4 (`pgprot_device`).
@@ -16,17 +25,17 @@
 //! - A table pointer is `PMD_TYPE_TABLE | PMD_TABLE_AF | PMD_TABLE_PXN` (`__pmd_populate` for a
 //!   user table).
 //!
-//! Output addresses are bits 47:12 (`CONFIG_ARM64_PA_BITS_48`). Memory types the model's x86
-//! names cannot all be told apart: UC- (the model's `pgprot_noncached`) is Device-nGnRnE, UC is
-//! Device-nGnRE, WT and WP do not exist and fail to encode.
+//! Output addresses are bits 47:`PAGE_SHIFT` (`CONFIG_ARM64_PA_BITS_48`). Memory types the
+//! model's x86 names cannot all be told apart: UC- (the model's `pgprot_noncached`) is
+//! Device-nGnRnE, UC is Device-nGnRE, WT and WP do not exist and fail to encode.
 //!
-//! Deliberate difference: 16 KiB and 64 KiB granules are not modelled yet (their levels index
-//! 11 and 13 bits and their tables are 16 and 64 KiB).
+//! Deliberate difference: 52-bit output addresses (LPA, LPA2) are not modelled, so neither are
+//! level-1 blocks in the 16 and 64 KiB granules.
 
 use crate::addr::PhysAddr;
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
 use crate::format::{EncodeError, Entry, Format, Locking, check_placement, flags_where, set_bits};
-use crate::level::Level;
+use crate::level::{Geometry, Level};
 
 /// Descriptor bits.
 pub mod bits {
@@ -62,7 +71,8 @@ pub mod bits {
     pub const SPECIAL: u64 = 1 << 56;
     /// `PMD_TABLE_PXN` in a table descriptor (user tables).
     pub const TABLE_PXN: u64 = 1 << 59;
-    /// Output address, bits 47:12.
+    /// Output address in the 4 KiB granule, bits 47:12 ([`super::Arm64::addr_mask`] for every
+    /// granule).
     pub const ADDR_MASK: u64 = ((1u64 << 48) - 1) & !0xfff;
 }
 
@@ -80,14 +90,82 @@ pub mod mair {
     pub const DEVICE_NGNRE: u64 = 4;
 }
 
-/// arm64 stage 1 with the 4 KiB granule.
+/// arm64 stage 1: a granule and a VA width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Arm64 {
-    /// 48-bit VA (four levels, `false`) or 39-bit (three, `true`).
-    pub va39: bool,
+    // bytes, not a `Geometry`: `Cpu` stays small, and its dispatch cheap on the walkers' path
+    page_shift: u8,
+    va_bits: u8,
+    top: Level,
+}
+
+/// A granule and VA width Linux/arm64 does not build, or the model does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "arm64 has no {va_bits}-bit VA with {page_kib} KiB pages (Linux: 39 or 48 bits with 4K; 36, 47 or 48 with 16K; 42, 48 or 52 with 64K)"
+)]
+pub struct BadArm64Config {
+    /// The granule's page size in KiB.
+    pub page_kib: u64,
+    /// The VA width asked for.
+    pub va_bits: u32,
 }
 
 impl Arm64 {
+    /// 4 KiB granule, 48-bit VA: Debian's `arm64` kernels.
+    pub const G4K_VA48: Arm64 = Arm64 {
+        page_shift: 12,
+        va_bits: 48,
+        top: Level::P4d,
+    };
+
+    /// The format of a kernel built with `granule` pages and `va_bits` of user VA (the
+    /// `CONFIG_ARM64_VA_BITS_*` choices each granule offers; 52-bit with 4 KiB pages needs LPA2
+    /// and five levels, which the model does not have).
+    pub fn new(granule: Geometry, va_bits: u32) -> Result<Arm64, BadArm64Config> {
+        let bad = BadArm64Config {
+            page_kib: granule.page_size() >> 10,
+            va_bits,
+        };
+        let allowed: &[u32] = match granule.page_shift() {
+            12 => &[39, 48],
+            14 => &[36, 47, 48],
+            16 => &[42, 48, 52],
+            _ => &[],
+        };
+        if !allowed.contains(&va_bits) {
+            return Err(bad);
+        }
+        let levels = (va_bits - granule.page_shift()).div_ceil(granule.index_bits());
+        let top = Level::ALL.get(levels as usize - 1).copied().ok_or(bad)?;
+        Ok(Arm64 {
+            page_shift: granule.page_shift() as u8,
+            va_bits: va_bits as u8,
+            top,
+        })
+    }
+
+    /// The granule.
+    #[inline]
+    pub fn granule(&self) -> Geometry {
+        match self.page_shift {
+            14 => Geometry::G16K,
+            16 => Geometry::G64K,
+            _ => Geometry::G4K,
+        }
+    }
+
+    /// The user VA width.
+    pub fn va_bits(&self) -> u32 {
+        u32::from(self.va_bits)
+    }
+
+    /// Output-address bits of a descriptor: 47:`PAGE_SHIFT`.
+    #[inline]
+    pub fn addr_mask(&self) -> u64 {
+        ((1u64 << 48) - 1) & !((1u64 << self.page_shift) - 1)
+    }
+
     /// The MAIR index for a memory type.
     pub fn attr_index(cache: CacheMode) -> Result<u64, EncodeError> {
         Ok(match cache {
@@ -119,15 +197,35 @@ impl Format for Arm64 {
     const LOCKING: Locking = Locking::Split;
 
     fn name(&self) -> &'static str {
-        if self.va39 {
-            "arm64 4K granule, 39-bit VA"
-        } else {
-            "arm64 4K granule, 48-bit VA"
+        match (self.page_shift, self.va_bits) {
+            (12, 39) => "arm64 4K granule, 39-bit VA",
+            (12, _) => "arm64 4K granule, 48-bit VA",
+            (14, 36) => "arm64 16K granule, 36-bit VA",
+            (14, 47) => "arm64 16K granule, 47-bit VA",
+            (14, _) => "arm64 16K granule, 48-bit VA",
+            (_, 42) => "arm64 64K granule, 42-bit VA",
+            (_, 48) => "arm64 64K granule, 48-bit VA",
+            _ => "arm64 64K granule, 52-bit VA",
         }
     }
 
     fn top(&self) -> Level {
-        if self.va39 { Level::Pud } else { Level::P4d }
+        self.top
+    }
+
+    #[inline]
+    fn geometry(&self) -> Geometry {
+        self.granule()
+    }
+
+    /// Pages at level 3, blocks at level 2; level-1 blocks in the 4 KiB granule only.
+    #[inline]
+    fn can_be_leaf(&self, level: Level) -> bool {
+        match level {
+            Level::Pte | Level::Pmd => true,
+            Level::Pud => self.page_shift == 12,
+            Level::P4d | Level::Pgd => false,
+        }
     }
 
     #[inline(never)]
@@ -140,7 +238,7 @@ impl Format for Arm64 {
         if !valid && !protnone {
             return Entry::NonPresent(raw);
         }
-        let addr = raw & bits::ADDR_MASK;
+        let addr = raw & self.addr_mask();
         // pmd_table(): type bits 11, with the valid bit forced for a present-invalid entry
         let table = (raw | bits::VALID) & 3 == 3;
         if level != Level::Pte && table {
@@ -149,7 +247,7 @@ impl Format for Arm64 {
             }
             return Entry::Table(PhysAddr::new(addr).unwrap_or_default());
         }
-        if !level.can_be_leaf() || (level == Level::Pte && !table) {
+        if !self.can_be_leaf(level) || (level == Level::Pte && !table) {
             return Entry::NonPresent(raw);
         }
         let on = |b: u64| raw & b != 0;
@@ -168,7 +266,7 @@ impl Format for Arm64 {
             (ProtFlags::GLOBAL, valid && !on(bits::NG)),
             (ProtFlags::CONT, on(bits::CONT)),
         ]);
-        let base = addr & !(level.size() - 1);
+        let base = addr & !(self.granule().size(level) - 1);
         Entry::Leaf(Leaf {
             pfn: PhysAddr::new(base).unwrap_or_default().pfn(),
             prot: Pgprot {
@@ -180,9 +278,9 @@ impl Format for Arm64 {
     }
 
     fn encode_leaf(&self, leaf: &Leaf, level: Level) -> Result<u64, EncodeError> {
-        check_placement(leaf.pfn, level)?;
+        check_placement(self, leaf.pfn, level)?;
         let pa = leaf.pfn.phys().as_u64();
-        if pa & !bits::ADDR_MASK != 0 {
+        if pa & !self.addr_mask() != 0 {
             return Err(EncodeError::PfnTooWide(leaf.pfn.as_u64()));
         }
         let fl = leaf.prot.flags;
@@ -216,7 +314,7 @@ impl Format for Arm64 {
     }
 
     fn encode_table(&self, table: PhysAddr, _level: Level) -> u64 {
-        (table.as_u64() & bits::ADDR_MASK)
+        (table.as_u64() & self.addr_mask())
             | bits::VALID
             | bits::TABLE_OR_PAGE
             | bits::AF

@@ -13,7 +13,7 @@ use crate::entry::Leaf;
 use crate::format::arm64::Arm64;
 use crate::format::riscv::Riscv;
 use crate::format::{EncodeError, Entry, Format, Locking, X86_64};
-use crate::level::Level;
+use crate::level::{Geometry, Level};
 use crate::phys::PhysMem;
 
 /// A CPU page-table format.
@@ -30,7 +30,7 @@ pub enum Cpu {
 /// An architecture whose format the model does not have yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "the {0} page-table format is not modelled yet (its levels index 11 or 13 bits and its tables are 16 or 64 KiB); use arm64 (4 KiB granule)"
+    "the {0} page-table format is in the engine (format::arm64::Arm64::new), but the mm core's fault path still assumes 4 KiB pages; use arm64 (4 KiB granule)"
 )]
 pub struct UnsupportedArch(pub Arch);
 
@@ -41,7 +41,7 @@ impl Cpu {
             Arch::X86_64 | Arch::X86_64_5Level => Cpu::X86(X86_64 {
                 mode: arch.paging_mode().unwrap_or_default(),
             }),
-            Arch::Arm64 => Cpu::Arm64(Arm64 { va39: false }),
+            Arch::Arm64 => Cpu::Arm64(Arm64::G4K_VA48),
             Arch::Riscv64Sv39 | Arch::Riscv64Sv48 | Arch::Riscv64Sv57 => Cpu::Riscv(Riscv {
                 levels: arch.levels(),
             }),
@@ -71,6 +71,16 @@ impl Format for Cpu {
 
     fn top(&self) -> Level {
         each!(self, f => f.top())
+    }
+
+    #[inline]
+    fn geometry(&self) -> Geometry {
+        each!(self, f => f.geometry())
+    }
+
+    #[inline]
+    fn can_be_leaf(&self, level: Level) -> bool {
+        each!(self, f => f.can_be_leaf(level))
     }
 
     #[inline(always)]

@@ -130,7 +130,7 @@ impl Format for Riscv {
     }
 
     fn encode_leaf(&self, leaf: &Leaf, level: Level) -> Result<u64, EncodeError> {
-        check_placement(leaf.pfn, level)?;
+        check_placement(self, leaf.pfn, level)?;
         let fl = leaf.prot.flags;
         let napot = fl.contains(ProtFlags::CONT);
         if napot && (level != Level::Pte || !leaf.pfn.is_aligned_order(4)) {

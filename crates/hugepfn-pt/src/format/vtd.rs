@@ -109,7 +109,7 @@ impl Format for Vtd {
 
     /// `pteval = (phys_pfn << VTD_PAGE_SHIFT) | attr`, plus `DMA_PTE_LARGE_PAGE` above 4 KiB.
     fn encode_leaf(&self, leaf: &VtdLeaf, level: Level) -> Result<u64, EncodeError> {
-        check_placement(leaf.pfn, level)?;
+        check_placement(self, leaf.pfn, level)?;
         let mut raw = leaf.pfn.phys().as_u64() & bits::ADDR_MASK;
         let p = leaf.prot;
         raw = set_bits(

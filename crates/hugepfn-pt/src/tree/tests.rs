@@ -249,3 +249,92 @@ fn a_corrupt_pointer_is_its_own_error_and_deferred_frees_wait_for_readers() {
     drop(t);
     assert!(phys.leak_check().is_empty());
 }
+
+/// An arm64 tree in the 16 KiB granule (48-bit VA) on a memory of 16 KiB frames.
+fn arm64_16k() -> Tree<crate::format::arm64::Arm64> {
+    let phys = Arc::new(PhysMem::new(
+        crate::phys::PhysConfig::default().with_granule(Geometry::G16K),
+    ));
+    let f = crate::format::arm64::Arm64::new(Geometry::G16K, 48).unwrap();
+    Tree::new(phys, f).unwrap()
+}
+
+#[test]
+fn a_16k_table_needs_a_memory_of_16k_frames() {
+    let f = crate::format::arm64::Arm64::new(Geometry::G16K, 48).unwrap();
+    let e = Tree::new(Arc::new(PhysMem::default()), f).unwrap_err();
+    assert!(matches!(
+        e,
+        PhysError::TableTooLarge {
+            table_bytes: 16384,
+            frame_bytes: 4096,
+            ..
+        }
+    ));
+    // a 4 KiB-granule format fits a 16 KiB memory (the first 512 entries of each frame)
+    let phys = Arc::new(PhysMem::new(
+        crate::phys::PhysConfig::default().with_granule(Geometry::G16K),
+    ));
+    let t = x86_tree(&phys);
+    install(&t, 5 * M, &cpu_leaf(BAR_PFN, Level::Pmd), Level::Pmd);
+    assert_eq!(map(&t, 4 * M, 3, M), ".M.");
+    drop(t);
+    assert!(phys.leak_check().is_empty());
+}
+
+#[test]
+fn the_16k_granule_walks_splits_and_frees_in_its_own_sizes() {
+    const P: u64 = 16 << 10;
+    const PMD: u64 = 32 << 20;
+    let t = arm64_16k();
+    let g = t.geometry();
+    assert_eq!((g.size(Level::Pmd), g.entries()), (PMD, 2048));
+    // a 32 MiB block at 32M, 16 KiB pages at 96M and 96M+16K, near the top of the 48-bit VA
+    // space another page (the 2-entry PGD's second entry)
+    install(&t, PMD, &cpu_leaf(BAR_PFN, Level::Pmd), Level::Pmd);
+    install(&t, 3 * PMD, &cpu_leaf(BAR_PFN + 4, Level::Pte), Level::Pte);
+    install(
+        &t,
+        3 * PMD + P,
+        &cpu_leaf(BAR_PFN + 8, Level::Pte),
+        Level::Pte,
+    );
+    let high = (1u64 << 48) - P;
+    install(&t, high, &cpu_leaf(BAR_PFN, Level::Pte), Level::Pte);
+    assert_eq!(map(&t, 0, 4, PMD), ".M.k", "one character per 32 MiB");
+    assert_eq!(map(&t, 3 * PMD, 3, P), "kkt", "one character per 16 KiB");
+    assert_eq!(t.top_slot(high).index, 1);
+    assert_eq!(t.top_slot(high - (1 << 47)).index, 0);
+    // PGD, 2 PUD tables, 2 PMD tables, 2 PTE tables
+    let c = t.table_counts();
+    assert_eq!((c.pgd, c.pud, c.pmd, c.pte), (1, 2, 2, 2));
+    assert_eq!(c.bytes_with(g), 7 * P);
+    // the lookup of any byte of the block finds it, with the pfn of the block's start
+    let (leaf, slot) = t.lookup(PMD + PMD - 1).unwrap();
+    assert_eq!((slot.level, leaf.pfn.as_u64()), (Level::Pmd, BAR_PFN));
+    // a split gives 2048 pages of 16 KiB: model pfns 4 apart
+    let slot = t.slot(PMD, Level::Pmd).unwrap().unwrap();
+    assert!(t.split_leaf(slot).unwrap());
+    assert_eq!(t.count_leaves(0, 1 << 48), [2048 + 3, 0, 0]);
+    let (leaf, slot) = t.lookup(PMD + 5 * P + 123).unwrap();
+    assert_eq!((slot.level, leaf.pfn.as_u64()), (Level::Pte, BAR_PFN + 20));
+    let (leaf, _) = t.lookup(2 * PMD - 1).unwrap();
+    assert_eq!(leaf.pfn.as_u64(), BAR_PFN + 2047 * 4);
+    // a range walk sees 16 KiB entries, covered when whole
+    let mut seen = Vec::new();
+    t.walk_range::<WalkError>(3 * PMD, 3 * PMD + P + 1, &mut |_, v| {
+        if v.slot.level == Level::Pte {
+            seen.push((v.base - 3 * PMD, v.covered()));
+        }
+        Ok(match v.entry {
+            Entry::Table(_) => Step::Descend,
+            _ => Step::Next,
+        })
+    })
+    .unwrap();
+    assert_eq!(seen, [(0, true), (P, false)]);
+    assert_eq!(t.reachable_tables(), t.table_counts().total());
+    let phys = t.phys().clone();
+    drop(t);
+    assert!(phys.leak_check().is_empty(), "every 16 KiB table freed");
+}

@@ -14,7 +14,7 @@ fn attrs(raw: u64) -> Attributes {
     Attributes::from_bits_retain((raw & !bits::ADDR_MASK) as usize)
 }
 
-const F: Arm64 = Arm64 { va39: false };
+const F: Arm64 = Arm64::G4K_VA48;
 
 #[test]
 fn a_vfio_bar_pmd_block_is_what_linux_writes() {
@@ -149,4 +149,105 @@ fn tables_blocks_and_what_cannot_be_encoded() {
     let raw = F.encode_leaf(&cont, Level::Pte).unwrap();
     assert_ne!(raw & bits::CONT, 0);
     assert_eq!(F.decode(raw, Level::Pte), Entry::Leaf(cont));
+}
+
+#[test]
+fn each_granule_has_the_levels_and_blocks_linux_builds() {
+    let tops = [
+        (Geometry::G4K, 39, Level::Pud),
+        (Geometry::G4K, 48, Level::P4d),
+        (Geometry::G16K, 36, Level::Pmd),
+        (Geometry::G16K, 47, Level::Pud),
+        (Geometry::G16K, 48, Level::P4d),
+        (Geometry::G64K, 42, Level::Pmd),
+        (Geometry::G64K, 48, Level::Pud),
+        (Geometry::G64K, 52, Level::Pud),
+    ];
+    for (g, va, top) in tops {
+        let f = Arm64::new(g, va).unwrap();
+        assert_eq!(f.top(), top, "{}", f.name());
+        assert_eq!(f.geometry(), g);
+        // the top level covers the VA width and no more than one level's worth beyond it
+        assert!(
+            g.shift(top) + g.index_bits() >= va && g.shift(top) < va,
+            "{}",
+            f.name()
+        );
+    }
+    assert_eq!(
+        Arm64::new(Geometry::G16K, 39).unwrap_err().to_string(),
+        "arm64 has no 39-bit VA with 16 KiB pages (Linux: 39 or 48 bits with 4K; 36, 47 or 48 with 16K; 42, 48 or 52 with 64K)"
+    );
+    assert!(
+        Arm64::new(Geometry::G4K, 52).is_err(),
+        "LPA2 is not modelled"
+    );
+    let g4 = Arm64::G4K_VA48;
+    let g16 = Arm64::new(Geometry::G16K, 48).unwrap();
+    let g64 = Arm64::new(Geometry::G64K, 52).unwrap();
+    assert!(g4.can_be_leaf(Level::Pud));
+    assert!(!g16.can_be_leaf(Level::Pud) && g16.can_be_leaf(Level::Pmd));
+    assert!(!g64.can_be_leaf(Level::Pud) && g64.can_be_leaf(Level::Pmd));
+}
+
+#[test]
+fn a_16k_pmd_block_maps_32_mib_and_a_64k_one_512_mib() {
+    for (f, block) in [
+        (Arm64::new(Geometry::G16K, 48).unwrap(), 32u64 << 20),
+        (Arm64::new(Geometry::G64K, 52).unwrap(), 512 << 20),
+    ] {
+        let base = 0x1000_0000_0000u64;
+        let leaf = Leaf {
+            pfn: pfn(base >> 12),
+            prot: Pgprot::SHARED.with_cache(CacheMode::UcMinus),
+            level: Level::Pmd,
+        };
+        let raw = f.encode_leaf(&leaf, Level::Pmd).unwrap();
+        assert_eq!(raw & 3, 1, "a block");
+        assert_eq!(f.decode(raw, Level::Pmd), Entry::Leaf(leaf));
+        // 2 MiB-aligned is not enough
+        let off = Leaf {
+            pfn: pfn((base + (2 << 20)) >> 12),
+            ..leaf
+        };
+        assert!(matches!(
+            f.encode_leaf(&off, Level::Pmd),
+            Err(EncodeError::Misaligned { .. })
+        ));
+        let just = Leaf {
+            pfn: pfn((base + block) >> 12),
+            ..leaf
+        };
+        assert!(f.encode_leaf(&just, Level::Pmd).is_ok());
+        // no level-1 block without LPA/LPA2
+        assert_eq!(
+            f.encode_leaf(&leaf, Level::Pud),
+            Err(EncodeError::NotLeafLevel(Level::Pud))
+        );
+        // a page is one granule: 4 KiB alignment is not enough, the granule's is
+        let page = Leaf {
+            pfn: pfn((base >> 12) + 1),
+            level: Level::Pte,
+            ..leaf
+        };
+        assert!(matches!(
+            f.encode_leaf(&page, Level::Pte),
+            Err(EncodeError::Misaligned { .. })
+        ));
+        let gran = f.geometry().page_size();
+        let page = Leaf {
+            pfn: pfn((base + gran) >> 12),
+            ..page
+        };
+        let raw = f.encode_leaf(&page, Level::Pte).unwrap();
+        assert_eq!(raw & 3, 3, "a page");
+        assert_eq!(raw & f.addr_mask(), base + gran);
+        assert_eq!(f.decode(raw, Level::Pte), Entry::Leaf(page));
+        // a table pointer keeps bits 47:PAGE_SHIFT
+        let t = PhysAddr::new(0x1_2340_0000).unwrap();
+        assert_eq!(
+            f.decode(f.encode_table(t, Level::Pmd), Level::Pmd),
+            Entry::Table(t)
+        );
+    }
 }
