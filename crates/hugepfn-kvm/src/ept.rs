@@ -1,9 +1,13 @@
-//! The EPT: Intel's second-stage page table, as KVM's TDP MMU fills it.
+//! The EPT: Intel's second-stage page table, as KVM's TDP MMU fills it — and, in the same
+//! structure, arm64's stage 2 as KVM's `kvm_pgtable_stage2_*` fills it.
 //!
-//! The entry format is the engine's [`Ept4`] (hugepfn-pt `format::ept`: the SDM's layout as
-//! `make_spte` writes it; `vmx_get_mt_mask` gives UC without IPAT for MMIO and WB with IPAT for
-//! RAM). The tree is the engine's [`Tree`], in the simulated physical memory, so
-//! [`PhysMem::leak_check`] sees an EPT that was not torn down. This file holds KVM's policy.
+//! The entry format is the engine's [`Stage2`]: [`Ept4`] on x86-64 (hugepfn-pt `format::ept`:
+//! the SDM's layout as `make_spte` writes it; `vmx_get_mt_mask` gives UC without IPAT for MMIO
+//! and WB with IPAT for RAM), [`Arm64S2`] on arm64 (`format::arm64_s2`: KVM's descriptor bits,
+//! 48-bit IPA, FEAT_S2FWB). The tree is the engine's [`Tree`], in the simulated physical
+//! memory, so [`PhysMem::leak_check`] sees a second stage that was not torn down. This file
+//! holds KVM's policy; the callers choose the leaf (x86's and arm64's fault paths differ, see
+//! [`crate::vm`]).
 //!
 //! The operations are the TDP MMU's (`arch/x86/kvm/mmu/tdp_mmu.c`): `kvm_tdp_mmu_map`
 //! ([`Ept::map`]: walk to the goal level, allocating tables; a huge leaf above the goal is
@@ -20,7 +24,10 @@ use std::sync::Arc;
 
 use hugepfn_mm::addr::GuestPhysAddr;
 use hugepfn_mm::{LeafCounts, Level, PhysAddr, PhysMem};
+use hugepfn_pt::Format;
+use hugepfn_pt::format::arm64_s2::Arm64S2;
 use hugepfn_pt::format::ept::Ept4;
+use hugepfn_pt::format::stage2::Stage2;
 use hugepfn_pt::{AtomicLeafCounts, Entry, Step, Tree, WalkError};
 use thiserror::Error;
 
@@ -73,10 +80,11 @@ pub struct MapOutcome {
     pub collapsed: LeafCounts,
 }
 
-/// A 4-level EPT over simulated physical memory: the engine's [`Tree`] in the [`Ept4`]
-/// format, with KVM's policy on top. Callers serialise writers (`mmu_lock`).
+/// A second stage over simulated physical memory: the engine's [`Tree`] in a [`Stage2`]
+/// format (a 4-level EPT unless built with [`Ept::with_format`]), with KVM's policy on top.
+/// Callers serialise writers (`mmu_lock`).
 pub struct Ept {
-    tree: Tree<Ept4>,
+    tree: Tree<Stage2>,
     leaves: AtomicLeafCounts,
 }
 
@@ -90,21 +98,38 @@ impl std::fmt::Debug for Ept {
     }
 }
 
-/// The highest guest-physical address + 1 a 4-level EPT translates.
+/// The highest guest-physical address + 1 a 4-level EPT (and a 48-bit-IPA arm64 stage 2)
+/// translates.
 pub const GPA_LIMIT: u64 = 1 << 48;
 
 impl Ept {
     /// An empty EPT (its PML4 allocated).
     pub fn new(phys: Arc<PhysMem>) -> Result<Self, EptError> {
+        Ept::with_format(phys, Stage2::Ept(Ept4))
+    }
+
+    /// An empty second stage in `format` (KVM/arm64's `kvm_pgtable_stage2_init` for
+    /// [`Arm64S2`]).
+    pub fn with_format(phys: Arc<PhysMem>, format: Stage2) -> Result<Self, EptError> {
         Ok(Ept {
-            tree: Tree::new(phys, Ept4).map_err(|_| EptError::NoMemory)?,
+            tree: Tree::new(phys, format).map_err(|_| EptError::NoMemory)?,
             leaves: AtomicLeafCounts::default(),
         })
     }
 
+    /// The arm64 stage 2 KVM builds on a 4 KiB-page host with a 48-bit IPA and FEAT_S2FWB.
+    pub fn arm64(phys: Arc<PhysMem>) -> Result<Self, EptError> {
+        Ept::with_format(phys, Stage2::Arm64(Arm64S2::G4K_IPA48))
+    }
+
     /// The engine's tree under this EPT (for walkers: the hardware model reads it).
-    pub fn tree(&self) -> &Tree<Ept4> {
+    pub fn tree(&self) -> &Tree<Stage2> {
         &self.tree
+    }
+
+    /// The entry format.
+    pub fn format(&self) -> Stage2 {
+        *self.tree.format()
     }
 
     /// The EPT pointer's table address.
@@ -155,10 +180,14 @@ impl Ept {
         if gpa >= GPA_LIMIT {
             return Err(EptError::OutOfRange(gpa));
         }
-        let raw_leaf = encode_leaf(leaf).ok_or(EptError::BadLeaf {
-            pfn: leaf.pfn,
-            level: leaf.level,
-        })?;
+        let raw_leaf = self
+            .tree
+            .format()
+            .encode_leaf(leaf, leaf.level)
+            .map_err(|_| EptError::BadLeaf {
+                pfn: leaf.pfn,
+                level: leaf.level,
+            })?;
         let mut out = MapOutcome::default();
         let mut slot = self.tree.top_slot(gpa);
         while slot.level > leaf.level {
@@ -185,12 +214,11 @@ impl Ept {
             Entry::Leaf(_) => self.count(slot.level, 1, false),
             Entry::Table(pa) => {
                 // handle_removed_pt: the old table and everything under it goes.
-                let base = gpa & !(slot.level.size() - 1);
+                let size = self.tree.geometry().size(slot.level);
+                let base = gpa & !(size - 1);
                 let mut gone = LeafCounts::default();
                 self.tree
-                    .for_each_leaf(base, base + slot.level.size(), &mut |_, _, l| {
-                        gone.add(l, 1)
-                    });
+                    .for_each_leaf(base, base + size, &mut |_, _, l| gone.add(l, 1));
                 self.tree.lock(slot).set(slot, 0);
                 self.tree
                     .free_subtree(pa, slot.level.lower().unwrap_or(Level::Pte));

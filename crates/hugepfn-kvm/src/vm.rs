@@ -202,6 +202,8 @@ fn inc(a: &AtomicU64) {
 struct Inner {
     mm: Arc<Mm>,
     cfg: KvmConfig,
+    /// The host is arm64: stage 2 and `user_mem_abort` instead of the EPT and the TDP MMU.
+    arm64: bool,
     slots: RwLock<Memslots>,
     /// `kvm->mmu_lock`, guarding the EPT.
     mmu_lock: Mutex<Ept>,
@@ -249,11 +251,22 @@ fn max_level(cfg: KvmConfig) -> Level {
 impl Vm {
     /// `KVM_CREATE_VM` by the process `mm`: an empty EPT, no memslots, the MMU notifier
     /// registered on `mm`.
+    ///
+    /// On an arm64 `mm` the second stage is KVM/arm64's (4 KiB pages, 48-bit IPA, FEAT_S2FWB)
+    /// and faults take `user_mem_abort`'s path; `cfg`'s EPT page sizes do not apply there.
+    /// Other architectures get the EPT (riscv's G-stage is not modelled).
     pub fn new(mm: Arc<Mm>, cfg: KvmConfig) -> Result<Vm, KvmError> {
-        let ept = Ept::new(mm.page_tables().phys().clone())?;
+        let arm64 = mm.config().arch.is_arm64();
+        let phys = mm.page_tables().phys().clone();
+        let ept = if arm64 {
+            Ept::arm64(phys)?
+        } else {
+            Ept::new(phys)?
+        };
         let inner = Arc::new(Inner {
             mm: mm.clone(),
             cfg,
+            arm64,
             slots: RwLock::new(Memslots::default()),
             mmu_lock: Mutex::new(ept),
             mmu_invalidate_seq: AtomicU64::new(0),
@@ -553,6 +566,9 @@ impl Inner {
             inc(&self.c.mmio_exits);
             return Ok(Faultin::Emulate);
         }
+        if self.arm64 {
+            return self.user_mem_abort(gpa, write, &slot);
+        }
         let hva = slot.gfn_to_hva(gfn);
         loop {
             let mmu_seq = self.mmu_invalidate_seq.load(Ordering::Acquire);
@@ -606,6 +622,133 @@ impl Inner {
                 lc.1.pmd += out.collapsed.pmd;
                 lc.1.pte += out.collapsed.pte;
                 inc(&self.c.tlb_flushes);
+            }
+            return Ok(Faultin::Pfn(host));
+        }
+    }
+
+    /// `user_mem_abort` (`arch/arm64/kvm/mmu.c`): a stage-2 fault at `gpa` in `slot`.
+    ///
+    /// Unlike x86's TDP MMU, the block size does not come from the host's page tables: for a
+    /// VM_PFNMAP VMA `get_vma_page_shift` takes the largest of PUD and PMD whose offset in the VMA
+    /// agrees with the VMA's `vm_pgoff` (and lies in it), `fault_supports_stage2_huge_mapping`
+    /// caps it by the memslot, and the whole block is mapped from the pfn of its first page
+    /// ("KVM: arm64: Try stage2 block mapping for host device MMIO", 5.14). A vfio BAR
+    /// faulted in by the host at 4 KiB or 2 MiB thus gets 1 GiB stage-2 blocks. Device memory
+    /// (a pfn that is not RAM) is mapped Normal-NC if the VMA has `VM_ALLOW_ANY_UNCACHED`
+    /// (vfio-pci sets it), else Device-nGnRE, and never executable; RAM at 4 KiB is raised to
+    /// the host's THP size (`transparent_hugepage_adjust`).
+    ///
+    /// Deliberate difference: when the block's pfn is not aligned to the block,
+    /// `kvm_pgtable_stage2_map` maps the range with the largest leaves the alignment allows;
+    /// the model does the same one leaf size for the whole block.
+    fn user_mem_abort(
+        &self,
+        gpa: GuestPhysAddr,
+        write: bool,
+        slot: &Memslot,
+    ) -> Result<Faultin, KvmError> {
+        let gfn = gpa.gfn();
+        let hva = slot.gfn_to_hva(gfn);
+        let efault = |hva: u64, reason: String| {
+            inc(&self.c.efaults);
+            KvmError::Fault {
+                gpa: gpa.as_u64(),
+                hva,
+                reason,
+            }
+        };
+        loop {
+            let mmu_seq = self.mmu_invalidate_seq.load(Ordering::Acquire);
+            // mmap_read_lock; vma_lookup; get_vma_page_shift (logging forces PAGE_SIZE)
+            let Some(vma) = self.mm.find_vma(hva) else {
+                return Err(efault(hva, "no VMA maps the hva".into()));
+            };
+            let mut level = if slot.dirty_logging() {
+                Level::Pte
+            } else {
+                get_vma_page_shift(&vma, hva)
+            };
+            // fault_supports_stage2_huge_mapping, PUD then PMD
+            while level != Level::Pte && slot.disallow_lpage(gfn, level) {
+                level = level.lower().unwrap_or(Level::Pte);
+            }
+            // fault_ipa &= ~(vma_pagesize - 1); the pfn is the block's first page's
+            let block_gfn = gfn & !(pages_per_hpage(level) - 1);
+            let block_hva = slot.gfn_to_hva(block_gfn);
+            let host = match self.hva_to_pfn(block_hva, write) {
+                Ok(Faultin::Pfn(h)) => h,
+                Ok(Faultin::Emulate) => {
+                    inc(&self.c.mmio_exits);
+                    return Ok(Faultin::Emulate);
+                }
+                Err(reason) => return Err(efault(block_hva, reason)),
+            };
+            let (mut level, mut block_gfn, mut pfn) = (level, block_gfn, host.pfn);
+            // transparent_hugepage_adjust: RAM at PAGE_SIZE backed by a host THP
+            if level == Level::Pte
+                && !host.mmio
+                && !slot.dirty_logging()
+                && host_pfn_mapping_level(&self.mm, hva) >= Level::Pmd
+                && !slot.disallow_lpage(gfn, Level::Pmd)
+            {
+                let mask = pages_per_hpage(Level::Pmd) - 1;
+                (level, block_gfn, pfn) = (Level::Pmd, gfn & !mask, pfn & !mask);
+            }
+            let ept = self.ept();
+            if self.mmu_invalidate_seq.load(Ordering::Acquire) != mmu_seq {
+                drop(ept);
+                inc(&self.c.retries);
+                continue;
+            }
+            // s2_force_noncacheable for a VM_PFNMAP pfn that is not RAM
+            let device = host.mmio;
+            let mem_type = match (device, vma.flags.contains(VmFlags::ALLOW_ANY_UNCACHED)) {
+                (true, true) => MemType::Wc,
+                (true, false) => MemType::Uc,
+                (false, _) => MemType::Wb,
+            };
+            // kvm_pgtable_stage2_map(fault_ipa, vma_pagesize, phys): the largest leaf the
+            // pfn's alignment allows, over the whole block
+            let mut fit = level;
+            while fit != Level::Pte && pfn & (pages_per_hpage(fit) - 1) != 0 {
+                fit = fit.lower().unwrap_or(Level::Pte);
+            }
+            let step = pages_per_hpage(fit);
+            let (mut mapped, mut collapsed) = (LeafCounts::default(), LeafCounts::default());
+            for i in 0..pages_per_hpage(level) / step {
+                let leaf = EptLeaf {
+                    pfn: pfn + i * step,
+                    level: fit,
+                    read: true,
+                    write: host.writable && !slot.readonly(),
+                    exec: !device,
+                    mem_type,
+                    ipat: true,
+                    accessed: true,
+                    dirty: false,
+                };
+                let at = GuestPhysAddr::new((block_gfn + i * step) << 12)
+                    .map_err(|e| efault(hva, e.to_string()))?;
+                let out = ept.map(at, &leaf)?;
+                if out.spurious {
+                    inc(&self.c.spurious);
+                } else {
+                    mapped.add(fit, 1);
+                }
+                if out.collapsed.total() > 0 || out.zapped_huge {
+                    inc(&self.c.collapses);
+                    for l in Level::LEAF_LEVELS {
+                        collapsed.add(l, out.collapsed.get(l));
+                    }
+                    inc(&self.c.tlb_flushes);
+                }
+            }
+            drop(ept);
+            let mut lc = self.leaf_counts();
+            for l in Level::LEAF_LEVELS {
+                lc.0.add(l, mapped.get(l));
+                lc.1.add(l, collapsed.get(l));
             }
             return Ok(Faultin::Pfn(host));
         }
@@ -707,6 +850,29 @@ impl Inner {
         let first = cfg.ram_base >> 12;
         (first..first + cfg.ram_frames).contains(&pfn)
     }
+}
+
+/// `get_vma_page_shift(vma, hva)` (`arch/arm64/kvm/mmu.c`) for a VMA that is not hugetlb: for
+/// VM_PFNMAP, PUD or PMD if `hva`'s offset in that block equals the offset of
+/// `(vm_pgoff << PAGE_SHIFT) + (hva - vm_start)` and the block's aligned bounds lie in the VMA as
+/// Linux checks them (`ALIGN_DOWN(hva, size) >= vm_start && ALIGN(hva, size) <= vm_end`: an
+/// aligned `hva` passes the second test whatever the size), else 4 KiB.
+pub fn get_vma_page_shift(vma: &hugepfn_mm::Vma, hva: u64) -> Level {
+    if !vma.flags.contains(VmFlags::PFNMAP) {
+        return Level::Pte;
+    }
+    let pa = (vma.pgoff << 12).wrapping_add(hva - vma.start);
+    for level in [Level::Pud, Level::Pmd] {
+        let size = level.size();
+        let align_up = hva.checked_next_multiple_of(size);
+        if hva & (size - 1) == pa & (size - 1)
+            && hva & !(size - 1) >= vma.start
+            && align_up.is_some_and(|up| up <= vma.end)
+        {
+            return level;
+        }
+    }
+    Level::Pte
 }
 
 /// `host_pfn_mapping_level(kvm, gfn, slot)`: the level of the host leaf mapping `hva`

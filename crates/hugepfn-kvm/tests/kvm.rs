@@ -313,3 +313,126 @@ fn regress_guest_touch_over_a_huge_gap_counts_every_exit() {
         "one per exit, one for the 1 GiB leaf"
     );
 }
+
+/// The same world on an arm64 host (PMD pfnmaps, as Linux/arm64 has no PUD pfnmap), with the
+/// host's THP policy `thp`.
+fn arm64_world(align: u64, skew: u64, thp: hugepfn_mm::ThpPolicy) -> World {
+    let phys = Arc::new(PhysMem::default());
+    let dev = VfioPciDevice::new(
+        phys.clone(),
+        "gpu",
+        vec![Bar::mem64(1, BAR_PA, 4 * G)],
+        HugeFaultLogic::Fixed,
+    )
+    .expect("dev");
+    let cfg = MmConfig {
+        arch: hugepfn_mm::Arch::Arm64,
+        pfnmap_cap: hugepfn_mm::LeafCap::Pmd,
+        thp,
+        ..MmConfig::default()
+    };
+    let mm = Mm::new(phys.clone(), cfg).expect("mm");
+    let va = mm.find_aligned_area(4 * G, align, skew).expect("va");
+    let f = dev.open();
+    mm.mmap(MmapRequest {
+        addr: MmapAddr::Fixed(va),
+        len: 4 * G,
+        prot: Prot::RW,
+        shared: true,
+        offset: region_offset(1),
+        file: Some(&f),
+    })
+    .expect("mmap");
+    let vm = Vm::new(mm.clone(), KvmConfig::default()).expect("vm");
+    World {
+        phys,
+        dev,
+        mm,
+        vm,
+        va,
+    }
+}
+
+#[test]
+fn arm64_stage_2_maps_1g_blocks_over_a_host_mapped_at_2m() {
+    // user_mem_abort: get_vma_page_shift looks at the VMA's pgoff, not the host's leaves
+    let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, true);
+    r.expect("touch");
+    assert_eq!(t.violations, 4, "one stage-2 fault per GiB");
+    assert_eq!(w.vm.ept_leaves(), leaves(4, 0, 0));
+    assert_eq!(
+        host_pfn_mapping_level(&w.mm, w.va + 5),
+        Level::Pmd,
+        "the host maps the first 2 MiB of each GiB only"
+    );
+    assert_eq!(
+        w.mm.fault_counts().pmd,
+        4,
+        "hva_to_pfn faulted each block's first page"
+    );
+    // KVM's descriptor: a level-1 block, Normal-NC (VM_ALLOW_ANY_UNCACHED; FWB encoding 5),
+    // S2AP RW, AF, XN, the BAR's address
+    let (raw, level) = w.vm.ept_raw(gpa_of(GPA + G + 77)).expect("mapped");
+    assert_eq!(level, Level::Pud);
+    assert_eq!(raw & 3, 0b01, "a block");
+    assert_eq!((raw >> 2) & 0xf, 5, "MT_S2_FWB_NORMAL_NC");
+    assert_eq!(raw & (3 << 6), 3 << 6);
+    assert_ne!(raw & (1 << 10), 0);
+    assert_ne!(raw & (1 << 54), 0, "device memory is never executable");
+    assert_eq!(raw & (((1 << 48) - 1) & !0xfff), BAR_PA + G);
+    assert_eq!(
+        w.vm.ept_translate(gpa_of(GPA + G)).map(|l| l.mem_type),
+        Some(MemType::Wc)
+    );
+}
+
+#[test]
+fn arm64_stage_2_blocks_ignore_the_host_thp_policy_but_not_the_memslot() {
+    // thp=never: the host maps the BAR at 4 KiB, stage 2 still gets 1 GiB blocks
+    let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Never);
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, false);
+    r.expect("touch");
+    assert_eq!((t.violations, w.vm.ept_leaves()), (4, leaves(4, 0, 0)));
+    assert_eq!(host_pfn_mapping_level(&w.mm, w.va), Level::Pte);
+    drop(w);
+    // a memslot whose guest address is 2 MiB- but not 1 GiB-congruent with its hva: 2 MiB
+    let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
+    w.vm.set_user_memory_region(&slot(0, GPA + M2, 2 * G, w.va, 0))
+        .expect("slot");
+    let (t, r) = w.vm.guest_touch(GPA + M2, 64 * M2 / K4, K4, false);
+    r.expect("touch");
+    assert_eq!((t.violations, w.vm.ept_leaves()), (64, leaves(0, 64, 0)));
+    drop(w);
+    // a VA skewed by 4 KiB against the BAR offset: get_vma_page_shift gives PAGE_SIZE
+    let w = arm64_world(G, K4, hugepfn_mm::ThpPolicy::Always);
+    w.vm.set_user_memory_region(&slot(0, GPA + K4, 4 * G, w.va, 0))
+        .expect("slot");
+    let (t, r) = w.vm.guest_touch(GPA + K4, 16, K4, false);
+    r.expect("touch");
+    assert_eq!((t.violations, w.vm.ept_leaves()), (16, leaves(0, 0, 16)));
+    let phys = w.phys.clone();
+    drop(w);
+    assert!(phys.leak_check().is_empty(), "stage-2 tables freed");
+}
+
+#[test]
+fn arm64_revoke_zaps_stage_2_through_the_mmu_notifier() {
+    let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    w.vm.guest_touch(GPA, 2, G, false).1.expect("touch");
+    assert_eq!(w.vm.ept_leaves(), leaves(2, 0, 0));
+    w.dev.set_memory_enable(false);
+    assert_eq!(
+        w.vm.ept_leaves(),
+        leaves(0, 0, 0),
+        "the BAR's blocks zapped"
+    );
+    let r = w.vm.guest_access(gpa_of(GPA), false);
+    assert!(r.is_err(), "a disabled BAR cannot be faulted back: {r:?}");
+}

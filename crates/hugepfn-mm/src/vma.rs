@@ -64,6 +64,10 @@ bitflags! {
         /// `VM_HUGEPFNMAP`: the RFC's design (b), not in Linux: call the driver's fault handler
         /// before `__handle_mm_fault` allocates PUD/PMD tables. Bit 32 is unused on x86-64.
         const HUGEPFNMAP = 0x1_0000_0000;
+        /// `VM_ALLOW_ANY_UNCACHED` (bit 39, Linux 6.10+): the driver (vfio-pci) says any
+        /// uncached type is safe for this device memory, so KVM/arm64 maps it Normal-NC at stage 2
+        /// instead of Device-nGnRE. Not shown in smaps' VmFlags.
+        const ALLOW_ANY_UNCACHED = 1 << 39;
     }
 }
 

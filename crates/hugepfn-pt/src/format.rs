@@ -7,13 +7,18 @@
 //! the engine ([`crate::tree::Tree`]) walks, allocates, locks, splits and frees, and asks the
 //! format only what an entry is and how to write one.
 //!
-//! Formats: [`X86_64`] (CPU, 4- and 5-level; its encoding lives in [`crate::entry`]), [`vtd`]
-//! (VT-d second level) and [`ept`] (Intel EPT as KVM's TDP MMU writes it).
+//! Formats: [`X86_64`] (CPU, 4- and 5-level; its encoding lives in [`crate::entry`]), [`arm64`]
+//! (stage 1 in the 4, 16 and 64 KiB granules), [`riscv`] (Sv39/48/57), [`cpu`] (whichever of
+//! those a machine runs), [`vtd`] (VT-d second level), [`ept`] (Intel EPT as KVM's TDP MMU writes
+//! it), [`arm64_s2`] (arm64 stage 2 as KVM writes it) and [`stage2`] (whichever of the last two a
+//! host runs).
 
 pub mod arm64;
+pub mod arm64_s2;
 pub mod cpu;
 pub mod ept;
 pub mod riscv;
+pub mod stage2;
 pub mod vtd;
 
 use std::fmt;

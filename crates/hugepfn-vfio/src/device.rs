@@ -386,6 +386,8 @@ impl FileOps for VfioDeviceFile {
         }
         vma.page_prot = pgprot_noncached(vma.page_prot);
         vma.flags |= VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND | VmFlags::DONTDUMP;
+        // "vfio: Convey kvm that the vfio-pci device is wc safe" (6.10)
+        vma.flags |= VmFlags::ALLOW_ANY_UNCACHED;
         if design == FaultPath::EarlyFault {
             ctx.vma.flags |= VmFlags::HUGEPFNMAP;
         }

@@ -96,8 +96,10 @@ pub struct GuestBootArgs {
     /// Run one world only.
     #[arg(long, value_enum)]
     pub only: Option<WorldKind>,
-    /// The host's architecture: x86_64 (default) or x86_64-5level. Others are refused: the
-    /// guest's second stage here is Intel's EPT (arm64 stage 2 is not modelled yet).
+    /// The host's architecture: x86_64 (default), x86_64-5level (Intel's EPT and the TDP MMU)
+    /// or arm64 (KVM/arm64's stage 2 and `user_mem_abort`; the IOMMU's tables are modelled in
+    /// VT-d's format, whose 4 KiB/2 MiB/1 GiB sizes the SMMU's 4 KiB granule shares). Others are
+    /// refused (riscv's G-stage is not modelled).
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<Arch>,
     /// Print JSON instead of the table.
@@ -192,6 +194,8 @@ pub struct WorldReport {
 pub struct GuestBootReport {
     /// What the model behaved as ("the corrected design", "Linux 7.3.4").
     pub model: String,
+    /// The host's architecture (x86-64: EPT; arm64: KVM/arm64's stage 2).
+    pub arch: Arch,
     /// BAR size.
     pub bar_size: u64,
     /// Decode toggles.
@@ -347,11 +351,11 @@ pub fn guest_boot(args: &GuestBootArgs) -> Result<GuestBootReport, GuestBootErro
     };
     let behaviour = Behaviour::from_option(args.kernel);
     let arch = args.arch.unwrap_or_default();
-    if arch.paging_mode().is_none() {
+    if arch.paging_mode().is_none() && arch != Arch::Arm64 {
         return Err(GuestBootError::Setup(format!(
-            "--arch {arch}: the guest's second stage is modelled as Intel's EPT only; \
-             {arch} hosts map BARs in the model (hugepfn demo --arch {arch}) but their KVM \
-             stage 2 is not built yet"
+            "--arch {arch}: the guest's second stage is modelled for x86-64 (EPT) and arm64 \
+             (4 KiB pages) only; {arch} hosts map BARs in the model (hugepfn demo --arch \
+             {arch}) but their KVM stage 2 is not built"
         )));
     }
     let dma = args.dma.unwrap_or(match behaviour.type1_batches() {
@@ -371,6 +375,7 @@ pub fn guest_boot(args: &GuestBootArgs) -> Result<GuestBootReport, GuestBootErro
     }
     Ok(GuestBootReport {
         model: behaviour.label(),
+        arch,
         bar_size: args.bar_size,
         toggles: args.toggles,
         dma,
@@ -397,10 +402,13 @@ fn dur(d: Duration) -> String {
 pub fn format(r: &GuestBootReport) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
+    let arm64 = r.arch == Arch::Arm64;
     let _ = writeln!(
         s,
-        "guest boot ({}): {} BAR at gpa/iova {:#x}, {} memory-decode toggles, DMA lookups {}",
+        "guest boot ({}, {} host, {}): {} BAR at gpa/iova {:#x}, {} memory-decode toggles, DMA lookups {}",
         r.model,
+        r.arch,
+        if arm64 { "KVM/arm64 stage 2" } else { "EPT" },
         format_size(r.bar_size),
         GUEST_BAR_GPA,
         r.toggles,
@@ -410,6 +418,7 @@ pub fn format(r: &GuestBootReport) -> String {
         }
     );
     let col = |w: &WorldReport| match w.world {
+        WorldKind::Huge if arm64 => "VA 1 GiB-aligned",
         WorldKind::Huge => "1 GiB host leaves",
         WorldKind::Small => "4 KiB (VA skewed 4K)",
     };
@@ -535,6 +544,18 @@ pub fn format(r: &GuestBootReport) -> String {
             ],
         ));
     }
+    // the second stage by its name on arm64
+    let rows: Vec<(String, Vec<String>)> = rows
+        .into_iter()
+        .map(|(k, v)| {
+            let k = if arm64 {
+                k.replace("EPT", "stage-2")
+            } else {
+                k.to_string()
+            };
+            (k, v)
+        })
+        .collect();
     let w0 = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, vals) in rows {
         let _ = write!(s, "{k:<w0$}");
@@ -650,7 +671,7 @@ mod tests {
     const G: u64 = 1 << 30;
 
     #[test]
-    fn a_five_level_host_boots_and_an_arm64_host_is_refused_with_the_reason() {
+    fn five_level_and_arm64_hosts_boot_and_riscv_is_refused_with_the_reason() {
         let mut args = GuestBootArgs {
             bar_size: G,
             toggles: 0,
@@ -662,7 +683,13 @@ mod tests {
         };
         let r = guest_boot(&args).expect("boot");
         assert_eq!(r.worlds[0].ept_leaves.pud, 1);
+        // arm64: the host maps PMDs at most, KVM's stage 2 still maps the GiB as one block
         args.arch = Some(Arch::Arm64);
+        let r = guest_boot(&args).expect("arm64 boot");
+        let w = &r.worlds[0];
+        assert_eq!((w.ept_leaves.pud, w.ept_violations), (1, 1));
+        assert_eq!(w.host_faults.pud, 0, "no PUD pfnmaps on arm64");
+        args.arch = Some(Arch::Riscv64Sv48);
         let e = guest_boot(&args).unwrap_err().to_string();
         assert!(e.contains("stage 2"), "{e}");
     }
