@@ -38,6 +38,7 @@
 
 use std::sync::{Arc, Weak};
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
 use hugepfn_mm::sync::{Mutex, MutexGuard, RwLock};
 
@@ -782,7 +783,7 @@ impl Inner {
         // hva_to_pfn_fast: get_user_page_fast_only
         inc(&self.c.gup_fast);
         let fast = mm.get_user_pages_fast(
-            hva,
+            UserAddr::new(hva),
             1,
             FollFlags {
                 write,
@@ -837,7 +838,7 @@ impl Inner {
                 Err(_) if !fixed_up => {
                     fixed_up = true;
                     inc(&self.c.host_fixups);
-                    mm.fixup_user_fault(hva, write)
+                    mm.fixup_user_fault(UserAddr::new(hva), write)
                         .map_err(|e| format!("fixup_user_fault: {e}"))?;
                 }
                 Err(e) => return Err(format!("follow_pfnmap_start: {e}")),

@@ -9,6 +9,7 @@ use hugepfn_kvm::{
     Vm, host_pfn_mapping_level,
 };
 use hugepfn_mm::addr::GuestPhysAddr;
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{LeafCounts, Level, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 fn gpa_of(a: u64) -> GuestPhysAddr {
@@ -206,7 +207,7 @@ fn munmap_and_memslot_delete_zap() {
     w.vm.guest_touch(GPA, 4 * G / K4, K4, true)
         .1
         .expect("touch");
-    w.mm.munmap(w.va + G, G).expect("munmap");
+    w.mm.munmap(UserAddr::new(w.va + G), G).expect("munmap");
     assert_eq!(w.vm.ept_leaves(), leaves(3, 0, 0));
     let e = w.vm.guest_access(gpa_of(GPA + G), true).unwrap_err();
     assert_eq!(e.errno_name(), "EFAULT");
@@ -280,7 +281,8 @@ fn teardown_frees_every_table() {
     } = w;
     drop(vm);
     // the notifier outlives the VM harmlessly
-    mm.munmap(0, 1 << 46).expect("munmap everything");
+    mm.munmap(UserAddr::new(0), 1 << 46)
+        .expect("munmap everything");
     drop(mm);
     drop(dev);
     assert!(phys.leak_check().is_empty(), "{:?}", phys.leak_check());

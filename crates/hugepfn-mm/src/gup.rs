@@ -7,6 +7,7 @@
 //! (`check_vma_flags`); and `fixup_user_fault`, which callers that need a pfnmap present
 //! (vfio type1, KVM's `hva_to_pfn_remapped`) use to fault it in and then `follow_pfnmap_start`.
 
+use crate::addr::UserAddr;
 use crate::entry::ProtFlags;
 use crate::error::{Errno, MmError};
 use crate::fault::{FaultFlags, VmFaultResult, access_error};
@@ -34,7 +35,8 @@ pub struct GupFast {
 impl Mm {
     /// `get_user_pages_fast(start, nr_pages, gup_flags)`: lockless; special entries (pfnmaps at
     /// any level) are refused, and so is a write to a read-only entry.
-    pub fn get_user_pages_fast(&self, start: u64, nr_pages: u64, flags: FollFlags) -> GupFast {
+    pub fn get_user_pages_fast(&self, start: UserAddr, nr_pages: u64, flags: FollFlags) -> GupFast {
+        let start = start.as_u64();
         let pt = self.page_tables();
         let mut out = GupFast::default();
         for i in 0..nr_pages {
@@ -77,12 +79,18 @@ impl Mm {
             if access_error(&vma, flags.write) {
                 return if i == 0 { Err(Errno::EFAULT) } else { Ok(i) };
             }
-            if self.get_user_pages_fast(addr, 1, flags).pinned == 0 {
+            if self
+                .get_user_pages_fast(UserAddr::new(addr), 1, flags)
+                .pinned
+                == 0
+            {
                 let mut ff = FaultFlags::REMOTE;
                 if flags.write {
                     ff |= FaultFlags::WRITE;
                 }
-                let o = self.handle_mm_fault(addr, ff).map_err(|_| Errno::EFAULT)?;
+                let o = self
+                    .handle_mm_fault(UserAddr::new(addr), ff)
+                    .map_err(|_| Errno::EFAULT)?;
                 if o.result.is_error() {
                     return if i == 0 { Err(Errno::EFAULT) } else { Ok(i) };
                 }
@@ -94,12 +102,13 @@ impl Mm {
     /// `fixup_user_fault(mm, address, fault_flags, &unlocked)`: fault `addr` in as if user space
     /// had touched it. `-EFAULT` for no VMA, a forbidden access, or a fault that ends in SIGBUS or
     /// SIGSEGV (vfio revoked, memory disabled); `-ENOMEM` on OOM.
-    pub fn fixup_user_fault(&self, addr: u64, write: bool) -> Result<(), Errno> {
+    pub fn fixup_user_fault(&self, addr: UserAddr, write: bool) -> Result<(), Errno> {
+        let addr = addr.as_u64();
         let mut ff = FaultFlags::REMOTE | FaultFlags::ALLOW_RETRY;
         if write {
             ff |= FaultFlags::WRITE;
         }
-        match self.handle_mm_fault(addr, ff) {
+        match self.handle_mm_fault(UserAddr::new(addr), ff) {
             Err(MmError::NoVma(_)) | Err(_) => Err(Errno::EFAULT),
             Ok(o) => match o.result {
                 VmFaultResult::Oom => Err(Errno::ENOMEM),

@@ -10,6 +10,7 @@
 
 use std::str::FromStr;
 
+use crate::addr::UserAddr;
 use crate::error::{Errno, MmError};
 use crate::mm::Mm;
 use crate::pgtable::PartialHuge;
@@ -149,7 +150,8 @@ fn new_flags(v: &Vma, a: Advice) -> Result<Option<VmFlags>, MmError> {
 
 impl Mm {
     /// `madvise(addr, len, advice)`.
-    pub fn madvise(&self, addr: u64, len: u64, advice: Advice) -> Result<(), MmError> {
+    pub fn madvise(&self, addr: UserAddr, len: u64, advice: Advice) -> Result<(), MmError> {
+        let addr = addr.as_u64();
         if !addr.is_multiple_of(4096) {
             return Err(refused(
                 Errno::EINVAL,

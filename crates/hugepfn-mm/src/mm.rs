@@ -10,6 +10,7 @@
 //! refused (`MAP_FIXED_NOREPLACE`), never silently replaced; the mmap base is fixed, not randomised,
 //! so runs are reproducible.
 
+use crate::addr::UserAddr;
 use crate::sync::atomic::Ordering;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
@@ -916,7 +917,8 @@ impl Mm {
     /// `munmap(addr, len)`: splits VMAs at the edges, zaps the range (a huge leaf partly inside is
     /// split first in a remap-populated VMA, zapped whole in a fault-backed one), and frees the
     /// page tables no VMA can use any more. Unmapping a range with no VMA succeeds, as in Linux.
-    pub fn munmap(&self, addr: u64, len: u64) -> Result<MunmapStats, MmError> {
+    pub fn munmap(&self, addr: UserAddr, len: u64) -> Result<MunmapStats, MmError> {
+        let addr = addr.as_u64();
         let end = self.check_syscall_range("munmap", addr, len)?;
         let mut tree = self.mmap_write();
         let hit: Vec<Vma> = tree.overlapping(addr, end).cloned().collect();
@@ -980,8 +982,8 @@ impl Mm {
 
     /// A user access to `addr`, as the CPU does it: walk; if no leaf allows the access, fault
     /// (`handle_mm_fault` under the mmap read lock) and retry.
-    pub fn access(&self, addr: u64, write: bool) -> Access {
-        self.access_inner(addr, write, true)
+    pub fn access(&self, addr: UserAddr, write: bool) -> Access {
+        self.access_inner(addr.as_u64(), write, true)
     }
 
     fn access_inner(&self, addr: u64, write: bool, count_segv: bool) -> Access {
@@ -1011,7 +1013,7 @@ impl Mm {
             if write {
                 flags |= FaultFlags::WRITE;
             }
-            match self.handle_mm_fault(addr, flags) {
+            match self.handle_mm_fault(UserAddr::new(addr), flags) {
                 Ok(o) => match o.result {
                     VmFaultResult::Sigbus => return Access::Sigbus,
                     VmFaultResult::Sigsegv => return Access::Sigsegv,
@@ -1036,12 +1038,13 @@ impl Mm {
     /// the mapping cannot change under a single-threaded loop).
     pub fn access_range(
         &self,
-        start: u64,
+        start: UserAddr,
         count: u64,
         stride: u64,
         write: bool,
         reverse: bool,
     ) -> RangeAccess {
+        let start = start.as_u64();
         let mut out = RangeAccess::default();
         let stride = stride.max(1);
         let mut i = 0u64;
@@ -1139,7 +1142,12 @@ impl Mm {
 
     /// `handle_mm_fault(vma, address, flags)` after `lock_vma_under_rcu`/`find_vma` and
     /// `access_error`: `Err` is a bad area (no VMA, or an access the VMA forbids): SIGSEGV.
-    pub fn handle_mm_fault(&self, addr: u64, flags: FaultFlags) -> Result<FaultOutcome, MmError> {
+    pub fn handle_mm_fault(
+        &self,
+        addr: UserAddr,
+        flags: FaultFlags,
+    ) -> Result<FaultOutcome, MmError> {
+        let addr = addr.as_u64();
         self.cfg.arch.check_va(addr)?;
         let g = self.mmap_read();
         let Some(vma) = g.find_vma(addr) else {

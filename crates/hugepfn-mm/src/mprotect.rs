@@ -10,6 +10,7 @@
 //! `-ENOMEM`, and a VMA whose flags would not change is not split (`hugepfn fuzz` found the
 //! model doing neither).
 
+use crate::addr::UserAddr;
 use crate::entry::Pgprot;
 use crate::error::{Errno, MmError};
 use crate::mm::{Mm, Prot};
@@ -39,7 +40,8 @@ fn refused(errno: Errno, reason: String) -> MmError {
 
 impl Mm {
     /// `mprotect(addr, len, prot)`.
-    pub fn mprotect(&self, addr: u64, len: u64, prot: Prot) -> Result<MprotectStats, MmError> {
+    pub fn mprotect(&self, addr: UserAddr, len: u64, prot: Prot) -> Result<MprotectStats, MmError> {
+        let addr = addr.as_u64();
         let mut st = MprotectStats::default();
         if len == 0 && addr.is_multiple_of(4096) {
             return Ok(st);

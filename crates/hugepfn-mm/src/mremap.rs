@@ -10,6 +10,7 @@
 //! MREMAP_FIXED move that keeps the length moves every VMA in the old range (`remap_move`);
 //! 6.12 refuses a range over more than one VMA with EFAULT.
 
+use crate::addr::UserAddr;
 use crate::error::{Errno, MmError};
 use crate::mm::Mm;
 use crate::pgtable::{LeafCounts, PartialHuge};
@@ -47,11 +48,12 @@ impl Mm {
     /// `mremap(old_addr, old_len, new_len, flags, new_addr)`.
     pub fn mremap(
         &self,
-        old_addr: u64,
+        old_addr: UserAddr,
         old_len: u64,
         new_len: u64,
         flags: MremapFlags,
     ) -> Result<MremapStats, MmError> {
+        let old_addr = old_addr.as_u64();
         let einval = |why: String| refused(Errno::EINVAL, why);
         if flags.fixed.is_some() && !flags.maymove {
             return Err(einval("MREMAP_FIXED needs MREMAP_MAYMOVE".into()));
@@ -104,9 +106,9 @@ impl Mm {
                 if self.cfg.mremap_moves_multiple_vmas && old_len == new_len {
                     return self.remap_move(old_addr, old_len, d);
                 }
-                self.munmap(d, new_len)?;
+                self.munmap(UserAddr::new(d), new_len)?;
                 if old_len > new_len {
-                    self.munmap(old_addr + new_len, old_len - new_len)?;
+                    self.munmap(UserAddr::new(old_addr + new_len), old_len - new_len)?;
                     old_len = new_len;
                 }
                 vma_to_resize(old_len)?;
@@ -116,7 +118,7 @@ impl Mm {
                 // Always allow a shrinking remap, whatever VMAs the old range covers.
                 if old_len >= new_len {
                     if old_len > new_len {
-                        self.munmap(old_addr + new_len, old_len - new_len)?;
+                        self.munmap(UserAddr::new(old_addr + new_len), old_len - new_len)?;
                     }
                     return Ok(MremapStats {
                         addr: old_addr,
@@ -203,7 +205,7 @@ impl Mm {
         };
         for (a, b) in pieces {
             let target = dst + (a - old_addr);
-            self.munmap(target, b - a)?;
+            self.munmap(UserAddr::new(target), b - a)?;
             let (m, z) = self.move_piece(a, b - a, target)?;
             st.moved.pud += m.pud;
             st.moved.pmd += m.pmd;

@@ -18,6 +18,7 @@
 
 use std::fmt::Write as _;
 
+use crate::addr::UserAddr;
 use crate::entry::Decoded;
 use crate::error::{Errno, MmError};
 use crate::level::Level;
@@ -328,7 +329,8 @@ impl Mm {
     /// `mincore(addr, len)`: one byte per page, 1 = resident. EINVAL for an unaligned `addr`,
     /// ENOMEM where no VMA maps the range. Linux 6.12 skips a VM_PFNMAP VMA (its holes look up
     /// the device's empty page cache: 0); 7.3 walks it ([`crate::MmConfig::mincore_walks_pfnmap`]).
-    pub fn mincore(&self, addr: u64, len: u64) -> Result<(Vec<u8>, WalkStats), MmError> {
+    pub fn mincore(&self, addr: UserAddr, len: u64) -> Result<(Vec<u8>, WalkStats), MmError> {
+        let addr = addr.as_u64();
         if !addr.is_multiple_of(Level::Pte.size()) {
             return Err(MmError::Unaligned {
                 what: "address",

@@ -12,6 +12,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{CacheMode, MmError, Pgprot};
 use proptest::prelude::*;
 
@@ -234,7 +235,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Munmap { off, len } => {
                 let addr = ARENA + off;
-                let res = mm.munmap(addr, len);
+                let res = mm.munmap(UserAddr::new(addr), len);
                 if let Ok(st) = &res {
                     STATS[3].fetch_add(st.splits, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -279,7 +280,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     check_leaves(&mm, &r, true)?;
     // Unmap everything: only the PGD remains; drop: nothing remains.
-    mm.munmap(ARENA, SPAN)
+    mm.munmap(UserAddr::new(ARENA), SPAN)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(mm.table_counts().total(), 1);
     drop(mm);

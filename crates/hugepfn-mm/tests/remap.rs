@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{CacheMode, LeafCap, Level, MmConfig, MmError, Pgprot, TableCounts};
 
 const BAR1: u64 = 0x1000_0000_0000;
@@ -279,7 +280,7 @@ fn munmap_splits_huge_leaves_of_remapped_vmas() {
         .unwrap();
     // A 4 KiB hole in the middle of the first GiB.
     let hole = G + 0x3fe0_3000;
-    let st = mm.munmap(hole, 4096).unwrap();
+    let st = mm.munmap(UserAddr::new(hole), 4096).unwrap();
     assert_eq!(st.splits, 2, "PUD → PMDs, then one PMD → PTEs");
     assert_eq!(st.vmas_split, 2, "one split at each edge of the hole");
     let c = mm.all_leaves();
@@ -307,7 +308,7 @@ fn munmap_splits_huge_leaves_of_remapped_vmas() {
     assert_eq!(right.start, hole + 4096);
     assert_eq!(right.pgoff, (hole + 4096 - G) >> 12);
     // Unmap everything: every table but the PGD goes; then drop the mm: nothing leaks.
-    let st = mm.munmap(G, 2 * G).unwrap();
+    let st = mm.munmap(UserAddr::new(G), 2 * G).unwrap();
     assert_eq!(st.vmas_removed, 2);
     assert_eq!(mm.all_leaves().total(), 0);
     assert_eq!(mm.table_counts().total(), 1);
@@ -324,25 +325,31 @@ fn munmap_errors_change_nothing() {
         .unwrap();
     let before = snapshot(&mm);
     assert!(matches!(
-        mm.munmap(G + 1, 4096),
+        mm.munmap(UserAddr::new(G + 1), 4096),
         Err(MmError::Unaligned { .. })
     ));
-    assert!(matches!(mm.munmap(G, 0), Err(MmError::ZeroLength(_))));
     assert!(matches!(
-        mm.munmap(G, u64::MAX - 4095),
+        mm.munmap(UserAddr::new(G), 0),
+        Err(MmError::ZeroLength(_))
+    ));
+    assert!(matches!(
+        mm.munmap(UserAddr::new(G), u64::MAX - 4095),
         Err(MmError::Overflow { .. })
     ));
     assert!(matches!(
-        mm.munmap(0x7fff_ffff_f000, 8192),
+        mm.munmap(UserAddr::new(0x7fff_ffff_f000), 8192),
         Err(MmError::Overflow { .. })
     ));
     assert_eq!(snapshot(&mm), before);
     // Nothing mapped there: fine, and still nothing changed.
-    assert_eq!(mm.munmap(8 * G, 4096).unwrap().vmas_removed, 0);
+    assert_eq!(
+        mm.munmap(UserAddr::new(8 * G), 4096).unwrap().vmas_removed,
+        0
+    );
     assert_eq!(snapshot(&mm), before);
     // A length that is not a page multiple is rounded up (PAGE_ALIGN), as munmap(2) says:
     // 4097 bytes unmap two pages.
-    mm.munmap(G, 4097).unwrap();
+    mm.munmap(UserAddr::new(G), 4097).unwrap();
     assert!(mm.find_vma(G).is_none() && mm.find_vma(G + 4096).is_none());
     assert_eq!(mm.find_vma(G + 8192).map(|v| v.start), Some(G + 8192));
 }
@@ -456,7 +463,7 @@ fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
     assert!(mm.mmap_read().follow_pfnmap_start(uva(G)).is_err());
     // half the PMD's range: its PTEs are moved one by one (a whole PMD would move the pointer)
     let moved = mm.mremap(
-        G,
+        UserAddr::new(G),
         M,
         M,
         hugepfn_mm::mremap::MremapFlags {
@@ -476,7 +483,7 @@ fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
     // the real pointer back: the mapping is whole again, and munmap clears it
     pt.ptl(pmd).set(pmd, good);
     assert_eq!(pt.lookup(G).map(|(l, _)| l.pfn.as_u64()), Some(BAR1 >> 12));
-    mm.munmap(G, 2 * M).unwrap();
+    mm.munmap(UserAddr::new(G), 2 * M).unwrap();
     assert_eq!(pt.first_mapped(G, G + 2 * M), None);
 }
 

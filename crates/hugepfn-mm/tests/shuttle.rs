@@ -15,6 +15,7 @@ use common::uva;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::error::Errno;
 use hugepfn_mm::fault::{
     VmFault, VmFaultResult, vmf_insert_pfn, vmf_insert_pfn_pmd, vmf_insert_pfn_pud,
@@ -228,11 +229,11 @@ fn two_faults(bugs: Bugs, thp: ThpPolicy) {
     let w = Arc::new(world(2 * M, thp, bugs, true, false));
     let a = {
         let w = w.clone();
-        shuttle::thread::spawn(move || w.mm.access(w.va, true))
+        shuttle::thread::spawn(move || w.mm.access(UserAddr::new(w.va), true))
     };
     let b = {
         let w = w.clone();
-        shuttle::thread::spawn(move || w.mm.access(w.va + 4096, true))
+        shuttle::thread::spawn(move || w.mm.access(UserAddr::new(w.va + 4096), true))
     };
     let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
     assert!(
@@ -272,7 +273,7 @@ fn fault_vs_revoke(toctou: bool) {
     let w = Arc::new(world(2 * G, ThpPolicy::Always, Bugs::empty(), true, toctou));
     let a = {
         let w = w.clone();
-        shuttle::thread::spawn(move || w.mm.access(w.va + G + 4096, true))
+        shuttle::thread::spawn(move || w.mm.access(UserAddr::new(w.va + G + 4096), true))
     };
     let b = {
         let w = w.clone();
@@ -303,7 +304,10 @@ fn buggy_memory_check_outside_the_lock_is_caught() {
 
 fn follow_vs_zap(bugs: Bugs) {
     let w = Arc::new(world(2 * G, ThpPolicy::Always, bugs, true, false));
-    assert!(matches!(w.mm.access(w.va, true), Access::Ok { .. }));
+    assert!(matches!(
+        w.mm.access(UserAddr::new(w.va), true),
+        Access::Ok { .. }
+    ));
     let a = {
         let w = w.clone();
         shuttle::thread::spawn(move || {
@@ -350,7 +354,10 @@ fn walk_vs_refault(bugs: Bugs) {
     // past a special leaf and never splits it).
     let bugs = bugs | Bugs::PAGEWALK_SPLITS_SPECIAL_LEAVES;
     let w = Arc::new(world(2 * G, ThpPolicy::Always, bugs, true, false));
-    assert!(matches!(w.mm.access(w.va, true), Access::Ok { .. }));
+    assert!(matches!(
+        w.mm.access(UserAddr::new(w.va), true),
+        Access::Ok { .. }
+    ));
     let a = {
         let w = w.clone();
         shuttle::thread::spawn(move || {
@@ -360,7 +367,7 @@ fn walk_vs_refault(bugs: Bugs) {
     };
     let b = {
         let w = w.clone();
-        shuttle::thread::spawn(move || w.mm.access(w.va + 0x10_0000, false))
+        shuttle::thread::spawn(move || w.mm.access(UserAddr::new(w.va + 0x10_0000), false))
     };
     let r = a.join().unwrap();
     b.join().unwrap();
@@ -387,11 +394,11 @@ fn pte_vs_pmd(bugs: Bugs) {
     let w = Arc::new(world(2 * M, ThpPolicy::Always, bugs, false, false));
     let a = {
         let w = w.clone();
-        shuttle::thread::spawn(move || w.mm.access(w.va + 0x3000, true))
+        shuttle::thread::spawn(move || w.mm.access(UserAddr::new(w.va + 0x3000), true))
     };
     let b = {
         let w = w.clone();
-        shuttle::thread::spawn(move || w.mm.access(w.va, true))
+        shuttle::thread::spawn(move || w.mm.access(UserAddr::new(w.va), true))
     };
     let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
     assert!(

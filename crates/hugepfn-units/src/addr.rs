@@ -368,6 +368,50 @@ impl fmt::Display for IoVirtAddr {
     }
 }
 
+/// An address as a process uses it: a system call's `unsigned long addr` (munmap, mprotect,
+/// madvise, mremap, mincore) or a load or store the CPU makes.
+///
+/// Every 64-bit value is one a process can pass, so the constructor cannot fail: the call that
+/// receives it checks it as Linux does, with Linux's errno (EINVAL past `TASK_SIZE` for munmap,
+/// ENOMEM for mprotect of an unmapped range, SIGSEGV for a load from a non-canonical address).
+/// It is a distinct type so that a length, an IOVA or a physical address cannot be passed where
+/// a user address is meant; kernel-internal walkers take a checked [`VirtAddr`] instead.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserAddr(u64);
+
+impl UserAddr {
+    /// The user address `addr`.
+    #[inline]
+    pub const fn new(addr: u64) -> Self {
+        UserAddr(addr)
+    }
+
+    /// The raw value.
+    #[inline]
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<VirtAddr> for UserAddr {
+    fn from(va: VirtAddr) -> Self {
+        UserAddr(va.as_u64())
+    }
+}
+
+impl fmt::Debug for UserAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserAddr({:#x})", self.0)
+    }
+}
+
+impl fmt::Display for UserAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

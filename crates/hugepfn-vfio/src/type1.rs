@@ -36,6 +36,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -554,7 +555,7 @@ impl VfioIommu {
                 Err(_) if !fixed_up => {
                     c.fixups += 1;
                     fixed_up = true;
-                    mm.fixup_user_fault(vaddr, write).map_err(|e| {
+                    mm.fixup_user_fault(UserAddr::new(vaddr), write).map_err(|e| {
                         fault(
                             vaddr,
                             format!(

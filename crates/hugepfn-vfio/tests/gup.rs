@@ -5,6 +5,7 @@ use common::uva;
 
 use std::sync::{Arc, Mutex};
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{Errno, FollFlags, Level, Mm, MmConfig, MmapAddr, MmuNotifier};
 use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets};
 
@@ -35,11 +36,11 @@ fn gup_fast_refuses_special_huge_leaves_and_slow_gup_efaults() {
         longterm: false,
     };
     assert_eq!(
-        mm.get_user_pages_fast(va, 4, w).stopped,
+        mm.get_user_pages_fast(UserAddr::new(va), 4, w).stopped,
         Some("not present")
     );
-    mm.fixup_user_fault(va, true).unwrap();
-    let g = mm.get_user_pages_fast(va, 4, w);
+    mm.fixup_user_fault(UserAddr::new(va), true).unwrap();
+    let g = mm.get_user_pages_fast(UserAddr::new(va), 4, w);
     assert_eq!(
         (g.pinned, g.stopped),
         (0, Some("special")),
@@ -51,13 +52,20 @@ fn gup_fast_refuses_special_huge_leaves_and_slow_gup_efaults() {
 #[test]
 fn fixup_user_fault_then_follow_sees_the_pud() {
     let (dev, mm, va) = setup();
-    mm.fixup_user_fault(va + G + 0x5000, false).unwrap();
+    mm.fixup_user_fault(UserAddr::new(va + G + 0x5000), false)
+        .unwrap();
     let f = mm.follow_pfnmap(uva(va + G + 0x5000)).unwrap();
     assert_eq!(f.level, Level::Pud);
     assert_eq!(f.pfn.as_u64(), (0xff_0000_0000u64 + G + 0x5000) >> 12);
     dev.set_memory_enable(false);
-    assert_eq!(mm.fixup_user_fault(va, false), Err(Errno::EFAULT));
-    assert_eq!(mm.fixup_user_fault(va - 4096, false), Err(Errno::EFAULT));
+    assert_eq!(
+        mm.fixup_user_fault(UserAddr::new(va), false),
+        Err(Errno::EFAULT)
+    );
+    assert_eq!(
+        mm.fixup_user_fault(UserAddr::new(va - 4096), false),
+        Err(Errno::EFAULT)
+    );
 }
 
 #[test]
@@ -65,12 +73,12 @@ fn revoke_and_munmap_notify_secondary_mmus() {
     let (dev, mm, va) = setup();
     let log = Arc::new(Log::default());
     mm.page_tables().register_mmu_notifier(log.clone());
-    mm.access_range(va, 2 * G / 4096, 4096, true, false);
+    mm.access_range(UserAddr::new(va), 2 * G / 4096, 4096, true, false);
     dev.set_memory_enable(false);
     assert_eq!(*log.0.lock().unwrap(), vec![(va, va + 2 * G)]);
     dev.set_memory_enable(true);
-    mm.fixup_user_fault(va, true).unwrap();
-    mm.munmap(va, 4096).unwrap();
+    mm.fixup_user_fault(UserAddr::new(va), true).unwrap();
+    mm.munmap(UserAddr::new(va), 4096).unwrap();
     assert_eq!(
         log.0.lock().unwrap().last(),
         Some(&(va, va + G)),

@@ -6,6 +6,7 @@ use common::uva;
 
 use std::sync::Arc;
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::fork::fork_warnings;
 use hugepfn_mm::madvise::Advice;
 use hugepfn_mm::mremap::MremapFlags;
@@ -68,7 +69,7 @@ fn remapped(len: u64, shared: bool) -> (Arc<PhysMem>, Arc<Mm>, u64) {
 }
 
 fn touch(mm: &Mm, va: u64, len: u64, write: bool) -> hugepfn_mm::RangeAccess {
-    mm.access_range(va, len / 4096, 4096, write, false)
+    mm.access_range(UserAddr::new(va), len / 4096, 4096, write, false)
 }
 
 fn pfn_at(mm: &Mm, va: u64) -> u64 {
@@ -95,7 +96,7 @@ fn fork_copies_huge_special_leaves_as_they_are() {
     assert_eq!(dev.mapping().mapcount(), 2);
     let z = dev.set_memory_enable(false).unwrap();
     assert_eq!((z.mms, z.zapped.pud), (2, 4));
-    assert_eq!(child.access(va, false), Access::Sigbus);
+    assert_eq!(child.access(UserAddr::new(va), false), Access::Sigbus);
     assert_eq!(fork_warnings(), before);
 }
 
@@ -106,7 +107,7 @@ fn fork_copies_huge_special_leaves_as_they_are() {
 #[test]
 fn regress_47fa30118f02_fork_checks_present_before_special() {
     let (_p, mm, va) = remapped(4 * M, false); // a CoW VMA
-    mm.munmap(va, 2 * M).unwrap();
+    mm.munmap(UserAddr::new(va), 2 * M).unwrap();
     let vma = mm.find_vma(va + 2 * M).unwrap();
     assert!(vma.flags.is_cow_mapping());
     // Put a "migration entry" into the PMD slot of the second 2 MiB: P clear, PSE, RW, bit 9.
@@ -143,8 +144,14 @@ fn cow_pfnmap_copies_on_write_and_keeps_small_entries() {
     assert_eq!(mm.all_leaves().pte, 1024, "CoW VMAs get 4 KiB entries only");
     assert!(!mm.follow_pfnmap(uva(va)).unwrap().writable);
     // Reading maps the device; writing copies the page.
-    assert!(matches!(mm.access(va, false), Access::Ok { faults: 0, .. }));
-    assert!(matches!(mm.access(va, true), Access::Ok { faults: 1, .. }));
+    assert!(matches!(
+        mm.access(UserAddr::new(va), false),
+        Access::Ok { faults: 0, .. }
+    ));
+    assert!(matches!(
+        mm.access(UserAddr::new(va), true),
+        Access::Ok { faults: 1, .. }
+    ));
     let f = mm.follow_pfnmap(uva(va)).unwrap();
     assert!(!f.special && f.writable, "an anonymous copy now");
     assert_eq!(
@@ -158,7 +165,7 @@ fn cow_pfnmap_copies_on_write_and_keeps_small_entries() {
     assert_eq!(st.wrprotected, 1);
     assert_eq!(phys.page_refs(f.pfn), 2);
     assert!(matches!(
-        child.access(va, true),
+        child.access(UserAddr::new(va), true),
         Access::Ok { faults: 1, .. }
     ));
     let cf = child.follow_pfnmap(uva(va)).unwrap();
@@ -166,7 +173,10 @@ fn cow_pfnmap_copies_on_write_and_keeps_small_entries() {
     assert_eq!(phys.page_content(cf.pfn), Some(BAR >> 12));
     assert_eq!(phys.page_refs(f.pfn), 1);
     // The parent reuses its page (now exclusive) without copying.
-    assert!(matches!(mm.access(va, true), Access::Ok { faults: 1, .. }));
+    assert!(matches!(
+        mm.access(UserAddr::new(va), true),
+        Access::Ok { faults: 1, .. }
+    ));
     assert_eq!(mm.follow_pfnmap(uva(va)).unwrap().pfn, f.pfn);
     assert_eq!(phys.anon_pages(), 2);
     drop(child);
@@ -179,7 +189,7 @@ fn cow_pfnmap_copies_on_write_and_keeps_small_entries() {
 fn mprotect_zaps_straddling_leaves_of_fault_backed_vmas() {
     let (_p, _d, mm, va) = vfio(2 * G, 0);
     touch(&mm, va, 2 * G, true);
-    let st = mm.mprotect(va + G, 2 * M, Prot::R).unwrap();
+    let st = mm.mprotect(UserAddr::new(va + G), 2 * M, Prot::R).unwrap();
     assert_eq!(st.splits, 2);
     assert_eq!(mm.vmas().len(), 3);
     assert_eq!(
@@ -197,20 +207,25 @@ fn mprotect_zaps_straddling_leaves_of_fault_backed_vmas() {
     let f = mm.follow_pfnmap(uva(va + G)).unwrap();
     assert!(!f.writable && f.level == Level::Pmd);
     // PROT_NONE: every access is refused; then back to read/write.
-    mm.mprotect(va, G, Prot::NONE).unwrap();
-    assert_eq!(mm.access(va + 4096, false), Access::Sigsegv);
-    mm.mprotect(va, G, Prot::RW).unwrap();
-    assert!(matches!(mm.access(va + 4096, true), Access::Ok { .. }));
+    mm.mprotect(UserAddr::new(va), G, Prot::NONE).unwrap();
+    assert_eq!(mm.access(UserAddr::new(va + 4096), false), Access::Sigsegv);
+    mm.mprotect(UserAddr::new(va), G, Prot::RW).unwrap();
+    assert!(matches!(
+        mm.access(UserAddr::new(va + 4096), true),
+        Access::Ok { .. }
+    ));
     assert_eq!(
         mm.follow_pfnmap(uva(va)).unwrap().level,
         Level::Pud,
         "changed in place, not zapped"
     );
     // Never merged back: VM_SPECIAL VMAs do not merge.
-    mm.mprotect(va + G, 2 * M, Prot::RW).unwrap();
+    mm.mprotect(UserAddr::new(va + G), 2 * M, Prot::RW).unwrap();
     assert_eq!(mm.vmas().len(), 3);
     assert_eq!(
-        mm.mprotect(va - 4096, 8192, Prot::R).unwrap_err().errno(),
+        mm.mprotect(UserAddr::new(va - 4096), 8192, Prot::R)
+            .unwrap_err()
+            .errno(),
         Errno::ENOMEM
     );
 }
@@ -219,7 +234,8 @@ fn mprotect_zaps_straddling_leaves_of_fault_backed_vmas() {
 fn mprotect_splits_remapped_leaves_in_place() {
     let (_p, mm, va) = remapped(2 * G, true);
     assert_eq!(mm.all_leaves().pud, 2);
-    mm.mprotect(va + G + 4096, 4096, Prot::R).unwrap();
+    mm.mprotect(UserAddr::new(va + G + 4096), 4096, Prot::R)
+        .unwrap();
     let l = mm.all_leaves();
     assert_eq!((l.pud, l.pmd, l.pte), (1, 511, 512));
     for off in [0, G, G + 4096, G + 8192, 2 * G - 4096] {
@@ -235,7 +251,9 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     let (_p, _d, mm, va) = vfio(2 * G, 0);
     touch(&mm, va, 2 * G, true);
     let dst = mm.find_aligned_area(2 * G, G, 0).unwrap();
-    let st = mm.mremap(va, 2 * G, 2 * G, move_to(dst)).unwrap();
+    let st = mm
+        .mremap(UserAddr::new(va), 2 * G, 2 * G, move_to(dst))
+        .unwrap();
     assert_eq!((st.addr, st.moved.pud, st.zapped.total()), (dst, 2, 0));
     let before = mm.fault_counts();
     touch(&mm, dst, 2 * G, true);
@@ -243,7 +261,9 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     assert_eq!(pfn_at(&mm, dst + G), (BAR + G) >> 12);
     // Breaks it (VA ≡ 2 MiB mod 1 GiB): zapped, refault as PMDs.
     let dst2 = mm.find_aligned_area(2 * G, G, 2 * M).unwrap();
-    let st = mm.mremap(dst, 2 * G, 2 * G, move_to(dst2)).unwrap();
+    let st = mm
+        .mremap(UserAddr::new(dst), 2 * G, 2 * G, move_to(dst2))
+        .unwrap();
     assert_eq!((st.moved.total(), st.zapped.pud), (0, 2));
     let before = mm.fault_counts();
     touch(&mm, dst2, 2 * G, true);
@@ -252,7 +272,7 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     // Growing a pfnmap is refused; shrinking works.
     let e = mm
         .mremap(
-            dst2,
+            UserAddr::new(dst2),
             2 * G,
             4 * G,
             MremapFlags {
@@ -262,7 +282,9 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
         )
         .unwrap_err();
     assert_eq!(e.errno(), Errno::EFAULT);
-    let st = mm.mremap(dst2, 2 * G, G, MremapFlags::default()).unwrap();
+    let st = mm
+        .mremap(UserAddr::new(dst2), 2 * G, G, MremapFlags::default())
+        .unwrap();
     assert_eq!(st.addr, dst2);
     assert_eq!(mm.vmas()[0].len(), G);
 }
@@ -286,7 +308,9 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
         let (phys, _dev, mm, va) = vfio_with(cfg, 2 * G, 0);
         touch(&mm, va, 2 * G, true);
         let dst = mm.find_aligned_area(2 * G, G, 0).unwrap();
-        let st = mm.mremap(va, 2 * G, 2 * G, move_to(dst)).unwrap();
+        let st = mm
+            .mremap(UserAddr::new(va), 2 * G, 2 * G, move_to(dst))
+            .unwrap();
         let hz = mm.page_tables().hazards().cleared_without_flush;
         let before = mm.fault_counts();
         touch(&mm, dst, 2 * G, true);
@@ -309,7 +333,9 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
 fn mremap_of_a_remapped_vma_keeps_every_pfn() {
     let (phys, mm, va) = remapped(2 * G, true);
     let dst = mm.find_aligned_area(2 * G, G, 4096).unwrap();
-    let st = mm.mremap(va, 2 * G, 2 * G, move_to(dst)).unwrap();
+    let st = mm
+        .mremap(UserAddr::new(va), 2 * G, 2 * G, move_to(dst))
+        .unwrap();
     assert_eq!(
         st.zapped.total(),
         0,
@@ -338,7 +364,7 @@ fn madvise_on_pfnmaps_refuses_what_linux_refuses() {
         Advice::Dofork,
         Advice::Dodump,
     ] {
-        let e = mm.madvise(va, 2 * M, a).unwrap_err();
+        let e = mm.madvise(UserAddr::new(va), 2 * M, a).unwrap_err();
         assert_eq!(e.errno(), Errno::EINVAL, "{a:?}");
     }
     assert_eq!(mm.vmas().len(), 1, "refusals change nothing");
@@ -351,11 +377,13 @@ fn madvise_on_pfnmaps_refuses_what_linux_refuses() {
         Advice::Keeponfork,
         Advice::Dontdump,
     ] {
-        mm.madvise(va, 2 * G, a).unwrap();
+        mm.madvise(UserAddr::new(va), 2 * G, a).unwrap();
     }
     // NOHUGEPAGE on the second GiB splits the VMA; it then faults at 4 KiB.
-    mm.madvise(va, 2 * G, Advice::Dofork).unwrap_err();
-    mm.madvise(va + G, G, Advice::Nohugepage).unwrap();
+    mm.madvise(UserAddr::new(va), 2 * G, Advice::Dofork)
+        .unwrap_err();
+    mm.madvise(UserAddr::new(va + G), G, Advice::Nohugepage)
+        .unwrap();
     assert_eq!(mm.vmas().len(), 2);
     assert!(
         mm.find_vma(va + G)
@@ -367,7 +395,7 @@ fn madvise_on_pfnmaps_refuses_what_linux_refuses() {
     let f = mm.fault_counts();
     assert_eq!((f.pud, f.pte), (1, 262_144));
     assert_eq!(
-        mm.madvise(va + 2 * G - 4096, 8192, Advice::Normal)
+        mm.madvise(UserAddr::new(va + 2 * G - 4096), 8192, Advice::Normal)
             .unwrap_err()
             .errno(),
         Errno::ENOMEM

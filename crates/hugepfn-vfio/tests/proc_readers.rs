@@ -7,6 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::pgtable::Bugs;
 use hugepfn_mm::task_mmu::{PM_PRESENT, ProcFile};
 use hugepfn_mm::{Mm, MmConfig, MmapAddr};
@@ -23,7 +24,7 @@ fn mapped(skew: u64, cfg: MmConfig) -> (Arc<Mm>, u64, Arc<VfioPciDevice>) {
     let mm = Mm::new(phys, cfg).unwrap();
     let at = MmapAddr::Fixed(mm.find_aligned_area(2 * G, G, skew).unwrap());
     let va = common::map_bar(&mm, &dev, 2, 0, 2 * G, at).unwrap();
-    mm.access_range(va, 2 * G / 4096, 4096, true, false);
+    mm.access_range(UserAddr::new(va), 2 * G / 4096, 4096, true, false);
     (mm, va, dev)
 }
 
@@ -102,7 +103,7 @@ fn pagemap_and_clear_refs_skip_vm_pfnmap() {
 fn mincore_skips_a_bar_on_6_12_and_sees_every_mapped_page_on_7_3() {
     for skew in [0, 2 * M, 4096] {
         let (mm, va, _d) = mapped(skew, kernel_cfg());
-        let (v, _) = mm.mincore(va, 2 * G).unwrap();
+        let (v, _) = mm.mincore(UserAddr::new(va), 2 * G).unwrap();
         assert_eq!(v.len(), 524_288);
         assert!(
             v.iter().all(|b| *b == 0),
@@ -114,7 +115,7 @@ fn mincore_skips_a_bar_on_6_12_and_sees_every_mapped_page_on_7_3() {
         };
         let (mm, va, _d) = mapped(skew, cfg);
         let leaves = mm.leaves(va, va + 2 * G);
-        let (v, st) = mm.mincore(va, 2 * G).unwrap();
+        let (v, st) = mm.mincore(UserAddr::new(va), 2 * G).unwrap();
         assert_eq!(
             v.iter().filter(|b| **b == 1).count(),
             524_288,
@@ -127,11 +128,13 @@ fn mincore_skips_a_bar_on_6_12_and_sees_every_mapped_page_on_7_3() {
         assert_eq!(mm.leaves(va, va + 2 * G), leaves);
         // unmapped: ENOMEM; unaligned: EINVAL
         assert_eq!(
-            mm.mincore(va + 2 * G, 4096).unwrap_err().errno(),
+            mm.mincore(UserAddr::new(va + 2 * G), 4096)
+                .unwrap_err()
+                .errno(),
             hugepfn_mm::Errno::ENOMEM
         );
         assert_eq!(
-            mm.mincore(va + 1, 4096).unwrap_err().errno(),
+            mm.mincore(UserAddr::new(va + 1), 4096).unwrap_err().errno(),
             hugepfn_mm::Errno::EINVAL
         );
     }

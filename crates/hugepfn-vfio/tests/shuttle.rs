@@ -10,6 +10,7 @@ mod common;
 
 use std::sync::Arc;
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{Access, Mm, MmConfig, MmapAddr};
 use hugepfn_vfio::{HugeFaultLogic, presets};
 
@@ -58,7 +59,7 @@ fn faults_racing_memory_disable_leave_no_leaf() {
             .into_iter()
             .map(|off| {
                 let mm = mm.clone();
-                shuttle::thread::spawn(move || mm.access(va + off, true))
+                shuttle::thread::spawn(move || mm.access(UserAddr::new(va + off), true))
             })
             .collect();
         let d2 = dev.clone();
@@ -94,7 +95,7 @@ fn a_fault_racing_a_decode_toggle_ends_consistent() {
         let va = mm.find_aligned_area(4 * M, 2 * M, 0).unwrap();
         let va = common::map_bar(&mm, &dev, 2, 0, 4 * M, MmapAddr::Fixed(va)).unwrap();
         let m2 = mm.clone();
-        let fault = shuttle::thread::spawn(move || m2.access(va + 12288, false));
+        let fault = shuttle::thread::spawn(move || m2.access(UserAddr::new(va + 12288), false));
         let d2 = dev.clone();
         let toggle = shuttle::thread::spawn(move || {
             d2.set_memory_enable(false);
@@ -106,6 +107,9 @@ fn a_fault_racing_a_decode_toggle_ends_consistent() {
         let pt = mm.page_tables();
         assert_eq!(pt.reachable_tables(), pt.table_counts().total());
         // Memory is on again: the next access maps (refaults if it was zapped).
-        assert!(matches!(mm.access(va + 12288, false), Access::Ok { .. }));
+        assert!(matches!(
+            mm.access(UserAddr::new(va + 12288), false),
+            Access::Ok { .. }
+        ));
     });
 }

@@ -9,6 +9,7 @@ use common::uva;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{Access, Mm, MmConfig, MmapAddr};
 use hugepfn_vfio::{HugeFaultLogic, presets};
 
@@ -54,7 +55,7 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
                     let off = (r.next() % (LEN / 4096)) * 4096;
                     match r.next() % 100 {
                         0..=59 => {
-                            let a = mm.access(va + off, r.next().is_multiple_of(2));
+                            let a = mm.access(UserAddr::new(va + off), r.next().is_multiple_of(2));
                             assert!(
                                 matches!(a, Access::Ok { .. } | Access::Sigbus | Access::NoVma),
                                 "{a:?}"
@@ -72,7 +73,7 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
                         _ => {
                             // Unmap a 2 MiB piece and map it again at the same place.
                             let piece = off & !(2 * M - 1);
-                            if mm.munmap(va + piece, 2 * M).is_ok() {
+                            if mm.munmap(UserAddr::new(va + piece), 2 * M).is_ok() {
                                 let _ = map(va + piece, 2 * M);
                             }
                         }
@@ -96,7 +97,7 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
         }
         off += 2 * M;
     }
-    let r = mm.access_range(va, LEN / 4096, 4096, true, false);
+    let r = mm.access_range(UserAddr::new(va), LEN / 4096, 4096, true, false);
     assert_eq!((r.sigbus, r.no_vma, r.oom), (0, 0, 0));
     mm.page_tables().for_each_leaf(va, va + LEN, &mut |lva, l| {
         assert_eq!(

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use hugepfn_mm::addr::IoVirtAddr;
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PhysAddr, PhysMem, Prot};
 use hugepfn_vfio::iommu::{CapReg, IommuProt};
 use hugepfn_vfio::type1::{DmaMapRequest, PfnLookup, Type1Error, VfioIommu};
@@ -139,7 +140,7 @@ fn selftest_map_bar_misaligned() {
     assert_eq!(c.iommu_entries(), leaves(1, 0, 0));
     assert_translates(&w, &c, va, IOVA, G);
     c.unmap_dma(IOVA, G).expect("unmap");
-    assert_eq!(w.mm.munmap(va, G).map(|_| ()), Ok(()));
+    assert_eq!(w.mm.munmap(UserAddr::new(va), G).map(|_| ()), Ok(()));
 }
 
 // ----- the published figure ---------------------------------------------------------------
@@ -332,7 +333,7 @@ fn efault_when_the_bar_cannot_be_faulted_in() {
     );
     w.dev.set_memory_enable(true);
     // a failure in the middle unmaps what the new mapping had mapped, nothing else
-    w.mm.munmap(va + 3 * G, G).expect("hole");
+    w.mm.munmap(UserAddr::new(va + 3 * G), G).expect("hole");
     let (st, r) = c.map_dma(DmaMapRequest::rw(
         va + G,
         IOVA + G,

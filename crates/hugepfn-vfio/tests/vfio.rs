@@ -6,6 +6,7 @@ use common::uva;
 
 use std::sync::Arc;
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{
     Access, CacheMode, Errno, Level, Mm, MmConfig, MmError, MmapAddr, MmapRequest, PhysMem, Prot,
     ThpPolicy, VmFlags,
@@ -49,7 +50,7 @@ fn at(mm: &Mm, len: u64, align: u64, skew: u64) -> MmapAddr {
 }
 
 fn touch(mm: &Mm, va: u64, len: u64) -> hugepfn_mm::RangeAccess {
-    mm.access_range(va, len / 4096, 4096, true, false)
+    mm.access_range(UserAddr::new(va), len / 4096, 4096, true, false)
 }
 
 #[test]
@@ -184,7 +185,7 @@ fn memory_disable_revokes_every_mapping_in_every_process() {
     assert_eq!(r.sigbus, 1024);
     let d = a.fault_counts().since(&before);
     assert_eq!((d.faults, d.sigbus), (0, 1024));
-    assert_eq!(a.access(va2, false), Access::Sigbus);
+    assert_eq!(a.access(UserAddr::new(va2), false), Access::Sigbus);
 
     // Re-enable: everything refaults at the size it had.
     assert!(
@@ -207,7 +208,7 @@ fn d3hot_and_reset_revoke() {
     touch(&mm, va, 2 * G);
     w.dev.set_power_state(PowerState::D3hot).unwrap();
     assert_eq!(mm.all_leaves().total(), 0);
-    assert_eq!(mm.access(va, true), Access::Sigbus);
+    assert_eq!(mm.access(UserAddr::new(va), true), Access::Sigbus);
     assert!(w.dev.set_power_state(PowerState::D0).is_none());
     touch(&mm, va, 2 * G);
     assert_eq!(mm.all_leaves().pud, 2);
@@ -215,7 +216,7 @@ fn d3hot_and_reset_revoke() {
     assert_eq!(st.zapped.pud, 2);
     // After reset memory decode is restored: refault works at once.
     assert!(matches!(
-        mm.access(va, true),
+        mm.access(UserAddr::new(va), true),
         Access::Ok {
             faults: 1,
             level: Level::Pud
@@ -231,7 +232,7 @@ fn munmap_of_a_fault_backed_vma_zaps_whole_leaves_and_the_rest_refaults() {
     touch(&mm, va, 2 * G);
     // A 4 KiB hole at 1022 MiB + 4 KiB of the first GiB.
     let hole = va + 1022 * M + 4096;
-    let st = mm.munmap(hole, 4096).unwrap();
+    let st = mm.munmap(UserAddr::new(hole), 4096).unwrap();
     assert_eq!(
         st.zapped.pud, 1,
         "the PUD leaf cut by the hole is zapped whole"
@@ -246,7 +247,7 @@ fn munmap_of_a_fault_backed_vma_zaps_whole_leaves_and_the_rest_refaults() {
     // cut, so 510 PTEs.
     assert_eq!((d.pud, d.pmd, d.pte), (0, 511, 511));
     // The whole 2 GiB unmapped: every table goes, nothing leaks once the mm is gone.
-    mm.munmap(va, 2 * G).unwrap();
+    mm.munmap(UserAddr::new(va), 2 * G).unwrap();
     assert_eq!(mm.table_counts().total(), 1);
     assert_eq!(w.dev.mapping().mapcount(), 0);
     drop(mm);
@@ -283,7 +284,7 @@ fn regress_09dfc8a5f2ce_unaligned_pfn_falls_back() {
         let w = world(presets::ivshmem_bars(2 * G), logic);
         let mm = process(&w, ThpPolicy::Always);
         let va = map(&w, &mm, 2, 2 * M, G, at(&mm, G, G, 0)).unwrap();
-        let r = mm.access_range(va, 1, 4096, true, false);
+        let r = mm.access_range(UserAddr::new(va), 1, 4096, true, false);
         let full = if r.sigbus == 0 { touch(&mm, va, G) } else { r };
         let f = mm.fault_counts();
         assert_eq!(f.faults, want_faults, "{logic:?}");
@@ -303,7 +304,7 @@ fn regress_c1d9dac0db16_align_huge_fault_to_order() {
     let w = ivshmem(2 * G);
     let mm = process(&w, ThpPolicy::Always);
     let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
-    let a = mm.access(va + 0x4000_3000 - G, true);
+    let a = mm.access(UserAddr::new(va + 0x4000_3000 - G), true);
     assert!(
         matches!(
             a,
@@ -320,7 +321,7 @@ fn regress_c1d9dac0db16_align_huge_fault_to_order() {
     let w = world(presets::ivshmem_bars(2 * G), HugeFaultLogic::V6_13);
     let mm = process(&w, ThpPolicy::Always);
     let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
-    let a = mm.access(va + 0x3000, true);
+    let a = mm.access(UserAddr::new(va + 0x3000), true);
     assert!(
         matches!(
             a,
@@ -394,7 +395,8 @@ fn regress_e384abeb559d_thp_tuneables_bypassed_for_huge_pfnmaps() {
         .unwrap();
         let va = map(&w, &mm, 2, 0, 2 * G, at(&mm, 2 * G, G, 0)).unwrap();
         if nohuge {
-            mm.madvise(va, 2 * G, Advice::Nohugepage).unwrap();
+            mm.madvise(UserAddr::new(va), 2 * G, Advice::Nohugepage)
+                .unwrap();
         }
         let before = mm.fault_counts();
         touch(&mm, va, 2 * G);
@@ -415,7 +417,7 @@ fn regress_touch_far_past_the_mapping_skips_gaps_as_ranges() {
     let limit = (mm.config().arch.task_size() - va) / stride;
     let count = n.min(limit);
     for reverse in [false, true] {
-        let r = mm.access_range(va, count, stride, true, reverse);
+        let r = mm.access_range(UserAddr::new(va), count, stride, true, reverse);
         assert_eq!(r.accesses, 2 * G / stride, "reverse {reverse}");
         assert_eq!(r.no_vma, count - 2 * G / stride, "reverse {reverse}");
     }
@@ -431,7 +433,7 @@ fn regress_byte_stride_touch_of_a_revoked_bar_counts_every_sigbus() {
     let _ = w.dev.set_memory_enable(false);
     let before = mm.fault_counts();
     for reverse in [false, true] {
-        let r = mm.access_range(va, 2 * G, 1, false, reverse);
+        let r = mm.access_range(UserAddr::new(va), 2 * G, 1, false, reverse);
         assert_eq!((r.sigbus, r.accesses), (2 * G, 2 * G), "reverse {reverse}");
     }
     assert_eq!(mm.fault_counts().since(&before).sigbus, 4 * G);

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use hugepfn_kernels::{Behaviour, Kernel};
 use hugepfn_kvm::{KvmConfig, UserMemoryRegion, Vm};
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{Arch, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
 use hugepfn_units::{format_size, parse_size};
 use hugepfn_vfio::iommu::CapReg;
@@ -633,7 +634,7 @@ impl DmaBench {
         })
         .map_err(|e| setup(&e))?;
         if prefault {
-            mm.access_range(va, size / 4096, 4096, true, false);
+            mm.access_range(UserAddr::new(va), size / 4096, 4096, true, false);
         }
         let container = VfioIommu::new(mm.clone(), CapReg::SERVER).map_err(|e| setup(&e))?;
         Ok(DmaBench {

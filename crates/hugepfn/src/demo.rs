@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use hugepfn_kernels::Behaviour;
 use hugepfn_mm::Arch;
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::remap_file::RemapPfnFile;
 use hugepfn_mm::{
     CacheMode, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, PhysConfig,
@@ -210,7 +211,7 @@ pub fn vfio_touch_bar(
     })?;
     let before = mm.fault_counts();
     let t0 = Instant::now();
-    mm.access_range(va, bar.size / 4096, 4096, true, false);
+    mm.access_range(UserAddr::new(va), bar.size / 4096, 4096, true, false);
     let elapsed_ns = t0.elapsed().as_nanos() as u64;
     memory_check(&phys, || {
         format!(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use hugepfn::compare::compare;
 use hugepfn::runner::RunOptions;
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{
     Access, FaultPath, Level, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot, ThpPolicy,
 };
@@ -76,7 +77,10 @@ fn hazard_remap_overwrite_frees_tables_a_walker_still_holds() {
         // CPU 1 is inside its fault: tables down to the PTE level exist, it holds the PTE table.
         let held = pt.slot_alloc(va + 0x1234_5000, Level::Pte).unwrap();
         // CPU 0 faults at the start of the GiB.
-        assert!(matches!(mm.access(va, true), Access::Ok { .. }));
+        assert!(matches!(
+            mm.access(UserAddr::new(va), true),
+            Access::Ok { .. }
+        ));
         let freed = phys.table(held.table).unwrap().level().is_none();
         match design {
             FaultPath::RemapOverwrite => {
@@ -109,7 +113,10 @@ fn hazard_early_fault_bypasses_the_thp_policy() {
         (FaultPath::EarlyFault, Level::Pud),
     ] {
         let (_p, _d, mm, va) = setup(design, ThpPolicy::Never);
-        assert!(matches!(mm.access(va, false), Access::Ok { .. }));
+        assert!(matches!(
+            mm.access(UserAddr::new(va), false),
+            Access::Ok { .. }
+        ));
         assert_eq!(mm.follow_pfnmap(uva(va)).unwrap().level, want, "{design:?}");
     }
 }
@@ -119,7 +126,7 @@ fn hazard_early_fault_bypasses_the_thp_policy() {
 fn hazard_remap_overwrite_remaps_under_the_read_lock() {
     for design in FaultPath::ALL {
         let (_p, _d, mm, va) = setup(design, ThpPolicy::Always);
-        mm.access_range(va, 2 * G / 4096, 4096, true, false);
+        mm.access_range(UserAddr::new(va), 2 * G / 4096, 4096, true, false);
         let h = mm.page_tables().hazards();
         let want = if design == FaultPath::RemapOverwrite {
             2

@@ -7,6 +7,7 @@ pub mod growth;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::{
     CacheMode, LeafCap, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, Pgprot, PhysMem, Prot,
     VirtAddr,
@@ -86,7 +87,7 @@ pub fn vfio_setup_on(
 /// The timed part: touch every 4 KiB page of `[va, va + len)`. Returns the faults taken.
 pub fn touch(mm: &Mm, va: u64, len: u64) -> u64 {
     let before = mm.fault_counts().faults;
-    mm.access_range(va, len / 4096, 4096, true, false);
+    mm.access_range(UserAddr::new(va), len / 4096, 4096, true, false);
     mm.fault_counts().faults - before
 }
 
@@ -104,10 +105,16 @@ pub fn parallel_touch(len: u64, threads: u64, shared: bool) -> Result<(u64, Dura
                 if shared {
                     // Start at different places so the threads meet in the middle of the range.
                     let start = (t * part) % len;
-                    mm.access_range(va + start, (len - start) / 4096, 4096, true, false);
-                    mm.access_range(va, start / 4096, 4096, true, false);
+                    mm.access_range(
+                        UserAddr::new(va + start),
+                        (len - start) / 4096,
+                        4096,
+                        true,
+                        false,
+                    );
+                    mm.access_range(UserAddr::new(va), start / 4096, 4096, true, false);
                 } else {
-                    mm.access_range(va + t * part, part / 4096, 4096, true, false);
+                    mm.access_range(UserAddr::new(va + t * part), part / 4096, 4096, true, false);
                 }
             });
         }

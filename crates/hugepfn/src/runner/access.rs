@@ -27,6 +27,7 @@ use hugepfn_hw::config::CpuModel;
 use hugepfn_hw::nested::EptTable;
 use hugepfn_hw::{Costs, Mmu, Pattern, Space, Translation, Workload, workload};
 use hugepfn_mm::Level;
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_scenario::{AccessEstimate, AccessPattern, AccessStep, TableLevels, TlbCounters};
 
 use super::ModelRun;
@@ -109,7 +110,7 @@ impl ModelRun {
         // 1. Populate through the fault path.
         let base = start & !0xfff;
         let pages = (end - base).div_ceil(4096);
-        let touched = mm.access_range(base, pages, 4096, false, false);
+        let touched = mm.access_range(UserAddr::new(base), pages, 4096, false, false);
         // 2. The workload.
         let pattern = match a.pattern {
             AccessPattern::Sequential => Pattern::Sequential,

@@ -1,6 +1,7 @@
 //! The runner's steps for what a mapping lives through: `mprotect`, `mremap`, `madvise`, `fork`.
 
 use hugepfn_mm::Prot;
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::madvise::Advice as MmAdvice;
 use hugepfn_mm::mremap::MremapFlags;
 use hugepfn_scenario::{Advice, ProtSpec, Step, VaPlacement};
@@ -54,7 +55,7 @@ impl ModelRun {
                     return Some("EINVAL".into());
                 };
                 let len = p.len.resolve(maplen.saturating_sub(p.offset));
-                mm.mprotect(va.wrapping_add(p.offset), len, prot(p.prot))
+                mm.mprotect(UserAddr::new(va.wrapping_add(p.offset)), len, prot(p.prot))
                     .err()
                     .and_then(errno)
             }
@@ -68,9 +69,13 @@ impl ModelRun {
                     return Some("EINVAL".into());
                 };
                 let len = a.len.resolve(maplen.saturating_sub(a.offset));
-                mm.madvise(va.wrapping_add(a.offset), len, advice(a.advice))
-                    .err()
-                    .and_then(errno)
+                mm.madvise(
+                    UserAddr::new(va.wrapping_add(a.offset)),
+                    len,
+                    advice(a.advice),
+                )
+                .err()
+                .and_then(errno)
             }
             Step::Mremap(r) => {
                 self.last_mremap_dst = None;
@@ -104,7 +109,7 @@ impl ModelRun {
                     maymove: true,
                     fixed: dst,
                 };
-                match mm.mremap(va, maplen, new_len, flags) {
+                match mm.mremap(UserAddr::new(va), maplen, new_len, flags) {
                     Ok(st) => {
                         let children: Vec<String> = self.children.keys().cloned().collect();
                         if let Some(m) = self.maps.get_mut(&r.map) {

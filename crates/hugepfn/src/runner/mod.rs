@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use hugepfn_kernels::{Behaviour, PfnmapLeaves};
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::addr::{PagingMode, VirtAddr};
 use hugepfn_mm::level::Level;
 use hugepfn_mm::pgtable::Bugs;
@@ -414,7 +415,13 @@ impl ModelRun {
                 let Some(start) = va.checked_add(t.offset) else {
                     return (None, n);
                 };
-                let r = mm.access_range(start, n, t.stride, write, t.order == Order::Reverse);
+                let r = mm.access_range(
+                    UserAddr::new(start),
+                    n,
+                    t.stride,
+                    write,
+                    t.order == Order::Reverse,
+                );
                 (None, r.no_vma)
             }
             Step::Munmap(u) => {
@@ -426,7 +433,7 @@ impl ModelRun {
                     return (Some("EINVAL".into()), 0);
                 };
                 let len = u.len.resolve(maplen.saturating_sub(u.offset));
-                match mm.munmap(va.wrapping_add(u.offset), len) {
+                match mm.munmap(UserAddr::new(va.wrapping_add(u.offset)), len) {
                     Ok(_) => (None, 0),
                     Err(e) => (Some(e.errno().name().to_string()), 0),
                 }

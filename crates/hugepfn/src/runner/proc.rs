@@ -1,5 +1,6 @@
 //! `read_proc` and `mincore` steps: the /proc readers of `hugepfn_mm::task_mmu` in one process.
 
+use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::task_mmu::ProcFile;
 use hugepfn_scenario::{ProcFileSpec, Step};
 
@@ -65,7 +66,7 @@ impl ModelRun {
                 if len.div_ceil(4096) > PROC_BUF {
                     return Some("E2BIG".into());
                 }
-                match mm.mincore(va.wrapping_add(c.offset), len) {
+                match mm.mincore(UserAddr::new(va.wrapping_add(c.offset)), len) {
                     Ok((vec, _)) => {
                         self.last_resident = vec.iter().filter(|b| **b & 1 == 1).count() as u64;
                         None
