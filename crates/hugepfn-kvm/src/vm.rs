@@ -641,8 +641,8 @@ impl Inner {
     /// the host's THP size (`transparent_hugepage_adjust`).
     ///
     /// Deliberate difference: when the block's pfn is not aligned to the block,
-    /// `kvm_pgtable_stage2_map` maps the range with the largest leaves the alignment allows;
-    /// the model does the same one leaf size for the whole block.
+    /// `kvm_pgtable_stage2_map` maps the range with the largest leaf each piece allows; the
+    /// model maps the whole block with one leaf size, the largest the pfn's alignment allows.
     fn user_mem_abort(
         &self,
         gpa: GuestPhysAddr,

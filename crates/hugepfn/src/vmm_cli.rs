@@ -52,8 +52,9 @@ pub struct VmmArgs {
     /// Only this BAR.
     #[arg(long)]
     bar: Option<u8>,
-    /// The host's architecture: x86_64 or x86_64-5level. arm64 and riscv hosts map BARs in the
-    /// model (`hugepfn demo --arch arm64`), but their KVM stage-2 tables are not modelled yet.
+    /// The host's architecture: x86_64, x86_64-5level (the EPT) or arm64 (KVM/arm64's stage 2,
+    /// 4 KiB pages). riscv hosts map BARs in the model (`hugepfn demo --arch`), but their KVM
+    /// G-stage is not modelled.
     #[arg(long, default_value = "x86_64")]
     arch: String,
     /// The host's transparent_hugepage mode (always | madvise | never).
@@ -293,10 +294,11 @@ pub fn report(args: &VmmArgs) -> Result<VmmReport, VmmError> {
             args.thp
         )));
     }
-    if !["x86_64", "x86_64-5level"].contains(&args.arch.as_str()) {
+    if !["x86_64", "x86_64-5level", "arm64"].contains(&args.arch.as_str()) {
         return Err(usage(format!(
             "--arch {}: a VM's cost needs the host's second-stage table; the model has the \
-             x86 EPT only (arm64 and riscv host mappings: hugepfn demo --arch)",
+             x86 EPT and KVM/arm64's stage 2 (4 KiB pages) only (other host mappings: hugepfn \
+             demo --arch)",
             args.arch
         )));
     }
@@ -566,6 +568,20 @@ mod tests {
         let q = &r.rows[0];
         assert_eq!(q.placement, "align:1G");
         assert_eq!((q.leaves.pud, q.faults, q.ept_leaves.pud), (16, 16, 16));
+    }
+
+    #[test]
+    fn on_arm64_the_host_maps_2m_and_stage_2_still_1g() {
+        let mut a = args("v100", "qemu-9.2", None, Some(1));
+        a.arch = "arm64".into();
+        let r = report(&a).expect("report");
+        let q = &r.rows[0];
+        assert_eq!(q.placement, "align:1G");
+        // 16 GiB: no PUD pfnmap on arm64, 8192 PMD faults; get_vma_page_shift gives 1 GiB
+        assert_eq!((q.leaves.pud, q.leaves.pmd), (0, 8192));
+        assert_eq!((q.ept_leaves.pud, q.ept_violations), (16, 16));
+        a.arch = "riscv64-sv48".into();
+        assert!(matches!(report(&a), Err(VmmError::Usage(_))));
     }
 
     #[test]
