@@ -1,69 +1,10 @@
-//! Counters per leaf level: the one type every table (CPU, VT-d, EPT) counts its leaves with,
-//! plain ([`LeafCounts`]) and atomic ([`AtomicLeafCounts`], for counters updated by racing
-//! threads).
+//! Counters per leaf level: the plain [`LeafCounts`] (hugepfn-units, shared with the reports) and
+//! its atomic twin [`AtomicLeafCounts`], for counters updated by racing threads.
 
-use serde::Serialize;
+pub use hugepfn_units::counts::LeafCounts;
 
 use crate::level::Level;
 use crate::sync::atomic::{AtomicU64, Ordering};
-
-/// Leaves by level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub struct LeafCounts {
-    /// 1 GiB leaves.
-    pub pud: u64,
-    /// 2 MiB leaves.
-    pub pmd: u64,
-    /// 4 KiB leaves.
-    pub pte: u64,
-}
-
-/// `pud/pmd/pte`, as the tables print leaves and faults by level.
-impl std::fmt::Display for LeafCounts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.pud, self.pmd, self.pte)
-    }
-}
-
-impl LeafCounts {
-    /// Adds one leaf of `level`.
-    pub fn add(&mut self, level: Level, n: u64) {
-        match level {
-            Level::Pud => self.pud += n,
-            Level::Pmd => self.pmd += n,
-            Level::Pte => self.pte += n,
-            _ => {}
-        }
-    }
-
-    /// Count at `level`.
-    pub fn get(&self, level: Level) -> u64 {
-        match level {
-            Level::Pud => self.pud,
-            Level::Pmd => self.pmd,
-            Level::Pte => self.pte,
-            _ => 0,
-        }
-    }
-
-    /// Bytes mapped.
-    pub fn bytes(&self) -> u64 {
-        self.pud * Level::Pud.size() + self.pmd * Level::Pmd.size() + self.pte * Level::Pte.size()
-    }
-
-    /// Leaves in all.
-    pub fn total(&self) -> u64 {
-        self.pud + self.pmd + self.pte
-    }
-}
-
-impl std::ops::AddAssign for LeafCounts {
-    fn add_assign(&mut self, o: LeafCounts) {
-        for l in Level::LEAF_LEVELS {
-            self.add(l, o.get(l));
-        }
-    }
-}
 
 /// [`LeafCounts`] that threads update concurrently (relaxed: statistics, not synchronisation).
 #[derive(Debug, Default)]

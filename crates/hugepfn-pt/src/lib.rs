@@ -8,12 +8,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use hugepfn_units::addr;
+pub use hugepfn_units::{addr, level};
 
 pub mod counts;
 pub mod entry;
 pub mod format;
-pub mod level;
 pub mod phys;
 pub mod sync;
 pub mod tree;

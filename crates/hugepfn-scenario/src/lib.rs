@@ -221,7 +221,7 @@ pub use error::{Location, Problem, ScenarioError};
 pub use model_only::{ModelOnly, model_only};
 pub use parse::{MIN_MEMORY, load_scenario, parse_scenario};
 pub use report::{
-    AccessEstimate, Counters, ExpectNow, ExpectOutcome, ExpectValue, Levels, Mismatch, PtPages,
+    AccessEstimate, Counters, ExpectNow, ExpectOutcome, ExpectValue, LeafCounts, Mismatch, PtPages,
     RunReport, StepReport, TableLevels, TlbCounters, check_expect,
 };
 pub use scenario::{

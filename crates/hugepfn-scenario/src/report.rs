@@ -25,6 +25,7 @@
 use std::fmt;
 
 use hugepfn_units::addr::VirtAddr;
+pub use hugepfn_units::counts::LeafCounts;
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{ExpectSpec, LevelCounts, Step};
@@ -98,16 +99,16 @@ pub struct StepReport {
     pub counters: Counters,
     /// Leaves mapped after the step, all mappings of the run; `None` if the runner cannot see
     /// page tables (the kernel).
-    pub leaves: Option<Levels>,
+    pub leaves: Option<LeafCounts>,
     /// Page-table pages allocated after the step; `None` if unknown.
     pub page_table_pages: Option<PtPages>,
     /// IOMMU page-table leaves mapped after the step (all containers), by size; `None` if
     /// unknown or the run has no IOMMU.
     #[serde(default)]
-    pub iommu_entries: Option<Levels>,
+    pub iommu_entries: Option<LeafCounts>,
     /// EPT leaves mapped after the step, by size; `None` if unknown or the run has no VM.
     #[serde(default)]
-    pub ept_leaves: Option<Levels>,
+    pub ept_leaves: Option<LeafCounts>,
     /// The process the step acted in when the step names one ([`Step::process`]); `None` =
     /// the first process, [`crate::MAIN_PROCESS`] (or a step that is not per process).
     #[serde(default)]
@@ -193,7 +194,7 @@ pub struct Counters {
     /// Minor faults on the device mappings (the kernel: `ru_minflt` delta).
     pub faults: u64,
     /// Faults by the level of the leaf they installed; `None` when unknown (the kernel).
-    pub faults_by_level: Option<Levels>,
+    pub faults_by_level: Option<LeafCounts>,
     /// Accesses that ended in SIGBUS (such faults are not in `faults`).
     pub sigbus: u64,
     /// Accesses that ended in SIGSEGV (not in `faults`).
@@ -214,7 +215,7 @@ pub struct Counters {
     pub tlb: TlbCounters,
     /// Leaves cleared by zaps, by size; `None` when unknown (the kernel).
     #[serde(default)]
-    pub leaves_zapped: Option<Levels>,
+    pub leaves_zapped: Option<LeafCounts>,
     /// Pages `mincore` found resident.
     #[serde(default)]
     pub resident: u64,
@@ -300,8 +301,8 @@ impl Counters {
     /// All zero; `faults_by_level` is `Some(zero)` if the runner knows levels, else `None`.
     pub fn zero(levels_known: bool) -> Self {
         Counters {
-            faults_by_level: levels_known.then_some(Levels::default()),
-            leaves_zapped: levels_known.then_some(Levels::default()),
+            faults_by_level: levels_known.then_some(LeafCounts::default()),
+            leaves_zapped: levels_known.then_some(LeafCounts::default()),
             invalidations_sent: levels_known.then_some(0),
             ..Counters::default()
         }
@@ -362,41 +363,6 @@ impl Counters {
                 (Some(a), Some(b)) => Some(a.saturating_sub(b)),
                 _ => None,
             },
-        }
-    }
-}
-
-/// A count per leaf level (faults or leaves).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Levels {
-    /// 1 GiB.
-    pub pud: u64,
-    /// 2 MiB.
-    pub pmd: u64,
-    /// 4 KiB.
-    pub pte: u64,
-}
-
-impl Levels {
-    /// Sum of the three.
-    pub fn total(&self) -> u64 {
-        self.pud.saturating_add(self.pmd).saturating_add(self.pte)
-    }
-
-    fn saturating_add(&self, o: &Levels) -> Levels {
-        Levels {
-            pud: self.pud.saturating_add(o.pud),
-            pmd: self.pmd.saturating_add(o.pmd),
-            pte: self.pte.saturating_add(o.pte),
-        }
-    }
-
-    fn saturating_sub(&self, o: &Levels) -> Levels {
-        Levels {
-            pud: self.pud.saturating_sub(o.pud),
-            pmd: self.pmd.saturating_sub(o.pmd),
-            pte: self.pte.saturating_sub(o.pte),
         }
     }
 }
@@ -472,16 +438,16 @@ impl fmt::Display for ExpectValue {
 }
 
 /// What [`check_expect`] compares the state-now fields of an `expect` against. `None` in a
-/// `Levels` field = the run cannot see it (the kernel cannot see page tables); the default is
+/// `LeafCounts` field = the run cannot see it (the kernel cannot see page tables); the default is
 /// "nothing known, no error".
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExpectNow {
     /// CPU leaves mapped now (`leaves`).
-    pub leaves: Option<Levels>,
+    pub leaves: Option<LeafCounts>,
     /// IOMMU leaves mapped now (`iommu_entries`).
-    pub iommu_entries: Option<Levels>,
+    pub iommu_entries: Option<LeafCounts>,
     /// EPT leaves mapped now (`ept_leaves`).
-    pub ept_leaves: Option<Levels>,
+    pub ept_leaves: Option<LeafCounts>,
     /// The errno name of the last failed op since the previous `expect` (`errno`); `None` (or
     /// `Some("0")`) = none failed.
     pub last_errno: Option<String>,
@@ -624,14 +590,14 @@ fn scalar(field: &str, want: Option<u64>, have: Option<u64>) -> impl Iterator<It
 }
 
 /// The mismatches of one expected per-level count (see [`level_mismatches`]).
-fn levels(prefix: &str, want: &Option<LevelCounts>, have: &Option<Levels>) -> Vec<Mismatch> {
+fn levels(prefix: &str, want: &Option<LevelCounts>, have: &Option<LeafCounts>) -> Vec<Mismatch> {
     level_mismatches(prefix, want.as_ref(), have.as_ref())
 }
 
 fn level_mismatches(
     prefix: &str,
     want: Option<&LevelCounts>,
-    have: Option<&Levels>,
+    have: Option<&LeafCounts>,
 ) -> Vec<Mismatch> {
     let Some(w) = want else { return Vec::new() };
     [
@@ -660,12 +626,12 @@ mod tests {
     fn counters(faults: u64, levels: Option<(u64, u64, u64)>) -> Counters {
         Counters {
             faults,
-            faults_by_level: levels.map(|(pud, pmd, pte)| Levels { pud, pmd, pte }),
+            faults_by_level: levels.map(|(pud, pmd, pte)| LeafCounts { pud, pmd, pte }),
             ..Counters::default()
         }
     }
 
-    fn now(leaves: Option<Levels>) -> ExpectNow {
+    fn now(leaves: Option<LeafCounts>) -> ExpectNow {
         ExpectNow {
             leaves,
             ..ExpectNow::default()
@@ -695,7 +661,7 @@ mod tests {
             leaves: puds(2),
             ..ExpectSpec::default()
         };
-        let leaves = Levels {
+        let leaves = LeafCounts {
             pud: 2,
             pmd: 0,
             pte: 7,
@@ -732,7 +698,7 @@ mod tests {
         let out = check_expect(
             &e,
             &counters(0, Some((0, 0, 0))),
-            &now(Some(Levels::default())),
+            &now(Some(LeafCounts::default())),
         );
         assert!(!out.passed);
         let fields: Vec<&str> = out.mismatches.iter().map(|m| m.field.as_str()).collect();
@@ -796,7 +762,7 @@ mod tests {
     #[test]
     fn counters_add_and_subtract() {
         let mut t = Counters::zero(true);
-        assert_eq!(t.faults_by_level, Some(Levels::default()));
+        assert_eq!(t.faults_by_level, Some(LeafCounts::default()));
         t.add(&counters(3, Some((1, 2, 0))));
         t.add(&Counters {
             sigbus: 1,
@@ -808,7 +774,7 @@ mod tests {
             t,
             Counters {
                 faults: 4,
-                faults_by_level: Some(Levels {
+                faults_by_level: Some(LeafCounts {
                     pud: 1,
                     pmd: 2,
                     pte: 1
@@ -877,7 +843,7 @@ mod tests {
         // the model: levels known everywhere → totals know them too
         let mut m = StepReport::for_step(0, &reset, true);
         m.counters = counters(2, Some((2, 0, 0)));
-        m.leaves = Some(Levels {
+        m.leaves = Some(LeafCounts {
             pud: 2,
             pmd: 0,
             pte: 0,
@@ -939,12 +905,12 @@ mod tests {
     #[test]
     fn consumer_fields_pass_when_measured_and_equal() {
         let n = ExpectNow {
-            iommu_entries: Some(Levels {
+            iommu_entries: Some(LeafCounts {
                 pud: 32,
                 pmd: 0,
                 pte: 0,
             }),
-            ept_leaves: Some(Levels {
+            ept_leaves: Some(LeafCounts {
                 pud: 128,
                 pmd: 0,
                 pte: 0,
@@ -960,8 +926,8 @@ mod tests {
     #[test]
     fn consumer_fields_mismatch_in_order() {
         let n = ExpectNow {
-            iommu_entries: Some(Levels::default()),
-            ept_leaves: Some(Levels {
+            iommu_entries: Some(LeafCounts::default()),
+            ept_leaves: Some(LeafCounts {
                 pud: 0,
                 pmd: 0,
                 pte: 7,

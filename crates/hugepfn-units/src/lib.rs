@@ -9,6 +9,8 @@ use thiserror::Error;
 
 pub mod addr;
 pub mod arch;
+pub mod counts;
+pub mod level;
 
 /// 1 KiB.
 pub const KIB: u64 = 1 << 10;

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use hugepfn_kernels::{Behaviour, Kernel};
-use hugepfn_scenario::{Levels, parse_scenario};
+use hugepfn_scenario::{LeafCounts, parse_scenario};
 use hugepfn_units::arch::Arch;
 use hugepfn_units::format_size;
 use hugepfn_vfio::{Bar, parse_sysfs_resource};
@@ -144,7 +144,7 @@ pub struct Prediction {
     /// Faults to touch every page.
     pub faults: u64,
     /// Leaves afterwards.
-    pub leaves: Levels,
+    pub leaves: LeafCounts,
     /// Page-table bytes of the model process afterwards.
     pub page_table_bytes: u64,
     /// type1 `vaddr_get_pfns` lookups to DMA-map it (None: the map failed, e.g. read-only).

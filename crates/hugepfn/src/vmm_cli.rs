@@ -21,7 +21,7 @@ use clap::Args;
 use hugepfn_kernels::Kernel;
 use hugepfn_scenario::presets::{GpuPreset, gpu_preset, gpu_preset_names};
 use hugepfn_scenario::vmm::VmmPolicy;
-use hugepfn_scenario::{Levels, RunReport, VaPlacement, parse_scenario};
+use hugepfn_scenario::{LeafCounts, RunReport, VaPlacement, parse_scenario};
 use hugepfn_units::format_size;
 use serde::Serialize;
 
@@ -84,9 +84,9 @@ pub struct VmmRow {
     /// Faults to fault the BAR in.
     pub faults: u64,
     /// Those faults by the level of the leaf they installed.
-    pub faults_by_level: Levels,
+    pub faults_by_level: LeafCounts,
     /// Host leaves afterwards.
-    pub leaves: Levels,
+    pub leaves: LeafCounts,
     /// Page-table bytes of the host process afterwards.
     pub page_table_bytes: u64,
     /// `vaddr_get_pfns` lookups of the DMA map.
@@ -96,9 +96,9 @@ pub struct VmmRow {
     /// Estimated DMA-map time, ms ([`DMA_NS_PER_LOOKUP`] per lookup).
     pub dma_ms_estimate: f64,
     /// IOMMU leaves.
-    pub iommu_entries: Levels,
+    pub iommu_entries: LeafCounts,
     /// EPT leaves after the guest's first pass.
-    pub ept_leaves: Levels,
+    pub ept_leaves: LeafCounts,
     /// EPT violations of that pass.
     pub ept_violations: u64,
     /// What to make of it.
@@ -183,7 +183,7 @@ fn run_one(
     let dma = step("dma_map");
     let guest = step("guest_touch");
     let faults: u64 = rep.steps.iter().map(|s| s.counters.faults).sum();
-    let mut by_level = Levels::default();
+    let mut by_level = LeafCounts::default();
     for s in &rep.steps {
         if let Some(l) = s.counters.faults_by_level {
             by_level.pud += l.pud;
@@ -227,7 +227,7 @@ fn count(n: u64) -> String {
 }
 
 /// The level most faults installed, named as the kernel does.
-fn dominant(l: &Levels) -> &'static str {
+fn dominant(l: &LeafCounts) -> &'static str {
     if l.pte >= l.pmd && l.pte >= l.pud {
         "PTE"
     } else if l.pmd >= l.pud {
@@ -416,7 +416,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn levels(l: &Levels) -> String {
+fn levels(l: &LeafCounts) -> String {
     format!("{}/{}/{}", count(l.pud), count(l.pmd), count(l.pte))
 }
 

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use hugepfn_kvm::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmConfig, UserMemoryRegion, Vm};
 use hugepfn_mm::LeafCounts;
-use hugepfn_scenario::{Access, Counters, DmaMode, Levels, MemslotFlag, Step, StepReport};
+use hugepfn_scenario::{Access, Counters, DmaMode, MemslotFlag, Step, StepReport};
 use hugepfn_vfio::iommu::CapReg;
 use hugepfn_vfio::type1::{DmaMapRequest, PfnLookup, VfioIommu};
 
@@ -39,8 +39,8 @@ pub(super) struct ConsumerCounts {
     mmu_invalidations: u64,
 }
 
-fn levels(l: LeafCounts) -> Levels {
-    Levels {
+fn levels(l: LeafCounts) -> LeafCounts {
+    LeafCounts {
         pud: l.pud,
         pmd: l.pmd,
         pte: l.pte,

@@ -18,8 +18,8 @@ use hugepfn_mm::{
     PhysConfig, PhysMem, Prot, TableCounts, ThpPolicy, VmFlags,
 };
 use hugepfn_scenario::{
-    Access, Counters, ExpectNow, FaultPathSpec, Kernel, KernelBug, Levels, Madvise, Order,
-    PowerState, PtPages, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement, check_expect,
+    Access, Counters, ExpectNow, FaultPathSpec, Kernel, KernelBug, Madvise, Order, PowerState,
+    PtPages, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement, check_expect,
 };
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 use thiserror::Error;
@@ -123,8 +123,8 @@ pub struct ModelRun {
     draw_notes: Vec<String>,
 }
 
-fn levels(c: &LeafCounts) -> Levels {
-    Levels {
+fn levels(c: &LeafCounts) -> LeafCounts {
+    LeafCounts {
         pud: c.pud,
         pmd: c.pmd,
         pte: c.pte,
@@ -144,7 +144,7 @@ fn pt_pages(t: &TableCounts) -> PtPages {
 fn counters(f: &FaultCounts, skipped: u64) -> Counters {
     Counters {
         faults: f.faults,
-        faults_by_level: Some(Levels {
+        faults_by_level: Some(LeafCounts {
             pud: f.pud,
             pmd: f.pmd,
             pte: f.pte,

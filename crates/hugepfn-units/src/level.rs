@@ -184,8 +184,11 @@ impl Geometry {
 
     const fn with_page_shift(p: u8) -> Geometry {
         let b = p - 3;
+        // A level past bit 63 (the PGD with 64 KiB pages would start at bit 68) exists in no
+        // format of that granule; its shift is clamped so that `size` cannot overflow.
+        let top = if p + 4 * b > 63 { 63 } else { p + 4 * b };
         Geometry {
-            shifts: [p, p + b, p + 2 * b, p + 3 * b, p + 4 * b],
+            shifts: [p, p + b, p + 2 * b, p + 3 * b, top],
             mask: (1 << b) - 1,
         }
     }
@@ -358,6 +361,11 @@ mod tests {
         assert_eq!(g.size(Level::Pmd), 512 << 20);
         assert_eq!(g.size(Level::Pud), 4 << 40);
         assert_eq!(g.size_name(Level::Pmd), "512 MiB");
+        assert_eq!(
+            g.size(Level::Pgd),
+            1 << 63,
+            "no overflow past the 64-bit address"
+        );
         assert_eq!(Geometry::G16K.size_name(Level::Pte), "16 KiB");
     }
 }

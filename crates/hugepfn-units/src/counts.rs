@@ -1,0 +1,104 @@
+//! Counts per leaf level — 1 GiB PUD, 2 MiB PMD, 4 KiB PTE — the one type every table (CPU,
+//! VT-d, EPT), the fault statistics and the reports (model and kernel alike) count leaves and
+//! faults by level with. hugepfn-pt adds an atomic twin for counters that threads update.
+
+use serde::{Deserialize, Serialize};
+
+use crate::level::Level;
+
+/// Leaves by level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeafCounts {
+    /// 1 GiB leaves.
+    pub pud: u64,
+    /// 2 MiB leaves.
+    pub pmd: u64,
+    /// 4 KiB leaves.
+    pub pte: u64,
+}
+
+/// `pud/pmd/pte`, as the tables print leaves and faults by level.
+impl std::fmt::Display for LeafCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.pud, self.pmd, self.pte)
+    }
+}
+
+impl LeafCounts {
+    /// Adds one leaf of `level`.
+    pub fn add(&mut self, level: Level, n: u64) {
+        match level {
+            Level::Pud => self.pud += n,
+            Level::Pmd => self.pmd += n,
+            Level::Pte => self.pte += n,
+            _ => {}
+        }
+    }
+
+    /// Count at `level`.
+    pub fn get(&self, level: Level) -> u64 {
+        match level {
+            Level::Pud => self.pud,
+            Level::Pmd => self.pmd,
+            Level::Pte => self.pte,
+            _ => 0,
+        }
+    }
+
+    /// Bytes mapped.
+    pub fn bytes(&self) -> u64 {
+        self.pud * Level::Pud.size() + self.pmd * Level::Pmd.size() + self.pte * Level::Pte.size()
+    }
+
+    /// Leaves in all (saturating: counts read from a report may be anything).
+    pub fn total(&self) -> u64 {
+        self.pud.saturating_add(self.pmd).saturating_add(self.pte)
+    }
+
+    /// Level by level `self + o`, saturating.
+    pub fn saturating_add(&self, o: &LeafCounts) -> LeafCounts {
+        LeafCounts {
+            pud: self.pud.saturating_add(o.pud),
+            pmd: self.pmd.saturating_add(o.pmd),
+            pte: self.pte.saturating_add(o.pte),
+        }
+    }
+
+    /// Level by level `self - o`, saturating at 0.
+    pub fn saturating_sub(&self, o: &LeafCounts) -> LeafCounts {
+        LeafCounts {
+            pud: self.pud.saturating_sub(o.pud),
+            pmd: self.pmd.saturating_sub(o.pmd),
+            pte: self.pte.saturating_sub(o.pte),
+        }
+    }
+}
+
+impl std::ops::AddAssign for LeafCounts {
+    fn add_assign(&mut self, o: LeafCounts) {
+        for l in Level::LEAF_LEVELS {
+            self.add(l, o.get(l));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_add_and_subtract_saturating() {
+        let mut c = LeafCounts::default();
+        c.add(Level::Pud, 2);
+        c.add(Level::Pte, 4);
+        c.add(Level::P4d, 9);
+        assert_eq!((c.pud, c.pmd, c.pte, c.total()), (2, 0, 4, 6));
+        assert_eq!(c.bytes(), 2 * Level::Pud.size() + 4 * 4096);
+        let big = LeafCounts { pud: u64::MAX, ..c };
+        assert_eq!(big.total(), u64::MAX);
+        assert_eq!(c.saturating_sub(&big).pud, 0);
+        assert_eq!(c.saturating_add(&c).pte, 8);
+        assert_eq!(c.to_string(), "2/0/4");
+    }
+}
