@@ -37,7 +37,9 @@ pub trait RadixTable {
     fn entry(&self, table: u64, level: Level, index: usize) -> Entry;
 }
 
-/// Every tree the engine builds is walkable: the CPU formats, the VT-d second level, the EPT.
+/// Every 4 KiB-granule tree the engine builds is walkable: the CPU formats, the VT-d second
+/// level, the EPT, KVM/arm64's stage 2 (the walker indexes with [`Level`]'s 4 KiB shifts; a
+/// 16 or 64 KiB tree would be misread, and none reaches it: the mm core refuses them).
 impl<F: Format> RadixTable for Tree<F> {
     fn root(&self) -> u64 {
         Tree::root(self).as_u64()

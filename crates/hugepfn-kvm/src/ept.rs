@@ -39,6 +39,17 @@ pub enum EptError {
     /// No memory for a table (`-ENOMEM`).
     #[error("out of memory for EPT tables")]
     NoMemory,
+    /// The format's tables do not fit the host memory's frames (a 16 KiB stage 2 in 4 KiB
+    /// frames).
+    #[error(
+        "second-stage tables of {table_bytes} bytes do not fit the host's {frame_bytes}-byte frames"
+    )]
+    TableTooLarge {
+        /// The format's table size.
+        table_bytes: u64,
+        /// The memory's frame size.
+        frame_bytes: u64,
+    },
     /// A leaf that cannot be encoded (level or alignment).
     #[error("cannot encode an EPT leaf for pfn {pfn:#x} at {level}")]
     BadLeaf {
@@ -111,8 +122,19 @@ impl Ept {
     /// An empty second stage in `format` (KVM/arm64's `kvm_pgtable_stage2_init` for
     /// [`Arm64S2`]).
     pub fn with_format(phys: Arc<PhysMem>, format: Stage2) -> Result<Self, EptError> {
+        let tree = Tree::new(phys, format).map_err(|e| match e {
+            hugepfn_mm::phys::PhysError::TableTooLarge {
+                table_bytes,
+                frame_bytes,
+                ..
+            } => EptError::TableTooLarge {
+                table_bytes,
+                frame_bytes,
+            },
+            _ => EptError::NoMemory,
+        })?;
         Ok(Ept {
-            tree: Tree::new(phys, format).map_err(|_| EptError::NoMemory)?,
+            tree,
             leaves: AtomicLeafCounts::default(),
         })
     }
@@ -130,6 +152,15 @@ impl Ept {
     /// The entry format.
     pub fn format(&self) -> Stage2 {
         *self.tree.format()
+    }
+
+    /// The highest guest-physical address + 1 this second stage translates: [`GPA_LIMIT`] for
+    /// the EPT, `1 << ipa_bits` for an arm64 stage 2.
+    pub fn gpa_limit(&self) -> u64 {
+        match self.tree.format() {
+            Stage2::Ept(_) => GPA_LIMIT,
+            Stage2::Arm64(f) => 1 << f.ipa_bits(),
+        }
     }
 
     /// The EPT pointer's table address.
@@ -158,7 +189,7 @@ impl Ept {
     /// The hardware walk: the leaf that maps `gpa`, if any.
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<EptLeaf> {
         let gpa = gpa.as_u64();
-        if gpa >= GPA_LIMIT {
+        if gpa >= self.gpa_limit() {
             return None;
         }
         self.tree.lookup(gpa).map(|(l, _)| l)
@@ -167,7 +198,7 @@ impl Ept {
     /// The raw entry mapping `gpa` and its level (for format checks).
     pub fn raw_leaf(&self, gpa: GuestPhysAddr) -> Option<(u64, Level)> {
         let gpa = gpa.as_u64();
-        if gpa >= GPA_LIMIT {
+        if gpa >= self.gpa_limit() {
             return None;
         }
         let (_, slot) = self.tree.lookup(gpa)?;
@@ -177,7 +208,7 @@ impl Ept {
     /// `kvm_tdp_mmu_map`: installs `leaf` for the block containing `gpa`.
     pub fn map(&self, gpa: GuestPhysAddr, leaf: &EptLeaf) -> Result<MapOutcome, EptError> {
         let gpa = gpa.as_u64();
-        if gpa >= GPA_LIMIT {
+        if gpa >= self.gpa_limit() {
             return Err(EptError::OutOfRange(gpa));
         }
         let raw_leaf = self
@@ -240,7 +271,7 @@ impl Ept {
         let mut z = LeafCounts::default();
         let _ = self
             .tree
-            .walk_range::<WalkError>(start, end.min(GPA_LIMIT), &mut |t, v| {
+            .walk_range::<WalkError>(start, end.min(self.gpa_limit()), &mut |t, v| {
                 Ok(match v.entry {
                     Entry::Table(_) if !v.post => Step::Descend,
                     Entry::Leaf(_) => {

@@ -638,11 +638,9 @@ impl Inner {
     /// faulted in by the host at 4 KiB or 2 MiB thus gets 1 GiB stage-2 blocks. Device memory
     /// (a pfn that is not RAM) is mapped Normal-NC if the VMA has `VM_ALLOW_ANY_UNCACHED`
     /// (vfio-pci sets it), else Device-nGnRE, and never executable; RAM at 4 KiB is raised to
-    /// the host's THP size (`transparent_hugepage_adjust`).
-    ///
-    /// Deliberate difference: when the block's pfn is not aligned to the block,
-    /// `kvm_pgtable_stage2_map` maps the range with the largest leaf each piece allows; the
-    /// model maps the whole block with one leaf size, the largest the pfn's alignment allows.
+    /// the host's THP size (`transparent_hugepage_adjust`). When the block's pfn is not aligned
+    /// to the block, `kvm_pgtable_stage2_map` maps it with the largest leaves the pfn's
+    /// alignment allows (every piece is aligned alike).
     fn user_mem_abort(
         &self,
         gpa: GuestPhysAddr,
@@ -717,6 +715,7 @@ impl Inner {
             }
             let step = pages_per_hpage(fit);
             let (mut mapped, mut collapsed) = (LeafCounts::default(), LeafCounts::default());
+            let mut failed = None;
             for i in 0..pages_per_hpage(level) / step {
                 let leaf = EptLeaf {
                     pfn: pfn + i * step,
@@ -729,9 +728,17 @@ impl Inner {
                     accessed: true,
                     dirty: false,
                 };
-                let at = GuestPhysAddr::new((block_gfn + i * step) << 12)
-                    .map_err(|e| efault(hva, e.to_string()))?;
-                let out = ept.map(at, &leaf)?;
+                let out = match GuestPhysAddr::new((block_gfn + i * step) << 12)
+                    .map_err(|e| efault(hva, e.to_string()))
+                    .and_then(|at| ept.map(at, &leaf).map_err(KvmError::from))
+                {
+                    Ok(out) => out,
+                    Err(e) => {
+                        // what was mapped before the failure stays mapped, and counted
+                        failed = Some(e);
+                        break;
+                    }
+                };
                 if out.spurious {
                     inc(&self.c.spurious);
                 } else {
@@ -751,7 +758,10 @@ impl Inner {
                 lc.0.add(l, mapped.get(l));
                 lc.1.add(l, collapsed.get(l));
             }
-            return Ok(Faultin::Pfn(host));
+            return match failed {
+                Some(e) => Err(e),
+                None => Ok(Faultin::Pfn(host)),
+            };
         }
     }
 
@@ -859,7 +869,8 @@ impl Inner {
 /// Linux checks them (`ALIGN_DOWN(hva, size) >= vm_start && ALIGN(hva, size) <= vm_end`: an
 /// aligned `hva` passes the second test whatever the size), else 4 KiB.
 pub fn get_vma_page_shift(vma: &hugepfn_mm::Vma, hva: u64) -> Level {
-    if !vma.flags.contains(VmFlags::PFNMAP) {
+    // (KVM calls it for the VMA vma_lookup found for hva)
+    if !vma.flags.contains(VmFlags::PFNMAP) || !(vma.start..vma.end).contains(&hva) {
         return Level::Pte;
     }
     let pa = (vma.pgoff << 12).wrapping_add(hva - vma.start);

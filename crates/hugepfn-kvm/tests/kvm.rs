@@ -438,3 +438,79 @@ fn arm64_revoke_zaps_stage_2_through_the_mmu_notifier() {
     let r = w.vm.guest_access(gpa_of(GPA), false);
     assert!(r.is_err(), "a disabled BAR cannot be faulted back: {r:?}");
 }
+
+#[test]
+fn arm64_host_changes_where_the_host_has_no_leaf_still_zap_the_stage_2_block() {
+    // The host maps only the first 2 MiB of each GiB the guest touched; stage 2 maps the GiB.
+    let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    w.vm.guest_access(gpa_of(GPA + 5), false).expect("GiB 0");
+    w.vm.guest_access(gpa_of(GPA + 3 * G + 5), false)
+        .expect("GiB 3");
+    assert_eq!(w.vm.ept_leaves(), leaves(2, 0, 0));
+    assert!(host_pfn_mapping_level(&w.mm, w.va + 512 * M2) == Level::Pte);
+    // mprotect of 2 MiB inside GiB 0 where the host has no leaf: change_pud_range notifies
+    // from the populated PUD entry on, and KVM zaps the block
+    w.mm.mprotect(UserAddr::new(w.va + 256 * M2), M2, Prot::R)
+        .expect("mprotect");
+    assert_eq!(w.vm.ept_leaves(), leaves(1, 0, 0), "GiB 0's block zapped");
+    // munmap of 4 KiB inside GiB 3, where the host has nothing: unmap_vmas notifies anyway
+    w.mm.munmap(UserAddr::new(w.va + 3 * G + G / 2), K4)
+        .expect("munmap");
+    assert_eq!(w.vm.ept_leaves(), leaves(0, 0, 0), "GiB 3's block zapped");
+    // GiB 0 again, past its first page: its VMA now ends at +512 MiB, so 2 MiB
+    w.vm.guest_access(gpa_of(GPA + 2 * K4), false)
+        .expect("refault");
+    assert_eq!(w.vm.ept_leaves(), leaves(0, 1, 0));
+}
+
+#[test]
+fn arm64_an_aligned_hva_passes_get_vma_page_shift_whatever_the_vma_size() {
+    // `ALIGN(hva, PUD_SIZE) <= vma->vm_end` is true for an aligned hva: a fault at the first
+    // page of a GiB maps a 1 GiB block even when the VMA is 512 MiB and the memslot spans the
+    // next VMA, read-only. Linux does this (arch/arm64/kvm/mmu.c, get_vma_page_shift); the
+    // model reproduces it. Not confirmed in the lab (its guests run no KVM).
+    let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    w.mm.mprotect(UserAddr::new(w.va + 256 * M2), M2, Prot::R)
+        .expect("mprotect");
+    let first = w.vm.guest_access(gpa_of(GPA), false).expect("first page");
+    assert!(
+        matches!(
+            first,
+            GuestAccess::Mapped {
+                level: Level::Pud,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    let ro =
+        w.vm.ept_translate(gpa_of(GPA + 256 * M2))
+            .expect("the block covers the read-only VMA");
+    assert!(
+        ro.write,
+        "writable at stage 2 over a host range mapped read-only"
+    );
+    // one page further the enclosing-block check is real: 2 MiB
+    let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
+    w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
+        .expect("slot");
+    w.mm.mprotect(UserAddr::new(w.va + 256 * M2), M2, Prot::R)
+        .expect("mprotect");
+    let next =
+        w.vm.guest_access(gpa_of(GPA + K4), false)
+            .expect("second page");
+    assert!(
+        matches!(
+            next,
+            GuestAccess::Mapped {
+                level: Level::Pmd,
+                ..
+            }
+        ),
+        "{next:?}"
+    );
+}

@@ -85,9 +85,10 @@ const ANON: u8 = 100;
 
 impl<'a> TablePage<'a> {
     /// Reads entry `i` (`READ_ONCE`, acquire so a table pointer's contents are visible).
-    /// An index past the table reads as none.
+    /// An index past the table is a bug (debug builds assert) and reads as none.
     #[inline]
     pub fn get(self, i: usize) -> u64 {
+        debug_assert!(i < self.capacity(), "entry {i} past the table");
         self.frame.entry(i).map_or(0, |e| e.load(Ordering::Acquire))
     }
 
@@ -95,6 +96,7 @@ impl<'a> TablePage<'a> {
     /// [`crate::tree::Ptl`] (or on a table not linked anywhere yet).
     #[inline]
     pub(crate) fn set(self, i: usize, raw: u64) {
+        debug_assert!(i < self.capacity(), "entry {i} past the table");
         if let Some(e) = self.frame.entry(i) {
             e.store(raw, Ordering::Release);
         }
@@ -103,6 +105,7 @@ impl<'a> TablePage<'a> {
     /// Atomically swaps entry `i`, returning the old value (`ptep_get_and_clear`).
     #[inline]
     pub(crate) fn swap(self, i: usize, raw: u64) -> u64 {
+        debug_assert!(i < self.capacity(), "entry {i} past the table");
         self.frame
             .entry(i)
             .map_or(0, |e| e.swap(raw, Ordering::AcqRel))
@@ -178,6 +181,15 @@ pub enum PhysError {
         table_bytes: u64,
         /// The memory's frame size.
         frame_bytes: u64,
+    },
+    /// A granule the mm core does not run (its fault path, remap and /proc readers assume
+    /// 4 KiB pages).
+    #[error("the mm core runs 4 KiB pages only; {format} has {page_bytes}-byte pages")]
+    UnsupportedGranule {
+        /// The format's name.
+        format: &'static str,
+        /// Its page size.
+        page_bytes: u64,
     },
     /// A device range overlaps RAM or another device.
     #[error("device range {start:#x}..{end:#x} ({name}) overlaps {other}")]

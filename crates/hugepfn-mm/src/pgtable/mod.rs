@@ -249,8 +249,16 @@ impl PageTables {
         Self::with_format(phys, Cpu::X86(X86_64 { mode }))
     }
 
-    /// A new tree in the CPU format `fmt`, with an empty PGD.
+    /// A new tree in the CPU format `fmt`, with an empty PGD; a format of another granule than
+    /// 4 KiB is refused ([`PhysError::UnsupportedGranule`]).
     pub fn with_format(phys: Arc<PhysMem>, fmt: Cpu) -> Result<Self, PhysError> {
+        let g = fmt.geometry();
+        if g != hugepfn_pt::Geometry::G4K {
+            return Err(PhysError::UnsupportedGranule {
+                format: fmt.name(),
+                page_bytes: g.page_size(),
+            });
+        }
         Ok(PageTables {
             tree: Tree::new(phys, fmt)?,
             flushes: Mutex::new(FlushLog::default()),

@@ -9,7 +9,26 @@ impl PageTables {
     /// `change_huge_pud`/`change_huge_pmd`/`change_pte_range`): access bits from `newprot`,
     /// while pfn, special, accessed, dirty and the memory type are kept (`pte_modify`). Leaves
     /// must not straddle the range (split them first). Returns the leaves changed.
+    ///
+    /// The MMU notifier is told about `[addr, end)` from the first `addr` whose PUD entry is
+    /// populated (`change_pud_range`), whether or not a leaf changed: KVM/arm64 may map a
+    /// stage-2 block over host addresses with no leaf.
     pub fn change_protection(&self, start: u64, end: u64, newprot: Pgprot) -> LeafCounts {
+        let pud = Level::Pud.size();
+        let mut notify = None;
+        let mut addr = start;
+        while addr < end {
+            if let Ok(Some(slot)) = self.slot(addr, Level::Pud)
+                && self.tree.get(slot) != 0
+            {
+                notify = Some(addr);
+                break;
+            }
+            addr = match (addr & !(pud - 1)).checked_add(pud) {
+                Some(next) => next,
+                None => break,
+            };
+        }
         let mut items = Vec::new();
         self.for_each_leaf(start, end, &mut |va, l| items.push((va, l)));
         let mut n = LeafCounts::default();
@@ -37,7 +56,9 @@ impl PageTables {
         }
         if n.total() > 0 {
             self.flush_tlb_range(start, end, FlushReason::Protect);
-            self.mmu_notifier_invalidate(start, end);
+        }
+        if let Some(from) = notify {
+            self.mmu_notifier_invalidate(from, end);
         }
         n
     }

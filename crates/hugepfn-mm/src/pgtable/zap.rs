@@ -54,13 +54,23 @@ impl PageTables {
             lo: u64::MAX,
             ..ZapStats::default()
         };
-        self.zap_pmd_range(start, end, partial, &mut st)?;
+        let r = self.zap_pmd_range(start, end, partial, &mut st);
         self.zapped.add_all(st.cleared);
         if st.cleared.total() > 0 {
             self.flush_tlb_range(st.lo, st.hi, FlushReason::Zap);
-            self.mmu_notifier_invalidate(st.lo, st.hi);
         }
-        Ok(st)
+        // The MMU notifier hears of the whole range, whatever it held (unmap_vmas,
+        // zap_page_range_single invalidate their range unconditionally: a secondary MMU may map
+        // more than the host does, as KVM/arm64's stage-2 blocks over a BAR the host maps in
+        // part), and of every huge leaf zapped whole past it (__split_huge_pud's own range).
+        // One call after the change, as everywhere in the model.
+        let (lo, hi) = if st.cleared.total() > 0 {
+            (start.min(st.lo), end.max(st.hi))
+        } else {
+            (start, end)
+        };
+        self.mmu_notifier_invalidate(lo, hi);
+        r.map(|()| st)
     }
 
     /// `unmap_page_range` → `zap_p4d_range` … `zap_pte_range`, as one engine walk: a leaf (or a

@@ -115,13 +115,13 @@ impl Arm64S2 {
         if !(32..=48).contains(&ipa_bits) {
             return Err(bad("is outside the 32-48 bits KVM accepts without LPA2"));
         }
-        // stage2_pgtable_levels(ipa) = ARM64_HW_PGTABLE_LEVELS(ipa - 4)
-        let levels = (ipa_bits - 8) / granule.index_bits();
+        // stage2_pgtable_levels(ipa) = ARM64_HW_PGTABLE_LEVELS(ipa - 4), at least 2
+        // (kvm_get_vtcr: `if (lvls < 2) lvls = 2`)
+        let levels = ((ipa_bits - 8) / granule.index_bits()).max(2);
         let top = Level::ALL
-            .get(levels.saturating_sub(1) as usize)
+            .get(levels as usize - 1)
             .copied()
-            .filter(|_| levels >= 2)
-            .ok_or(bad("has fewer than two levels"))?;
+            .ok_or(bad("needs more levels than the model has"))?;
         if ipa_bits - granule.shift(top) > granule.index_bits() {
             return Err(bad(
                 "starts from concatenated tables in KVM (VTCR_EL2.SL0 one level lower)",

@@ -125,6 +125,11 @@ fn the_levels_follow_kvms_ipa_arithmetic_and_concatenation_is_refused() {
         .collect();
     assert_eq!(ok, [35, 36, 37, 38, 39, 44, 45, 46, 47, 48]);
     assert!(Arm64S2::new(Geometry::G4K, 52, true).is_err());
+    // 64 KiB pages with a 32-bit IPA: one level by the formula, two as kvm_get_vtcr raises it
+    assert_eq!(
+        Arm64S2::new(Geometry::G64K, 32, true).unwrap().top(),
+        Level::Pmd
+    );
 }
 
 #[test]
