@@ -32,6 +32,11 @@ struct World {
 
 /// A 4 GiB BAR mmapped at a VA `align`-aligned plus `skew`, and a VM.
 fn world(align: u64, skew: u64, cfg: KvmConfig) -> World {
+    world_on(MmConfig::default(), align, skew, cfg)
+}
+
+/// [`world`] on a host configured as `mm`.
+fn world_on(mm: MmConfig, align: u64, skew: u64, cfg: KvmConfig) -> World {
     let phys = Arc::new(PhysMem::default());
     let dev = VfioPciDevice::new(
         phys.clone(),
@@ -40,7 +45,7 @@ fn world(align: u64, skew: u64, cfg: KvmConfig) -> World {
         HugeFaultLogic::Fixed,
     )
     .expect("dev");
-    let mm = Mm::new(phys.clone(), MmConfig::default()).expect("mm");
+    let mm = Mm::new(phys.clone(), mm).expect("mm");
     let va = mm.find_aligned_area(4 * G, align, skew).expect("va");
     let f = dev.open();
     mm.mmap(MmapRequest {
@@ -319,40 +324,13 @@ fn regress_guest_touch_over_a_huge_gap_counts_every_exit() {
 /// The same world on an arm64 host (PMD pfnmaps, as Linux/arm64 has no PUD pfnmap), with the
 /// host's THP policy `thp`.
 fn arm64_world(align: u64, skew: u64, thp: hugepfn_mm::ThpPolicy) -> World {
-    let phys = Arc::new(PhysMem::default());
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "gpu",
-        vec![Bar::mem64(1, BAR_PA, 4 * G)],
-        HugeFaultLogic::Fixed,
-    )
-    .expect("dev");
-    let cfg = MmConfig {
+    let mm = MmConfig {
         arch: hugepfn_mm::Arch::Arm64,
         pfnmap_cap: hugepfn_mm::LeafCap::Pmd,
         thp,
         ..MmConfig::default()
     };
-    let mm = Mm::new(phys.clone(), cfg).expect("mm");
-    let va = mm.find_aligned_area(4 * G, align, skew).expect("va");
-    let f = dev.open();
-    mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
-        len: 4 * G,
-        prot: Prot::RW,
-        shared: true,
-        offset: region_offset(1),
-        file: Some(&f),
-    })
-    .expect("mmap");
-    let vm = Vm::new(mm.clone(), KvmConfig::default()).expect("vm");
-    World {
-        phys,
-        dev,
-        mm,
-        vm,
-        va,
-    }
+    world_on(mm, align, skew, KvmConfig::default())
 }
 
 #[test]

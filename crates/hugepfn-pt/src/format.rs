@@ -99,6 +99,87 @@ pub(crate) fn flags_where<const N: usize>(
         .fold(crate::entry::ProtFlags::empty(), |a, (f, _)| a | f)
 }
 
+/// `zap_present_ptes` → `folio_remove_rmap` for a CPU format whose leaves are [`Leaf`]s: only
+/// anonymous pages (not special) hold a reference.
+#[inline]
+pub(crate) fn release_cpu_leaf<F: Format<Leaf = Leaf>>(
+    f: &F,
+    phys: &PhysMem,
+    raw: u64,
+    level: Level,
+) {
+    if let Entry::Leaf(l) = f.decode(raw, level)
+        && !l.prot.is_special()
+    {
+        phys.put_page(l.pfn);
+    }
+}
+
+/// `impl Format` for an enum whose every variant holds a format with the same leaf (a
+/// machine's CPU format, a host's second stage): each call goes to the variant's format.
+macro_rules! enum_format {
+    ($ty:ident, $leaf:ty, $locking:expr, $($v:ident),+) => {
+        impl $crate::format::Format for $ty {
+            type Leaf = $leaf;
+            const LOCKING: $crate::format::Locking = $locking;
+
+            fn name(&self) -> &'static str {
+                match self { $($ty::$v(f) => f.name()),+ }
+            }
+
+            fn top(&self) -> Level {
+                match self { $($ty::$v(f) => f.top()),+ }
+            }
+
+            #[inline]
+            fn geometry(&self) -> Geometry {
+                match self { $($ty::$v(f) => f.geometry()),+ }
+            }
+
+            #[inline]
+            fn can_be_leaf(&self, level: Level) -> bool {
+                match self { $($ty::$v(f) => f.can_be_leaf(level)),+ }
+            }
+
+            #[inline(always)]
+            fn decode(&self, raw: u64, level: Level) -> Entry<$leaf> {
+                match self { $($ty::$v(f) => f.decode(raw, level)),+ }
+            }
+
+            #[inline]
+            fn table_of(&self, raw: u64, level: Level) -> Option<PhysAddr> {
+                match self { $($ty::$v(f) => f.table_of(raw, level)),+ }
+            }
+
+            #[inline]
+            fn is_leaf(&self, raw: u64, level: Level) -> bool {
+                match self { $($ty::$v(f) => f.is_leaf(raw, level)),+ }
+            }
+
+            #[inline]
+            fn encode_leaf(&self, leaf: &$leaf, level: Level) -> Result<u64, EncodeError> {
+                match self { $($ty::$v(f) => f.encode_leaf(leaf, level)),+ }
+            }
+
+            #[inline]
+            fn encode_table(&self, table: PhysAddr, level: Level) -> u64 {
+                match self { $($ty::$v(f) => f.encode_table(table, level)),+ }
+            }
+
+            #[inline]
+            fn account_level(&self, level: Level) -> Level {
+                match self { $($ty::$v(f) => f.account_level(level)),+ }
+            }
+
+            #[inline]
+            fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
+                match self { $($ty::$v(f) => f.release_leaf(phys, raw, level)),+ }
+            }
+        }
+    };
+}
+pub(crate) use enum_format;
+
 /// What the engine needs of a decoded leaf to split it.
 pub trait LeafOps: Copy + fmt::Debug + PartialEq {
     /// The first frame the leaf maps.

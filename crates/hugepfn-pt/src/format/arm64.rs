@@ -34,8 +34,11 @@
 
 use crate::addr::PhysAddr;
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
-use crate::format::{EncodeError, Entry, Format, Locking, check_placement, flags_where, set_bits};
+use crate::format::{
+    EncodeError, Entry, Format, Locking, check_placement, flags_where, release_cpu_leaf, set_bits,
+};
 use crate::level::{Geometry, Level};
+use crate::phys::PhysMem;
 
 /// Descriptor bits.
 pub mod bits {
@@ -148,11 +151,7 @@ impl Arm64 {
     /// The granule.
     #[inline]
     pub fn granule(&self) -> Geometry {
-        match self.page_shift {
-            14 => Geometry::G16K,
-            16 => Geometry::G64K,
-            _ => Geometry::G4K,
-        }
+        granule_of(self.page_shift)
     }
 
     /// The user VA width.
@@ -163,7 +162,7 @@ impl Arm64 {
     /// Output-address bits of a descriptor: 47:`PAGE_SHIFT`.
     #[inline]
     pub fn addr_mask(&self) -> u64 {
-        ((1u64 << 48) - 1) & !((1u64 << self.page_shift) - 1)
+        addr_mask_of(self.page_shift)
     }
 
     /// The MAIR index for a memory type.
@@ -328,6 +327,27 @@ impl Format for Arm64 {
             level
         }
     }
+
+    fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
+        release_cpu_leaf(self, phys, raw, level);
+    }
+}
+
+/// The granule of a page shift of 12, 14 or 16 (stage 1 and stage 2 keep the shift, not the
+/// `Geometry`, so that their enums stay small).
+#[inline]
+pub(crate) const fn granule_of(page_shift: u8) -> Geometry {
+    match page_shift {
+        14 => Geometry::G16K,
+        16 => Geometry::G64K,
+        _ => Geometry::G4K,
+    }
+}
+
+/// Output-address bits of a descriptor with 48-bit output addresses: 47:`page_shift`.
+#[inline]
+pub(crate) const fn addr_mask_of(page_shift: u8) -> u64 {
+    ((1u64 << 48) - 1) & !((1u64 << page_shift) - 1)
 }
 
 #[cfg(test)]

@@ -29,16 +29,16 @@
 //! encoded), no software bits, no LPA2.
 
 use crate::addr::{Pfn, PhysAddr};
+use crate::format::arm64::{addr_mask_of, granule_of};
 use crate::format::ept::{EptLeaf, MemType};
 use crate::format::{EncodeError, Entry, Format, Locking, check_placement, set_bits};
 use crate::level::{Geometry, Level};
 
 /// Stage-2 descriptor bits (`KVM_PTE_*`).
 pub mod bits {
-    /// `KVM_PTE_VALID`.
-    pub const VALID: u64 = 1 << 0;
-    /// `KVM_PTE_TYPE`: a table (levels 0–2) or a page (level 3); clear in a block.
-    pub const TABLE_OR_PAGE: u64 = 1 << 1;
+    /// `KVM_PTE_VALID` and `KVM_PTE_TYPE` (a table at levels 0–2 or a page at level 3, clear in a
+    /// block) are stage 1's bits 0 and 1.
+    pub use crate::format::arm64::bits::{TABLE_OR_PAGE, VALID};
     /// `KVM_PTE_LEAF_ATTR_LO_S2_MEMATTR` shift.
     pub const MEMATTR_SHIFT: u32 = 2;
     /// `KVM_PTE_LEAF_ATTR_LO_S2_MEMATTR`, bits 5:2.
@@ -143,17 +143,13 @@ impl Arm64S2 {
     /// The granule.
     #[inline]
     pub fn granule(&self) -> Geometry {
-        match self.page_shift {
-            14 => Geometry::G16K,
-            16 => Geometry::G64K,
-            _ => Geometry::G4K,
-        }
+        granule_of(self.page_shift)
     }
 
     /// Output-address bits: 47:`PAGE_SHIFT`.
     #[inline]
     pub fn addr_mask(&self) -> u64 {
-        ((1u64 << 48) - 1) & !((1u64 << self.page_shift) - 1)
+        addr_mask_of(self.page_shift)
     }
 
     /// The `MemAttr` for a memory type (`stage2_set_prot_attr`).

@@ -12,7 +12,7 @@ use crate::addr::PhysAddr;
 use crate::entry::Leaf;
 use crate::format::arm64::Arm64;
 use crate::format::riscv::Riscv;
-use crate::format::{EncodeError, Entry, Format, Locking, X86_64};
+use crate::format::{EncodeError, Entry, Locking, X86_64, enum_format};
 use crate::level::{Geometry, Level};
 use crate::phys::PhysMem;
 
@@ -50,82 +50,7 @@ impl Cpu {
     }
 }
 
-/// Forwards a call to the format inside.
-macro_rules! each {
-    ($self:expr, $f:ident => $e:expr) => {
-        match $self {
-            Cpu::X86($f) => $e,
-            Cpu::Arm64($f) => $e,
-            Cpu::Riscv($f) => $e,
-        }
-    };
-}
-
-impl Format for Cpu {
-    type Leaf = Leaf;
-    const LOCKING: Locking = Locking::Split;
-
-    fn name(&self) -> &'static str {
-        each!(self, f => f.name())
-    }
-
-    fn top(&self) -> Level {
-        each!(self, f => f.top())
-    }
-
-    #[inline]
-    fn geometry(&self) -> Geometry {
-        each!(self, f => f.geometry())
-    }
-
-    #[inline]
-    fn can_be_leaf(&self, level: Level) -> bool {
-        each!(self, f => f.can_be_leaf(level))
-    }
-
-    #[inline(always)]
-    fn decode(&self, raw: u64, level: Level) -> Entry<Leaf> {
-        each!(self, f => f.decode(raw, level))
-    }
-
-    #[inline]
-    fn table_of(&self, raw: u64, level: Level) -> Option<PhysAddr> {
-        each!(self, f => f.table_of(raw, level))
-    }
-
-    #[inline]
-    fn is_leaf(&self, raw: u64, level: Level) -> bool {
-        each!(self, f => f.is_leaf(raw, level))
-    }
-
-    #[inline]
-    fn encode_leaf(&self, leaf: &Leaf, level: Level) -> Result<u64, EncodeError> {
-        each!(self, f => f.encode_leaf(leaf, level))
-    }
-
-    #[inline]
-    fn encode_table(&self, table: PhysAddr, level: Level) -> u64 {
-        each!(self, f => f.encode_table(table, level))
-    }
-
-    #[inline]
-    fn account_level(&self, level: Level) -> Level {
-        each!(self, f => f.account_level(level))
-    }
-
-    /// `zap_present_ptes` → `folio_remove_rmap`: only anonymous pages (not special) hold a
-    /// reference.
-    fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
-        if let Cpu::X86(f) = self {
-            return f.release_leaf(phys, raw, level);
-        }
-        if let Entry::Leaf(l) = self.decode(raw, level)
-            && !l.prot.is_special()
-        {
-            phys.put_page(l.pfn);
-        }
-    }
-}
+enum_format!(Cpu, Leaf, Locking::Split, X86, Arm64, Riscv);
 
 #[cfg(test)]
 mod tests {
@@ -134,6 +59,7 @@ mod tests {
     use super::*;
     use crate::addr::Pfn;
     use crate::entry::{CacheMode, Pgprot, ProtFlags};
+    use crate::format::Format;
     use crate::tree::Tree;
 
     fn cpus() -> Vec<Cpu> {

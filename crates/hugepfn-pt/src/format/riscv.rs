@@ -15,8 +15,11 @@
 
 use crate::addr::PhysAddr;
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
-use crate::format::{EncodeError, Entry, Format, Locking, check_placement, flags_where, set_bits};
+use crate::format::{
+    EncodeError, Entry, Format, Locking, check_placement, flags_where, release_cpu_leaf, set_bits,
+};
 use crate::level::Level;
+use crate::phys::PhysMem;
 
 /// Entry bits.
 pub mod bits {
@@ -186,5 +189,9 @@ impl Format for Riscv {
         } else {
             level
         }
+    }
+
+    fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
+        release_cpu_leaf(self, phys, raw, level);
     }
 }

@@ -7,8 +7,9 @@
 use crate::addr::PhysAddr;
 use crate::format::arm64_s2::Arm64S2;
 use crate::format::ept::{Ept4, EptLeaf};
-use crate::format::{EncodeError, Entry, Format, Locking};
+use crate::format::{EncodeError, Entry, Locking, enum_format};
 use crate::level::{Geometry, Level};
+use crate::phys::PhysMem;
 
 /// A second-stage format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,49 +20,4 @@ pub enum Stage2 {
     Arm64(Arm64S2),
 }
 
-macro_rules! each {
-    ($self:expr, $f:ident => $e:expr) => {
-        match $self {
-            Stage2::Ept($f) => $e,
-            Stage2::Arm64($f) => $e,
-        }
-    };
-}
-
-impl Format for Stage2 {
-    type Leaf = EptLeaf;
-    const LOCKING: Locking = Locking::Single;
-
-    fn name(&self) -> &'static str {
-        each!(self, f => f.name())
-    }
-
-    fn top(&self) -> Level {
-        each!(self, f => f.top())
-    }
-
-    #[inline]
-    fn geometry(&self) -> Geometry {
-        each!(self, f => f.geometry())
-    }
-
-    #[inline]
-    fn can_be_leaf(&self, level: Level) -> bool {
-        each!(self, f => f.can_be_leaf(level))
-    }
-
-    #[inline]
-    fn decode(&self, raw: u64, level: Level) -> Entry<EptLeaf> {
-        each!(self, f => f.decode(raw, level))
-    }
-
-    #[inline]
-    fn encode_leaf(&self, leaf: &EptLeaf, level: Level) -> Result<u64, EncodeError> {
-        each!(self, f => f.encode_leaf(leaf, level))
-    }
-
-    #[inline]
-    fn encode_table(&self, table: PhysAddr, level: Level) -> u64 {
-        each!(self, f => f.encode_table(table, level))
-    }
-}
+enum_format!(Stage2, EptLeaf, Locking::Single, Ept, Arm64);
