@@ -660,7 +660,7 @@ impl Inner {
         loop {
             let mmu_seq = self.mmu_invalidate_seq.load(Ordering::Acquire);
             // mmap_read_lock; vma_lookup; get_vma_page_shift (logging forces PAGE_SIZE)
-            let Some(vma) = self.mm.find_vma(hva) else {
+            let Some(vma) = self.mm.find_vma(UserAddr::new(hva)) else {
                 return Err(efault(hva, "no VMA maps the hva".into()));
             };
             let mut level = if slot.dirty_logging() {
@@ -815,7 +815,7 @@ impl Inner {
             let g = mm.mmap_read();
             // hva_to_pfn_slow: get_user_pages_unlocked → check_vma_flags
             inc(&self.c.gup_slow);
-            let Some(vma) = g.find_vma(hva) else {
+            let Some(vma) = g.find_vma(UserAddr::new(hva)) else {
                 return Err("no VMA maps the hva".into());
             };
             if !vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {

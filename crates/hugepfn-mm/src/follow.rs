@@ -7,6 +7,7 @@
 //! held until `end`: here the [`FollowPfnmap`] guard, whose drop is `follow_pfnmap_end`, and which
 //! borrows the mmap read lock so the lock cannot be released first (the kerneldoc's rule).
 
+use crate::addr::UserAddr;
 use crate::addr::{Pfn, VirtAddr};
 use crate::entry::{self, Decoded, Pgprot};
 use crate::error::MmError;
@@ -64,7 +65,9 @@ impl MmapRead<'_> {
     /// `follow_pfnmap_start(args)` for `addr`, with the mmap lock held by `self`.
     pub fn follow_pfnmap_start(&self, addr: VirtAddr) -> Result<FollowPfnmap<'_>, MmError> {
         let addr = addr.as_u64();
-        let vma = self.find_vma(addr).ok_or(MmError::NoVma(addr))?;
+        let vma = self
+            .find_vma(UserAddr::new(addr))
+            .ok_or(MmError::NoVma(addr))?;
         if !vma.is_pfnmap_or_io() {
             return Err(MmError::NotPfnmap(vma.start));
         }

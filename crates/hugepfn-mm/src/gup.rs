@@ -66,13 +66,14 @@ impl Mm {
     /// (`check_vma_flags`), faulting in ordinary pages otherwise. Returns the pages pinned.
     pub fn get_user_pages(
         &self,
-        start: u64,
+        start: UserAddr,
         nr_pages: u64,
         flags: FollFlags,
     ) -> Result<u64, Errno> {
+        let start = start.as_u64();
         for i in 0..nr_pages {
             let addr = start + i * 4096;
-            let vma = self.find_vma(addr).ok_or(Errno::EFAULT)?;
+            let vma = self.find_vma(UserAddr::new(addr)).ok_or(Errno::EFAULT)?;
             if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
                 return if i == 0 { Err(Errno::EFAULT) } else { Ok(i) };
             }

@@ -365,8 +365,8 @@ impl<'a> MmapRead<'a> {
     }
 
     /// `vma_lookup(mm, addr)`.
-    pub fn find_vma(&self, addr: u64) -> Option<&Vma> {
-        self.tree.find(addr)
+    pub fn find_vma(&self, addr: UserAddr) -> Option<&Vma> {
+        self.tree.find(addr.as_u64())
     }
 }
 
@@ -453,8 +453,8 @@ impl Mm {
     }
 
     /// Leaves mapped now in `[start, end)`.
-    pub fn leaves(&self, start: u64, end: u64) -> LeafCounts {
-        self.pt.count_leaves(start, end)
+    pub fn leaves(&self, start: UserAddr, end: UserAddr) -> LeafCounts {
+        self.pt.count_leaves(start.as_u64(), end.as_u64())
     }
 
     /// Leaves mapped now anywhere.
@@ -475,7 +475,7 @@ impl Mm {
     }
 
     /// A copy of the VMA containing `addr`.
-    pub fn find_vma(&self, addr: u64) -> Option<Vma> {
+    pub fn find_vma(&self, addr: UserAddr) -> Option<Vma> {
         self.mmap_read().find_vma(addr).cloned()
     }
 
@@ -1150,7 +1150,7 @@ impl Mm {
         let addr = addr.as_u64();
         self.cfg.arch.check_va(addr)?;
         let g = self.mmap_read();
-        let Some(vma) = g.find_vma(addr) else {
+        let Some(vma) = g.find_vma(UserAddr::new(addr)) else {
             // bad_area: the caller (the CPU, GUP) decides what to raise and count.
             return Err(MmError::NoVma(addr));
         };
@@ -1176,7 +1176,13 @@ impl Mm {
     }
 
     /// Changes VMA flags on the VMA containing `addr` (used by madvise-like callers).
-    pub fn update_vma_flags(&self, addr: u64, set: VmFlags, clear: VmFlags) -> Result<(), MmError> {
+    pub fn update_vma_flags(
+        &self,
+        addr: UserAddr,
+        set: VmFlags,
+        clear: VmFlags,
+    ) -> Result<(), MmError> {
+        let addr = addr.as_u64();
         let mut tree = self.mmap_write();
         let key = tree
             .find(addr)

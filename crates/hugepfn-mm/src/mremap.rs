@@ -22,7 +22,7 @@ pub struct MremapFlags {
     /// `MREMAP_MAYMOVE`.
     pub maymove: bool,
     /// `MREMAP_FIXED` with this destination.
-    pub fixed: Option<u64>,
+    pub fixed: Option<UserAddr>,
 }
 
 /// What an mremap did.
@@ -69,13 +69,13 @@ impl Mm {
         if new_len == 0 {
             return Err(einval("the new length is 0".into()));
         }
-        if self.find_vma(old_addr).is_none() {
+        if self.find_vma(UserAddr::new(old_addr)).is_none() {
             return Err(refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")));
         }
         // vma_to_resize: the old range inside one VMA; a pfnmap never grows
         let vma_to_resize = |old_len: u64| -> Result<crate::vma::Vma, MmError> {
             let vma = self
-                .find_vma(old_addr)
+                .find_vma(UserAddr::new(old_addr))
                 .ok_or_else(|| refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")))?;
             if old_len > vma.end - old_addr {
                 return Err(refused(
@@ -91,7 +91,7 @@ impl Mm {
             }
             Ok(vma)
         };
-        let dst = match flags.fixed {
+        let dst = match flags.fixed.map(UserAddr::as_u64) {
             // mremap_to: check the destination, unmap it, drop the old tail, then resize
             Some(d) => {
                 if !d.is_multiple_of(4096) {

@@ -27,6 +27,7 @@
 //! were a table — the kernel's "BUG: unable to handle page fault … walk_pgd_range"; here a
 //! [`WalkOops`].
 
+use crate::addr::UserAddr;
 use crate::entry::{self, Decoded};
 use crate::error::Errno;
 use crate::level::Level;
@@ -461,7 +462,10 @@ impl Mm {
         vma_start: u64,
         ops: &mut O,
     ) -> Result<WalkStats, WalkError> {
-        match self.find_vma(vma_start).filter(|v| v.start == vma_start) {
+        match self
+            .find_vma(UserAddr::new(vma_start))
+            .filter(|v| v.start == vma_start)
+        {
             Some(v) => self.walk_page_range_vma(v.start, v.end, ops),
             None => Ok(WalkStats::default()),
         }
@@ -476,7 +480,7 @@ impl Mm {
         ops: &mut O,
     ) -> Result<WalkStats, WalkError> {
         let g = self.mmap_read();
-        let Some(vma) = g.find_vma(start).cloned() else {
+        let Some(vma) = g.find_vma(UserAddr::new(start)).cloned() else {
             return Ok(WalkStats::default());
         };
         let mut w = Walk {

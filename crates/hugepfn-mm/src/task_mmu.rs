@@ -346,7 +346,7 @@ impl Mm {
         let mut va = addr;
         while va < end {
             // do_mincore: one VMA per round; no VMA at `va` is ENOMEM
-            let Some(v) = self.find_vma(va).filter(|v| v.start <= va) else {
+            let Some(v) = self.find_vma(UserAddr::new(va)).filter(|v| v.start <= va) else {
                 return Err(MmError::Unmapped {
                     what: "mincore",
                     addr: va,

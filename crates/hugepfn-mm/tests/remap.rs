@@ -215,7 +215,7 @@ fn cow_mappings_get_small_entries_and_whole_vma_only() {
         .remap_pfn_range(uva(G), upfn(BAR1 >> 12), 4 * M, Pgprot::READONLY)
         .unwrap();
     assert_eq!((c.pud, c.pmd, c.pte), (0, 0, 1024));
-    let v = mm.find_vma(G).unwrap();
+    let v = mm.find_vma(UserAddr::new(G)).unwrap();
     assert_eq!(v.pgoff, BAR1 >> 12, "vm_pgoff = pfn for CoW pfnmaps");
     assert!(v.flags.contains(
         hugepfn_mm::VmFlags::PFNMAP
@@ -304,7 +304,7 @@ fn munmap_splits_huge_leaves_of_remapped_vmas() {
     }
     assert_eq!(mm.vmas().len(), 2);
     // VM_PFNMAP and pgoff carried to the right-hand VMA.
-    let right = mm.find_vma(hole + 4096).unwrap();
+    let right = mm.find_vma(UserAddr::new(hole + 4096)).unwrap();
     assert_eq!(right.start, hole + 4096);
     assert_eq!(right.pgoff, (hole + 4096 - G) >> 12);
     // Unmap everything: every table but the PGD goes; then drop the mm: nothing leaks.
@@ -350,8 +350,13 @@ fn munmap_errors_change_nothing() {
     // A length that is not a page multiple is rounded up (PAGE_ALIGN), as munmap(2) says:
     // 4097 bytes unmap two pages.
     mm.munmap(UserAddr::new(G), 4097).unwrap();
-    assert!(mm.find_vma(G).is_none() && mm.find_vma(G + 4096).is_none());
-    assert_eq!(mm.find_vma(G + 8192).map(|v| v.start), Some(G + 8192));
+    assert!(
+        mm.find_vma(UserAddr::new(G)).is_none() && mm.find_vma(UserAddr::new(G + 4096)).is_none()
+    );
+    assert_eq!(
+        mm.find_vma(UserAddr::new(G + 8192)).map(|v| v.start),
+        Some(G + 8192)
+    );
 }
 
 #[test]
@@ -468,17 +473,19 @@ fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
         M,
         hugepfn_mm::mremap::MremapFlags {
             maymove: true,
-            fixed: Some(4 * G),
+            fixed: Some(UserAddr::new(4 * G)),
         },
     );
     let e = moved.unwrap_err();
     assert!(e.to_string().contains("0x100000000000"), "{e}");
     // refused before anything changed: the VMA is where it was, nothing is at the target
     assert_eq!(
-        mm.mmap_read().find_vma(G).map(|v| (v.start, v.end)),
+        mm.mmap_read()
+            .find_vma(UserAddr::new(G))
+            .map(|v| (v.start, v.end)),
         Some((G, G + 2 * M))
     );
-    assert!(mm.mmap_read().find_vma(4 * G).is_none());
+    assert!(mm.mmap_read().find_vma(UserAddr::new(4 * G)).is_none());
     assert_eq!(pt.first_mapped(4 * G, 4 * G + M), None);
     // the real pointer back: the mapping is whole again, and munmap clears it
     pt.ptl(pmd).set(pmd, good);

@@ -513,7 +513,7 @@ impl VfioIommu {
             let g = mm.mmap_read();
             // pin_user_pages_remote(FOLL_LONGTERM): check_vma_flags refuses VM_IO|VM_PFNMAP.
             c.gup_attempts += 1;
-            let Some(vma) = g.find_vma(vaddr) else {
+            let Some(vma) = g.find_vma(UserAddr::new(vaddr)) else {
                 return Err(fault(vaddr, "no VMA maps the address"));
             };
             if !vma.flags.contains(VmFlags::PFNMAP) {

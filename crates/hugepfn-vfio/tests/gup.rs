@@ -46,7 +46,10 @@ fn gup_fast_refuses_special_huge_leaves_and_slow_gup_efaults() {
         (0, Some("special")),
         "a special PUD leaf is refused"
     );
-    assert_eq!(mm.get_user_pages(va, 4, w), Err(Errno::EFAULT));
+    assert_eq!(
+        mm.get_user_pages(UserAddr::new(va), 4, w),
+        Err(Errno::EFAULT)
+    );
 }
 
 #[test]

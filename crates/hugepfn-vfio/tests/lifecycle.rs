@@ -42,7 +42,7 @@ fn vfio_with(
 fn move_to(dst: u64) -> MremapFlags {
     MremapFlags {
         maymove: true,
-        fixed: Some(dst),
+        fixed: Some(UserAddr::new(dst)),
     }
 }
 
@@ -108,7 +108,7 @@ fn fork_copies_huge_special_leaves_as_they_are() {
 fn regress_47fa30118f02_fork_checks_present_before_special() {
     let (_p, mm, va) = remapped(4 * M, false); // a CoW VMA
     mm.munmap(UserAddr::new(va), 2 * M).unwrap();
-    let vma = mm.find_vma(va + 2 * M).unwrap();
+    let vma = mm.find_vma(UserAddr::new(va + 2 * M)).unwrap();
     assert!(vma.flags.is_cow_mapping());
     // Put a "migration entry" into the PMD slot of the second 2 MiB: P clear, PSE, RW, bit 9.
     let pt = mm.page_tables();
@@ -386,7 +386,7 @@ fn madvise_on_pfnmaps_refuses_what_linux_refuses() {
         .unwrap();
     assert_eq!(mm.vmas().len(), 2);
     assert!(
-        mm.find_vma(va + G)
+        mm.find_vma(UserAddr::new(va + G))
             .unwrap()
             .flags
             .contains(VmFlags::NOHUGEPAGE)

@@ -46,11 +46,20 @@ fn smaps_and_numa_maps_zap_pud_leaves_on_the_kernels_only() {
         assert_eq!(z.pud - before.pud, 2, "{file:?}");
         assert_eq!(r.walk.puds_split, 2);
         assert_eq!(mm.page_tables().mmu_notifier_calls() - n0, 2, "one per GiB");
-        assert_eq!(mm.leaves(va, va + 2 * G).pud, 0);
+        assert_eq!(
+            mm.leaves(UserAddr::new(va), UserAddr::new(va + 2 * G)).pud,
+            0
+        );
         // the corrected design walks past the special leaves
         let (mm, va, _d) = mapped(0, MmConfig::default());
         let r = mm.read_proc(file, None).unwrap();
-        assert_eq!((r.walk.puds_split, mm.leaves(va, va + 2 * G).pud), (0, 2));
+        assert_eq!(
+            (
+                r.walk.puds_split,
+                mm.leaves(UserAddr::new(va), UserAddr::new(va + 2 * G)).pud
+            ),
+            (0, 2)
+        );
     }
 }
 
@@ -69,7 +78,10 @@ fn smaps_reports_nothing_resident_for_a_bar_and_4k_kernel_pages() {
     );
     assert!(r.text.contains("pf io de dd"), "{}", r.text);
     // PMD leaves are left alone even by the kernels (no pte_entry: no split_huge_pmd)
-    assert_eq!(mm.leaves(va, va + 2 * G).pmd, 1024);
+    assert_eq!(
+        mm.leaves(UserAddr::new(va), UserAddr::new(va + 2 * G)).pmd,
+        1024
+    );
     let n = mm.read_proc(ProcFile::NumaMaps, None).unwrap();
     assert!(
         n.text.starts_with(&format!("{va:x} default file=")),
@@ -83,7 +95,7 @@ fn smaps_reports_nothing_resident_for_a_bar_and_4k_kernel_pages() {
 fn pagemap_and_clear_refs_skip_vm_pfnmap() {
     for skew in [0, 2 * M, 4096] {
         let (mm, va, _d) = mapped(skew, kernel_cfg());
-        let leaves = mm.leaves(va, va + 2 * G);
+        let leaves = mm.leaves(UserAddr::new(va), UserAddr::new(va + 2 * G));
         let r = mm
             .read_proc(ProcFile::Pagemap, Some((va, va + 4 * M)))
             .unwrap();
@@ -95,7 +107,11 @@ fn pagemap_and_clear_refs_skip_vm_pfnmap() {
         assert_eq!(r.walk.vmas_skipped, 1);
         let c = mm.read_proc(ProcFile::ClearRefs, None).unwrap();
         assert_eq!((c.walk.vmas_walked, c.walk.vmas_skipped), (0, 1));
-        assert_eq!(mm.leaves(va, va + 2 * G), leaves, "nothing zapped");
+        assert_eq!(
+            mm.leaves(UserAddr::new(va), UserAddr::new(va + 2 * G)),
+            leaves,
+            "nothing zapped"
+        );
     }
 }
 
@@ -114,7 +130,7 @@ fn mincore_skips_a_bar_on_6_12_and_sees_every_mapped_page_on_7_3() {
             ..kernel_cfg()
         };
         let (mm, va, _d) = mapped(skew, cfg);
-        let leaves = mm.leaves(va, va + 2 * G);
+        let leaves = mm.leaves(UserAddr::new(va), UserAddr::new(va + 2 * G));
         let (v, st) = mm.mincore(UserAddr::new(va), 2 * G).unwrap();
         assert_eq!(
             v.iter().filter(|b| **b == 1).count(),
@@ -125,7 +141,10 @@ fn mincore_skips_a_bar_on_6_12_and_sees_every_mapped_page_on_7_3() {
             st.puds_split, 0,
             "mincore_pud_entry stops the walk at a PUD leaf"
         );
-        assert_eq!(mm.leaves(va, va + 2 * G), leaves);
+        assert_eq!(
+            mm.leaves(UserAddr::new(va), UserAddr::new(va + 2 * G)),
+            leaves
+        );
         // unmapped: ENOMEM; unaligned: EINVAL
         assert_eq!(
             mm.mincore(UserAddr::new(va + 2 * G), 4096)

@@ -68,7 +68,8 @@ fn faults_racing_memory_disable_leave_no_leaf() {
         disable.join().unwrap();
         assert!(!dev.memory_enabled());
         assert_eq!(
-            mm.leaves(va, va + 4 * M).total(),
+            mm.leaves(UserAddr::new(va), UserAddr::new(va + 4 * M))
+                .total(),
             0,
             "a leaf survived memory disable: {results:?}"
         );

@@ -92,7 +92,7 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
     dev.set_memory_enable(true);
     let mut off = 0;
     while off < LEN {
-        if mm.find_vma(va + off).is_none() {
+        if mm.find_vma(UserAddr::new(va + off)).is_none() {
             map(va + off, 2 * M).unwrap();
         }
         off += 2 * M;

@@ -85,7 +85,7 @@ fn mmap_is_checked_like_vfio_pci_core_mmap() {
     assert_eq!(mm.table_counts().total(), 1);
 
     let va = mm.mmap(req(true, region_offset(2), 2 * G)).unwrap();
-    let v = mm.find_vma(va).unwrap();
+    let v = mm.find_vma(UserAddr::new(va)).unwrap();
     assert!(v.flags.contains(
         VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND | VmFlags::DONTDUMP | VmFlags::SHARED
     ));
@@ -150,7 +150,8 @@ fn thp_policy_gates_huge_faults() {
         let mm = process(&w, thp);
         let va = map(&w, &mm, 2, 0, 4 * M, at(&mm, 4 * M, G, 0)).unwrap();
         if let Some(a) = advice {
-            mm.update_vma_flags(va, a, VmFlags::empty()).unwrap();
+            mm.update_vma_flags(UserAddr::new(va), a, VmFlags::empty())
+                .unwrap();
         }
         touch(&mm, va, 4 * M);
         let f = mm.fault_counts();

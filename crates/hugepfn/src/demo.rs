@@ -162,7 +162,7 @@ pub fn remap_bar(
     Ok(RemapRow {
         bar: bar.index,
         policy: cap.name(),
-        leaves: mm.leaves(va, va + bar.size),
+        leaves: mm.leaves(UserAddr::new(va), UserAddr::new(va + bar.size)),
         page_table_pages: pages,
         page_table_bytes: bytes,
         elapsed_ns,
@@ -236,7 +236,7 @@ pub fn vfio_touch_bar(
             pmd: f.pmd,
             pte: f.pte,
         },
-        leaves: mm.leaves(va, va + bar.size),
+        leaves: mm.leaves(UserAddr::new(va), UserAddr::new(va + bar.size)),
         page_table_pages: pages,
         page_table_bytes: bytes,
         elapsed_ns,

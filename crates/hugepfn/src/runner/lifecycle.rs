@@ -107,7 +107,7 @@ impl ModelRun {
                 self.last_mremap_dst = dst;
                 let flags = MremapFlags {
                     maymove: true,
-                    fixed: dst,
+                    fixed: dst.map(UserAddr::new),
                 };
                 match mm.mremap(UserAddr::new(va), maplen, new_len, flags) {
                     Ok(st) => {

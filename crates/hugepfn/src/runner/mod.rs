@@ -386,7 +386,7 @@ impl ModelRun {
                         Madvise::Hugepage => (VmFlags::HUGEPAGE, VmFlags::NOHUGEPAGE),
                         Madvise::Nohugepage => (VmFlags::NOHUGEPAGE, VmFlags::HUGEPAGE),
                     };
-                    let _ = self.mm.update_vma_flags(va, set, clear);
+                    let _ = self.mm.update_vma_flags(UserAddr::new(va), set, clear);
                 }
                 self.maps.insert(
                     m.name.clone(),
