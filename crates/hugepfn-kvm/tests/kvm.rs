@@ -427,7 +427,10 @@ fn arm64_host_changes_where_the_host_has_no_leaf_still_zap_the_stage_2_block() {
     w.vm.guest_access(gpa_of(GPA + 3 * G + 5), false)
         .expect("GiB 3");
     assert_eq!(w.vm.ept_leaves(), leaves(2, 0, 0));
-    assert!(host_pfn_mapping_level(&w.mm, w.va + 512 * M2) == Level::Pte);
+    // the host has no leaf at either target (only each GiB's first 2 MiB)
+    for t in [w.va + 256 * M2, w.va + 3 * G + G / 2] {
+        assert!(w.mm.page_tables().lookup(t).is_none(), "{t:#x}");
+    }
     // mprotect of 2 MiB inside GiB 0 where the host has no leaf: change_pud_range notifies
     // from the populated PUD entry on, and KVM zaps the block
     w.mm.mprotect(UserAddr::new(w.va + 256 * M2), M2, Prot::R)

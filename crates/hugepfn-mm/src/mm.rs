@@ -934,7 +934,10 @@ impl Mm {
                 self.note_split_vma(v, end);
             }
         }
-        // Page tables first, while the VMAs still say how to treat partial leaves.
+        // Page tables first, while the VMAs still say how to treat partial leaves; the MMU
+        // notifier hears of the whole range once, as unmap_vmas tells it.
+        let (mut lo, mut hi) = (addr, end);
+        let mut failed = None;
         for v in &hit {
             let s = v.start.max(addr);
             let e = v.end.min(end);
@@ -943,11 +946,19 @@ impl Mm {
             } else {
                 PartialHuge::Split
             };
-            let z = self.pt.zap_range(s, e, policy)?;
-            st.zapped.pud += z.cleared.pud;
-            st.zapped.pmd += z.cleared.pmd;
-            st.zapped.pte += z.cleared.pte;
+            let (z, r) = self.pt.zap_range_unnotified(s, e, policy);
+            let (zl, zh) = z.notify_range(s, e);
+            (lo, hi) = (lo.min(zl), hi.max(zh));
+            st.zapped += z.cleared;
             st.splits += z.splits;
+            if let Err(e) = r {
+                failed = Some(e);
+                break;
+            }
+        }
+        self.pt.mmu_notifier_invalidate(lo, hi);
+        if let Some(e) = failed {
+            return Err(e.into());
         }
         // Then the VMAs (__split_vma, unlink_file_vma) — before any table is freed.
         for v in hit {

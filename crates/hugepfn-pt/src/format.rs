@@ -127,52 +127,52 @@ macro_rules! enum_format {
                 match self { $($ty::$v(f) => f.name()),+ }
             }
 
-            fn top(&self) -> Level {
+            fn top(&self) -> $crate::level::Level {
                 match self { $($ty::$v(f) => f.top()),+ }
             }
 
             #[inline]
-            fn geometry(&self) -> Geometry {
+            fn geometry(&self) -> $crate::level::Geometry {
                 match self { $($ty::$v(f) => f.geometry()),+ }
             }
 
             #[inline]
-            fn can_be_leaf(&self, level: Level) -> bool {
+            fn can_be_leaf(&self, level: $crate::level::Level) -> bool {
                 match self { $($ty::$v(f) => f.can_be_leaf(level)),+ }
             }
 
             #[inline(always)]
-            fn decode(&self, raw: u64, level: Level) -> Entry<$leaf> {
+            fn decode(&self, raw: u64, level: $crate::level::Level) -> $crate::format::Entry<$leaf> {
                 match self { $($ty::$v(f) => f.decode(raw, level)),+ }
             }
 
             #[inline]
-            fn table_of(&self, raw: u64, level: Level) -> Option<PhysAddr> {
+            fn table_of(&self, raw: u64, level: $crate::level::Level) -> Option<$crate::addr::PhysAddr> {
                 match self { $($ty::$v(f) => f.table_of(raw, level)),+ }
             }
 
             #[inline]
-            fn is_leaf(&self, raw: u64, level: Level) -> bool {
+            fn is_leaf(&self, raw: u64, level: $crate::level::Level) -> bool {
                 match self { $($ty::$v(f) => f.is_leaf(raw, level)),+ }
             }
 
             #[inline]
-            fn encode_leaf(&self, leaf: &$leaf, level: Level) -> Result<u64, EncodeError> {
+            fn encode_leaf(&self, leaf: &$leaf, level: $crate::level::Level) -> Result<u64, $crate::format::EncodeError> {
                 match self { $($ty::$v(f) => f.encode_leaf(leaf, level)),+ }
             }
 
             #[inline]
-            fn encode_table(&self, table: PhysAddr, level: Level) -> u64 {
+            fn encode_table(&self, table: $crate::addr::PhysAddr, level: $crate::level::Level) -> u64 {
                 match self { $($ty::$v(f) => f.encode_table(table, level)),+ }
             }
 
             #[inline]
-            fn account_level(&self, level: Level) -> Level {
+            fn account_level(&self, level: $crate::level::Level) -> $crate::level::Level {
                 match self { $($ty::$v(f) => f.account_level(level)),+ }
             }
 
             #[inline]
-            fn release_leaf(&self, phys: &PhysMem, raw: u64, level: Level) {
+            fn release_leaf(&self, phys: &$crate::phys::PhysMem, raw: u64, level: $crate::level::Level) {
                 match self { $($ty::$v(f) => f.release_leaf(phys, raw, level)),+ }
             }
         }

@@ -58,7 +58,7 @@ pub struct RemapRow {
     pub bar: u8,
     /// `pte`, `pmd` or `pud`: the largest leaf allowed.
     pub policy: &'static str,
-    /// LeafCounts now mapped, by level (counted by walking the tables).
+    /// Leaves now mapped, by level (counted by walking the tables).
     pub leaves: LeafCounts,
     /// Page-table pages the mm holds (PGD included).
     pub page_table_pages: u64,
@@ -81,7 +81,7 @@ pub struct VfioRow {
     pub faults: u64,
     /// Of which served at PUD, PMD, PTE level.
     pub faults_by_level: LeafCounts,
-    /// LeafCounts after the touch.
+    /// Leaves after the touch.
     pub leaves: LeafCounts,
     /// Page-table pages after the touch (PGD included).
     pub page_table_pages: u64,

@@ -186,9 +186,7 @@ fn run_one(
     let mut by_level = LeafCounts::default();
     for s in &rep.steps {
         if let Some(l) = s.counters.faults_by_level {
-            by_level.pud += l.pud;
-            by_level.pmd += l.pmd;
-            by_level.pte += l.pte;
+            by_level += l;
         }
     }
     let dma_lookups = dma.map_or(0, |s| s.counters.dma_lookups);

@@ -144,6 +144,18 @@ pub struct ZapStats {
     pub hi: u64,
 }
 
+impl ZapStats {
+    /// The range an MMU notifier hears of for a zap of `[start, end)`: the request, widened
+    /// to every leaf cleared whole past it.
+    pub fn notify_range(&self, start: u64, end: u64) -> (u64, u64) {
+        if self.cleared.total() > 0 {
+            (start.min(self.lo), end.max(self.hi))
+        } else {
+            (start, end)
+        }
+    }
+}
+
 /// `struct mmu_notifier_ops`, the part secondary MMUs (KVM, IOMMU SVA) need: told of every range
 /// whose translations are cleared or weakened, after the primary entries changed and before the
 /// zap returns, so they drop their own copies (`mmu_notifier_invalidate_range_start/end`).

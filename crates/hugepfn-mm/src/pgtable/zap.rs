@@ -50,6 +50,26 @@ impl PageTables {
         end: u64,
         partial: PartialHuge,
     ) -> Result<ZapStats, WalkError> {
+        let (st, r) = self.zap_range_unnotified(start, end, partial);
+        // The MMU notifier hears of the whole range, whatever it held (unmap_vmas,
+        // zap_page_range_single invalidate their range unconditionally: a secondary MMU may map
+        // more than the host does, as KVM/arm64's stage-2 blocks over a BAR the host maps in
+        // part), and of every huge leaf zapped whole past it (__split_huge_pud's own range).
+        // One call after the change, as everywhere in the model.
+        let (lo, hi) = st.notify_range(start, end);
+        self.mmu_notifier_invalidate(lo, hi);
+        r.map(|()| st)
+    }
+
+    /// [`PageTables::zap_range`] without the MMU notifier, for a caller that notifies once
+    /// for several zaps (munmap over several VMAs: `unmap_vmas` has one range). Returns what
+    /// was cleared even when the walk failed part-way.
+    pub fn zap_range_unnotified(
+        &self,
+        start: u64,
+        end: u64,
+        partial: PartialHuge,
+    ) -> (ZapStats, Result<(), WalkError>) {
         let mut st = ZapStats {
             lo: u64::MAX,
             ..ZapStats::default()
@@ -59,18 +79,7 @@ impl PageTables {
         if st.cleared.total() > 0 {
             self.flush_tlb_range(st.lo, st.hi, FlushReason::Zap);
         }
-        // The MMU notifier hears of the whole range, whatever it held (unmap_vmas,
-        // zap_page_range_single invalidate their range unconditionally: a secondary MMU may map
-        // more than the host does, as KVM/arm64's stage-2 blocks over a BAR the host maps in
-        // part), and of every huge leaf zapped whole past it (__split_huge_pud's own range).
-        // One call after the change, as everywhere in the model.
-        let (lo, hi) = if st.cleared.total() > 0 {
-            (start.min(st.lo), end.max(st.hi))
-        } else {
-            (start, end)
-        };
-        self.mmu_notifier_invalidate(lo, hi);
-        r.map(|()| st)
+        (st, r)
     }
 
     /// `unmap_page_range` → `zap_p4d_range` … `zap_pte_range`, as one engine walk: a leaf (or a

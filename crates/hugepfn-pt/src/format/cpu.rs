@@ -8,13 +8,10 @@
 
 use hugepfn_units::arch::Arch;
 
-use crate::addr::PhysAddr;
 use crate::entry::Leaf;
 use crate::format::arm64::Arm64;
 use crate::format::riscv::Riscv;
-use crate::format::{EncodeError, Entry, Locking, X86_64, enum_format};
-use crate::level::{Geometry, Level};
-use crate::phys::PhysMem;
+use crate::format::{Locking, X86_64, enum_format};
 
 /// A CPU page-table format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +54,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::addr::Pfn;
+    use crate::addr::{Pfn, PhysAddr};
     use crate::entry::{CacheMode, Pgprot, ProtFlags};
     use crate::format::Format;
+    use crate::format::{EncodeError, Entry};
+    use crate::level::Level;
+    use crate::phys::PhysMem;
     use crate::tree::Tree;
 
     fn cpus() -> Vec<Cpu> {

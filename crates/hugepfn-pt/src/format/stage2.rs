@@ -4,12 +4,9 @@
 //! every architecture's second stage through `kvm_pgtable_prot` / SPTE bits, so one engine
 //! instance serves both.
 
-use crate::addr::PhysAddr;
 use crate::format::arm64_s2::Arm64S2;
 use crate::format::ept::{Ept4, EptLeaf};
-use crate::format::{EncodeError, Entry, Locking, enum_format};
-use crate::level::{Geometry, Level};
-use crate::phys::PhysMem;
+use crate::format::{Locking, enum_format};
 
 /// A second-stage format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

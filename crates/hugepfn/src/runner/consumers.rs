@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 
 use hugepfn_kvm::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmConfig, UserMemoryRegion, Vm};
-use hugepfn_mm::LeafCounts;
 use hugepfn_scenario::{Access, Counters, DmaMode, MemslotFlag, Step, StepReport};
 use hugepfn_vfio::iommu::CapReg;
 use hugepfn_vfio::type1::{DmaMapRequest, PfnLookup, VfioIommu};
@@ -37,14 +36,6 @@ pub(super) struct ConsumerCounts {
     dma_lookups: u64,
     ept_violations: u64,
     mmu_invalidations: u64,
-}
-
-fn levels(l: LeafCounts) -> LeafCounts {
-    LeafCounts {
-        pud: l.pud,
-        pmd: l.pmd,
-        pte: l.pte,
-    }
 }
 
 impl ProcessConsumers {
@@ -210,7 +201,7 @@ impl ModelRun {
             .and_then(|p| p.vm.as_ref())
             .map(Vm::ept_leaves)
             .unwrap_or_default();
-        rep.iommu_entries = Some(levels(iommu));
-        rep.ept_leaves = Some(levels(ept));
+        rep.iommu_entries = Some(iommu);
+        rep.ept_leaves = Some(ept);
     }
 }

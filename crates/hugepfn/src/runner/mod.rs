@@ -123,14 +123,6 @@ pub struct ModelRun {
     draw_notes: Vec<String>,
 }
 
-fn levels(c: &LeafCounts) -> LeafCounts {
-    LeafCounts {
-        pud: c.pud,
-        pmd: c.pmd,
-        pte: c.pte,
-    }
-}
-
 fn pt_pages(t: &TableCounts) -> PtPages {
     PtPages {
         pgd: t.pgd,
@@ -549,7 +541,7 @@ impl ModelRun {
                     None => (FaultCounts::default(), LeafCounts::default(), 0),
                 };
                 let mut c = counters(&d, if name == actor { skipped } else { 0 });
-                c.leaves_zapped = Some(levels(&z));
+                c.leaves_zapped = Some(z);
                 c.invalidations_sent = Some(n);
                 if name == actor {
                     c.resident = resident;
@@ -589,7 +581,7 @@ impl ModelRun {
             let mm = self
                 .process(Some(&actor))
                 .unwrap_or_else(|| self.mm.clone());
-            let leaves = levels(&mm.all_leaves());
+            let leaves = mm.all_leaves();
             rep.leaves = Some(leaves);
             rep.page_table_pages = Some(pt_pages(&mm.table_counts()));
             self.fill_consumer_report(&actor, &mut rep);
