@@ -220,11 +220,7 @@ impl Format for Arm64 {
     /// Pages at level 3, blocks at level 2; level-1 blocks in the 4 KiB granule only.
     #[inline]
     fn can_be_leaf(&self, level: Level) -> bool {
-        match level {
-            Level::Pte | Level::Pmd => true,
-            Level::Pud => self.page_shift == 12,
-            Level::P4d | Level::Pgd => false,
-        }
+        block_level(self.page_shift, level)
     }
 
     #[inline(never)]
@@ -341,6 +337,18 @@ pub(crate) const fn granule_of(page_shift: u8) -> Geometry {
         14 => Geometry::G16K,
         16 => Geometry::G64K,
         _ => Geometry::G4K,
+    }
+}
+
+/// Whether a descriptor at `level` may map (a page or a block) with `page_shift`-bit pages, in
+/// stage 1 and stage 2 alike: pages at level 3, blocks at level 2, level-1 blocks with 4 KiB
+/// pages only (48-bit output addresses: no LPA/LPA2; `KVM_PGTABLE_MIN_BLOCK_LEVEL`).
+#[inline]
+pub(crate) const fn block_level(page_shift: u8, level: Level) -> bool {
+    match level {
+        Level::Pte | Level::Pmd => true,
+        Level::Pud => page_shift == 12,
+        Level::P4d | Level::Pgd => false,
     }
 }
 

@@ -29,7 +29,7 @@
 //! encoded), no software bits, no LPA2.
 
 use crate::addr::{Pfn, PhysAddr};
-use crate::format::arm64::{addr_mask_of, granule_of};
+use crate::format::arm64::{addr_mask_of, block_level, granule_of};
 use crate::format::ept::{EptLeaf, MemType};
 use crate::format::{EncodeError, Entry, Format, Locking, check_placement, set_bits};
 use crate::level::{Geometry, Level};
@@ -206,11 +206,7 @@ impl Format for Arm64S2 {
     /// Pages at level 3, blocks at level 2, and at level 1 with 4 KiB pages.
     #[inline]
     fn can_be_leaf(&self, level: Level) -> bool {
-        match level {
-            Level::Pte | Level::Pmd => true,
-            Level::Pud => self.page_shift == 12,
-            Level::P4d | Level::Pgd => false,
-        }
+        block_level(self.page_shift, level)
     }
 
     fn decode(&self, raw: u64, level: Level) -> Entry<EptLeaf> {
