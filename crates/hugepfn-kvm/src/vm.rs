@@ -126,6 +126,15 @@ pub enum KvmError {
     /// The EPT could not be built.
     #[error(transparent)]
     Ept(#[from] EptError),
+    /// The host's pages are not 4 KiB: KVM/arm64's stage 2 takes the host's granule
+    /// (`kvm_get_pgtable`), and the model's stage 2 and memslots have only the 4 KiB one.
+    #[error(
+        "KVM on a {page_kib} KiB-page host is not modelled (stage 2 uses the host's granule; the model's has 4 KiB pages only)"
+    )]
+    HostGranule {
+        /// The host's page size in KiB.
+        page_kib: u64,
+    },
 }
 
 impl KvmError {
@@ -136,6 +145,7 @@ impl KvmError {
             KvmError::Fault { .. } => "EFAULT",
             KvmError::Ept(EptError::NoMemory) => "ENOMEM",
             KvmError::Ept(_) => "EFAULT",
+            KvmError::HostGranule { .. } => "EINVAL",
         }
     }
 }
@@ -258,6 +268,11 @@ impl Vm {
     /// Other architectures get the EPT (riscv's G-stage is not modelled).
     pub fn new(mm: Arc<Mm>, cfg: KvmConfig) -> Result<Vm, KvmError> {
         let arm64 = mm.config().arch.is_arm64();
+        if mm.page_size() != hugepfn_mm::PAGE_SIZE {
+            return Err(KvmError::HostGranule {
+                page_kib: mm.page_size() >> 10,
+            });
+        }
         let phys = mm.page_tables().phys().clone();
         let ept = if arm64 {
             Ept::arm64(phys)?

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::addr::Pfn;
 use crate::entry::{Decoded, Leaf, ProtFlags};
-use crate::level::{LeafCap, Level};
+use crate::level::{Geometry, LeafCap, Level};
 use crate::pgtable::{Hazard, PageTables, PartialHuge, Slot, WalkError};
 use crate::vma::{VmFlags, Vma};
 
@@ -125,7 +125,7 @@ impl<'a> VmFault<'a> {
         pt: &'a PageTables,
         stats: &'a FaultStats,
     ) -> Self {
-        let page = address & !0xfff;
+        let page = address & !(pt.geometry().page_size() - 1);
         VmFault {
             vma,
             address: page,
@@ -161,6 +161,12 @@ impl<'a> VmFault<'a> {
     /// The page tables being filled.
     pub fn page_tables(&self) -> &PageTables {
         self.pt
+    }
+
+    /// The granule: `PAGE_SIZE << order` is the block a `huge_fault` of `order` maps.
+    #[inline]
+    pub fn geometry(&self) -> Geometry {
+        self.pt.geometry()
     }
 }
 
@@ -293,6 +299,8 @@ pub struct ThpGate {
     /// `CONFIG_ARCH_SUPPORTS_PUD_PFNMAP` (PMD) is not set (`vfio_pci_vmf_insert_pfn`); the model
     /// does not offer it.
     pub pfnmap_cap: LeafCap,
+    /// The granule, which says what `PMD_ORDER` and `PUD_ORDER` are.
+    pub geometry: Geometry,
 }
 
 /// `thp_vma_allowable_order(vma, vm_flags, TVA_IN_PF | TVA_ENFORCE_SYSFS, order)` for a
@@ -302,7 +310,7 @@ pub struct ThpGate {
 /// [`ThpGate::bypass_pfnmap`] and the VMA is VM_PFNMAP; and a `huge_fault` handler present. In a
 /// fault, alignment is the handler's business, not this gate's.
 pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpGate, order: u32) -> bool {
-    let Some(level) = Level::from_order(order) else {
+    let Some(level) = thp.geometry.level_of_order(order) else {
         return false;
     };
     if level == Level::Pte || level > thp.pfnmap_cap.max_level() {
@@ -468,8 +476,9 @@ fn check_insert(vmf: &VmFault<'_>, addr: u64, level: Level) -> Option<VmFaultRes
     if !vma.flags.intersects(VmFlags::PFNMAP | VmFlags::MIXEDMAP) {
         return Some(VmFaultResult::Sigbus);
     }
-    let base = addr & !(level.size() - 1);
-    if base < vma.start || base.saturating_add(level.size()) > vma.end {
+    let size = vmf.geometry().size(level);
+    let base = addr & !(size - 1);
+    if base < vma.start || base.saturating_add(size) > vma.end {
         return Some(VmFaultResult::Sigbus);
     }
     None
@@ -484,7 +493,8 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     if let Some(r) = check_insert(vmf, addr, level) {
         return r;
     }
-    if !pfn.is_aligned_order(level.order()) {
+    let g = vmf.geometry();
+    if !pfn.is_aligned_order(g.pfn_order(level)) {
         // The SDM forbids it and Linux's pud_mkhuge() does not check (upstream.md §3.3).
         return VmFaultResult::Sigbus;
     }
@@ -501,7 +511,7 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     // A PTE insert at the faulting address starts from vmf->pmd, as Linux's does.
     let from = match (level, vmf.pmd.get()) {
         (Level::Pte, Some(pmd))
-            if addr & !(Level::Pmd.size() - 1) == vmf.address & !(Level::Pmd.size() - 1) =>
+            if g.align_down(Level::Pmd, addr) == g.align_down(Level::Pmd, vmf.address) =>
         {
             Ok(pmd)
         }
@@ -543,19 +553,24 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
     }
 }
 
-/// `vmf_insert_pfn(vma, addr, pfn)`: a special 4 KiB entry with the VMA's protection.
+/// `vmf_insert_pfn(vma, addr, pfn)`: a special page entry with the VMA's protection.
 pub fn vmf_insert_pfn(vmf: &VmFault<'_>, addr: u64, pfn: Pfn) -> VmFaultResult {
-    insert_leaf(vmf, addr & !0xfff, pfn, Level::Pte)
+    let g = vmf.geometry();
+    insert_leaf(vmf, g.align_down(Level::Pte, addr), pfn, Level::Pte)
 }
 
-/// `vmf_insert_pfn_pmd(vmf, pfn, write)`: a special 2 MiB leaf at `vmf.address`'s block.
+/// `vmf_insert_pfn_pmd(vmf, pfn, write)`: a special PMD leaf (2 MiB; 32 MiB with 16 KiB
+/// pages) at `vmf.address`'s block.
 pub fn vmf_insert_pfn_pmd(vmf: &VmFault<'_>, pfn: Pfn) -> VmFaultResult {
-    insert_leaf(vmf, vmf.address & !(Level::Pmd.size() - 1), pfn, Level::Pmd)
+    let g = vmf.geometry();
+    insert_leaf(vmf, g.align_down(Level::Pmd, vmf.address), pfn, Level::Pmd)
 }
 
-/// `vmf_insert_pfn_pud(vmf, pfn, write)`: a special 1 GiB leaf at `vmf.address`'s block.
+/// `vmf_insert_pfn_pud(vmf, pfn, write)`: a special PUD leaf (1 GiB) at `vmf.address`'s
+/// block.
 pub fn vmf_insert_pfn_pud(vmf: &VmFault<'_>, pfn: Pfn) -> VmFaultResult {
-    insert_leaf(vmf, vmf.address & !(Level::Pud.size() - 1), pfn, Level::Pud)
+    let g = vmf.geometry();
+    insert_leaf(vmf, g.align_down(Level::Pud, vmf.address), pfn, Level::Pud)
 }
 
 /// How a fault ended, and at which level it was served.
@@ -589,6 +604,8 @@ pub fn handle_mm_fault_locked(
 ) -> FaultOutcome {
     let vmf = VmFault::new(vma, address, flags, pt, stats).with_pfnmap_cap(thp.pfnmap_cap);
     let write = vmf.is_write();
+    let g = pt.geometry();
+    let (pud_order, pmd_order) = (g.order(Level::Pud), g.order(Level::Pmd));
     // The level a fault is counted at: the leaf its handler installed, else the path's level.
     let done = |result, level| FaultOutcome {
         result,
@@ -619,10 +636,10 @@ pub fn handle_mm_fault_locked(
             return done(VmFaultResult::Retry, Level::Pud);
         }
         match pt.decode(pud) {
-            Decoded::None if thp_vma_allowable_order(vma, thp, Level::Pud.order()) => {
+            Decoded::None if thp_vma_allowable_order(vma, thp, pud_order) => {
                 // create_huge_pud
                 if let Some(o) = ops {
-                    let r = o.huge_fault(&vmf, Level::Pud.order());
+                    let r = o.huge_fault(&vmf, pud_order);
                     if r != VmFaultResult::Fallback {
                         return done(r, Level::Pud);
                     }
@@ -634,17 +651,14 @@ pub fn handle_mm_fault_locked(
                     if vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE)
                         && let Some(o) = ops.filter(|o| o.has_huge_fault())
                     {
-                        let r = o.huge_fault(&vmf, Level::Pud.order());
+                        let r = o.huge_fault(&vmf, pud_order);
                         if r != VmFaultResult::Fallback {
                             return done(r, Level::Pud);
                         }
                     }
                     // __split_huge_pud on a pfnmap: zap, then fall through.
-                    let _ = pt.zap_range(
-                        address & !(Level::Pud.size() - 1),
-                        (address & !(Level::Pud.size() - 1)) + Level::Pud.size(),
-                        PartialHuge::ZapWhole,
-                    );
+                    let b = g.align_down(Level::Pud, address);
+                    let _ = pt.zap_range(b, b + g.size(Level::Pud), PartialHuge::ZapWhole);
                 } else {
                     set_accessed(pt, pud, write);
                     return done(VmFaultResult::Done, Level::Pud);
@@ -661,9 +675,9 @@ pub fn handle_mm_fault_locked(
             Err(_) => return done(VmFaultResult::Sigbus, Level::Pmd),
         };
         match pt.decode(pmd) {
-            Decoded::None if thp_vma_allowable_order(vma, thp, Level::Pmd.order()) => {
+            Decoded::None if thp_vma_allowable_order(vma, thp, pmd_order) => {
                 if let Some(o) = ops {
-                    let r = o.huge_fault(&vmf, Level::Pmd.order());
+                    let r = o.huge_fault(&vmf, pmd_order);
                     if r != VmFaultResult::Fallback {
                         return done(r, Level::Pmd);
                     }
@@ -674,13 +688,13 @@ pub fn handle_mm_fault_locked(
                     if vma.flags.intersects(VmFlags::SHARED | VmFlags::MAYSHARE)
                         && let Some(o) = ops.filter(|o| o.has_huge_fault())
                     {
-                        let r = o.huge_fault(&vmf, Level::Pmd.order());
+                        let r = o.huge_fault(&vmf, pmd_order);
                         if r != VmFaultResult::Fallback {
                             return done(r, Level::Pmd);
                         }
                     }
-                    let b = address & !(Level::Pmd.size() - 1);
-                    let _ = pt.zap_range(b, b + Level::Pmd.size(), PartialHuge::ZapWhole);
+                    let b = g.align_down(Level::Pmd, address);
+                    let _ = pt.zap_range(b, b + g.size(Level::Pmd), PartialHuge::ZapWhole);
                 } else {
                     set_accessed(pt, pmd, write);
                     return done(VmFaultResult::Done, Level::Pmd);
@@ -715,7 +729,7 @@ fn handle_pte_fault(vmf: &VmFault<'_>, ops: Option<&dyn VmOperations>) -> VmFaul
         Some(pmd) => match pt.decode(pmd) {
             Decoded::Table(pa) => Ok(Some(Slot {
                 table: pa,
-                index: Level::Pte.index(vmf.address),
+                index: pt.geometry().index(Level::Pte, vmf.address),
                 level: Level::Pte,
             })),
             Decoded::None => Ok(None),
@@ -821,9 +835,9 @@ fn do_wp_page(vmf: &VmFault<'_>, slot: Slot, l: Leaf) -> VmFaultResult {
     let old = ptl.swap(slot, raw);
     drop(ptl);
     pt.release_leaf(old, Level::Pte);
-    let base = vmf.address;
-    pt.flush_tlb_range(base, base + 4096, crate::pgtable::FlushReason::Cow);
-    pt.mmu_notifier_invalidate(base, base + 4096);
+    let (base, page) = (vmf.address, pt.geometry().page_size());
+    pt.flush_tlb_range(base, base + page, crate::pgtable::FlushReason::Cow);
+    pt.mmu_notifier_invalidate(base, base + page);
     VmFaultResult::Done
 }
 
@@ -836,11 +850,12 @@ pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFault
     if level > vmf.pfnmap_cap.max_level() {
         return VmFaultResult::Fallback;
     }
-    let addr = vmf.address & !(level.size() - 1);
+    let g = vmf.geometry();
+    let addr = g.align_down(level, vmf.address);
     if let Some(r) = check_insert(vmf, addr, level) {
         return r;
     }
-    if !pfn.is_aligned_order(level.order()) {
+    if !pfn.is_aligned_order(g.pfn_order(level)) {
         return VmFaultResult::Sigbus;
     }
     let prot = vmf
@@ -869,7 +884,7 @@ pub fn vmf_remap_overwrite(vmf: &VmFault<'_>, pfn: Pfn, level: Level) -> VmFault
         }
         pt.flush_tlb_range(
             addr,
-            addr + level.size(),
+            addr + g.size(level),
             crate::pgtable::FlushReason::Overwrite,
         );
     }

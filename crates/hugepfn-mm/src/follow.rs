@@ -18,7 +18,8 @@ use crate::pgtable::Ptl;
 /// `struct follow_pfnmap_args`, output half.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FollowPfnmapArgs {
-    /// The pfn of the address itself (leaf base pfn + offset in the leaf).
+    /// The pfn of the page holding the address (leaf base pfn + the page's offset in the
+    /// leaf), in 4 KiB frames as every model pfn: with 16 KiB pages, the page's first frame.
     pub pfn: Pfn,
     /// `addr_mask`: `PAGE_MASK`, `PMD_MASK` or `PUD_MASK` of the leaf (6.15+).
     pub addr_mask: u64,
@@ -88,8 +89,10 @@ impl MmapRead<'_> {
                     if !l.prot.flags.contains(entry::ProtFlags::PRESENT) {
                         return Err(MmError::NotMapped(addr));
                     }
-                    let size = slot.level.size();
-                    let off = (addr & (size - 1)) >> 12;
+                    let g = pt.geometry();
+                    let size = g.size(slot.level);
+                    // the pfn of the page holding addr (its first 4 KiB frame)
+                    let off = (addr & (size - 1) & !(g.page_size() - 1)) >> 12;
                     let pfn = l.pfn.checked_add(off).ok_or(MmError::NotMapped(addr))?;
                     return Ok(FollowPfnmap {
                         _ptl: ptl,

@@ -29,7 +29,7 @@ pub mod remap_file;
 pub mod task_mmu;
 pub mod vma;
 
-pub use addr::{AddrError, PAGE_SIZE, PagingMode, Pfn, PhysAddr, UserAddr, VirtAddr};
+pub use addr::{AddrError, PAGE_SHIFT, PAGE_SIZE, PagingMode, Pfn, PhysAddr, UserAddr, VirtAddr};
 pub use entry::{CacheMode, Leaf, Pgprot, ProtFlags};
 pub use error::{Errno, MmError};
 pub use fault::{

@@ -152,7 +152,7 @@ impl Mm {
     /// `madvise(addr, len, advice)`.
     pub fn madvise(&self, addr: UserAddr, len: u64, advice: Advice) -> Result<(), MmError> {
         let addr = addr.as_u64();
-        if !addr.is_multiple_of(4096) {
+        if !addr.is_multiple_of(self.page_size()) {
             return Err(refused(
                 Errno::EINVAL,
                 format!("address {addr:#x} not page aligned"),

@@ -24,10 +24,10 @@ use crate::fault::{
     FaultCounts, FaultFlags, FaultOutcome, FaultPath, FaultStats, ThpGate, ThpPolicy,
     VmFaultResult, access_error, handle_mm_fault_locked,
 };
-use crate::level::{LeafCap, Level};
+use crate::level::{Geometry, LeafCap, Level};
 use crate::mapping::{AddressSpace, IMmapEntry};
 use crate::pgtable::{Bugs, LeafCounts, PageTables, PartialHuge};
-use crate::phys::{PhysMem, TableCounts};
+use crate::phys::{PhysError, PhysMem, TableCounts};
 use crate::vma::{VmFlags, Vma, vm_get_page_prot};
 use hugepfn_pt::format::cpu::Cpu;
 use hugepfn_units::arch::Arch;
@@ -64,7 +64,7 @@ pub struct MmConfig {
     pub mremap_moves_multiple_vmas: bool,
     /// Largest leaf `remap_pfn_range` installs (the RFC: PUD).
     pub remap_cap: LeafCap,
-    /// Top of the mmap area (`mm->mmap_base`); default: 128 MiB below the end of user space.
+    /// Top of the mmap area (`mm->mmap_base`); default: 128 MiB below `DEFAULT_MAP_WINDOW`.
     pub mmap_base: Option<u64>,
     /// How drivers get to install huge leaves on fault (the RFC's three designs).
     pub fault_path: FaultPath,
@@ -199,6 +199,11 @@ impl MmapCtx<'_> {
         self.remapped.pmd += c.pmd;
         self.remapped.pte += c.pte;
         Ok(c)
+    }
+
+    /// The mm's granule (`PAGE_SIZE`, `PMD_SIZE`, …).
+    pub fn geometry(&self) -> Geometry {
+        self.mm.geometry()
     }
 
     /// The mm's configuration.
@@ -375,7 +380,10 @@ impl Mm {
     pub fn new(phys: Arc<PhysMem>, cfg: MmConfig) -> Result<Arc<Mm>, MmError> {
         let fmt = Cpu::for_arch(cfg.arch).map_err(|e| MmError::Invalid(e.to_string()))?;
         let pt = PageTables::with_format(phys, fmt)
-            .map_err(|_| MmError::Oom)?
+            .map_err(|e| match e {
+                PhysError::OutOfMemory { .. } => MmError::Oom,
+                e => MmError::Invalid(e.to_string()),
+            })?
             .with_bugs(cfg.bugs);
         Ok(Arc::new_cyclic(|me| Mm {
             id: NEXT_MM_ID.fetch_add(1, Ordering::Relaxed),
@@ -388,12 +396,25 @@ impl Mm {
         }))
     }
 
+    /// The granule: `PAGE_SIZE`, and what a PMD or PUD entry maps.
+    #[inline]
+    pub fn geometry(&self) -> Geometry {
+        self.pt.geometry()
+    }
+
+    /// `PAGE_SIZE` of this mm's architecture.
+    #[inline]
+    pub fn page_size(&self) -> u64 {
+        self.pt.geometry().page_size()
+    }
+
     /// What `__thp_vma_allowable_orders` consults in this mm's faults.
     pub fn thp_gate(&self) -> ThpGate {
         ThpGate {
             policy: self.cfg.thp,
             bypass_pfnmap: self.cfg.thp_bypass_pfnmap,
             pfnmap_cap: self.cfg.pfnmap_cap,
+            geometry: self.geometry(),
         }
     }
 
@@ -413,7 +434,7 @@ impl Mm {
         if !self.cfg.bugs.contains(Bugs::SPLIT_VMA_IN_PUD_OOPS) {
             return;
         }
-        let pmd = Level::Pmd.size();
+        let pmd = self.geometry().size(Level::Pmd);
         let lo = addr & !(pmd - 1);
         if addr == lo || lo < v.start || lo + pmd > v.end {
             return;
@@ -487,7 +508,7 @@ impl Mm {
     pub(crate) fn mmap_base(&self) -> u64 {
         self.cfg
             .mmap_base
-            .unwrap_or(self.cfg.arch.task_size() - (128 << 20))
+            .unwrap_or(self.cfg.arch.mmap_window() - (128 << 20))
     }
 
     /// [`Mm::check_range`] for a system call's `(addr, len)`: the length is rounded up to
@@ -500,14 +521,15 @@ impl Mm {
         addr: u64,
         len: u64,
     ) -> Result<u64, MmError> {
-        let aligned = len
-            .checked_add(PAGE_SIZE - 1)
-            .map(|l| l & !(PAGE_SIZE - 1))
-            .ok_or(MmError::Overflow {
-                addr,
-                len,
-                limit: self.cfg.arch.task_size(),
-            })?;
+        let page = self.page_size();
+        let aligned =
+            len.checked_add(page - 1)
+                .map(|l| l & !(page - 1))
+                .ok_or(MmError::Overflow {
+                    addr,
+                    len,
+                    limit: self.cfg.arch.task_size(),
+                })?;
         if len != 0 && aligned == 0 {
             return Err(MmError::Overflow {
                 addr,
@@ -527,18 +549,19 @@ impl Mm {
         if len == 0 {
             return Err(MmError::ZeroLength(what));
         }
-        if !addr.is_multiple_of(PAGE_SIZE) {
+        let page = self.page_size();
+        if !addr.is_multiple_of(page) {
             return Err(MmError::Unaligned {
                 what: "address",
                 value: addr,
-                align: PAGE_SIZE,
+                align: page,
             });
         }
-        if !len.is_multiple_of(PAGE_SIZE) {
+        if !len.is_multiple_of(page) {
             return Err(MmError::Unaligned {
                 what: "length",
                 value: len,
-                align: PAGE_SIZE,
+                align: page,
             });
         }
         let limit = self.cfg.arch.task_size();
@@ -563,7 +586,7 @@ impl Mm {
         len: u64,
         offset: u64,
     ) -> Result<u64, MmError> {
-        let size = Level::Pmd.size();
+        let size = self.geometry().size(Level::Pmd);
         let low = MMAP_MIN_ADDR;
         let high = self.mmap_base();
         if self.cfg.thp_align_file_mappings && len.is_multiple_of(size) {
@@ -594,7 +617,7 @@ impl Mm {
     /// is a multiple of 2 MiB: the file offset modulo 2 MiB; otherwise only page alignment.
     /// The lab holds a kernel's VA to this rule before it gives the VA to the model.
     pub fn unmapped_area_rule(&self, len: u64, offset: u64) -> (u64, u64) {
-        let size = Level::Pmd.size();
+        let size = self.geometry().size(Level::Pmd);
         let off_align = offset.div_ceil(size).saturating_mul(size);
         let off_end = offset.saturating_add(len);
         if self.cfg.thp_align_file_mappings
@@ -604,7 +627,7 @@ impl Mm {
         {
             (size, offset % size)
         } else {
-            (PAGE_SIZE, 0)
+            (self.page_size(), 0)
         }
     }
 
@@ -612,16 +635,17 @@ impl Mm {
     /// reserving `len + align + skew` bytes PROT_NONE and mapping MAP_FIXED at the first aligned
     /// address plus `skew` (QEMU 9.2's `vfio/helpers: Align mmaps`, cloud-hypervisor).
     pub fn find_aligned_area(&self, len: u64, align: u64, skew: u64) -> Result<u64, MmError> {
-        if !align.is_power_of_two() || align < PAGE_SIZE {
+        let page = self.page_size();
+        if !align.is_power_of_two() || align < page {
             return Err(MmError::Invalid(format!(
-                "alignment {align:#x} is not a power of two of at least 4 KiB"
+                "alignment {align:#x} is not a power of two of at least the page size ({page:#x})"
             )));
         }
-        if !skew.is_multiple_of(PAGE_SIZE) {
+        if !skew.is_multiple_of(page) {
             return Err(MmError::Unaligned {
                 what: "skew",
                 value: skew,
-                align: PAGE_SIZE,
+                align: page,
             });
         }
         let pad = len
@@ -638,11 +662,11 @@ impl Mm {
 
     /// `mmap()`: creates a VMA and runs the file's `mmap` handler. Returns the address.
     pub fn mmap(&self, req: MmapRequest<'_>) -> Result<u64, MmError> {
-        if !req.offset.is_multiple_of(PAGE_SIZE) {
+        if !req.offset.is_multiple_of(self.page_size()) {
             return Err(MmError::Unaligned {
                 what: "offset",
                 value: req.offset,
-                align: PAGE_SIZE,
+                align: self.page_size(),
             });
         }
         if req.len == 0 {
@@ -746,7 +770,7 @@ impl Mm {
         // foreseen (`hugepfn lab fuzz` found mprotect [2M-aligned, unaligned) oopsing on 6.12.95
         // where the model had zapped the leaf at the first boundary).
         let keeps_pud = self.cfg.bugs.contains(Bugs::SPLIT_VMA_IN_PUD_OOPS)
-            && addr.is_multiple_of(Level::Pmd.size())
+            && addr.is_multiple_of(self.geometry().size(Level::Pmd))
             && self
                 .pt
                 .lookup(addr)
@@ -797,7 +821,7 @@ impl Mm {
                 && a.page_prot == b.page_prot
                 && same_ops
                 && same_file
-                && a.pgoff + (a.len() >> 12) == b.pgoff
+                && a.pgoff + a.len() / PAGE_SIZE == b.pgoff
             {
                 let mut m = self.unlink(tree, a.start).unwrap_or(a);
                 self.unlink(tree, b.start);
@@ -854,8 +878,9 @@ impl Mm {
         prot: Pgprot,
         cap: LeafCap,
     ) -> Result<LeafCounts, MmError> {
+        self.check_range("remap_pfn_range", addr.as_u64(), size)?;
+        self.check_pfn_on_page(pfn)?;
         let (addr, pfn) = (addr.as_u64(), pfn.as_u64());
-        self.check_range("remap_pfn_range", addr, size)?;
         let mut tree = self.mmap_write();
         let key = tree
             .find(addr)
@@ -865,6 +890,22 @@ impl Mm {
         let r = self.remap_pfn_range_vma(&mut vma, addr, pfn, size, prot, cap)?;
         tree.vmas.insert(key, vma);
         Ok(r)
+    }
+
+    /// pfns count 4 KiB frames (hugepfn-units' `PAGE_SIZE`) whatever the granule: with larger
+    /// pages the physical address must still be page-aligned, or the call is refused as
+    /// unaligned (a Linux pfn cannot name such an address).
+    fn check_pfn_on_page(&self, pfn: Pfn) -> Result<(), MmError> {
+        let phys = pfn.phys().as_u64();
+        if phys.is_multiple_of(self.page_size()) {
+            Ok(())
+        } else {
+            Err(MmError::Unaligned {
+                what: "physical address",
+                value: phys,
+                align: self.page_size(),
+            })
+        }
     }
 
     /// The body of `remap_pfn_range` on a given VMA. Checks everything before changing anything.
@@ -888,6 +929,7 @@ impl Mm {
         }
         let pages = size / PAGE_SIZE;
         let first = Pfn::new(pfn)?;
+        self.check_pfn_on_page(first)?;
         if pfn.checked_add(pages).is_none_or(|e| e > Pfn::LIMIT) {
             return Err(MmError::PfnTooWide { pfn, pages });
         }
@@ -1084,11 +1126,12 @@ impl Mm {
             match a {
                 Access::Ok { level, .. } => {
                     // Every later stride inside the same leaf hits the TLB.
-                    let base = addr & !(level.size() - 1);
+                    let size = self.geometry().size(level);
+                    let base = addr & !(size - 1);
                     let more = if reverse {
                         (addr - base) / stride
                     } else {
-                        (base + level.size() - 1 - addr) / stride
+                        (base + size - 1 - addr) / stride
                     };
                     let more = more.min(count - 1 - i);
                     out.accesses += more;
@@ -1096,14 +1139,15 @@ impl Mm {
                     i += more;
                 }
                 Access::Sigbus | Access::Sigsegv => {
-                    // Every later stride in the same 4 KiB page faults the same way (nothing
-                    // maps it, and the handler's answer does not change within the loop):
-                    // counted at once, not walked and faulted one byte at a time (issue 17).
-                    let base = addr & !(PAGE_SIZE - 1);
+                    // Every later stride in the same page faults the same way (nothing maps
+                    // it, and the handler's answer does not change within the loop): counted
+                    // at once, not walked and faulted one byte at a time (issue 17).
+                    let page = self.page_size();
+                    let base = addr & !(page - 1);
                     let more = if reverse {
                         (addr - base) / stride
                     } else {
-                        (base + PAGE_SIZE - 1 - addr) / stride
+                        (base + page - 1 - addr) / stride
                     };
                     let n = 1 + more.min(count - 1 - i);
                     out.accesses += n - 1;

@@ -43,14 +43,14 @@ impl Mm {
     pub fn mprotect(&self, addr: UserAddr, len: u64, prot: Prot) -> Result<MprotectStats, MmError> {
         let addr = addr.as_u64();
         let mut st = MprotectStats::default();
-        if len == 0 && addr.is_multiple_of(4096) {
+        if len == 0 && addr.is_multiple_of(self.page_size()) {
             return Ok(st);
         }
-        if !addr.is_multiple_of(4096) {
+        if !addr.is_multiple_of(self.page_size()) {
             return Err(MmError::Unaligned {
                 what: "address",
                 value: addr,
-                align: 4096,
+                align: self.page_size(),
             });
         }
         // PAGE_ALIGN(len); `end <= start` is ENOMEM, and nothing else: a range past TASK_SIZE

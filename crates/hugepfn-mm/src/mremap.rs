@@ -58,7 +58,7 @@ impl Mm {
         if flags.fixed.is_some() && !flags.maymove {
             return Err(einval("MREMAP_FIXED needs MREMAP_MAYMOVE".into()));
         }
-        if !old_addr.is_multiple_of(4096) {
+        if !old_addr.is_multiple_of(self.page_size()) {
             return Err(einval(format!(
                 "old address {old_addr:#x} not page aligned"
             )));
@@ -94,7 +94,7 @@ impl Mm {
         let dst = match flags.fixed.map(UserAddr::as_u64) {
             // mremap_to: check the destination, unmap it, drop the old tail, then resize
             Some(d) => {
-                if !d.is_multiple_of(4096) {
+                if !d.is_multiple_of(self.page_size()) {
                     return Err(einval(format!("new address {d:#x} not page aligned")));
                 }
                 let dend = self

@@ -173,10 +173,14 @@ pub fn for_each_pte(
         debug_assert!(false, "for_each_pte on {table}: no page-table page");
         return;
     };
+    let g = pt.geometry();
     let mut va = start;
     while va < end {
-        f(va, pt.decode_raw(t.get(Level::Pte.index(va)), Level::Pte));
-        va += Level::Pte.size();
+        f(
+            va,
+            pt.decode_raw(t.get(g.index(Level::Pte, va)), Level::Pte),
+        );
+        va += g.page_size();
     }
 }
 
@@ -216,10 +220,11 @@ impl<O: MmWalkOps> Walk<'_, O> {
             return false;
         }
         let pt = self.pt();
+        let g = pt.geometry();
         if vma.is_fault_backed() {
-            let _ = pt.zap_range(base, base + level.size(), PartialHuge::ZapWhole);
+            let _ = pt.zap_range(base, base + g.size(level), PartialHuge::ZapWhole);
         } else {
-            let lower = level.lower().map_or(Level::Pte.size(), |l| l.size());
+            let lower = g.size(level.lower().unwrap_or(Level::Pte));
             let _ = pt.adjust_trans_huge(base + lower, PartialHuge::Split);
         }
         match level {
@@ -261,10 +266,12 @@ impl<O: MmWalkOps> Walk<'_, O> {
                 .pte_hole(start, end, Some(vma))
                 .map_err(WalkError::Errno);
         }
+        let g = self.pt().geometry();
         let mut va = start;
         while va < end {
-            let next = (va & !(Level::Pud.size() - 1))
-                .saturating_add(Level::Pud.size())
+            let next = g
+                .align_down(Level::Pud, va)
+                .saturating_add(g.size(Level::Pud))
                 .min(end);
             self.walk_pud(vma, va, next)?;
             va = next;
@@ -301,7 +308,11 @@ impl<O: MmWalkOps> Walk<'_, O> {
                 return Ok(());
             }
             if let Decoded::Leaf(_) = e.entry
-                && !self.split_leaf(vma, addr & !(Level::Pud.size() - 1), Level::Pud)
+                && !self.split_leaf(
+                    vma,
+                    self.pt().geometry().align_down(Level::Pud, addr),
+                    Level::Pud,
+                )
             {
                 return Ok(()); // the corrected design: a special leaf is walked past
             }
@@ -335,14 +346,16 @@ impl<O: MmWalkOps> Walk<'_, O> {
             // not present, or a leaf a concurrent fault installed: ACTION_AGAIN
             _ => return Ok(WalkAction::Again),
         };
+        let g = self.pt().geometry();
         let mut va = start;
         while va < end {
-            let next = (va & !(Level::Pmd.size() - 1))
-                .saturating_add(Level::Pmd.size())
+            let next = g
+                .align_down(Level::Pmd, va)
+                .saturating_add(g.size(Level::Pmd))
                 .min(end);
             let slot = Slot {
                 table,
-                index: Level::Pmd.index(va),
+                index: g.index(Level::Pmd, va),
                 level: Level::Pmd,
             };
             self.walk_pmd(vma, slot, va, next)?;
@@ -373,8 +386,9 @@ impl<O: MmWalkOps> Walk<'_, O> {
             if action == WalkAction::Continue || !self.ops.has_pte_entry() {
                 return Ok(());
             }
+            let g = self.pt().geometry();
             if let Decoded::Leaf(_) = e.entry {
-                if !self.split_leaf(vma, addr & !(Level::Pmd.size() - 1), Level::Pmd) {
+                if !self.split_leaf(vma, g.align_down(Level::Pmd, addr), Level::Pmd) {
                     return Ok(());
                 }
                 continue; // look again: now a table, or nothing
@@ -385,14 +399,14 @@ impl<O: MmWalkOps> Walk<'_, O> {
                 while va < next {
                     let pte = WalkEntry {
                         addr: va,
-                        end: va + Level::Pte.size(),
+                        end: va + g.page_size(),
                         level: Level::Pte,
                         entry: self
                             .pt()
-                            .decode_raw(table.get(Level::Pte.index(va)), Level::Pte),
+                            .decode_raw(table.get(g.index(Level::Pte, va)), Level::Pte),
                     };
                     self.ops.pte_entry(self.mm.page_tables(), &pte, vma);
-                    va += Level::Pte.size();
+                    va += g.page_size();
                 }
             }
             return Ok(());

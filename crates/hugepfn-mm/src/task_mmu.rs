@@ -18,10 +18,10 @@
 
 use std::fmt::Write as _;
 
-use crate::addr::UserAddr;
+use crate::addr::{PAGE_SHIFT, Pfn, UserAddr};
 use crate::entry::Decoded;
 use crate::error::{Errno, MmError};
-use crate::level::Level;
+use crate::level::{Geometry, Level};
 use crate::mm::Mm;
 use crate::pagewalk::{
     MmWalkOps, TestWalk, WalkAction, WalkEntry, WalkError, WalkStats, for_each_pte,
@@ -49,7 +49,7 @@ pub enum ProcFile {
 pub struct ProcRead {
     /// The text the file shows (smaps, smaps_rollup, numa_maps), as the model renders it.
     pub text: String,
-    /// `pagemap` entries, one per 4 KiB page of the range read.
+    /// `pagemap` entries, one per page (`PAGE_SIZE`) of the range read, pfns in pages.
     pub pagemap: Vec<u64>,
     /// What the walks did.
     pub walk: WalkStats,
@@ -75,11 +75,14 @@ impl MmWalkOps for Resident {
     }
     fn pmd_entry(&mut self, pt: &PageTables, e: &WalkEntry, _vma: &Vma) -> WalkAction {
         match e.entry {
-            Decoded::Table(t) => for_each_pte(pt, t, e.addr, e.end, |_, pte| {
-                if normal(&pte) {
-                    self.bytes += Level::Pte.size();
-                }
-            }),
+            Decoded::Table(t) => {
+                let page = pt.geometry().page_size();
+                for_each_pte(pt, t, e.addr, e.end, |_, pte| {
+                    if normal(&pte) {
+                        self.bytes += page;
+                    }
+                })
+            }
             ref leaf if normal(leaf) => self.bytes += e.end - e.addr,
             _ => {}
         }
@@ -87,9 +90,11 @@ impl MmWalkOps for Resident {
     }
 }
 
-/// `pagemap_ops`: one entry per page; holes and skipped VMAs read as not present.
+/// `pagemap_ops`: one entry per page; holes and skipped VMAs read as not present. The pfns are
+/// Linux's, in `PAGE_SIZE` units.
 struct PagemapOps {
     out: Vec<u64>,
+    geom: Geometry,
 }
 
 impl PagemapOps {
@@ -97,8 +102,13 @@ impl PagemapOps {
         let mut va = start;
         while va < end {
             self.out.push(v(va));
-            va += Level::Pte.size();
+            va += self.geom.page_size();
         }
+    }
+
+    /// A model pfn (4 KiB frames) as pagemap writes it (`PAGE_SIZE` pages).
+    fn pfn(&self, pfn: Pfn) -> u64 {
+        pfn.as_u64() >> (self.geom.page_shift() - PAGE_SHIFT)
     }
 }
 
@@ -119,16 +129,18 @@ impl MmWalkOps for PagemapOps {
                 let mut v = Vec::new();
                 for_each_pte(pt, t, e.addr, e.end, |_, pte| {
                     v.push(match pte {
-                        Decoded::Leaf(l) => PM_PRESENT | l.pfn.as_u64(),
+                        Decoded::Leaf(l) => PM_PRESENT | self.pfn(l.pfn),
                         _ => 0,
                     });
                 });
                 self.out.extend(v);
             }
             Decoded::Leaf(l) => {
-                let base = e.addr & !(Level::Pmd.size() - 1);
+                let g = self.geom;
+                let base = g.align_down(Level::Pmd, e.addr);
+                let first = self.pfn(l.pfn);
                 self.fill(e.addr, e.end, |va| {
-                    PM_PRESENT | (l.pfn.as_u64() + ((va - base) >> 12))
+                    PM_PRESENT | (first + ((va - base) >> g.page_shift()))
                 });
             }
             _ => self.fill(e.addr, e.end, |_| 0),
@@ -162,11 +174,12 @@ impl MmWalkOps for ClearRefsOps {
 struct MincoreOps {
     vec: Vec<u8>,
     pud_entry: bool,
+    page_shift: u32,
 }
 
 impl MincoreOps {
     fn fill(&mut self, start: u64, end: u64, v: u8) {
-        let n = (end.saturating_sub(start) / Level::Pte.size()) as usize;
+        let n = (end.saturating_sub(start) >> self.page_shift) as usize;
         self.vec.extend(std::iter::repeat_n(v, n));
     }
 }
@@ -269,15 +282,16 @@ impl Mm {
                 let (vmas, st) = self.gather_resident()?;
                 r.walk = st;
                 let kb = |b: u64| b >> 10;
+                let page_kb = kb(self.page_size());
                 if file == ProcFile::Smaps {
                     for (v, rss) in &vmas {
                         let _ = writeln!(
                             r.text,
-                            "{:x}-{:x} {} {:08x} 00:00 0 {}\nSize: {} kB\nKernelPageSize: 4 kB\nMMUPageSize: 4 kB\nRss: {} kB\nVmFlags: {}",
+                            "{:x}-{:x} {} {:08x} 00:00 0 {}\nSize: {} kB\nKernelPageSize: {page_kb} kB\nMMUPageSize: {page_kb} kB\nRss: {} kB\nVmFlags: {}",
                             v.start,
                             v.end,
                             perms(v),
-                            v.pgoff << 12,
+                            v.pgoff << PAGE_SHIFT,
                             v.name,
                             kb(v.len()),
                             kb(*rss),
@@ -301,7 +315,12 @@ impl Mm {
                 for (v, rss) in &vmas {
                     let _ = write!(r.text, "{:x} default file={}", v.start, v.name);
                     if *rss > 0 {
-                        let _ = write!(r.text, " mapped={} kernelpagesize_kB=4", rss >> 12);
+                        let _ = write!(
+                            r.text,
+                            " mapped={} kernelpagesize_kB={}",
+                            rss / self.page_size(),
+                            self.page_size() >> 10
+                        );
                     }
                     r.text.push('\n');
                 }
@@ -309,13 +328,18 @@ impl Mm {
             ProcFile::Pagemap => {
                 let (start, end) =
                     range.ok_or_else(|| MmError::Invalid("a pagemap read needs a range".into()))?;
-                let mut ops = PagemapOps { out: Vec::new() };
+                let geom = self.geometry();
+                let mut ops = PagemapOps {
+                    out: Vec::new(),
+                    geom,
+                };
                 r.walk = self
                     .walk_page_range(start, end, &mut ops)
                     .map_err(walk_err)?;
                 r.pagemap = ops.out;
                 // gaps outside every VMA read as not present too
-                r.pagemap.resize(((end - start) >> 12) as usize, 0);
+                r.pagemap
+                    .resize(((end - start) >> geom.page_shift()) as usize, 0);
             }
             ProcFile::ClearRefs => {
                 r.walk = self
@@ -331,15 +355,16 @@ impl Mm {
     /// the device's empty page cache: 0); 7.3 walks it ([`crate::MmConfig::mincore_walks_pfnmap`]).
     pub fn mincore(&self, addr: UserAddr, len: u64) -> Result<(Vec<u8>, WalkStats), MmError> {
         let addr = addr.as_u64();
-        if !addr.is_multiple_of(Level::Pte.size()) {
+        let page = self.page_size();
+        if !addr.is_multiple_of(page) {
             return Err(MmError::Unaligned {
                 what: "address",
                 value: addr,
-                align: Level::Pte.size(),
+                align: page,
             });
         }
         let end = addr
-            .checked_add(len.next_multiple_of(Level::Pte.size()))
+            .checked_add(len.next_multiple_of(page))
             .ok_or(MmError::NoSpace(len))?;
         let mut vec = Vec::new();
         let mut st = WalkStats::default();
@@ -356,6 +381,7 @@ impl Mm {
             let mut ops = MincoreOps {
                 vec: Vec::new(),
                 pud_entry: self.config().mincore_walks_pfnmap,
+                page_shift: page.trailing_zeros(),
             };
             let s = if self.config().mincore_walks_pfnmap {
                 self.walk_page_range_vma(va, e, &mut ops)
@@ -364,7 +390,7 @@ impl Mm {
             }
             .map_err(walk_err)?;
             add(&mut st, s);
-            ops.vec.resize(((e - va) >> 12) as usize, 0);
+            ops.vec.resize(((e - va) / page) as usize, 0);
             vec.extend(ops.vec);
             va = e;
         }

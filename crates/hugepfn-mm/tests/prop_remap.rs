@@ -1,5 +1,7 @@
 //! Property test: random remap / munmap / follow / mmap sequences over random aligned and
-//! unaligned ranges, against a reference model that keeps one (pfn, cache mode) per 4 KiB page.
+//! unaligned ranges, against a reference model that keeps one (pfn, cache mode) per 4 KiB frame.
+//! It runs on x86-64 (4 KiB pages, 2 MiB and 1 GiB leaves) and on arm64 with 16 KiB pages
+//! (32 MiB leaves; a remap whose physical address is not on a 16 KiB page is refused).
 //!
 //! After every step: the model's leaves agree with the reference at both ends of every leaf, the
 //! number of mapped pages agrees, and every follow answer is checked. After every case: a full
@@ -13,7 +15,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use hugepfn_mm::addr::UserAddr;
-use hugepfn_mm::{CacheMode, MmError, Pgprot};
+use hugepfn_mm::{Arch, CacheMode, MmError, Pgprot};
 use proptest::prelude::*;
 
 const ARENA: u64 = 0x40_0000_0000; // 1 GiB aligned
@@ -43,41 +45,43 @@ enum Op {
     },
 }
 
-fn interesting_offset() -> impl Strategy<Value = u64> {
+/// Offsets on 1 GiB and PMD boundaries (`pmd`: 2 or 32 MiB), or a few 4 KiB frames either way,
+/// on any frame, or not aligned at all.
+fn interesting_offset(pmd: u64) -> impl Strategy<Value = u64> {
+    let pmds = ARENA_LEN / pmd;
     prop_oneof![
-        // On 1 GiB and 2 MiB boundaries, or a few pages either way.
         3 => (0u64..4).prop_map(|g| g * G),
-        3 => (0u64..2048).prop_map(|m| m * 2 * M),
+        3 => (0u64..pmds).prop_map(move |m| m * pmd),
         2 => (0u64..4, -3i64..=3).prop_map(|(g, d)| (g * G).saturating_add_signed(d * 4096)),
-        2 => (0u64..2048, -2i64..=2).prop_map(|(m, d)| (m * 2 * M).saturating_add_signed(d * 4096)),
+        2 => (0u64..pmds, -2i64..=2).prop_map(move |(m, d)| (m * pmd).saturating_add_signed(d * 4096)),
         2 => (0u64..(ARENA_LEN / 4096)).prop_map(|p| p * 4096),
         // Sometimes not page-aligned at all.
         1 => (0u64..ARENA_LEN).prop_map(|x| x | 1),
     ]
 }
 
-fn interesting_len() -> impl Strategy<Value = u64> {
+fn interesting_len(pmd: u64) -> impl Strategy<Value = u64> {
     prop_oneof![
         8 => (1u64..=1024).prop_map(|p| p * 4096),
-        3 => (1u64..=8, -2i64..=2).prop_map(|(m, d)| (m * 2 * M).saturating_add_signed(d * 4096)),
+        3 => (1u64..=8, -2i64..=2).prop_map(move |(m, d)| (m * pmd).saturating_add_signed(d * 4096)),
         4 => (1u64..=2, -1i64..=1).prop_map(|(g, d)| (g * G).saturating_add_signed(d * 4096)),
         1 => Just(0u64),
         1 => (1u64..8192).prop_map(|x| x | 1),
     ]
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn op(pmd: u64) -> impl Strategy<Value = Op> {
     prop_oneof![
-        3 => (interesting_offset(), interesting_len()).prop_map(|(off, len)| Op::Mmap { off, len }),
+        3 => (interesting_offset(pmd), interesting_len(pmd)).prop_map(|(off, len)| Op::Mmap { off, len }),
         4 => (
-            interesting_offset(),
-            interesting_len(),
-            prop_oneof![3 => Just(0u64), 1 => Just(4096), 1 => Just(2 * M), 1 => Just(G), 1 => (0u64..1024).prop_map(|p| p * 4096)],
+            interesting_offset(pmd),
+            interesting_len(pmd),
+            prop_oneof![3 => Just(0u64), 1 => Just(4096), 1 => Just(pmd), 1 => Just(G), 1 => (0u64..1024).prop_map(|p| p * 4096)],
             0u8..3
         )
             .prop_map(|(off, len, skew, cache)| Op::Remap { off, len, skew, cache }),
-        2 => (interesting_offset(), interesting_len()).prop_map(|(off, len)| Op::Munmap { off, len }),
-        3 => interesting_offset().prop_map(|off| Op::Follow { off }),
+        2 => (interesting_offset(pmd), interesting_len(pmd)).prop_map(|(off, len)| Op::Munmap { off, len }),
+        3 => interesting_offset(pmd).prop_map(|off| Op::Follow { off }),
     ]
 }
 
@@ -131,7 +135,7 @@ fn check_leaves(mm: &hugepfn_mm::Mm, r: &Reference, full: bool) -> Result<(), Te
     let mut err = None;
     mm.page_tables()
         .for_each_leaf(ARENA, ARENA + SPAN, &mut |va, leaf| {
-            let n = leaf.level.size() / 4096;
+            let n = mm.geometry().size(leaf.level) / 4096;
             pages += n;
             let probe: Vec<u64> = if full {
                 (0..n).collect()
@@ -160,8 +164,9 @@ fn check_leaves(mm: &hugepfn_mm::Mm, r: &Reference, full: bool) -> Result<(), Te
 static STATS: [std::sync::atomic::AtomicU64; 4] =
     [const { std::sync::atomic::AtomicU64::new(0) }; 4];
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let (phys, mm) = mm();
+fn run(arch: Arch, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let (phys, mm) = mm_on(arch);
+    let page = mm.page_size();
     let mut r = Reference::default();
     for op in ops {
         match op {
@@ -169,8 +174,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let addr = ARENA + off;
                 let res = mmap_at(&mm, addr, len, true, None);
                 // mmap rounds the length up to whole pages (PAGE_ALIGN), never the address
-                let alen = len.next_multiple_of(4096);
-                let valid = len > 0 && addr.is_multiple_of(4096);
+                let alen = len.next_multiple_of(page);
+                let valid = len > 0 && addr.is_multiple_of(page);
                 let expect_ok = valid && !r.overlaps(addr, addr + alen);
                 prop_assert_eq!(
                     res.is_ok(),
@@ -194,7 +199,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let pfn = (BAR + off + skew) >> 12;
                 let prot = Pgprot::SHARED.with_cache(cache_of(cache));
                 let res = mm.remap_pfn_range(uva(addr), upfn(pfn), len, prot);
-                let valid = len > 0 && addr.is_multiple_of(4096) && len % 4096 == 0;
+                let valid = len > 0
+                    && addr.is_multiple_of(page)
+                    && len.is_multiple_of(page)
+                    && (pfn << 12).is_multiple_of(page);
                 let vma = r.vma_of(addr);
                 let inside = vma.is_some_and(|(_, e, _)| addr + len <= e);
                 let empty = r
@@ -240,7 +248,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     STATS[3].fetch_add(st.splits, std::sync::atomic::Ordering::Relaxed);
                 }
                 // munmap rounds the length up (PAGE_ALIGN), never the address
-                let valid = len > 0 && addr.is_multiple_of(4096);
+                let valid = len > 0 && addr.is_multiple_of(page);
                 prop_assert_eq!(
                     res.is_ok(),
                     valid,
@@ -250,14 +258,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     res
                 );
                 if valid {
-                    r.unmap(addr, addr + len.next_multiple_of(4096));
+                    r.unmap(addr, addr + len.next_multiple_of(page));
                 }
             }
             Op::Follow { off } => {
                 let addr = ARENA + off;
                 let res = mm.follow_pfnmap(uva(addr));
-                let page = addr & !4095;
-                match (r.vma_of(addr), r.pages.get(&page)) {
+                let page_va = addr & !(page - 1);
+                match (r.vma_of(addr), r.pages.get(&page_va)) {
                     (None, _) => prop_assert!(matches!(res, Err(MmError::NoVma(_))), "{res:?}"),
                     (Some((_, _, false)), _) => {
                         prop_assert!(matches!(res, Err(MmError::NotPfnmap(_))), "{res:?}")
@@ -271,7 +279,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(f.pfn.as_u64(), pfn);
                         prop_assert_eq!(f.pgprot.cache, cache);
                         prop_assert!(f.special && f.writable);
-                        prop_assert_eq!(f.addr_mask, !(f.level.size() - 1));
+                        prop_assert_eq!(f.addr_mask, !(mm.geometry().size(f.level) - 1));
                     }
                 }
             }
@@ -283,9 +291,24 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     mm.munmap(UserAddr::new(ARENA), SPAN)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(mm.table_counts().total(), 1);
+    prop_assert_eq!(mm.page_tables().count_leaves(0, u64::MAX).total(), 0);
     drop(mm);
     prop_assert!(phys.leak_check().is_empty());
     Ok(())
+}
+
+/// One to three large VMAs (GiB-scale, a few `page`s off alignment) first, so that most remaps
+/// land inside a VMA and PUD/PMD leaves, splits and partial unmaps are common; then `ops`.
+fn with_big_vmas(big: Vec<(u64, u64, i64)>, page: u64, ops: Vec<Op>) -> Vec<Op> {
+    let mut all: Vec<Op> = big
+        .into_iter()
+        .map(|(g, n, d)| Op::Mmap {
+            off: (g * G).saturating_add_signed(d * page as i64),
+            len: n * G,
+        })
+        .collect();
+    all.extend(ops);
+    all
 }
 
 /// Runs after the property (test order is not guaranteed, so it only prints): how much of the
@@ -310,15 +333,16 @@ proptest! {
     #[test]
     fn remap_munmap_follow_match_the_reference(
         big in proptest::collection::vec((0u64..4, 1u64..=4, -2i64..=2), 1..3),
-        ops in proptest::collection::vec(op(), 1..24),
+        ops in proptest::collection::vec(op(2 * M), 1..24),
     ) {
-        // Start with one to three large VMAs (GiB-scale, near-aligned), so that most remaps land
-        // inside a VMA and PUD/PMD leaves, splits and partial unmaps are common.
-        let mut all: Vec<Op> = big
-            .into_iter()
-            .map(|(g, n, d)| Op::Mmap { off: (g * G).saturating_add_signed(d * 4096), len: n * G })
-            .collect();
-        all.extend(ops);
-        run(all)?;
+        run(Arch::X86_64, with_big_vmas(big, 4096, ops))?;
+    }
+
+    #[test]
+    fn remap_munmap_follow_match_the_reference_with_16k_pages(
+        big in proptest::collection::vec((0u64..4, 1u64..=4, -2i64..=2), 1..3),
+        ops in proptest::collection::vec(op(32 * M), 1..24),
+    ) {
+        run(Arch::Arm64_16k, with_big_vmas(big, 16 * K, ops))?;
     }
 }

@@ -15,9 +15,12 @@ use thiserror::Error;
 
 /// Bits of physical address the x86-64 page-table entry format can hold (`MAXPHYADDR` ≤ 52).
 pub const PHYS_ADDR_BITS: u32 = 52;
-/// Base page size: 4 KiB.
+/// Base page size: 4 KiB. Also the frame in which every [`Pfn`], `vm_pgoff` and gfn counts,
+/// whatever the architecture's granule: a 16 or 64 KiB page is 4 or 16 such frames (a
+/// deliberate difference from Linux, whose pfns count `PAGE_SIZE` pages; the mm asks its
+/// `Geometry` for the page size it maps with).
 pub const PAGE_SIZE: u64 = 4096;
-/// `PAGE_SHIFT`.
+/// `PAGE_SHIFT` of the 4 KiB frame.
 pub const PAGE_SHIFT: u32 = 12;
 
 /// Why an address or pfn was refused.

@@ -70,6 +70,17 @@ impl Arch {
         }
     }
 
+    /// The translation granule's geometry: `PAGE_SIZE` and what each level's entry maps.
+    #[inline]
+    pub const fn geometry(self) -> crate::level::Geometry {
+        use crate::level::Geometry;
+        match self {
+            Arch::Arm64_16k => Geometry::G16K,
+            Arch::Arm64_64k => Geometry::G64K,
+            _ => Geometry::G4K,
+        }
+    }
+
     /// Base page size in bytes (the translation granule).
     #[inline]
     pub const fn page_size(self) -> u64 {
@@ -139,6 +150,20 @@ impl Arch {
             Arch::X86_64 | Arch::X86_64_5Level => (1u64 << (self.va_bits() - 1)) - PAGE_SIZE,
             Arch::Arm64 | Arch::Arm64_16k | Arch::Arm64_64k => 1u64 << self.va_bits(),
             _ => 1u64 << (self.va_bits() - 1),
+        }
+    }
+
+    /// `DEFAULT_MAP_WINDOW`: the top of the range an mmap without a hint above it is placed
+    /// in. Wider address spaces are opt-in (a hint above the window): x86-64 with 5-level
+    /// paging keeps 4-level's 47 bits, arm64 with 52-bit VA 48 bits (`VA_BITS_MIN`), riscv's
+    /// Sv57 Sv48's 47 bits (`MMAP_VA_BITS`).
+    #[inline]
+    pub const fn mmap_window(self) -> u64 {
+        match self {
+            Arch::X86_64 | Arch::X86_64_5Level => (1u64 << 47) - PAGE_SIZE,
+            Arch::Arm64 | Arch::Arm64_16k | Arch::Arm64_64k if self.va_bits() > 48 => 1u64 << 48,
+            Arch::Riscv64Sv57 => 1u64 << 47,
+            _ => self.task_size(),
         }
     }
 

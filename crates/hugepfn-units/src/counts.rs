@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::level::Level;
+use crate::level::{Geometry, Level};
 
 /// Leaves by level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -46,9 +46,17 @@ impl LeafCounts {
         }
     }
 
-    /// Bytes mapped.
+    /// Bytes mapped, with 4 KiB pages ([`LeafCounts::bytes_with`] for another granule).
     pub fn bytes(&self) -> u64 {
-        self.pud * Level::Pud.size() + self.pmd * Level::Pmd.size() + self.pte * Level::Pte.size()
+        self.bytes_with(Geometry::G4K)
+    }
+
+    /// Bytes mapped by leaves of `granule`'s sizes.
+    pub fn bytes_with(&self, granule: Geometry) -> u64 {
+        Level::LEAF_LEVELS
+            .iter()
+            .map(|&l| self.get(l).saturating_mul(granule.size(l)))
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Leaves in all (saturating: counts read from a report may be anything).
@@ -100,5 +108,9 @@ mod tests {
         assert_eq!(c.saturating_sub(&big).pud, 0);
         assert_eq!(c.saturating_add(&c).pte, 8);
         assert_eq!(c.to_string(), "2/0/4");
+        assert_eq!(
+            c.bytes_with(Geometry::G16K),
+            2 * (64 << 30) + 4 * (16 << 10)
+        );
     }
 }

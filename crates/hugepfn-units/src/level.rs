@@ -241,6 +241,50 @@ impl Geometry {
         ((va >> self.shift(level)) as usize) & self.mask as usize
     }
 
+    /// `va` rounded down to the start of its `level` entry (`addr & PMD_MASK`, …).
+    #[inline]
+    pub const fn align_down(&self, level: Level, va: u64) -> u64 {
+        va & !(self.size(level) - 1)
+    }
+
+    /// The leaf level whose order (in this granule's pages) is `order`: `PMD_ORDER` names the
+    /// PMD, `PUD_ORDER` the PUD, 0 the PTE; any other order names none.
+    #[inline]
+    pub const fn level_of_order(&self, order: u32) -> Option<Level> {
+        let b = self.index_bits();
+        if order == 0 {
+            Some(Level::Pte)
+        } else if order == b {
+            Some(Level::Pmd)
+        } else if order == 2 * b {
+            Some(Level::Pud)
+        } else {
+            None
+        }
+    }
+
+    /// The alignment, as an order of 4 KiB frames, that a `level` leaf's first pfn needs: the
+    /// model's pfns and `vm_pgoff` count 4 KiB frames whatever the granule (a deliberate
+    /// difference: Linux counts them in `PAGE_SIZE` units), so a 32 MiB leaf of the 16 KiB
+    /// granule needs a pfn aligned to 2^13.
+    #[inline]
+    pub const fn pfn_order(&self, level: Level) -> u32 {
+        self.shift(level) - 12
+    }
+
+    /// The leaf size as Linux's `HPAGE_*`/smaps labels write it: `4K`, `16K`, `2M`, `32M`, `1G`.
+    pub fn size_label(self, level: Level) -> String {
+        let s = self.shift(level);
+        let (n, unit) = match s {
+            0..10 => (1u64 << s, "B"),
+            10..20 => (1 << (s - 10), "K"),
+            20..30 => (1 << (s - 20), "M"),
+            30..40 => (1 << (s - 30), "G"),
+            _ => (1 << (s - 40), "T"),
+        };
+        format!("{n}{unit}")
+    }
+
     /// Human-readable size of a `level` entry, as in `32 MiB`.
     pub fn size_name(self, level: Level) -> String {
         let s = self.shift(level);
@@ -367,5 +411,28 @@ mod tests {
             "no overflow past the 64-bit address"
         );
         assert_eq!(Geometry::G16K.size_name(Level::Pte), "16 KiB");
+    }
+
+    #[test]
+    fn orders_name_levels_and_pfn_alignment_counts_4k_frames() {
+        for g in [Geometry::G4K, Geometry::G16K, Geometry::G64K] {
+            for l in Level::LEAF_LEVELS {
+                assert_eq!(g.level_of_order(g.order(l)), Some(l));
+                assert_eq!(4096u64 << g.pfn_order(l), g.size(l));
+            }
+            assert_eq!(g.level_of_order(1), None);
+            assert_eq!(g.level_of_order(3 * g.index_bits()), None);
+        }
+        let g = Geometry::G16K;
+        assert_eq!(g.level_of_order(11), Some(Level::Pmd));
+        assert_eq!(Geometry::G4K.level_of_order(11), None);
+        assert_eq!(g.pfn_order(Level::Pmd), 13);
+        assert_eq!(g.align_down(Level::Pmd, 0x0300_0000 + 0x4000), 0x0200_0000);
+        assert_eq!(
+            [Level::Pud, Level::Pmd, Level::Pte].map(|l| g.size_label(l)),
+            ["64G", "32M", "16K"]
+        );
+        assert_eq!(Geometry::G64K.size_label(Level::Pmd), "512M");
+        assert_eq!(Geometry::G4K.size_label(Level::Pud), "1G");
     }
 }

@@ -27,7 +27,7 @@ use hugepfn_mm::fault::{
 };
 use hugepfn_mm::mapping::{AddressSpace, UnmapMappingStats};
 use hugepfn_mm::vma::{VmFlags, pgprot_noncached};
-use hugepfn_mm::{FileOps, Level, MmapCtx, Pfn, PhysMem};
+use hugepfn_mm::{FileOps, Level, MmapCtx, PAGE_SHIFT, Pfn, PhysMem};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -352,6 +352,7 @@ impl FileOps for VfioDeviceFile {
     /// `vfio_pci_core_mmap`.
     fn mmap(&self, ctx: &mut MmapCtx<'_>) -> Result<(), MmError> {
         let design = ctx.config().fault_path;
+        let page = ctx.geometry().page_size();
         let vma = &mut *ctx.vma;
         let dev = &self.dev;
         let index = vma.pgoff >> (VFIO_PCI_OFFSET_SHIFT - 12);
@@ -373,7 +374,18 @@ impl FileOps for VfioDeviceFile {
         let Some(bar) = dev.bar(index as u8) else {
             return Err(einval(&dev.name, format!("BAR{index} is not mmap-capable")));
         };
-        let phys_len = bar.size.next_multiple_of(4096);
+        if !bar.phys.is_multiple_of(page) {
+            // vfio_pci_probe_mmaps: a BAR that does not start on a page is not mmap-capable
+            return Err(einval(
+                &dev.name,
+                format!(
+                    "BAR{index} at {:#x} does not start on a {page:#x}-byte page: not mmap-capable",
+                    bar.phys
+                ),
+            ));
+        }
+        // PAGE_ALIGN(pci_resource_len())
+        let phys_len = bar.size.next_multiple_of(page);
         let req_start = (vma.pgoff & ((1u64 << (VFIO_PCI_OFFSET_SHIFT - 12)) - 1)) << 12;
         let req_len = vma.len();
         if req_start.checked_add(req_len).is_none_or(|e| e > phys_len) {
@@ -413,7 +425,11 @@ impl VfioPciMmapOps {
     fn huge_fault_impl(&self, vmf: &VmFault<'_>, order: u32) -> VmFaultResult {
         let dev = &self.dev;
         let vma = vmf.vma;
-        let size = 4096u64 << order;
+        let g = vmf.geometry();
+        let size = g.page_size() << order;
+        // Linux's pfns count pages, the model's 4 KiB frames: `pfn & ((1 << order) - 1)` is
+        // this alignment in frames.
+        let pfn_align = size >> PAGE_SHIFT;
         let Some(base_pfn) = dev.vma_to_pfn(vma.pgoff) else {
             return VmFaultResult::Sigbus;
         };
@@ -426,9 +442,7 @@ impl VfioPciMmapOps {
                 let addr = vmf.address & !(size - 1);
                 let pfn = base_pfn + ((addr.wrapping_sub(vma.start)) >> 12);
                 if order > 0
-                    && (addr < vma.start
-                        || addr + size > vma.end
-                        || !pfn.is_multiple_of(1 << order))
+                    && (addr < vma.start || addr + size > vma.end || !pfn.is_multiple_of(pfn_align))
                 {
                     return fallback(dev);
                 }
@@ -440,7 +454,7 @@ impl VfioPciMmapOps {
                 if order > 0
                     && (addr & (size - 1) != 0
                         || (addr & !(size - 1)) + size > vma.end
-                        || (dev.logic == HugeFaultLogic::V6_13 && !pfn.is_multiple_of(1 << order)))
+                        || (dev.logic == HugeFaultLogic::V6_13 && !pfn.is_multiple_of(pfn_align)))
                 {
                     return fallback(dev);
                 }
@@ -456,7 +470,7 @@ impl VfioPciMmapOps {
         let Ok(pfn) = Pfn::new(pfn) else {
             return VmFaultResult::Sigbus;
         };
-        let r = match Level::from_order(order) {
+        let r = match g.level_of_order(order) {
             Some(Level::Pte) => vmf_insert_pfn(vmf, vmf.address, pfn),
             Some(Level::Pmd) => vmf_insert_pfn_pmd(vmf, pfn),
             Some(Level::Pud) => vmf_insert_pfn_pud(vmf, pfn),
@@ -486,10 +500,10 @@ impl VfioPciMmapOps {
             if level > vmf.pfnmap_cap().max_level() {
                 continue;
             }
-            let size = level.size();
+            let size = vmf.geometry().size(level);
             let addr = vmf.address & !(size - 1);
-            let pfn = base_pfn + (addr.wrapping_sub(vma.start) >> 12);
-            if addr >= vma.start && addr + size <= vma.end && pfn.is_multiple_of(1 << level.order())
+            let pfn = base_pfn + (addr.wrapping_sub(vma.start) >> PAGE_SHIFT);
+            if addr >= vma.start && addr + size <= vma.end && pfn.is_multiple_of(size >> PAGE_SHIFT)
             {
                 let Ok(pfn) = Pfn::new(pfn) else {
                     return VmFaultResult::Sigbus;
@@ -526,7 +540,7 @@ impl VmOperations for VfioPciMmapOps {
             return VmFaultResult::Fallback;
         }
         for level in Level::LEAF_LEVELS {
-            let r = self.huge_fault_impl(vmf, level.order());
+            let r = self.huge_fault_impl(vmf, vmf.geometry().order(level));
             if r != VmFaultResult::Fallback {
                 return r;
             }

@@ -16,8 +16,8 @@ use hugepfn_mm::Arch;
 use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::remap_file::RemapPfnFile;
 use hugepfn_mm::{
-    CacheMode, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn, PhysConfig,
-    PhysMem, Prot, TableCounts,
+    CacheMode, LeafCap, LeafCounts, Level, Mm, MmConfig, MmError, MmapAddr, MmapRequest, Pfn,
+    PhysConfig, PhysMem, Prot, TableCounts,
 };
 use thiserror::Error;
 
@@ -43,7 +43,9 @@ fn memory_check(phys: &PhysMem, what: impl FnOnce() -> String) -> Result<(), Dem
     if phys.oom_events() > 0 {
         return Err(DemoError::OutOfMemory {
             what: what(),
-            limit: hugepfn_units::format_size(phys.config().limit_frames * 4096),
+            limit: hugepfn_units::format_size(
+                phys.config().limit_frames * phys.config().granule.page_size(),
+            ),
         });
     }
     Ok(())
@@ -106,8 +108,9 @@ pub struct Demo {
     pub vfio: Vec<VfioRow>,
 }
 
-fn total(t: &TableCounts) -> (u64, u64) {
-    (t.total(), t.bytes())
+fn total(mm: &Mm) -> (u64, u64) {
+    let t: TableCounts = mm.table_counts();
+    (t.total(), t.bytes_with(mm.geometry()))
 }
 
 /// Maps `bar` with `remap_pfn_range` at a 1 GiB-aligned VA, leaves capped at `cap`.
@@ -118,7 +121,9 @@ pub fn remap_bar(
     memory: u64,
     arch: Arch,
 ) -> Result<RemapRow, DemoError> {
-    let phys = Arc::new(PhysMem::new(PhysConfig::with_memory(memory)));
+    let phys = Arc::new(PhysMem::new(
+        PhysConfig::with_memory(memory).with_granule(arch.geometry()),
+    ));
     phys.add_device_range("bar", bar.phys, bar.size)
         .map_err(|e| MmError::Invalid(e.to_string()))?;
     let mm = Mm::new(
@@ -158,7 +163,7 @@ pub fn remap_bar(
     })?;
     mapped?;
     let elapsed_ns = t0.elapsed().as_nanos() as u64;
-    let (pages, bytes) = total(&mm.table_counts());
+    let (pages, bytes) = total(&mm);
     Ok(RemapRow {
         bar: bar.index,
         policy: cap.name(),
@@ -169,7 +174,7 @@ pub fn remap_bar(
     })
 }
 
-/// mmaps `bar` through vfio-pci at `placement` and touches every 4 KiB page.
+/// mmaps `bar` through vfio-pci at `placement` and touches every page (`PAGE_SIZE`).
 pub fn vfio_touch_bar(
     bars: &[Bar],
     index: u8,
@@ -178,7 +183,9 @@ pub fn vfio_touch_bar(
     memory: u64,
     arch: Arch,
 ) -> Result<VfioRow, DemoError> {
-    let phys = Arc::new(PhysMem::new(PhysConfig::with_memory(memory)));
+    let phys = Arc::new(PhysMem::new(
+        PhysConfig::with_memory(memory).with_granule(arch.geometry()),
+    ));
     let logic = HugeFaultLogic::from(b.huge_fault());
     let dev = VfioPciDevice::new(phys.clone(), "gpu", bars.to_vec(), logic)
         .map_err(|e| MmError::Invalid(e.to_string()))?;
@@ -211,7 +218,8 @@ pub fn vfio_touch_bar(
     })?;
     let before = mm.fault_counts();
     let t0 = Instant::now();
-    mm.access_range(UserAddr::new(va), bar.size / 4096, 4096, true, false);
+    let page = mm.page_size();
+    mm.access_range(UserAddr::new(va), bar.size / page, page, true, false);
     let elapsed_ns = t0.elapsed().as_nanos() as u64;
     memory_check(&phys, || {
         format!(
@@ -225,7 +233,7 @@ pub fn vfio_touch_bar(
         )
     })?;
     let f = mm.fault_counts().since(&before);
-    let (pages, bytes) = total(&mm.table_counts());
+    let (pages, bytes) = total(&mm);
     Ok(VfioRow {
         bar: index,
         placement: if aligned { "align:1G" } else { "kernel" },
@@ -336,21 +344,33 @@ pub fn format(d: &Demo) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(s, "Model: {}", d.model);
+    let g = d.arch.geometry();
+    let size = |l: Level| g.size_name(l);
     let _ = writeln!(
         s,
         "Architecture: {}: {}\n",
         d.arch,
         match d.pfnmap_cap {
-            "pud" => "pfnmaps may use 1 GiB and 2 MiB leaves",
-            "pmd" => "pfnmaps may use 2 MiB leaves at most (ARCH_SUPPORTS_PUD_PFNMAP is not set)",
-            _ => "pfnmaps use 4 KiB entries only (ARCH_SUPPORTS_HUGE_PFNMAP is not set)",
+            "pud" => format!(
+                "pfnmaps may use {} and {} leaves",
+                size(Level::Pud),
+                size(Level::Pmd)
+            ),
+            "pmd" => format!(
+                "pfnmaps may use {} leaves at most (ARCH_SUPPORTS_PUD_PFNMAP is not set)",
+                size(Level::Pmd)
+            ),
+            _ => format!(
+                "pfnmaps use {} entries only (ARCH_SUPPORTS_HUGE_PFNMAP is not set)",
+                size(Level::Pte)
+            ),
         }
     );
     let _ = writeln!(
         s,
         "RFC huge remap_pfn_range at a 1 GiB-aligned VA (built-in H100-like device){}\n",
         if d.model.starts_with("Linux") {
-            ": this kernel has no huge remap_pfn_range, leaves are capped at 4 KiB"
+            ": this kernel has no huge remap_pfn_range, leaves are capped at PTE size"
         } else {
             ""
         }
@@ -382,7 +402,8 @@ pub fn format(d: &Demo) -> String {
     );
     let _ = writeln!(
         s,
-        "\nvfio-pci (huge_fault, Linux 6.12+): mmap, then touch every 4 KiB page\n"
+        "\nvfio-pci (huge_fault, Linux 6.12+): mmap, then touch every {} page\n",
+        size(Level::Pte)
     );
     table(
         &mut s,

@@ -544,7 +544,7 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
     };
     if arch.page_size() != 4096 {
         return Err(InspectError::Arch(format!(
-            "{} has {} KiB pages: the model has 4 KiB pages only (pass --arch to predict as another architecture)",
+            "{} has {} KiB pages: inspect's checks are written for the 4 KiB granule's 2 MiB and 1 GiB blocks (run, demo and compare take --arch {0}; pass --arch to predict as a 4 KiB architecture)",
             arch.name(),
             arch.page_size() >> 10
         )));

@@ -139,9 +139,8 @@ fn run_options(
 /// What `run` and `compare` override in a scenario.
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// The architecture, overriding the file's `arch`: x86_64, x86_64-5level, arm64,
-    /// riscv64-sv39, riscv64-sv48, riscv64-sv57 (arm64-16k and arm64-64k are refused: not
-    /// modelled yet).
+    /// The architecture, overriding the file's `arch`: x86_64, x86_64-5level, arm64 (4 KiB
+    /// pages), arm64-16k, arm64-64k, riscv64-sv39, riscv64-sv48, riscv64-sv57.
     #[arg(long, value_name = "ARCH")]
     arch: Option<Arch>,
     /// The model's simulated memory (page tables, IOMMU and EPT tables, CoW pages), e.g.
@@ -176,8 +175,8 @@ enum Cmd {
         /// is exit 3.
         #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
         memory: Option<u64>,
-        /// The architecture (default x86_64): x86_64, x86_64-5level, arm64, riscv64-sv39,
-        /// riscv64-sv48, riscv64-sv57 (arm64-16k and arm64-64k are refused: not modelled yet).
+        /// The architecture (default x86_64): x86_64, x86_64-5level, arm64 (4 KiB pages),
+        /// arm64-16k, arm64-64k, riscv64-sv39, riscv64-sv48, riscv64-sv57.
         #[arg(long, value_name = "ARCH")]
         arch: Option<Arch>,
     },

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::sync::{Mutex, MutexGuard, RwLock};
 
 use hugepfn_pt::format::cpu::Cpu;
-use hugepfn_pt::{EncodeError, Format, Step, Tree, X86_64};
+use hugepfn_pt::{EncodeError, Format, Geometry, Step, Tree, X86_64};
 use serde::Serialize;
 
 use crate::addr::{PAGE_SIZE, PagingMode, PhysAddr};
@@ -235,6 +235,8 @@ pub struct HazardCounts {
 /// upstream bugs.
 pub struct PageTables {
     tree: Tree<Cpu>,
+    /// The format's granule, cached for the hot paths.
+    geom: Geometry,
     flushes: Mutex<FlushLog>,
     notifiers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
     /// `mmu_notifier_invalidate_range_start` calls made (whether or not anyone listens).
@@ -261,18 +263,13 @@ impl PageTables {
         Self::with_format(phys, Cpu::X86(X86_64 { mode }))
     }
 
-    /// A new tree in the CPU format `fmt`, with an empty PGD; a format of another granule than
-    /// 4 KiB is refused ([`PhysError::UnsupportedGranule`]).
+    /// A new tree in the CPU format `fmt`, with an empty PGD. The physical memory's frames must
+    /// be the format's granule ([`PhysError::TableTooLarge`] otherwise).
     pub fn with_format(phys: Arc<PhysMem>, fmt: Cpu) -> Result<Self, PhysError> {
-        let g = fmt.geometry();
-        if g != hugepfn_pt::Geometry::G4K {
-            return Err(PhysError::UnsupportedGranule {
-                format: fmt.name(),
-                page_bytes: g.page_size(),
-            });
-        }
+        let geom = fmt.geometry();
         Ok(PageTables {
             tree: Tree::new(phys, fmt)?,
+            geom,
             flushes: Mutex::new(FlushLog::default()),
             notifiers: RwLock::new(Vec::new()),
             notifier_calls: AtomicU64::new(0),
@@ -285,6 +282,12 @@ impl PageTables {
     /// The engine under this tree.
     pub fn tree(&self) -> &Tree<Cpu> {
         &self.tree
+    }
+
+    /// The granule: `PAGE_SIZE` and what each level's entry maps (`PMD_SIZE`, …).
+    #[inline]
+    pub fn geometry(&self) -> Geometry {
+        self.geom
     }
 
     /// The CPU format.

@@ -1,6 +1,5 @@
 //! `move_page_tables` (mm/mremap.c): mremap's page-table half, extent by extent.
 
-use crate::addr::PAGE_SIZE;
 use crate::entry::Decoded;
 use crate::level::Level;
 
@@ -38,8 +37,9 @@ impl PageTables {
         // `get_extent`: up to the next `level` boundary of either address, at most to `end`.
         // Wrapping, as Linux's: at the top of the address space the next boundary wraps to 0
         // and the distance to it is still right.
+        let g = self.geom;
         let extent = |level: Level, o: u64, n: u64| -> u64 {
-            let size = level.size();
+            let size = g.size(level);
             let to = |a: u64| (a & !(size - 1)).wrapping_add(size).wrapping_sub(a);
             to(o).min(to(n)).min(end - o)
         };
@@ -74,7 +74,7 @@ impl PageTables {
                 }
                 Decoded::Table(_) => {
                     let ds = self.slot_alloc(n, Level::Pud)?; // alloc_new_pud
-                    if ext == Level::Pud.size() && self.move_table(os, ds, o, &mut mv.moved) {
+                    if ext == g.size(Level::Pud) && self.move_table(os, ds, o, &mut mv.moved) {
                         (o, n) = (o + ext, n + ext);
                         continue;
                     }
@@ -95,11 +95,11 @@ impl PageTables {
                 }
                 Decoded::Table(pa) => {
                     let dm = self.slot_alloc(n, Level::Pmd)?; // alloc_new_pmd
-                    if !(ext == Level::Pmd.size() && self.move_table(om, dm, o, &mut mv.moved)) {
+                    if !(ext == g.size(Level::Pmd) && self.move_table(om, dm, o, &mut mv.moved)) {
                         let dt = self.tree.table_below(dm)?; // pte_alloc, even for no PTE
                         let ot = self.table(pa)?;
-                        let (oi, di) = (Level::Pte.index(o), Level::Pte.index(n));
-                        let count = (ext / PAGE_SIZE) as usize;
+                        let (oi, di) = (g.index(Level::Pte, o), g.index(Level::Pte, n));
+                        let count = (ext >> g.page_shift()) as usize;
                         let mut k = 0;
                         for i in 0..count {
                             let raw = ot.get(oi + i);
@@ -143,7 +143,7 @@ impl PageTables {
         mv: &mut Moving,
     ) -> Result<bool, WalkError> {
         let level = slot.level;
-        let size = level.size();
+        let size = self.geom.size(level);
         if ext == size {
             let d = self.slot_alloc(n, level)?;
             if self.get(d) == 0 {
@@ -182,7 +182,7 @@ impl PageTables {
         if self.get(to) != 0 {
             return false;
         }
-        let under = self.count_leaves(o, o + from.level.size());
+        let under = self.count_leaves(o, o + self.geom.size(from.level));
         self.move_entry(from, to);
         for l in Level::LEAF_LEVELS {
             moved.add(l, under.get(l));

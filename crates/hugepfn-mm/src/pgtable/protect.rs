@@ -14,7 +14,7 @@ impl PageTables {
     /// populated (`change_pud_range`), whether or not a leaf changed: KVM/arm64 may map a
     /// stage-2 block over host addresses with no leaf.
     pub fn change_protection(&self, start: u64, end: u64, newprot: Pgprot) -> LeafCounts {
-        let pud = Level::Pud.size();
+        let pud = self.geom.size(Level::Pud);
         let mut notify = None;
         let mut addr = start;
         while addr < end {

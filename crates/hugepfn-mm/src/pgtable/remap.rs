@@ -40,9 +40,10 @@ impl PageTables {
         r: &RemapArgs,
         counts: &mut LeafCounts,
     ) -> Result<(), WalkError> {
+        let g = self.geom;
         if level == Level::Pte {
-            let first = level.index(start);
-            let n = ((end - start) / PAGE_SIZE) as usize;
+            let first = g.index(level, start);
+            let n = ((end - start) >> g.page_shift()) as usize;
             let pfn = r.pfn + (start - r.start) / PAGE_SIZE;
             let leaf = Leaf {
                 pfn: Pfn::new(pfn).map_err(|_| WalkError::PfnTooWide(pfn))?,
@@ -55,25 +56,26 @@ impl PageTables {
                 index: first,
                 level,
             };
-            self.ptl(slot).fill(slot, n, base_raw, PAGE_SIZE);
+            self.ptl(slot).fill(slot, n, base_raw, g.page_size());
             counts.add(Level::Pte, n as u64);
             return Ok(());
         }
         let mut va = start;
         while va < end {
-            let base = va & !(level.size() - 1);
-            let next = base.saturating_add(level.size()).min(end);
+            let size = g.size(level);
+            let base = va & !(size - 1);
+            let next = base.saturating_add(size).min(end);
             let slot = Slot {
                 table,
-                index: level.index(va),
+                index: g.index(level, va),
                 level,
             };
             let pfn = r.pfn + (va - r.start) / PAGE_SIZE;
-            let whole = base == va && next - va == level.size();
-            if level.can_be_leaf()
+            let whole = base == va && next - va == size;
+            if self.format().can_be_leaf(level)
                 && level <= r.cap
                 && whole
-                && Pfn::new(pfn).is_ok_and(|p| p.is_aligned_order(level.order()))
+                && Pfn::new(pfn).is_ok_and(|p| p.is_aligned_order(g.pfn_order(level)))
             {
                 let leaf = Leaf {
                     pfn: Pfn::new(pfn).map_err(|_| WalkError::PfnTooWide(pfn))?,
@@ -87,7 +89,7 @@ impl PageTables {
                     // structure caches and lockless walkers may hold it).
                     self.tree
                         .free_subtree_deferred(pa, level.lower().unwrap_or(Level::Pte));
-                    self.flush_tlb_range(base, base + level.size(), FlushReason::FreePgtables);
+                    self.flush_tlb_range(base, base + size, FlushReason::FreePgtables);
                 }
                 counts.add(level, 1);
             } else {

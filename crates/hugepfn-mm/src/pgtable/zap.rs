@@ -22,20 +22,21 @@ impl PageTables {
             let Some((leaf, slot)) = self.lookup(addr) else {
                 return Ok(());
             };
-            let base = addr & !(leaf.level.size() - 1);
+            let size = self.geom.size(leaf.level);
+            let base = addr & !(size - 1);
             if leaf.level == Level::Pte || base == addr {
                 return Ok(());
             }
             match partial {
                 PartialHuge::ZapWhole => {
-                    self.zap_range(base, base + leaf.level.size(), PartialHuge::ZapWhole)?;
+                    self.zap_range(base, base + size, PartialHuge::ZapWhole)?;
                     return Ok(());
                 }
                 PartialHuge::Split => {
                     if !self.split_leaf(slot)? {
                         return Ok(());
                     }
-                    self.flush_tlb_range(base, base + leaf.level.size(), FlushReason::Split);
+                    self.flush_tlb_range(base, base + size, FlushReason::Split);
                 }
             }
         }
@@ -104,12 +105,12 @@ impl PageTables {
                         if old != 0 {
                             st.cleared.add(level, 1);
                             st.lo = st.lo.min(v.base);
-                            st.hi = st.hi.max(v.base + level.size());
+                            st.hi = st.hi.max(v.base + v.span);
                         }
                         Step::Next
                     } else if t.split_leaf(v.slot)? {
                         st.splits += 1;
-                        self.flush_tlb_range(v.base, v.base + level.size(), FlushReason::Split);
+                        self.flush_tlb_range(v.base, v.base + v.span, FlushReason::Split);
                         Step::Again // now a table
                     } else {
                         Step::Next
@@ -131,7 +132,7 @@ impl PageTables {
             if !v.post {
                 return Ok(Step::Descend);
             }
-            let span_end = v.base.saturating_add(v.slot.level.size());
+            let span_end = v.base.saturating_add(v.span);
             if v.base >= floor && span_end <= ceiling && t.table(pa)?.is_empty() {
                 t.lock(v.slot).set(v.slot, 0);
                 t.free_subtree_deferred(pa, v.slot.level.lower().unwrap_or(Level::Pte));

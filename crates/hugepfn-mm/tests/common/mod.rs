@@ -20,6 +20,23 @@ pub fn mm_with(cfg: MmConfig) -> (Arc<PhysMem>, Arc<Mm>) {
     (phys, mm)
 }
 
+/// A fresh machine of `arch`'s granule (its memory in frames of that page size) and a process
+/// of that architecture.
+pub fn mm_on(arch: hugepfn_mm::Arch) -> (Arc<PhysMem>, Arc<Mm>) {
+    let phys = Arc::new(PhysMem::new(
+        hugepfn_mm::PhysConfig::default().with_granule(arch.geometry()),
+    ));
+    let mm = Mm::new(
+        phys.clone(),
+        MmConfig {
+            arch,
+            ..MmConfig::default()
+        },
+    )
+    .expect("mm");
+    (phys, mm)
+}
+
 /// A bare shared read/write VMA at a fixed address (no file: what remap_pfn_range fills).
 pub fn vma(mm: &Mm, addr: u64, len: u64) -> u64 {
     mmap_at(mm, addr, len, true, None).expect("mmap")

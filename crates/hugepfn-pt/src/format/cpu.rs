@@ -18,7 +18,7 @@ use crate::format::{Locking, X86_64, enum_format};
 pub enum Cpu {
     /// x86-64, 4- or 5-level.
     X86(X86_64),
-    /// arm64 stage 1, 4 KiB granule.
+    /// arm64 stage 1, 4, 16 or 64 KiB granule.
     Arm64(Arm64),
     /// riscv64 Sv39/48/57.
     Riscv(Riscv),
@@ -26,9 +26,7 @@ pub enum Cpu {
 
 /// An architecture whose format the model does not have yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the {0} page-table format is in the engine (format::arm64::Arm64::new), but the mm core's fault path still assumes 4 KiB pages; use arm64 (4 KiB granule)"
-)]
+#[error("the model has no page-table format for {0}")]
 pub struct UnsupportedArch(pub Arch);
 
 impl Cpu {
@@ -39,10 +37,13 @@ impl Cpu {
                 mode: arch.paging_mode().unwrap_or_default(),
             }),
             Arch::Arm64 => Cpu::Arm64(Arm64::G4K_VA48),
+            // Debian's arm64-16k (CONFIG_ARM64_VA_BITS_48) and arm64-64k (52-bit VA) kernels
+            Arch::Arm64_16k | Arch::Arm64_64k => Cpu::Arm64(
+                Arm64::new(arch.geometry(), arch.va_bits()).map_err(|_| UnsupportedArch(arch))?,
+            ),
             Arch::Riscv64Sv39 | Arch::Riscv64Sv48 | Arch::Riscv64Sv57 => Cpu::Riscv(Riscv {
                 levels: arch.levels(),
             }),
-            Arch::Arm64_16k | Arch::Arm64_64k => return Err(UnsupportedArch(arch)),
         })
     }
 }
@@ -113,10 +114,13 @@ mod tests {
             }
             assert_eq!(f.decode(0, Level::Pte), Entry::None);
         }
-        assert!(matches!(
-            Cpu::for_arch(Arch::Arm64_64k),
-            Err(UnsupportedArch(Arch::Arm64_64k))
-        ));
+        for (arch, page, top) in [
+            (Arch::Arm64_16k, 16 << 10, Level::P4d),
+            (Arch::Arm64_64k, 64 << 10, Level::Pud),
+        ] {
+            let f = Cpu::for_arch(arch).unwrap();
+            assert_eq!((f.geometry().page_size(), f.top()), (page, top), "{arch}");
+        }
     }
 
     #[test]

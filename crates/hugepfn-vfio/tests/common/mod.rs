@@ -6,6 +6,7 @@ use hugepfn_mm::{Mm, MmError, MmapAddr, MmapRequest, PhysMem, Prot};
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 
 /// Fresh physical memory and a vfio-pci device `name` on it with `bars`.
+#[allow(dead_code)]
 pub fn device(
     name: &str,
     bars: Vec<Bar>,

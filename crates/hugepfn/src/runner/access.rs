@@ -107,6 +107,11 @@ impl ModelRun {
         {
             return (Some("E2BIG".into()), 0, None);
         }
+        // The hardware model (hugepfn-hw's walker, TLB and caches) walks 4 KiB-granule tables
+        // only: a 16 or 64 KiB-page machine is refused, not walked with the wrong indices.
+        if mm.page_size() != 4096 {
+            return (Some("EOPNOTSUPP".into()), 0, None);
+        }
         // 1. Populate through the fault path.
         let base = start & !0xfff;
         let pages = (end - base).div_ceil(4096);

@@ -160,7 +160,10 @@ impl ModelRun {
             .memory
             .or(sc.memory)
             .unwrap_or(hugepfn_mm::phys::DEFAULT_MEMORY);
-        let phys = Arc::new(PhysMem::new(PhysConfig::with_memory(memory)));
+        let arch = opts.arch.unwrap_or(sc.arch);
+        let phys = Arc::new(PhysMem::new(
+            PhysConfig::with_memory(memory).with_granule(arch.geometry()),
+        ));
         let mut devices = HashMap::new();
         for d in &sc.devices {
             let bars = d
@@ -641,7 +644,9 @@ pub fn mm_config(b: Behaviour, base: MmConfig) -> MmConfig {
         mincore_walks_pfnmap: b.mincore_walks_pfnmap(),
         mremap_moves_multiple_vmas: b.mremap_moves_multiple_vmas(),
         mmap_base: match base.mmap_base {
-            None if !aligned_base => Some(base.arch.task_size() - (128 << 20) - 4096),
+            None if !aligned_base => {
+                Some(base.arch.mmap_window() - (128 << 20) - base.arch.page_size())
+            }
             other => other,
         },
         thp_bypass_pfnmap: !b.thp_sysfs_gates_pfnmap(),

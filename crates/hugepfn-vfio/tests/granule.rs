@@ -1,0 +1,207 @@
+//! vfio-pci BARs on arm64 hosts with 16 KiB and 64 KiB pages (Debian's `arm64-16k` kernel,
+//! the 64 KiB kernels Grace hosts often run): the mm core takes its page size and its PMD size
+//! (32 MiB, 512 MiB) from the architecture's granule, while pfns and `vm_pgoff` keep counting
+//! 4 KiB frames.
+
+mod common;
+use common::uva;
+
+use std::sync::Arc;
+
+use hugepfn_mm::addr::UserAddr;
+use hugepfn_mm::task_mmu::ProcFile;
+use hugepfn_mm::{Errno, LeafCap, Level, Mm, MmConfig, MmError, MmapAddr, PhysConfig, PhysMem};
+use hugepfn_units::arch::Arch;
+use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, presets};
+
+const K: u64 = 1 << 10;
+const M: u64 = 1 << 20;
+const G: u64 = 1 << 30;
+
+struct World {
+    mm: Arc<Mm>,
+    dev: Arc<VfioPciDevice>,
+}
+
+/// A host of `arch` (memory in its granule, PMD pfnmaps as arm64 has them) with an ivshmem
+/// BAR2 of `size` at the lab's address.
+fn host(arch: Arch, size: u64) -> World {
+    let phys = Arc::new(PhysMem::new(
+        PhysConfig::default().with_granule(arch.geometry()),
+    ));
+    let dev = VfioPciDevice::new(
+        phys.clone(),
+        "ivshmem",
+        presets::ivshmem_bars(size),
+        HugeFaultLogic::Fixed,
+    )
+    .unwrap();
+    let mm = Mm::new(
+        phys,
+        MmConfig {
+            arch,
+            pfnmap_cap: LeafCap::Pmd,
+            // below 2^47: follow_pfnmap_start takes an x86-canonical VirtAddr
+            mmap_base: Some(1 << 46),
+            ..MmConfig::default()
+        },
+    )
+    .unwrap();
+    World { mm, dev }
+}
+
+fn map(w: &World, off: u64, len: u64, align: u64, skew: u64) -> Result<u64, MmError> {
+    let va = w.mm.find_aligned_area(len, align, skew)?;
+    common::map_bar(&w.mm, &w.dev, 2, off, len, MmapAddr::Fixed(va))
+}
+
+fn touch(mm: &Mm, va: u64, len: u64) {
+    let page = mm.page_size();
+    mm.access_range(UserAddr::new(va), len / page, page, true, false);
+}
+
+#[test]
+fn arm64_16k_bar_faults_in_32m_pmd_leaves() {
+    let w = host(Arch::Arm64_16k, 2 * G);
+    assert_eq!(w.mm.page_size(), 16 * K);
+    let va = map(&w, 0, 2 * G, 32 * M, 0).unwrap();
+    let before = w.mm.fault_counts();
+    touch(&w.mm, va, 2 * G);
+    let f = w.mm.fault_counts().since(&before);
+    assert_eq!((f.faults, f.pmd, f.pte), (64, 64, 0), "{f:?}");
+    let leaves = w.mm.page_tables().count_leaves(va, va + 2 * G);
+    assert_eq!((leaves.pmd, leaves.pte), (64, 0));
+    assert_eq!(leaves.bytes_with(w.mm.geometry()), 2 * G);
+    assert_eq!(
+        w.mm.table_counts().pte,
+        0,
+        "no PTE table under 32 MiB leaves"
+    );
+
+    // follow: the 32 MiB leaf, and the pfn of the 16 KiB page holding the address
+    let bar = presets::ivshmem_bars(2 * G)[0].phys;
+    let a = va + 32 * M + 3 * 16 * K + 5;
+    let g = w.mm.mmap_read();
+    let fl = g.follow_pfnmap_start(uva(a)).unwrap();
+    assert_eq!(fl.args.level, Level::Pmd);
+    assert_eq!(fl.args.addr_mask, !(32 * M - 1));
+    assert_eq!(fl.args.pfn.as_u64(), (bar + 32 * M + 3 * 16 * K) >> 12);
+}
+
+#[test]
+fn arm64_16k_bar_at_a_16k_skew_faults_page_by_page() {
+    let w = host(Arch::Arm64_16k, 256 * M);
+    let va = map(&w, 0, 128 * M, 32 * M, 16 * K).unwrap();
+    let before = w.mm.fault_counts();
+    touch(&w.mm, va, 128 * M);
+    let f = w.mm.fault_counts().since(&before);
+    assert_eq!(
+        (f.faults, f.pmd, f.pte),
+        (8192, 0, 8192),
+        "128 MiB / 16 KiB"
+    );
+    // 128 MiB starting 16 KiB into a 32 MiB block spans 5 PMD entries: 5 PTE tables of 2048
+    assert_eq!(w.mm.table_counts().pte, 5);
+}
+
+#[test]
+fn arm64_64k_bar_faults_in_512m_pmd_leaves() {
+    let w = host(Arch::Arm64_64k, 2 * G);
+    assert_eq!(w.mm.page_size(), 64 * K);
+    let va = map(&w, 0, 2 * G, 512 * M, 0).unwrap();
+    let before = w.mm.fault_counts();
+    touch(&w.mm, va, 2 * G);
+    let f = w.mm.fault_counts().since(&before);
+    assert_eq!((f.faults, f.pmd), (4, 4), "{f:?}");
+    // a BAR offset that is 64 KiB but not 512 MiB aligned: 64 KiB pages
+    let va2 = map(&w, 64 * K, 64 * M, 512 * M, 0).unwrap();
+    let before = w.mm.fault_counts();
+    touch(&w.mm, va2, 64 * M);
+    let f = w.mm.fault_counts().since(&before);
+    assert_eq!((f.faults, f.pte), (1024, 1024), "{f:?}");
+}
+
+#[test]
+fn arm64_16k_refuses_what_is_not_on_a_16k_page() {
+    let w = host(Arch::Arm64_16k, 256 * M);
+    // an mmap offset on a 4 KiB but not a 16 KiB page
+    let e = map(&w, 4 * K, 32 * M, 32 * M, 0).unwrap_err();
+    assert!(
+        matches!(e, MmError::Unaligned { align, .. } if align == 16 * K),
+        "{e}"
+    );
+    // an address only 4 KiB aligned
+    let e = w.mm.find_aligned_area(32 * M, 32 * M, 4 * K).unwrap_err();
+    assert!(matches!(e, MmError::Unaligned { what: "skew", .. }), "{e}");
+    let va = map(&w, 0, 64 * M, 32 * M, 0).unwrap();
+    let e = w.mm.munmap(UserAddr::new(va + 4 * K), 16 * K).unwrap_err();
+    assert_eq!(e.errno(), Errno::EINVAL, "{e}");
+    // a length is rounded up to the page, as Linux does: 4 KiB unmaps a whole 16 KiB page
+    touch(&w.mm, va, 64 * M);
+    w.mm.munmap(UserAddr::new(va + 32 * M), 4 * K).unwrap();
+    assert!(w.mm.find_vma(UserAddr::new(va + 32 * M)).is_none());
+    let after = w.mm.find_vma(UserAddr::new(va + 32 * M + 16 * K)).unwrap();
+    assert_eq!(after.start, va + 32 * M + 16 * K);
+    // nothing else was lost: the first 32 MiB leaf is still there
+    let first = w.mm.page_tables().lookup(va).unwrap().0;
+    assert_eq!(first.level, Level::Pmd);
+}
+
+#[test]
+fn arm64_16k_proc_files_count_16k_pages() {
+    let w = host(Arch::Arm64_16k, 256 * M);
+    let va = map(&w, 0, 64 * M, 32 * M, 0).unwrap();
+    touch(&w.mm, va, 32 * M);
+    let smaps = w.mm.read_proc(ProcFile::Smaps, None).unwrap();
+    assert!(
+        smaps.text.contains("KernelPageSize: 16 kB"),
+        "{}",
+        smaps.text
+    );
+    let pm =
+        w.mm.read_proc(ProcFile::Pagemap, Some((va, va + 64 * M)))
+            .unwrap();
+    // one entry per 16 KiB page, all holes: pagemap's walk skips VM_PFNMAP
+    assert_eq!(pm.pagemap.len(), 4096);
+    assert!(pm.pagemap.iter().all(|&e| e == 0));
+    let (vec, _) = w.mm.mincore(UserAddr::new(va), 64 * M).unwrap();
+    assert_eq!(vec.len(), 4096);
+}
+
+#[test]
+fn arm64_16k_bar_not_on_a_page_is_not_mmap_capable() {
+    let phys = Arc::new(PhysMem::new(
+        PhysConfig::default().with_granule(Arch::Arm64_16k.geometry()),
+    ));
+    let dev = VfioPciDevice::new(
+        phys.clone(),
+        "small",
+        vec![Bar::mem64(2, (1 << 40) + 4 * K, 4 * K)],
+        HugeFaultLogic::Fixed,
+    )
+    .unwrap();
+    let mm = Mm::new(
+        phys,
+        MmConfig {
+            arch: Arch::Arm64_16k,
+            ..MmConfig::default()
+        },
+    )
+    .unwrap();
+    let e = common::map_bar(&mm, &dev, 2, 0, 16 * K, MmapAddr::Kernel).unwrap_err();
+    assert_eq!(e.errno(), Errno::EINVAL);
+    assert!(e.to_string().contains("not mmap-capable"), "{e}");
+}
+
+#[test]
+fn a_16k_mm_on_4k_frames_is_refused_by_name() {
+    let e = Mm::new(
+        Arc::new(PhysMem::default()),
+        MmConfig {
+            arch: Arch::Arm64_16k,
+            ..MmConfig::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("frames"), "{e}");
+}
