@@ -17,7 +17,11 @@
 # Exit status: 0 = no difference (or "LAB SKIPPED: <reason>" when QEMU or the kernel cannot be
 # had on this machine); non-zero = a difference between model and kernel, an unexpected kernel
 # crash, a probe failure, a build failure, or the lab exceeding its time budget.
-# The Markdown report goes to out/lab/compare.md. Then `hugepfn lab fuzz --seed 1 --count 50`
+# The Markdown report goes to out/lab/compare.md. Then the arm64 kernels with 16 KiB pages
+# (Debian's arm64-16k flavour of 6.12.117 and 7.3.4, $HUGEPFN_LAB_KERNELS_16K) on a subset, to
+# keep the stage's time: the arm64-16k scenarios, the arm64 lab cases, the DMA cases and
+# lab-inspect-placements (out/lab/compare-16k.md; every scenario: `hugepfn lab compare --arch
+# arm64-16k`, about two minutes). Then `hugepfn lab fuzz --seed 1 --count 50`
 # on 6.12.95, 7.3.4, arm64:6.12.117 and arm64:7.3.4 ($HUGEPFN_LAB_FUZZ_KERNELS): random cases,
 # model vs kernel.
 set -uo pipefail
@@ -83,6 +87,30 @@ timeout --kill-after=20 "$BUDGET" "$HP" lab compare "${COMMON[@]}" --jobs 2 --ke
 rc=$?
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "LAB FAILED: the comparison took longer than ${BUDGET} s"
+fi
+
+# The 16 KiB-page arm64 kernels, on the subset named above (their setup failing drops them, loudly).
+KERNELS_16K=${HUGEPFN_LAB_KERNELS_16K:-arm64-16k:6.12.117,arm64-16k:7.3.4}
+BUDGET_16K=${HUGEPFN_LAB_BUDGET_16K:-300}
+RUN_16K=
+for k in ${KERNELS_16K//,/ }; do
+    if ! SETUP=$("$HP" lab setup --kernel "$k" "${COMMON[@]}" 2>&1); then
+        echo "$SETUP" | tail -15
+        echo "LAB ARM64-16K SKIPPED: $(echo "$SETUP" | grep -E '^hugepfn lab:' | tail -1) (kernel $k)"
+        continue
+    fi
+    RUN_16K=${RUN_16K:+$RUN_16K,}$k
+done
+if [ -n "$RUN_16K" ]; then
+    timeout --kill-after=20 "$BUDGET_16K" "$HP" lab compare "${COMMON[@]}" --jobs 2 --kernels "$RUN_16K" \
+        --known-crashes lab/known-crashes.txt --markdown out/lab/compare-16k.md \
+        scenarios/arm64-16k-*.toml scenarios/arm64-lab-*.toml scenarios/lab-dma-*.toml \
+        scenarios/lab-inspect-placements.toml
+    rc16=$?
+    if [ "$rc16" -eq 124 ] || [ "$rc16" -eq 137 ]; then
+        echo "LAB FAILED: the arm64-16k comparison took longer than ${BUDGET_16K} s"
+    fi
+    [ "$rc" -eq 0 ] && rc=$rc16
 fi
 
 # Differential fuzzing against the kernel: a fixed seed, 50 random lab-shaped cases per Debian

@@ -137,6 +137,17 @@ impl Kernel {
         }
     }
 
+    /// Debian's arm64 package of this release built with 16 KiB pages (the `arm64-16k`
+    /// flavour: CONFIG_ARM64_16K_PAGES, 48-bit VA), which the arm64 lab boots for
+    /// `arm64-16k:` kernels. 6.12.117's is trixie's, 7.3.4's trixie-backports' meta package.
+    pub const fn debian_package_arm64_16k(self) -> Option<&'static str> {
+        match self {
+            Kernel::V6_12_117 => Some("linux-image-6.12.117+deb13-arm64-16k-unsigned"),
+            Kernel::V7_3_4 => Some("linux-image-7.3.4+deb13-arm64-16k"),
+            _ => None,
+        }
+    }
+
     /// The apt suite that has [`Kernel::debian_package`] (added to apt's sources by the lab,
     /// on the mirror this machine is configured with).
     pub const fn debian_suite(self) -> Option<&'static str> {

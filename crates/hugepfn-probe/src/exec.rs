@@ -795,14 +795,15 @@ fn read_proc(file: ProcFileSpec, range: Option<(u64, u64)>, buf: &mut [u8]) -> i
         }
         ProcFileSpec::Pagemap => {
             let (va, len) = range.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-            let want = (len.div_ceil(4096) * 8) as usize;
+            let page = sys::page_size();
+            let want = (len.div_ceil(page) * 8) as usize;
             if want > buf.len() {
                 return Err(io::Error::from_raw_os_error(libc::E2BIG));
             }
             let f = std::fs::File::open("/proc/self/pagemap")?;
             let mut done = 0;
             while done < want {
-                let n = f.read_at(&mut buf[done..want], (va / 4096) * 8 + done as u64)?;
+                let n = f.read_at(&mut buf[done..want], (va / page) * 8 + done as u64)?;
                 if n == 0 {
                     break;
                 }

@@ -32,7 +32,16 @@ use vfio_bindings::bindings::vfio::{
     vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap, vfio_region_info,
 };
 
-const PAGE: u64 = 4096;
+/// The kernel's page size (`sysconf(_SC_PAGESIZE)`: 4 KiB, or 16/64 KiB on arm64 kernels built
+/// so), read once.
+pub fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the C library; no pointers, no side effects.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(n).ok().filter(|&n| n >= 4096).unwrap_or(4096)
+    })
+}
 
 // ------------------------------------------------------------------------------------------
 // Fault-catching accesses
@@ -229,7 +238,7 @@ fn take_signal() -> Signal {
 /// fault of a measured step does not also fault in the handler's code. Returns whether the
 /// signal was caught as expected.
 pub fn warm_fault_path() -> io::Result<bool> {
-    let m = DevMap::anonymous(PAGE, libc::PROT_NONE)?;
+    let m = DevMap::anonymous(page_size(), libc::PROT_NONE)?;
     Ok(matches!(m.read8(0), Access::Faulted(Signal::Segv)))
 }
 
@@ -373,7 +382,7 @@ impl DevMap {
                     }
                     Ok(va) => {
                         // trim the reservation around the mapping (len rounded to pages)
-                        let end = va + len.div_ceil(PAGE) * PAGE;
+                        let end = va + len.div_ceil(page_size()) * page_size();
                         if va > res {
                             munmap_raw(res, va - res)?;
                         }
@@ -431,7 +440,7 @@ impl DevMap {
     fn check_inside(&self, off: u64, len: u64) -> io::Result<()> {
         if off
             .checked_add(len)
-            .is_none_or(|end| end > self.len.div_ceil(PAGE) * PAGE)
+            .is_none_or(|end| end > self.len.div_ceil(page_size()) * page_size())
         {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -460,7 +469,7 @@ impl DevMap {
             Err(e) => e.raw_os_error() == Some(libc::ENOMEM),
         };
         if applied && (advice == libc::MADV_DONTFORK || advice == libc::MADV_DOFORK) {
-            let end = off + len.div_ceil(PAGE) * PAGE;
+            let end = off + len.div_ceil(page_size()) * page_size();
             subtract(&mut self.dontfork, off, end);
             if advice == libc::MADV_DONTFORK && end > off {
                 self.dontfork.push((off, end));
@@ -478,7 +487,7 @@ impl DevMap {
     /// the range must lie inside the mapping (EINVAL otherwise, nothing called).
     pub fn mincore(&self, off: u64, len: u64, vec: &mut [u8]) -> io::Result<usize> {
         self.check_inside(off, len)?;
-        let pages = len.div_ceil(PAGE) as usize;
+        let pages = len.div_ceil(page_size()) as usize;
         if pages > vec.len() {
             return Err(io::Error::from_raw_os_error(libc::E2BIG));
         }
@@ -517,7 +526,7 @@ impl DevMap {
     /// reservation made here (aligned as for `map`, or exactly at a `Place::Fixed` address with
     /// MAP_FIXED_NOREPLACE), so nothing but the reservation is ever replaced.
     pub fn mremap(&mut self, new_len: u64, place: Place) -> io::Result<()> {
-        let old_len = self.len.div_ceil(PAGE) * PAGE;
+        let old_len = self.len.div_ceil(page_size()) * page_size();
         let old_va = self.va;
         let remap = |flags: libc::c_int, target: u64| -> io::Result<u64> {
             // SAFETY: moves only this device mapping; the target is either chosen by the kernel
@@ -547,7 +556,7 @@ impl DevMap {
                 0,
             )
         };
-        let rounded = new_len.div_ceil(PAGE) * PAGE;
+        let rounded = new_len.div_ceil(page_size()) * page_size();
         let new_va = match place {
             Place::Kernel => remap(libc::MREMAP_MAYMOVE, 0)?,
             Place::Fixed(a) => {
@@ -600,10 +609,10 @@ impl DevMap {
     /// inside this mapping, so the probe never unmaps memory it does not own. The unmapped
     /// pages are remembered and never accessed again.
     pub fn munmap(&mut self, off: u64, len: u64) -> io::Result<()> {
-        let rlen = len.div_ceil(PAGE) * PAGE;
+        let rlen = len.div_ceil(page_size()) * page_size();
         let inside = off
             .checked_add(rlen)
-            .is_some_and(|end| end <= self.len.div_ceil(PAGE) * PAGE);
+            .is_some_and(|end| end <= self.len.div_ceil(page_size()) * page_size());
         if !inside {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -614,7 +623,7 @@ impl DevMap {
 
     /// The live `[start, end)` offset ranges (the mapping minus its holes).
     fn live_ranges(&self) -> Vec<(u64, u64)> {
-        let end = self.len.div_ceil(PAGE) * PAGE;
+        let end = self.len.div_ceil(page_size()) * page_size();
         let mut holes = self.holes.clone();
         holes.sort_unstable();
         let mut out = Vec::new();
@@ -937,7 +946,7 @@ pub enum Forked {
 pub fn fork_measured() -> io::Result<Forked> {
     let buf = mmap_raw(
         0,
-        PAGE,
+        page_size(),
         libc::PROT_READ | libc::PROT_WRITE,
         libc::MAP_SHARED | libc::MAP_ANONYMOUS,
         -1,
@@ -970,7 +979,7 @@ pub fn fork_measured() -> io::Result<Forked> {
             faults: (a as u64).saturating_sub(b as u64),
         })
     };
-    let _ = munmap_raw(buf, PAGE);
+    let _ = munmap_raw(buf, page_size());
     out
 }
 

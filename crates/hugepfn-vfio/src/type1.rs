@@ -304,9 +304,13 @@ impl VfioIommu {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `iommu->pgsize_bitmap`'s smallest page (`1 << __ffs(pgsize_bitmap)`).
+    /// `iommu->pgsize_bitmap`'s smallest page (`1 << __ffs(pgsize_bitmap)`), after
+    /// `vfio_update_pgsize_bitmap` hid the IOMMU's sizes below `PAGE_SIZE` and offered
+    /// `PAGE_SIZE` instead: with 16 KiB pages a 4 KiB map is refused (measured on Debian's
+    /// arm64-16k kernels: `lab-dma-map-partial-bar`).
     fn min_pgsize(&self) -> u64 {
-        1u64 << self.domain.pgsize_bitmap().trailing_zeros()
+        let iommu = 1u64 << self.domain.pgsize_bitmap().trailing_zeros();
+        iommu.max(self.mm.page_size())
     }
 
     /// `vfio_iommu_iova_dma_valid`: `[start, end]` inside one valid IOVA range (the aperture
@@ -544,7 +548,8 @@ impl VfioIommu {
                         return Err(fault(vaddr, "the pfn is RAM, not a reserved/MMIO pfn"));
                     }
                     let ret = match req.lookup {
-                        PfnLookup::PerPage => 1,
+                        // one PAGE_SIZE page: 4, 16 frames with 16, 64 KiB pages
+                        PfnLookup::PerPage => (mm.page_size() >> PAGE_SHIFT).min(npages),
                         PfnLookup::Batched => {
                             let epfn = (pfn | (!args.addr_mask >> PAGE_SHIFT)) + 1;
                             npages.min(epfn - pfn)
@@ -573,7 +578,9 @@ impl VfioIommu {
     fn is_invalid_reserved_pfn(&self, pfn: u64) -> bool {
         let cfg = self.mm.page_tables().phys().config();
         let first = cfg.ram_base >> PAGE_SHIFT;
-        !(first..first + cfg.ram_frames).contains(&pfn)
+        // RAM frames are the machine's pages; pfns count 4 KiB frames
+        let frames = cfg.ram_frames << (cfg.granule.page_shift() - PAGE_SHIFT);
+        !(first..first + frames).contains(&pfn)
     }
 
     /// `VFIO_IOMMU_UNMAP_DMA` (v2): every mapping inside `[iova, iova + size)`; a range that

@@ -21,13 +21,13 @@ use hugepfn_kernels::{Behaviour, Kernel};
 use hugepfn_scenario::{LeafCounts, parse_scenario};
 use hugepfn_units::arch::Arch;
 use hugepfn_units::format_size;
+use hugepfn_units::level::Level;
 use hugepfn_vfio::{Bar, parse_sysfs_resource};
 use serde::{Deserialize, Serialize};
 
 use crate::runner::{ModelRun, RunOptions};
 
 const GIB: u64 = 1 << 30;
-const MIB2: u64 = 2 << 20;
 /// `VFIO_PCI_OFFSET_SHIFT`.
 const REGION_SHIFT: u32 = 40;
 
@@ -443,7 +443,9 @@ fn predict(
     Ok(Prediction {
         faults: touch.map_or(0, |s| s.counters.faults),
         leaves: touch.and_then(|s| s.leaves).unwrap_or_default(),
-        page_table_bytes: pt.map_or(0, |p| (p.pgd + p.p4d + p.pud + p.pmd + p.pte) * 4096),
+        page_table_bytes: pt.map_or(0, |p| {
+            (p.pgd + p.p4d + p.pud + p.pmd + p.pte) * arch.page_size()
+        }),
         dma_lookups: dma
             .filter(|s| s.errno.is_none())
             .map(|s| s.counters.dma_lookups),
@@ -542,13 +544,10 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
             ))
         })?,
     };
-    if arch.page_size() != 4096 {
-        return Err(InspectError::Arch(format!(
-            "{} has {} KiB pages: inspect's checks are written for the 4 KiB granule's 2 MiB and 1 GiB blocks (run, demo and compare take --arch {0}; pass --arch to predict as a 4 KiB architecture)",
-            arch.name(),
-            arch.page_size() >> 10
-        )));
-    }
+    // the PMD block of the architecture's granule: 2 MiB, 32 MiB with 16 KiB pages, 512 MiB
+    // with 64 KiB pages
+    let geom = arch.geometry();
+    let pmd = geom.size(Level::Pmd);
     // the largest leaf a pfnmap takes here (arm64: 2 MiB; riscv 6.12: 4 KiB)
     let leaves = Behaviour::from_option(kernel).pfnmap_leaves(arch);
     let devices = find_devices(args, &mut notes);
@@ -573,7 +572,7 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
         let len = m.end - m.start;
         let skew_1g = phys.map(|pa| m.start.wrapping_sub(pa) % GIB);
         if let Some(pa) = phys {
-            let skew_2m = m.start.wrapping_sub(pa) % MIB2;
+            let skew_2m = m.start.wrapping_sub(pa) % pmd;
             if leaves.pud && len >= GIB && skew_1g != Some(0) {
                 let skew = skew_1g.unwrap_or(0);
                 // the next VA up that is congruent with the PA (rounding down could fall below
@@ -585,11 +584,13 @@ pub fn inspect(args: &InspectArgs) -> Result<InspectReport, InspectError> {
                 mnotes.push(format!(
                     "VA ≡ PA + {} (mod 1 GiB): no 1 GiB leaves{}; a VA ≡ PA (mod 1 GiB){fix} would take them",
                     format_size(skew),
-                    if skew_2m == 0 { "" } else { " and no 2 MiB leaves" },
+                    if skew_2m == 0 { "" } else { " and no PMD leaves" },
                 ));
-            } else if leaves.pmd && len >= MIB2 && skew_2m != 0 {
+            } else if leaves.pmd && len >= pmd && skew_2m != 0 {
+                let (pmd_name, page_name) =
+                    (geom.size_name(Level::Pmd), geom.size_name(Level::Pte));
                 mnotes.push(format!(
-                    "VA ≡ PA + {} (mod 2 MiB): 4 KiB leaves only; align the mmap to 2 MiB (congruent with the BAR)",
+                    "VA ≡ PA + {} (mod {pmd_name}): {page_name} leaves only; align the mmap to {pmd_name} (congruent with the BAR)",
                     format_size(skew_2m)
                 ));
             }

@@ -186,14 +186,26 @@ fn on_arm64_a_bar_takes_2_mib_leaves_at_best_and_no_1_gib_advice() {
 }
 
 #[test]
-fn a_16k_arm64_machine_is_refused_by_name_and_this_machines_page_is_read() {
-    let f = Fake::new("arm16", MAPS, "7.3.4+deb13-arm64-16k", true);
-    let e = inspect(&InspectArgs {
+fn a_16k_arm64_machine_takes_32_mib_blocks_and_this_machines_page_is_read() {
+    let maps = "\
+7f0000000000-7f2000000000 rw-s 20000000000 00:0e 77   anon_inode:[vfio-device]
+7e0000004000-7e0002004000 rw-s 40000000000 00:0e 77   anon_inode:[vfio-device]
+";
+    let f = Fake::new("arm16", maps, "7.3.4+deb13-arm64-16k", true);
+    let r = inspect(&InspectArgs {
         arch: Some(Arch::Arm64_16k),
         ..f.args()
     })
-    .unwrap_err();
-    assert!(e.to_string().contains("arm64-16k has 16 KiB pages"), "{e}");
+    .expect("inspect");
+    // BAR2, 128 GiB at a 1 GiB-aligned VA: 32 MiB PMD blocks, no PUD pfnmap on arm64
+    let p = r.mappings[0].prediction.as_ref().expect("prediction");
+    assert_eq!((p.faults, p.leaves.pmd, p.leaves.pud), (4096, 4096, 0));
+    // BAR4 16 KiB off: 16 KiB pages, and the fix in the granule's block size
+    let b = &r.mappings[1];
+    let p = b.prediction.as_ref().expect("prediction");
+    assert_eq!((p.faults, p.leaves.pte), (2048, 2048));
+    assert!(noted(&b.notes, "align the mmap to 32 MiB"), "{:?}", b.notes);
+    assert!(noted(&b.notes, "16 KiB leaves only"), "{:?}", b.notes);
     // the test machine's own page size, from its auxv
     assert_eq!(page_size(), Some(4096));
 }

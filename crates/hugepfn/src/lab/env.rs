@@ -62,14 +62,14 @@ impl LabArch {
     fn qemu_binary(self) -> &'static str {
         match self {
             LabArch::X86_64 => "qemu-system-x86_64",
-            LabArch::Arm64 => "qemu-system-aarch64",
+            LabArch::Arm64 | LabArch::Arm64_16k => "qemu-system-aarch64",
         }
     }
 
     fn qemu_package(self) -> &'static str {
         match self {
             LabArch::X86_64 => "qemu-system-x86",
-            LabArch::Arm64 => "qemu-system-arm",
+            LabArch::Arm64 | LabArch::Arm64_16k => "qemu-system-arm",
         }
     }
 
@@ -77,7 +77,7 @@ impl LabArch {
     pub(crate) fn rust_target(self) -> &'static str {
         match self {
             LabArch::X86_64 => "x86_64-unknown-linux-gnu",
-            LabArch::Arm64 => "aarch64-unknown-linux-gnu",
+            LabArch::Arm64 | LabArch::Arm64_16k => "aarch64-unknown-linux-gnu",
         }
     }
 
@@ -85,7 +85,7 @@ impl LabArch {
     fn elf_machine(self) -> u16 {
         match self {
             LabArch::X86_64 => 0x3e,
-            LabArch::Arm64 => 0xb7,
+            LabArch::Arm64 | LabArch::Arm64_16k => 0xb7,
         }
     }
 }
@@ -496,7 +496,7 @@ fn ensure_cross_aarch64(opts: &EnvOptions) -> Result<(), LabError> {
 /// so that host artifacts are not rebuilt): for x86-64 with a static `hugepfn` beside it
 /// (inspect in the guest), linked by aarch64-linux-gnu-gcc for aarch64.
 fn build_probe(opts: &EnvOptions) -> Result<PathBuf, LabError> {
-    if opts.arch == LabArch::Arm64 {
+    if opts.arch.machine() == LabArch::Arm64 {
         ensure_cross_aarch64(opts)?;
     }
     let root = workspace_root().ok_or_else(|| LabError::Missing {
@@ -520,10 +520,10 @@ fn build_probe(opts: &EnvOptions) -> Result<PathBuf, LabError> {
         "cargo build --release -p hugepfn-probe -p hugepfn --target {triple} (static; hugepfn for inspect in the guest{})",
         match opts.arch {
             LabArch::X86_64 => "",
-            LabArch::Arm64 => ", linked by aarch64-linux-gnu-gcc",
+            LabArch::Arm64 | LabArch::Arm64_16k => ", linked by aarch64-linux-gnu-gcc",
         }
     ));
-    if opts.arch == LabArch::Arm64 {
+    if opts.arch.machine() == LabArch::Arm64 {
         cmd.env(format!("{env_prefix}_LINKER"), "aarch64-linux-gnu-gcc");
     }
     run(cmd
@@ -724,7 +724,9 @@ fn busybox_and_probe(
 ) -> Result<(PathBuf, PathBuf), LabError> {
     let bbroot = match opts.arch {
         LabArch::X86_64 => fetch_unpack(&opts.dir, "busybox-static")?,
-        LabArch::Arm64 => fetch_unpack_with(&opts.dir, "busybox-static:arm64", apt)?,
+        LabArch::Arm64 | LabArch::Arm64_16k => {
+            fetch_unpack_with(&opts.dir, "busybox-static:arm64", apt)?
+        }
     };
     let busybox = ["bin/busybox", "usr/bin/busybox"]
         .iter()
@@ -769,7 +771,7 @@ pub fn prepare(opts: &EnvOptions, build: bool) -> Result<LabEnv, LabError> {
     for (cmd, pkg) in [("xz", "xz-utils"), ("dpkg-deb", "dpkg"), ("apt-get", "apt")] {
         ensure_tool(cmd, pkg, opts)?;
     }
-    if opts.arch == LabArch::Arm64 {
+    if opts.arch.machine() == LabArch::Arm64 {
         return prepare_arm64(opts, build, qemu);
     }
     if let Some(patched) = opts.built {

@@ -536,7 +536,7 @@ fn boot(
             format!("q35,accel={accel}"),
             "console=ttyS0 hugepfn_data=ttyS1 intel_iommu=on oops=panic panic=-1 loglevel=4",
         ),
-        LabArch::Arm64 => (
+        LabArch::Arm64 | LabArch::Arm64_16k => (
             format!("virt,gic-version=3,iommu=smmuv3,accel={accel}"),
             "console=ttyAMA0 hugepfn_data=ttyAMA1 oops=panic panic=-1 loglevel=4",
         ),
@@ -545,7 +545,7 @@ fn boot(
     cmd.args([
         "-machine", &machine, "-cpu", cpu, "-smp", "1", "-m", &opts.mem,
     ]);
-    if env.arch == LabArch::X86_64 {
+    if env.arch.machine() == LabArch::X86_64 {
         cmd.args(["-device", "intel-iommu"]);
     }
     cmd.args([

@@ -148,12 +148,16 @@ impl Campaign {
                 LabKernel::Arm64(Kernel::V6_12_117),
                 LabKernel::Arm64(Kernel::V7_3_4),
             ],
+            (true, LabArch::Arm64_16k) => vec![
+                LabKernel::Arm64_16k(Kernel::V6_12_117),
+                LabKernel::Arm64_16k(Kernel::V7_3_4),
+            ],
         };
         kernels
             .into_iter()
             .map(|k| match o.arch {
-                LabArch::Arm64 => k.on(LabArch::Arm64).map_err(LabError::Input),
                 LabArch::X86_64 => Ok(k),
+                a => k.on(a).map_err(LabError::Input),
             })
             .map(|k| k.map(|k| o.with_kernel(k)))
             .collect()
@@ -353,7 +357,18 @@ pub fn lab_bar_size(sc: &Scenario, max_bar: u64, arch: LabArch) -> Result<u64, S
         (LabArch::Arm64, Arch::Arm64 | Arch::X86_64) => {}
         (LabArch::Arm64, a) => {
             return Err(format!(
-                "arch = \"{a}\": the arm64 lab boots arm64 guests with 4 KiB pages"
+                "arch = \"{a}\": the arm64 lab boots arm64 guests with 4 KiB pages{}",
+                if a == Arch::Arm64_16k {
+                    " (this one runs with --arch arm64-16k)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        (LabArch::Arm64_16k, Arch::Arm64_16k | Arch::Arm64 | Arch::X86_64) => {}
+        (LabArch::Arm64_16k, a) => {
+            return Err(format!(
+                "arch = \"{a}\": the arm64-16k lab boots arm64 guests with 16 KiB pages"
             ));
         }
     }
@@ -437,6 +452,9 @@ pub enum LabKernel {
     /// `arm64:7.3.4`: Debian's arm64 package of that release (`6.12.117`, `7.3.4`), booted under
     /// `qemu-system-aarch64`; the model runs as that kernel with `arch = "arm64"`.
     Arm64(hugepfn_kernels::Kernel),
+    /// `arm64-16k:7.3.4`: Debian's arm64 package with 16 KiB pages of that release, on the same
+    /// machine; the model runs as that kernel with `arch = "arm64-16k"`.
+    Arm64_16k(hugepfn_kernels::Kernel),
 }
 
 /// The machine a lab kernel boots on.
@@ -448,6 +466,10 @@ pub enum LabArch {
     X86_64,
     /// arm64 (4 KiB pages): QEMU `virt,gic-version=3,iommu=smmuv3`.
     Arm64,
+    /// arm64 with 16 KiB pages: the same machine (`-cpu max` has the 16 KiB granule) booting
+    /// Debian's `arm64-16k` kernels.
+    #[value(name = "arm64-16k")]
+    Arm64_16k,
 }
 
 impl LabArch {
@@ -456,6 +478,15 @@ impl LabArch {
         match self {
             LabArch::X86_64 => hugepfn_units::arch::Arch::X86_64,
             LabArch::Arm64 => hugepfn_units::arch::Arch::Arm64,
+            LabArch::Arm64_16k => hugepfn_units::arch::Arch::Arm64_16k,
+        }
+    }
+
+    /// The machine QEMU emulates and the probe is built for: arm64 in either granule is one.
+    pub fn machine(self) -> LabArch {
+        match self {
+            LabArch::Arm64_16k => LabArch::Arm64,
+            a => a,
         }
     }
 }
@@ -468,6 +499,7 @@ impl LabKernel {
             LabKernel::Patched => "7.3.4+hugepfn".into(),
             LabKernel::Base => "7.3.4-base".into(),
             LabKernel::Arm64(k) => format!("arm64:{}", k.name()),
+            LabKernel::Arm64_16k(k) => format!("arm64-16k:{}", k.name()),
         }
     }
 
@@ -475,6 +507,7 @@ impl LabKernel {
     pub fn arch(self) -> LabArch {
         match self {
             LabKernel::Arm64(_) => LabArch::Arm64,
+            LabKernel::Arm64_16k(_) => LabArch::Arm64_16k,
             _ => LabArch::X86_64,
         }
     }
@@ -482,7 +515,23 @@ impl LabKernel {
     /// The same release on `arch` (`--arch arm64`), or why there is none: our build is x86-64's.
     pub fn on(self, arch: LabArch) -> Result<LabKernel, String> {
         match (self, arch) {
-            (LabKernel::Debian(k) | LabKernel::Arm64(k), LabArch::Arm64) => {
+            (
+                LabKernel::Debian(k) | LabKernel::Arm64(k) | LabKernel::Arm64_16k(k),
+                LabArch::Arm64_16k,
+            ) => {
+                if k.debian_package_arm64_16k().is_some() {
+                    Ok(LabKernel::Arm64_16k(k))
+                } else {
+                    Err(format!(
+                        "Debian has no arm64-16k package of {k} the lab boots; arm64 kernels: {}",
+                        arm64_kernels()
+                    ))
+                }
+            }
+            (
+                LabKernel::Debian(k) | LabKernel::Arm64(k) | LabKernel::Arm64_16k(k),
+                LabArch::Arm64,
+            ) => {
                 if k.debian_package_arm64().is_some() {
                     Ok(LabKernel::Arm64(k))
                 } else {
@@ -492,8 +541,10 @@ impl LabKernel {
                     ))
                 }
             }
-            (LabKernel::Arm64(k), LabArch::X86_64) => Ok(LabKernel::Debian(k)),
-            (LabKernel::Patched | LabKernel::Base, LabArch::Arm64) => Err(format!(
+            (LabKernel::Arm64(k) | LabKernel::Arm64_16k(k), LabArch::X86_64) => {
+                Ok(LabKernel::Debian(k))
+            }
+            (LabKernel::Patched | LabKernel::Base, _) => Err(format!(
                 "{} is our x86-64 build; the arm64 lab boots Debian's kernels ({})",
                 self.name(),
                 arm64_kernels()
@@ -523,6 +574,11 @@ impl LabKernel {
                 arch: Some(hugepfn_units::arch::Arch::Arm64),
                 ..Default::default()
             },
+            LabKernel::Arm64_16k(k) => crate::runner::RunOptions {
+                kernel: Some(k),
+                arch: Some(hugepfn_units::arch::Arch::Arm64_16k),
+                ..Default::default()
+            },
         }
     }
 }
@@ -541,6 +597,9 @@ fn arm64_kernels() -> String {
 fn parse_lab_kernel(s: &str) -> Result<LabKernel, String> {
     if let Some(v) = s.strip_prefix("arm64:") {
         return parse_lab_kernel(v)?.on(LabArch::Arm64);
+    }
+    if let Some(v) = s.strip_prefix("arm64-16k:") {
+        return parse_lab_kernel(v)?.on(LabArch::Arm64_16k);
     }
     match s {
         "7.3.4+hugepfn" => return Ok(LabKernel::Patched),
@@ -579,26 +638,26 @@ impl LabOpts {
     pub fn lab_kernel(&self) -> LabKernel {
         let k = self.lab_kernel_x86();
         match self.arch {
-            LabArch::Arm64 => k.on(LabArch::Arm64).unwrap_or(k),
             LabArch::X86_64 => k,
+            a => k.on(a).unwrap_or(k),
         }
     }
 
     /// `--arch arm64` with a kernel that has no arm64 build here (our patched build, or
     /// `--kernel-package`): refused up front.
     pub fn check_arch(&self) -> Result<(), LabError> {
-        if self.arch == LabArch::Arm64 && self.kernel_package.is_some() {
+        if self.arch != LabArch::X86_64 && self.kernel_package.is_some() {
             return Err(LabError::Input(
                 "--kernel-package names an x86-64 package; with --arch arm64 use --kernel".into(),
             ));
         }
         match self.arch {
-            LabArch::Arm64 => self
+            LabArch::X86_64 => Ok(()),
+            a => self
                 .lab_kernel_x86()
-                .on(LabArch::Arm64)
+                .on(a)
                 .map(|_| ())
                 .map_err(LabError::Input),
-            LabArch::X86_64 => Ok(()),
         }
     }
 
@@ -610,7 +669,7 @@ impl LabOpts {
                 hugepfn_kernels::Kernel::from_package(p)
                     .unwrap_or(hugepfn_kernels::Kernel::V6_12_95),
             ),
-            (None, None) if self.arch == LabArch::Arm64 => {
+            (None, None) if self.arch != LabArch::X86_64 => {
                 LabKernel::Debian(hugepfn_kernels::Kernel::V7_3_4)
             }
             (None, None) => LabKernel::Debian(hugepfn_kernels::Kernel::V6_12_95),
@@ -622,18 +681,19 @@ fn env_options(o: &LabOpts) -> env::EnvOptions {
     let lab_kernel = o.lab_kernel();
     let (kernel_package, built) = match (o.kernel, lab_kernel) {
         (_, LabKernel::Arm64(k)) => (k.debian_package_arm64().map(str::to_string), None),
+        (_, LabKernel::Arm64_16k(k)) => (k.debian_package_arm64_16k().map(str::to_string), None),
         (Some(LabKernel::Debian(k)), _) => (k.debian_package().map(str::to_string), None),
         (Some(LabKernel::Patched), _) => (None, Some(true)),
         (Some(LabKernel::Base), _) => (None, Some(false)),
         _ => (o.kernel_package.clone(), None),
     };
-    let arch = lab_kernel.arch();
+    let arch = lab_kernel.arch().machine();
     env::EnvOptions {
         dir: o.lab_dir.clone(),
         kernel_package,
         probe: match arch {
             LabArch::X86_64 => o.probe.clone(),
-            LabArch::Arm64 => o.probe_arm64.clone(),
+            _ => o.probe_arm64.clone(),
         },
         no_install: o.no_install,
         built,
@@ -1038,6 +1098,29 @@ process = "c1"
             LabKernel::Arm64(Kernel::V7_3_4).on(LabArch::X86_64),
             Ok(LabKernel::Debian(Kernel::V7_3_4))
         );
+        // arm64-16k: Debian's 16 KiB-page packages, the same machine, the model as arm64-16k
+        let a = parse_lab_kernel("arm64-16k:7.3.4").expect("arm64-16k 7.3.4");
+        assert_eq!(a, LabKernel::Arm64_16k(Kernel::V7_3_4));
+        assert_eq!(
+            (a.name().as_str(), a.arch()),
+            ("arm64-16k:7.3.4", LabArch::Arm64_16k)
+        );
+        assert_eq!(a.arch().machine(), LabArch::Arm64);
+        assert_eq!(
+            a.run_options().arch,
+            Some(hugepfn_units::arch::Arch::Arm64_16k)
+        );
+        assert_eq!(
+            Kernel::V6_12_117.debian_package_arm64_16k(),
+            Some("linux-image-6.12.117+deb13-arm64-16k-unsigned")
+        );
+        let e = parse_lab_kernel("arm64-16k:6.12.95").expect_err("no package");
+        assert!(e.contains("no arm64-16k package"), "{e}");
+        assert_eq!(
+            a.on(LabArch::Arm64),
+            Ok(LabKernel::Arm64(Kernel::V7_3_4)),
+            "the same release with 4 KiB pages"
+        );
     }
 
     #[test]
@@ -1085,6 +1168,14 @@ process = "c1"
         assert_eq!(
             columns(&["--kernel", "arm64:7.3.4"]),
             Ok("arm64:7.3.4".into())
+        );
+        assert_eq!(
+            columns(&["--arch", "arm64-16k"]),
+            Ok("arm64-16k:6.12.117,arm64-16k:7.3.4".into())
+        );
+        assert_eq!(
+            columns(&["--kernels", "arm64:7.3.4,arm64-16k:7.3.4"]),
+            Ok("arm64:7.3.4,arm64-16k:7.3.4".into())
         );
         assert_eq!(
             columns(&["--kernel", "7.3.4", "--arch", "arm64"]),

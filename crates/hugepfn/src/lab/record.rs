@@ -268,6 +268,7 @@ pub(super) fn cmd_record(files: &[PathBuf], o: &LabOpts) -> Result<ExitCode, Lab
     let (kernel, arch) = match o.lab_kernel() {
         super::LabKernel::Debian(k) => (k, None),
         super::LabKernel::Arm64(k) => (k, Some(Arch::Arm64)),
+        super::LabKernel::Arm64_16k(k) => (k, Some(Arch::Arm64_16k)),
         other => {
             return Err(LabError::Input(format!(
                 "record writes what a released kernel measures; {} is our build (compare it instead)",

@@ -41,7 +41,7 @@ impl ModelRun {
                             .va(r.process.as_deref().unwrap_or(super::MAIN))
                             .unwrap_or(0);
                         // the probe reads at most PROC_BUF (8 MiB) of entries: 1 Mi pages
-                        if len.div_ceil(4096).saturating_mul(8) > PROC_BUF {
+                        if len.div_ceil(mm.page_size()).saturating_mul(8) > PROC_BUF {
                             return Some("E2BIG".into());
                         }
                         let start = va.saturating_add(r.offset);
@@ -63,7 +63,7 @@ impl ModelRun {
                 let len = c.len.resolve(maplen.saturating_sub(c.offset));
                 // the probe's vector holds PROC_BUF (8 Mi) pages (issue 17: a 16 TiB range
                 // wanted a 4 GiB vector)
-                if len.div_ceil(4096) > PROC_BUF {
+                if len.div_ceil(mm.page_size()) > PROC_BUF {
                     return Some("E2BIG".into());
                 }
                 match mm.mincore(UserAddr::new(va.wrapping_add(c.offset)), len) {
