@@ -46,10 +46,13 @@ fn world_on(mm: MmConfig, align: u64, skew: u64, cfg: KvmConfig) -> World {
     )
     .expect("dev");
     let mm = Mm::new(phys.clone(), mm).expect("mm");
-    let va = mm.find_aligned_area(4 * G, align, skew).expect("va");
+    let va = mm
+        .find_aligned_area(4 * G, align, skew)
+        .expect("va")
+        .as_u64();
     let f = dev.open();
     mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
+        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
         len: 4 * G,
         prot: Prot::RW,
         shared: true,
@@ -101,7 +104,7 @@ fn a_1g_host_mapping_gives_1g_ept_leaves() {
         (4, 8),
         "gup-fast refuses special PUDs"
     );
-    assert_eq!(w.mm.fault_counts().pud, 4);
+    assert_eq!(w.mm.fault_counts().by_level.pud, 4);
     assert_eq!(host_pfn_mapping_level(&w.mm, w.va + 5), Level::Pud);
     // the real EPT entry: R W X, UC for MMIO, no IPAT, large, A and D, BAR address
     let (raw, level) = w.vm.ept_raw(gpa_of(GPA + G + 77)).expect("mapped");
@@ -349,7 +352,7 @@ fn arm64_stage_2_maps_1g_blocks_over_a_host_mapped_at_2m() {
         "the host maps the first 2 MiB of each GiB only"
     );
     assert_eq!(
-        w.mm.fault_counts().pmd,
+        w.mm.fault_counts().by_level.pmd,
         4,
         "hva_to_pfn faulted each block's first page"
     );

@@ -24,7 +24,7 @@ use serde::Serialize;
 use crate::addr::Pfn;
 use crate::entry::{Decoded, Leaf, ProtFlags};
 use crate::level::{Geometry, LeafCap, Level};
-use crate::pgtable::{Hazard, PageTables, PartialHuge, Slot, WalkError};
+use crate::pgtable::{Hazard, LeafCounts, PageTables, PartialHuge, Slot, WalkError};
 use crate::vma::{VmFlags, Vma};
 
 /// `vm_fault_t`: the outcome of a fault handler.
@@ -363,12 +363,10 @@ struct StatStripe {
 pub struct FaultCounts {
     /// Minor faults (`ru_minflt`): handled faults, errors excluded.
     pub faults: u64,
-    /// Faults whose handler mapped at PUD level.
-    pub pud: u64,
-    /// … at PMD level.
-    pub pmd: u64,
-    /// … at PTE level (and faults handled without a handler).
-    pub pte: u64,
+    /// The level each was served at: the leaf its handler mapped (PTE also for faults handled
+    /// without a handler). Flattened in JSON: `pud`, `pmd`, `pte`.
+    #[serde(flatten)]
+    pub by_level: LeafCounts,
     /// Faults that ended in SIGBUS.
     pub sigbus: u64,
     /// Faults that ended in SIGSEGV.
@@ -386,9 +384,7 @@ impl FaultCounts {
     pub fn since(&self, earlier: &FaultCounts) -> FaultCounts {
         FaultCounts {
             faults: self.faults - earlier.faults,
-            pud: self.pud - earlier.pud,
-            pmd: self.pmd - earlier.pmd,
-            pte: self.pte - earlier.pte,
+            by_level: self.by_level.saturating_sub(&earlier.by_level),
             sigbus: self.sigbus - earlier.sigbus,
             sigsegv: self.sigsegv - earlier.sigsegv,
             oom: self.oom - earlier.oom,
@@ -409,9 +405,11 @@ impl FaultStats {
         };
         FaultCounts {
             faults: g(|s| &s.minor),
-            pud: g(|s| &s.by_level[2]),
-            pmd: g(|s| &s.by_level[1]),
-            pte: g(|s| &s.by_level[0]),
+            by_level: LeafCounts {
+                pud: g(|s| &s.by_level[2]),
+                pmd: g(|s| &s.by_level[1]),
+                pte: g(|s| &s.by_level[0]),
+            },
             sigbus: g(|s| &s.sigbus),
             sigsegv: g(|s| &s.sigsegv),
             oom: g(|s| &s.oom),

@@ -143,7 +143,7 @@ pub enum MmapAddr {
     /// `mmap(NULL, …)`: the kernel chooses (`get_unmapped_area`).
     Kernel,
     /// `MAP_FIXED_NOREPLACE` at this address: refused if anything is mapped there.
-    Fixed(u64),
+    Fixed(UserAddr),
 }
 
 /// An mmap call.
@@ -575,9 +575,10 @@ impl Mm {
     /// multiple of 2 MiB, `thp_get_unmapped_area` pads the search by 2 MiB and returns an address
     /// congruent with the file offset modulo 2 MiB; otherwise (and always without
     /// [`MmConfig::thp_align_file_mappings`]) plain top-down.
-    pub fn get_unmapped_area(&self, len: u64, offset: u64) -> Result<u64, MmError> {
+    pub fn get_unmapped_area(&self, len: u64, offset: u64) -> Result<UserAddr, MmError> {
         let tree = self.mmap_read();
         self.get_unmapped_area_locked(&tree.tree, len, offset)
+            .map(UserAddr::new)
     }
 
     fn get_unmapped_area_locked(
@@ -634,7 +635,7 @@ impl Mm {
     /// A free range of `len` bytes starting at `skew` modulo `align`: what user space gets by
     /// reserving `len + align + skew` bytes PROT_NONE and mapping MAP_FIXED at the first aligned
     /// address plus `skew` (QEMU 9.2's `vfio/helpers: Align mmaps`, cloud-hypervisor).
-    pub fn find_aligned_area(&self, len: u64, align: u64, skew: u64) -> Result<u64, MmError> {
+    pub fn find_aligned_area(&self, len: u64, align: u64, skew: u64) -> Result<UserAddr, MmError> {
         let page = self.page_size();
         if !align.is_power_of_two() || align < page {
             return Err(MmError::Invalid(format!(
@@ -657,11 +658,11 @@ impl Mm {
             .tree
             .topdown(pad, MMAP_MIN_ADDR, self.mmap_base())
             .ok_or(MmError::NoSpace(pad))?;
-        Ok(r.div_ceil(align) * align + skew)
+        Ok(UserAddr::new(r.div_ceil(align) * align + skew))
     }
 
     /// `mmap()`: creates a VMA and runs the file's `mmap` handler. Returns the address.
-    pub fn mmap(&self, req: MmapRequest<'_>) -> Result<u64, MmError> {
+    pub fn mmap(&self, req: MmapRequest<'_>) -> Result<UserAddr, MmError> {
         if !req.offset.is_multiple_of(self.page_size()) {
             return Err(MmError::Unaligned {
                 what: "offset",
@@ -682,6 +683,7 @@ impl Mm {
         let mut tree = self.mmap_write();
         let start = match req.addr {
             MmapAddr::Fixed(a) => {
+                let a = a.as_u64();
                 let end = self.check_syscall_range("mmap", a, req.len)?;
                 if a < MMAP_MIN_ADDR {
                     return Err(MmError::Overflow {
@@ -736,7 +738,7 @@ impl Mm {
             }
         }
         self.link(&mut tree, vma);
-        Ok(start)
+        Ok(UserAddr::new(start))
     }
 
     /// `__split_vma` at `addr` if a VMA straddles it, making `addr` a leaf boundary first

@@ -129,7 +129,7 @@ impl Mm {
                 if !flags.maymove {
                     return Err(refused(Errno::ENOMEM, "cannot grow in place".into()));
                 }
-                self.get_unmapped_area(new_len, vma.pgoff << 12)?
+                self.get_unmapped_area(new_len, vma.pgoff << 12)?.as_u64()
             }
         };
         let move_len = old_len.min(new_len);

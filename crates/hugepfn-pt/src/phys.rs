@@ -300,48 +300,7 @@ pub struct DeviceRange {
     pub size: u64,
 }
 
-/// Counts of allocated page-table pages, by the level of the entries they hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct TableCounts {
-    /// Tables of 4 KiB entries.
-    pub pte: u64,
-    /// Tables of 2 MiB entries.
-    pub pmd: u64,
-    /// Tables of 1 GiB entries.
-    pub pud: u64,
-    /// Tables of 512 GiB entries (the PGD with 4-level paging).
-    pub p4d: u64,
-    /// Tables of 256 TiB entries (5-level PGD).
-    pub pgd: u64,
-}
-
-impl TableCounts {
-    /// Sum over levels.
-    pub fn total(&self) -> u64 {
-        self.pte + self.pmd + self.pud + self.p4d + self.pgd
-    }
-
-    /// Bytes of page tables of 4 KiB ([`TableCounts::bytes_with`] for another granule).
-    pub fn bytes(&self) -> u64 {
-        self.bytes_with(Geometry::G4K)
-    }
-
-    /// Bytes of page tables of `granule`'s page size.
-    pub fn bytes_with(&self, granule: Geometry) -> u64 {
-        self.total() * granule.page_size()
-    }
-
-    /// The count at `level`.
-    pub fn get(&self, level: Level) -> u64 {
-        match level {
-            Level::Pte => self.pte,
-            Level::Pmd => self.pmd,
-            Level::Pud => self.pud,
-            Level::P4d => self.p4d,
-            Level::Pgd => self.pgd,
-        }
-    }
-}
+pub use hugepfn_units::counts::TableCounts;
 
 /// Per-level atomic counters.
 #[derive(Debug, Default)]

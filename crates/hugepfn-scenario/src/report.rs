@@ -25,7 +25,7 @@
 use std::fmt;
 
 use hugepfn_units::addr::VirtAddr;
-pub use hugepfn_units::counts::LeafCounts;
+pub use hugepfn_units::counts::{LeafCounts, TableCounts};
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{ExpectSpec, LevelCounts, Step};
@@ -101,7 +101,7 @@ pub struct StepReport {
     /// page tables (the kernel).
     pub leaves: Option<LeafCounts>,
     /// Page-table pages allocated after the step; `None` if unknown.
-    pub page_table_pages: Option<PtPages>,
+    pub page_table_pages: Option<TableCounts>,
     /// IOMMU page-table leaves mapped after the step (all containers), by size; `None` if
     /// unknown or the run has no IOMMU.
     #[serde(default)]
@@ -365,22 +365,6 @@ impl Counters {
             },
         }
     }
-}
-
-/// Page-table pages (4 KiB each) per level, including the top-level PGD page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PtPages {
-    /// PGD pages (1 per mm).
-    pub pgd: u64,
-    /// P4D pages (0 with 4-level paging, where the p4d is folded).
-    pub p4d: u64,
-    /// PUD pages.
-    pub pud: u64,
-    /// PMD pages.
-    pub pmd: u64,
-    /// PTE pages.
-    pub pte: u64,
 }
 
 /// The outcome of one `expect` step.
@@ -848,7 +832,7 @@ mod tests {
             pmd: 0,
             pte: 0,
         });
-        m.page_table_pages = Some(PtPages {
+        m.page_table_pages = Some(TableCounts {
             pgd: 1,
             p4d: 0,
             pud: 1,

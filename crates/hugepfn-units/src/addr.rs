@@ -415,6 +415,12 @@ impl fmt::Display for UserAddr {
     }
 }
 
+impl fmt::LowerHex for UserAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

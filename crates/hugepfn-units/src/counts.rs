@@ -1,6 +1,7 @@
-//! Counts per leaf level — 1 GiB PUD, 2 MiB PMD, 4 KiB PTE — the one type every table (CPU,
-//! VT-d, EPT), the fault statistics and the reports (model and kernel alike) count leaves and
-//! faults by level with. hugepfn-pt adds an atomic twin for counters that threads update.
+//! Counts per level: [`LeafCounts`] per leaf level — 1 GiB PUD, 2 MiB PMD, 4 KiB PTE — the one
+//! type every table (CPU, VT-d, EPT), the fault statistics and the reports (model and kernel
+//! alike) count leaves and faults by level with; [`TableCounts`] the page-table pages per
+//! level. hugepfn-pt adds atomic twins for counters that threads update.
 
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +84,68 @@ impl LeafCounts {
     }
 }
 
+/// Page-table pages by the level of the entries they hold, the top-level PGD page included: what
+/// the engine's allocator counts, and what the reports carry (`page_table_pages`) for the model
+/// and the kernel alike. With 4-level paging the P4D is folded and its page is accounted as the
+/// PGD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableCounts {
+    /// PGD pages (1 per mm).
+    pub pgd: u64,
+    /// P4D pages (0 with 4-level paging, where the p4d is folded).
+    pub p4d: u64,
+    /// PUD pages.
+    pub pud: u64,
+    /// PMD pages.
+    pub pmd: u64,
+    /// PTE pages.
+    pub pte: u64,
+}
+
+impl TableCounts {
+    /// Sum over levels (saturating: counts read from a report may be anything).
+    pub fn total(&self) -> u64 {
+        Level::ALL
+            .iter()
+            .map(|&l| self.get(l))
+            .fold(0, u64::saturating_add)
+    }
+
+    /// Bytes of page tables of 4 KiB ([`TableCounts::bytes_with`] for another granule).
+    pub fn bytes(&self) -> u64 {
+        self.bytes_with(Geometry::G4K)
+    }
+
+    /// Bytes of page tables of `granule`'s page size (a table is one page).
+    pub fn bytes_with(&self, granule: Geometry) -> u64 {
+        self.total().saturating_mul(granule.page_size())
+    }
+
+    /// The count at `level`.
+    pub fn get(&self, level: Level) -> u64 {
+        match level {
+            Level::Pte => self.pte,
+            Level::Pmd => self.pmd,
+            Level::Pud => self.pud,
+            Level::P4d => self.p4d,
+            Level::Pgd => self.pgd,
+        }
+    }
+
+    /// Adds `n` tables at `level`.
+    pub fn add(&mut self, level: Level, n: u64) {
+        let c = match level {
+            Level::Pte => &mut self.pte,
+            Level::Pmd => &mut self.pmd,
+            Level::Pud => &mut self.pud,
+            Level::P4d => &mut self.p4d,
+            Level::Pgd => &mut self.pgd,
+        };
+        *c = c.saturating_add(n);
+    }
+}
+
 impl std::ops::AddAssign for LeafCounts {
     fn add_assign(&mut self, o: LeafCounts) {
         for l in Level::LEAF_LEVELS {
@@ -108,6 +171,14 @@ mod tests {
         assert_eq!(c.saturating_sub(&big).pud, 0);
         assert_eq!(c.saturating_add(&c).pte, 8);
         assert_eq!(c.to_string(), "2/0/4");
+        let mut t = TableCounts::default();
+        t.add(Level::Pgd, 1);
+        t.add(Level::Pmd, 3);
+        assert_eq!((t.total(), t.get(Level::Pmd)), (4, 3));
+        assert_eq!(t.bytes_with(Geometry::G16K), 4 * (16 << 10));
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, r#"{"pgd":1,"p4d":0,"pud":0,"pmd":3,"pte":0}"#);
+        assert!(serde_json::from_str::<TableCounts>(r#"{"pgd":1,"pxd":2}"#).is_err());
         assert_eq!(
             c.bytes_with(Geometry::G16K),
             2 * (64 << 30) + 4 * (16 << 10)

@@ -68,7 +68,11 @@ fn arm64_16k_bar_faults_in_32m_pmd_leaves() {
     let before = w.mm.fault_counts();
     touch(&w.mm, va, 2 * G);
     let f = w.mm.fault_counts().since(&before);
-    assert_eq!((f.faults, f.pmd, f.pte), (64, 64, 0), "{f:?}");
+    assert_eq!(
+        (f.faults, f.by_level.pmd, f.by_level.pte),
+        (64, 64, 0),
+        "{f:?}"
+    );
     let leaves = w.mm.page_tables().count_leaves(va, va + 2 * G);
     assert_eq!((leaves.pmd, leaves.pte), (64, 0));
     assert_eq!(leaves.bytes_with(w.mm.geometry()), 2 * G);
@@ -96,7 +100,7 @@ fn arm64_16k_bar_at_a_16k_skew_faults_page_by_page() {
     touch(&w.mm, va, 128 * M);
     let f = w.mm.fault_counts().since(&before);
     assert_eq!(
-        (f.faults, f.pmd, f.pte),
+        (f.faults, f.by_level.pmd, f.by_level.pte),
         (8192, 0, 8192),
         "128 MiB / 16 KiB"
     );
@@ -112,13 +116,13 @@ fn arm64_64k_bar_faults_in_512m_pmd_leaves() {
     let before = w.mm.fault_counts();
     touch(&w.mm, va, 2 * G);
     let f = w.mm.fault_counts().since(&before);
-    assert_eq!((f.faults, f.pmd), (4, 4), "{f:?}");
+    assert_eq!((f.faults, f.by_level.pmd), (4, 4), "{f:?}");
     // a BAR offset that is 64 KiB but not 512 MiB aligned: 64 KiB pages
     let va2 = map(&w, 64 * K, 64 * M, 512 * M, 0).unwrap();
     let before = w.mm.fault_counts();
     touch(&w.mm, va2, 64 * M);
     let f = w.mm.fault_counts().since(&before);
-    assert_eq!((f.faults, f.pte), (1024, 1024), "{f:?}");
+    assert_eq!((f.faults, f.by_level.pte), (1024, 1024), "{f:?}");
 }
 
 #[test]

@@ -33,8 +33,16 @@ fn vfio_with(
 ) -> (Arc<PhysMem>, Arc<VfioPciDevice>, Arc<Mm>, u64) {
     let (phys, dev) = common::device("d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed);
     let mm = Mm::new(phys.clone(), cfg).unwrap();
-    let va = mm.find_aligned_area(len, G, skew).unwrap();
-    common::map_bar(&mm, &dev, 2, 0, len, MmapAddr::Fixed(va)).unwrap();
+    let va = mm.find_aligned_area(len, G, skew).unwrap().as_u64();
+    common::map_bar(
+        &mm,
+        &dev,
+        2,
+        0,
+        len,
+        MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
+    )
+    .unwrap();
     (phys, dev, mm, va)
 }
 
@@ -49,7 +57,7 @@ fn move_to(dst: u64) -> MremapFlags {
 fn remapped(len: u64, shared: bool) -> (Arc<PhysMem>, Arc<Mm>, u64) {
     let phys = Arc::new(PhysMem::default());
     let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
-    let va = mm.find_aligned_area(len, G, 0).unwrap();
+    let va = mm.find_aligned_area(len, G, 0).unwrap().as_u64();
     let file = RemapPfnFile {
         name: "dev".into(),
         base: Pfn::new(BAR >> 12).unwrap(),
@@ -57,7 +65,7 @@ fn remapped(len: u64, shared: bool) -> (Arc<PhysMem>, Arc<Mm>, u64) {
         cache: CacheMode::UcMinus,
     };
     mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
+        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
         len,
         prot: Prot::RW,
         shared,
@@ -201,7 +209,10 @@ fn mprotect_zaps_straddling_leaves_of_fault_backed_vmas() {
     let w = touch(&mm, va + G, G, true);
     let d = mm.fault_counts().since(&before);
     assert_eq!(w.sigsegv, 512, "writes to the read-only 2 MiB");
-    assert_eq!((d.pud, d.pmd, d.pte), (0, 511, 0));
+    assert_eq!(
+        (d.by_level.pud, d.by_level.pmd, d.by_level.pte),
+        (0, 511, 0)
+    );
     let r = touch(&mm, va + G, 2 * M, false);
     assert_eq!(r.sigsegv, 0);
     let f = mm.follow_pfnmap(uva(va + G)).unwrap();
@@ -250,7 +261,7 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     // Keeps the congruence: PUDs move whole, no refault.
     let (_p, _d, mm, va) = vfio(2 * G, 0);
     touch(&mm, va, 2 * G, true);
-    let dst = mm.find_aligned_area(2 * G, G, 0).unwrap();
+    let dst = mm.find_aligned_area(2 * G, G, 0).unwrap().as_u64();
     let st = mm
         .mremap(UserAddr::new(va), 2 * G, 2 * G, move_to(dst))
         .unwrap();
@@ -260,7 +271,7 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     assert_eq!(mm.fault_counts().since(&before).faults, 0);
     assert_eq!(pfn_at(&mm, dst + G), (BAR + G) >> 12);
     // Breaks it (VA ≡ 2 MiB mod 1 GiB): zapped, refault as PMDs.
-    let dst2 = mm.find_aligned_area(2 * G, G, 2 * M).unwrap();
+    let dst2 = mm.find_aligned_area(2 * G, G, 2 * M).unwrap().as_u64();
     let st = mm
         .mremap(UserAddr::new(dst), 2 * G, 2 * G, move_to(dst2))
         .unwrap();
@@ -268,7 +279,7 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     let before = mm.fault_counts();
     touch(&mm, dst2, 2 * G, true);
     let d = mm.fault_counts().since(&before);
-    assert_eq!((d.pud, d.pmd), (0, 1024));
+    assert_eq!((d.by_level.pud, d.by_level.pmd), (0, 1024));
     // Growing a pfnmap is refused; shrinking works.
     let e = mm
         .mremap(
@@ -307,7 +318,7 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
         };
         let (phys, _dev, mm, va) = vfio_with(cfg, 2 * G, 0);
         touch(&mm, va, 2 * G, true);
-        let dst = mm.find_aligned_area(2 * G, G, 0).unwrap();
+        let dst = mm.find_aligned_area(2 * G, G, 0).unwrap().as_u64();
         let st = mm
             .mremap(UserAddr::new(va), 2 * G, 2 * G, move_to(dst))
             .unwrap();
@@ -317,7 +328,11 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
         let d = mm.fault_counts().since(&before);
         if bug {
             assert_eq!((st.moved.pud, st.zapped.pud, hz), (0, 2, 2));
-            assert_eq!((d.faults, d.pud), (2, 2), "the kernel refaults both GiBs");
+            assert_eq!(
+                (d.faults, d.by_level.pud),
+                (2, 2),
+                "the kernel refaults both GiBs"
+            );
         } else {
             assert_eq!((st.moved.pud, st.zapped.pud, hz), (2, 0, 0));
             assert_eq!(d.faults, 0, "moved leaves need no refault");
@@ -332,7 +347,7 @@ fn regress_6_12_mremap_get_old_pud_clears_pud_leaf_as_bad() {
 #[test]
 fn mremap_of_a_remapped_vma_keeps_every_pfn() {
     let (phys, mm, va) = remapped(2 * G, true);
-    let dst = mm.find_aligned_area(2 * G, G, 4096).unwrap();
+    let dst = mm.find_aligned_area(2 * G, G, 4096).unwrap().as_u64();
     let st = mm
         .mremap(UserAddr::new(va), 2 * G, 2 * G, move_to(dst))
         .unwrap();
@@ -393,7 +408,7 @@ fn madvise_on_pfnmaps_refuses_what_linux_refuses() {
     );
     touch(&mm, va, 2 * G, true);
     let f = mm.fault_counts();
-    assert_eq!((f.pud, f.pte), (1, 262_144));
+    assert_eq!((f.by_level.pud, f.by_level.pte), (1, 262_144));
     assert_eq!(
         mm.madvise(UserAddr::new(va + 2 * G - 4096), 8192, Advice::Normal)
             .unwrap_err()

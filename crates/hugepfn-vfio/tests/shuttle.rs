@@ -53,8 +53,16 @@ fn faults_racing_memory_disable_leave_no_leaf() {
     check(|| {
         let (phys, dev) = common::device("d", presets::ivshmem_bars(4 * M), HugeFaultLogic::Fixed);
         let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
-        let va = mm.find_aligned_area(4 * M, 2 * M, 0).unwrap();
-        let va = common::map_bar(&mm, &dev, 2, 0, 4 * M, MmapAddr::Fixed(va)).unwrap();
+        let va = mm.find_aligned_area(4 * M, 2 * M, 0).unwrap().as_u64();
+        let va = common::map_bar(
+            &mm,
+            &dev,
+            2,
+            0,
+            4 * M,
+            MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
+        )
+        .unwrap();
         let faulting: Vec<_> = [0, 2 * M + 4096]
             .into_iter()
             .map(|off| {
@@ -93,8 +101,16 @@ fn a_fault_racing_a_decode_toggle_ends_consistent() {
     check(|| {
         let (phys, dev) = common::device("d", presets::ivshmem_bars(4 * M), HugeFaultLogic::Fixed);
         let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
-        let va = mm.find_aligned_area(4 * M, 2 * M, 0).unwrap();
-        let va = common::map_bar(&mm, &dev, 2, 0, 4 * M, MmapAddr::Fixed(va)).unwrap();
+        let va = mm.find_aligned_area(4 * M, 2 * M, 0).unwrap().as_u64();
+        let va = common::map_bar(
+            &mm,
+            &dev,
+            2,
+            0,
+            4 * M,
+            MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
+        )
+        .unwrap();
         let m2 = mm.clone();
         let fault = shuttle::thread::spawn(move || m2.access(UserAddr::new(va + 12288), false));
         let d2 = dev.clone();

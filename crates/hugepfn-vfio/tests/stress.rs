@@ -39,9 +39,17 @@ fn secs() -> u64 {
 fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
     let (phys, dev) = common::device("d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed);
     let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
-    let va = mm.find_aligned_area(LEN, G, 0).unwrap();
-    let map =
-        |addr: u64, len: u64| common::map_bar(&mm, &dev, 2, addr - va, len, MmapAddr::Fixed(addr));
+    let va = mm.find_aligned_area(LEN, G, 0).unwrap().as_u64();
+    let map = |addr: u64, len: u64| {
+        common::map_bar(
+            &mm,
+            &dev,
+            2,
+            addr - va,
+            len,
+            MmapAddr::Fixed(hugepfn_mm::UserAddr::new(addr)),
+        )
+    };
     map(va, LEN).unwrap();
     let stop = AtomicBool::new(false);
     let ops = AtomicU64::new(0);

@@ -40,11 +40,15 @@ fn world(bars: Vec<Bar>) -> World {
 impl World {
     /// mmap `len` bytes of BAR `bar` from `offset` at a VA `align`-aligned plus `skew`.
     fn mmap(&self, bar: u8, offset: u64, len: u64, align: u64, skew: u64) -> u64 {
-        let va = self.mm.find_aligned_area(len, align, skew).expect("va");
+        let va = self
+            .mm
+            .find_aligned_area(len, align, skew)
+            .expect("va")
+            .as_u64();
         let f = self.dev.open();
         self.mm
             .mmap(MmapRequest {
-                addr: MmapAddr::Fixed(va),
+                addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
                 len,
                 prot: Prot::RW,
                 shared: true,
@@ -52,6 +56,7 @@ impl World {
                 file: Some(&f),
             })
             .expect("mmap")
+            .as_u64()
     }
 
     fn container(&self) -> VfioIommu {
@@ -215,11 +220,11 @@ fn discontiguous_pfns_split_the_run() {
     // Two mappings adjacent in VA, swapped in the BAR: two contiguous runs, two
     // vfio_iommu_map calls; the lookup that found the break is done again for the second run.
     let w = world(vec![Bar::mem64(1, 0x1000_0000_0000, 2 * G)]);
-    let va = w.mm.find_aligned_area(2 * G, G, 0).expect("va");
+    let va = w.mm.find_aligned_area(2 * G, G, 0).expect("va").as_u64();
     let f = w.dev.open();
     for (at, bar_offset) in [(va, G), (va + G, 0)] {
         w.mm.mmap(MmapRequest {
-            addr: MmapAddr::Fixed(at),
+            addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(at)),
             len: G,
             prot: Prot::RW,
             shared: true,
@@ -356,10 +361,10 @@ fn efault_when_the_bar_cannot_be_faulted_in() {
 #[test]
 fn efault_for_a_read_only_mapping_when_the_device_writes() {
     let w = world(vec![Bar::mem64(1, 0x1000_0000_0000, 2 * G)]);
-    let va = w.mm.find_aligned_area(2 * G, G, 0).expect("va");
+    let va = w.mm.find_aligned_area(2 * G, G, 0).expect("va").as_u64();
     let f = w.dev.open();
     w.mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
+        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
         len: 2 * G,
         prot: Prot::R,
         shared: true,

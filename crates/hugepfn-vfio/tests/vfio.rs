@@ -46,7 +46,9 @@ fn map(w: &World, mm: &Mm, bar: u8, off: u64, len: u64, addr: MmapAddr) -> Resul
 }
 
 fn at(mm: &Mm, len: u64, align: u64, skew: u64) -> MmapAddr {
-    MmapAddr::Fixed(mm.find_aligned_area(len, align, skew).unwrap())
+    MmapAddr::Fixed(hugepfn_mm::UserAddr::new(
+        mm.find_aligned_area(len, align, skew).unwrap().as_u64(),
+    ))
 }
 
 fn touch(mm: &Mm, va: u64, len: u64) -> hugepfn_mm::RangeAccess {
@@ -84,7 +86,10 @@ fn mmap_is_checked_like_vfio_pci_core_mmap() {
     assert!(mm.vmas().is_empty(), "nothing mapped after refusals");
     assert_eq!(mm.table_counts().total(), 1);
 
-    let va = mm.mmap(req(true, region_offset(2), 2 * G)).unwrap();
+    let va = mm
+        .mmap(req(true, region_offset(2), 2 * G))
+        .unwrap()
+        .as_u64();
     let v = mm.find_vma(UserAddr::new(va)).unwrap();
     assert!(v.flags.contains(
         VmFlags::IO | VmFlags::PFNMAP | VmFlags::DONTEXPAND | VmFlags::DONTDUMP | VmFlags::SHARED
@@ -117,7 +122,7 @@ fn lab_rules_pud_pmd_pte() {
         touch(&mm, va, len);
         let f = mm.fault_counts();
         assert_eq!(
-            (f.pud, f.pmd, f.pte),
+            (f.by_level.pud, f.by_level.pmd, f.by_level.pte),
             want,
             "align {align:#x}+{skew:#x} off {off:#x} len {len:#x}"
         );
@@ -197,7 +202,10 @@ fn memory_disable_revokes_every_mapping_in_every_process() {
     touch(&a, va1, G);
     touch(&a, va2, G);
     let d = a.fault_counts().since(&before);
-    assert_eq!((d.pud, d.pmd, d.pte), (1, 512, 0));
+    assert_eq!(
+        (d.by_level.pud, d.by_level.pmd, d.by_level.pte),
+        (1, 512, 0)
+    );
     assert_eq!(w.dev.stats().revokes, 1);
 }
 
@@ -246,7 +254,10 @@ fn munmap_of_a_fault_backed_vma_zaps_whole_leaves_and_the_rest_refaults() {
     let d = mm.fault_counts().since(&before);
     // Left VMA [0, 1022M+4K): 511 PMDs + 1 PTE; right VMA [1022M+8K, 1G): its 2 MiB block is
     // cut, so 510 PTEs.
-    assert_eq!((d.pud, d.pmd, d.pte), (0, 511, 511));
+    assert_eq!(
+        (d.by_level.pud, d.by_level.pmd, d.by_level.pte),
+        (0, 511, 511)
+    );
     // The whole 2 GiB unmapped: every table goes, nothing leaks once the mm is gone.
     mm.munmap(UserAddr::new(va), 2 * G).unwrap();
     assert_eq!(mm.table_counts().total(), 1);
@@ -264,7 +275,7 @@ fn two_vmas_of_one_bar_map_independently() {
     touch(&mm, v0, G);
     touch(&mm, v1, G);
     let f = mm.fault_counts();
-    assert_eq!((f.pud, f.pmd), (1, 512));
+    assert_eq!((f.by_level.pud, f.by_level.pmd), (1, 512));
     assert_eq!(
         mm.follow_pfnmap(uva(v1)).unwrap().pfn.as_u64(),
         (0xff_0000_0000u64 + G) >> 12
@@ -336,7 +347,10 @@ fn regress_c1d9dac0db16_align_huge_fault_to_order() {
     touch(&mm, va, 2 * G);
     let f = mm.fault_counts();
     // The first GiB is now a PMD table: 511 PMDs + the 2 MiB block of 4 KiB pages; the second a PUD.
-    assert_eq!((f.pud, f.pmd, f.pte), (1, 511, 512));
+    assert_eq!(
+        (f.by_level.pud, f.by_level.pmd, f.by_level.pte),
+        (1, 511, 512)
+    );
 }
 
 #[test]

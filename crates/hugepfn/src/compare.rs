@@ -74,9 +74,9 @@ pub fn compare(sc: &Scenario, opts: RunOptions) -> Result<Vec<DesignRow>, RunErr
         rows.push(DesignRow {
             design: d.name(),
             faults: f.faults,
-            faults_pud: f.pud,
-            faults_pmd: f.pmd,
-            faults_pte: f.pte,
+            faults_pud: f.by_level.pud,
+            faults_pmd: f.by_level.pmd,
+            faults_pte: f.by_level.pte,
             sigbus: f.sigbus,
             tables_allocated: alloc,
             tables_freed: freed,

@@ -249,12 +249,13 @@ pub fn boot_world(
         WorldKind::Small => 4096,
     };
     let setup = |e: hugepfn_mm::MmError| GuestBootError::Setup(e.to_string());
-    let va = mm
+    let uva = mm
         .find_aligned_area(bar_size, 1 << 30, skew)
         .map_err(setup)?;
+    let va = uva.as_u64();
     let file = dev.open();
     mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
+        addr: MmapAddr::Fixed(uva),
         len: bar_size,
         prot: Prot::RW,
         shared: true,
@@ -321,9 +322,9 @@ pub fn boot_world(
         ept_leaves: vm.ept_leaves(),
         ept_violations: ks.ept_violations,
         host_faults: LeafCounts {
-            pud: faults.pud,
-            pmd: faults.pmd,
-            pte: faults.pte,
+            pud: faults.by_level.pud,
+            pmd: faults.by_level.pmd,
+            pte: faults.by_level.pte,
         },
         host_faults_total: faults.faults,
         revokes: ds.revokes - dev0.revokes,
@@ -620,12 +621,13 @@ impl DmaBench {
         )
         .map_err(|e| setup(&e))?;
         let mm = Mm::new(phys, MmConfig::default()).map_err(|e| setup(&e))?;
-        let va = mm
+        let uva = mm
             .find_aligned_area(size, 1 << 30, skew)
             .map_err(|e| setup(&e))?;
+        let va = uva.as_u64();
         let file = dev.open();
         mm.mmap(MmapRequest {
-            addr: MmapAddr::Fixed(va),
+            addr: MmapAddr::Fixed(uva),
             len: size,
             prot: Prot::RW,
             shared: true,

@@ -143,10 +143,11 @@ pub fn remap_bar(
         size: bar.size,
         cache: CacheMode::UcMinus,
     };
-    let va = mm.find_aligned_area(bar.size, 1 << 30, 0)?;
+    let uva = mm.find_aligned_area(bar.size, 1 << 30, 0)?;
+    let va = uva.as_u64();
     let t0 = Instant::now();
     let mapped = mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
+        addr: MmapAddr::Fixed(uva),
         len: bar.size,
         prot: Prot::RW,
         shared: true,
@@ -208,14 +209,16 @@ pub fn vfio_touch_bar(
         MmapAddr::Kernel
     };
     let file = dev.open();
-    let va = mm.mmap(MmapRequest {
-        addr,
-        len: bar.size,
-        prot: Prot::RW,
-        shared: true,
-        offset: region_offset(index),
-        file: Some(&file),
-    })?;
+    let va = mm
+        .mmap(MmapRequest {
+            addr,
+            len: bar.size,
+            prot: Prot::RW,
+            shared: true,
+            offset: region_offset(index),
+            file: Some(&file),
+        })?
+        .as_u64();
     let before = mm.fault_counts();
     let t0 = Instant::now();
     let page = mm.page_size();
@@ -240,9 +243,9 @@ pub fn vfio_touch_bar(
         va: format!("{va:#x}"),
         faults: f.faults,
         faults_by_level: LeafCounts {
-            pud: f.pud,
-            pmd: f.pmd,
-            pte: f.pte,
+            pud: f.by_level.pud,
+            pmd: f.by_level.pmd,
+            pte: f.by_level.pte,
         },
         leaves: mm.leaves(UserAddr::new(va), UserAddr::new(va + bar.size)),
         page_table_pages: pages,

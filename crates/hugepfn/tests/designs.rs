@@ -31,10 +31,10 @@ fn setup(design: FaultPath, thp: ThpPolicy) -> (Arc<PhysMem>, Arc<VfioPciDevice>
         },
     )
     .unwrap();
-    let va = mm.find_aligned_area(2 * G, G, 0).unwrap();
+    let va = mm.find_aligned_area(2 * G, G, 0).unwrap().as_u64();
     let f = dev.open();
     mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(va),
+        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
         len: 2 * G,
         prot: Prot::RW,
         shared: true,

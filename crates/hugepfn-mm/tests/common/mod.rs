@@ -56,13 +56,14 @@ pub fn mmap_at(
     file: Option<&dyn FileOps>,
 ) -> Result<u64, MmError> {
     mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(addr),
+        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(addr)),
         len,
         prot: Prot::RW,
         shared,
         offset: 0,
         file,
     })
+    .map(hugepfn_mm::UserAddr::as_u64)
 }
 
 /// A user VA for the typed calls (`remap_pfn_range`, `follow_pfnmap_start`).

@@ -36,6 +36,7 @@ pub fn map_bar(
         offset: region_offset(bar) + offset,
         file: Some(&f),
     })
+    .map(hugepfn_mm::UserAddr::as_u64)
 }
 
 /// A user VA for `follow_pfnmap`.

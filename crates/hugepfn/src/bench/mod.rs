@@ -40,7 +40,7 @@ pub fn remap_setup(len: u64, cap: LeafCap) -> Result<(Arc<Mm>, u64), MmError> {
         offset: 0,
         file: None,
     })?;
-    Ok((mm, va))
+    Ok((mm, va.as_u64()))
 }
 
 /// The timed part: `remap_pfn_range` of the whole VMA onto BAR1.
@@ -81,7 +81,7 @@ pub fn vfio_setup_on(
         offset: region_offset(index),
         file: Some(&f),
     })?;
-    Ok((mm, dev, va))
+    Ok((mm, dev, va.as_u64()))
 }
 
 /// The timed part: touch every 4 KiB page of `[va, va + len)`. Returns the faults taken.

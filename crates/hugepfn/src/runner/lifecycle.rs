@@ -98,16 +98,16 @@ impl ModelRun {
                     VaPlacement::Congruent { size } => {
                         mm.find_aligned_area(new_len, size, phys % size).map(Some)
                     }
-                    VaPlacement::Fixed(a) => Ok(Some(a)),
+                    VaPlacement::Fixed(a) => Ok(Some(UserAddr::new(a))),
                 };
                 let dst = match dst {
                     Ok(d) => d,
                     Err(e) => return errno(e),
                 };
-                self.last_mremap_dst = dst;
+                self.last_mremap_dst = dst.map(UserAddr::as_u64);
                 let flags = MremapFlags {
                     maymove: true,
-                    fixed: dst.map(UserAddr::new),
+                    fixed: dst,
                 };
                 match mm.mremap(UserAddr::new(va), maplen, new_len, flags) {
                     Ok(st) => {

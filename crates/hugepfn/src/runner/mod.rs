@@ -15,11 +15,11 @@ use hugepfn_mm::level::Level;
 use hugepfn_mm::pgtable::Bugs;
 use hugepfn_mm::{
     FaultCounts, FaultPath, LeafCap, LeafCounts, Mm, MmConfig, MmError, MmapAddr, MmapRequest,
-    PhysConfig, PhysMem, Prot, TableCounts, ThpPolicy, VmFlags,
+    PhysConfig, PhysMem, Prot, ThpPolicy, VmFlags,
 };
 use hugepfn_scenario::{
     Access, Counters, ExpectNow, FaultPathSpec, Kernel, KernelBug, Madvise, Order, PowerState,
-    PtPages, RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement, check_expect,
+    RunReport, Scenario, Step, StepReport, ThpMode, VaPlacement, check_expect,
 };
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, region_offset};
 use thiserror::Error;
@@ -123,23 +123,13 @@ pub struct ModelRun {
     draw_notes: Vec<String>,
 }
 
-fn pt_pages(t: &TableCounts) -> PtPages {
-    PtPages {
-        pgd: t.pgd,
-        p4d: t.p4d,
-        pud: t.pud,
-        pmd: t.pmd,
-        pte: t.pte,
-    }
-}
-
 fn counters(f: &FaultCounts, skipped: u64) -> Counters {
     Counters {
         faults: f.faults,
         faults_by_level: Some(LeafCounts {
-            pud: f.pud,
-            pmd: f.pmd,
-            pte: f.pte,
+            pud: f.by_level.pud,
+            pmd: f.by_level.pmd,
+            pte: f.by_level.pte,
         }),
         sigbus: f.sigbus,
         sigsegv: f.sigsegv,
@@ -359,7 +349,7 @@ impl ModelRun {
                             mm.find_aligned_area(len, size, skew).map(MmapAddr::Fixed)
                         })
                     }
-                    VaPlacement::Fixed(a) => Ok(MmapAddr::Fixed(a)),
+                    VaPlacement::Fixed(a) => Ok(MmapAddr::Fixed(UserAddr::new(a))),
                 };
                 let file = dev.open();
                 let r = addr.and_then(|addr| {
@@ -373,7 +363,7 @@ impl ModelRun {
                     })
                 });
                 let (va, errno) = match r {
-                    Ok(va) => (Some(va), None),
+                    Ok(va) => (Some(va.as_u64()), None),
                     Err(e) => (None, Some(e.errno().name().to_string())),
                 };
                 if let (Some(va), Some(adv)) = (va, m.madvise) {
@@ -586,7 +576,7 @@ impl ModelRun {
                 .unwrap_or_else(|| self.mm.clone());
             let leaves = mm.all_leaves();
             rep.leaves = Some(leaves);
-            rep.page_table_pages = Some(pt_pages(&mm.table_counts()));
+            rep.page_table_pages = Some(mm.table_counts());
             self.fill_consumer_report(&actor, &mut rep);
             if let Step::Expect(e) = step {
                 let now = ExpectNow {
