@@ -310,9 +310,15 @@ pub struct ThpGate {
 /// [`ThpGate::bypass_pfnmap`] and the VMA is VM_PFNMAP; and a `huge_fault` handler present. In a
 /// fault, alignment is the handler's business, not this gate's.
 pub fn thp_vma_allowable_order(vma: &Vma, thp: ThpGate, order: u32) -> bool {
-    let Some(level) = thp.geometry.level_of_order(order) else {
-        return false;
-    };
+    thp.geometry
+        .level_of_order(order)
+        .is_some_and(|level| thp_vma_allowable_level(vma, thp, level))
+}
+
+/// [`thp_vma_allowable_order`] for the order of `level`'s leaves (the fault path's form: it
+/// knows the level it is at).
+#[inline]
+fn thp_vma_allowable_level(vma: &Vma, thp: ThpGate, level: Level) -> bool {
     if level == Level::Pte || level > thp.pfnmap_cap.max_level() {
         return false;
     }
@@ -634,7 +640,7 @@ pub fn handle_mm_fault_locked(
             return done(VmFaultResult::Retry, Level::Pud);
         }
         match pt.decode(pud) {
-            Decoded::None if thp_vma_allowable_order(vma, thp, pud_order) => {
+            Decoded::None if thp_vma_allowable_level(vma, thp, Level::Pud) => {
                 // create_huge_pud
                 if let Some(o) = ops {
                     let r = o.huge_fault(&vmf, pud_order);
@@ -673,7 +679,7 @@ pub fn handle_mm_fault_locked(
             Err(_) => return done(VmFaultResult::Sigbus, Level::Pmd),
         };
         match pt.decode(pmd) {
-            Decoded::None if thp_vma_allowable_order(vma, thp, pmd_order) => {
+            Decoded::None if thp_vma_allowable_level(vma, thp, Level::Pmd) => {
                 if let Some(o) = ops {
                     let r = o.huge_fault(&vmf, pmd_order);
                     if r != VmFaultResult::Fallback {

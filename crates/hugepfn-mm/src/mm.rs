@@ -1102,6 +1102,7 @@ impl Mm {
         let start = start.as_u64();
         let mut out = RangeAccess::default();
         let stride = stride.max(1);
+        let g = self.geometry();
         let mut i = 0u64;
         while i < count {
             let k = if reverse { count - 1 - i } else { i };
@@ -1128,7 +1129,7 @@ impl Mm {
             match a {
                 Access::Ok { level, .. } => {
                     // Every later stride inside the same leaf hits the TLB.
-                    let size = self.geometry().size(level);
+                    let size = g.size(level);
                     let base = addr & !(size - 1);
                     let more = if reverse {
                         (addr - base) / stride
@@ -1144,7 +1145,7 @@ impl Mm {
                     // Every later stride in the same page faults the same way (nothing maps
                     // it, and the handler's answer does not change within the loop): counted
                     // at once, not walked and faulted one byte at a time (issue 17).
-                    let page = self.page_size();
+                    let page = g.page_size();
                     let base = addr & !(page - 1);
                     let more = if reverse {
                         (addr - base) / stride

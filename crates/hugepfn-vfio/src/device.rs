@@ -428,8 +428,8 @@ impl VfioPciMmapOps {
         let g = vmf.geometry();
         let size = g.page_size() << order;
         // Linux's pfns count pages, the model's 4 KiB frames: `pfn & ((1 << order) - 1)` is
-        // this alignment in frames.
-        let pfn_align = size >> PAGE_SHIFT;
+        // this mask in frames.
+        let pfn_mask = (size >> PAGE_SHIFT) - 1;
         let Some(base_pfn) = dev.vma_to_pfn(vma.pgoff) else {
             return VmFaultResult::Sigbus;
         };
@@ -441,9 +441,7 @@ impl VfioPciMmapOps {
             HugeFaultLogic::Fixed => {
                 let addr = vmf.address & !(size - 1);
                 let pfn = base_pfn + ((addr.wrapping_sub(vma.start)) >> 12);
-                if order > 0
-                    && (addr < vma.start || addr + size > vma.end || !pfn.is_multiple_of(pfn_align))
-                {
+                if order > 0 && (addr < vma.start || addr + size > vma.end || pfn & pfn_mask != 0) {
                     return fallback(dev);
                 }
                 (addr, pfn)
@@ -454,7 +452,7 @@ impl VfioPciMmapOps {
                 if order > 0
                     && (addr & (size - 1) != 0
                         || (addr & !(size - 1)) + size > vma.end
-                        || (dev.logic == HugeFaultLogic::V6_13 && !pfn.is_multiple_of(pfn_align)))
+                        || (dev.logic == HugeFaultLogic::V6_13 && pfn & pfn_mask != 0))
                 {
                     return fallback(dev);
                 }
@@ -503,7 +501,7 @@ impl VfioPciMmapOps {
             let size = vmf.geometry().size(level);
             let addr = vmf.address & !(size - 1);
             let pfn = base_pfn + (addr.wrapping_sub(vma.start) >> PAGE_SHIFT);
-            if addr >= vma.start && addr + size <= vma.end && pfn.is_multiple_of(size >> PAGE_SHIFT)
+            if addr >= vma.start && addr + size <= vma.end && pfn & ((size >> PAGE_SHIFT) - 1) == 0
             {
                 let Ok(pfn) = Pfn::new(pfn) else {
                     return VmFaultResult::Sigbus;
