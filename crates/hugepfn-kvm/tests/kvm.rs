@@ -52,7 +52,7 @@ fn world_on(mm: MmConfig, align: u64, skew: u64, cfg: KvmConfig) -> World {
         .as_u64();
     let f = dev.open();
     mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
+        addr: MmapAddr::Fixed(UserAddr::new(va)),
         len: 4 * G,
         prot: Prot::RW,
         shared: true,

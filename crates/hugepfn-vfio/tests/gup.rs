@@ -24,15 +24,7 @@ fn setup() -> (Arc<VfioPciDevice>, Arc<Mm>, u64) {
     let (phys, dev) = common::device("d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed);
     let mm = Mm::new(phys, MmConfig::default()).unwrap();
     let va = mm.find_aligned_area(2 * G, G, 0).unwrap().as_u64();
-    common::map_bar(
-        &mm,
-        &dev,
-        2,
-        0,
-        2 * G,
-        MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
-    )
-    .unwrap();
+    common::map_bar(&mm, &dev, 2, 0, 2 * G, MmapAddr::Fixed(UserAddr::new(va))).unwrap();
     (dev, mm, va)
 }
 

@@ -34,15 +34,7 @@ fn vfio_with(
     let (phys, dev) = common::device("d", presets::ivshmem_bars(2 * G), HugeFaultLogic::Fixed);
     let mm = Mm::new(phys.clone(), cfg).unwrap();
     let va = mm.find_aligned_area(len, G, skew).unwrap().as_u64();
-    common::map_bar(
-        &mm,
-        &dev,
-        2,
-        0,
-        len,
-        MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
-    )
-    .unwrap();
+    common::map_bar(&mm, &dev, 2, 0, len, MmapAddr::Fixed(UserAddr::new(va))).unwrap();
     (phys, dev, mm, va)
 }
 
@@ -65,7 +57,7 @@ fn remapped(len: u64, shared: bool) -> (Arc<PhysMem>, Arc<Mm>, u64) {
         cache: CacheMode::UcMinus,
     };
     mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
+        addr: MmapAddr::Fixed(UserAddr::new(va)),
         len,
         prot: Prot::RW,
         shared,

@@ -22,7 +22,7 @@ fn mapped(skew: u64, cfg: MmConfig) -> (Arc<Mm>, u64, Arc<VfioPciDevice>) {
     let bars = presets::ivshmem_bars(2 * G);
     let (phys, dev) = common::device("ivshmem", bars, HugeFaultLogic::Fixed);
     let mm = Mm::new(phys, cfg).unwrap();
-    let at = MmapAddr::Fixed(hugepfn_mm::UserAddr::new(
+    let at = MmapAddr::Fixed(UserAddr::new(
         mm.find_aligned_area(2 * G, G, skew).unwrap().as_u64(),
     ));
     let va = common::map_bar(&mm, &dev, 2, 0, 2 * G, at).unwrap();

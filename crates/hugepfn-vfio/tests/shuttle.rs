@@ -11,8 +11,8 @@ mod common;
 use std::sync::Arc;
 
 use hugepfn_mm::addr::UserAddr;
-use hugepfn_mm::{Access, Mm, MmConfig, MmapAddr};
-use hugepfn_vfio::{HugeFaultLogic, presets};
+use hugepfn_mm::{Access, Mm, MmConfig, MmapAddr, PhysMem};
+use hugepfn_vfio::{HugeFaultLogic, VfioPciDevice, presets};
 
 const M: u64 = 1 << 20;
 
@@ -44,6 +44,15 @@ fn check(f: impl Fn() + Send + Sync + 'static) {
     .run(move || g());
 }
 
+/// A 4 MiB ivshmem BAR mapped at a 2 MiB-aligned VA in a fresh process: (memory, device, mm, VA).
+fn bar_mapped() -> (Arc<PhysMem>, Arc<VfioPciDevice>, Arc<Mm>, u64) {
+    let (phys, dev) = common::device("d", presets::ivshmem_bars(4 * M), HugeFaultLogic::Fixed);
+    let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
+    let at = mm.find_aligned_area(4 * M, 2 * M, 0).unwrap();
+    let va = common::map_bar(&mm, &dev, 2, 0, 4 * M, MmapAddr::Fixed(at)).unwrap();
+    (phys, dev, mm, va)
+}
+
 /// Two faults (one in each 2 MiB block of a 4 MiB BAR) race memory decode going off. Whatever
 /// the order, once the disable has returned no leaf is left: a fault either installed its leaf
 /// before `vfio_pci_zap_and_down_write_memory_lock` zapped it, or saw memory off under the read
@@ -51,18 +60,7 @@ fn check(f: impl Fn() + Send + Sync + 'static) {
 #[test]
 fn faults_racing_memory_disable_leave_no_leaf() {
     check(|| {
-        let (phys, dev) = common::device("d", presets::ivshmem_bars(4 * M), HugeFaultLogic::Fixed);
-        let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
-        let va = mm.find_aligned_area(4 * M, 2 * M, 0).unwrap().as_u64();
-        let va = common::map_bar(
-            &mm,
-            &dev,
-            2,
-            0,
-            4 * M,
-            MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
-        )
-        .unwrap();
+        let (phys, dev, mm, va) = bar_mapped();
         let faulting: Vec<_> = [0, 2 * M + 4096]
             .into_iter()
             .map(|off| {
@@ -99,18 +97,7 @@ fn faults_racing_memory_disable_leave_no_leaf() {
 #[test]
 fn a_fault_racing_a_decode_toggle_ends_consistent() {
     check(|| {
-        let (phys, dev) = common::device("d", presets::ivshmem_bars(4 * M), HugeFaultLogic::Fixed);
-        let mm = Mm::new(phys.clone(), MmConfig::default()).unwrap();
-        let va = mm.find_aligned_area(4 * M, 2 * M, 0).unwrap().as_u64();
-        let va = common::map_bar(
-            &mm,
-            &dev,
-            2,
-            0,
-            4 * M,
-            MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
-        )
-        .unwrap();
+        let (phys, dev, mm, va) = bar_mapped();
         let m2 = mm.clone();
         let fault = shuttle::thread::spawn(move || m2.access(UserAddr::new(va + 12288), false));
         let d2 = dev.clone();

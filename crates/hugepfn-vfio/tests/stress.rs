@@ -47,7 +47,7 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
             2,
             addr - va,
             len,
-            MmapAddr::Fixed(hugepfn_mm::UserAddr::new(addr)),
+            MmapAddr::Fixed(UserAddr::new(addr)),
         )
     };
     map(va, LEN).unwrap();

@@ -48,7 +48,7 @@ impl World {
         let f = self.dev.open();
         self.mm
             .mmap(MmapRequest {
-                addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
+                addr: MmapAddr::Fixed(UserAddr::new(va)),
                 len,
                 prot: Prot::RW,
                 shared: true,
@@ -224,7 +224,7 @@ fn discontiguous_pfns_split_the_run() {
     let f = w.dev.open();
     for (at, bar_offset) in [(va, G), (va + G, 0)] {
         w.mm.mmap(MmapRequest {
-            addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(at)),
+            addr: MmapAddr::Fixed(UserAddr::new(at)),
             len: G,
             prot: Prot::RW,
             shared: true,
@@ -364,7 +364,7 @@ fn efault_for_a_read_only_mapping_when_the_device_writes() {
     let va = w.mm.find_aligned_area(2 * G, G, 0).expect("va").as_u64();
     let f = w.dev.open();
     w.mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
+        addr: MmapAddr::Fixed(UserAddr::new(va)),
         len: 2 * G,
         prot: Prot::R,
         shared: true,

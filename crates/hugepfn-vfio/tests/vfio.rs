@@ -46,7 +46,7 @@ fn map(w: &World, mm: &Mm, bar: u8, off: u64, len: u64, addr: MmapAddr) -> Resul
 }
 
 fn at(mm: &Mm, len: u64, align: u64, skew: u64) -> MmapAddr {
-    MmapAddr::Fixed(hugepfn_mm::UserAddr::new(
+    MmapAddr::Fixed(UserAddr::new(
         mm.find_aligned_area(len, align, skew).unwrap().as_u64(),
     ))
 }

@@ -34,7 +34,7 @@ fn setup(design: FaultPath, thp: ThpPolicy) -> (Arc<PhysMem>, Arc<VfioPciDevice>
     let va = mm.find_aligned_area(2 * G, G, 0).unwrap().as_u64();
     let f = dev.open();
     mm.mmap(MmapRequest {
-        addr: MmapAddr::Fixed(hugepfn_mm::UserAddr::new(va)),
+        addr: MmapAddr::Fixed(UserAddr::new(va)),
         len: 2 * G,
         prot: Prot::RW,
         shared: true,
