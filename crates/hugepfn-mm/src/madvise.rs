@@ -163,9 +163,8 @@ impl Mm {
         }
         // do_madvise: PAGE_ALIGN(len); only a wrap is EINVAL (no TASK_SIZE check: a range
         // past it is a hole, ENOMEM — found by `hugepfn fuzz`)
-        let end = len
-            .checked_add(4095)
-            .map(|l| l & !4095)
+        let end = self
+            .page_align(len)
             .filter(|&l| l != 0)
             .and_then(|l| addr.checked_add(l))
             .ok_or_else(|| refused(Errno::EINVAL, format!("{addr:#x}+{len:#x} wraps")))?;

@@ -55,9 +55,8 @@ impl Mm {
         }
         // PAGE_ALIGN(len); `end <= start` is ENOMEM, and nothing else: a range past TASK_SIZE
         // is a hole like any other (found by `hugepfn fuzz`)
-        let end = len
-            .checked_add(4095)
-            .map(|l| l & !4095)
+        let end = self
+            .page_align(len)
             .and_then(|l| addr.checked_add(l))
             .filter(|&e| e > addr)
             .ok_or_else(|| refused(Errno::ENOMEM, format!("{addr:#x}+{len:#x} wraps")))?;

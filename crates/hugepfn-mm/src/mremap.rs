@@ -64,7 +64,7 @@ impl Mm {
             )));
         }
         // PAGE_ALIGN of both lengths (a length that wraps becomes 0)
-        let align = |l: u64| l.checked_add(4095).map_or(0, |v| v & !4095);
+        let align = |l: u64| self.page_align(l).unwrap_or(0);
         let (mut old_len, new_len) = (align(old_len), align(new_len));
         if new_len == 0 {
             return Err(einval("the new length is 0".into()));

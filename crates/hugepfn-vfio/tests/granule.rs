@@ -209,3 +209,36 @@ fn a_16k_mm_on_4k_frames_is_refused_by_name() {
     .unwrap_err();
     assert!(e.to_string().contains("frames"), "{e}");
 }
+
+/// `hugepfn lab fuzz --seed 2` on Debian's arm64-16k kernels (cases 4121414464375343189 and
+/// 9687895025574581520): mprotect, madvise and mremap round a length up to the 16 KiB page
+/// (`PAGE_ALIGN`), where the model rounded to 4 KiB and left the last page out.
+#[test]
+fn arm64_16k_lengths_round_up_to_the_16k_page() {
+    let w = host(Arch::Arm64_16k, 256 * M);
+    let va = map(&w, 0, 64 * M, 32 * M, 0).unwrap();
+    w.mm.mprotect(UserAddr::new(va), 2 * M + 4 * K, hugepfn_mm::Prot::R)
+        .unwrap();
+    let vmas = w.mm.vmas();
+    assert_eq!(vmas[0].end - vmas[0].start, 2 * M + 16 * K, "{vmas:?}");
+    // a mapping of 8 KiB is one 16 KiB page, and mremap moves all of it
+    let small = map(&w, 64 * M, 8 * K, 32 * M, 0).unwrap();
+    let dst = w.mm.find_aligned_area(16 * K, 32 * M, 0).unwrap();
+    let st =
+        w.mm.mremap(
+            UserAddr::new(small),
+            8 * K,
+            8 * K,
+            hugepfn_mm::mremap::MremapFlags {
+                maymove: true,
+                fixed: Some(dst),
+            },
+        )
+        .unwrap();
+    let moved = w.mm.find_vma(UserAddr::new(st.addr)).unwrap();
+    assert_eq!(moved.end - moved.start, 16 * K);
+    assert!(
+        w.mm.find_vma(UserAddr::new(small))
+            .is_none_or(|v| v.start > small)
+    );
+}

@@ -15,9 +15,9 @@
 use std::fmt::Write as _;
 
 use hugepfn_units::format_size;
+use hugepfn_units::level::{Geometry, Level};
 
 const K4: u64 = 4096;
-const M2: u64 = 2 << 20;
 const G1: u64 = 1 << 30;
 
 /// SplitMix64: a small, well-mixed generator; one per case, seeded from the campaign seed.
@@ -60,6 +60,10 @@ impl Rng {
 pub struct GenConfig {
     /// For the lab: the lab's device, ranges inside the mapping, no reset or power steps.
     pub lab: bool,
+    /// The page size and PMD block the cases are shaped for: offsets, lengths and placements on
+    /// and around `PAGE_SIZE` and `PMD_SIZE` boundaries (4 KiB and 2 MiB by default; 16 KiB
+    /// and 32 MiB for the arm64-16k lab).
+    pub geometry: Geometry,
 }
 
 struct Dev {
@@ -93,6 +97,10 @@ fn tight_placement(va: &str) -> bool {
 struct Gen<'a> {
     r: &'a mut Rng,
     cfg: GenConfig,
+    /// `PAGE_SIZE` of the geometry.
+    page: u64,
+    /// `PMD_SIZE` of the geometry.
+    pmd: u64,
     devs: Vec<Dev>,
     maps: Vec<Map>,
     children: Vec<String>,
@@ -110,6 +118,8 @@ pub fn generate(seed: u64, cfg: GenConfig) -> String {
     let mut g = Gen {
         r: &mut r,
         cfg,
+        page: cfg.geometry.page_size(),
+        pmd: cfg.geometry.size(Level::Pmd),
         devs: Vec::new(),
         maps: Vec::new(),
         children: Vec::new(),
@@ -147,7 +157,7 @@ impl Gen<'_> {
             let n = 1 + u64::from(self.r.chance(25));
             for d in 0..n {
                 let bsize = *self.r.pick(&[64 << 20, 256 << 20, G1, G1, 2 * G1, 4 * G1]);
-                let skew = *self.r.pick(&[0, 0, 0, M2, K4, G1]);
+                let skew = *self.r.pick(&[0, 0, 0, self.pmd, self.page, G1]);
                 let phys = 0x1000_0000_0000u64 * (d + 1) + skew;
                 let bar = *self.r.pick(&[0u8, 1, 2, 4]);
                 let name = format!("d{d}");
@@ -173,6 +183,16 @@ impl Gen<'_> {
         }
     }
 
+    /// A placement written for 4 KiB pages and 2 MiB blocks, in this geometry's sizes
+    /// (`align:2M+4K` is `align:32M+16K` with 16 KiB pages).
+    fn placement(&self, va: &str) -> String {
+        if self.page == K4 {
+            return va.to_string();
+        }
+        va.replace("4K", &format_size(self.page))
+            .replace("2M", &format_size(self.pmd))
+    }
+
     fn block(&mut self, op: &str, fields: &[(&str, String)]) {
         let _ = writeln!(self.out, "[[step]]\nop = \"{op}\"");
         for (k, v) in fields {
@@ -183,21 +203,21 @@ impl Gen<'_> {
 
     /// An offset into something `len` long: mostly on the boundaries that matter.
     fn offset(&mut self, len: u64) -> u64 {
-        let pages = (len / K4).max(1);
+        let pages = (len / self.page).max(1);
         match self.r.below(12) {
             0..=3 => 0,
-            4 => K4 * self.r.below(4),
-            5 => M2 * self.r.below((len / M2).max(1) + 1),
+            4 => self.page * self.r.below(4),
+            5 => self.pmd * self.r.below((len / self.pmd).max(1) + 1),
             6 => G1 * self.r.below((len / G1).max(1) + 1),
-            7 => (M2 * self.r.below((len / M2).max(1))).saturating_sub(K4),
-            8 => len / 2 / K4 * K4,
-            9 => K4 * self.r.below(pages),
-            10 => len.saturating_sub(K4 * (1 + self.r.below(2))),
+            7 => (self.pmd * self.r.below((len / self.pmd).max(1))).saturating_sub(self.page),
+            8 => len / 2 / self.page * self.page,
+            9 => self.page * self.r.below(pages),
+            10 => len.saturating_sub(self.page * (1 + self.r.below(2))),
             _ => {
                 if self.r.chance(30) {
                     self.r.below(len.max(2)) | 1
                 } else {
-                    len + K4 * self.r.below(2)
+                    len + self.page * self.r.below(2)
                 }
             }
         }
@@ -207,18 +227,18 @@ impl Gen<'_> {
     fn length(&mut self, len: u64) -> Option<u64> {
         match self.r.below(12) {
             0..=3 => None,
-            4 => Some(K4 * (1 + self.r.below(4))),
-            5 => Some(M2),
-            6 => Some(M2 + K4 * self.r.below(2)),
+            4 => Some(self.page * (1 + self.r.below(4))),
+            5 => Some(self.pmd),
+            6 => Some(self.pmd + self.page * self.r.below(2)),
             7 => Some(G1),
-            8 => Some(G1 - K4),
+            8 => Some(G1 - self.page),
             9 => Some(len),
-            10 => Some(K4 * (1 + self.r.below((len / K4).max(1)))),
+            10 => Some(self.page * (1 + self.r.below((len / self.page).max(1)))),
             _ => {
                 if self.r.chance(30) {
                     Some(0)
                 } else {
-                    Some(self.r.below(3 * M2) | 1)
+                    Some(self.r.below(3 * self.pmd) | 1)
                 }
             }
         }
@@ -230,10 +250,10 @@ impl Gen<'_> {
         if self.cfg.lab {
             // The probe acts only inside its own mapping (it refuses anything else with EINVAL
             // rather than unmap or re-protect its own memory): page-aligned, inside.
-            off = (off & !(K4 - 1)).min(len.saturating_sub(K4));
+            off = (off & !(self.page - 1)).min(len.saturating_sub(self.page));
             l = l
-                .map(|l| l.div_ceil(K4) * K4)
-                .map(|l| l.min(len - off).max(K4));
+                .map(|l| l.div_ceil(self.page) * self.page)
+                .map(|l| l.min(len - off).max(self.page));
         }
         if off != 0 || self.r.chance(20) {
             fields.push(("offset", size(off)));
@@ -272,7 +292,7 @@ impl Gen<'_> {
         ];
         let off = match self.r.below(8) {
             0..=4 => 0,
-            5 => M2 * self.r.below(4),
+            5 => self.pmd * self.r.below(4),
             6 => G1 * self.r.below((bsize / G1).max(1)),
             _ => self.offset(bsize),
         };
@@ -282,8 +302,8 @@ impl Gen<'_> {
         let rest = bsize.saturating_sub(off);
         let len = match self.r.below(6) {
             0..=2 => None,
-            3 => Some(rest.min(G1 + M2)),
-            4 => Some((rest / 2 / K4 * K4).max(K4)),
+            3 => Some(rest.min(G1 + self.pmd)),
+            4 => Some((rest / 2 / self.page * self.page).max(self.page)),
             _ => self.length(rest),
         };
         if let Some(l) = len {
@@ -321,7 +341,7 @@ impl Gen<'_> {
             ]
         };
         let va = *self.r.pick(choices);
-        f.push(("va", format!("\"{va}\"")));
+        f.push(("va", format!("\"{}\"", self.placement(va))));
         if self.r.chance(15) {
             let a = *self.r.pick(&["hugepage", "nohugepage"]);
             f.push(("madvise", format!("\"{a}\"")));
@@ -367,7 +387,17 @@ impl Gen<'_> {
         match self.r.below(100) {
             0..=29 => {
                 // touch
-                let stride = *self.r.pick(&[K4, K4, K4, 64 << 10, M2, M2, G1, 3 * K4, 1]);
+                let stride = *self.r.pick(&[
+                    self.page,
+                    self.page,
+                    self.page,
+                    64 << 10,
+                    self.pmd,
+                    self.pmd,
+                    G1,
+                    3 * self.page,
+                    1,
+                ]);
                 let off = if self.r.chance(70) {
                     0
                 } else {
@@ -387,11 +417,11 @@ impl Gen<'_> {
                     .unwrap_or(mlen)
                     .min(stride.saturating_mul(cap));
                 if stride == 1 {
-                    len = len.min(3 * K4);
+                    len = len.min(3 * self.page);
                 }
                 let off = if self.cfg.lab {
                     // inside the mapping (the probe touches only its own mapping)
-                    let off = (off & !(K4 - 1)).min(mlen.saturating_sub(K4));
+                    let off = (off & !(self.page - 1)).min(mlen.saturating_sub(self.page));
                     len = len.min(mlen - off).max(1);
                     off
                 } else {
@@ -446,15 +476,15 @@ impl Gen<'_> {
                     ])
                 };
                 self.maps[m].tight = tight_placement(va);
-                f.push(("va", format!("\"{va}\"")));
+                f.push(("va", format!("\"{}\"", self.placement(va))));
                 // (the lab keeps the length: the generator's later offsets assume it)
                 if !self.cfg.lab && self.r.chance(35) {
                     let nl = match self.r.below(3) {
-                        0 => mlen / 2 / K4 * K4,
-                        1 => mlen + M2,
-                        _ => (mlen.saturating_sub(M2)).max(K4),
+                        0 => mlen / 2 / self.page * self.page,
+                        1 => mlen + self.pmd,
+                        _ => (mlen.saturating_sub(self.pmd)).max(self.page),
                     };
-                    f.push(("new_len", format!("{}", nl.max(K4))));
+                    f.push(("new_len", format!("{}", nl.max(self.page))));
                 }
                 self.process(&mut f);
                 self.block("mremap", &f);
@@ -539,8 +569,8 @@ impl Gen<'_> {
                 }
                 let iova = match self.r.below(4) {
                     0 => G1 * (1 + self.r.below(8)),
-                    1 => M2 * (1 + self.r.below(64)),
-                    2 => K4 * (1 + self.r.below(64)),
+                    1 => self.pmd * (1 + self.r.below(64)),
+                    2 => self.page * (1 + self.r.below(64)),
                     _ => self.dmas.last().map_or(G1, |&(i, _)| i),
                 };
                 f.push(("iova", size(iova)));
@@ -551,7 +581,10 @@ impl Gen<'_> {
             84..=88 => {
                 let (iova, len) = match self.dmas.last() {
                     Some(&(i, l)) if self.r.chance(70) => (i, l),
-                    _ => (G1 * (1 + self.r.below(8)), *self.r.pick(&[M2, G1, K4])),
+                    _ => (
+                        G1 * (1 + self.r.below(8)),
+                        *self.r.pick(&[self.pmd, G1, self.page]),
+                    ),
                 };
                 let len = if self.r.chance(20) { len / 2 } else { len };
                 let mut f = vec![("iova", size(iova)), ("len", format!("{len}"))];
@@ -581,7 +614,9 @@ impl Gen<'_> {
             // KVM: model only (the lab's TCG guest has no /dev/kvm)
             97 | 98 if !self.cfg.lab => {
                 let slot = self.r.below(3);
-                let gpa = *self.r.pick(&[0, G1, 4 * G1, M2, K4, G1 + M2]);
+                let gpa = *self
+                    .r
+                    .pick(&[0, G1, 4 * G1, self.pmd, self.page, G1 + self.pmd]);
                 f.push(("slot", slot.to_string()));
                 f.push(("gpa", size(gpa)));
                 self.slot_gpas.push(gpa);
@@ -602,11 +637,11 @@ impl Gen<'_> {
             }
             99 if !self.cfg.lab => {
                 let gpa = if !self.slot_gpas.is_empty() && self.r.chance(75) {
-                    *self.r.pick(&self.slot_gpas) + K4 * self.r.below(3)
+                    *self.r.pick(&self.slot_gpas) + self.page * self.r.below(3)
                 } else {
-                    *self.r.pick(&[0, G1, 4 * G1, M2, G1 - K4])
+                    *self.r.pick(&[0, G1, 4 * G1, self.pmd, G1 - self.page])
                 };
-                let stride = *self.r.pick(&[K4, M2, G1]);
+                let stride = *self.r.pick(&[self.page, self.pmd, G1]);
                 let len = stride * (1 + self.r.below(256));
                 let mut g = vec![
                     ("gpa", size(gpa)),
@@ -636,12 +671,64 @@ mod tests {
     fn generated_scenarios_parse() {
         for seed in 0..500 {
             for lab in [false, true] {
-                let text = generate(seed, GenConfig { lab });
+                let text = generate(
+                    seed,
+                    GenConfig {
+                        lab,
+                        ..GenConfig::default()
+                    },
+                );
                 if let Err(e) = hugepfn_scenario::parse_scenario(&text, "gen") {
                     panic!("seed {seed} lab {lab}: {e}\n{text}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn lab_cases_for_16k_pages_act_on_16k_pages_and_32m_blocks() {
+        let cfg = GenConfig {
+            lab: true,
+            geometry: Geometry::G16K,
+        };
+        let (mut placements, mut offsets) = (0, 0);
+        for seed in 0..300 {
+            let text = generate(seed, cfg);
+            let sc = hugepfn_scenario::parse_scenario(&text, "gen")
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{text}"));
+            for va in text.lines().filter(|l| l.starts_with("va = ")) {
+                let tokens = va[5..].trim_matches('"').split([':', '+']);
+                assert!(
+                    tokens.into_iter().all(|t| t != "4K" && t != "2M"),
+                    "seed {seed}: {va}"
+                );
+            }
+            placements += text.matches("align:32M+16K").count() + text.matches("1G+16K").count();
+            for step in &sc.steps {
+                if let hugepfn_scenario::Step::Munmap(m) = step {
+                    assert_eq!(m.offset % (16 << 10), 0, "seed {seed}: {text}");
+                    offsets += 1;
+                }
+            }
+        }
+        assert!(placements > 0 && offsets > 0, "{placements} {offsets}");
+        // the 4 KiB cases are what they were (the regression seeds stay valid)
+        assert_eq!(
+            generate(
+                5,
+                GenConfig {
+                    lab: true,
+                    ..GenConfig::default()
+                }
+            ),
+            generate(
+                5,
+                GenConfig {
+                    lab: true,
+                    geometry: Geometry::G4K
+                }
+            )
+        );
     }
 
     #[test]

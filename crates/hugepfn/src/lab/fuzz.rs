@@ -139,7 +139,13 @@ pub(super) fn cmd_fuzz(
         let mut cut = 0;
         for i in 0..count {
             let cs = case_seed(seed, i);
-            let text = generate(cs, GenConfig { lab: true });
+            let text = generate(
+                cs,
+                GenConfig {
+                    lab: true,
+                    geometry: kernel.arch().model_arch().geometry(),
+                },
+            );
             let (text, was_cut) = cut_before_predicted_crash(&text, kernel)
                 .map_err(|e| LabError::Input(format!("case {cs}: the model cannot run it: {e}")))?;
             cut += u64::from(was_cut);

@@ -510,7 +510,7 @@ impl ModelRun {
                     i + 1,
                     step.line(),
                     step.op(),
-                    hugepfn_units::format_size(cfg.limit_frames * 4096),
+                    hugepfn_units::format_size(cfg.limit_frames * cfg.granule.page_size()),
                 ));
                 errno.get_or_insert_with(|| "ENOMEM".into());
             }
