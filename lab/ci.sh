@@ -22,7 +22,8 @@
 # keep the stage's time: the arm64-16k scenarios, the arm64 lab cases, the DMA cases and
 # lab-inspect-placements (out/lab/compare-16k.md; every scenario: `hugepfn lab compare --arch
 # arm64-16k`, about two minutes). Then `hugepfn lab fuzz --seed 1 --count 50`
-# on 6.12.95, 7.3.4, arm64:6.12.117 and arm64:7.3.4 ($HUGEPFN_LAB_FUZZ_KERNELS): random cases,
+# on 6.12.95, 7.3.4, arm64:6.12.117, arm64:7.3.4 and the two arm64-16k kernels
+# ($HUGEPFN_LAB_FUZZ_KERNELS; cases shaped for each kernel's page size): random cases,
 # model vs kernel.
 set -uo pipefail
 
@@ -116,11 +117,14 @@ fi
 # Differential fuzzing against the kernel: a fixed seed, 50 random lab-shaped cases per Debian
 # kernel (docs/testing.md); a difference is shrunk on the kernel and written to out/lab/found/.
 FUZZ_BUDGET=${HUGEPFN_LAB_FUZZ_BUDGET:-300}
-FUZZ_KERNELS=${HUGEPFN_LAB_FUZZ_KERNELS:-6.12.95,7.3.4,arm64:6.12.117,arm64:7.3.4}
+FUZZ_KERNELS=${HUGEPFN_LAB_FUZZ_KERNELS:-6.12.95,7.3.4,arm64:6.12.117,arm64:7.3.4,arm64-16k:6.12.117,arm64-16k:7.3.4}
 FK=
 for k in ${FUZZ_KERNELS//,/ }; do
     # an arm64 kernel whose setup failed above is left out here too
-    case "$k" in arm64:*) [[ ",$KERNELS," == *",$k,"* ]] || continue ;; esac
+    case "$k" in
+        arm64:*) [[ ",$KERNELS," == *",$k,"* ]] || continue ;;
+        arm64-16k:*) [[ ",$RUN_16K," == *",$k,"* ]] || continue ;;
+    esac
     FK=${FK:+$FK,}$k
 done
 FUZZ_KERNELS=$FK
