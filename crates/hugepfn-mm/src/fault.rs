@@ -134,16 +134,17 @@ impl<'a> VmFault<'a> {
             pgoff: vma.linear_page_index(page),
             pmd: std::cell::Cell::new(None),
             installed: std::cell::Cell::new(None),
-            pfnmap_cap: LeafCap::Pud,
+            pfnmap_cap: pt.leaf_cap(),
             pt,
             stats,
         }
     }
 
-    /// The same context on an architecture whose pfnmap leaves stop at `cap`.
+    /// The same context on an architecture whose pfnmap leaves stop at `cap` (never above
+    /// what the page-table format can hold).
     pub fn with_pfnmap_cap(self, cap: LeafCap) -> Self {
         VmFault {
-            pfnmap_cap: cap,
+            pfnmap_cap: cap.min(self.pt.leaf_cap()),
             ..self
         }
     }
@@ -328,7 +329,7 @@ fn thp_vma_allowable_level(vma: &Vma, thp: ThpGate, level: Level) -> bool {
         return false;
     }
     // Huge pfnmaps never exist in CoW VMAs (the RFC's point 3). Linux leaves this to drivers and
-    // BUG()s in vmf_insert_pfn_pmd/pud; the model's gate falls back to 4 KiB instead.
+    // BUG()s in vmf_insert_pfn_pmd/pud; the model's gate falls back to PTEs instead.
     if vma.flags.is_cow_mapping() {
         return false;
     }
@@ -389,13 +390,15 @@ impl FaultCounts {
     /// `self - earlier`, field by field.
     pub fn since(&self, earlier: &FaultCounts) -> FaultCounts {
         FaultCounts {
-            faults: self.faults - earlier.faults,
+            faults: self.faults.saturating_sub(earlier.faults),
             by_level: self.by_level.saturating_sub(&earlier.by_level),
-            sigbus: self.sigbus - earlier.sigbus,
-            sigsegv: self.sigsegv - earlier.sigsegv,
-            oom: self.oom - earlier.oom,
-            retries: self.retries - earlier.retries,
-            insert_conflicts: self.insert_conflicts - earlier.insert_conflicts,
+            sigbus: self.sigbus.saturating_sub(earlier.sigbus),
+            sigsegv: self.sigsegv.saturating_sub(earlier.sigsegv),
+            oom: self.oom.saturating_sub(earlier.oom),
+            retries: self.retries.saturating_sub(earlier.retries),
+            insert_conflicts: self
+                .insert_conflicts
+                .saturating_sub(earlier.insert_conflicts),
         }
     }
 }

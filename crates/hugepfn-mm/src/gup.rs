@@ -40,7 +40,14 @@ impl Mm {
         let pt = self.page_tables();
         let mut out = GupFast::default();
         for i in 0..nr_pages {
-            let addr = start + i * self.page_size();
+            // a range that wraps is refused as not present (Linux: check_add_overflow)
+            let Some(addr) = i
+                .checked_mul(self.page_size())
+                .and_then(|o| start.checked_add(o))
+            else {
+                out.stopped = Some("not present");
+                return out;
+            };
             let Some((leaf, _)) = pt.lookup(addr) else {
                 out.stopped = Some("not present");
                 return out;
@@ -72,7 +79,10 @@ impl Mm {
     ) -> Result<u64, Errno> {
         let start = start.as_u64();
         for i in 0..nr_pages {
-            let addr = start + i * self.page_size();
+            let addr = i
+                .checked_mul(self.page_size())
+                .and_then(|o| start.checked_add(o))
+                .ok_or(Errno::EFAULT)?;
             let vma = self.find_vma(UserAddr::new(addr)).ok_or(Errno::EFAULT)?;
             if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
                 return if i == 0 { Err(Errno::EFAULT) } else { Ok(i) };

@@ -422,7 +422,7 @@ impl Mm {
         ThpGate {
             policy: self.cfg.thp,
             bypass_pfnmap: self.cfg.thp_bypass_pfnmap,
-            pfnmap_cap: self.cfg.pfnmap_cap,
+            pfnmap_cap: self.cfg.pfnmap_cap.min(self.pt.leaf_cap()),
             geometry: self.geometry(),
         }
     }

@@ -129,7 +129,9 @@ impl Mm {
                 if !flags.maymove {
                     return Err(refused(Errno::ENOMEM, "cannot grow in place".into()));
                 }
-                self.get_unmapped_area(new_len, vma.pgoff << 12)?.as_u64()
+                // the file offset of old_addr: vm_pgoff + ((addr - vm_start) >> PAGE_SHIFT)
+                let pgoff_bytes = (vma.pgoff << 12).wrapping_add(old_addr - vma.start);
+                self.get_unmapped_area(new_len, pgoff_bytes)?.as_u64()
             }
         };
         let move_len = old_len.min(new_len);

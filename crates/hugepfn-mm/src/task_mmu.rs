@@ -329,6 +329,12 @@ impl Mm {
                 let (start, end) =
                     range.ok_or_else(|| MmError::Invalid("a pagemap read needs a range".into()))?;
                 let geom = self.geometry();
+                // pagemap is indexed by page: the entries of the pages the range touches
+                let page = geom.page_size();
+                let (start, end) = (
+                    start & !(page - 1),
+                    end.saturating_add(page - 1) & !(page - 1),
+                );
                 let mut ops = PagemapOps {
                     out: Vec::new(),
                     geom,
@@ -363,8 +369,9 @@ impl Mm {
                 align: page,
             });
         }
-        let end = addr
-            .checked_add(len.next_multiple_of(page))
+        let end = self
+            .page_align(len)
+            .and_then(|l| addr.checked_add(l))
             .ok_or(MmError::NoSpace(len))?;
         let mut vec = Vec::new();
         let mut st = WalkStats::default();

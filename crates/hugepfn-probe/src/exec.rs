@@ -795,8 +795,10 @@ fn read_proc(file: ProcFileSpec, range: Option<(u64, u64)>, buf: &mut [u8]) -> i
         }
         ProcFileSpec::Pagemap => {
             let (va, len) = range.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // one entry per page the range touches (pagemap is indexed by page)
             let page = sys::page_size();
-            let want = (len.div_ceil(page) * 8) as usize;
+            let pages = va.saturating_add(len).div_ceil(page) - va / page;
+            let want = (pages * 8) as usize;
             if want > buf.len() {
                 return Err(io::Error::from_raw_os_error(libc::E2BIG));
             }

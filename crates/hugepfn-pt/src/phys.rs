@@ -182,15 +182,6 @@ pub enum PhysError {
         /// The memory's frame size.
         frame_bytes: u64,
     },
-    /// A granule the mm core does not run (its fault path, remap and /proc readers assume
-    /// 4 KiB pages).
-    #[error("the mm core runs 4 KiB pages only; {format} has {page_bytes}-byte pages")]
-    UnsupportedGranule {
-        /// The format's name.
-        format: &'static str,
-        /// Its page size.
-        page_bytes: u64,
-    },
     /// A device range overlaps RAM or another device.
     #[error("device range {start:#x}..{end:#x} ({name}) overlaps {other}")]
     Overlap {

@@ -242,3 +242,37 @@ fn arm64_16k_lengths_round_up_to_the_16k_page() {
             .is_none_or(|v| v.start > small)
     );
 }
+
+/// Found in review: with 16 KiB pages the format has no PUD block (level-1 blocks need the
+/// 4 KiB granule), so a configuration that allows PUD pfnmaps must fall back to 32 MiB PMDs at
+/// a 64 GiB-aligned address, not end in SIGBUS when the PUD leaf cannot be encoded.
+#[test]
+fn arm64_16k_falls_back_to_pmd_where_a_pud_would_be_aligned() {
+    let phys = Arc::new(PhysMem::new(
+        PhysConfig::default().with_granule(Arch::Arm64_16k.geometry()),
+    ));
+    let dev = VfioPciDevice::new(
+        phys.clone(),
+        "gpu",
+        presets::h100_bars(),
+        HugeFaultLogic::Fixed,
+    )
+    .unwrap();
+    let mm = Mm::new(
+        phys,
+        MmConfig {
+            arch: Arch::Arm64_16k,
+            // asks for PUD pfnmaps, which this format cannot hold
+            pfnmap_cap: LeafCap::Pud,
+            ..MmConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(mm.page_tables().leaf_cap(), LeafCap::Pmd);
+    let at = mm.find_aligned_area(128 * G, 64 * G, 0).unwrap();
+    let va = common::map_bar(&mm, &dev, 2, 0, 128 * G, MmapAddr::Fixed(at)).unwrap();
+    let before = mm.fault_counts();
+    touch(&mm, va, 64 * M);
+    let f = mm.fault_counts().since(&before);
+    assert_eq!((f.faults, f.by_level.pmd, f.sigbus), (2, 2, 0), "{f:?}");
+}

@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::addr::{PAGE_SIZE, PagingMode, PhysAddr};
 use crate::entry::{Decoded, Leaf};
-use crate::level::Level;
+use crate::level::{LeafCap, Level};
 use crate::phys::{PhysError, PhysMem, TableCounts, TablePage};
 
 pub use hugepfn_pt::counts::{AtomicLeafCounts, LeafCounts};
@@ -237,6 +237,8 @@ pub struct PageTables {
     tree: Tree<Cpu>,
     /// The format's granule, cached for the hot paths.
     geom: Geometry,
+    /// The largest leaf the format can hold (no PUD blocks with 16 or 64 KiB arm64 pages).
+    leaf_cap: LeafCap,
     flushes: Mutex<FlushLog>,
     notifiers: RwLock<Vec<Arc<dyn MmuNotifier>>>,
     /// `mmu_notifier_invalidate_range_start` calls made (whether or not anyone listens).
@@ -267,9 +269,15 @@ impl PageTables {
     /// be the format's granule ([`PhysError::TableTooLarge`] otherwise).
     pub fn with_format(phys: Arc<PhysMem>, fmt: Cpu) -> Result<Self, PhysError> {
         let geom = fmt.geometry();
+        let leaf_cap = match (fmt.can_be_leaf(Level::Pud), fmt.can_be_leaf(Level::Pmd)) {
+            (true, _) => LeafCap::Pud,
+            (false, true) => LeafCap::Pmd,
+            (false, false) => LeafCap::Pte,
+        };
         Ok(PageTables {
             tree: Tree::new(phys, fmt)?,
             geom,
+            leaf_cap,
             flushes: Mutex::new(FlushLog::default()),
             notifiers: RwLock::new(Vec::new()),
             notifier_calls: AtomicU64::new(0),
@@ -288,6 +296,13 @@ impl PageTables {
     #[inline]
     pub fn geometry(&self) -> Geometry {
         self.geom
+    }
+
+    /// The largest leaf this format can hold: what a pfnmap's leaves are capped at whatever
+    /// the configuration asks (arm64 with 16 or 64 KiB pages has no level-1 block).
+    #[inline]
+    pub fn leaf_cap(&self) -> LeafCap {
+        self.leaf_cap
     }
 
     /// The CPU format.
