@@ -443,9 +443,7 @@ fn predict(
     Ok(Prediction {
         faults: touch.map_or(0, |s| s.counters.faults),
         leaves: touch.and_then(|s| s.leaves).unwrap_or_default(),
-        page_table_bytes: pt.map_or(0, |p| {
-            (p.pgd + p.p4d + p.pud + p.pmd + p.pte) * arch.page_size()
-        }),
+        page_table_bytes: pt.map_or(0, |p| p.bytes_with(arch.geometry())),
         dma_lookups: dma
             .filter(|s| s.errno.is_none())
             .map(|s| s.counters.dma_lookups),

@@ -200,7 +200,7 @@ fn run_one(
         faults,
         faults_by_level: by_level,
         leaves: last.and_then(|s| s.leaves).unwrap_or_default(),
-        page_table_bytes: pt.map_or(0, |p| (p.pgd + p.p4d + p.pud + p.pmd + p.pte) * 4096),
+        page_table_bytes: pt.map_or(0, |p| p.bytes()),
         dma_lookups,
         dma_batched: batched,
         dma_ms_estimate: dma_lookups as f64 * DMA_NS_PER_LOOKUP / 1e6,
