@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use hugepfn_mm::addr::UserAddr;
 use hugepfn_mm::task_mmu::ProcFile;
-use hugepfn_mm::{Errno, LeafCap, Level, Mm, MmConfig, MmError, MmapAddr, PhysConfig, PhysMem};
+use hugepfn_mm::{
+    Errno, FaultCounts, LeafCap, Level, Mm, MmConfig, MmError, MmapAddr, PhysConfig, PhysMem,
+};
 use hugepfn_units::arch::Arch;
 use hugepfn_vfio::{Bar, HugeFaultLogic, VfioPciDevice, presets};
 
@@ -55,9 +57,12 @@ fn map(w: &World, off: u64, len: u64, align: u64, skew: u64) -> Result<u64, MmEr
     common::map_bar(&w.mm, &w.dev, 2, off, len, MmapAddr::Fixed(va))
 }
 
-fn touch(mm: &Mm, va: u64, len: u64) {
+/// Writes every page of `[va, va + len)`; returns the faults it took.
+fn touch(mm: &Mm, va: u64, len: u64) -> FaultCounts {
     let page = mm.page_size();
+    let before = mm.fault_counts();
     mm.access_range(UserAddr::new(va), len / page, page, true, false);
+    mm.fault_counts().since(&before)
 }
 
 #[test]
@@ -65,9 +70,7 @@ fn arm64_16k_bar_faults_in_32m_pmd_leaves() {
     let w = host(Arch::Arm64_16k, 2 * G);
     assert_eq!(w.mm.page_size(), 16 * K);
     let va = map(&w, 0, 2 * G, 32 * M, 0).unwrap();
-    let before = w.mm.fault_counts();
-    touch(&w.mm, va, 2 * G);
-    let f = w.mm.fault_counts().since(&before);
+    let f = touch(&w.mm, va, 2 * G);
     assert_eq!(
         (f.faults, f.by_level.pmd, f.by_level.pte),
         (64, 64, 0),
@@ -96,9 +99,7 @@ fn arm64_16k_bar_faults_in_32m_pmd_leaves() {
 fn arm64_16k_bar_at_a_16k_skew_faults_page_by_page() {
     let w = host(Arch::Arm64_16k, 256 * M);
     let va = map(&w, 0, 128 * M, 32 * M, 16 * K).unwrap();
-    let before = w.mm.fault_counts();
-    touch(&w.mm, va, 128 * M);
-    let f = w.mm.fault_counts().since(&before);
+    let f = touch(&w.mm, va, 128 * M);
     assert_eq!(
         (f.faults, f.by_level.pmd, f.by_level.pte),
         (8192, 0, 8192),
@@ -113,15 +114,11 @@ fn arm64_64k_bar_faults_in_512m_pmd_leaves() {
     let w = host(Arch::Arm64_64k, 2 * G);
     assert_eq!(w.mm.page_size(), 64 * K);
     let va = map(&w, 0, 2 * G, 512 * M, 0).unwrap();
-    let before = w.mm.fault_counts();
-    touch(&w.mm, va, 2 * G);
-    let f = w.mm.fault_counts().since(&before);
+    let f = touch(&w.mm, va, 2 * G);
     assert_eq!((f.faults, f.by_level.pmd), (4, 4), "{f:?}");
     // a BAR offset that is 64 KiB but not 512 MiB aligned: 64 KiB pages
     let va2 = map(&w, 64 * K, 64 * M, 512 * M, 0).unwrap();
-    let before = w.mm.fault_counts();
-    touch(&w.mm, va2, 64 * M);
-    let f = w.mm.fault_counts().since(&before);
+    let f = touch(&w.mm, va2, 64 * M);
     assert_eq!((f.faults, f.by_level.pte), (1024, 1024), "{f:?}");
 }
 
@@ -271,8 +268,6 @@ fn arm64_16k_falls_back_to_pmd_where_a_pud_would_be_aligned() {
     assert_eq!(mm.page_tables().leaf_cap(), LeafCap::Pmd);
     let at = mm.find_aligned_area(128 * G, 64 * G, 0).unwrap();
     let va = common::map_bar(&mm, &dev, 2, 0, 128 * G, MmapAddr::Fixed(at)).unwrap();
-    let before = mm.fault_counts();
-    touch(&mm, va, 64 * M);
-    let f = mm.fault_counts().since(&before);
+    let f = touch(&mm, va, 64 * M);
     assert_eq!((f.faults, f.by_level.pmd, f.sigbus), (2, 2, 0), "{f:?}");
 }
