@@ -156,7 +156,7 @@ impl Arch {
     /// `DEFAULT_MAP_WINDOW`: the top of the range an mmap without a hint above it is placed
     /// in. Wider address spaces are opt-in (a hint above the window): x86-64 with 5-level
     /// paging keeps 4-level's 47 bits, arm64 with 52-bit VA 48 bits (`VA_BITS_MIN`), riscv's
-    /// Sv57 Sv48's 47 bits (`MMAP_VA_BITS`).
+    /// Sv57 the 47 bits of Sv48 (`MMAP_VA_BITS`).
     #[inline]
     pub const fn mmap_window(self) -> u64 {
         match self {

@@ -272,19 +272,6 @@ impl Geometry {
         self.shift(level) - 12
     }
 
-    /// The leaf size as Linux's `HPAGE_*`/smaps labels write it: `4K`, `16K`, `2M`, `32M`, `1G`.
-    pub fn size_label(self, level: Level) -> String {
-        let s = self.shift(level);
-        let (n, unit) = match s {
-            0..10 => (1u64 << s, "B"),
-            10..20 => (1 << (s - 10), "K"),
-            20..30 => (1 << (s - 20), "M"),
-            30..40 => (1 << (s - 30), "G"),
-            _ => (1 << (s - 40), "T"),
-        };
-        format!("{n}{unit}")
-    }
-
     /// Human-readable size of a `level` entry, as in `32 MiB`.
     pub fn size_name(self, level: Level) -> String {
         let s = self.shift(level);
@@ -428,11 +415,5 @@ mod tests {
         assert_eq!(Geometry::G4K.level_of_order(11), None);
         assert_eq!(g.pfn_order(Level::Pmd), 13);
         assert_eq!(g.align_down(Level::Pmd, 0x0300_0000 + 0x4000), 0x0200_0000);
-        assert_eq!(
-            [Level::Pud, Level::Pmd, Level::Pte].map(|l| g.size_label(l)),
-            ["64G", "32M", "16K"]
-        );
-        assert_eq!(Geometry::G64K.size_label(Level::Pmd), "512M");
-        assert_eq!(Geometry::G4K.size_label(Level::Pud), "1G");
     }
 }

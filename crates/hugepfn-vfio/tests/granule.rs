@@ -28,18 +28,8 @@ struct World {
 /// A host of `arch` (memory in its granule, PMD pfnmaps as arm64 has them) with an ivshmem
 /// BAR2 of `size` at the lab's address.
 fn host(arch: Arch, size: u64) -> World {
-    let phys = Arc::new(PhysMem::new(
-        PhysConfig::default().with_granule(arch.geometry()),
-    ));
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "ivshmem",
+    host_with(
         presets::ivshmem_bars(size),
-        HugeFaultLogic::Fixed,
-    )
-    .unwrap();
-    let mm = Mm::new(
-        phys,
         MmConfig {
             arch,
             pfnmap_cap: LeafCap::Pmd,
@@ -48,7 +38,15 @@ fn host(arch: Arch, size: u64) -> World {
             ..MmConfig::default()
         },
     )
-    .unwrap();
+}
+
+/// A host of `cfg.arch`, its memory in that granule, with a device of `bars`.
+fn host_with(bars: Vec<Bar>, cfg: MmConfig) -> World {
+    let phys = Arc::new(PhysMem::new(
+        PhysConfig::default().with_granule(cfg.arch.geometry()),
+    ));
+    let dev = VfioPciDevice::new(phys.clone(), "dev", bars, HugeFaultLogic::Fixed).unwrap();
+    let mm = Mm::new(phys, cfg).unwrap();
     World { mm, dev }
 }
 
@@ -171,25 +169,15 @@ fn arm64_16k_proc_files_count_16k_pages() {
 
 #[test]
 fn arm64_16k_bar_not_on_a_page_is_not_mmap_capable() {
-    let phys = Arc::new(PhysMem::new(
-        PhysConfig::default().with_granule(Arch::Arm64_16k.geometry()),
-    ));
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "small",
+    let w = host_with(
         vec![Bar::mem64(2, (1 << 40) + 4 * K, 4 * K)],
-        HugeFaultLogic::Fixed,
-    )
-    .unwrap();
-    let mm = Mm::new(
-        phys,
         MmConfig {
             arch: Arch::Arm64_16k,
             ..MmConfig::default()
         },
-    )
-    .unwrap();
-    let e = common::map_bar(&mm, &dev, 2, 0, 16 * K, MmapAddr::Kernel).unwrap_err();
+    );
+    let (mm, dev) = (&w.mm, &w.dev);
+    let e = common::map_bar(mm, dev, 2, 0, 16 * K, MmapAddr::Kernel).unwrap_err();
     assert_eq!(e.errno(), Errno::EINVAL);
     assert!(e.to_string().contains("not mmap-capable"), "{e}");
 }
@@ -245,29 +233,19 @@ fn arm64_16k_lengths_round_up_to_the_16k_page() {
 /// a 64 GiB-aligned address, not end in SIGBUS when the PUD leaf cannot be encoded.
 #[test]
 fn arm64_16k_falls_back_to_pmd_where_a_pud_would_be_aligned() {
-    let phys = Arc::new(PhysMem::new(
-        PhysConfig::default().with_granule(Arch::Arm64_16k.geometry()),
-    ));
-    let dev = VfioPciDevice::new(
-        phys.clone(),
-        "gpu",
+    let w = host_with(
         presets::h100_bars(),
-        HugeFaultLogic::Fixed,
-    )
-    .unwrap();
-    let mm = Mm::new(
-        phys,
         MmConfig {
             arch: Arch::Arm64_16k,
             // asks for PUD pfnmaps, which this format cannot hold
             pfnmap_cap: LeafCap::Pud,
             ..MmConfig::default()
         },
-    )
-    .unwrap();
+    );
+    let (mm, dev) = (&w.mm, &w.dev);
     assert_eq!(mm.page_tables().leaf_cap(), LeafCap::Pmd);
     let at = mm.find_aligned_area(128 * G, 64 * G, 0).unwrap();
-    let va = common::map_bar(&mm, &dev, 2, 0, 128 * G, MmapAddr::Fixed(at)).unwrap();
-    let f = touch(&mm, va, 64 * M);
+    let va = common::map_bar(mm, dev, 2, 0, 128 * G, MmapAddr::Fixed(at)).unwrap();
+    let f = touch(mm, va, 64 * M);
     assert_eq!((f.faults, f.by_level.pmd, f.sigbus), (2, 2, 0), "{f:?}");
 }
