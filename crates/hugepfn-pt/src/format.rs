@@ -252,7 +252,8 @@ pub trait Format: Send + Sync + 'static {
         level.can_be_leaf()
     }
 
-    /// Decodes an entry found at `level`.
+    /// Decodes an entry found at `level`. An all-zero entry must be [`Entry::None`]: a fresh
+    /// table is zeroed, and its entries are none.
     fn decode(&self, raw: u64, level: Level) -> Entry<Self::Leaf>;
 
     /// The table a raw entry at `level` points to, if it is a table pointer: the walkers' fast

@@ -323,7 +323,7 @@ impl LevelCounters {
 #[derive(Debug)]
 pub struct PhysMem {
     cfg: PhysConfig,
-    dir: Box<[OnceLock<Box<[Frame]>>]>,
+    dir: Box<[OnceLock<Box<[Frame; CHUNK]>>]>,
     /// `log2` of the frame size (the granule's page shift).
     frame_shift: u32,
     alloc: Mutex<Alloc>,
@@ -396,7 +396,7 @@ impl PhysMem {
     fn page(&self, idx: u64) -> Option<TablePage<'_>> {
         let chunk = self.dir.get((idx / CHUNK as u64) as usize)?.get()?;
         Some(TablePage {
-            frame: chunk.get((idx % CHUNK as u64) as usize)?,
+            frame: &chunk[(idx % CHUNK as u64) as usize],
         })
     }
 
@@ -485,8 +485,13 @@ impl PhysMem {
     /// Frame `idx`, its chunk initialised on first use.
     fn page_at(&self, idx: u64) -> TablePage<'_> {
         let entries = self.entries_per_table();
-        self.dir[(idx / CHUNK as u64) as usize]
-            .get_or_init(|| (0..CHUNK).map(|_| Frame::new(entries)).collect());
+        self.dir[(idx / CHUNK as u64) as usize].get_or_init(|| {
+            // built on the heap: a chunk of frames is too big for a thread's stack
+            let frames: Box<[Frame]> = (0..CHUNK).map(|_| Frame::new(entries)).collect();
+            frames
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("{CHUNK} frames were made"))
+        });
         // the chunk exists now
         self.page(idx)
             .unwrap_or_else(|| unreachable!("frame {idx} of an initialised chunk"))

@@ -79,6 +79,8 @@ impl From<EncodeError> for WalkError {
 pub struct Ptl<'a> {
     _guard: MutexGuard<'a, ()>,
     phys: &'a PhysMem,
+    /// The tree's count of changed table entries, for the walk caches ([`WalkCache`]).
+    relinks: &'a AtomicU64,
     scope: Scope,
     /// The locked table's page, for a split lock.
     page: Option<TablePage<'a>>,
@@ -127,7 +129,22 @@ impl Ptl<'_> {
     #[inline]
     pub fn set(&self, slot: Slot, raw: u64) {
         if let Some(t) = self.page(slot) {
-            t.set(slot.index, raw);
+            if slot.level > Level::Pte {
+                let old = t.swap(slot.index, raw);
+                self.relinked(old, raw);
+            } else {
+                t.set(slot.index, raw);
+            }
+        }
+    }
+
+    /// An entry above the PTEs changed from `old` to `raw`: if it held something (a table
+    /// pointer, or a leaf a walk cache cannot hold but need not tell apart), the walk caches
+    /// are stale (the `flush_tlb_*` that drops a CPU's paging-structure caches).
+    #[inline]
+    fn relinked(&self, old: u64, raw: u64) {
+        if old != 0 && old != raw {
+            self.relinks.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -137,7 +154,12 @@ impl Ptl<'_> {
     pub fn fill(&self, slot: Slot, n: usize, first: u64, step: u64) {
         if let Some(t) = self.page(slot) {
             for i in 0..n {
-                t.set(slot.index + i, first + (i as u64) * step);
+                let raw = first + (i as u64) * step;
+                if slot.level > Level::Pte {
+                    self.relinked(t.swap(slot.index + i, raw), raw);
+                } else {
+                    t.set(slot.index + i, raw);
+                }
             }
         }
     }
@@ -145,7 +167,11 @@ impl Ptl<'_> {
     /// Clears the entry in `slot` and returns what it held (`ptep_get_and_clear`).
     #[inline]
     pub fn swap(&self, slot: Slot, raw: u64) -> u64 {
-        self.page(slot).map_or(0, |t| t.swap(slot.index, raw))
+        let old = self.page(slot).map_or(0, |t| t.swap(slot.index, raw));
+        if slot.level > Level::Pte {
+            self.relinked(old, raw);
+        }
+        old
     }
 }
 
@@ -232,6 +258,26 @@ pub enum Step {
     Again,
 }
 
+/// One CPU's paging-structure cache for [`Tree::lookup_cached`]: the PTE table that maps
+/// one PMD-sized region, remembered with the tree's count of changed upper entries at the time
+/// (any such change since makes it stale). Empty by default; a cache serves one tree.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WalkCache {
+    root: PhysAddr,
+    relinks: u64,
+    region: u64,
+    table: Option<PhysAddr>,
+}
+
+impl WalkCache {
+    /// The cached PTE table, if it still serves `region` of the tree at `root`.
+    #[inline]
+    fn hit(&self, root: PhysAddr, relinks: u64, region: u64) -> Option<PhysAddr> {
+        self.table
+            .filter(|_| self.relinks == relinks && self.region == region && self.root == root)
+    }
+}
+
 /// A radix tree of page tables in format `F`.
 pub struct Tree<F: Format> {
     phys: Arc<PhysMem>,
@@ -244,6 +290,9 @@ pub struct Tree<F: Format> {
     tree_lock: Mutex<()>,
     readers: Box<Readers>,
     deferred: Mutex<Vec<(PhysAddr, Level)>>,
+    /// Entries above the PTEs that held something and were changed: a walk cache filled
+    /// before the last change is stale ([`WalkCache`]).
+    relinks: AtomicU64,
 }
 
 impl<F: Format> std::fmt::Debug for Tree<F> {
@@ -284,6 +333,7 @@ impl<F: Format> Tree<F> {
             tree_lock: Mutex::new(()),
             readers: Box::default(),
             deferred: Mutex::new(Vec::new()),
+            relinks: AtomicU64::new(0),
         })
     }
 
@@ -353,6 +403,7 @@ impl<F: Format> Tree<F> {
                     return Ptl {
                         _guard: t.lock(),
                         phys: &self.phys,
+                        relinks: &self.relinks,
                         scope: Scope::Table(slot.table),
                         page: Some(t),
                     };
@@ -368,6 +419,7 @@ impl<F: Format> Tree<F> {
         Ptl {
             _guard: self.tree_lock.lock().unwrap_or_else(|e| e.into_inner()),
             phys: &self.phys,
+            relinks: &self.relinks,
             scope: Scope::Tree(F::LOCKING),
             page: None,
         }
@@ -433,16 +485,37 @@ impl<F: Format> Tree<F> {
                 (slot, page) = self.descend(pa, slot.level, va)?;
                 continue;
             }
-            match (self.fmt.decode(raw, slot.level), alloc) {
-                (Entry::Table(pa), _) => (slot, page) = self.descend(pa, slot.level, va)?,
-                (Entry::Leaf(_), _) => return Err(WalkError::HugeAbove(slot)),
-                (Entry::NonPresent(raw), _) => return Err(WalkError::Bad(slot, raw)),
-                (Entry::None, None) => return Ok(None),
-                // Re-read under the new state (a leaf may have raced in).
-                (Entry::None, Some(recheck)) => self.install_table(slot, recheck)?,
+            match self.not_table(slot, raw, va, alloc)? {
+                Some(next) => (slot, page) = next,
+                None => return Ok(None),
             }
         }
         Ok(Some(slot))
+    }
+
+    /// [`Tree::walk_to`] meeting an entry that [`Format::table_of`] did not take for a table:
+    /// where the walk goes from `slot` (`Some`: on, from the returned slot; `None`: it ends
+    /// at a none entry). Out of the hot loop: most walks meet only tables.
+    #[cold]
+    #[inline(never)]
+    fn not_table(
+        &self,
+        slot: Slot,
+        raw: u64,
+        va: u64,
+        alloc: Option<bool>,
+    ) -> Result<Option<(Slot, TablePage<'_>)>, WalkError> {
+        match (self.fmt.decode(raw, slot.level), alloc) {
+            (Entry::Table(pa), _) => self.descend(pa, slot.level, va).map(Some),
+            (Entry::Leaf(_), _) => Err(WalkError::HugeAbove(slot)),
+            (Entry::NonPresent(raw), _) => Err(WalkError::Bad(slot, raw)),
+            (Entry::None, None) => Ok(None),
+            // Re-read under the new state (a leaf may have raced in).
+            (Entry::None, Some(recheck)) => {
+                self.install_table(slot, recheck)?;
+                Ok(Some((slot, self.table(slot.table)?)))
+            }
+        }
     }
 
     /// Follows a table pointer met at `parent` for `va`: the child's slot and page.
@@ -522,28 +595,58 @@ impl<F: Format> Tree<F> {
 
     /// Lockless lookup of the leaf mapping `va`, with its slot (the hardware walk).
     pub fn lookup(&self, va: u64) -> Option<(F::Leaf, Slot)> {
+        self.lookup_cached(va, &mut WalkCache::default())
+    }
+
+    /// [`Tree::lookup`] through one CPU's paging-structure cache: if `cache` holds the PTE
+    /// table of `va`'s PMD-sized region and no entry above the PTEs has changed since it was
+    /// filled, the walk reads the PTE alone (Intel SDM §4.10.3's PDE cache, arm64's walk
+    /// cache); else it walks from the root and fills `cache` when it reaches a PTE table.
+    /// The answer is the one a full walk would give.
+    pub fn lookup_cached(&self, va: u64, cache: &mut WalkCache) -> Option<(F::Leaf, Slot)> {
+        let (raw, slot) = self.lookup_raw(va, cache)?;
+        match self.fmt.decode(raw, slot.level) {
+            Entry::Leaf(l) => Some((l, slot)),
+            _ => None,
+        }
+    }
+
+    /// [`Tree::lookup_cached`] without decoding: the raw leaf entry and its slot (what the
+    /// hardware's permission check reads).
+    pub fn lookup_raw(&self, va: u64, cache: &mut WalkCache) -> Option<(u64, Slot)> {
         let _rcu = self.rcu_read_lock();
-        let mut level = self.top();
-        let mut table = self.root;
+        // Read after entering the walk: a table unlinked after this read is not freed before
+        // the walk ends, and one unlinked before it changed `relinks`.
+        let relinks = self.relinks.load(Ordering::SeqCst);
+        let region = va >> self.geo.shift(Level::Pmd);
+        let (mut table, mut level) = match cache.hit(self.root, relinks, region) {
+            Some(t) => (t, Level::Pte),
+            None => (self.root, self.top()),
+        };
         loop {
             let index = self.geo.index(level, va);
             let raw = self.phys.table(table)?.get(index);
             if let Some(pa) = self.fmt.table_of(raw, level) {
                 (table, level) = (pa, level.lower()?);
+                if level == Level::Pte {
+                    *cache = WalkCache {
+                        root: self.root,
+                        relinks,
+                        region,
+                        table: Some(pa),
+                    };
+                }
                 continue;
             }
-            // `table_of` said no: decode can only find a leaf or nothing here
-            return match self.fmt.decode(raw, level) {
-                Entry::Leaf(l) => Some((
-                    l,
-                    Slot {
-                        table,
-                        index,
-                        level,
-                    },
-                )),
-                _ => None,
-            };
+            // `table_of` said no: a leaf or nothing here
+            return self.fmt.is_leaf(raw, level).then_some((
+                raw,
+                Slot {
+                    table,
+                    index,
+                    level,
+                },
+            ));
         }
     }
 

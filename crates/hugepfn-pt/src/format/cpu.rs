@@ -8,10 +8,11 @@
 
 use hugepfn_units::arch::Arch;
 
-use crate::entry::Leaf;
+use crate::entry::{Leaf, ProtFlags, bits};
 use crate::format::arm64::Arm64;
 use crate::format::riscv::Riscv;
-use crate::format::{Locking, X86_64, enum_format};
+use crate::format::{Entry, Format, Locking, X86_64, enum_format};
+use crate::level::Level;
 
 /// A CPU page-table format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,29 @@ impl Cpu {
 }
 
 enum_format!(Cpu, Leaf, Locking::Split, X86, Arm64, Riscv);
+
+impl Cpu {
+    /// The hardware's permission check on a leaf found at `level` by a user access: present,
+    /// user-accessible and, for a write, writable. x86-64 tests the entry's bits
+    /// (`_PAGE_PRESENT`, `_PAGE_USER`, `_PAGE_RW` are the same at every leaf level); the other
+    /// formats decode.
+    #[inline]
+    pub fn user_access(&self, raw: u64, level: Level, write: bool) -> bool {
+        match self {
+            Cpu::X86(_) => {
+                let need = bits::PRESENT | bits::USER | if write { bits::RW } else { 0 };
+                self.is_leaf(raw, level) && raw & need == need
+            }
+            _ => match self.decode(raw, level) {
+                Entry::Leaf(l) => {
+                    l.prot.flags.contains(ProtFlags::PRESENT | ProtFlags::USER)
+                        && (!write || l.prot.is_writable())
+                }
+                _ => false,
+            },
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

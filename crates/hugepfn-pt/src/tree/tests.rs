@@ -338,3 +338,87 @@ fn the_16k_granule_walks_splits_and_frees_in_its_own_sizes() {
     drop(t);
     assert!(phys.leak_check().is_empty(), "every 16 KiB table freed");
 }
+
+#[test]
+fn every_format_reads_an_all_zero_entry_as_none() {
+    // A fresh table is zeroed: its entries must be none in every format.
+    fn zero_is_none<F: Format>(f: &F, name: &str) {
+        for level in Level::ALL {
+            assert!(
+                matches!(f.decode(0, level), Entry::None),
+                "{name}: 0 at {level}"
+            );
+        }
+    }
+    use hugepfn_units::arch::Arch;
+    for arch in [
+        Arch::X86_64,
+        Arch::X86_64_5Level,
+        Arch::Arm64,
+        Arch::Arm64_16k,
+        Arch::Arm64_64k,
+        Arch::Riscv64Sv39,
+        Arch::Riscv64Sv48,
+        Arch::Riscv64Sv57,
+    ] {
+        zero_is_none(&Cpu::for_arch(arch).unwrap(), arch.name());
+    }
+    zero_is_none(
+        &Vtd {
+            top: Level::P4d,
+            force_snooping: false,
+        },
+        "vtd",
+    );
+    zero_is_none(&Ept4, "ept");
+    zero_is_none(
+        &crate::format::arm64_s2::Arm64S2::G4K_IPA48,
+        "arm64 stage 2",
+    );
+}
+
+/// A walk through a [`WalkCache`] answers what a full walk answers, whatever changed above
+/// the PTEs since the cache was filled (the model's paging-structure cache is never stale).
+#[test]
+fn a_walk_cache_never_answers_from_an_unlinked_table() {
+    let phys = Arc::new(PhysMem::default());
+    let t = x86_tree(&phys);
+    let va = 5 * G + 3 * M + 7 * K;
+    let mut cache = WalkCache::default();
+    assert!(t.lookup_cached(va, &mut cache).is_none(), "nothing mapped");
+    install(&t, va, &cpu_leaf(BAR_PFN, Level::Pte), Level::Pte);
+    let (_, pte) = t.lookup_cached(va, &mut cache).unwrap();
+    assert_eq!(pte.level, Level::Pte);
+    // A PTE written after the cache was filled is seen through it (same table).
+    install(&t, va + K, &cpu_leaf(BAR_PFN + 1, Level::Pte), Level::Pte);
+    let (l, _) = t.lookup_cached(va + K, &mut cache).unwrap();
+    assert_eq!(l.pfn.as_u64(), BAR_PFN + 1);
+    // The PTE table replaced by a 2 MiB leaf: the cached table is not read again.
+    let pmd = t.slot(va, Level::Pmd).unwrap().unwrap();
+    let leaf = t
+        .format()
+        .encode_leaf(&cpu_leaf(BAR_PFN + 512, Level::Pmd), Level::Pmd)
+        .unwrap();
+    let old = t.lock(pmd).swap(pmd, leaf);
+    let Entry::Table(table) = t.format().decode(old, Level::Pmd) else {
+        panic!("{old:#x} was not a table")
+    };
+    t.free(table, Level::Pte);
+    let (l, s) = t.lookup_cached(va, &mut cache).unwrap();
+    assert_eq!((s.level, l.pfn.as_u64()), (Level::Pmd, BAR_PFN + 512));
+    assert_eq!(t.lookup_cached(va, &mut cache), t.lookup(va));
+    // Cleared: nothing, through the cache or not.
+    t.lock(pmd).set(pmd, 0);
+    assert!(t.lookup_cached(va, &mut cache).is_none());
+    // A new PTE table there, filled anew: the cache follows it.
+    install(&t, va, &cpu_leaf(BAR_PFN + 9, Level::Pte), Level::Pte);
+    assert_eq!(t.lookup_cached(va, &mut cache), t.lookup(va));
+    assert_eq!(
+        t.lookup_cached(va, &mut cache).unwrap().0.pfn.as_u64(),
+        BAR_PFN + 9
+    );
+    // Another tree's walk does not use this tree's cache.
+    let other = x86_tree(&phys);
+    assert!(other.lookup_cached(va, &mut cache).is_none());
+    drop((t, other));
+}
