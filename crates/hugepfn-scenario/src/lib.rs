@@ -222,7 +222,7 @@ pub use model_only::{ModelOnly, model_only};
 pub use parse::{MIN_MEMORY, load_scenario, parse_scenario};
 pub use report::{
     AccessEstimate, Counters, ExpectNow, ExpectOutcome, ExpectValue, LeafCounts, Mismatch,
-    RunReport, StepReport, TableCounts, TableLevels, TlbCounters, check_expect,
+    RunReport, StepReport, TableCounts, TlbCounters, check_expect,
 };
 pub use scenario::{
     Access, AccessPattern, AccessStep, Advice, Arch, BarSpec, CpuSpec, DeviceSpec, DmaMapStep,

@@ -242,35 +242,7 @@ pub struct TlbCounters {
     /// Of those, references to second-stage (EPT) entries.
     pub walk_refs_ept: u64,
     /// References to first-dimension entries by entry level.
-    pub walk_refs_by_level: TableLevels,
-}
-
-/// A count per page-table entry level, top to bottom.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableLevels {
-    /// PGD entries (5-level paging).
-    pub pgd: u64,
-    /// P4D entries (the top with 4-level paging).
-    pub p4d: u64,
-    /// PUD entries.
-    pub pud: u64,
-    /// PMD entries.
-    pub pmd: u64,
-    /// PTEs.
-    pub pte: u64,
-}
-
-impl TableLevels {
-    fn zip(&self, o: &TableLevels, f: impl Fn(u64, u64) -> u64) -> TableLevels {
-        TableLevels {
-            pgd: f(self.pgd, o.pgd),
-            p4d: f(self.p4d, o.p4d),
-            pud: f(self.pud, o.pud),
-            pmd: f(self.pmd, o.pmd),
-            pte: f(self.pte, o.pte),
-        }
-    }
+    pub walk_refs_by_level: TableCounts,
 }
 
 impl TlbCounters {
@@ -282,7 +254,7 @@ impl TlbCounters {
             walk_faults: f(self.walk_faults, o.walk_faults),
             walk_refs: f(self.walk_refs, o.walk_refs),
             walk_refs_ept: f(self.walk_refs_ept, o.walk_refs_ept),
-            walk_refs_by_level: self.walk_refs_by_level.zip(&o.walk_refs_by_level, f),
+            walk_refs_by_level: self.walk_refs_by_level.zip(o.walk_refs_by_level, f),
         }
     }
 
@@ -1005,10 +977,10 @@ mod tests {
             l1_misses: 4,
             stlb_misses: 3,
             walk_refs: 5,
-            walk_refs_by_level: TableLevels {
+            walk_refs_by_level: TableCounts {
                 pmd: 2,
                 pte: 3,
-                ..TableLevels::default()
+                ..TableCounts::default()
             },
             ..TlbCounters::default()
         };

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use hugepfn_units::counts::{LeafCounts, TableCounts};
 use hugepfn_units::{ParseSizeError, format_size, parse_size};
 use serde::Deserialize;
 use thiserror::Error;
@@ -554,22 +555,10 @@ impl CpuSpec {
 }
 
 /// Per-entry-level counts of page-walk references in an expectation (`walk_refs_by_level`):
-/// `None` = not checked. Levels are those of the entries read; with 4-level paging the top
-/// entries (the PML4Es) are `p4d`, and `pgd` is only read with 5-level paging.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableLevelCounts {
-    /// PGD entries (5-level paging only).
-    pub pgd: Option<u64>,
-    /// P4D entries (the top level, PML4Es, with 4-level paging).
-    pub p4d: Option<u64>,
-    /// PUD entries (PDPTEs).
-    pub pud: Option<u64>,
-    /// PMD entries (PDEs).
-    pub pmd: Option<u64>,
-    /// PTEs.
-    pub pte: Option<u64>,
-}
+/// the per-level type with `None` = not checked. Levels are those of the entries read; with
+/// 4-level paging the top entries (the PML4Es) are `p4d`, and `pgd` is only read with 5-level
+/// paging.
+pub type TableLevelCounts = TableCounts<Option<u64>>;
 
 /// TLB misses in an expectation (`tlb_misses = { l1 = ..., stlb = ... }`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
@@ -581,17 +570,9 @@ pub struct TlbMissCounts {
     pub stlb: Option<u64>,
 }
 
-/// Per-level counts in an expectation: `None` = not checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LevelCounts {
-    /// 1 GiB leaves / faults.
-    pub pud: Option<u64>,
-    /// 2 MiB leaves / faults.
-    pub pmd: Option<u64>,
-    /// 4 KiB leaves / faults.
-    pub pte: Option<u64>,
-}
+/// Per-leaf-level counts in an expectation (1 GiB / 2 MiB / 4 KiB leaves or faults): the
+/// per-level type with `None` = not checked.
+pub type LevelCounts = LeafCounts<Option<u64>>;
 
 /// What an `expect` step checks; every `None` field is not checked.
 ///

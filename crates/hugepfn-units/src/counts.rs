@@ -2,21 +2,45 @@
 //! type every table (CPU, VT-d, EPT), the fault statistics and the reports (model and kernel
 //! alike) count leaves and faults by level with; [`TableCounts`] the page-table pages per
 //! level. hugepfn-pt adds atomic twins for counters that threads update.
+//!
+//! Both are generic over what is kept per level: `u64` counts (the default), `Option<u64>` for a
+//! scenario's expectation (`None`: not checked; a missing key reads as `None`, while a count
+//! must be given), or anything else per level ([`LeafCounts::map`], [`TableCounts::zip`]).
 
 use serde::{Deserialize, Serialize};
 
 use crate::level::{Geometry, Level};
 
-/// Leaves by level.
+/// Leaves (or faults, or anything) by leaf level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LeafCounts {
-    /// 1 GiB leaves.
-    pub pud: u64,
-    /// 2 MiB leaves.
-    pub pmd: u64,
-    /// 4 KiB leaves.
-    pub pte: u64,
+pub struct LeafCounts<T = u64> {
+    /// 1 GiB leaves (64 GiB with 16 KiB pages).
+    pub pud: T,
+    /// 2 MiB leaves (32 MiB with 16 KiB pages, 512 MiB with 64 KiB).
+    pub pmd: T,
+    /// 4 KiB leaves (the page).
+    pub pte: T,
+}
+
+impl<T> LeafCounts<T> {
+    /// The same levels, each through `f`.
+    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> LeafCounts<U> {
+        LeafCounts {
+            pud: f(self.pud),
+            pmd: f(self.pmd),
+            pte: f(self.pte),
+        }
+    }
+
+    /// Level by level `f(self, o)`.
+    pub fn zip<U, V>(self, o: LeafCounts<U>, mut f: impl FnMut(T, U) -> V) -> LeafCounts<V> {
+        LeafCounts {
+            pud: f(self.pud, o.pud),
+            pmd: f(self.pmd, o.pmd),
+            pte: f(self.pte, o.pte),
+        }
+    }
 }
 
 /// `pud/pmd/pte`, as the tables print leaves and faults by level.
@@ -67,20 +91,12 @@ impl LeafCounts {
 
     /// Level by level `self + o`, saturating.
     pub fn saturating_add(&self, o: &LeafCounts) -> LeafCounts {
-        LeafCounts {
-            pud: self.pud.saturating_add(o.pud),
-            pmd: self.pmd.saturating_add(o.pmd),
-            pte: self.pte.saturating_add(o.pte),
-        }
+        self.zip(*o, u64::saturating_add)
     }
 
     /// Level by level `self - o`, saturating at 0.
     pub fn saturating_sub(&self, o: &LeafCounts) -> LeafCounts {
-        LeafCounts {
-            pud: self.pud.saturating_sub(o.pud),
-            pmd: self.pmd.saturating_sub(o.pmd),
-            pte: self.pte.saturating_sub(o.pte),
-        }
+        self.zip(*o, u64::saturating_sub)
     }
 }
 
@@ -88,19 +104,33 @@ impl LeafCounts {
 /// the engine's allocator counts, and what the reports carry (`page_table_pages`) for the model
 /// and the kernel alike. With 4-level paging the P4D is folded and its page is accounted as the
 /// PGD.
+/// Also what is kept per level of entry in general (the page walker's references by level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TableCounts {
+pub struct TableCounts<T = u64> {
     /// PGD pages (1 per mm).
-    pub pgd: u64,
+    pub pgd: T,
     /// P4D pages (0 with 4-level paging, where the p4d is folded).
-    pub p4d: u64,
+    pub p4d: T,
     /// PUD pages.
-    pub pud: u64,
+    pub pud: T,
     /// PMD pages.
-    pub pmd: u64,
+    pub pmd: T,
     /// PTE pages.
-    pub pte: u64,
+    pub pte: T,
+}
+
+impl<T> TableCounts<T> {
+    /// Level by level `f(self, o)`.
+    pub fn zip<U, V>(self, o: TableCounts<U>, mut f: impl FnMut(T, U) -> V) -> TableCounts<V> {
+        TableCounts {
+            pgd: f(self.pgd, o.pgd),
+            p4d: f(self.p4d, o.p4d),
+            pud: f(self.pud, o.pud),
+            pmd: f(self.pmd, o.pmd),
+            pte: f(self.pte, o.pte),
+        }
+    }
 }
 
 impl TableCounts {
@@ -183,5 +213,21 @@ mod tests {
             c.bytes_with(Geometry::G16K),
             2 * (64 << 30) + 4 * (16 << 10)
         );
+    }
+
+    #[test]
+    fn an_expectation_is_the_same_type_with_options() {
+        // A count must be given; an expectation's missing level is not checked.
+        assert!(serde_json::from_str::<LeafCounts>(r#"{"pud":1}"#).is_err());
+        let want: LeafCounts<Option<u64>> = serde_json::from_str(r#"{"pud":1}"#).unwrap();
+        assert_eq!(want, LeafCounts::default().zip(want, |_: u64, w| w));
+        assert_eq!((want.pud, want.pmd, want.pte), (Some(1), None, None));
+        assert!(serde_json::from_str::<LeafCounts<Option<u64>>>(r#"{"pgd":1}"#).is_err());
+        let have = LeafCounts { pud: 1, pmd: 2, pte: 3 };
+        let ok = want.zip(have, |w, h| w.is_none_or(|w| w == h));
+        assert_eq!(ok, LeafCounts { pud: true, pmd: true, pte: true });
+        assert_eq!(have.map(|n| n * 2).to_string(), "2/4/6");
+        let refs: TableCounts<Option<u64>> = serde_json::from_str(r#"{"pte":7}"#).unwrap();
+        assert_eq!((refs.pte, refs.pgd), (Some(7), None));
     }
 }

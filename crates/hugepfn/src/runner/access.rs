@@ -28,7 +28,7 @@ use hugepfn_hw::nested::EptTable;
 use hugepfn_hw::{Costs, Mmu, Pattern, Space, Translation, Workload, workload};
 use hugepfn_mm::Level;
 use hugepfn_mm::addr::UserAddr;
-use hugepfn_scenario::{AccessEstimate, AccessPattern, AccessStep, TableLevels, TlbCounters};
+use hugepfn_scenario::{AccessEstimate, AccessPattern, AccessStep, TableCounts, TlbCounters};
 
 use super::ModelRun;
 
@@ -180,7 +180,7 @@ impl ModelRun {
             walk_faults: c.faults,
             walk_refs: c.walk_refs,
             walk_refs_ept: c.walk_refs_host,
-            walk_refs_by_level: TableLevels {
+            walk_refs_by_level: TableCounts {
                 pte: by[Level::Pte.idx()],
                 pmd: by[Level::Pmd.idx()],
                 pud: by[Level::Pud.idx()],
