@@ -74,15 +74,15 @@ impl MmapRead<'_> {
         }
         let pt = self.mm().page_tables();
         loop {
-            let Some((seen, slot)) = pt.lookup(addr) else {
+            let Some((seen, slot)) = pt.lookup_raw(addr) else {
                 return Err(MmError::NotMapped(addr));
             };
             let ptl = pt.ptl(slot);
             // Re-read under the lock (§3.10); the buggy variant trusts the lockless read.
             let now = if pt.bugs().contains(crate::pgtable::Bugs::FOLLOW_NO_RECHECK) {
-                pt.encode_leaf(seen).unwrap_or(0)
+                seen
             } else {
-                pt.get(slot)
+                ptl.get(slot)
             };
             match pt.decode_raw(now, slot.level) {
                 Decoded::Leaf(l) if l.prot.is_present() => {

@@ -29,7 +29,6 @@ use crate::mapping::{AddressSpace, IMmapEntry};
 use crate::pgtable::{Bugs, LeafCounts, PageTables, PartialHuge};
 use crate::phys::{PhysError, PhysMem, TableCounts};
 use crate::vma::{VmFlags, Vma, vm_get_page_prot};
-use hugepfn_pt::WalkCache;
 use hugepfn_pt::format::cpu::Cpu;
 use hugepfn_units::arch::Arch;
 
@@ -1044,18 +1043,10 @@ impl Mm {
     /// A user access to `addr`, as the CPU does it: walk; if no leaf allows the access, fault
     /// (`handle_mm_fault` under the mmap read lock) and retry.
     pub fn access(&self, addr: UserAddr, write: bool) -> Access {
-        self.access_inner(addr.as_u64(), write, true, &mut WalkCache::default())
+        self.access_inner(addr.as_u64(), write, true)
     }
 
-    /// One access; `walks` is the CPU's paging-structure cache, kept across the accesses of
-    /// one loop.
-    fn access_inner(
-        &self,
-        addr: u64,
-        write: bool,
-        count_segv: bool,
-        walks: &mut WalkCache,
-    ) -> Access {
+    fn access_inner(&self, addr: u64, write: bool, count_segv: bool) -> Access {
         if self.cfg.arch.check_va(addr).is_err() {
             // Past TASK_SIZE (or not canonical): in no VMA, like any unmapped address (found
             // by `hugepfn fuzz`: such strides were neither skipped nor counted).
@@ -1066,7 +1057,7 @@ impl Mm {
         }
         let mut faults = 0u32;
         for _ in 0..8 {
-            if let Some(level) = self.pt.user_access(addr, write, walks) {
+            if let Some(level) = self.pt.user_access(addr, write) {
                 return Access::Ok { faults, level };
             }
             let mut flags = FaultFlags::USER | FaultFlags::ALLOW_RETRY | FaultFlags::KILLABLE;
@@ -1108,7 +1099,6 @@ impl Mm {
         let mut out = RangeAccess::default();
         let stride = stride.max(1);
         let g = self.geometry();
-        let mut walks = WalkCache::default();
         let mut i = 0u64;
         while i < count {
             let k = if reverse { count - 1 - i } else { i };
@@ -1121,7 +1111,7 @@ impl Mm {
                 i += n;
                 continue;
             };
-            let a = self.access_inner(addr, write, false, &mut walks);
+            let a = self.access_inner(addr, write, false);
             if a == Access::NoVma {
                 // Unmapped: a prober skips it rather than take the SIGSEGV. The whole gap up to
                 // the next VMA in the direction of travel is skipped at once (issue 17: a

@@ -79,7 +79,7 @@ impl From<EncodeError> for WalkError {
 pub struct Ptl<'a> {
     _guard: MutexGuard<'a, ()>,
     phys: &'a PhysMem,
-    /// The tree's count of changed table entries, for the walk caches ([`WalkCache`]).
+    /// The tree's count of changed table entries, for the walk caches ([`Tree::lookup`]).
     relinks: &'a AtomicU64,
     scope: Scope,
     /// The locked table's page, for a split lock.
@@ -258,25 +258,42 @@ pub enum Step {
     Again,
 }
 
-/// One CPU's paging-structure cache for [`Tree::lookup_cached`]: the PTE table that maps
-/// one PMD-sized region, remembered with the tree's count of changed upper entries at the time
-/// (any such change since makes it stale). Empty by default; a cache serves one tree.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct WalkCache {
-    root: PhysAddr,
+/// One CPU's paging-structure cache ([`Tree::lookup`]): the PTE table that maps one
+/// PMD-sized region of one tree, remembered with that tree's count of changed upper entries at
+/// the time (any change since makes it stale). Every check is against the tree's own state, so
+/// an entry is right whichever thread reads it (under shuttle all threads share one).
+#[derive(Debug, Clone, Copy)]
+struct WalkCache {
+    tree: u64,
     relinks: u64,
     region: u64,
     table: Option<PhysAddr>,
 }
 
 impl WalkCache {
-    /// The cached PTE table, if it still serves `region` of the tree at `root`.
+    const EMPTY: WalkCache = WalkCache {
+        tree: 0,
+        relinks: 0,
+        region: 0,
+        table: None,
+    };
+
+    /// The cached PTE table, if it still serves `region` of tree `tree`.
     #[inline]
-    fn hit(&self, root: PhysAddr, relinks: u64, region: u64) -> Option<PhysAddr> {
+    fn hit(&self, tree: u64, relinks: u64, region: u64) -> Option<PhysAddr> {
         self.table
-            .filter(|_| self.relinks == relinks && self.region == region && self.root == root)
+            .filter(|_| self.relinks == relinks && self.region == region && self.tree == tree)
     }
 }
+
+thread_local! {
+    /// This thread's paging-structure cache: one entry, for the tree it walked last.
+    static WALKS: std::cell::Cell<WalkCache> = const { std::cell::Cell::new(WalkCache::EMPTY) };
+}
+
+/// Tree ids for [`WalkCache`] (never 0, never reused: a cache entry cannot outlive its tree's
+/// meaning).
+static NEXT_TREE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A radix tree of page tables in format `F`.
 pub struct Tree<F: Format> {
@@ -288,11 +305,20 @@ pub struct Tree<F: Format> {
     allocated: AtomicU64,
     freed: AtomicU64,
     tree_lock: Mutex<()>,
-    readers: Box<Readers>,
+    /// What lockless walkers share (boxed: the readers' stripes are cache-line aligned).
+    walkers: Box<Walkers>,
     deferred: Mutex<Vec<(PhysAddr, Level)>>,
+}
+
+/// The state lockless walks of one tree share.
+#[derive(Default)]
+struct Walkers {
+    readers: Readers,
     /// Entries above the PTEs that held something and were changed: a walk cache filled
-    /// before the last change is stale ([`WalkCache`]).
+    /// before the last change is stale ([`Tree::lookup`]).
     relinks: AtomicU64,
+    /// This tree among all trees, for the walk caches.
+    id: u64,
 }
 
 impl<F: Format> std::fmt::Debug for Tree<F> {
@@ -331,9 +357,11 @@ impl<F: Format> Tree<F> {
             allocated: AtomicU64::new(1),
             freed: AtomicU64::new(0),
             tree_lock: Mutex::new(()),
-            readers: Box::default(),
+            walkers: Box::new(Walkers {
+                id: NEXT_TREE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                ..Walkers::default()
+            }),
             deferred: Mutex::new(Vec::new()),
-            relinks: AtomicU64::new(0),
         })
     }
 
@@ -403,7 +431,7 @@ impl<F: Format> Tree<F> {
                     return Ptl {
                         _guard: t.lock(),
                         phys: &self.phys,
-                        relinks: &self.relinks,
+                        relinks: &self.walkers.relinks,
                         scope: Scope::Table(slot.table),
                         page: Some(t),
                     };
@@ -419,7 +447,7 @@ impl<F: Format> Tree<F> {
         Ptl {
             _guard: self.tree_lock.lock().unwrap_or_else(|e| e.into_inner()),
             phys: &self.phys,
-            relinks: &self.relinks,
+            relinks: &self.walkers.relinks,
             scope: Scope::Tree(F::LOCKING),
             page: None,
         }
@@ -588,38 +616,45 @@ impl<F: Format> Tree<F> {
 
     /// Enters a lockless walk.
     pub fn rcu_read_lock(&self) -> RcuReadGuard<'_> {
-        let readers = self.readers.mine();
+        let readers = self.walkers.readers.mine();
         readers.fetch_add(1, Ordering::SeqCst);
         RcuReadGuard { readers }
     }
 
-    /// Lockless lookup of the leaf mapping `va`, with its slot (the hardware walk).
+    /// Lockless lookup of the leaf mapping `va`, with its slot (the hardware walk, gup-fast,
+    /// `follow_pfnmap_start`'s walk).
+    ///
+    /// The walk starts from this thread's paging-structure cache when it holds `va`'s PTE
+    /// table and no entry above the PTEs has changed since it was filled (Intel SDM §4.10.3's
+    /// PDE cache, arm64's walk cache): it then reads the PTE alone. The answer is the one a
+    /// walk from the root gives; only the work differs.
     pub fn lookup(&self, va: u64) -> Option<(F::Leaf, Slot)> {
-        self.lookup_cached(va, &mut WalkCache::default())
-    }
-
-    /// [`Tree::lookup`] through one CPU's paging-structure cache: if `cache` holds the PTE
-    /// table of `va`'s PMD-sized region and no entry above the PTEs has changed since it was
-    /// filled, the walk reads the PTE alone (Intel SDM §4.10.3's PDE cache, arm64's walk
-    /// cache); else it walks from the root and fills `cache` when it reaches a PTE table.
-    /// The answer is the one a full walk would give.
-    pub fn lookup_cached(&self, va: u64, cache: &mut WalkCache) -> Option<(F::Leaf, Slot)> {
-        let (raw, slot) = self.lookup_raw(va, cache)?;
+        let (raw, slot) = self.lookup_raw(va)?;
         match self.fmt.decode(raw, slot.level) {
             Entry::Leaf(l) => Some((l, slot)),
             _ => None,
         }
     }
 
-    /// [`Tree::lookup_cached`] without decoding: the raw leaf entry and its slot (what the
+    /// [`Tree::lookup`] without decoding: the raw leaf entry and its slot (what the
     /// hardware's permission check reads).
-    pub fn lookup_raw(&self, va: u64, cache: &mut WalkCache) -> Option<(u64, Slot)> {
+    pub fn lookup_raw(&self, va: u64) -> Option<(u64, Slot)> {
+        WALKS.with(|w| {
+            let mut cache = w.get();
+            let found = self.lookup_in(va, &mut cache);
+            w.set(cache);
+            found
+        })
+    }
+
+    /// The walk under [`Tree::lookup_raw`], through `cache` (which it refills).
+    fn lookup_in(&self, va: u64, cache: &mut WalkCache) -> Option<(u64, Slot)> {
         let _rcu = self.rcu_read_lock();
         // Read after entering the walk: a table unlinked after this read is not freed before
         // the walk ends, and one unlinked before it changed `relinks`.
-        let relinks = self.relinks.load(Ordering::SeqCst);
+        let relinks = self.walkers.relinks.load(Ordering::SeqCst);
         let region = va >> self.geo.shift(Level::Pmd);
-        let (mut table, mut level) = match cache.hit(self.root, relinks, region) {
+        let (mut table, mut level) = match cache.hit(self.walkers.id, relinks, region) {
             Some(t) => (t, Level::Pte),
             None => (self.root, self.top()),
         };
@@ -630,7 +665,7 @@ impl<F: Format> Tree<F> {
                 (table, level) = (pa, level.lower()?);
                 if level == Level::Pte {
                     *cache = WalkCache {
-                        root: self.root,
+                        tree: self.walkers.id,
                         relinks,
                         region,
                         table: Some(pa),
@@ -909,7 +944,7 @@ impl<F: Format> Tree<F> {
     pub fn reclaim_deferred(&self) -> usize {
         let batch: Vec<(PhysAddr, Level)> =
             std::mem::take(&mut *self.deferred.lock().unwrap_or_else(|e| e.into_inner()));
-        if !self.readers.idle() {
+        if !self.walkers.readers.idle() {
             self.deferred
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -223,9 +223,20 @@ mod tests {
         assert_eq!(want, LeafCounts::default().zip(want, |_: u64, w| w));
         assert_eq!((want.pud, want.pmd, want.pte), (Some(1), None, None));
         assert!(serde_json::from_str::<LeafCounts<Option<u64>>>(r#"{"pgd":1}"#).is_err());
-        let have = LeafCounts { pud: 1, pmd: 2, pte: 3 };
+        let have = LeafCounts {
+            pud: 1,
+            pmd: 2,
+            pte: 3,
+        };
         let ok = want.zip(have, |w, h| w.is_none_or(|w| w == h));
-        assert_eq!(ok, LeafCounts { pud: true, pmd: true, pte: true });
+        assert_eq!(
+            ok,
+            LeafCounts {
+                pud: true,
+                pmd: true,
+                pte: true
+            }
+        );
         assert_eq!(have.map(|n| n * 2).to_string(), "2/4/6");
         let refs: TableCounts<Option<u64>> = serde_json::from_str(r#"{"pte":7}"#).unwrap();
         assert_eq!((refs.pte, refs.pgd), (Some(7), None));

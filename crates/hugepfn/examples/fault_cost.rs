@@ -1,17 +1,55 @@
-//! The instrument behind BENCHMARKS.md's instructions-per-fault figures: touches every page
-//! of a vfio-pci BAR mapping of `MIB` MiB (argument 1, default 64) mmapped at a 4 KiB-skewed
-//! VA, so that every page is one 4 KiB fault. Run it under
+//! The instrument behind BENCHMARKS.md's instructions-per-operation figures, to run under
 //! `valgrind --tool=cachegrind --cache-sim=no` for two sizes: the difference of the two totals
-//! divided by the difference of the faults is the cost of one fault, free of setup and
-//! teardown and of the machine's load.
-fn main() {
-    let mib: u64 = std::env::args()
-        .nth(1)
+//! divided by the difference of the operations is the cost of one, free of setup and teardown
+//! and of the machine's load.
+//!
+//! - `fault_cost MIB` touches every page of a vfio-pci BAR mapping of `MIB` MiB mmapped at a
+//!   4 KiB-skewed VA: every page is one 4 KiB fault;
+//! - `fault_cost follow N` calls `follow_pfnmap_start` + end `N` times on one address of a
+//!   1 GiB `remap_pfn_range` with 4 KiB leaves;
+//! - `fault_cost remap MIB` remaps `MIB` MiB with 4 KiB leaves.
+use hugepfn::bench;
+use hugepfn_mm::addr::VirtAddr;
+use hugepfn_mm::level::LeafCap;
+
+fn arg(i: usize, default: u64) -> u64 {
+    std::env::args()
+        .nth(i)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(64);
-    let len = mib << 20;
-    match hugepfn::bench::vfio_setup(len, 4096) {
-        Ok((mm, _dev, va)) => println!("{} faults", hugepfn::bench::touch(&mm, va, len)),
+        .unwrap_or(default)
+}
+
+fn run() -> Result<String, Box<dyn std::error::Error>> {
+    Ok(match std::env::args().nth(1).as_deref() {
+        Some("follow") => {
+            let (mm, va) = bench::remap_setup(1 << 30, LeafCap::Pte)?;
+            bench::remap(&mm, va, 1 << 30)?;
+            let g = mm.mmap_read();
+            let addr = VirtAddr::new_user(va + 12345 * 4096)?;
+            let mut sum = 0u64;
+            for _ in 0..arg(2, 1000) {
+                let f = g.follow_pfnmap_start(addr)?;
+                sum = sum.wrapping_add(f.args.pfn.as_u64());
+                f.end();
+            }
+            format!("pfn sum {sum:#x}")
+        }
+        Some("remap") => {
+            let len = arg(2, 64) << 20;
+            let (mm, va) = bench::remap_setup(len, LeafCap::Pte)?;
+            format!("{} leaves", bench::remap(&mm, va, len)?)
+        }
+        _ => {
+            let len = arg(1, 64) << 20;
+            let (mm, _dev, va) = bench::vfio_setup(len, 4096)?;
+            format!("{} faults", bench::touch(&mm, va, len))
+        }
+    })
+}
+
+fn main() {
+    match run() {
+        Ok(s) => println!("{s}"),
         Err(e) => {
             eprintln!("fault_cost: {e}");
             std::process::exit(1);

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use crate::sync::{Mutex, MutexGuard, RwLock};
 
 use hugepfn_pt::format::cpu::Cpu;
-use hugepfn_pt::{EncodeError, Format, Geometry, Step, Tree, WalkCache, X86_64};
+use hugepfn_pt::{EncodeError, Format, Geometry, Step, Tree, X86_64};
 use serde::Serialize;
 
 use crate::addr::{PAGE_SIZE, PagingMode, PhysAddr};
@@ -505,17 +505,15 @@ impl PageTables {
         self.tree.lookup(va)
     }
 
-    /// [`PageTables::lookup`] through one CPU's paging-structure cache
-    /// ([`Tree::lookup_cached`]): the same answer, the upper levels not walked again while
-    /// they have not changed.
-    pub fn lookup_cached(&self, va: u64, cache: &mut WalkCache) -> Option<(Leaf, Slot)> {
-        self.tree.lookup_cached(va, cache)
+    /// [`PageTables::lookup`] without decoding: the raw leaf entry and its slot.
+    pub fn lookup_raw(&self, va: u64) -> Option<(u64, Slot)> {
+        self.tree.lookup_raw(va)
     }
 
     /// The CPU's access to `va` (a user access; a write if `write`): the level of the leaf
-    /// that lets it through, if one does. A walk through `cache` that decodes nothing.
-    pub fn user_access(&self, va: u64, write: bool, cache: &mut WalkCache) -> Option<Level> {
-        let (raw, slot) = self.tree.lookup_raw(va, cache)?;
+    /// that lets it through, if one does. A walk that decodes nothing.
+    pub fn user_access(&self, va: u64, write: bool) -> Option<Level> {
+        let (raw, slot) = self.tree.lookup_raw(va)?;
         self.format()
             .user_access(raw, slot.level, write)
             .then_some(slot.level)

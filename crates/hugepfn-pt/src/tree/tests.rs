@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::addr::Pfn;
-use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
+use crate::entry::{self, CacheMode, Leaf, Pgprot, ProtFlags};
 use crate::format::cpu::Cpu;
 use crate::format::ept::{Ept4, EptLeaf, MemType};
 use crate::format::vtd::{IommuProt, Vtd, VtdLeaf};
@@ -377,22 +377,39 @@ fn every_format_reads_an_all_zero_entry_as_none() {
     );
 }
 
-/// A walk through a [`WalkCache`] answers what a full walk answers, whatever changed above
-/// the PTEs since the cache was filled (the model's paging-structure cache is never stale).
+/// A walk through a [`WalkCache`] answers what a walk from the root answers, whatever changed
+/// above the PTEs since the cache was filled (the model's paging-structure cache is never stale).
 #[test]
 fn a_walk_cache_never_answers_from_an_unlinked_table() {
     let phys = Arc::new(PhysMem::default());
     let t = x86_tree(&phys);
     let va = 5 * G + 3 * M + 7 * K;
-    let mut cache = WalkCache::default();
-    assert!(t.lookup_cached(va, &mut cache).is_none(), "nothing mapped");
+    let mut cache = WalkCache::EMPTY;
+    // through the cache, and from the root with an empty one: the same
+    fn both(t: &Tree<X86_64>, va: u64, cache: &mut WalkCache) -> Option<(u64, Level)> {
+        let cached = t.lookup_in(va, cache);
+        let mut empty = WalkCache::EMPTY;
+        assert_eq!(cached, t.lookup_in(va, &mut empty), "{va:#x}");
+        cached.map(|(raw, s)| {
+            (
+                raw & entry::bits::PTE_ADDR_MASK & !(s.level.size() - 1),
+                s.level,
+            )
+        })
+    }
+    assert_eq!(both(&t, va, &mut cache), None, "nothing mapped");
     install(&t, va, &cpu_leaf(BAR_PFN, Level::Pte), Level::Pte);
-    let (_, pte) = t.lookup_cached(va, &mut cache).unwrap();
-    assert_eq!(pte.level, Level::Pte);
+    assert_eq!(both(&t, va, &mut cache), Some((BAR_PFN << 12, Level::Pte)));
+    assert!(
+        cache.table.is_some(),
+        "filled by a walk that reached a PTE table"
+    );
     // A PTE written after the cache was filled is seen through it (same table).
     install(&t, va + K, &cpu_leaf(BAR_PFN + 1, Level::Pte), Level::Pte);
-    let (l, _) = t.lookup_cached(va + K, &mut cache).unwrap();
-    assert_eq!(l.pfn.as_u64(), BAR_PFN + 1);
+    assert_eq!(
+        both(&t, va + K, &mut cache),
+        Some(((BAR_PFN + 1) << 12, Level::Pte))
+    );
     // The PTE table replaced by a 2 MiB leaf: the cached table is not read again.
     let pmd = t.slot(va, Level::Pmd).unwrap().unwrap();
     let leaf = t
@@ -404,21 +421,24 @@ fn a_walk_cache_never_answers_from_an_unlinked_table() {
         panic!("{old:#x} was not a table")
     };
     t.free(table, Level::Pte);
-    let (l, s) = t.lookup_cached(va, &mut cache).unwrap();
-    assert_eq!((s.level, l.pfn.as_u64()), (Level::Pmd, BAR_PFN + 512));
-    assert_eq!(t.lookup_cached(va, &mut cache), t.lookup(va));
+    assert_eq!(
+        both(&t, va, &mut cache),
+        Some(((BAR_PFN + 512) << 12, Level::Pmd))
+    );
     // Cleared: nothing, through the cache or not.
     t.lock(pmd).set(pmd, 0);
-    assert!(t.lookup_cached(va, &mut cache).is_none());
-    // A new PTE table there, filled anew: the cache follows it.
+    assert_eq!(both(&t, va, &mut cache), None);
+    // A new PTE table there: the cache follows it.
     install(&t, va, &cpu_leaf(BAR_PFN + 9, Level::Pte), Level::Pte);
-    assert_eq!(t.lookup_cached(va, &mut cache), t.lookup(va));
     assert_eq!(
-        t.lookup_cached(va, &mut cache).unwrap().0.pfn.as_u64(),
-        BAR_PFN + 9
+        both(&t, va, &mut cache),
+        Some(((BAR_PFN + 9) << 12, Level::Pte))
     );
-    // Another tree's walk does not use this tree's cache.
+    // Another tree on the same memory does not use this tree's cache; nor does the thread's
+    // own cache (Tree::lookup) answer for it.
     let other = x86_tree(&phys);
-    assert!(other.lookup_cached(va, &mut cache).is_none());
+    assert_eq!(both(&other, va, &mut cache), None);
+    assert_eq!(t.lookup(va).map(|(l, _)| l.pfn.as_u64()), Some(BAR_PFN + 9));
+    assert!(other.lookup(va).is_none());
     drop((t, other));
 }
