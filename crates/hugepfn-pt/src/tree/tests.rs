@@ -350,17 +350,7 @@ fn every_format_reads_an_all_zero_entry_as_none() {
             );
         }
     }
-    use hugepfn_units::arch::Arch;
-    for arch in [
-        Arch::X86_64,
-        Arch::X86_64_5Level,
-        Arch::Arm64,
-        Arch::Arm64_16k,
-        Arch::Arm64_64k,
-        Arch::Riscv64Sv39,
-        Arch::Riscv64Sv48,
-        Arch::Riscv64Sv57,
-    ] {
+    for arch in hugepfn_units::arch::Arch::ALL {
         zero_is_none(&Cpu::for_arch(arch).unwrap(), arch.name());
     }
     zero_is_none(
