@@ -926,6 +926,10 @@ impl Mm {
         cap: LeafCap,
     ) -> Result<LeafCounts, MmError> {
         let end = self.check_range("remap_pfn_range", addr, size)?;
+        // Every alignment before the VMA's bounds, as the public call checks them: one bad
+        // input, one error, whichever path it comes by.
+        let first = Pfn::new(pfn)?;
+        self.check_pfn_on_page(first)?;
         if addr < vma.start || end > vma.end {
             return Err(MmError::OutsideVma {
                 start: addr,
@@ -935,8 +939,6 @@ impl Mm {
             });
         }
         let pages = size / PAGE_SIZE;
-        let first = Pfn::new(pfn)?;
-        self.check_pfn_on_page(first)?;
         if pfn.checked_add(pages).is_none_or(|e| e > Pfn::LIMIT) {
             return Err(MmError::PfnTooWide { pfn, pages });
         }

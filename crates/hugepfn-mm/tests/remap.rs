@@ -498,3 +498,59 @@ fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
 fn uva5(a: u64) -> hugepfn_mm::VirtAddr {
     hugepfn_mm::VirtAddr::new(a, hugepfn_mm::PagingMode::Level5).expect("canonical with LA57")
 }
+
+/// A driver whose `f_op->mmap` remaps `size` bytes at `at` bytes into its new VMA from the
+/// physical address `phys` (bad arguments on purpose).
+struct RemapAt {
+    at: u64,
+    phys: u64,
+    size: u64,
+}
+
+impl hugepfn_mm::FileOps for RemapAt {
+    fn name(&self) -> String {
+        "remap-at".into()
+    }
+    fn mapping(&self) -> Option<std::sync::Arc<hugepfn_mm::AddressSpace>> {
+        None
+    }
+    fn mmap(&self, ctx: &mut hugepfn_mm::MmapCtx<'_>) -> Result<(), MmError> {
+        let start = ctx.vma.start;
+        ctx.remap_pfn_range(start + self.at, self.phys >> 12, self.size, prot())
+            .map(|_| ())
+    }
+}
+
+/// One bad input, one error, whichever path it comes by: a physical address off the 16 KiB
+/// page and a range past the VMA is refused for the address by the public call and by a
+/// driver's `f_op->mmap` alike (the driver's path used to report the VMA's bounds).
+#[test]
+fn remap_reports_the_same_error_from_a_driver_and_from_the_public_call() {
+    let (_p, mm) = mm_on(hugepfn_mm::Arch::Arm64_16k);
+    let len = 64 << 20;
+    let phys = BAR1 + 4096; // on a 4 KiB page, not on a 16 KiB one
+    let va = 0x7f00_0000_0000u64;
+    vma(&mm, va, len);
+    let public = mm
+        .remap_pfn_range(uva(va + len - 16384), upfn(phys >> 12), 32768, prot())
+        .unwrap_err();
+    let driver = RemapAt {
+        at: len - 16384,
+        phys,
+        size: 32768,
+    };
+    let by_driver = mmap_at(&mm, va + 2 * len, len, true, Some(&driver)).unwrap_err();
+    for e in [&public, &by_driver] {
+        assert!(
+            matches!(
+                e,
+                MmError::Unaligned {
+                    what: "physical address",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    assert_eq!(public.to_string(), by_driver.to_string());
+}
