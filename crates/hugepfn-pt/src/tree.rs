@@ -638,16 +638,17 @@ impl<F: Format> Tree<F> {
 
     /// [`Tree::lookup`] without decoding: the raw leaf entry and its slot (what the
     /// hardware's permission check reads).
+    #[inline]
     pub fn lookup_raw(&self, va: u64) -> Option<(u64, Slot)> {
-        WALKS.with(|w| {
-            let mut cache = w.get();
-            let found = self.lookup_in(va, &mut cache);
-            w.set(cache);
-            found
-        })
+        // Copied out and back, not walked inside `with`: the answer stays in registers.
+        let mut cache = WALKS.with(std::cell::Cell::get);
+        let found = self.lookup_in(va, &mut cache);
+        WALKS.with(|w| w.set(cache));
+        found
     }
 
     /// The walk under [`Tree::lookup_raw`], through `cache` (which it refills).
+    #[inline(always)]
     fn lookup_in(&self, va: u64, cache: &mut WalkCache) -> Option<(u64, Slot)> {
         let _rcu = self.rcu_read_lock();
         // Read after entering the walk: a table unlinked after this read is not freed before
