@@ -102,6 +102,48 @@ mod tests {
     }
 
     #[test]
+    fn the_access_check_reads_what_decoding_reads() {
+        // Cpu::user_access tests x86-64's bits and decodes the others: for every leaf a CPU
+        // format holds, both must say what the decoded protection says.
+        let prots = [
+            Pgprot::SHARED,
+            Pgprot::READONLY,
+            Pgprot::NONE,
+            Pgprot::SHARED.with(ProtFlags::SPECIAL | ProtFlags::DIRTY, ProtFlags::empty()),
+            Pgprot::READONLY.with(ProtFlags::empty(), ProtFlags::NX),
+        ];
+        for f in cpus() {
+            for level in Level::LEAF_LEVELS {
+                for prot in prots {
+                    let leaf = Leaf {
+                        pfn: Pfn::new(0x4_0000 << 9).unwrap(),
+                        prot,
+                        level,
+                    };
+                    let raw = f.encode_leaf(&leaf, level).unwrap();
+                    let Entry::Leaf(l) = f.decode(raw, level) else {
+                        panic!("{} {level}: {raw:#x} is not a leaf", f.name())
+                    };
+                    for write in [false, true] {
+                        let want = l.prot.flags.contains(ProtFlags::PRESENT | ProtFlags::USER)
+                            && (!write || l.prot.is_writable());
+                        assert_eq!(
+                            f.user_access(raw, level, write),
+                            want,
+                            "{} {level} {prot} write {write}",
+                            f.name()
+                        );
+                    }
+                }
+                assert!(!f.user_access(0, level, false), "none lets nothing through");
+            }
+            // a table pointer is no leaf, whatever its bits
+            let t = f.encode_table(PhysAddr::new(0x1_0000_3000).unwrap(), Level::Pmd);
+            assert!(!f.user_access(t, Level::Pmd, false), "{}", f.name());
+        }
+    }
+
+    #[test]
     fn every_cpu_format_round_trips_every_leaf_it_can_hold() {
         let prots = [
             Pgprot::SHARED,
