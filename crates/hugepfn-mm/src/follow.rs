@@ -13,7 +13,7 @@ use crate::entry::{self, Decoded, Pgprot};
 use crate::error::MmError;
 use crate::level::Level;
 use crate::mm::{Mm, MmapRead};
-use crate::pgtable::Ptl;
+use crate::pgtable::LockedLeaf;
 
 /// `struct follow_pfnmap_args`, output half.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,8 @@ impl FollowPfnmapArgs {
 
 /// The result of `follow_pfnmap_start`, valid while held; dropping it is `follow_pfnmap_end`.
 pub struct FollowPfnmap<'a> {
-    _ptl: Ptl<'a>,
+    /// The page-table lock, held inside the walk's RCU section.
+    _locked: LockedLeaf<'a>,
     /// What was found.
     pub args: FollowPfnmapArgs,
     /// Where the entry lives (its lock is held until the guard drops).
@@ -58,7 +59,8 @@ impl std::fmt::Debug for FollowPfnmap<'_> {
 }
 
 impl FollowPfnmap<'_> {
-    /// `follow_pfnmap_end()`: drops the page-table lock.
+    /// `follow_pfnmap_end()`: drops the page-table lock, then leaves the RCU section
+    /// (`pte_unmap_unlock`).
     pub fn end(self) {}
 }
 
@@ -74,15 +76,17 @@ impl MmapRead<'_> {
         }
         let pt = self.mm().page_tables();
         loop {
-            let Some((seen, slot)) = pt.lookup_raw(addr) else {
+            // `pte_offset_map_lock`: the lock is taken inside the walk's RCU section, on the
+            // table the walk reached while it is still linked.
+            let Some(locked) = pt.lookup_lock(addr) else {
                 return Err(MmError::NotMapped(addr));
             };
-            let ptl = pt.ptl(slot);
+            let slot = locked.slot;
             // Re-read under the lock (§3.10); the buggy variant trusts the lockless read.
             let now = if pt.bugs().contains(crate::pgtable::Bugs::FOLLOW_NO_RECHECK) {
-                seen
+                locked.seen
             } else {
-                ptl.get(slot)
+                locked.now
             };
             match pt.decode_raw(now, slot.level) {
                 Decoded::Leaf(l) if l.prot.is_present() => {
@@ -95,7 +99,7 @@ impl MmapRead<'_> {
                     let off = (addr & (size - 1) & !(g.page_size() - 1)) >> 12;
                     let pfn = l.pfn.checked_add(off).ok_or(MmError::NotMapped(addr))?;
                     return Ok(FollowPfnmap {
-                        _ptl: ptl,
+                        _locked: locked,
                         slot,
                         args: FollowPfnmapArgs {
                             pfn,

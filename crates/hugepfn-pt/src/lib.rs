@@ -21,4 +21,4 @@ pub use counts::{AtomicLeafCounts, LeafCounts};
 pub use format::{EncodeError, Entry, Format, Locking, X86_64};
 pub use level::{Geometry, Level};
 pub use phys::{PhysMem, TableCounts};
-pub use tree::{Ptl, RcuReadGuard, Slot, Step, Tree, Visit, WalkError};
+pub use tree::{LockedLeaf, Ptl, RcuReadGuard, Slot, Step, Tree, Visit, WalkError};

@@ -187,6 +187,21 @@ impl Drop for RcuReadGuard<'_> {
     }
 }
 
+/// What [`Tree::lookup_lock`] found: the leaf entry as the lockless walk saw it and as it is
+/// under its lock, where it is, and the lock, held inside the walk's RCU section. Dropping it
+/// unlocks, then leaves the section (`pte_unmap_unlock`).
+pub struct LockedLeaf<'a> {
+    /// The entry the lockless walk read.
+    pub seen: u64,
+    /// The entry read under the lock.
+    pub now: u64,
+    /// Where it is.
+    pub slot: Slot,
+    /// Its page-table lock (declared before the guard: dropped first).
+    pub ptl: Ptl<'a>,
+    _rcu: RcuReadGuard<'a>,
+}
+
 /// Reader counts of lockless walks, one per cache line and a thread to each (like the
 /// kernel's per-CPU RCU state): two threads walking the same tree do not bounce one counter's
 /// line between their cores on every walk. A grace period needs all of them at zero.
@@ -654,6 +669,45 @@ impl<F: Format> Tree<F> {
         // Read after entering the walk: a table unlinked after this read is not freed before
         // the walk ends, and one unlinked before it changed `relinks`.
         let relinks = self.walkers.relinks.load(Ordering::SeqCst);
+        self.walk_leaf(va, relinks, cache)
+    }
+
+    /// A lockless walk to `va`'s leaf that ends holding the leaf's page-table lock
+    /// (`pte_offset_map_lock`, as `follow_pfnmap_start` walks): the lock is taken inside the
+    /// walk's RCU section, and for a PTE the walk is done again if any entry above the PTEs
+    /// changed meanwhile (Linux's `pmd_same` recheck: the table locked is the one walked,
+    /// still linked). The RCU section lasts as long as the lock (`pte_unmap_unlock`).
+    #[inline]
+    pub fn lookup_lock(&self, va: u64) -> Option<LockedLeaf<'_>> {
+        loop {
+            let rcu = self.rcu_read_lock();
+            let relinks = self.walkers.relinks.load(Ordering::SeqCst);
+            let mut cache = WALKS.with(std::cell::Cell::get);
+            let found = self.walk_leaf(va, relinks, &mut cache);
+            WALKS.with(|w| w.set(cache));
+            let (seen, slot) = found?;
+            let ptl = self.lock(slot);
+            // `pmd_same`, for a PTE: the table is the one walked and still linked. A PMD or
+            // PUD leaf is rechecked by its caller under this lock (`follow_pfnmap_start`
+            // re-reads it; a kernel whose version does not is a bug the model reproduces).
+            if slot.level == Level::Pte && self.walkers.relinks.load(Ordering::SeqCst) != relinks {
+                continue;
+            }
+            let now = ptl.get(slot);
+            return Some(LockedLeaf {
+                seen,
+                now,
+                slot,
+                ptl,
+                _rcu: rcu,
+            });
+        }
+    }
+
+    /// The walk of [`Tree::lookup_in`] inside an RCU section entered by the caller, which
+    /// read `relinks` after entering it.
+    #[inline(always)]
+    fn walk_leaf(&self, va: u64, relinks: u64, cache: &mut WalkCache) -> Option<(u64, Slot)> {
         let region = va >> self.geo.shift(Level::Pmd);
         let (mut table, mut level) = match cache.hit(self.walkers.id, relinks, region) {
             Some(t) => (t, Level::Pte),

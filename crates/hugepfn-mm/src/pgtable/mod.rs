@@ -34,7 +34,7 @@ use crate::level::{LeafCap, Level};
 use crate::phys::{PhysError, PhysMem, TableCounts, TablePage};
 
 pub use hugepfn_pt::counts::{AtomicLeafCounts, LeafCounts};
-pub use hugepfn_pt::tree::{Ptl, RcuReadGuard, Slot, WalkError};
+pub use hugepfn_pt::tree::{LockedLeaf, Ptl, RcuReadGuard, Slot, WalkError};
 
 mod move_pt;
 mod protect;
@@ -508,6 +508,13 @@ impl PageTables {
     /// [`PageTables::lookup`] without decoding: the raw leaf entry and its slot.
     pub fn lookup_raw(&self, va: u64) -> Option<(u64, Slot)> {
         self.tree.lookup_raw(va)
+    }
+
+    /// A lockless walk to `va`'s leaf that ends holding its lock, inside the walk's RCU
+    /// section (`pte_offset_map_lock`; [`Tree::lookup_lock`]).
+    #[inline]
+    pub fn lookup_lock(&self, va: u64) -> Option<LockedLeaf<'_>> {
+        self.tree.lookup_lock(va)
     }
 
     /// The CPU's access to `va` (a user access; a write if `write`): the level of the leaf

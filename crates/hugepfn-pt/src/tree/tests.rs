@@ -432,3 +432,34 @@ fn a_walk_cache_never_answers_from_an_unlinked_table() {
     assert!(other.lookup(va).is_none());
     drop((t, other));
 }
+
+/// `lookup_lock` is `pte_offset_map_lock`: it ends holding the leaf's lock inside the walk's
+/// RCU section, so the table it locked is not freed under it even once it is unlinked, until
+/// the lock and the section are left together.
+#[test]
+fn a_locked_lookup_keeps_its_table_until_it_is_dropped() {
+    let phys = Arc::new(PhysMem::default());
+    let t = x86_tree(&phys);
+    let va = 9 * G + 5 * K;
+    install(&t, va, &cpu_leaf(BAR_PFN, Level::Pte), Level::Pte);
+    let locked = t.lookup_lock(va).unwrap();
+    assert_eq!(
+        (locked.seen, locked.now),
+        (t.get(locked.slot), t.get(locked.slot))
+    );
+    assert_eq!(locked.slot.level, Level::Pte);
+    let page = phys.table(locked.slot.table).unwrap();
+    assert!(page.try_lock().is_none(), "the PTE table's lock is held");
+    // unlinked meanwhile (under the PMD's lock, as a reclaim would): not freed yet
+    let pmd = t.slot(va, Level::Pmd).unwrap().unwrap();
+    t.lock(pmd).set(pmd, 0);
+    t.free_subtree_deferred(locked.slot.table, Level::Pte);
+    assert_eq!(t.reclaim_deferred(), 0, "freed under a held lookup");
+    assert_ne!(locked.now, 0, "what it read under the lock is still there");
+    drop(locked);
+    assert_eq!(t.reclaim_deferred(), 1);
+    // nothing mapped: no lock taken
+    assert!(t.lookup_lock(va).is_none());
+    drop(t);
+    assert!(phys.leak_check().is_empty());
+}
