@@ -653,21 +653,29 @@ impl<F: Format> Tree<F> {
 
     /// [`Tree::lookup`] without decoding: the raw leaf entry and its slot (what the
     /// hardware's permission check reads).
-    #[inline]
+    #[inline(always)]
     pub fn lookup_raw(&self, va: u64) -> Option<(u64, Slot)> {
-        // Copied out and back, not walked inside `with`: the answer stays in registers.
+        let _rcu = self.rcu_read_lock();
+        // Read after entering the walk: a table unlinked after this read is not freed before
+        // the walk ends, and one unlinked before it changed `relinks`.
+        let relinks = self.walkers.relinks.load(Ordering::SeqCst);
+        self.walk_cached(va, relinks)
+    }
+
+    /// The walk of [`Tree::walk_leaf`] through this thread's cache. The cache is copied out
+    /// and back, not walked inside `with`: the answer stays in registers.
+    #[inline(always)]
+    fn walk_cached(&self, va: u64, relinks: u64) -> Option<(u64, Slot)> {
         let mut cache = WALKS.with(std::cell::Cell::get);
-        let found = self.lookup_in(va, &mut cache);
+        let found = self.walk_leaf(va, relinks, &mut cache);
         WALKS.with(|w| w.set(cache));
         found
     }
 
-    /// The walk under [`Tree::lookup_raw`], through `cache` (which it refills).
-    #[inline(always)]
+    /// A walk through `cache` in an RCU section of its own (the white-box tests' handle).
+    #[cfg(test)]
     fn lookup_in(&self, va: u64, cache: &mut WalkCache) -> Option<(u64, Slot)> {
         let _rcu = self.rcu_read_lock();
-        // Read after entering the walk: a table unlinked after this read is not freed before
-        // the walk ends, and one unlinked before it changed `relinks`.
         let relinks = self.walkers.relinks.load(Ordering::SeqCst);
         self.walk_leaf(va, relinks, cache)
     }
@@ -682,10 +690,7 @@ impl<F: Format> Tree<F> {
         loop {
             let rcu = self.rcu_read_lock();
             let relinks = self.walkers.relinks.load(Ordering::SeqCst);
-            let mut cache = WALKS.with(std::cell::Cell::get);
-            let found = self.walk_leaf(va, relinks, &mut cache);
-            WALKS.with(|w| w.set(cache));
-            let (seen, slot) = found?;
+            let (seen, slot) = self.walk_cached(va, relinks)?;
             let ptl = self.lock(slot);
             // `pmd_same`, for a PTE: the table is the one walked and still linked. A PMD or
             // PUD leaf is rechecked by its caller under this lock (`follow_pfnmap_start`
@@ -704,8 +709,8 @@ impl<F: Format> Tree<F> {
         }
     }
 
-    /// The walk of [`Tree::lookup_in`] inside an RCU section entered by the caller, which
-    /// read `relinks` after entering it.
+    /// The lockless walk inside an RCU section entered by the caller, which read `relinks`
+    /// after entering it.
     #[inline(always)]
     fn walk_leaf(&self, va: u64, relinks: u64, cache: &mut WalkCache) -> Option<(u64, Slot)> {
         let region = va >> self.geo.shift(Level::Pmd);

@@ -5,7 +5,7 @@
 //!
 //! Both are generic over what is kept per level: `u64` counts (the default), `Option<u64>` for a
 //! scenario's expectation (`None`: not checked; a missing key reads as `None`, while a count
-//! must be given), or anything else per level ([`LeafCounts::map`], [`TableCounts::zip`]).
+//! must be given), or anything else per level ([`LeafCounts::zip`], [`TableCounts::zip`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -24,15 +24,6 @@ pub struct LeafCounts<T = u64> {
 }
 
 impl<T> LeafCounts<T> {
-    /// The same levels, each through `f`.
-    pub fn map<U>(self, mut f: impl FnMut(T) -> U) -> LeafCounts<U> {
-        LeafCounts {
-            pud: f(self.pud),
-            pmd: f(self.pmd),
-            pte: f(self.pte),
-        }
-    }
-
     /// Level by level `f(self, o)`.
     pub fn zip<U, V>(self, o: LeafCounts<U>, mut f: impl FnMut(T, U) -> V) -> LeafCounts<V> {
         LeafCounts {
@@ -237,7 +228,7 @@ mod tests {
                 pte: true
             }
         );
-        assert_eq!(have.map(|n| n * 2).to_string(), "2/4/6");
+        assert_eq!(have.zip(have, |a, b| a + b).to_string(), "2/4/6");
         let refs: TableCounts<Option<u64>> = serde_json::from_str(r#"{"pte":7}"#).unwrap();
         assert_eq!((refs.pte, refs.pgd), (Some(7), None));
     }
