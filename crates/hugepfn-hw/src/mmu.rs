@@ -24,7 +24,7 @@
 //! Deliberate simplifications: no accessed/dirty-bit writes, no speculative or parallel walks,
 //! no prefetching of entries, true LRU everywhere, one address space (no PCID/VPID tags).
 
-use hugepfn_mm::Level;
+use hugepfn_mm::{Level, UserAddr};
 
 use crate::assoc::SetAssoc;
 use crate::cache::{Caches, MEMORY};
@@ -445,7 +445,8 @@ impl Mmu {
 
     /// One load of 8 bytes at `va`.
     #[inline]
-    pub fn load(&mut self, space: Space<'_>, va: u64) -> Outcome {
+    pub fn load(&mut self, space: Space<'_>, va: UserAddr) -> Outcome {
+        let va = va.as_u64();
         self.counters.accesses += 1;
         let (pa, shift) = if let Some((base, shift)) = self.l1.lookup(va) {
             self.counters.l1_hits += 1;
@@ -515,7 +516,7 @@ mod tests {
         let mut m = Mmu::new(&CpuModel::golden_cove());
         let va = (1 << 30) + 0x5008;
         assert_eq!(
-            m.load(Space::Native(&pt), va),
+            m.load(Space::Native(&pt), UserAddr::new(va)),
             Outcome::Loaded {
                 pa: (64u64 << 30) + 0x5008,
                 shift: 12
@@ -523,10 +524,10 @@ mod tests {
         );
         assert_eq!(m.counters.walks, 1);
         assert_eq!(m.counters.walk_refs, 4);
-        m.load(Space::Native(&pt), va + 8);
+        m.load(Space::Native(&pt), UserAddr::new(va + 8));
         assert_eq!(m.counters.l1_hits, 1);
         // Next page: the PDE cache leaves one reference.
-        m.load(Space::Native(&pt), va + 4096);
+        m.load(Space::Native(&pt), UserAddr::new(va + 4096));
         assert_eq!(m.counters.walks, 2);
         assert_eq!(m.counters.walk_refs, 5);
         assert_eq!(m.counters.pwc_hits, 1);
@@ -539,7 +540,7 @@ mod tests {
         for (cap, refs, shift) in [(LeafCap::Pmd, 3, 21), (LeafCap::Pud, 2, 30)] {
             let pt = native(cap, 2 << 30);
             let mut m = Mmu::new(&CpuModel::golden_cove());
-            match m.load(Space::Native(&pt), (1 << 30) + 0x1234) {
+            match m.load(Space::Native(&pt), UserAddr::new((1 << 30) + 0x1234)) {
                 Outcome::Loaded { shift: s, .. } => assert_eq!(s, shift),
                 Outcome::Fault => panic!("fault"),
             }
@@ -551,14 +552,17 @@ mod tests {
     fn unmapped_faults() {
         let pt = native(LeafCap::Pmd, 2 << 20);
         let mut m = Mmu::new(&CpuModel::zen4());
-        assert_eq!(m.load(Space::Native(&pt), 5 << 30), Outcome::Fault);
+        assert_eq!(
+            m.load(Space::Native(&pt), UserAddr::new(5 << 30)),
+            Outcome::Fault
+        );
         assert_eq!(m.counters.faults, 1);
         assert_eq!(m.counters.data_served.iter().sum::<u64>(), 0);
     }
 
     #[test]
     fn cold_nested_walk_is_24_references() {
-        let n = Nested::build(LeafCap::Pte, Level::Pte, 1 << 30, 4 << 20).unwrap();
+        let n = Nested::build(LeafCap::Pte, Level::Pte, UserAddr::new(1 << 30), 4 << 20).unwrap();
         let none = PwcSizes {
             pml4e: 0,
             pdpte: 0,
@@ -582,13 +586,13 @@ mod tests {
 
     #[test]
     fn splintering_gives_the_smaller_page() {
-        let n = Nested::build(LeafCap::Pmd, Level::Pte, 1 << 30, 4 << 20).unwrap();
+        let n = Nested::build(LeafCap::Pmd, Level::Pte, UserAddr::new(1 << 30), 4 << 20).unwrap();
         let mut m = Mmu::new(&CpuModel::golden_cove());
         assert!(matches!(
             m.load(n.space(), n.va),
             Outcome::Loaded { shift: 12, .. }
         ));
-        let n = Nested::build(LeafCap::Pmd, Level::Pud, 1 << 30, 4 << 20).unwrap();
+        let n = Nested::build(LeafCap::Pmd, Level::Pud, UserAddr::new(1 << 30), 4 << 20).unwrap();
         let mut m = Mmu::new(&CpuModel::golden_cove());
         assert!(matches!(
             m.load(n.space(), n.va),
@@ -601,9 +605,9 @@ mod tests {
         let pt = native(LeafCap::Pud, 1 << 30);
         let mut m = Mmu::new(&CpuModel::zen4());
         let s = Space::Native(&pt);
-        m.load(s, 1 << 30);
+        m.load(s, UserAddr::new(1 << 30));
         // Another 2 MiB piece of the same 1 GiB page: the L1 (all sizes) holds it as 1 GiB.
-        m.load(s, (1 << 30) + (4 << 20));
+        m.load(s, UserAddr::new((1 << 30) + (4 << 20)));
         assert_eq!(m.counters.l1_hits, 1);
     }
 }

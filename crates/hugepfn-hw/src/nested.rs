@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use hugepfn_kvm::ept::{Ept, EptError, EptLeaf, MemType};
 use hugepfn_mm::addr::GuestPhysAddr;
-use hugepfn_mm::{CacheMode, LeafCap, Level, PageTables, Pfn, Pgprot, PhysMem};
+use hugepfn_mm::{CacheMode, LeafCap, Level, PageTables, Pfn, Pgprot, PhysMem, UserAddr};
 use thiserror::Error;
 
 use crate::mmu::Space;
@@ -114,7 +114,7 @@ pub enum NestedError {
 #[derive(Debug)]
 pub struct Nested {
     /// First mapped guest-virtual address.
-    pub va: u64,
+    pub va: UserAddr,
     /// Bytes mapped.
     pub len: u64,
     /// The guest's page tables (table addresses are guest-physical).
@@ -170,11 +170,14 @@ impl Nested {
     pub fn build(
         guest_cap: LeafCap,
         host_leaf: Level,
-        va: u64,
+        va: UserAddr,
         len: u64,
     ) -> Result<Nested, NestedError> {
-        let bad = || NestedError::BadRange { va, len };
-        if len == 0 || va & 0xfff != 0 || len & 0xfff != 0 || va.checked_add(len).is_none() {
+        let bad = || NestedError::BadRange {
+            va: va.as_u64(),
+            len,
+        };
+        if len == 0 || !va.is_aligned(0x1000) || len & 0xfff != 0 || va.checked_add(len).is_none() {
             return Err(bad());
         }
         if !host_leaf.can_be_leaf() {
@@ -242,7 +245,7 @@ mod tests {
     #[test]
     fn ept_view_walks_like_translate() {
         for level in [Level::Pte, Level::Pmd, Level::Pud] {
-            let n = Nested::build(LeafCap::Pmd, level, 1 << 30, 4 << 20).unwrap();
+            let n = Nested::build(LeafCap::Pmd, level, UserAddr::new(1 << 30), 4 << 20).unwrap();
             let gpa = GUEST_DATA_GPA + 0x20_1234;
             let mut reads = Vec::new();
             let t = walk(&n.host, gpa, &mut reads).unwrap();
@@ -258,7 +261,7 @@ mod tests {
 
     #[test]
     fn guest_tables_are_mapped() {
-        let n = Nested::build(LeafCap::Pte, Level::Pmd, 1 << 30, 4 << 20).unwrap();
+        let n = Nested::build(LeafCap::Pte, Level::Pmd, UserAddr::new(1 << 30), 4 << 20).unwrap();
         let root = RadixTable::root(&n.guest);
         assert!(n.host.leaf_level(root).is_some());
     }
@@ -282,7 +285,7 @@ mod tests {
 
     #[test]
     fn bad_range_is_an_error() {
-        assert!(Nested::build(LeafCap::Pte, Level::Pte, 1 << 30, 1000).is_err());
-        assert!(Nested::build(LeafCap::Pte, Level::P4d, 1 << 30, 4096).is_err());
+        assert!(Nested::build(LeafCap::Pte, Level::Pte, UserAddr::new(1 << 30), 1000).is_err());
+        assert!(Nested::build(LeafCap::Pte, Level::P4d, UserAddr::new(1 << 30), 4096).is_err());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hugepfn_mm::{CacheMode, LeafCap, Level, PageTables, Pfn, Pgprot, PhysMem};
+use hugepfn_mm::{CacheMode, LeafCap, Level, PageTables, Pfn, Pgprot, PhysMem, UserAddr};
 use thiserror::Error;
 
 use crate::calib::Costs;
@@ -62,7 +62,7 @@ pub enum SimError {
 /// Where a simulated mapping's data lives physically (host-physical for native mappings).
 pub const DATA_PA: u64 = 64 << 30;
 /// Where simulated mappings start (1 GiB aligned, so every leaf size fits).
-pub const MAP_VA: u64 = 1 << 40;
+pub const MAP_VA: UserAddr = UserAddr::new(1 << 40);
 
 /// A mapped range.
 #[derive(Debug)]

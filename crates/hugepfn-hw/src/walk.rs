@@ -171,14 +171,14 @@ impl<T: RadixTable + ?Sized> SecondStage for T {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hugepfn_mm::{CacheMode, LeafCap, Pfn, Pgprot, PhysMem};
+    use hugepfn_mm::{CacheMode, LeafCap, Pfn, Pgprot, PhysMem, UserAddr};
     use std::sync::Arc;
 
     fn tables(cap: LeafCap) -> PageTables {
         let pt = PageTables::new(Arc::new(PhysMem::default()), Default::default()).unwrap();
         pt.remap_range(
-            1 << 30,
-            3 << 30,
+            UserAddr::new(1 << 30),
+            UserAddr::new(3 << 30),
             Pfn::new((64u64 << 30) >> 12).unwrap(),
             Pgprot::SHARED.with_cache(CacheMode::Wb),
             cap,

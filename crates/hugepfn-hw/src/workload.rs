@@ -14,6 +14,7 @@ use thiserror::Error;
 use crate::calib::Costs;
 use crate::mmu::{Counters, Mmu, Outcome, Space};
 use crate::pattern::{Rng, THRASH_PAGE, Thrash};
+use hugepfn_mm::UserAddr;
 
 /// The order of the loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,17 +178,17 @@ impl Iterator for Offsets {
 pub fn run(
     mmu: &mut Mmu,
     space: Space<'_>,
-    va: u64,
+    va: UserAddr,
     w: &Workload,
     costs: &Costs,
 ) -> Result<AccessResult, WorkloadError> {
     let mut offs = Offsets::new(w)?;
     for off in offs.by_ref().take(w.warmup as usize) {
-        let _: Outcome = mmu.load(space, va.wrapping_add(off));
+        let _: Outcome = mmu.load(space, UserAddr::new(va.as_u64().wrapping_add(off)));
     }
     let before = mmu.counters;
     for off in offs.take(w.count as usize) {
-        mmu.load(space, va.wrapping_add(off));
+        mmu.load(space, UserAddr::new(va.as_u64().wrapping_add(off)));
     }
     let counters = mmu.counters.since(&before);
     Ok(AccessResult {
@@ -221,7 +222,7 @@ mod tests {
         let r = run(
             &mut m,
             Space::Native(&t),
-            1 << 30,
+            UserAddr::new(1 << 30),
             &w(Pattern::Sequential, 1 << 20, 512 * 16),
             &Costs::default(),
         )
@@ -240,7 +241,14 @@ mod tests {
             let mut m = Mmu::new(&CpuModel::golden_cove());
             let mut wl = w(Pattern::Chase { lines: 8 }, len, 20_000);
             wl.warmup = 20_000;
-            let r = run(&mut m, Space::Native(&t), 1 << 30, &wl, &Costs::default()).unwrap();
+            let r = run(
+                &mut m,
+                Space::Native(&t),
+                UserAddr::new(1 << 30),
+                &wl,
+                &Costs::default(),
+            )
+            .unwrap();
             miss.push(r.counters.walks);
         }
         assert!(miss[0] > 19_000, "{miss:?}");

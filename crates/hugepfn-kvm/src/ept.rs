@@ -188,8 +188,7 @@ impl Ept {
 
     /// The hardware walk: the leaf that maps `gpa`, if any.
     pub fn translate(&self, gpa: GuestPhysAddr) -> Option<EptLeaf> {
-        let gpa = gpa.as_u64();
-        if gpa >= self.gpa_limit() {
+        if gpa.as_u64() >= self.gpa_limit() {
             return None;
         }
         self.tree.lookup(gpa).map(|(l, _)| l)
@@ -197,8 +196,7 @@ impl Ept {
 
     /// The raw entry mapping `gpa` and its level (for format checks).
     pub fn raw_leaf(&self, gpa: GuestPhysAddr) -> Option<(u64, Level)> {
-        let gpa = gpa.as_u64();
-        if gpa >= self.gpa_limit() {
+        if gpa.as_u64() >= self.gpa_limit() {
             return None;
         }
         let (_, slot) = self.tree.lookup(gpa)?;
@@ -207,9 +205,8 @@ impl Ept {
 
     /// `kvm_tdp_mmu_map`: installs `leaf` for the block containing `gpa`.
     pub fn map(&self, gpa: GuestPhysAddr, leaf: &EptLeaf) -> Result<MapOutcome, EptError> {
-        let gpa = gpa.as_u64();
-        if gpa >= self.gpa_limit() {
-            return Err(EptError::OutOfRange(gpa));
+        if gpa.as_u64() >= self.gpa_limit() {
+            return Err(EptError::OutOfRange(gpa.as_u64()));
         }
         let raw_leaf = self
             .tree
@@ -246,7 +243,7 @@ impl Ept {
             Entry::Table(pa) => {
                 // handle_removed_pt: the old table and everything under it goes.
                 let size = self.tree.geometry().size(slot.level);
-                let base = gpa & !(size - 1);
+                let base = gpa.align_down(size);
                 let mut gone = LeafCounts::default();
                 self.tree
                     .for_each_leaf(base, base + size, &mut |_, _, l| gone.add(l, 1));
@@ -267,22 +264,21 @@ impl Ept {
 
     /// `tdp_mmu_zap_leafs`: clears every leaf intersecting `[start, end)` (guest-physical),
     /// whole; tables stay. Returns the leaves cleared.
-    pub fn zap_gfn_range(&self, start: u64, end: u64) -> LeafCounts {
+    pub fn zap_gfn_range(&self, start: GuestPhysAddr, end: GuestPhysAddr) -> LeafCounts {
         let mut z = LeafCounts::default();
-        let _ = self
-            .tree
-            .walk_range::<WalkError>(start, end.min(self.gpa_limit()), &mut |t, v| {
-                Ok(match v.entry {
-                    Entry::Table(_) if !v.post => Step::Descend,
-                    Entry::Leaf(_) => {
-                        t.lock(v.slot).set(v.slot, 0);
-                        self.count(v.slot.level, 1, false);
-                        z.add(v.slot.level, 1);
-                        Step::Next
-                    }
-                    _ => Step::Next,
-                })
-            });
+        let end = GuestPhysAddr::new(end.as_u64().min(self.gpa_limit())).unwrap_or(end);
+        let _ = self.tree.walk_range::<WalkError>(start, end, &mut |t, v| {
+            Ok(match v.entry {
+                Entry::Table(_) if !v.post => Step::Descend,
+                Entry::Leaf(_) => {
+                    t.lock(v.slot).set(v.slot, 0);
+                    self.count(v.slot.level, 1, false);
+                    z.add(v.slot.level, 1);
+                    Step::Next
+                }
+                _ => Step::Next,
+            })
+        });
         z
     }
 }
@@ -383,7 +379,7 @@ mod tests {
             }
         );
         // zap: the 1G leaf intersecting the range goes whole
-        let z = ept.zap_gfn_range(4 * G + 8192, 4 * G + 12288);
+        let z = ept.zap_gfn_range(gpa_of(4 * G + 8192), gpa_of(4 * G + 12288));
         assert_eq!(z.pud, 1);
         assert!(ept.translate(gpa_of(4 * G)).is_none());
         assert!(ept.translate(gpa_of(5 * G)).is_some());

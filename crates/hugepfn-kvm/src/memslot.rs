@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use hugepfn_mm::Level;
+use hugepfn_mm::addr::{GuestPhysAddr, HostVirtAddr};
 use serde::Serialize;
 
 /// `KVM_MEM_LOG_DIRTY_PAGES`.
@@ -32,11 +33,11 @@ pub struct UserMemoryRegion {
     /// `KVM_MEM_*` flags.
     pub flags: u32,
     /// First guest-physical address.
-    pub guest_phys_addr: u64,
+    pub guest_phys_addr: GuestPhysAddr,
     /// Bytes; 0 deletes the slot.
     pub memory_size: u64,
     /// Host virtual address backing the first byte.
-    pub userspace_addr: u64,
+    pub userspace_addr: HostVirtAddr,
 }
 
 /// `struct kvm_memory_slot`.
@@ -49,7 +50,7 @@ pub struct Memslot {
     /// Frames.
     pub npages: u64,
     /// Host address of `base_gfn`.
-    pub userspace_addr: u64,
+    pub userspace_addr: HostVirtAddr,
     /// `KVM_MEM_*` flags.
     pub flags: u32,
 }
@@ -71,12 +72,12 @@ impl Memslot {
     }
 
     /// `__gfn_to_hva_memslot`.
-    pub fn gfn_to_hva(&self, gfn: u64) -> u64 {
+    pub fn gfn_to_hva(&self, gfn: u64) -> HostVirtAddr {
         self.userspace_addr + ((gfn - self.base_gfn) << 12)
     }
 
     /// The guest frames whose host addresses intersect `[start, end)` (for MMU notifiers).
-    pub fn hva_range_to_gfns(&self, start: u64, end: u64) -> Option<(u64, u64)> {
+    pub fn hva_range_to_gfns(&self, start: HostVirtAddr, end: HostVirtAddr) -> Option<(u64, u64)> {
         let s_end = self.userspace_addr + (self.npages << 12);
         let lo = start.max(self.userspace_addr);
         let hi = end.min(s_end);
@@ -104,7 +105,7 @@ impl Memslot {
             return false;
         }
         let p = pages_per_hpage(level);
-        let ugfn = self.userspace_addr >> 12;
+        let ugfn = self.userspace_addr.as_u64() >> 12;
         if (self.base_gfn ^ ugfn) & (p - 1) != 0 {
             return true;
         }
@@ -209,18 +210,20 @@ impl Memslots {
         if m.memory_size & 0xfff != 0 {
             return inval("memory_size is not page aligned");
         }
-        if m.guest_phys_addr & 0xfff != 0 {
+        if !m.guest_phys_addr.is_aligned(0x1000) {
             return inval("guest_phys_addr is not page aligned");
         }
-        if m.userspace_addr & 0xfff != 0
+        if !m.userspace_addr.is_aligned(0x1000)
             || m.userspace_addr
                 .checked_add(m.memory_size)
-                .is_none_or(|e| e > task_size)
+                .is_none_or(|e| e.as_u64() > task_size)
         {
             return inval("userspace_addr is not page aligned or not a user address range");
         }
         if m.guest_phys_addr.checked_add(m.memory_size).is_none() {
-            return inval("guest_phys_addr + memory_size wraps");
+            return inval(
+                "guest_phys_addr + memory_size runs past the guest-physical address width",
+            );
         }
         if (m.memory_size >> 12) > KVM_MEM_MAX_NR_PAGES {
             return inval("more than KVM_MEM_MAX_NR_PAGES pages");
@@ -237,7 +240,7 @@ impl Memslots {
         }
         let new = Memslot {
             id,
-            base_gfn: m.guest_phys_addr >> 12,
+            base_gfn: m.guest_phys_addr.gfn(),
             npages: m.memory_size >> 12,
             userspace_addr: m.userspace_addr,
             flags: m.flags,
@@ -291,9 +294,9 @@ mod tests {
         UserMemoryRegion {
             slot,
             flags: 0,
-            guest_phys_addr: gpa,
+            guest_phys_addr: GuestPhysAddr::new(gpa).expect("a 52-bit GPA"),
             memory_size: size,
-            userspace_addr: hva,
+            userspace_addr: HostVirtAddr::new(hva),
         }
     }
 
@@ -303,7 +306,7 @@ mod tests {
             id: 0,
             base_gfn: (G + (2 << 20)) >> 12,
             npages: (2 * G) >> 12,
-            userspace_addr: 0x7f00_0000_0000 + (2 << 20),
+            userspace_addr: HostVirtAddr::new(0x7f00_0000_0000 + (2 << 20)),
             flags: 0,
         };
         // congruent modulo 1G: only the partial first and last 1G blocks are disallowed
@@ -321,10 +324,13 @@ mod tests {
         assert!(skew.disallow_lpage((2 * G) >> 12, Level::Pmd));
         assert_eq!(s.gfn_to_hva(s.base_gfn + 3), s.userspace_addr + 3 * 4096);
         assert_eq!(
-            s.hva_range_to_gfns(0, s.userspace_addr + 4097),
+            s.hva_range_to_gfns(HostVirtAddr::default(), s.userspace_addr + 4097),
             Some((s.base_gfn, s.base_gfn + 2))
         );
-        assert_eq!(s.hva_range_to_gfns(0, s.userspace_addr), None);
+        assert_eq!(
+            s.hva_range_to_gfns(HostVirtAddr::default(), s.userspace_addr),
+            None
+        );
     }
 
     #[test]
@@ -367,7 +373,11 @@ mod tests {
             e(m.set(&region(1 << 16, 8 * G, G, hva), TASK)),
             Some("EINVAL")
         );
-        assert_eq!(e(m.set(&region(1, !0xfff, G, hva), TASK)), Some("EINVAL"));
+        // a slot past the guest-physical width (no GPA can wrap 64 bits: the type holds 52)
+        assert_eq!(
+            e(m.set(&region(1, (1 << 52) - 4096, G, hva), TASK)),
+            Some("EINVAL")
+        );
         assert_eq!(
             e(m.set(&region(0, 4 * G, 2 * G, hva), TASK)),
             Some("EINVAL")

@@ -38,7 +38,7 @@
 
 use std::sync::{Arc, Weak};
 
-use hugepfn_mm::addr::UserAddr;
+use hugepfn_mm::addr::{HostVirtAddr, InputAddr, UserAddr};
 use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
 use hugepfn_mm::sync::{Mutex, MutexGuard, RwLock};
 
@@ -117,9 +117,9 @@ pub enum KvmError {
     #[error("gpa {gpa:#x} (hva {hva:#x}): {reason}")]
     Fault {
         /// Guest-physical address.
-        gpa: u64,
+        gpa: GuestPhysAddr,
         /// Host virtual address.
-        hva: u64,
+        hva: HostVirtAddr,
         /// Why.
         reason: String,
     },
@@ -242,7 +242,7 @@ impl std::fmt::Debug for Vm {
 struct KvmMmuNotifier(Weak<Inner>);
 
 impl MmuNotifier for KvmMmuNotifier {
-    fn invalidate_range(&self, start: u64, end: u64) {
+    fn invalidate_range(&self, start: UserAddr, end: UserAddr) {
         if let Some(vm) = self.0.upgrade() {
             vm.invalidate_range(start, end);
         }
@@ -417,8 +417,8 @@ impl Vm {
         }
         // Livelock against invalidations: what KVM would keep retrying.
         Err(KvmError::Fault {
-            gpa: gpa.as_u64(),
-            hva: 0,
+            gpa,
+            hva: HostVirtAddr::default(),
             reason: "the fault kept being invalidated".into(),
         })
     }
@@ -506,7 +506,7 @@ impl Inner {
         let ept = self.ept();
         let (start, end) = (s.base_gfn << 12, s.end_gfn() << 12);
         let z = match keep {
-            None => ept.zap_gfn_range(start, end),
+            None => ept.zap_gfn_range(gpa_of(start), gpa_of(end)),
             Some(keep) => {
                 // Walk the slot leaf by leaf and zap those of the wrong size.
                 let mut z = LeafCounts::default();
@@ -521,8 +521,10 @@ impl Inner {
                                 l.level < keep
                             };
                             if wrong {
-                                let zz =
-                                    ept.zap_gfn_range(gpa & !(size - 1), (gpa | (size - 1)) + 1);
+                                let zz = ept.zap_gfn_range(
+                                    gpa_of(gpa & !(size - 1)),
+                                    gpa_of((gpa | (size - 1)) + 1),
+                                );
                                 z.pud += zz.pud;
                                 z.pmd += zz.pmd;
                                 z.pte += zz.pte;
@@ -544,7 +546,7 @@ impl Inner {
     }
 
     /// `kvm_mmu_notifier_invalidate_range_start/end` for host range `[start, end)`.
-    fn invalidate_range(&self, start: u64, end: u64) {
+    fn invalidate_range(&self, start: HostVirtAddr, end: HostVirtAddr) {
         inc(&self.c.invalidations);
         let ranges: Vec<(u64, u64)> = self
             .slots()
@@ -557,7 +559,7 @@ impl Inner {
             // mmu_invalidate_begin: faults that looked up a pfn before this must retry.
             self.mmu_invalidate_seq.fetch_add(1, Ordering::Release);
             for (g0, g1) in ranges {
-                let zz = ept.zap_gfn_range(g0 << 12, g1 << 12);
+                let zz = ept.zap_gfn_range(gpa_of(g0 << 12), gpa_of(g1 << 12));
                 z.pud += zz.pud;
                 z.pmd += zz.pmd;
                 z.pte += zz.pte;
@@ -596,11 +598,7 @@ impl Inner {
                 }
                 Err(reason) => {
                     inc(&self.c.efaults);
-                    return Err(KvmError::Fault {
-                        gpa: gpa.as_u64(),
-                        hva,
-                        reason,
-                    });
+                    return Err(KvmError::Fault { gpa, hva, reason });
                 }
             };
             let ept = self.ept();
@@ -664,18 +662,14 @@ impl Inner {
     ) -> Result<Faultin, KvmError> {
         let gfn = gpa.gfn();
         let hva = slot.gfn_to_hva(gfn);
-        let efault = |hva: u64, reason: String| {
+        let efault = |hva: HostVirtAddr, reason: String| {
             inc(&self.c.efaults);
-            KvmError::Fault {
-                gpa: gpa.as_u64(),
-                hva,
-                reason,
-            }
+            KvmError::Fault { gpa, hva, reason }
         };
         loop {
             let mmu_seq = self.mmu_invalidate_seq.load(Ordering::Acquire);
             // mmap_read_lock; vma_lookup; get_vma_page_shift (logging forces PAGE_SIZE)
-            let Some(vma) = self.mm.find_vma(UserAddr::new(hva)) else {
+            let Some(vma) = self.mm.find_vma(hva) else {
                 return Err(efault(hva, "no VMA maps the hva".into()));
             };
             let mut level = if slot.dirty_logging() {
@@ -781,7 +775,7 @@ impl Inner {
     }
 
     /// `kvm_mmu_hugepage_adjust` + `kvm_mmu_max_mapping_level`.
-    fn mapping_level(&self, slot: &Memslot, gfn: u64, hva: u64, pfn: u64) -> Level {
+    fn mapping_level(&self, slot: &Memslot, gfn: u64, hva: HostVirtAddr, pfn: u64) -> Level {
         let mut level = max_level(self.cfg);
         if level == Level::Pte || slot.dirty_logging() {
             return Level::Pte;
@@ -803,12 +797,12 @@ impl Inner {
     }
 
     /// `hva_to_pfn`: the host pfn behind `hva`, or why not.
-    fn hva_to_pfn(&self, hva: u64, write: bool) -> Result<Faultin, String> {
+    fn hva_to_pfn(&self, hva: HostVirtAddr, write: bool) -> Result<Faultin, String> {
         let mm = &self.mm;
         // hva_to_pfn_fast: get_user_page_fast_only
         inc(&self.c.gup_fast);
         let fast = mm.get_user_pages_fast(
-            UserAddr::new(hva),
+            hva,
             1,
             FollFlags {
                 write,
@@ -818,7 +812,7 @@ impl Inner {
         if fast.pinned == 1
             && let Some((leaf, _)) = mm.page_tables().lookup(hva)
         {
-            let off = (hva & (leaf.level.size() - 1)) >> 12;
+            let off = hva.offset_in(leaf.level.size()) >> 12;
             return Ok(Faultin::Pfn(HostPfn {
                 pfn: leaf.pfn.as_u64() + off,
                 writable: leaf.prot.is_writable(),
@@ -830,7 +824,7 @@ impl Inner {
             let g = mm.mmap_read();
             // hva_to_pfn_slow: get_user_pages_unlocked → check_vma_flags
             inc(&self.c.gup_slow);
-            let Some(vma) = g.find_vma(UserAddr::new(hva)) else {
+            let Some(vma) = g.find_vma(hva) else {
                 return Err("no VMA maps the hva".into());
             };
             if !vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
@@ -839,7 +833,7 @@ impl Inner {
             // hva_to_pfn_remapped
             inc(&self.c.follow_calls);
             // (an hva checked canonical for the widest mode; the mm checks its own range)
-            let found = VirtAddr::new(hva, PagingMode::Level5)
+            let found = VirtAddr::new(hva.as_u64(), PagingMode::Level5)
                 .map_err(hugepfn_mm::MmError::from)
                 .and_then(|va| g.follow_pfnmap_start(va))
                 .map(|f| {
@@ -863,7 +857,7 @@ impl Inner {
                 Err(_) if !fixed_up => {
                     fixed_up = true;
                     inc(&self.c.host_fixups);
-                    mm.fixup_user_fault(UserAddr::new(hva), write)
+                    mm.fixup_user_fault(hva, write)
                         .map_err(|e| format!("fixup_user_fault: {e}"))?;
                 }
                 Err(e) => return Err(format!("follow_pfnmap_start: {e}")),
@@ -878,12 +872,18 @@ impl Inner {
     }
 }
 
+/// The guest-physical address `raw`, computed from a memslot's frames: below 2^52, as
+/// `KVM_SET_USER_MEMORY_REGION` refused any slot reaching past it.
+fn gpa_of(raw: u64) -> GuestPhysAddr {
+    GuestPhysAddr::from_raw(raw)
+}
+
 /// `get_vma_page_shift(vma, hva)` (`arch/arm64/kvm/mmu.c`) for a VMA that is not hugetlb: for
 /// VM_PFNMAP, PUD or PMD if `hva`'s offset in that block equals the offset of
 /// `(vm_pgoff << PAGE_SHIFT) + (hva - vm_start)` and the block's aligned bounds lie in the VMA as
 /// Linux checks them (`ALIGN_DOWN(hva, size) >= vm_start && ALIGN(hva, size) <= vm_end`: an
 /// aligned `hva` passes the second test whatever the size), else 4 KiB.
-pub fn get_vma_page_shift(vma: &hugepfn_mm::Vma, hva: u64) -> Level {
+pub fn get_vma_page_shift(vma: &hugepfn_mm::Vma, hva: HostVirtAddr) -> Level {
     // (KVM calls it for the VMA vma_lookup found for hva)
     if !vma.flags.contains(VmFlags::PFNMAP) || !(vma.start..vma.end).contains(&hva) {
         return Level::Pte;
@@ -891,9 +891,9 @@ pub fn get_vma_page_shift(vma: &hugepfn_mm::Vma, hva: u64) -> Level {
     let pa = (vma.pgoff << 12).wrapping_add(hva - vma.start);
     for level in [Level::Pud, Level::Pmd] {
         let size = level.size();
-        let align_up = hva.checked_next_multiple_of(size);
-        if hva & (size - 1) == pa & (size - 1)
-            && hva & !(size - 1) >= vma.start
+        let align_up = hva.checked_align_up(size);
+        if hva.offset_in(size) == pa & (size - 1)
+            && hva.align_down(size) >= vma.start
             && align_up.is_some_and(|up| up <= vma.end)
         {
             return level;
@@ -904,7 +904,7 @@ pub fn get_vma_page_shift(vma: &hugepfn_mm::Vma, hva: u64) -> Level {
 
 /// `host_pfn_mapping_level(kvm, gfn, slot)`: the level of the host leaf mapping `hva`
 /// (1 GiB for a PUD leaf, 2 MiB for a PMD leaf, else 4 KiB), read from the host page tables.
-pub fn host_pfn_mapping_level(mm: &Mm, hva: u64) -> Level {
+pub fn host_pfn_mapping_level(mm: &Mm, hva: HostVirtAddr) -> Level {
     match mm.page_tables().lookup(hva) {
         Some((leaf, _)) => leaf.level,
         None => Level::Pte,

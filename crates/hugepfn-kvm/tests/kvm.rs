@@ -74,9 +74,9 @@ fn slot(id: u32, gpa: u64, size: u64, hva: u64, flags: u32) -> UserMemoryRegion 
     UserMemoryRegion {
         slot: id,
         flags,
-        guest_phys_addr: gpa,
+        guest_phys_addr: GuestPhysAddr::new(gpa).expect("a 52-bit GPA"),
         memory_size: size,
-        userspace_addr: hva,
+        userspace_addr: UserAddr::new(hva),
     }
 }
 
@@ -105,7 +105,10 @@ fn a_1g_host_mapping_gives_1g_ept_leaves() {
         "gup-fast refuses special PUDs"
     );
     assert_eq!(w.mm.fault_counts().by_level.pud, 4);
-    assert_eq!(host_pfn_mapping_level(&w.mm, w.va + 5), Level::Pud);
+    assert_eq!(
+        host_pfn_mapping_level(&w.mm, UserAddr::new(w.va + 5)),
+        Level::Pud
+    );
     // the real EPT entry: R W X, UC for MMIO, no IPAT, large, A and D, BAR address
     let (raw, level) = w.vm.ept_raw(gpa_of(GPA + G + 77)).expect("mapped");
     assert_eq!(level, Level::Pud);
@@ -347,7 +350,7 @@ fn arm64_stage_2_maps_1g_blocks_over_a_host_mapped_at_2m() {
     assert_eq!(t.violations, 4, "one stage-2 fault per GiB");
     assert_eq!(w.vm.ept_leaves(), leaves(4, 0, 0));
     assert_eq!(
-        host_pfn_mapping_level(&w.mm, w.va + 5),
+        host_pfn_mapping_level(&w.mm, UserAddr::new(w.va + 5)),
         Level::Pmd,
         "the host maps the first 2 MiB of each GiB only"
     );
@@ -381,7 +384,10 @@ fn arm64_stage_2_blocks_ignore_the_host_thp_policy_but_not_the_memslot() {
     let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, false);
     r.expect("touch");
     assert_eq!((t.violations, w.vm.ept_leaves()), (4, leaves(4, 0, 0)));
-    assert_eq!(host_pfn_mapping_level(&w.mm, w.va), Level::Pte);
+    assert_eq!(
+        host_pfn_mapping_level(&w.mm, UserAddr::new(w.va)),
+        Level::Pte
+    );
     drop(w);
     // a memslot whose guest address is 2 MiB- but not 1 GiB-congruent with its hva: 2 MiB
     let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
@@ -432,7 +438,10 @@ fn arm64_host_changes_where_the_host_has_no_leaf_still_zap_the_stage_2_block() {
     assert_eq!(w.vm.ept_leaves(), leaves(2, 0, 0));
     // the host has no leaf at either target (only each GiB's first 2 MiB)
     for t in [w.va + 256 * M2, w.va + 3 * G + G / 2] {
-        assert!(w.mm.page_tables().lookup(t).is_none(), "{t:#x}");
+        assert!(
+            w.mm.page_tables().lookup(UserAddr::new(t)).is_none(),
+            "{t:#x}"
+        );
     }
     // mprotect of 2 MiB inside GiB 0 where the host has no leaf: change_pud_range notifies
     // from the populated PUD entry on, and KVM zaps the block

@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::addr::AddrError;
+use crate::addr::{AddrError, UserAddr};
 use crate::level::Level;
 use crate::pgtable::WalkError;
 
@@ -37,18 +37,18 @@ pub enum MmError {
     Addr(#[from] AddrError),
     /// No VMA contains the address.
     #[error("no VMA maps {0:#x}")]
-    NoVma(u64),
+    NoVma(UserAddr),
     /// The range is not inside one VMA.
     #[error("range {start:#x}..{end:#x} is not inside the VMA {vma_start:#x}..{vma_end:#x}")]
     OutsideVma {
         /// Range start.
-        start: u64,
+        start: UserAddr,
         /// Range end.
-        end: u64,
+        end: UserAddr,
         /// VMA start.
-        vma_start: u64,
+        vma_start: UserAddr,
         /// VMA end.
-        vma_end: u64,
+        vma_end: UserAddr,
     },
     /// The pfn range runs past the 52-bit physical address width.
     #[error("pfn range {pfn:#x}+{pages:#x} pages runs past the 52-bit physical address width")]
@@ -62,7 +62,7 @@ pub enum MmError {
     #[error("{va:#x} is already mapped (remap_pfn_range needs an empty range)")]
     AlreadyMapped {
         /// The first mapped address.
-        va: u64,
+        va: UserAddr,
     },
     /// A CoW mapping must be remapped whole, with `vm_pgoff` = pfn (`remap_pfn_range_internal`).
     #[error(
@@ -70,16 +70,16 @@ pub enum MmError {
     )]
     CowPartial {
         /// VMA start.
-        vma_start: u64,
+        vma_start: UserAddr,
         /// VMA end.
-        vma_end: u64,
+        vma_end: UserAddr,
     },
     /// `follow_pfnmap_start` on a VMA without VM_IO or VM_PFNMAP.
     #[error("VMA {0:#x}.. is not VM_IO|VM_PFNMAP")]
-    NotPfnmap(u64),
+    NotPfnmap(UserAddr),
     /// Nothing is mapped at the address.
     #[error("nothing is mapped at {0:#x}")]
-    NotMapped(u64),
+    NotMapped(UserAddr),
     /// A call that needs every page of its range mapped met one no VMA maps (`mincore`,
     /// `mprotect`: ENOMEM).
     #[error("{what}: no mapping at {addr:#x}")]
@@ -87,7 +87,7 @@ pub enum MmError {
         /// The call.
         what: &'static str,
         /// The first unmapped address.
-        addr: u64,
+        addr: UserAddr,
     },
     /// A fixed mapping would overlap an existing VMA (`MAP_FIXED_NOREPLACE`).
     #[error(
@@ -95,13 +95,13 @@ pub enum MmError {
     )]
     Overlap {
         /// Range start.
-        start: u64,
+        start: UserAddr,
         /// Range end.
-        end: u64,
+        end: UserAddr,
         /// Existing VMA start.
-        vma_start: u64,
+        vma_start: UserAddr,
         /// Existing VMA end.
-        vma_end: u64,
+        vma_end: UserAddr,
     },
     /// No free virtual range is large enough.
     #[error("no free virtual range of {0:#x} bytes")]

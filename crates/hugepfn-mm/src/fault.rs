@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::addr::Pfn;
+use crate::addr::{Pfn, UserAddr};
 use crate::entry::{Decoded, Leaf, ProtFlags};
 use crate::level::{Geometry, LeafCap, Level};
 use crate::pgtable::{Hazard, LeafCounts, PageTables, PartialHuge, Slot, WalkError};
@@ -86,9 +86,9 @@ pub struct VmFault<'a> {
     /// The faulting VMA.
     pub vma: &'a Vma,
     /// `vmf->address`: the faulting address rounded down to the page.
-    pub address: u64,
+    pub address: UserAddr,
     /// `vmf->real_address`.
-    pub real_address: u64,
+    pub real_address: UserAddr,
     /// `vmf->flags`.
     pub flags: FaultFlags,
     /// `vmf->pgoff`: `linear_page_index(vma, address)`.
@@ -120,12 +120,12 @@ impl<'a> VmFault<'a> {
     /// driver's handlers directly).
     pub fn new(
         vma: &'a Vma,
-        address: u64,
+        address: UserAddr,
         flags: FaultFlags,
         pt: &'a PageTables,
         stats: &'a FaultStats,
     ) -> Self {
-        let page = address & !(pt.geometry().page_size() - 1);
+        let page = address.align_down(pt.geometry().page_size());
         VmFault {
             vma,
             address: page,
@@ -473,7 +473,7 @@ impl FaultStats {
     }
 }
 
-fn check_insert(vmf: &VmFault<'_>, addr: u64, level: Level) -> Option<VmFaultResult> {
+fn check_insert(vmf: &VmFault<'_>, addr: UserAddr, level: Level) -> Option<VmFaultResult> {
     let vma = vmf.vma;
     // BUG_ON in Linux (vmf_insert_pfn_prot, vmf_insert_pfn_pmd/pud): a driver never inserts pfns
     // into a CoW pfnmap, so huge pfnmaps never exist in CoW VMAs. We refuse instead of crashing.
@@ -484,14 +484,14 @@ fn check_insert(vmf: &VmFault<'_>, addr: u64, level: Level) -> Option<VmFaultRes
         return Some(VmFaultResult::Sigbus);
     }
     let size = vmf.geometry().size(level);
-    let base = addr & !(size - 1);
+    let base = addr.align_down(size);
     if base < vma.start || base.saturating_add(size) > vma.end {
         return Some(VmFaultResult::Sigbus);
     }
     None
 }
 
-fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultResult {
+fn insert_leaf(vmf: &VmFault<'_>, addr: UserAddr, pfn: Pfn, level: Level) -> VmFaultResult {
     if level > vmf.pfnmap_cap.max_level() {
         // Not built on this architecture: drivers fall back (vfio-pci's `#ifdef
         // CONFIG_ARCH_SUPPORTS_PUD_PFNMAP`), whichever design calls them.
@@ -561,7 +561,7 @@ fn insert_leaf(vmf: &VmFault<'_>, addr: u64, pfn: Pfn, level: Level) -> VmFaultR
 }
 
 /// `vmf_insert_pfn(vma, addr, pfn)`: a special page entry with the VMA's protection.
-pub fn vmf_insert_pfn(vmf: &VmFault<'_>, addr: u64, pfn: Pfn) -> VmFaultResult {
+pub fn vmf_insert_pfn(vmf: &VmFault<'_>, addr: UserAddr, pfn: Pfn) -> VmFaultResult {
     let g = vmf.geometry();
     insert_leaf(vmf, g.align_down(Level::Pte, addr), pfn, Level::Pte)
 }
@@ -605,7 +605,7 @@ pub fn handle_mm_fault_locked(
     vma: &Vma,
     pt: &PageTables,
     thp: ThpGate,
-    address: u64,
+    address: UserAddr,
     flags: FaultFlags,
     stats: &FaultStats,
 ) -> FaultOutcome {
@@ -736,7 +736,7 @@ fn handle_pte_fault(vmf: &VmFault<'_>, ops: Option<&dyn VmOperations>) -> VmFaul
         Some(pmd) => match pt.decode(pmd) {
             Decoded::Table(pa) => Ok(Some(Slot {
                 table: pa,
-                index: pt.geometry().index(Level::Pte, vmf.address),
+                index: pt.geometry().index(Level::Pte, vmf.address.as_u64()),
                 level: Level::Pte,
             })),
             Decoded::None => Ok(None),

@@ -35,8 +35,8 @@ pub struct FollowPfnmapArgs {
 
 impl FollowPfnmapArgs {
     /// Bytes from the address to the end of its leaf.
-    pub fn bytes_to_leaf_end(&self, addr: u64) -> u64 {
-        (addr | !self.addr_mask) - addr + 1
+    pub fn bytes_to_leaf_end(&self, addr: UserAddr) -> u64 {
+        (addr.as_u64() | !self.addr_mask) - addr.as_u64() + 1
     }
 }
 
@@ -67,10 +67,8 @@ impl FollowPfnmap<'_> {
 impl MmapRead<'_> {
     /// `follow_pfnmap_start(args)` for `addr`, with the mmap lock held by `self`.
     pub fn follow_pfnmap_start(&self, addr: VirtAddr) -> Result<FollowPfnmap<'_>, MmError> {
-        let addr = addr.as_u64();
-        let vma = self
-            .find_vma(UserAddr::new(addr))
-            .ok_or(MmError::NoVma(addr))?;
+        let addr = UserAddr::from(addr);
+        let vma = self.find_vma(addr).ok_or(MmError::NoVma(addr))?;
         if !vma.is_pfnmap_or_io() {
             return Err(MmError::NotPfnmap(vma.start));
         }
@@ -96,7 +94,7 @@ impl MmapRead<'_> {
                     let g = pt.geometry();
                     let size = g.size(slot.level);
                     // the pfn of the page holding addr (its first 4 KiB frame)
-                    let off = (addr & (size - 1) & !(g.page_size() - 1)) >> 12;
+                    let off = (addr.offset_in(size) & !(g.page_size() - 1)) >> 12;
                     let pfn = l.pfn.checked_add(off).ok_or(MmError::NotMapped(addr))?;
                     return Ok(FollowPfnmap {
                         _locked: locked,

@@ -9,6 +9,7 @@
 //! is only looked at on a *present* entry: a non-present huge entry (a migration entry) whose
 //! software bits happen to include bit 9 is copied as the non-present entry it is).
 
+use crate::addr::UserAddr;
 use crate::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -99,17 +100,19 @@ impl Mm {
 fn copy_range(
     src: &PageTables,
     dst: &PageTables,
-    start: u64,
-    end: u64,
+    start: UserAddr,
+    end: UserAddr,
     flags: VmFlags,
     st: &mut ForkStats,
 ) -> Result<(), WalkError> {
     let cow = flags.is_cow_mapping();
     let shared = flags.contains(VmFlags::SHARED);
-    let mut items: Vec<(u64, Level, u64)> = Vec::new();
+    let mut items: Vec<(UserAddr, Level, u64)> = Vec::new();
     collect(src, start, end, &mut items);
     for (va, level, raw) in items {
-        let slot_src = src.slot(va, level)?.ok_or(WalkError::Vanished(va, level))?;
+        let slot_src = src
+            .slot(va, level)?
+            .ok_or(WalkError::Vanished(va.as_u64(), level))?;
         let new_raw = match src.decode_raw(raw, level) {
             // Present checked before special (47fa30118f02): non-present entries are copied as
             // they are, whatever their software bits say.
@@ -151,7 +154,7 @@ fn copy_range(
 
 /// Every leaf or non-present entry whose first byte is in `[start, end)`, with its level and
 /// raw value (the part of `copy_page_range` that reads the parent).
-fn collect(pt: &PageTables, start: u64, end: u64, out: &mut Vec<(u64, Level, u64)>) {
+fn collect(pt: &PageTables, start: UserAddr, end: UserAddr, out: &mut Vec<(UserAddr, Level, u64)>) {
     let _ = pt.tree().walk_range::<WalkError>(start, end, &mut |_, v| {
         Ok(match v.entry {
             Decoded::None => Step::Next,

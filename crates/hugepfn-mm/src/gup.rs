@@ -36,7 +36,6 @@ impl Mm {
     /// `get_user_pages_fast(start, nr_pages, gup_flags)`: lockless; special entries (pfnmaps at
     /// any level) are refused, and so is a write to a read-only entry.
     pub fn get_user_pages_fast(&self, start: UserAddr, nr_pages: u64, flags: FollFlags) -> GupFast {
-        let start = start.as_u64();
         let pt = self.page_tables();
         let mut out = GupFast::default();
         for i in 0..nr_pages {
@@ -77,31 +76,24 @@ impl Mm {
         nr_pages: u64,
         flags: FollFlags,
     ) -> Result<u64, Errno> {
-        let start = start.as_u64();
         for i in 0..nr_pages {
             let addr = i
                 .checked_mul(self.page_size())
                 .and_then(|o| start.checked_add(o))
                 .ok_or(Errno::EFAULT)?;
-            let vma = self.find_vma(UserAddr::new(addr)).ok_or(Errno::EFAULT)?;
+            let vma = self.find_vma(addr).ok_or(Errno::EFAULT)?;
             if vma.flags.intersects(VmFlags::IO | VmFlags::PFNMAP) {
                 return if i == 0 { Err(Errno::EFAULT) } else { Ok(i) };
             }
             if access_error(&vma, flags.write) {
                 return if i == 0 { Err(Errno::EFAULT) } else { Ok(i) };
             }
-            if self
-                .get_user_pages_fast(UserAddr::new(addr), 1, flags)
-                .pinned
-                == 0
-            {
+            if self.get_user_pages_fast(addr, 1, flags).pinned == 0 {
                 let mut ff = FaultFlags::REMOTE;
                 if flags.write {
                     ff |= FaultFlags::WRITE;
                 }
-                let o = self
-                    .handle_mm_fault(UserAddr::new(addr), ff)
-                    .map_err(|_| Errno::EFAULT)?;
+                let o = self.handle_mm_fault(addr, ff).map_err(|_| Errno::EFAULT)?;
                 if o.result.is_error() {
                     return if i == 0 { Err(Errno::EFAULT) } else { Ok(i) };
                 }
@@ -114,12 +106,11 @@ impl Mm {
     /// had touched it. `-EFAULT` for no VMA, a forbidden access, or a fault that ends in SIGBUS or
     /// SIGSEGV (vfio revoked, memory disabled); `-ENOMEM` on OOM.
     pub fn fixup_user_fault(&self, addr: UserAddr, write: bool) -> Result<(), Errno> {
-        let addr = addr.as_u64();
         let mut ff = FaultFlags::REMOTE | FaultFlags::ALLOW_RETRY;
         if write {
             ff |= FaultFlags::WRITE;
         }
-        match self.handle_mm_fault(UserAddr::new(addr), ff) {
+        match self.handle_mm_fault(addr, ff) {
             Err(MmError::NoVma(_)) | Err(_) => Err(Errno::EFAULT),
             Ok(o) => match o.result {
                 VmFaultResult::Oom => Err(Errno::ENOMEM),

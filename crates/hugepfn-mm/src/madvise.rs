@@ -151,8 +151,7 @@ fn new_flags(v: &Vma, a: Advice) -> Result<Option<VmFlags>, MmError> {
 impl Mm {
     /// `madvise(addr, len, advice)`.
     pub fn madvise(&self, addr: UserAddr, len: u64, advice: Advice) -> Result<(), MmError> {
-        let addr = addr.as_u64();
-        if !addr.is_multiple_of(self.page_size()) {
+        if !addr.is_aligned(self.page_size()) {
             return Err(refused(
                 Errno::EINVAL,
                 format!("address {addr:#x} not page aligned"),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Weak};
 
 use crate::sync::RwLock;
 
+use crate::addr::UserAddr;
 use crate::mm::Mm;
 use crate::pgtable::{PartialHuge, ZapStats};
 
@@ -22,9 +23,9 @@ pub struct IMmapEntry {
     /// The process.
     pub mm: Weak<Mm>,
     /// `vm_start`.
-    pub start: u64,
+    pub start: UserAddr,
     /// `vm_end`.
-    pub end: u64,
+    pub end: UserAddr,
     /// `vm_pgoff`.
     pub pgoff: u64,
 }
@@ -33,7 +34,7 @@ pub struct IMmapEntry {
 #[derive(Debug, Default)]
 pub struct AddressSpace {
     name: String,
-    i_mmap: RwLock<BTreeMap<(u64, u64), IMmapEntry>>,
+    i_mmap: RwLock<BTreeMap<(u64, UserAddr), IMmapEntry>>,
 }
 
 /// What `unmap_mapping_range` did.
@@ -68,7 +69,7 @@ impl AddressSpace {
             .insert((mm_id, e.start), e);
     }
 
-    pub(crate) fn unlink(&self, mm_id: u64, start: u64) {
+    pub(crate) fn unlink(&self, mm_id: u64, start: UserAddr) {
         self.i_mmap
             .write()
             .unwrap_or_else(|p| p.into_inner())

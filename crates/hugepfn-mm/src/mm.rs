@@ -36,7 +36,7 @@ use hugepfn_units::arch::Arch;
 static NEXT_MM_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// `mmap_min_addr`.
-pub const MMAP_MIN_ADDR: u64 = 0x10000;
+pub const MMAP_MIN_ADDR: UserAddr = UserAddr::new(0x10000);
 
 /// How an `Mm` behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +187,7 @@ impl MmapCtx<'_> {
     /// `remap_pfn_range(vma, addr, pfn, size, prot)` from inside `f_op->mmap`.
     pub fn remap_pfn_range(
         &mut self,
-        addr: u64,
+        addr: UserAddr,
         pfn: u64,
         size: u64,
         prot: Pgprot,
@@ -215,12 +215,12 @@ impl MmapCtx<'_> {
 /// The VMAs of an `Mm`, ordered by start address (Linux's maple tree).
 #[derive(Debug, Default)]
 pub struct VmaTree {
-    pub(crate) vmas: BTreeMap<u64, Vma>,
+    pub(crate) vmas: BTreeMap<UserAddr, Vma>,
 }
 
 impl VmaTree {
     /// `vma_lookup()`: the VMA containing `addr`.
-    pub fn find(&self, addr: u64) -> Option<&Vma> {
+    pub fn find(&self, addr: UserAddr) -> Option<&Vma> {
         self.vmas
             .range(..=addr)
             .next_back()
@@ -229,7 +229,7 @@ impl VmaTree {
     }
 
     /// VMAs overlapping `[start, end)`, in order.
-    pub fn overlapping(&self, start: u64, end: u64) -> impl Iterator<Item = &Vma> {
+    pub fn overlapping(&self, start: UserAddr, end: UserAddr) -> impl Iterator<Item = &Vma> {
         let first = self
             .vmas
             .range(..=start)
@@ -259,27 +259,27 @@ impl VmaTree {
     }
 
     /// End of the last VMA ending at or before `addr` (the `floor` of `free_pgtables`).
-    pub(crate) fn floor(&self, addr: u64) -> u64 {
+    pub(crate) fn floor(&self, addr: UserAddr) -> UserAddr {
         self.vmas
             .range(..addr)
             .next_back()
             .map(|(_, v)| v.end)
             .filter(|&e| e <= addr)
-            .unwrap_or(0)
+            .unwrap_or_default()
     }
 
     /// Start of the first VMA starting at or after `addr` (the `ceiling`).
-    pub(crate) fn ceiling(&self, addr: u64) -> u64 {
+    pub(crate) fn ceiling(&self, addr: UserAddr) -> UserAddr {
         self.vmas
             .range(addr..)
             .next()
             .map(|(&s, _)| s)
-            .unwrap_or(u64::MAX)
+            .unwrap_or(UserAddr::new(u64::MAX))
     }
 
     /// Highest free gap below `high` of at least `len` bytes: its end minus `len`
     /// (`vm_unmapped_area` top-down, no alignment).
-    pub(crate) fn topdown(&self, len: u64, low: u64, high: u64) -> Option<u64> {
+    pub(crate) fn topdown(&self, len: u64, low: UserAddr, high: UserAddr) -> Option<UserAddr> {
         let mut gap_end = high;
         for (&s, v) in self.vmas.range(..high).rev() {
             if v.end < gap_end && gap_end - v.end.max(low) >= len && gap_end >= low + len {
@@ -371,7 +371,7 @@ impl<'a> MmapRead<'a> {
 
     /// `vma_lookup(mm, addr)`.
     pub fn find_vma(&self, addr: UserAddr) -> Option<&Vma> {
-        self.tree.find(addr.as_u64())
+        self.tree.find(addr)
     }
 }
 
@@ -439,12 +439,12 @@ impl Mm {
     /// leaf there for a table and hands `__split_huge_pmd` a "PMD" inside the BAR: an oops.
     /// With [`Bugs::SPLIT_VMA_IN_PUD_OOPS`] the model counts it; it never changes what the
     /// model does (the corrected `vma_adjust_trans_huge` also splits PUDs).
-    fn note_split_vma(&self, v: &Vma, addr: u64) {
+    fn note_split_vma(&self, v: &Vma, addr: UserAddr) {
         if !self.cfg.bugs.contains(Bugs::SPLIT_VMA_IN_PUD_OOPS) {
             return;
         }
         let pmd = self.geometry().size(Level::Pmd);
-        let lo = addr & !(pmd - 1);
+        let lo = addr.align_down(pmd);
         if addr == lo || lo < v.start || lo + pmd > v.end {
             return;
         }
@@ -484,12 +484,15 @@ impl Mm {
 
     /// Leaves mapped now in `[start, end)`.
     pub fn leaves(&self, start: UserAddr, end: UserAddr) -> LeafCounts {
-        self.pt.count_leaves(start.as_u64(), end.as_u64())
+        self.pt.count_leaves(start, end)
     }
 
     /// Leaves mapped now anywhere.
     pub fn all_leaves(&self) -> LeafCounts {
-        self.pt.count_leaves(0, self.cfg.arch.task_size())
+        self.pt.count_leaves(
+            UserAddr::default(),
+            UserAddr::new(self.cfg.arch.task_size()),
+        )
     }
 
     /// `mmap_read_lock`.
@@ -514,10 +517,12 @@ impl Mm {
         self.mmap_read().vmas().iter().cloned().collect()
     }
 
-    pub(crate) fn mmap_base(&self) -> u64 {
-        self.cfg
-            .mmap_base
-            .unwrap_or(self.cfg.arch.mmap_window() - (128 << 20))
+    pub(crate) fn mmap_base(&self) -> UserAddr {
+        UserAddr::new(
+            self.cfg
+                .mmap_base
+                .unwrap_or(self.cfg.arch.mmap_window() - (128 << 20)),
+        )
     }
 
     /// [`Mm::check_range`] for a system call's `(addr, len)`: the length is rounded up to
@@ -527,17 +532,17 @@ impl Mm {
     pub(crate) fn check_syscall_range(
         &self,
         what: &'static str,
-        addr: u64,
+        addr: UserAddr,
         len: u64,
-    ) -> Result<u64, MmError> {
+    ) -> Result<UserAddr, MmError> {
         let aligned = self.page_align(len).ok_or(MmError::Overflow {
-            addr,
+            addr: addr.as_u64(),
             len,
             limit: self.cfg.arch.task_size(),
         })?;
         if len != 0 && aligned == 0 {
             return Err(MmError::Overflow {
-                addr,
+                addr: addr.as_u64(),
                 len,
                 limit: self.cfg.arch.task_size(),
             });
@@ -548,17 +553,17 @@ impl Mm {
     pub(crate) fn check_range(
         &self,
         what: &'static str,
-        addr: u64,
+        addr: UserAddr,
         len: u64,
-    ) -> Result<u64, MmError> {
+    ) -> Result<UserAddr, MmError> {
         if len == 0 {
             return Err(MmError::ZeroLength(what));
         }
         let page = self.page_size();
-        if !addr.is_multiple_of(page) {
+        if !addr.is_aligned(page) {
             return Err(MmError::Unaligned {
                 what: "address",
-                value: addr,
+                value: addr.as_u64(),
                 align: page,
             });
         }
@@ -571,8 +576,12 @@ impl Mm {
         }
         let limit = self.cfg.arch.task_size();
         match addr.checked_add(len) {
-            Some(end) if end <= limit => Ok(end),
-            _ => Err(MmError::Overflow { addr, len, limit }),
+            Some(end) if end.as_u64() <= limit => Ok(end),
+            _ => Err(MmError::Overflow {
+                addr: addr.as_u64(),
+                len,
+                limit,
+            }),
         }
     }
 
@@ -583,7 +592,6 @@ impl Mm {
     pub fn get_unmapped_area(&self, len: u64, offset: u64) -> Result<UserAddr, MmError> {
         let tree = self.mmap_read();
         self.get_unmapped_area_locked(&tree.tree, len, offset)
-            .map(UserAddr::new)
     }
 
     fn get_unmapped_area_locked(
@@ -591,7 +599,7 @@ impl Mm {
         tree: &VmaTree,
         len: u64,
         offset: u64,
-    ) -> Result<u64, MmError> {
+    ) -> Result<UserAddr, MmError> {
         let size = self.geometry().size(Level::Pmd);
         let low = MMAP_MIN_ADDR;
         let high = self.mmap_base();
@@ -605,7 +613,7 @@ impl Mm {
                     .checked_add(size)
                     .and_then(|pad| tree.topdown(pad, low, high))
             {
-                let off_sub = offset.wrapping_sub(ret) & (size - 1);
+                let off_sub = offset.wrapping_sub(ret.as_u64()) & (size - 1);
                 return Ok(if off_sub == 0 {
                     ret + size
                 } else {
@@ -663,7 +671,7 @@ impl Mm {
             .tree
             .topdown(pad, MMAP_MIN_ADDR, self.mmap_base())
             .ok_or(MmError::NoSpace(pad))?;
-        Ok(UserAddr::new(r.div_ceil(align) * align + skew))
+        Ok(UserAddr::new(r.as_u64().div_ceil(align) * align + skew))
     }
 
     /// `mmap()`: creates a VMA and runs the file's `mmap` handler. Returns the address.
@@ -688,11 +696,10 @@ impl Mm {
         let mut tree = self.mmap_write();
         let start = match req.addr {
             MmapAddr::Fixed(a) => {
-                let a = a.as_u64();
                 let end = self.check_syscall_range("mmap", a, req.len)?;
                 if a < MMAP_MIN_ADDR {
                     return Err(MmError::Overflow {
-                        addr: a,
+                        addr: a.as_u64(),
                         len: req.len,
                         limit: self.cfg.arch.task_size(),
                     });
@@ -708,8 +715,8 @@ impl Mm {
                 a
             }
             MmapAddr::Kernel => {
-                let len = self.check_syscall_range("mmap", 0, req.len)?;
-                self.get_unmapped_area_locked(&tree, len, req.offset)?
+                let len = self.check_syscall_range("mmap", UserAddr::default(), req.len)?;
+                self.get_unmapped_area_locked(&tree, len.as_u64(), req.offset)?
             }
         };
         let end = self.check_syscall_range("mmap", start, req.len)?;
@@ -743,7 +750,7 @@ impl Mm {
             }
         }
         self.link(&mut tree, vma);
-        Ok(UserAddr::new(start))
+        Ok(start)
     }
 
     /// `__split_vma` at `addr` if a VMA straddles it, making `addr` a leaf boundary first
@@ -751,7 +758,7 @@ impl Mm {
     /// Splits what `split_vma_at` may have left straddling `addr` (a PUD leaf kept at a
     /// 2 MiB-aligned boundary under the bug), as the operation's own walk does in Linux
     /// (`change_pud_range`, `zap_pud_range`, `move_page_tables` split a partial PUD).
-    pub(crate) fn split_straddling(&self, tree: &VmaTree, addr: u64) -> Result<(), MmError> {
+    pub(crate) fn split_straddling(&self, tree: &VmaTree, addr: UserAddr) -> Result<(), MmError> {
         let policy = match tree.find(addr) {
             Some(v) if !v.is_fault_backed() => PartialHuge::Split,
             _ => PartialHuge::ZapWhole,
@@ -760,7 +767,7 @@ impl Mm {
         Ok(())
     }
 
-    pub(crate) fn split_vma_at(&self, tree: &mut VmaTree, addr: u64) -> Result<bool, MmError> {
+    pub(crate) fn split_vma_at(&self, tree: &mut VmaTree, addr: UserAddr) -> Result<bool, MmError> {
         let Some(v) = tree.find(addr).filter(|v| v.start < addr).cloned() else {
             return Ok(false);
         };
@@ -777,7 +784,7 @@ impl Mm {
         // foreseen (`hugepfn lab fuzz` found mprotect [2M-aligned, unaligned) oopsing on 6.12.95
         // where the model had zapped the leaf at the first boundary).
         let keeps_pud = self.cfg.bugs.contains(Bugs::SPLIT_VMA_IN_PUD_OOPS)
-            && addr.is_multiple_of(self.geometry().size(Level::Pmd))
+            && addr.is_aligned(self.geometry().size(Level::Pmd))
             && self
                 .pt
                 .lookup(addr)
@@ -798,13 +805,13 @@ impl Mm {
     /// `vma_merge` after a change to the VMAs around `[start, end)`: neighbours with the same
     /// flags, protection, file, ops and contiguous `vm_pgoff` become one. VM_SPECIAL VMAs
     /// (VM_IO, VM_DONTEXPAND, VM_PFNMAP, VM_MIXEDMAP) are never merged, as in Linux.
-    pub(crate) fn merge_around(&self, tree: &mut VmaTree, start: u64, end: u64) -> u64 {
+    pub(crate) fn merge_around(&self, tree: &mut VmaTree, start: UserAddr, end: UserAddr) -> u64 {
         let special = VmFlags::IO | VmFlags::DONTEXPAND | VmFlags::PFNMAP | VmFlags::MIXEDMAP;
         let mut merged = 0;
         let lo = tree.floor(start).min(start);
-        let keys: Vec<u64> = tree
+        let keys: Vec<UserAddr> = tree
             .vmas
-            .range(lo.saturating_sub(1)..=end)
+            .range(lo.checked_sub(1).unwrap_or_default()..=end)
             .map(|(k, _)| *k)
             .collect();
         for w in keys.windows(2) {
@@ -855,7 +862,7 @@ impl Mm {
         tree.vmas.insert(vma.start, vma);
     }
 
-    pub(crate) fn unlink(&self, tree: &mut VmaTree, start: u64) -> Option<Vma> {
+    pub(crate) fn unlink(&self, tree: &mut VmaTree, start: UserAddr) -> Option<Vma> {
         let v = tree.vmas.remove(&start)?;
         if let Some(m) = &v.mapping {
             m.unlink(self.id, v.start);
@@ -885,9 +892,10 @@ impl Mm {
         prot: Pgprot,
         cap: LeafCap,
     ) -> Result<LeafCounts, MmError> {
-        self.check_range("remap_pfn_range", addr.as_u64(), size)?;
+        let addr = UserAddr::from(addr);
+        self.check_range("remap_pfn_range", addr, size)?;
         self.check_pfn_on_page(pfn)?;
-        let (addr, pfn) = (addr.as_u64(), pfn.as_u64());
+        let pfn = pfn.as_u64();
         let mut tree = self.mmap_write();
         let key = tree
             .find(addr)
@@ -919,7 +927,7 @@ impl Mm {
     pub(crate) fn remap_pfn_range_vma(
         &self,
         vma: &mut Vma,
-        addr: u64,
+        addr: UserAddr,
         pfn: u64,
         size: u64,
         prot: Pgprot,
@@ -969,7 +977,6 @@ impl Mm {
     /// split first in a remap-populated VMA, zapped whole in a fault-backed one), and frees the
     /// page tables no VMA can use any more. Unmapping a range with no VMA succeeds, as in Linux.
     pub fn munmap(&self, addr: UserAddr, len: u64) -> Result<MunmapStats, MmError> {
-        let addr = addr.as_u64();
         let end = self.check_syscall_range("munmap", addr, len)?;
         let mut tree = self.mmap_write();
         let hit: Vec<Vma> = tree.overlapping(addr, end).cloned().collect();
@@ -1045,11 +1052,11 @@ impl Mm {
     /// A user access to `addr`, as the CPU does it: walk; if no leaf allows the access, fault
     /// (`handle_mm_fault` under the mmap read lock) and retry.
     pub fn access(&self, addr: UserAddr, write: bool) -> Access {
-        self.access_inner(addr.as_u64(), write, true)
+        self.access_inner(addr, write, true)
     }
 
-    fn access_inner(&self, addr: u64, write: bool, count_segv: bool) -> Access {
-        if self.cfg.arch.check_va(addr).is_err() {
+    fn access_inner(&self, addr: UserAddr, write: bool, count_segv: bool) -> Access {
+        if self.cfg.arch.check_va(addr.as_u64()).is_err() {
             // Past TASK_SIZE (or not canonical): in no VMA, like any unmapped address (found
             // by `hugepfn fuzz`: such strides were neither skipped nor counted).
             if count_segv {
@@ -1066,7 +1073,7 @@ impl Mm {
             if write {
                 flags |= FaultFlags::WRITE;
             }
-            match self.handle_mm_fault(UserAddr::new(addr), flags) {
+            match self.handle_mm_fault(addr, flags) {
                 Ok(o) => match o.result {
                     VmFaultResult::Sigbus => return Access::Sigbus,
                     VmFaultResult::Sigsegv => return Access::Sigsegv,
@@ -1113,12 +1120,14 @@ impl Mm {
                 i += n;
                 continue;
             };
-            let a = self.access_inner(addr, write, false);
+            let a = self.access_inner(UserAddr::new(addr), write, false);
             if a == Access::NoVma {
                 // Unmapped: a prober skips it rather than take the SIGSEGV. The whole gap up to
                 // the next VMA in the direction of travel is skipped at once (issue 17: a
                 // length far past the mapping was visited one stride at a time).
-                let gap = self.strides_in_gap(addr, stride, reverse).min(count - i);
+                let gap = self
+                    .strides_in_gap(UserAddr::new(addr), stride, reverse)
+                    .min(count - i);
                 out.no_vma += gap.max(1);
                 i += gap.max(1);
                 continue;
@@ -1178,7 +1187,7 @@ impl Mm {
 
     /// How many strides from `addr` (itself in no VMA) fall before the next VMA in the direction
     /// of travel (at least 1).
-    fn strides_in_gap(&self, addr: u64, stride: u64, reverse: bool) -> u64 {
+    fn strides_in_gap(&self, addr: UserAddr, stride: u64, reverse: bool) -> u64 {
         let g = self.mmap_read();
         let vmas = &g.vmas().vmas;
         if reverse {
@@ -1186,7 +1195,7 @@ impl Mm {
             match vmas.range(..=addr).next_back() {
                 Some((_, v)) if v.end <= addr => (addr - v.end) / stride + 1,
                 Some(_) => 1,
-                None => addr / stride + 1,
+                None => addr.as_u64() / stride + 1,
             }
         } else {
             match vmas.range(addr..).next() {
@@ -1203,10 +1212,9 @@ impl Mm {
         addr: UserAddr,
         flags: FaultFlags,
     ) -> Result<FaultOutcome, MmError> {
-        let addr = addr.as_u64();
-        self.cfg.arch.check_va(addr)?;
+        self.cfg.arch.check_va(addr.as_u64())?;
         let g = self.mmap_read();
-        let Some(vma) = g.find_vma(UserAddr::new(addr)) else {
+        let Some(vma) = g.find_vma(addr) else {
             // bad_area: the caller (the CPU, GUP) decides what to raise and count.
             return Err(MmError::NoVma(addr));
         };
@@ -1238,7 +1246,6 @@ impl Mm {
         set: VmFlags,
         clear: VmFlags,
     ) -> Result<(), MmError> {
-        let addr = addr.as_u64();
         let mut tree = self.mmap_write();
         let key = tree
             .find(addr)
@@ -1259,8 +1266,8 @@ impl Mm {
 impl Default for Vma {
     fn default() -> Self {
         Vma {
-            start: 0,
-            end: 0,
+            start: UserAddr::default(),
+            end: UserAddr::default(),
             flags: VmFlags::empty(),
             pgoff: 0,
             page_prot: Pgprot::NONE,

@@ -41,15 +41,14 @@ fn refused(errno: Errno, reason: String) -> MmError {
 impl Mm {
     /// `mprotect(addr, len, prot)`.
     pub fn mprotect(&self, addr: UserAddr, len: u64, prot: Prot) -> Result<MprotectStats, MmError> {
-        let addr = addr.as_u64();
         let mut st = MprotectStats::default();
-        if len == 0 && addr.is_multiple_of(self.page_size()) {
+        if len == 0 && addr.is_aligned(self.page_size()) {
             return Ok(st);
         }
-        if !addr.is_multiple_of(self.page_size()) {
+        if !addr.is_aligned(self.page_size()) {
             return Err(MmError::Unaligned {
                 what: "address",
-                value: addr,
+                value: addr.as_u64(),
                 align: self.page_size(),
             });
         }

@@ -29,7 +29,7 @@ pub struct MremapFlags {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MremapStats {
     /// The mapping's address now.
-    pub addr: u64,
+    pub addr: UserAddr,
     /// Leaves moved whole.
     pub moved: LeafCounts,
     /// Leaves zapped (to be refaulted at the new place).
@@ -53,12 +53,11 @@ impl Mm {
         new_len: u64,
         flags: MremapFlags,
     ) -> Result<MremapStats, MmError> {
-        let old_addr = old_addr.as_u64();
         let einval = |why: String| refused(Errno::EINVAL, why);
         if flags.fixed.is_some() && !flags.maymove {
             return Err(einval("MREMAP_FIXED needs MREMAP_MAYMOVE".into()));
         }
-        if !old_addr.is_multiple_of(self.page_size()) {
+        if !old_addr.is_aligned(self.page_size()) {
             return Err(einval(format!(
                 "old address {old_addr:#x} not page aligned"
             )));
@@ -69,13 +68,13 @@ impl Mm {
         if new_len == 0 {
             return Err(einval("the new length is 0".into()));
         }
-        if self.find_vma(UserAddr::new(old_addr)).is_none() {
+        if self.find_vma(old_addr).is_none() {
             return Err(refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")));
         }
         // vma_to_resize: the old range inside one VMA; a pfnmap never grows
         let vma_to_resize = |old_len: u64| -> Result<crate::vma::Vma, MmError> {
             let vma = self
-                .find_vma(UserAddr::new(old_addr))
+                .find_vma(old_addr)
                 .ok_or_else(|| refused(Errno::EFAULT, format!("no VMA at {old_addr:#x}")))?;
             if old_len > vma.end - old_addr {
                 return Err(refused(
@@ -91,10 +90,10 @@ impl Mm {
             }
             Ok(vma)
         };
-        let dst = match flags.fixed.map(UserAddr::as_u64) {
+        let dst = match flags.fixed {
             // mremap_to: check the destination, unmap it, drop the old tail, then resize
             Some(d) => {
-                if !d.is_multiple_of(self.page_size()) {
+                if !d.is_aligned(self.page_size()) {
                     return Err(einval(format!("new address {d:#x} not page aligned")));
                 }
                 let dend = self
@@ -106,9 +105,9 @@ impl Mm {
                 if self.cfg.mremap_moves_multiple_vmas && old_len == new_len {
                     return self.remap_move(old_addr, old_len, d);
                 }
-                self.munmap(UserAddr::new(d), new_len)?;
+                self.munmap(d, new_len)?;
                 if old_len > new_len {
-                    self.munmap(UserAddr::new(old_addr + new_len), old_len - new_len)?;
+                    self.munmap(old_addr + new_len, old_len - new_len)?;
                     old_len = new_len;
                 }
                 vma_to_resize(old_len)?;
@@ -118,7 +117,7 @@ impl Mm {
                 // Always allow a shrinking remap, whatever VMAs the old range covers.
                 if old_len >= new_len {
                     if old_len > new_len {
-                        self.munmap(UserAddr::new(old_addr + new_len), old_len - new_len)?;
+                        self.munmap(old_addr + new_len, old_len - new_len)?;
                     }
                     return Ok(MremapStats {
                         addr: old_addr,
@@ -131,7 +130,7 @@ impl Mm {
                 }
                 // the file offset of old_addr: vm_pgoff + ((addr - vm_start) >> PAGE_SHIFT)
                 let pgoff_bytes = (vma.pgoff << 12).wrapping_add(old_addr - vma.start);
-                self.get_unmapped_area(new_len, pgoff_bytes)?.as_u64()
+                self.get_unmapped_area(new_len, pgoff_bytes)?
             }
         };
         let move_len = old_len.min(new_len);
@@ -146,9 +145,9 @@ impl Mm {
     /// `move_vma` of `[old_addr, old_addr + len)`, inside one VMA, to `dst` (already free).
     fn move_piece(
         &self,
-        old_addr: u64,
+        old_addr: UserAddr,
         len: u64,
-        dst: u64,
+        dst: UserAddr,
     ) -> Result<(LeafCounts, LeafCounts), MmError> {
         let mut tree = self.mmap_write();
         // A corrupt table under the range would stop the move halfway: refuse it first.
@@ -189,9 +188,14 @@ impl Mm {
     /// `remap_move` (d23cb648e365, Linux 6.17): an MREMAP_FIXED move that keeps the length
     /// moves every VMA of the old range, each to the same offset from `dst` (gaps between them
     /// kept), each target unmapped first (`mremap_to` per VMA); a gap at the start is EFAULT.
-    fn remap_move(&self, old_addr: u64, len: u64, dst: u64) -> Result<MremapStats, MmError> {
+    fn remap_move(
+        &self,
+        old_addr: UserAddr,
+        len: u64,
+        dst: UserAddr,
+    ) -> Result<MremapStats, MmError> {
         let end = old_addr + len;
-        let pieces: Vec<(u64, u64)> = {
+        let pieces: Vec<(UserAddr, UserAddr)> = {
             let tree = self.mmap_read();
             tree.vmas()
                 .overlapping(old_addr, end)
@@ -207,7 +211,7 @@ impl Mm {
         };
         for (a, b) in pieces {
             let target = dst + (a - old_addr);
-            self.munmap(UserAddr::new(target), b - a)?;
+            self.munmap(target, b - a)?;
             let (m, z) = self.move_piece(a, b - a, target)?;
             st.moved.pud += m.pud;
             st.moved.pmd += m.pmd;

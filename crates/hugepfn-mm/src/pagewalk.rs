@@ -86,9 +86,9 @@ pub enum TestWalk {
 #[derive(Debug, Clone, Copy)]
 pub struct WalkEntry {
     /// The address the entry maps from (within the walked range).
-    pub addr: u64,
+    pub addr: UserAddr,
     /// The end of what this entry covers within the walked range.
-    pub end: u64,
+    pub end: UserAddr,
     /// The level of the entry.
     pub level: Level,
     /// What it holds.
@@ -124,7 +124,12 @@ pub trait MmWalkOps {
     }
     /// `.pte_hole(start, end, depth)`: nothing mapped in `[start, end)` (`vma` is `None`
     /// outside every VMA).
-    fn pte_hole(&mut self, _start: u64, _end: u64, _vma: Option<&Vma>) -> Result<(), Errno> {
+    fn pte_hole(
+        &mut self,
+        _start: UserAddr,
+        _end: UserAddr,
+        _vma: Option<&Vma>,
+    ) -> Result<(), Errno> {
         Ok(())
     }
     /// `.pud_entry`.
@@ -163,9 +168,9 @@ pub struct WalkStats {
 pub fn for_each_pte(
     pt: &PageTables,
     table: crate::addr::PhysAddr,
-    start: u64,
-    end: u64,
-    mut f: impl FnMut(u64, Decoded),
+    start: UserAddr,
+    end: UserAddr,
+    mut f: impl FnMut(UserAddr, Decoded),
 ) {
     // The walker checked the table before it called the ops (`walk_pmd`): a pointer that
     // names no table cannot reach here, and would visit nothing.
@@ -178,7 +183,7 @@ pub fn for_each_pte(
     while va < end {
         f(
             va,
-            pt.decode_raw(t.get(g.index(Level::Pte, va)), Level::Pte),
+            pt.decode_raw(t.get(g.index(Level::Pte, va.as_u64())), Level::Pte),
         );
         va += g.page_size();
     }
@@ -209,7 +214,7 @@ impl<O: MmWalkOps> Walk<'_, O> {
     /// `split_huge_pud`/`split_huge_pmd` of the leaf at `[base, base + size)`: a fault-backed
     /// special VMA loses it (the fault handler refills), a remap-populated one gets it split in
     /// place. Returns false when the corrected design leaves a special leaf alone.
-    fn split_leaf(&mut self, vma: &Vma, base: u64, level: Level) -> bool {
+    fn split_leaf(&mut self, vma: &Vma, base: UserAddr, level: Level) -> bool {
         // The fix (kernel-patches/0003): a pfnmap leaf is walked past unless the walk has a
         // pte_entry, which asks to see every PTE (the L1TF PROT_NONE check does).
         let special = vma.flags.contains(VmFlags::PFNMAP) && is_special_huge(vma);
@@ -256,7 +261,7 @@ impl<O: MmWalkOps> Walk<'_, O> {
     }
 
     /// `__walk_page_range` → `walk_pgd_range` … for `[start, end)` inside `vma`.
-    fn walk_range(&mut self, vma: &Vma, start: u64, end: u64) -> Result<(), WalkError> {
+    fn walk_range(&mut self, vma: &Vma, start: UserAddr, end: UserAddr) -> Result<(), WalkError> {
         self.st.vmas_walked += 1;
         let o = &*self.ops;
         if !(o.has_pud_entry() || o.has_pmd_entry() || o.has_pte_entry()) {
@@ -280,7 +285,7 @@ impl<O: MmWalkOps> Walk<'_, O> {
     }
 
     /// One PUD entry of `walk_pud_range`.
-    fn walk_pud(&mut self, vma: &Vma, addr: u64, next: u64) -> Result<(), WalkError> {
+    fn walk_pud(&mut self, vma: &Vma, addr: UserAddr, next: UserAddr) -> Result<(), WalkError> {
         for _ in 0..64 {
             let slot = match self.pt().slot(addr, Level::Pud) {
                 Ok(Some(s)) => s,
@@ -332,8 +337,8 @@ impl<O: MmWalkOps> Walk<'_, O> {
         &mut self,
         vma: &Vma,
         pud: Slot,
-        start: u64,
-        end: u64,
+        start: UserAddr,
+        end: UserAddr,
     ) -> Result<WalkAction, WalkError> {
         let raw = self.pt().get(pud);
         let table = match self.pt().decode_raw(raw, Level::Pud) {
@@ -355,7 +360,7 @@ impl<O: MmWalkOps> Walk<'_, O> {
                 .min(end);
             let slot = Slot {
                 table,
-                index: g.index(Level::Pmd, va),
+                index: g.index(Level::Pmd, va.as_u64()),
                 level: Level::Pmd,
             };
             self.walk_pmd(vma, slot, va, next)?;
@@ -365,7 +370,13 @@ impl<O: MmWalkOps> Walk<'_, O> {
     }
 
     /// One PMD entry of `walk_pmd_range`.
-    fn walk_pmd(&mut self, vma: &Vma, slot: Slot, addr: u64, next: u64) -> Result<(), WalkError> {
+    fn walk_pmd(
+        &mut self,
+        vma: &Vma,
+        slot: Slot,
+        addr: UserAddr,
+        next: UserAddr,
+    ) -> Result<(), WalkError> {
         for _ in 0..64 {
             self.st.pmds += 1;
             let e = WalkEntry {
@@ -403,7 +414,7 @@ impl<O: MmWalkOps> Walk<'_, O> {
                         level: Level::Pte,
                         entry: self
                             .pt()
-                            .decode_raw(table.get(g.index(Level::Pte, va)), Level::Pte),
+                            .decode_raw(table.get(g.index(Level::Pte, va.as_u64())), Level::Pte),
                     };
                     self.ops.pte_entry(self.mm.page_tables(), &pte, vma);
                     va += g.page_size();
@@ -421,8 +432,8 @@ impl Mm {
     /// hole); the gaps between VMAs go to `pte_hole` with no VMA.
     pub fn walk_page_range<O: MmWalkOps>(
         &self,
-        start: u64,
-        end: u64,
+        start: UserAddr,
+        end: UserAddr,
         ops: &mut O,
     ) -> Result<WalkStats, WalkError> {
         let g = self.mmap_read();
@@ -473,13 +484,10 @@ impl Mm {
     /// `walk_page_test` — a VM_PFNMAP VMA is walked like any other.
     pub fn walk_page_vma<O: MmWalkOps>(
         &self,
-        vma_start: u64,
+        vma_start: UserAddr,
         ops: &mut O,
     ) -> Result<WalkStats, WalkError> {
-        match self
-            .find_vma(UserAddr::new(vma_start))
-            .filter(|v| v.start == vma_start)
-        {
+        match self.find_vma(vma_start).filter(|v| v.start == vma_start) {
             Some(v) => self.walk_page_range_vma(v.start, v.end, ops),
             None => Ok(WalkStats::default()),
         }
@@ -489,12 +497,12 @@ impl Mm {
     /// `start`, with no `walk_page_test`.
     pub fn walk_page_range_vma<O: MmWalkOps>(
         &self,
-        start: u64,
-        end: u64,
+        start: UserAddr,
+        end: UserAddr,
         ops: &mut O,
     ) -> Result<WalkStats, WalkError> {
         let g = self.mmap_read();
-        let Some(vma) = g.find_vma(UserAddr::new(start)).cloned() else {
+        let Some(vma) = g.find_vma(start).cloned() else {
             return Ok(WalkStats::default());
         };
         let mut w = Walk {

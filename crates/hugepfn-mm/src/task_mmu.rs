@@ -98,7 +98,7 @@ struct PagemapOps {
 }
 
 impl PagemapOps {
-    fn fill(&mut self, start: u64, end: u64, v: impl Fn(u64) -> u64) {
+    fn fill(&mut self, start: UserAddr, end: UserAddr, v: impl Fn(UserAddr) -> u64) {
         let mut va = start;
         while va < end {
             self.out.push(v(va));
@@ -119,7 +119,12 @@ impl MmWalkOps for PagemapOps {
     fn has_pte_hole(&self) -> bool {
         true
     }
-    fn pte_hole(&mut self, start: u64, end: u64, _vma: Option<&Vma>) -> Result<(), Errno> {
+    fn pte_hole(
+        &mut self,
+        start: UserAddr,
+        end: UserAddr,
+        _vma: Option<&Vma>,
+    ) -> Result<(), Errno> {
         self.fill(start, end, |_| 0);
         Ok(())
     }
@@ -178,8 +183,8 @@ struct MincoreOps {
 }
 
 impl MincoreOps {
-    fn fill(&mut self, start: u64, end: u64, v: u8) {
-        let n = (end.saturating_sub(start) >> self.page_shift) as usize;
+    fn fill(&mut self, start: UserAddr, end: UserAddr, v: u8) {
+        let n = (end.as_u64().saturating_sub(start.as_u64()) >> self.page_shift) as usize;
         self.vec.extend(std::iter::repeat_n(v, n));
     }
 }
@@ -194,7 +199,12 @@ impl MmWalkOps for MincoreOps {
     fn has_pte_hole(&self) -> bool {
         true
     }
-    fn pte_hole(&mut self, start: u64, end: u64, _vma: Option<&Vma>) -> Result<(), Errno> {
+    fn pte_hole(
+        &mut self,
+        start: UserAddr,
+        end: UserAddr,
+        _vma: Option<&Vma>,
+    ) -> Result<(), Errno> {
         self.fill(start, end, 0);
         Ok(())
     }
@@ -274,7 +284,7 @@ impl Mm {
     pub fn read_proc(
         &self,
         file: ProcFile,
-        range: Option<(u64, u64)>,
+        range: Option<(UserAddr, UserAddr)>,
     ) -> Result<ProcRead, MmError> {
         let mut r = ProcRead::default();
         match file {
@@ -300,8 +310,8 @@ impl Mm {
                     }
                 } else {
                     let rss: u64 = vmas.iter().map(|(_, b)| b).sum();
-                    let lo = vmas.first().map_or(0, |(v, _)| v.start);
-                    let hi = vmas.last().map_or(0, |(v, _)| v.end);
+                    let lo = vmas.first().map_or(UserAddr::default(), |(v, _)| v.start);
+                    let hi = vmas.last().map_or(UserAddr::default(), |(v, _)| v.end);
                     let _ = writeln!(
                         r.text,
                         "{lo:x}-{hi:x} ---p 00000000 00:00 0 [rollup]\nRss: {} kB",
@@ -332,8 +342,8 @@ impl Mm {
                 // pagemap is indexed by page: the entries of the pages the range touches
                 let page = geom.page_size();
                 let (start, end) = (
-                    start & !(page - 1),
-                    end.saturating_add(page - 1) & !(page - 1),
+                    start.align_down(page),
+                    end.saturating_add(page - 1).align_down(page),
                 );
                 let mut ops = PagemapOps {
                     out: Vec::new(),
@@ -349,7 +359,11 @@ impl Mm {
             }
             ProcFile::ClearRefs => {
                 r.walk = self
-                    .walk_page_range(0, self.config().arch.task_size(), &mut ClearRefsOps)
+                    .walk_page_range(
+                        UserAddr::default(),
+                        UserAddr::new(self.config().arch.task_size()),
+                        &mut ClearRefsOps,
+                    )
                     .map_err(walk_err)?;
             }
         }
@@ -360,12 +374,11 @@ impl Mm {
     /// ENOMEM where no VMA maps the range. Linux 6.12 skips a VM_PFNMAP VMA (its holes look up
     /// the device's empty page cache: 0); 7.3 walks it ([`crate::MmConfig::mincore_walks_pfnmap`]).
     pub fn mincore(&self, addr: UserAddr, len: u64) -> Result<(Vec<u8>, WalkStats), MmError> {
-        let addr = addr.as_u64();
         let page = self.page_size();
-        if !addr.is_multiple_of(page) {
+        if !addr.is_aligned(page) {
             return Err(MmError::Unaligned {
                 what: "address",
-                value: addr,
+                value: addr.as_u64(),
                 align: page,
             });
         }
@@ -378,7 +391,7 @@ impl Mm {
         let mut va = addr;
         while va < end {
             // do_mincore: one VMA per round; no VMA at `va` is ENOMEM
-            let Some(v) = self.find_vma(UserAddr::new(va)).filter(|v| v.start <= va) else {
+            let Some(v) = self.find_vma(va).filter(|v| v.start <= va) else {
                 return Err(MmError::Unmapped {
                     what: "mincore",
                     addr: va,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bitflags::bitflags;
 
+use crate::addr::UserAddr;
 use crate::entry::{CacheMode, Pgprot, ProtFlags};
 use crate::fault::VmOperations;
 use crate::mapping::AddressSpace;
@@ -146,9 +147,9 @@ pub fn pgprot_writecombine(p: Pgprot) -> Pgprot {
 #[derive(Clone)]
 pub struct Vma {
     /// `vm_start`.
-    pub start: u64,
+    pub start: UserAddr,
     /// `vm_end` (exclusive).
-    pub end: u64,
+    pub end: UserAddr,
     /// `vm_flags`.
     pub flags: VmFlags,
     /// `vm_pgoff`: offset into the file in pages (for a CoW pfnmap: the first pfn).
@@ -189,12 +190,12 @@ impl Vma {
     }
 
     /// True if `addr` lies inside.
-    pub fn contains(&self, addr: u64) -> bool {
+    pub fn contains(&self, addr: UserAddr) -> bool {
         self.start <= addr && addr < self.end
     }
 
     /// `linear_page_index()`: the file page behind `addr`.
-    pub fn linear_page_index(&self, addr: u64) -> u64 {
+    pub fn linear_page_index(&self, addr: UserAddr) -> u64 {
         ((addr - self.start) >> 12) + self.pgoff
     }
 
@@ -209,7 +210,7 @@ impl Vma {
     }
 
     /// The part of this VMA from `at` on, with `vm_pgoff` advanced (`__split_vma`).
-    pub(crate) fn split_off(&mut self, at: u64) -> Vma {
+    pub(crate) fn split_off(&mut self, at: UserAddr) -> Vma {
         let mut tail = self.clone();
         tail.start = at;
         tail.pgoff = self.pgoff + ((at - self.start) >> 12);

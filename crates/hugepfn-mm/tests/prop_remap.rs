@@ -134,7 +134,7 @@ fn check_leaves(mm: &hugepfn_mm::Mm, r: &Reference, full: bool) -> Result<(), Te
     let mut pages = 0u64;
     let mut err = None;
     mm.page_tables()
-        .for_each_leaf(ARENA, ARENA + SPAN, &mut |va, leaf| {
+        .for_each_leaf(ua(ARENA), ua(ARENA + SPAN), &mut |va, leaf| {
             let n = mm.geometry().size(leaf.level) / 4096;
             pages += n;
             let probe: Vec<u64> = if full {
@@ -143,7 +143,7 @@ fn check_leaves(mm: &hugepfn_mm::Mm, r: &Reference, full: bool) -> Result<(), Te
                 vec![0, n - 1, n / 2]
             };
             for i in probe {
-                let want = r.pages.get(&(va + i * 4096)).copied();
+                let want = r.pages.get(&(va.as_u64() + i * 4096)).copied();
                 let got = (leaf.pfn.as_u64() + i, leaf.prot.cache);
                 if want != Some(got) && err.is_none() {
                     err = Some(format!(
@@ -291,7 +291,10 @@ fn run(arch: Arch, ops: Vec<Op>) -> Result<(), TestCaseError> {
     mm.munmap(UserAddr::new(ARENA), SPAN)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(mm.table_counts().total(), 1);
-    prop_assert_eq!(mm.page_tables().count_leaves(0, u64::MAX).total(), 0);
+    prop_assert_eq!(
+        mm.page_tables().count_leaves(ua(0), ua(u64::MAX)).total(),
+        0
+    );
     drop(mm);
     prop_assert!(phys.leak_check().is_empty());
     Ok(())

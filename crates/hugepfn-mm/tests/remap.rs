@@ -15,7 +15,9 @@ fn prot() -> Pgprot {
 fn sequence(mm: &hugepfn_mm::Mm, start: u64, end: u64) -> Vec<(u64, Level)> {
     let mut v = Vec::new();
     mm.page_tables()
-        .for_each_leaf(start, end, &mut |va, l| v.push((va, l.level)));
+        .for_each_leaf(ua(start), ua(end), &mut |va, l| {
+            v.push((va.as_u64(), l.level))
+        });
     v
 }
 
@@ -173,7 +175,7 @@ fn every_remap_error_leaves_everything_as_it_was() {
             G + 4096,
             BAR1 >> 12,
             4096,
-            |e| matches!(e, MmError::AlreadyMapped { va } if *va == G + 4096),
+            |e| matches!(e, MmError::AlreadyMapped { va } if *va == ua(G + 4096)),
         ),
     ];
     for (addr, pfn, size, ok) in cases {
@@ -197,7 +199,7 @@ fn every_remap_error_leaves_everything_as_it_was() {
             prot(),
         )
         .unwrap_err();
-    assert!(matches!(e, MmError::AlreadyMapped { va } if va == 2 * G - 2 * M));
+    assert!(matches!(e, MmError::AlreadyMapped { va } if va == ua(2 * G - 2 * M)));
     assert_eq!(snapshot(&mm), before);
 }
 
@@ -249,7 +251,7 @@ fn follow_errors() {
     assert_eq!(f.level, Level::Pmd);
     assert_eq!(f.addr_mask, !(2 * M - 1));
     assert_eq!(f.pfn.as_u64(), (BAR1 >> 12) + 1);
-    assert_eq!(f.bytes_to_leaf_end(G + 0x1000), 2 * M - 0x1000);
+    assert_eq!(f.bytes_to_leaf_end(ua(G + 0x1000)), 2 * M - 0x1000);
 }
 
 #[test]
@@ -260,7 +262,7 @@ fn follow_guard_holds_the_page_table_lock() {
         .unwrap();
     let g = mm.mmap_read();
     let f = g.follow_pfnmap_start(uva(G)).unwrap();
-    let (_, slot) = mm.page_tables().lookup(G).unwrap();
+    let (_, slot) = mm.page_tables().lookup(ua(G)).unwrap();
     // The PMD lock is the PMD table's split lock: taken, so try_lock fails.
     let t = mm.page_tables().table(slot.table).unwrap();
     assert!(
@@ -305,7 +307,7 @@ fn munmap_splits_huge_leaves_of_remapped_vmas() {
     assert_eq!(mm.vmas().len(), 2);
     // VM_PFNMAP and pgoff carried to the right-hand VMA.
     let right = mm.find_vma(UserAddr::new(hole + 4096)).unwrap();
-    assert_eq!(right.start, hole + 4096);
+    assert_eq!(right.start, ua(hole + 4096));
     assert_eq!(right.pgoff, (hole + 4096 - G) >> 12);
     // Unmap everything: every table but the PGD goes; then drop the mm: nothing leaks.
     let st = mm.munmap(UserAddr::new(G), 2 * G).unwrap();
@@ -355,7 +357,7 @@ fn munmap_errors_change_nothing() {
     );
     assert_eq!(
         mm.find_vma(UserAddr::new(G + 8192)).map(|v| v.start),
-        Some(G + 8192)
+        Some(ua(G + 8192))
     );
 }
 
@@ -418,32 +420,32 @@ fn move_page_tables_keeps_emptied_tables() {
     let (old, new) = (G + 4 * K, 4 * G);
     let pfn = hugepfn_mm::Pfn::new(BAR1 >> 12).unwrap();
     let c = pt
-        .remap_range(old, old + 4 * M, pfn, prot(), LeafCap::Pud)
+        .remap_range(ua(old), ua(old + 4 * M), pfn, prot(), LeafCap::Pud)
         .unwrap();
     assert_eq!((c.pud, c.pmd, c.pte), (0, 0, 1024));
-    pt.zap_range(old, old + 4 * M, PartialHuge::ZapWhole)
+    pt.zap_range(ua(old), ua(old + 4 * M), PartialHuge::ZapWhole)
         .unwrap();
     let (moved, zapped) = pt
-        .move_page_tables(old, new, 512 * M, PartialHuge::ZapWhole)
+        .move_page_tables(ua(old), ua(new), 512 * M, PartialHuge::ZapWhole)
         .unwrap();
     assert_eq!((moved.total(), zapped.total()), (0, 0));
     // PTE tables under the first 4 MiB + 4 KiB of the new place (three old PTE tables' worth)
     for va in [new, new + 2 * M, new + 4 * M] {
-        assert!(pt.slot(va, Level::Pte).unwrap().is_some(), "{va:#x}");
+        assert!(pt.slot(ua(va), Level::Pte).unwrap().is_some(), "{va:#x}");
     }
     // the old PMD entries past that were none: no PTE table there
-    assert!(pt.slot(new + 8 * M, Level::Pte).unwrap().is_none());
-    assert!(pt.slot(new + 8 * M, Level::Pmd).unwrap().is_some());
+    assert!(pt.slot(ua(new + 8 * M), Level::Pte).unwrap().is_none());
+    assert!(pt.slot(ua(new + 8 * M), Level::Pmd).unwrap().is_some());
     // leaves still present move with their pfns
-    pt.remap_range(old, old + 2 * M, pfn, prot(), LeafCap::Pud)
+    pt.remap_range(ua(old), ua(old + 2 * M), pfn, prot(), LeafCap::Pud)
         .unwrap();
     let (moved, _) = pt
-        .move_page_tables(old, 8 * G, 2 * M, PartialHuge::ZapWhole)
+        .move_page_tables(ua(old), ua(8 * G), 2 * M, PartialHuge::ZapWhole)
         .unwrap();
     assert_eq!(moved.pte, 512);
-    let (leaf, _) = pt.lookup(8 * G + 4 * K).unwrap();
+    let (leaf, _) = pt.lookup(ua(8 * G + 4 * K)).unwrap();
     assert_eq!(leaf.pfn.as_u64(), (BAR1 >> 12) + 1);
-    assert!(pt.lookup(old + 4 * K).is_none());
+    assert!(pt.lookup(ua(old + 4 * K)).is_none());
 }
 
 /// A PMD entry that points at no page-table page (a corrupt tree) is an error in the walks
@@ -456,7 +458,7 @@ fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
     mm.remap_pfn_range_capped(uva(G), upfn(BAR1 >> 12), 2 * M, prot(), LeafCap::Pte)
         .unwrap();
     let pt = mm.page_tables();
-    let pmd = pt.slot(G, Level::Pmd).unwrap().unwrap();
+    let pmd = pt.slot(ua(G), Level::Pmd).unwrap().unwrap();
     let good = pt.get(pmd);
     // a table pointer into device memory (not RAM): no page-table page there
     let bogus = hugepfn_mm::PhysAddr::new(BAR1).unwrap();
@@ -464,7 +466,7 @@ fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
         pmd,
         hugepfn_pt::format::Format::encode_table(pt.format(), bogus, Level::Pmd),
     );
-    assert!(pt.lookup(G).is_none());
+    assert!(pt.lookup(ua(G)).is_none());
     assert!(mm.mmap_read().follow_pfnmap_start(uva(G)).is_err());
     // half the PMD's range: its PTEs are moved one by one (a whole PMD would move the pointer)
     let moved = mm.mremap(
@@ -483,15 +485,18 @@ fn a_corrupt_table_pointer_is_an_error_not_a_panic() {
         mm.mmap_read()
             .find_vma(UserAddr::new(G))
             .map(|v| (v.start, v.end)),
-        Some((G, G + 2 * M))
+        Some((ua(G), ua(G + 2 * M)))
     );
     assert!(mm.mmap_read().find_vma(UserAddr::new(4 * G)).is_none());
-    assert_eq!(pt.first_mapped(4 * G, 4 * G + M), None);
+    assert_eq!(pt.first_mapped(ua(4 * G), ua(4 * G + M)), None);
     // the real pointer back: the mapping is whole again, and munmap clears it
     pt.ptl(pmd).set(pmd, good);
-    assert_eq!(pt.lookup(G).map(|(l, _)| l.pfn.as_u64()), Some(BAR1 >> 12));
+    assert_eq!(
+        pt.lookup(ua(G)).map(|(l, _)| l.pfn.as_u64()),
+        Some(BAR1 >> 12)
+    );
     mm.munmap(UserAddr::new(G), 2 * M).unwrap();
-    assert_eq!(pt.first_mapped(G, G + 2 * M), None);
+    assert_eq!(pt.first_mapped(ua(G), ua(G + 2 * M)), None);
 }
 
 /// A VA canonical with 5-level paging (above 2^47).

@@ -88,8 +88,8 @@ impl VmOperations for Ops {
         let size = 4096u64 << order;
         let vma = vmf.vma;
         let addr = if d.align_down {
-            vmf.address & !(size - 1)
-        } else if vmf.address & (size - 1) != 0 {
+            vmf.address.align_down(size)
+        } else if !vmf.address.is_aligned(size) {
             return VmFaultResult::Fallback;
         } else {
             vmf.address
@@ -362,7 +362,7 @@ fn walk_vs_refault(bugs: Bugs) {
         let w = w.clone();
         shuttle::thread::spawn(move || {
             let mut ops = hugepfn_mm::pagewalk::CountPmds::default();
-            w.mm.walk_page_range_vma(w.va, w.va + G, &mut ops)
+            w.mm.walk_page_range_vma(UserAddr::new(w.va), UserAddr::new(w.va + G), &mut ops)
         })
     };
     let b = {

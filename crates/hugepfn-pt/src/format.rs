@@ -23,7 +23,7 @@ pub mod vtd;
 
 use std::fmt;
 
-use crate::addr::{PagingMode, Pfn, PhysAddr};
+use crate::addr::{InputAddr, PagingMode, Pfn, PhysAddr, UserAddr};
 use crate::entry::{self, Leaf};
 use crate::level::{Geometry, Level};
 use crate::phys::PhysMem;
@@ -118,9 +118,10 @@ pub(crate) fn release_cpu_leaf<F: Format<Leaf = Leaf>>(
 /// `impl Format` for an enum whose every variant holds a format with the same leaf (a
 /// machine's CPU format, a host's second stage): each call goes to the variant's format.
 macro_rules! enum_format {
-    ($ty:ident, $leaf:ty, $locking:expr, $($v:ident),+) => {
+    ($ty:ident, $leaf:ty, $addr:ty, $locking:expr, $($v:ident),+) => {
         impl $crate::format::Format for $ty {
             type Leaf = $leaf;
+            type Addr = $addr;
             const LOCKING: $crate::format::Locking = $locking;
 
             fn name(&self) -> &'static str {
@@ -230,6 +231,9 @@ pub trait Format: Send + Sync + 'static {
     /// A decoded leaf: frame, attributes, and whatever the format records of its level.
     type Leaf: LeafOps;
 
+    /// The address the tables translate: a user address, an IOVA or a guest physical address.
+    type Addr: InputAddr;
+
     /// How entries of this format are locked.
     const LOCKING: Locking;
 
@@ -299,6 +303,7 @@ pub struct X86_64 {
 
 impl Format for X86_64 {
     type Leaf = Leaf;
+    type Addr = UserAddr;
     const LOCKING: Locking = Locking::Split;
 
     fn name(&self) -> &'static str {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::addr::{PAGE_SHIFT, Pfn, PhysAddr};
+use crate::addr::{InputAddr, PAGE_SHIFT, Pfn, PhysAddr};
 use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
 use crate::level::{Geometry, Level};
 use crate::phys::{LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
@@ -232,7 +232,7 @@ impl Readers {
 
 /// One entry met by [`Tree::walk_range`].
 #[derive(Debug, Clone, Copy)]
-pub struct Visit<L> {
+pub struct Visit<L, A> {
     /// Where the entry is.
     pub slot: Slot,
     /// What it held when read.
@@ -240,27 +240,27 @@ pub struct Visit<L> {
     /// Decoded.
     pub entry: Entry<L>,
     /// First address the entry maps.
-    pub base: u64,
+    pub base: A,
     /// The walked range clipped to the entry: `[start, end)`.
-    pub start: u64,
+    pub start: A,
     /// Bytes the entry maps (its level's size in the tree's granule).
     pub span: u64,
     /// End of the clipped range.
-    pub end: u64,
+    pub end: A,
     /// True on the second visit of a table entry, after its subtree was walked.
     pub post: bool,
 }
 
-impl<L> Visit<L> {
+impl<L, A: InputAddr> Visit<L, A> {
     /// True if the walked range covers all the entry maps.
     pub fn covered(&self) -> bool {
-        self.start == self.base && self.end.wrapping_sub(self.base) == self.span
+        self.start == self.base && self.end.raw().wrapping_sub(self.base.raw()) == self.span
     }
 }
 
 /// The callback of [`Tree::walk_range`]: sees the tree and one entry, says what to do next.
 pub type Visitor<'a, F, E> =
-    dyn FnMut(&Tree<F>, &Visit<<F as Format>::Leaf>) -> Result<Step, E> + 'a;
+    dyn FnMut(&Tree<F>, &Visit<<F as Format>::Leaf, <F as Format>::Addr>) -> Result<Step, E> + 'a;
 
 /// What [`Tree::walk_range`] does after a visit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -487,7 +487,12 @@ impl<F: Format> Tree<F> {
 
     /// The slot of `va`'s entry in the root table.
     #[inline]
-    pub fn top_slot(&self, va: u64) -> Slot {
+    pub fn top_slot(&self, va: F::Addr) -> Slot {
+        self.top_slot_raw(va.raw())
+    }
+
+    #[inline(always)]
+    fn top_slot_raw(&self, va: u64) -> Slot {
         let level = self.top();
         Slot {
             table: self.root,
@@ -499,14 +504,15 @@ impl<F: Format> Tree<F> {
     /// The slot of `va`'s entry in the table at `pa`, which holds entries one level below
     /// `parent`; [`WalkError::Corrupt`] if `pa` names no table frame.
     #[inline]
-    pub fn child_slot(&self, pa: PhysAddr, parent: Level, va: u64) -> Result<Slot, WalkError> {
-        self.descend(pa, parent, va).map(|(slot, _)| slot)
+    pub fn child_slot(&self, pa: PhysAddr, parent: Level, va: F::Addr) -> Result<Slot, WalkError> {
+        self.descend(pa, parent, va.raw()).map(|(slot, _)| slot)
     }
 
     /// Lockless walk to the slot holding `va`'s entry at `level`, without allocating
     /// (`pmd_off`, `pte_offset_map`). `Ok(None)`: a table on the way is missing.
-    pub fn slot(&self, va: u64, level: Level) -> Result<Option<Slot>, WalkError> {
-        self.walk_to(self.top_slot(va), va, level, None)
+    pub fn slot(&self, va: F::Addr, level: Level) -> Result<Option<Slot>, WalkError> {
+        let va = va.raw();
+        self.walk_to(self.top_slot_raw(va), va, level, None)
     }
 
     /// The walk under [`Tree::slot`] and [`Tree::slot_alloc_from`]: from `from` down to
@@ -582,7 +588,7 @@ impl<F: Format> Tree<F> {
     }
 
     /// Walks to `va`'s slot at `level`, allocating missing tables.
-    pub fn slot_alloc(&self, va: u64, level: Level) -> Result<Slot, WalkError> {
+    pub fn slot_alloc(&self, va: F::Addr, level: Level) -> Result<Slot, WalkError> {
         self.slot_alloc_from(self.top_slot(va), va, level, true)
     }
 
@@ -592,10 +598,11 @@ impl<F: Format> Tree<F> {
     pub fn slot_alloc_from(
         &self,
         from: Slot,
-        va: u64,
+        va: F::Addr,
         level: Level,
         recheck: bool,
     ) -> Result<Slot, WalkError> {
+        let va = va.raw();
         self.walk_to(from, va, level, Some(recheck))?
             .ok_or(WalkError::Vanished(va, level))
     }
@@ -643,7 +650,7 @@ impl<F: Format> Tree<F> {
     /// table and no entry above the PTEs has changed since it was filled (Intel SDM §4.10.3's
     /// PDE cache, arm64's walk cache): it then reads the PTE alone. The answer is the one a
     /// walk from the root gives; only the work differs.
-    pub fn lookup(&self, va: u64) -> Option<(F::Leaf, Slot)> {
+    pub fn lookup(&self, va: F::Addr) -> Option<(F::Leaf, Slot)> {
         let (raw, slot) = self.lookup_raw(va)?;
         match self.fmt.decode(raw, slot.level) {
             Entry::Leaf(l) => Some((l, slot)),
@@ -654,12 +661,12 @@ impl<F: Format> Tree<F> {
     /// [`Tree::lookup`] without decoding: the raw leaf entry and its slot (what the
     /// hardware's permission check reads).
     #[inline(always)]
-    pub fn lookup_raw(&self, va: u64) -> Option<(u64, Slot)> {
+    pub fn lookup_raw(&self, va: F::Addr) -> Option<(u64, Slot)> {
         let _rcu = self.rcu_read_lock();
         // Read after entering the walk: a table unlinked after this read is not freed before
         // the walk ends, and one unlinked before it changed `relinks`.
         let relinks = self.walkers.relinks.load(Ordering::SeqCst);
-        self.walk_cached(va, relinks)
+        self.walk_cached(va.raw(), relinks)
     }
 
     /// The walk of [`Tree::walk_leaf`] through this thread's cache. The cache is copied out
@@ -686,7 +693,8 @@ impl<F: Format> Tree<F> {
     /// changed meanwhile (Linux's `pmd_same` recheck: the table locked is the one walked,
     /// still linked). The RCU section lasts as long as the lock (`pte_unmap_unlock`).
     #[inline]
-    pub fn lookup_lock(&self, va: u64) -> Option<LockedLeaf<'_>> {
+    pub fn lookup_lock(&self, va: F::Addr) -> Option<LockedLeaf<'_>> {
+        let va = va.raw();
         loop {
             let rcu = self.rcu_read_lock();
             let relinks = self.walkers.relinks.load(Ordering::SeqCst);
@@ -748,12 +756,17 @@ impl<F: Format> Tree<F> {
     /// Visits every entry that maps part of `[start, end)`, top-down and in address order
     /// (`walk_page_range`'s shape): `f` sees each entry once, and a table entry a second time
     /// after its subtree when it asked to descend. Stops at the first error `f` returns.
-    pub fn walk_range<E>(&self, start: u64, end: u64, f: &mut Visitor<'_, F, E>) -> Result<(), E>
+    pub fn walk_range<E>(
+        &self,
+        start: F::Addr,
+        end: F::Addr,
+        f: &mut Visitor<'_, F, E>,
+    ) -> Result<(), E>
     where
         E: From<WalkError>,
     {
         if end > start {
-            self.walk_in(self.root, self.top(), start, end, f)?;
+            self.walk_in(self.root, self.top(), start.raw(), end.raw(), f)?;
         }
         Ok(())
     }
@@ -786,10 +799,10 @@ impl<F: Format> Tree<F> {
                 slot,
                 raw,
                 entry: self.fmt.decode(raw, level),
-                base,
-                start: va,
+                base: F::Addr::from_raw(base),
+                start: F::Addr::from_raw(va),
                 span: size,
-                end: clip_end,
+                end: F::Addr::from_raw(clip_end),
                 post: false,
             };
             match f(self, &v)? {
@@ -819,11 +832,17 @@ impl<F: Format> Tree<F> {
 
     /// Calls `f(va, leaf, level)` for every leaf whose first byte lies in `[start, end)`, in
     /// address order.
-    pub fn for_each_leaf(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, F::Leaf, Level)) {
+    pub fn for_each_leaf(
+        &self,
+        start: F::Addr,
+        end: F::Addr,
+        f: &mut dyn FnMut(F::Addr, F::Leaf, Level),
+    ) {
         if end > start {
+            let (start, end) = (start.raw(), end.raw());
             self.leaves_in(self.root, self.top(), start, end, &mut |raw, va, level| {
                 if let Entry::Leaf(l) = self.fmt.decode(raw, level) {
-                    f(va, l, level);
+                    f(F::Addr::from_raw(va), l, level);
                 }
             });
         }
@@ -831,12 +850,16 @@ impl<F: Format> Tree<F> {
 
     /// Counts the leaves whose first byte lies in `[start, end)`, by level (the leaf levels
     /// only: `[PTE, PMD, PUD]`, as [`Level::leaf_index`] numbers them).
-    pub fn count_leaves(&self, start: u64, end: u64) -> [u64; 3] {
+    pub fn count_leaves(&self, start: F::Addr, end: F::Addr) -> [u64; 3] {
         let mut n = [0u64; 3];
         if end > start {
-            self.leaves_in(self.root, self.top(), start, end, &mut |_, _, level| {
-                n[level.leaf_index()] += 1
-            });
+            self.leaves_in(
+                self.root,
+                self.top(),
+                start.raw(),
+                end.raw(),
+                &mut |_, _, level| n[level.leaf_index()] += 1,
+            );
         }
         n
     }
@@ -876,7 +899,7 @@ impl<F: Format> Tree<F> {
     }
 
     /// The first address in `[start, end)` that has a leaf or a non-present entry, if any.
-    pub fn first_mapped(&self, start: u64, end: u64) -> Option<u64> {
+    pub fn first_mapped(&self, start: F::Addr, end: F::Addr) -> Option<F::Addr> {
         let mut hit = None;
         let _ = self.walk_range::<WalkError>(start, end, &mut |_, v| {
             if hit.is_some() {

@@ -348,15 +348,6 @@ impl IoVirtAddr {
     pub const fn as_u64(self) -> u64 {
         self.0
     }
-
-    /// `self + off`, if it does not overflow 64 bits.
-    #[inline]
-    pub const fn checked_add(self, off: u64) -> Option<IoVirtAddr> {
-        match self.0.checked_add(off) {
-            Some(a) => Some(IoVirtAddr(a)),
-            None => None,
-        }
-    }
 }
 
 impl fmt::Debug for IoVirtAddr {
@@ -415,11 +406,161 @@ impl fmt::Display for UserAddr {
     }
 }
 
-impl fmt::LowerHex for UserAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::LowerHex::fmt(&self.0, f)
-    }
+/// True if `a` has no bit set outside `mask`.
+const fn fits(a: u64, mask: u64) -> bool {
+    a & !mask == 0
 }
+
+/// Address arithmetic for the untranslated address types: an offset added or taken away, the
+/// distance between two addresses, alignment. `+` and `-` overflow as `u64` does (a panic in a
+/// debug build): they are for addresses already checked against a range that cannot overflow
+/// (a VMA, a DMA mapping, a memslot); a value from outside goes through `checked_add`.
+macro_rules! addr_arith {
+    ($ty:ident, $mask:expr) => {
+        impl $ty {
+            /// True if aligned to `align` (a power of two).
+            #[inline]
+            pub const fn is_aligned(self, align: u64) -> bool {
+                self.0 & (align - 1) == 0
+            }
+
+            /// Rounds down to `align` (a power of two).
+            #[inline]
+            pub const fn align_down(self, align: u64) -> Self {
+                $ty(self.0 & !(align - 1))
+            }
+
+            /// Rounds up to `align` (a power of two), if that does not overflow.
+            #[inline]
+            pub const fn checked_align_up(self, align: u64) -> Option<Self> {
+                match self.0.checked_add(align - 1) {
+                    Some(a) => Some($ty(a & !(align - 1))),
+                    None => None,
+                }
+            }
+
+            /// `self - off`, if it does not go below 0.
+            #[inline]
+            pub const fn checked_sub(self, off: u64) -> Option<Self> {
+                match self.0.checked_sub(off) {
+                    Some(a) => Some($ty(a)),
+                    None => None,
+                }
+            }
+
+            /// `self + off`, or the type's highest address if that overflows (`end` of a range
+            /// that runs to the top).
+            #[inline]
+            pub const fn saturating_add(self, off: u64) -> Self {
+                let a = self.0.saturating_add(off);
+                $ty(if a > $mask { $mask } else { a })
+            }
+
+            /// `self + off`, if it does not overflow the type.
+            #[inline]
+            pub const fn checked_add(self, off: u64) -> Option<Self> {
+                match self.0.checked_add(off) {
+                    Some(a) if fits(a, $mask) => Some($ty(a)),
+                    _ => None,
+                }
+            }
+
+            /// The offset of `self` in a block of `size` bytes (a power of two).
+            #[inline]
+            pub const fn offset_in(self, size: u64) -> u64 {
+                self.0 & (size - 1)
+            }
+        }
+
+        impl std::ops::Add<u64> for $ty {
+            type Output = $ty;
+            #[inline]
+            fn add(self, off: u64) -> $ty {
+                let a = self.0 + off;
+                debug_assert!(fits(a, $mask), "address arithmetic left the type's range");
+                $ty(a)
+            }
+        }
+
+        impl std::ops::AddAssign<u64> for $ty {
+            #[inline]
+            fn add_assign(&mut self, off: u64) {
+                *self = *self + off;
+            }
+        }
+
+        impl std::ops::Sub<u64> for $ty {
+            type Output = $ty;
+            #[inline]
+            fn sub(self, off: u64) -> $ty {
+                $ty(self.0 - off)
+            }
+        }
+
+        impl std::ops::SubAssign<u64> for $ty {
+            #[inline]
+            fn sub_assign(&mut self, off: u64) {
+                self.0 -= off;
+            }
+        }
+
+        /// The distance in bytes from `other` up to `self`.
+        impl std::ops::Sub<$ty> for $ty {
+            type Output = u64;
+            #[inline]
+            fn sub(self, other: $ty) -> u64 {
+                self.0 - other.0
+            }
+        }
+
+        impl fmt::LowerHex for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::LowerHex::fmt(&self.0, f)
+            }
+        }
+
+        impl InputAddr for $ty {
+            const MASK: u64 = $mask;
+
+            #[inline(always)]
+            fn raw(self) -> u64 {
+                self.0
+            }
+
+            #[inline(always)]
+            fn from_raw(raw: u64) -> Self {
+                $ty(raw & Self::MASK)
+            }
+        }
+    };
+}
+
+/// The address a translation takes in (Arm's "input address" of a stage): a user virtual
+/// address for the CPU's tables, an IOVA for an IOMMU's, a guest physical address for a
+/// second stage. A page-table format names its type, so a walker of an EPT cannot be handed a
+/// user address, nor a CPU walker an IOVA.
+pub trait InputAddr:
+    Copy + Ord + Eq + std::hash::Hash + fmt::Debug + fmt::LowerHex + Send + Sync + 'static
+{
+    /// Bits a value of the type may have set.
+    const MASK: u64 = u64::MAX;
+
+    /// The raw value, as the table's index bits read it.
+    fn raw(self) -> u64;
+
+    /// The address the table walk computed (a leaf's base, the end of a clipped range): the
+    /// walker's own arithmetic within the table's reach, so it is in range by construction
+    /// (bits past [`InputAddr::MASK`] are dropped).
+    fn from_raw(raw: u64) -> Self;
+}
+
+addr_arith!(UserAddr, u64::MAX);
+addr_arith!(IoVirtAddr, u64::MAX);
+addr_arith!(GuestPhysAddr, (1u64 << PHYS_ADDR_BITS) - 1);
+
+/// The host virtual address KVM translates a guest frame to (`hva`, `gfn_to_hva`): an address in
+/// the VMM's own `mm`, so the same type as every other user address.
+pub type HostVirtAddr = UserAddr;
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::addr::PagingMode;
+use crate::addr::{InputAddr, PagingMode};
 
 /// A level of the x86-64 page-table tree, named after the entries it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -247,8 +247,8 @@ impl Geometry {
 
     /// `va` rounded down to the start of its `level` entry (`addr & PMD_MASK`, …).
     #[inline]
-    pub const fn align_down(&self, level: Level, va: u64) -> u64 {
-        va & !(self.size(level) - 1)
+    pub fn align_down<A: InputAddr>(&self, level: Level, va: A) -> A {
+        A::from_raw(va.raw() & !(self.size(level) - 1))
     }
 
     /// The leaf level whose order (in this granule's pages) is `order`: `PMD_ORDER` names the
@@ -346,6 +346,7 @@ impl std::str::FromStr for LeafCap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::UserAddr;
 
     #[test]
     fn sizes_orders_indices() {
@@ -418,6 +419,9 @@ mod tests {
         assert_eq!(g.level_of_order(11), Some(Level::Pmd));
         assert_eq!(Geometry::G4K.level_of_order(11), None);
         assert_eq!(g.pfn_order(Level::Pmd), 13);
-        assert_eq!(g.align_down(Level::Pmd, 0x0300_0000 + 0x4000), 0x0200_0000);
+        assert_eq!(
+            g.align_down(Level::Pmd, UserAddr::new(0x0300_0000 + 0x4000)),
+            UserAddr::new(0x0200_0000)
+        );
     }
 }

@@ -439,8 +439,8 @@ impl VfioPciMmapOps {
         };
         let (addr, pfn) = match dev.logic {
             HugeFaultLogic::Fixed => {
-                let addr = vmf.address & !(size - 1);
-                let pfn = base_pfn + ((addr.wrapping_sub(vma.start)) >> 12);
+                let addr = vmf.address.align_down(size);
+                let pfn = base_pfn + ((addr.as_u64().wrapping_sub(vma.start.as_u64())) >> 12);
                 if order > 0 && (addr < vma.start || addr + size > vma.end || pfn & pfn_mask != 0) {
                     return fallback(dev);
                 }
@@ -450,8 +450,8 @@ impl VfioPciMmapOps {
                 let addr = vmf.address;
                 let pfn = base_pfn + ((addr - vma.start) >> 12);
                 if order > 0
-                    && (addr & (size - 1) != 0
-                        || (addr & !(size - 1)) + size > vma.end
+                    && (!addr.is_aligned(size)
+                        || addr.align_down(size) + size > vma.end
                         || (dev.logic == HugeFaultLogic::V6_13 && pfn & pfn_mask != 0))
                 {
                     return fallback(dev);
@@ -499,8 +499,8 @@ impl VfioPciMmapOps {
                 continue;
             }
             let size = vmf.geometry().size(level);
-            let addr = vmf.address & !(size - 1);
-            let pfn = base_pfn + (addr.wrapping_sub(vma.start) >> PAGE_SHIFT);
+            let addr = vmf.address.align_down(size);
+            let pfn = base_pfn + (addr.as_u64().wrapping_sub(vma.start.as_u64()) >> PAGE_SHIFT);
             if addr >= vma.start && addr + size <= vma.end && pfn & ((size >> PAGE_SHIFT) - 1) == 0
             {
                 let Ok(pfn) = Pfn::new(pfn) else {

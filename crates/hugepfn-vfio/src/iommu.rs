@@ -195,7 +195,18 @@ pub struct Unmapped {
 /// `iommu_pgsize(domain, iova, paddr, size, &count)`: the largest page size of `bitmap` that
 /// fits `size` and the alignment of `iova | paddr`, and how many of them to map before a larger
 /// size becomes possible. `None` if no size fits (the kernel BUGs).
-pub fn iommu_pgsize(bitmap: u64, iova: u64, paddr: u64, size: u64) -> Option<(u64, u64)> {
+pub fn iommu_pgsize(
+    bitmap: u64,
+    iova: IoVirtAddr,
+    paddr: PhysAddr,
+    size: u64,
+) -> Option<(u64, u64)> {
+    pgsize_raw(bitmap, iova.as_u64(), paddr.as_u64(), size)
+}
+
+/// [`iommu_pgsize`] on raw numbers: the map loop's running addresses, which may have run past
+/// the physical width (the leaf's encoding refuses them then, as the kernel's does).
+fn pgsize_raw(bitmap: u64, iova: u64, paddr: u64, size: u64) -> Option<(u64, u64)> {
     if size == 0 {
         return None;
     }
@@ -407,7 +418,7 @@ impl IommuDomain {
     /// `pfn_to_dma_pte(domain, iov_pfn, &target_level)`: the slot of the `target`-level entry
     /// for `iova`, allocating tables on the way down. `Busy` when a superpage sits above.
     fn pfn_to_dma_pte(&self, iova: u64, target: Level) -> Result<Slot, IommuError> {
-        match self.tree.slot_alloc(iova, target) {
+        match self.tree.slot_alloc(IoVirtAddr::new(iova), target) {
             Err(WalkError::HugeAbove(_)) => Err(IommuError::Busy(iova)),
             r => Ok(r?),
         }
@@ -439,7 +450,12 @@ impl IommuDomain {
                 Entry::None | Entry::NonPresent(_) => {}
                 // Room for a superpage: old small tables that map nothing are freed
                 // (dma_pte_free_pagetable); anything mapped is a conflict.
-                Entry::Table(t) if self.tree.first_mapped(va, va + level.size()).is_none() => {
+                Entry::Table(t)
+                    if self
+                        .tree
+                        .first_mapped(IoVirtAddr::new(va), IoVirtAddr::new(va + level.size()))
+                        .is_none() =>
+                {
                     self.tree.lock(slot).set(slot, 0);
                     self.tree
                         .free_subtree(t, level.lower().unwrap_or(Level::Pte));
@@ -505,7 +521,7 @@ impl IommuDomain {
         let mut result = Ok(());
         while mapped < size {
             let (va, pa) = (iova + mapped, paddr + mapped);
-            let Some((pgsize, count)) = iommu_pgsize(bitmap, va, pa, size - mapped) else {
+            let Some((pgsize, count)) = pgsize_raw(bitmap, va, pa, size - mapped) else {
                 result = Err(IommuError::Unaligned {
                     iova: va,
                     paddr: pa,
@@ -557,6 +573,7 @@ impl IommuDomain {
     /// `[start, end)` whole, and frees each table whose span lies wholly inside the range once
     /// its subtree is clear.
     fn dma_pte_clear_level(&self, start: u64, end: u64, out: &mut Unmapped) {
+        let (start, end) = (IoVirtAddr::new(start), IoVirtAddr::new(end));
         let r = self.tree.walk_range::<WalkError>(start, end, &mut |t, v| {
             Ok(match v.entry {
                 Entry::Leaf(_) => {
@@ -583,12 +600,11 @@ impl IommuDomain {
     /// `intel_iommu_iova_to_phys`: the physical address `iova` translates to, with the leaf's
     /// level and permissions.
     pub fn translate(&self, iova: IoVirtAddr) -> Option<(PhysAddr, Level, IommuProt)> {
-        let iova = iova.as_u64();
-        if iova > self.aperture_end() {
+        if iova.as_u64() > self.aperture_end() {
             return None;
         }
         let (leaf, slot) = self.tree.lookup(iova)?;
-        let off = iova & (slot.level.size() - 1);
+        let off = iova.offset_in(slot.level.size());
         let pa = PhysAddr::new(leaf.pfn.phys().as_u64() | off).ok()?;
         Some((pa, slot.level, leaf.prot))
     }
@@ -600,8 +616,7 @@ impl IommuDomain {
 
     /// The raw entry that maps `iova` and its level (for format tests).
     pub fn raw_leaf(&self, iova: IoVirtAddr) -> Option<(u64, Level)> {
-        let iova = iova.as_u64();
-        if iova > self.aperture_end() {
+        if iova.as_u64() > self.aperture_end() {
             return None;
         }
         let (_, slot) = self.tree.lookup(iova)?;
@@ -671,15 +686,24 @@ mod tests {
     fn iommu_pgsize_is_the_kernels() {
         let b = K4 | M2 | G;
         // aligned: the biggest page, as many as fit
-        assert_eq!(iommu_pgsize(b, 0, 0x1000_0000_0000, 32 * G), Some((G, 32)));
+        assert_eq!(
+            iommu_pgsize(b, io(0), pa_of(0x1000_0000_0000), 32 * G),
+            Some((G, 32))
+        );
         // 4K-misaligned iova: 4K pages up to the next 2M boundary
-        assert_eq!(iommu_pgsize(b, K4, 0x1000_0000_1000, G), Some((K4, 511)));
+        assert_eq!(
+            iommu_pgsize(b, io(K4), pa_of(0x1000_0000_1000), G),
+            Some((K4, 511))
+        );
         // iova and paddr differently offset within 2M: 4K all the way
-        assert_eq!(iommu_pgsize(b, 0, K4, G), Some((K4, G / K4)));
+        assert_eq!(iommu_pgsize(b, io(0), pa_of(K4), G), Some((K4, G / K4)));
         // a 2M-aligned start, 1G boundary ahead: 2M pages up to it
-        assert_eq!(iommu_pgsize(b, G - M2, G - M2, 2 * G), Some((M2, 1)));
-        assert_eq!(iommu_pgsize(b, 0, 0, 0), None);
-        assert_eq!(iommu_pgsize(K4, 0, 0, 2048), None);
+        assert_eq!(
+            iommu_pgsize(b, io(G - M2), pa_of(G - M2), 2 * G),
+            Some((M2, 1))
+        );
+        assert_eq!(iommu_pgsize(b, io(0), pa_of(0), 0), None);
+        assert_eq!(iommu_pgsize(K4, io(0), pa_of(0), 2048), None);
     }
 
     #[test]

@@ -53,17 +53,19 @@ pub const DMA_ENTRY_LIMIT: u32 = u16::MAX as u32;
 
 /// The x86 MSI window the IOMMU reserves (`IOMMU_RESV_MSI`, 0xfee00000..=0xfeefffff): never a
 /// valid IOVA for `MAP_DMA`.
-pub const X86_MSI_RANGE: (u64, u64) = (0xfee0_0000, 0xfeef_ffff);
+pub const X86_MSI_RANGE: (IoVirtAddr, IoVirtAddr) =
+    (IoVirtAddr::new(0xfee0_0000), IoVirtAddr::new(0xfeef_ffff));
 
 /// The software-managed MSI window the arm SMMU (v2 and v3) reserves in every domain
 /// (`IOMMU_RESV_SW_MSI` at `MSI_IOVA_BASE` 0x8000000, `MSI_IOVA_LENGTH` 0x100000;
 /// `arm_smmu_get_resv_regions`), which type1 takes out of the valid IOVA list
 /// (`vfio_iommu_resv_exclude`). The arm64 lab found `MAP_DMA` at 0xfee00000 accepted there.
-pub const ARM_SMMU_SW_MSI_RANGE: (u64, u64) = (0x0800_0000, 0x080f_ffff);
+pub const ARM_SMMU_SW_MSI_RANGE: (IoVirtAddr, IoVirtAddr) =
+    (IoVirtAddr::new(0x0800_0000), IoVirtAddr::new(0x080f_ffff));
 
 /// The MSI window the IOMMU of a machine of `arch` reserves: Intel VT-d's on x86-64, the arm
 /// SMMU's on arm64; `None` on riscv, whose IOMMU driver's reserved regions are not read here.
-pub fn reserved_msi_range(arch: hugepfn_mm::Arch) -> Option<(u64, u64)> {
+pub fn reserved_msi_range(arch: hugepfn_mm::Arch) -> Option<(IoVirtAddr, IoVirtAddr)> {
     use hugepfn_mm::Arch;
     match arch {
         Arch::X86_64 | Arch::X86_64_5Level => Some(X86_MSI_RANGE),
@@ -86,9 +88,9 @@ pub enum PfnLookup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DmaMapRequest {
     /// Process virtual address of the buffer (the BAR mapping).
-    pub vaddr: u64,
+    pub vaddr: UserAddr,
     /// I/O virtual address.
-    pub iova: u64,
+    pub iova: IoVirtAddr,
     /// Bytes.
     pub size: u64,
     /// `VFIO_DMA_MAP_FLAG_READ`: the device may read.
@@ -101,7 +103,7 @@ pub struct DmaMapRequest {
 
 impl DmaMapRequest {
     /// Read and write, as QEMU maps a BAR.
-    pub fn rw(vaddr: u64, iova: u64, size: u64, lookup: PfnLookup) -> Self {
+    pub fn rw(vaddr: UserAddr, iova: IoVirtAddr, size: u64, lookup: PfnLookup) -> Self {
         DmaMapRequest {
             vaddr,
             iova,
@@ -218,9 +220,9 @@ impl Type1Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct VfioDma {
     /// First IOVA.
-    pub iova: u64,
+    pub iova: IoVirtAddr,
     /// Process address it came from.
-    pub vaddr: u64,
+    pub vaddr: UserAddr,
     /// Bytes.
     pub size: u64,
     /// Device permissions.
@@ -318,7 +320,7 @@ impl VfioIommu {
     fn iova_valid(&self, start: u64, end: u64) -> bool {
         end <= self.domain.aperture_end()
             && reserved_msi_range(self.mm.config().arch)
-                .is_none_or(|(msi_lo, msi_hi)| end < msi_lo || start > msi_hi)
+                .is_none_or(|(msi_lo, msi_hi)| end < msi_lo.as_u64() || start > msi_hi.as_u64())
     }
 
     /// `vfio_find_dma`: a mapping overlapping `[start, start + size)`.
@@ -329,7 +331,7 @@ impl VfioIommu {
             .range(..end)
             .next_back()
             .map(|(_, d)| *d)
-            .filter(|d| d.iova.saturating_add(d.size) > start)
+            .filter(|d| d.iova.as_u64().saturating_add(d.size) > start)
     }
 
     /// `VFIO_IOMMU_MAP_DMA`. On success the range is mapped in the IOMMU; on failure nothing
@@ -374,6 +376,7 @@ impl VfioIommu {
         let DmaMapRequest {
             vaddr, iova, size, ..
         } = req;
+        let (vaddr, iova) = (vaddr.as_u64(), iova.as_u64());
         if size == 0 {
             return Err(Type1Error::Inval("size is 0".into()));
         }
@@ -402,7 +405,7 @@ impl VfioIommu {
             return Err(Type1Error::Exist {
                 iova,
                 size,
-                existing_iova: d.iova,
+                existing_iova: d.iova.as_u64(),
                 existing_size: d.size,
             });
         }
@@ -415,8 +418,8 @@ impl VfioIommu {
             )));
         }
         let dma = VfioDma {
-            iova,
-            vaddr,
+            iova: IoVirtAddr::new(iova),
+            vaddr: UserAddr::new(vaddr),
             size,
             prot,
         };
@@ -585,7 +588,8 @@ impl VfioIommu {
 
     /// `VFIO_IOMMU_UNMAP_DMA` (v2): every mapping inside `[iova, iova + size)`; a range that
     /// bisects a mapping is `-EINVAL`.
-    pub fn unmap_dma(&self, iova: u64, size: u64) -> Result<DmaUnmapStats, Type1Error> {
+    pub fn unmap_dma(&self, iova: IoVirtAddr, size: u64) -> Result<DmaUnmapStats, Type1Error> {
+        let iova = iova.as_u64();
         let mut inner = self.lock();
         let pgsize = self.min_pgsize();
         if size == 0 || (iova | size) & (pgsize - 1) != 0 {
@@ -597,7 +601,7 @@ impl VfioIommu {
             return Err(Type1Error::Inval("the range wraps".into()));
         };
         if let Some(d) = Self::find_dma(&inner, iova, 1)
-            && d.iova != iova
+            && d.iova.as_u64() != iova
         {
             return Err(Type1Error::Inval(format!(
                 "the range starts inside the mapping at {:#x}",
@@ -605,7 +609,7 @@ impl VfioIommu {
             )));
         }
         if let Some(d) = Self::find_dma(&inner, last, 1)
-            && d.iova + d.size != last + 1
+            && d.iova.as_u64() + d.size != last + 1
         {
             return Err(Type1Error::Inval(format!(
                 "the range ends inside the mapping at {:#x}",
@@ -616,7 +620,7 @@ impl VfioIommu {
         let mut st = DmaUnmapStats::default();
         for k in keys {
             if let Some(d) = inner.dma_list.remove(&k) {
-                let u = self.domain.iommu_unmap(IoVirtAddr::new(d.iova), d.size);
+                let u = self.domain.iommu_unmap(d.iova, d.size);
                 st.bytes += d.size;
                 st.dmas += 1;
                 st.entries.pud += u.leaves.pud;
@@ -634,7 +638,7 @@ impl Drop for VfioIommu {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         for d in std::mem::take(&mut inner.dma_list).into_values() {
-            self.domain.iommu_unmap(IoVirtAddr::new(d.iova), d.size);
+            self.domain.iommu_unmap(d.iova, d.size);
         }
     }
 }
@@ -647,12 +651,12 @@ mod tests {
     #[test]
     fn the_reserved_msi_window_is_the_machines_iommu_s() {
         assert_eq!(
-            reserved_msi_range(Arch::X86_64),
+            reserved_msi_range(Arch::X86_64).map(|(a, b)| (a.as_u64(), b.as_u64())),
             Some((0xfee0_0000, 0xfeef_ffff))
         );
         assert_eq!(reserved_msi_range(Arch::X86_64_5Level), Some(X86_MSI_RANGE));
         assert_eq!(
-            reserved_msi_range(Arch::Arm64),
+            reserved_msi_range(Arch::Arm64).map(|(a, b)| (a.as_u64(), b.as_u64())),
             Some((0x0800_0000, 0x080f_ffff))
         );
         assert_eq!(reserved_msi_range(Arch::Riscv64Sv48), None);

@@ -74,7 +74,9 @@ fn arm64_16k_bar_faults_in_32m_pmd_leaves() {
         (64, 64, 0),
         "{f:?}"
     );
-    let leaves = w.mm.page_tables().count_leaves(va, va + 2 * G);
+    let leaves =
+        w.mm.page_tables()
+            .count_leaves(UserAddr::new(va), UserAddr::new(va + 2 * G));
     assert_eq!((leaves.pmd, leaves.pte), (64, 0));
     assert_eq!(leaves.bytes_with(w.mm.geometry()), 2 * G);
     assert_eq!(
@@ -140,9 +142,9 @@ fn arm64_16k_refuses_what_is_not_on_a_16k_page() {
     w.mm.munmap(UserAddr::new(va + 32 * M), 4 * K).unwrap();
     assert!(w.mm.find_vma(UserAddr::new(va + 32 * M)).is_none());
     let after = w.mm.find_vma(UserAddr::new(va + 32 * M + 16 * K)).unwrap();
-    assert_eq!(after.start, va + 32 * M + 16 * K);
+    assert_eq!(after.start, UserAddr::new(va + 32 * M + 16 * K));
     // nothing else was lost: the first 32 MiB leaf is still there
-    let first = w.mm.page_tables().lookup(va).unwrap().0;
+    let first = w.mm.page_tables().lookup(UserAddr::new(va)).unwrap().0;
     assert_eq!(first.level, Level::Pmd);
 }
 
@@ -158,8 +160,11 @@ fn arm64_16k_proc_files_count_16k_pages() {
         smaps.text
     );
     let pm =
-        w.mm.read_proc(ProcFile::Pagemap, Some((va, va + 64 * M)))
-            .unwrap();
+        w.mm.read_proc(
+            ProcFile::Pagemap,
+            Some((UserAddr::new(va), UserAddr::new(va + 64 * M))),
+        )
+        .unwrap();
     // one entry per 16 KiB page, all holes: pagemap's walk skips VM_PFNMAP
     assert_eq!(pm.pagemap.len(), 4096);
     assert!(pm.pagemap.iter().all(|&e| e == 0));
@@ -220,11 +225,11 @@ fn arm64_16k_lengths_round_up_to_the_16k_page() {
             },
         )
         .unwrap();
-    let moved = w.mm.find_vma(UserAddr::new(st.addr)).unwrap();
+    let moved = w.mm.find_vma(st.addr).unwrap();
     assert_eq!(moved.end - moved.start, 16 * K);
     assert!(
         w.mm.find_vma(UserAddr::new(small))
-            .is_none_or(|v| v.start > small)
+            .is_none_or(|v| v.start.as_u64() > small)
     );
 }
 

@@ -15,8 +15,8 @@ const G: u64 = 1 << 30;
 struct Log(Mutex<Vec<(u64, u64)>>);
 
 impl MmuNotifier for Log {
-    fn invalidate_range(&self, start: u64, end: u64) {
-        self.0.lock().unwrap().push((start, end));
+    fn invalidate_range(&self, start: UserAddr, end: UserAddr) {
+        self.0.lock().unwrap().push((start.as_u64(), end.as_u64()));
     }
 }
 

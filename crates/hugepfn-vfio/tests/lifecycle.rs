@@ -113,12 +113,14 @@ fn regress_47fa30118f02_fork_checks_present_before_special() {
     // Put a "migration entry" into the PMD slot of the second 2 MiB: P clear, PSE, RW, bit 9.
     let pt = mm.page_tables();
     pt.zap_range(
-        va + 2 * M,
-        va + 4 * M,
+        UserAddr::new(va + 2 * M),
+        UserAddr::new(va + 4 * M),
         hugepfn_mm::pgtable::PartialHuge::ZapWhole,
     )
     .unwrap();
-    let slot = pt.slot_alloc(va + 2 * M, Level::Pmd).unwrap();
+    let slot = pt
+        .slot_alloc(UserAddr::new(va + 2 * M), Level::Pmd)
+        .unwrap();
     let migration = (0x4_0000u64 << 12) | (1 << 7) | (1 << 1) | (1 << 9);
     pt.ptl(slot).set(slot, migration);
     let before = fork_warnings();
@@ -128,7 +130,7 @@ fn regress_47fa30118f02_fork_checks_present_before_special() {
     assert_eq!(fork_warnings(), before);
     let cslot = child
         .page_tables()
-        .slot(va + 2 * M, Level::Pmd)
+        .slot(UserAddr::new(va + 2 * M), Level::Pmd)
         .unwrap()
         .unwrap();
     assert_eq!(child.page_tables().get(cslot), migration, "copied verbatim");
@@ -257,7 +259,10 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     let st = mm
         .mremap(UserAddr::new(va), 2 * G, 2 * G, move_to(dst))
         .unwrap();
-    assert_eq!((st.addr, st.moved.pud, st.zapped.total()), (dst, 2, 0));
+    assert_eq!(
+        (st.addr.as_u64(), st.moved.pud, st.zapped.total()),
+        (dst, 2, 0)
+    );
     let before = mm.fault_counts();
     touch(&mm, dst, 2 * G, true);
     assert_eq!(mm.fault_counts().since(&before).faults, 0);
@@ -288,7 +293,7 @@ fn mremap_moves_huge_leaves_or_zaps_them() {
     let st = mm
         .mremap(UserAddr::new(dst2), 2 * G, G, MremapFlags::default())
         .unwrap();
-    assert_eq!(st.addr, dst2);
+    assert_eq!(st.addr.as_u64(), dst2);
     assert_eq!(mm.vmas()[0].len(), G);
 }
 

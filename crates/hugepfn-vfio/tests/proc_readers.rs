@@ -99,7 +99,10 @@ fn pagemap_and_clear_refs_skip_vm_pfnmap() {
         let (mm, va, _d) = mapped(skew, kernel_cfg());
         let leaves = mm.leaves(UserAddr::new(va), UserAddr::new(va + 2 * G));
         let r = mm
-            .read_proc(ProcFile::Pagemap, Some((va, va + 4 * M)))
+            .read_proc(
+                ProcFile::Pagemap,
+                Some((UserAddr::new(va), UserAddr::new(va + 4 * M))),
+            )
             .unwrap();
         assert_eq!(r.pagemap.len(), 1024);
         assert!(

@@ -107,15 +107,16 @@ fn random_faults_follows_revokes_and_unmaps_keep_every_invariant() {
     }
     let r = mm.access_range(UserAddr::new(va), LEN / 4096, 4096, true, false);
     assert_eq!((r.sigbus, r.no_vma, r.oom), (0, 0, 0));
-    mm.page_tables().for_each_leaf(va, va + LEN, &mut |lva, l| {
-        assert_eq!(
-            l.pfn.as_u64(),
-            (BAR + lva - va) >> 12,
-            "leaf at {:#x}",
-            lva - va
-        );
-        assert!(l.pfn.is_aligned_order(l.level.order()));
-    });
+    mm.page_tables()
+        .for_each_leaf(UserAddr::new(va), UserAddr::new(va + LEN), &mut |lva, l| {
+            assert_eq!(
+                l.pfn.as_u64(),
+                (BAR + lva.as_u64() - va) >> 12,
+                "leaf at {:#x}",
+                lva.as_u64() - va
+            );
+            assert!(l.pfn.is_aligned_order(l.level.order()));
+        });
     let pt = mm.page_tables();
     pt.reclaim_deferred();
     assert_eq!(

@@ -69,7 +69,13 @@ fn leaves(pud: u64, pmd: u64, pte: u64) -> LeafCounts {
 }
 
 fn map(c: &VfioIommu, va: u64, iova: u64, size: u64, lookup: PfnLookup) -> Result<(), Type1Error> {
-    c.map_dma(DmaMapRequest::rw(va, iova, size, lookup)).1
+    c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va),
+        IoVirtAddr::new(iova),
+        size,
+        lookup,
+    ))
+    .1
 }
 
 /// Every IOVA of the range translates to the BAR address the CPU mapping shows.
@@ -94,7 +100,12 @@ fn selftest_map_full_bar() {
     let w = world(presets::h100_bars());
     let va = w.mmap(presets::H100_APERTURE, 0, 128 * G, G, 0);
     let c = w.container();
-    let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, 128 * G, PfnLookup::Batched));
+    let (st, r) = c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va),
+        IoVirtAddr::new(IOVA),
+        128 * G,
+        PfnLookup::Batched,
+    ));
     r.expect("type1 must succeed");
     assert_eq!(st.counters.lookups, 128);
     assert_eq!(
@@ -104,7 +115,7 @@ fn selftest_map_full_bar() {
     assert_eq!(st.counters.iommu_maps, 1, "one contiguous run");
     assert_eq!(c.iommu_entries(), leaves(128, 0, 0));
     assert_translates(&w, &c, va, IOVA, 128 * G);
-    let u = c.unmap_dma(IOVA, 128 * G).expect("unmap");
+    let u = c.unmap_dma(IoVirtAddr::new(IOVA), 128 * G).expect("unmap");
     assert_eq!(
         (u.bytes, u.dmas, u.entries),
         (128 * G, 1, leaves(128, 0, 0))
@@ -117,7 +128,12 @@ fn selftest_map_partial_bar() {
     let w = world(presets::h100_bars());
     let va = w.mmap(presets::H100_APERTURE, 0, 128 * G, G, 0);
     let c = w.container();
-    let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, K4, PfnLookup::Batched));
+    let (st, r) = c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va),
+        IoVirtAddr::new(IOVA),
+        K4,
+        PfnLookup::Batched,
+    ));
     r.expect("one page");
     // the lookup saw a 1 GiB host leaf but npages = 1 caps the round
     assert_eq!((st.counters.lookups, st.counters.iommu_maps), (1, 1));
@@ -126,7 +142,7 @@ fn selftest_map_partial_bar() {
         c.domain().iova_to_phys(io(IOVA + 123)),
         Some(pa(0x1000_0000_0000 + 123))
     );
-    c.unmap_dma(IOVA, K4).expect("unmap");
+    c.unmap_dma(IoVirtAddr::new(IOVA), K4).expect("unmap");
 }
 
 #[test]
@@ -138,13 +154,18 @@ fn selftest_map_bar_misaligned() {
     let va = w.mmap(presets::H100_APERTURE, 0, G, G, K4);
     assert_eq!(va % G, K4);
     let c = w.container();
-    let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, G, PfnLookup::Batched));
+    let (st, r) = c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va),
+        IoVirtAddr::new(IOVA),
+        G,
+        PfnLookup::Batched,
+    ));
     r.expect("type1 must succeed");
     assert_eq!(st.counters.lookups, G / K4);
     assert_eq!(w.mm.all_leaves(), leaves(0, 0, G / K4));
     assert_eq!(c.iommu_entries(), leaves(1, 0, 0));
     assert_translates(&w, &c, va, IOVA, G);
-    c.unmap_dma(IOVA, G).expect("unmap");
+    c.unmap_dma(IoVirtAddr::new(IOVA), G).expect("unmap");
     assert_eq!(w.mm.munmap(UserAddr::new(va), G).map(|_| ()), Ok(()));
 }
 
@@ -157,10 +178,20 @@ fn a_32g_bar_is_8m_lookups_per_page_and_32_batched() {
     let w = world(vec![Bar::mem64(1, 0x1000_0000_0000, 32 * G)]);
     let va = w.mmap(1, 0, 32 * G, G, 0);
     let c = w.container();
-    let (per_page, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, 32 * G, PfnLookup::PerPage));
+    let (per_page, r) = c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va),
+        IoVirtAddr::new(IOVA),
+        32 * G,
+        PfnLookup::PerPage,
+    ));
     r.expect("per page");
-    c.unmap_dma(IOVA, 32 * G).expect("unmap");
-    let (batched, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, 32 * G, PfnLookup::Batched));
+    c.unmap_dma(IoVirtAddr::new(IOVA), 32 * G).expect("unmap");
+    let (batched, r) = c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va),
+        IoVirtAddr::new(IOVA),
+        32 * G,
+        PfnLookup::Batched,
+    ));
     r.expect("batched");
     assert_eq!(per_page.counters.lookups, 8_388_608);
     assert_eq!(batched.counters.lookups, 32);
@@ -189,7 +220,12 @@ fn host_leaf_size_sets_the_batch() {
     let w = world(vec![Bar::mem64(1, 0x1000_0000_0000, 4 * G)]);
     let va = w.mmap(1, 0, 4 * G, G, M2);
     let c = w.container();
-    let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, 4 * G - M2, PfnLookup::Batched));
+    let (st, r) = c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va),
+        IoVirtAddr::new(IOVA),
+        4 * G - M2,
+        PfnLookup::Batched,
+    ));
     r.expect("map");
     assert_eq!(st.counters.lookups, (4 * G - M2) / M2);
     // iova 1G-aligned, pa 1G-aligned: 3 x 1G then 511 x 2M
@@ -234,7 +270,12 @@ fn discontiguous_pfns_split_the_run() {
         .expect("half");
     }
     let c = w.container();
-    let (st, r) = c.map_dma(DmaMapRequest::rw(va, IOVA, 2 * G, PfnLookup::Batched));
+    let (st, r) = c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va),
+        IoVirtAddr::new(IOVA),
+        2 * G,
+        PfnLookup::Batched,
+    ));
     r.expect("map");
     assert_eq!((st.counters.iommu_maps, st.counters.lookups), (2, 3));
     assert_eq!(
@@ -289,7 +330,12 @@ fn einval_for_bad_ranges_and_eexist_for_overlaps() {
     let none = DmaMapRequest {
         read: false,
         write: false,
-        ..DmaMapRequest::rw(va, IOVA + G, K4, PfnLookup::Batched)
+        ..DmaMapRequest::rw(
+            UserAddr::new(va),
+            IoVirtAddr::new(IOVA + G),
+            K4,
+            PfnLookup::Batched,
+        )
     };
     assert_eq!(c.map_dma(none).1.map_err(|e| e.errno_name()), Err("EINVAL"));
     // overlapping iova ranges, from either side
@@ -326,7 +372,12 @@ fn efault_when_the_bar_cannot_be_faulted_in() {
     map(&c, va, IOVA, G, PfnLookup::Batched).expect("first");
     // memory decode off: revoked, and the fault path SIGBUSes → fixup_user_fault fails
     w.dev.set_memory_enable(false);
-    let (st, r) = c.map_dma(DmaMapRequest::rw(va + G, IOVA + G, G, PfnLookup::Batched));
+    let (st, r) = c.map_dma(DmaMapRequest::rw(
+        UserAddr::new(va + G),
+        IoVirtAddr::new(IOVA + G),
+        G,
+        PfnLookup::Batched,
+    ));
     let e = r.unwrap_err();
     assert_eq!(e.errno_name(), "EFAULT", "{e}");
     assert_eq!((st.counters.fixups, st.counters.iommu_maps), (1, 0));
@@ -340,8 +391,8 @@ fn efault_when_the_bar_cannot_be_faulted_in() {
     // a failure in the middle unmaps what the new mapping had mapped, nothing else
     w.mm.munmap(UserAddr::new(va + 3 * G), G).expect("hole");
     let (st, r) = c.map_dma(DmaMapRequest::rw(
-        va + G,
-        IOVA + G,
+        UserAddr::new(va + G),
+        IoVirtAddr::new(IOVA + G),
         3 * G,
         PfnLookup::Batched,
     ));
@@ -378,7 +429,12 @@ fn efault_for_a_read_only_mapping_when_the_device_writes() {
     // read-only DMA works
     let ro = DmaMapRequest {
         write: false,
-        ..DmaMapRequest::rw(va, IOVA, G, PfnLookup::Batched)
+        ..DmaMapRequest::rw(
+            UserAddr::new(va),
+            IoVirtAddr::new(IOVA),
+            G,
+            PfnLookup::Batched,
+        )
     };
     c.map_dma(ro).1.expect("read-only DMA");
     let (_, _, prot) = c.domain().translate(io(IOVA)).expect("mapped");
@@ -396,14 +452,27 @@ fn unmap_follows_type1v2() {
     map(&c, va + 2 * G, IOVA + 4 * G, M2, PfnLookup::Batched).expect("c");
     let errno = |r: Result<_, Type1Error>| r.map_err(|e| e.errno_name()).err();
     // bisecting a mapping
-    assert_eq!(errno(c.unmap_dma(IOVA + K4, G)), Some("EINVAL"));
-    assert_eq!(errno(c.unmap_dma(IOVA, G + K4)), Some("EINVAL"));
-    assert_eq!(errno(c.unmap_dma(IOVA, 0)), Some("EINVAL"));
-    assert_eq!(errno(c.unmap_dma(IOVA + 1, K4)), Some("EINVAL"));
+    assert_eq!(
+        errno(c.unmap_dma(IoVirtAddr::new(IOVA + K4), G)),
+        Some("EINVAL")
+    );
+    assert_eq!(
+        errno(c.unmap_dma(IoVirtAddr::new(IOVA), G + K4)),
+        Some("EINVAL")
+    );
+    assert_eq!(errno(c.unmap_dma(IoVirtAddr::new(IOVA), 0)), Some("EINVAL"));
+    assert_eq!(
+        errno(c.unmap_dma(IoVirtAddr::new(IOVA + 1), K4)),
+        Some("EINVAL")
+    );
     // nothing there: success, zero bytes
-    assert_eq!(c.unmap_dma(IOVA + 8 * G, G).map(|u| u.bytes), Ok(0));
+    assert_eq!(
+        c.unmap_dma(IoVirtAddr::new(IOVA + 8 * G), G)
+            .map(|u| u.bytes),
+        Ok(0)
+    );
     // two whole mappings at once
-    let u = c.unmap_dma(IOVA, 2 * G).expect("unmap");
+    let u = c.unmap_dma(IoVirtAddr::new(IOVA), 2 * G).expect("unmap");
     assert_eq!((u.bytes, u.dmas, u.entries), (2 * G, 2, leaves(2, 0, 0)));
     assert_eq!(c.iommu_entries(), leaves(0, 1, 0));
     // and the slot can be mapped again

@@ -130,12 +130,18 @@ fn lab_rules_pud_pmd_pte() {
         let l = mm.all_leaves();
         assert_eq!((l.pud, l.pmd, l.pte), want);
         // The pfn of every leaf is the BAR address of its offset.
-        mm.page_tables()
-            .for_each_leaf(va, va + len, &mut |lva, leaf| {
-                assert_eq!(leaf.pfn.as_u64(), (0xff_0000_0000 + off + (lva - va)) >> 12);
+        mm.page_tables().for_each_leaf(
+            UserAddr::new(va),
+            UserAddr::new(va + len),
+            &mut |lva, leaf| {
+                assert_eq!(
+                    leaf.pfn.as_u64(),
+                    (0xff_0000_0000 + off + (lva.as_u64() - va)) >> 12
+                );
                 assert!(leaf.prot.is_special());
                 assert_eq!(leaf.prot.cache, CacheMode::UcMinus);
-            });
+            },
+        );
         // Follow reports the level and addr_mask.
         let fl = mm.follow_pfnmap(uva(va + len - 4096)).unwrap();
         assert_eq!(fl.pfn.as_u64(), (0xff_0000_0000 + off + len - 4096) >> 12);
@@ -302,9 +308,10 @@ fn regress_09dfc8a5f2ce_unaligned_pfn_falls_back() {
         assert_eq!(f.faults, want_faults, "{logic:?}");
         assert_eq!(full.sigbus.min(1), want_sigbus, "{logic:?}");
         // Never a leaf whose pfn is not aligned to its size.
-        mm.page_tables().for_each_leaf(va, va + G, &mut |_, l| {
-            assert!(l.pfn.is_aligned_order(l.level.order()));
-        });
+        mm.page_tables()
+            .for_each_leaf(UserAddr::new(va), UserAddr::new(va + G), &mut |_, l| {
+                assert!(l.pfn.is_aligned_order(l.level.order()));
+            });
     }
 }
 

@@ -59,7 +59,11 @@ fn kvm_benches(c: &mut Criterion) {
         flags: 0,
         guest_phys_addr: GUEST_BAR_GPA,
         memory_size: size,
-        userspace_addr: if size == 0 { 0 } else { d.va },
+        userspace_addr: if size == 0 {
+            hugepfn_mm::UserAddr::default()
+        } else {
+            d.va
+        },
     };
     c.bench_function("guest touches 128G BAR, 1G EPT (128 violations)", |b| {
         b.iter_custom(|n| {
@@ -67,7 +71,7 @@ fn kvm_benches(c: &mut Criterion) {
             for _ in 0..n {
                 vm.set_user_memory_region(&slot(BAR1)).expect("slot");
                 let t0 = Instant::now();
-                let (t, r) = vm.guest_touch(GUEST_BAR_GPA, BAR1 / 4096, 4096, true);
+                let (t, r) = vm.guest_touch(GUEST_BAR_GPA.as_u64(), BAR1 / 4096, 4096, true);
                 total += t0.elapsed();
                 r.expect("touch");
                 assert_eq!(t.violations, 128);

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use hugepfn_kernels::{Behaviour, Kernel};
 use hugepfn_kvm::{KvmConfig, UserMemoryRegion, Vm};
-use hugepfn_mm::addr::UserAddr;
+use hugepfn_mm::addr::{GuestPhysAddr, IoVirtAddr, UserAddr};
 use hugepfn_mm::{Arch, LeafCounts, Mm, MmConfig, MmapAddr, MmapRequest, PhysMem, Prot};
 use hugepfn_units::{format_size, parse_size};
 use hugepfn_vfio::iommu::CapReg;
@@ -35,7 +35,13 @@ use serde::Serialize;
 use thiserror::Error;
 
 /// Where the firmware puts the BAR in guest-physical space (also its IOVA).
-pub const GUEST_BAR_GPA: u64 = 0x380_0000_0000;
+pub const GUEST_BAR_GPA: GuestPhysAddr = match GuestPhysAddr::new(0x380_0000_0000) {
+    Ok(gpa) => gpa,
+    Err(_) => panic!("a 52-bit GPA"),
+};
+
+/// The IOVA QEMU maps the BAR at for the device: its guest-physical address.
+pub const GUEST_BAR_IOVA: IoVirtAddr = IoVirtAddr::new(GUEST_BAR_GPA.as_u64());
 
 /// The H100's BARs ([`presets::h100_bars`]) with BAR1 resized to `size` (128 GiB: as is).
 pub fn h100_with_bar1(size: u64) -> Vec<Bar> {
@@ -151,7 +157,7 @@ pub struct WorldReport {
     /// Which world.
     pub world: WorldKind,
     /// VA of the BAR mapping.
-    pub va: u64,
+    pub va: UserAddr,
     /// EPT leaves after the guest touched the BAR.
     pub ept_leaves: LeafCounts,
     /// EPT violations, whole boot.
@@ -252,7 +258,7 @@ pub fn boot_world(
     let uva = mm
         .find_aligned_area(bar_size, 1 << 30, skew)
         .map_err(setup)?;
-    let va = uva.as_u64();
+    let va = uva;
     let file = dev.open();
     mm.mmap(MmapRequest {
         addr: MmapAddr::Fixed(uva),
@@ -276,7 +282,7 @@ pub fn boot_world(
         flags: 0,
         guest_phys_addr: GUEST_BAR_GPA,
         memory_size: size,
-        userspace_addr: if size == 0 { 0 } else { va },
+        userspace_addr: if size == 0 { UserAddr::default() } else { va },
     };
     let mut dma_time = Duration::ZERO;
     let mut dma_maps = 0u64;
@@ -290,7 +296,7 @@ pub fn boot_world(
         dev.set_memory_enable(true);
         vm.set_user_memory_region(&region(bar_size))
             .map_err(|e| step_err("KVM_SET_USER_MEMORY_REGION", e.errno_name(), e))?;
-        let (st, r) = container.map_dma(DmaMapRequest::rw(va, GUEST_BAR_GPA, bar_size, lookup));
+        let (st, r) = container.map_dma(DmaMapRequest::rw(va, GUEST_BAR_IOVA, bar_size, lookup));
         *dma_time += st.elapsed;
         *dma_maps += 1;
         r.map_err(|e| step_err("VFIO_IOMMU_MAP_DMA", e.errno_name(), e))
@@ -300,7 +306,7 @@ pub fn boot_world(
         // Memory decode off: vfio revokes; QEMU removes the BAR from the guest.
         dev.set_memory_enable(false);
         container
-            .unmap_dma(GUEST_BAR_GPA, bar_size)
+            .unmap_dma(GUEST_BAR_IOVA, bar_size)
             .map_err(|e| step_err("VFIO_IOMMU_UNMAP_DMA", e.errno_name(), e))?;
         vm.set_user_memory_region(&region(0))
             .map_err(|e| step_err("KVM_SET_USER_MEMORY_REGION (delete)", e.errno_name(), e))?;
@@ -309,7 +315,7 @@ pub fn boot_world(
     let firmware_time = fw0.elapsed();
     // The guest driver touches the whole BAR.
     let g0 = Instant::now();
-    let (_, r) = vm.guest_touch(GUEST_BAR_GPA, bar_size / 4096, 4096, true);
+    let (_, r) = vm.guest_touch(GUEST_BAR_GPA.as_u64(), bar_size / 4096, 4096, true);
     r.map_err(|e| step_err("KVM_RUN", e.errno_name(), e))?;
     let guest_touch_time = g0.elapsed();
     let faults = mm.fault_counts().since(&faults0);
@@ -601,7 +607,7 @@ pub struct DmaBench {
     /// The process.
     pub mm: Arc<Mm>,
     /// The BAR's VA.
-    pub va: u64,
+    pub va: UserAddr,
     /// The container.
     pub container: VfioIommu,
     /// BAR size.
@@ -624,7 +630,7 @@ impl DmaBench {
         let uva = mm
             .find_aligned_area(size, 1 << 30, skew)
             .map_err(|e| setup(&e))?;
-        let va = uva.as_u64();
+        let va = uva;
         let file = dev.open();
         mm.mmap(MmapRequest {
             addr: MmapAddr::Fixed(uva),
@@ -636,7 +642,7 @@ impl DmaBench {
         })
         .map_err(|e| setup(&e))?;
         if prefault {
-            mm.access_range(UserAddr::new(va), size / 4096, 4096, true, false);
+            mm.access_range(va, size / 4096, 4096, true, false);
         }
         let container = VfioIommu::new(mm.clone(), CapReg::SERVER).map_err(|e| setup(&e))?;
         Ok(DmaBench {
@@ -651,9 +657,12 @@ impl DmaBench {
     /// The timed part: `MAP_DMA` of the whole BAR at [`GUEST_BAR_GPA`]. Returns the lookups
     /// and the time the ioctl took.
     pub fn map(&self, lookup: PfnLookup) -> Result<(u64, Duration), GuestBootError> {
-        let (st, r) =
-            self.container
-                .map_dma(DmaMapRequest::rw(self.va, GUEST_BAR_GPA, self.size, lookup));
+        let (st, r) = self.container.map_dma(DmaMapRequest::rw(
+            self.va,
+            GUEST_BAR_IOVA,
+            self.size,
+            lookup,
+        ));
         r.map_err(|e| step_err("VFIO_IOMMU_MAP_DMA", e.errno_name(), e))?;
         Ok((st.counters.lookups, st.elapsed))
     }
@@ -661,7 +670,7 @@ impl DmaBench {
     /// Untimed: `UNMAP_DMA` of it again.
     pub fn unmap(&self) -> Result<(), GuestBootError> {
         self.container
-            .unmap_dma(GUEST_BAR_GPA, self.size)
+            .unmap_dma(GUEST_BAR_IOVA, self.size)
             .map(|_| ())
             .map_err(|e| step_err("VFIO_IOMMU_UNMAP_DMA", e.errno_name(), e))
     }

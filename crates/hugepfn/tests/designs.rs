@@ -75,7 +75,9 @@ fn hazard_remap_overwrite_frees_tables_a_walker_still_holds() {
         let (phys, _dev, mm, va) = setup(design, ThpPolicy::Always);
         let pt = mm.page_tables();
         // CPU 1 is inside its fault: tables down to the PTE level exist, it holds the PTE table.
-        let held = pt.slot_alloc(va + 0x1234_5000, Level::Pte).unwrap();
+        let held = pt
+            .slot_alloc(hugepfn_mm::UserAddr::new(va + 0x1234_5000), Level::Pte)
+            .unwrap();
         // CPU 0 faults at the start of the GiB.
         assert!(matches!(
             mm.access(UserAddr::new(va), true),

@@ -28,7 +28,7 @@ use hugepfn_pt::format::cpu::Cpu;
 use hugepfn_pt::{EncodeError, Format, Geometry, Step, Tree, X86_64};
 use serde::Serialize;
 
-use crate::addr::{PAGE_SIZE, PagingMode, PhysAddr};
+use crate::addr::{PAGE_SIZE, PagingMode, PhysAddr, UserAddr};
 use crate::entry::{Decoded, Leaf};
 use crate::level::{LeafCap, Level};
 use crate::phys::{PhysError, PhysMem, TableCounts, TablePage};
@@ -88,9 +88,9 @@ impl Serialize for FlushReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct TlbFlush {
     /// First address.
-    pub start: u64,
+    pub start: UserAddr,
     /// End (exclusive).
-    pub end: u64,
+    pub end: UserAddr,
     /// Why.
     pub reason: FlushReason,
 }
@@ -139,15 +139,15 @@ pub struct ZapStats {
     /// Huge leaves split in place.
     pub splits: u64,
     /// Lowest address cleared (the range actually zapped can exceed the request: `ZapWhole`).
-    pub lo: u64,
+    pub lo: UserAddr,
     /// End of the highest cleared leaf.
-    pub hi: u64,
+    pub hi: UserAddr,
 }
 
 impl ZapStats {
     /// The range an MMU notifier hears of for a zap of `[start, end)`: the request, widened
     /// to every leaf cleared whole past it.
-    pub fn notify_range(&self, start: u64, end: u64) -> (u64, u64) {
+    pub fn notify_range(&self, start: UserAddr, end: UserAddr) -> (UserAddr, UserAddr) {
         if self.cleared.total() > 0 {
             (start.min(self.lo), end.max(self.hi))
         } else {
@@ -161,7 +161,7 @@ impl ZapStats {
 /// zap returns, so they drop their own copies (`mmu_notifier_invalidate_range_start/end`).
 pub trait MmuNotifier: Send + Sync {
     /// `[start, end)` of this mm no longer maps what it did (zap, revoke, munmap, mprotect).
-    fn invalidate_range(&self, start: u64, end: u64);
+    fn invalidate_range(&self, start: UserAddr, end: UserAddr);
 }
 
 bitflags::bitflags! {
@@ -417,7 +417,7 @@ impl PageTables {
     }
 
     /// Tells every registered notifier that `[start, end)` changed.
-    pub fn mmu_notifier_invalidate(&self, start: u64, end: u64) {
+    pub fn mmu_notifier_invalidate(&self, start: UserAddr, end: UserAddr) {
         if end <= start {
             return;
         }
@@ -448,7 +448,7 @@ impl PageTables {
     }
 
     /// Records a TLB flush of `[start, end)`.
-    pub fn flush_tlb_range(&self, start: u64, end: u64, reason: FlushReason) {
+    pub fn flush_tlb_range(&self, start: UserAddr, end: UserAddr, reason: FlushReason) {
         if end > start {
             self.lock_flushes().record(TlbFlush { start, end, reason });
         }
@@ -482,44 +482,49 @@ impl PageTables {
 
     /// Lockless walk to the slot holding `va`'s entry at `level`, without allocating
     /// (`pmd_off`, `pte_offset_map`). `Ok(None)`: a table on the way is missing.
-    pub fn slot(&self, va: u64, level: Level) -> Result<Option<Slot>, WalkError> {
+    pub fn slot(&self, va: UserAddr, level: Level) -> Result<Option<Slot>, WalkError> {
         self.tree.slot(va, level)
     }
 
     /// Walks to `va`'s slot at `level`, allocating missing tables (`p4d_alloc`, `pud_alloc`,
     /// `pmd_alloc`, `pte_alloc`): allocate, take the parent's lock, install if still none,
     /// otherwise free the new table (somebody else won the race).
-    pub fn slot_alloc(&self, va: u64, level: Level) -> Result<Slot, WalkError> {
+    pub fn slot_alloc(&self, va: UserAddr, level: Level) -> Result<Slot, WalkError> {
         self.slot_alloc_from(self.tree.top_slot(va), va, level)
     }
 
     /// [`PageTables::slot_alloc`] starting from a slot already reached for `va` (Linux passes
     /// `vmf->pud`/`vmf->pmd` down instead of walking again).
-    pub fn slot_alloc_from(&self, from: Slot, va: u64, level: Level) -> Result<Slot, WalkError> {
+    pub fn slot_alloc_from(
+        &self,
+        from: Slot,
+        va: UserAddr,
+        level: Level,
+    ) -> Result<Slot, WalkError> {
         let recheck = !self.bugs.contains(Bugs::ALLOC_NO_RECHECK);
         self.tree.slot_alloc_from(from, va, level, recheck)
     }
 
     /// Lockless lookup of the leaf mapping `va`, with its slot.
-    pub fn lookup(&self, va: u64) -> Option<(Leaf, Slot)> {
+    pub fn lookup(&self, va: UserAddr) -> Option<(Leaf, Slot)> {
         self.tree.lookup(va)
     }
 
     /// [`PageTables::lookup`] without decoding: the raw leaf entry and its slot.
-    pub fn lookup_raw(&self, va: u64) -> Option<(u64, Slot)> {
+    pub fn lookup_raw(&self, va: UserAddr) -> Option<(u64, Slot)> {
         self.tree.lookup_raw(va)
     }
 
     /// A lockless walk to `va`'s leaf that ends holding its lock, inside the walk's RCU
     /// section (`pte_offset_map_lock`; [`Tree::lookup_lock`]).
     #[inline]
-    pub fn lookup_lock(&self, va: u64) -> Option<LockedLeaf<'_>> {
+    pub fn lookup_lock(&self, va: UserAddr) -> Option<LockedLeaf<'_>> {
         self.tree.lookup_lock(va)
     }
 
     /// The CPU's access to `va` (a user access; a write if `write`): the level of the leaf
     /// that lets it through, if one does. A walk that decodes nothing.
-    pub fn user_access(&self, va: u64, write: bool) -> Option<Level> {
+    pub fn user_access(&self, va: UserAddr, write: bool) -> Option<Level> {
         let (raw, slot) = self.tree.lookup_raw(va)?;
         self.format()
             .user_access(raw, slot.level, write)
@@ -529,7 +534,7 @@ impl PageTables {
     /// Checks that every table pointer under `[start, end)` names a page-table page
     /// ([`WalkError::Corrupt`] otherwise), so that an operation that must not stop halfway
     /// (mremap's move) can refuse a corrupt tree before it changes anything.
-    pub fn check_tables(&self, start: u64, end: u64) -> Result<(), WalkError> {
+    pub fn check_tables(&self, start: UserAddr, end: UserAddr) -> Result<(), WalkError> {
         self.tree.walk_range::<WalkError>(start, end, &mut |t, v| {
             Ok(match v.entry {
                 // a PTE table: its page must exist; its 512 entries need no visit
@@ -545,7 +550,7 @@ impl PageTables {
     }
 
     /// The first address in `[start, end)` that has a leaf or a non-present entry, if any.
-    pub fn first_mapped(&self, start: u64, end: u64) -> Option<u64> {
+    pub fn first_mapped(&self, start: UserAddr, end: UserAddr) -> Option<UserAddr> {
         self.tree.first_mapped(start, end)
     }
 
@@ -556,13 +561,13 @@ impl PageTables {
     }
 
     /// Counts leaves (by level) whose first byte lies in `[start, end)`.
-    pub fn count_leaves(&self, start: u64, end: u64) -> LeafCounts {
+    pub fn count_leaves(&self, start: UserAddr, end: UserAddr) -> LeafCounts {
         let [pte, pmd, pud] = self.tree.count_leaves(start, end);
         LeafCounts { pud, pmd, pte }
     }
 
     /// Calls `f(va, leaf)` for every leaf whose first byte lies in `[start, end)`, in address order.
-    pub fn for_each_leaf(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, Leaf)) {
+    pub fn for_each_leaf(&self, start: UserAddr, end: UserAddr, f: &mut dyn FnMut(UserAddr, Leaf)) {
         self.tree
             .for_each_leaf(start, end, &mut |va, l, _| f(va, l));
     }

@@ -22,8 +22,8 @@ impl PageTables {
     /// Returns (leaves moved, leaves zapped).
     pub fn move_page_tables(
         &self,
-        old: u64,
-        new: u64,
+        old: UserAddr,
+        new: UserAddr,
         len: u64,
         partial: PartialHuge,
     ) -> Result<(LeafCounts, LeafCounts), WalkError> {
@@ -38,9 +38,12 @@ impl PageTables {
         // Wrapping, as Linux's: at the top of the address space the next boundary wraps to 0
         // and the distance to it is still right.
         let g = self.geom;
-        let extent = |level: Level, o: u64, n: u64| -> u64 {
+        let extent = |level: Level, o: UserAddr, n: UserAddr| -> u64 {
             let size = g.size(level);
-            let to = |a: u64| (a & !(size - 1)).wrapping_add(size).wrapping_sub(a);
+            let to = |a: UserAddr| {
+                let a = a.as_u64();
+                (a & !(size - 1)).wrapping_add(size).wrapping_sub(a)
+            };
             to(o).min(to(n)).min(end - o)
         };
         let (mut o, mut n) = (old, new);
@@ -98,7 +101,10 @@ impl PageTables {
                     if !(ext == g.size(Level::Pmd) && self.move_table(om, dm, o, &mut mv.moved)) {
                         let dt = self.tree.table_below(dm)?; // pte_alloc, even for no PTE
                         let ot = self.table(pa)?;
-                        let (oi, di) = (g.index(Level::Pte, o), g.index(Level::Pte, n));
+                        let (oi, di) = (
+                            g.index(Level::Pte, o.as_u64()),
+                            g.index(Level::Pte, n.as_u64()),
+                        );
                         let count = (ext >> g.page_shift()) as usize;
                         let mut k = 0;
                         for i in 0..count {
@@ -137,8 +143,8 @@ impl PageTables {
     fn move_leaf_or_break(
         &self,
         slot: Slot,
-        o: u64,
-        n: u64,
+        o: UserAddr,
+        n: UserAddr,
         ext: u64,
         mv: &mut Moving,
     ) -> Result<bool, WalkError> {
@@ -157,7 +163,7 @@ impl PageTables {
             self.split_leaf(slot)?;
             return Ok(false);
         }
-        let base = o & !(size - 1);
+        let base = o.align_down(size);
         let z = self.zap_range(
             base.max(o),
             base.saturating_add(size).min(mv.end),
@@ -178,7 +184,7 @@ impl PageTables {
 
     /// Moves the table `from` points to into the none entry `to` (`move_normal_pud`,
     /// `move_normal_pmd`); counts the leaves under it as moved. False if `to` is not none.
-    fn move_table(&self, from: Slot, to: Slot, o: u64, moved: &mut LeafCounts) -> bool {
+    fn move_table(&self, from: Slot, to: Slot, o: UserAddr, moved: &mut LeafCounts) -> bool {
         if self.get(to) != 0 {
             return false;
         }
@@ -194,7 +200,7 @@ impl PageTables {
 /// What one `move_page_tables` call carries through its extents.
 struct Moving {
     /// End of the old range.
-    end: u64,
+    end: UserAddr,
     /// What to do with a huge leaf that cannot move whole.
     partial: PartialHuge,
     /// Leaves moved.

@@ -13,7 +13,7 @@ impl PageTables {
     /// The MMU notifier is told about `[addr, end)` from the first `addr` whose PUD entry is
     /// populated (`change_pud_range`), whether or not a leaf changed: KVM/arm64 may map a
     /// stage-2 block over host addresses with no leaf.
-    pub fn change_protection(&self, start: u64, end: u64, newprot: Pgprot) -> LeafCounts {
+    pub fn change_protection(&self, start: UserAddr, end: UserAddr, newprot: Pgprot) -> LeafCounts {
         let pud = self.geom.size(Level::Pud);
         let mut notify = None;
         let mut addr = start;
@@ -24,7 +24,7 @@ impl PageTables {
                 notify = Some(addr);
                 break;
             }
-            addr = match (addr & !(pud - 1)).checked_add(pud) {
+            addr = match addr.align_down(pud).checked_add(pud) {
                 Some(next) => next,
                 None => break,
             };

@@ -1,6 +1,6 @@
 //! `remap_pfn_range` → `remap_p4d_range` … `remap_pte_range`, with the RFC's PUD/PMD leaves.
 
-use crate::addr::{PAGE_SIZE, Pfn, PhysAddr};
+use crate::addr::{PAGE_SIZE, Pfn, PhysAddr, UserAddr};
 use crate::entry::{Decoded, Leaf, Pgprot};
 use crate::level::{LeafCap, Level};
 
@@ -14,13 +14,14 @@ impl PageTables {
     /// Returns the leaves installed.
     pub fn remap_range(
         &self,
-        start: u64,
-        end: u64,
+        start: UserAddr,
+        end: UserAddr,
         pfn: Pfn,
         prot: Pgprot,
         cap: LeafCap,
     ) -> Result<LeafCounts, WalkError> {
         let mut counts = LeafCounts::default();
+        let (start, end) = (start.as_u64(), end.as_u64());
         let r = RemapArgs {
             start,
             pfn: pfn.as_u64(),
@@ -89,7 +90,11 @@ impl PageTables {
                     // structure caches and lockless walkers may hold it).
                     self.tree
                         .free_subtree_deferred(pa, level.lower().unwrap_or(Level::Pte));
-                    self.flush_tlb_range(base, base + size, FlushReason::FreePgtables);
+                    self.flush_tlb_range(
+                        UserAddr::new(base),
+                        UserAddr::new(base + size),
+                        FlushReason::FreePgtables,
+                    );
                 }
                 counts.add(level, 1);
             } else {

@@ -17,13 +17,13 @@ impl PageTables {
     /// Makes `addr` a leaf boundary before a VMA is split there (`vma_adjust_trans_huge`): a huge
     /// leaf straddling it is zapped (fault-backed VMAs: `__split_huge_pud/pmd` on a pfnmap) or
     /// split in place until a boundary falls at `addr` (remap-populated VMAs).
-    pub fn adjust_trans_huge(&self, addr: u64, partial: PartialHuge) -> Result<(), WalkError> {
+    pub fn adjust_trans_huge(&self, addr: UserAddr, partial: PartialHuge) -> Result<(), WalkError> {
         loop {
             let Some((leaf, slot)) = self.lookup(addr) else {
                 return Ok(());
             };
             let size = self.geom.size(leaf.level);
-            let base = addr & !(size - 1);
+            let base = addr.align_down(size);
             if leaf.level == Level::Pte || base == addr {
                 return Ok(());
             }
@@ -47,8 +47,8 @@ impl PageTables {
     /// kept; [`PageTables::free_pgtables`] frees the ones no VMA can use any more.
     pub fn zap_range(
         &self,
-        start: u64,
-        end: u64,
+        start: UserAddr,
+        end: UserAddr,
         partial: PartialHuge,
     ) -> Result<ZapStats, WalkError> {
         let (st, r) = self.zap_range_unnotified(start, end, partial);
@@ -67,12 +67,12 @@ impl PageTables {
     /// was cleared even when the walk failed part-way.
     pub fn zap_range_unnotified(
         &self,
-        start: u64,
-        end: u64,
+        start: UserAddr,
+        end: UserAddr,
         partial: PartialHuge,
     ) -> (ZapStats, Result<(), WalkError>) {
         let mut st = ZapStats {
-            lo: u64::MAX,
+            lo: UserAddr::new(u64::MAX),
             ..ZapStats::default()
         };
         let r = self.zap_pmd_range(start, end, partial, &mut st);
@@ -88,8 +88,8 @@ impl PageTables {
     /// is split and its pieces visited again, or cleared whole, as `partial` says.
     fn zap_pmd_range(
         &self,
-        start: u64,
-        end: u64,
+        start: UserAddr,
+        end: UserAddr,
         partial: PartialHuge,
         st: &mut ZapStats,
     ) -> Result<(), WalkError> {
@@ -123,7 +123,13 @@ impl PageTables {
     /// Frees the tables under `[start, end)` whose whole span lies inside `[floor, ceiling)`,
     /// the addresses no VMA uses (`free_pgtables`/`free_pgd_range`). Such tables are empty once
     /// their range has been zapped. Returns how many were freed.
-    pub fn free_pgtables(&self, start: u64, end: u64, floor: u64, ceiling: u64) -> u64 {
+    pub fn free_pgtables(
+        &self,
+        start: UserAddr,
+        end: UserAddr,
+        floor: UserAddr,
+        ceiling: UserAddr,
+    ) -> u64 {
         let mut freed = 0;
         let _ = self.tree.walk_range::<WalkError>(start, end, &mut |t, v| {
             let Decoded::Table(pa) = v.entry else {

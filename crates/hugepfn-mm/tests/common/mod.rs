@@ -77,3 +77,9 @@ pub fn uva(a: u64) -> hugepfn_mm::VirtAddr {
 pub fn upfn(p: u64) -> hugepfn_mm::Pfn {
     hugepfn_mm::Pfn::new(p).expect("a 40-bit pfn")
 }
+
+/// A user address for the page-table and VMA calls.
+#[allow(dead_code)]
+pub fn ua(a: u64) -> hugepfn_mm::UserAddr {
+    hugepfn_mm::UserAddr::new(a)
+}

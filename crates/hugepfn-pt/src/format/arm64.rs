@@ -32,7 +32,7 @@
 //! Deliberate difference: 52-bit output addresses (LPA, LPA2) are not modelled, so neither are
 //! level-1 blocks in the 16 and 64 KiB granules.
 
-use crate::addr::PhysAddr;
+use crate::addr::{PhysAddr, UserAddr};
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
 use crate::format::{
     EncodeError, Entry, Format, Locking, check_placement, flags_where, release_cpu_leaf, set_bits,
@@ -193,6 +193,7 @@ impl Arm64 {
 
 impl Format for Arm64 {
     type Leaf = Leaf;
+    type Addr = UserAddr;
     const LOCKING: Locking = Locking::Split;
 
     fn name(&self) -> &'static str {

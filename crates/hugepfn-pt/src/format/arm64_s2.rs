@@ -28,7 +28,7 @@
 //! one table. No dirty bit (KVM logs dirty pages by write protection, so a dirty leaf cannot be
 //! encoded), no software bits, no LPA2.
 
-use crate::addr::{Pfn, PhysAddr};
+use crate::addr::{GuestPhysAddr, Pfn, PhysAddr};
 use crate::format::arm64::{addr_mask_of, block_level, granule_of};
 use crate::format::ept::{EptLeaf, MemType};
 use crate::format::{EncodeError, Entry, Format, Locking, check_placement, set_bits};
@@ -183,6 +183,7 @@ impl Arm64S2 {
 
 impl Format for Arm64S2 {
     type Leaf = EptLeaf;
+    type Addr = GuestPhysAddr;
     // KVM/arm64 takes `mmu_lock` around stage-2 changes: one lock for the tree.
     const LOCKING: Locking = Locking::Single;
 

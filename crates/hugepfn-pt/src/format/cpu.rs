@@ -49,7 +49,15 @@ impl Cpu {
     }
 }
 
-enum_format!(Cpu, Leaf, Locking::Split, X86, Arm64, Riscv);
+enum_format!(
+    Cpu,
+    Leaf,
+    hugepfn_units::addr::UserAddr,
+    Locking::Split,
+    X86,
+    Arm64,
+    Riscv
+);
 
 impl Cpu {
     /// The hardware's permission check on a leaf found at `level` by a user access: present,
@@ -79,7 +87,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::addr::{Pfn, PhysAddr};
+    use crate::addr::{Pfn, PhysAddr, UserAddr};
     use crate::entry::{CacheMode, Pgprot, ProtFlags};
     use crate::format::Format;
     use crate::format::{EncodeError, Entry};
@@ -194,7 +202,7 @@ mod tests {
         for f in cpus() {
             let phys = Arc::new(PhysMem::default());
             let tree = Tree::new(phys.clone(), f).unwrap();
-            let va = 5u64 << 30;
+            let va = UserAddr::new(5 << 30);
             let slot = tree.slot_alloc(va, Level::Pud).unwrap();
             let prot = Pgprot::SHARED
                 .with_cache(CacheMode::UcMinus)

@@ -5,7 +5,7 @@
 //! KVM's software `SPTE_MMU_PRESENT` bit 11, the address in bits 12..51. A non-leaf entry is the
 //! next table's address with R, W, X (and bit 11). Four levels: a 48-bit guest-physical space.
 
-use crate::addr::{Pfn, PhysAddr};
+use crate::addr::{GuestPhysAddr, Pfn, PhysAddr};
 use crate::format::{EncodeError, Entry, Format, LeafOps, Locking, set_bits};
 use crate::level::Level;
 
@@ -176,6 +176,7 @@ pub struct Ept4;
 
 impl Format for Ept4 {
     type Leaf = EptLeaf;
+    type Addr = GuestPhysAddr;
     const LOCKING: Locking = Locking::Single;
 
     fn name(&self) -> &'static str {

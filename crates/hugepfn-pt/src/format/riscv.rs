@@ -13,7 +13,7 @@
 //! Memory types: UC- (the model's `pgprot_noncached`) and UC are both `IO` and read back as
 //! UC-; WT and WP do not exist and fail to encode. The model assumes Svpbmt.
 
-use crate::addr::PhysAddr;
+use crate::addr::{PhysAddr, UserAddr};
 use crate::entry::{CacheMode, Leaf, Pgprot, ProtFlags};
 use crate::format::{
     EncodeError, Entry, Format, Locking, check_placement, flags_where, release_cpu_leaf, set_bits,
@@ -66,6 +66,7 @@ pub struct Riscv {
 
 impl Format for Riscv {
     type Leaf = Leaf;
+    type Addr = UserAddr;
     const LOCKING: Locking = Locking::Split;
 
     fn name(&self) -> &'static str {

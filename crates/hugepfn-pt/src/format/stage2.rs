@@ -17,4 +17,11 @@ pub enum Stage2 {
     Arm64(Arm64S2),
 }
 
-enum_format!(Stage2, EptLeaf, Locking::Single, Ept, Arm64);
+enum_format!(
+    Stage2,
+    EptLeaf,
+    hugepfn_units::addr::GuestPhysAddr,
+    Locking::Single,
+    Ept,
+    Arm64
+);

@@ -3,7 +3,7 @@
 //! `DMA_PTE_SNP` bit 11, the address in bits 12..51. An entry is present when R or W is set
 //! (`dma_pte_present`); a non-leaf entry is the next table's address with R and W.
 
-use crate::addr::{Pfn, PhysAddr};
+use crate::addr::{IoVirtAddr, Pfn, PhysAddr};
 use crate::format::{EncodeError, Entry, Format, LeafOps, Locking, check_placement, set_bits};
 use crate::level::Level;
 
@@ -74,6 +74,7 @@ pub struct Vtd {
 
 impl Format for Vtd {
     type Leaf = VtdLeaf;
+    type Addr = IoVirtAddr;
     const LOCKING: Locking = Locking::Single;
 
     fn name(&self) -> &'static str {

@@ -18,16 +18,21 @@ const K: u64 = 4096;
 const M: u64 = 2 << 20;
 const G: u64 = 1 << 30;
 
+/// The input address `x` of whichever format the tree has.
+fn a<A: InputAddr>(x: u64) -> A {
+    A::from_raw(x)
+}
+
 /// One character per `unit` from `start`: what maps the unit's first byte.
 fn map<F: Format>(t: &Tree<F>, start: u64, units: u64, unit: u64) -> String {
     (0..units)
         .map(|i| {
             let va = start + i * unit;
-            match t.lookup(va) {
+            match t.lookup(a(va)) {
                 Some((_, s)) if s.level == Level::Pud => 'G',
                 Some((_, s)) if s.level == Level::Pmd => 'M',
                 Some(_) => 'k',
-                None if t.slot(va, Level::Pte).ok().flatten().is_some() => 't',
+                None if t.slot(a(va), Level::Pte).ok().flatten().is_some() => 't',
                 None => '.',
             }
         })
@@ -35,7 +40,7 @@ fn map<F: Format>(t: &Tree<F>, start: u64, units: u64, unit: u64) -> String {
 }
 
 fn install<F: Format>(t: &Tree<F>, va: u64, leaf: &F::Leaf, level: Level) {
-    let slot = t.slot_alloc(va, level).unwrap();
+    let slot = t.slot_alloc(a(va), level).unwrap();
     let raw = t.format().encode_leaf(leaf, level).unwrap();
     t.lock(slot).set(slot, raw);
 }
@@ -92,16 +97,16 @@ fn a_sparse_tree_walks_as_drawn() {
         "the rest of the PTE table is empty"
     );
     let mut seen = Vec::new();
-    t.for_each_leaf(0, 4 * G, &mut |va, _, level| seen.push((va, level)));
+    t.for_each_leaf(a(0), a(4 * G), &mut |va, _, level| seen.push((va, level)));
     assert_eq!(seen.len(), 1 + 2 + 3);
-    assert_eq!(seen[0], (G, Level::Pud));
-    assert_eq!(seen[3], (2 * G + 4 * M, Level::Pte));
-    assert_eq!(t.count_leaves(0, 4 * G), [3, 2, 1]);
-    assert_eq!(t.first_mapped(G + G, 4 * G), Some(2 * G));
-    assert_eq!(t.first_mapped(2 * G + 6 * M, 4 * G), None);
+    assert_eq!(seen[0], (a(G), Level::Pud));
+    assert_eq!(seen[3], (a(2 * G + 4 * M), Level::Pte));
+    assert_eq!(t.count_leaves(a(0), a(4 * G)), [3, 2, 1]);
+    assert_eq!(t.first_mapped(a(G + G), a(4 * G)), Some(a(2 * G)));
+    assert_eq!(t.first_mapped(a(2 * G + 6 * M), a(4 * G)), None);
     // walk_range visits a table twice (before and after its subtree), a leaf once
     let (mut pre, mut post) = (0, 0);
-    t.walk_range::<WalkError>(2 * G, 2 * G + 6 * M, &mut |_, v| {
+    t.walk_range::<WalkError>(a(2 * G), a(2 * G + 6 * M), &mut |_, v| {
         Ok(match v.entry {
             Entry::Table(_) if !v.post => {
                 pre += 1;
@@ -130,22 +135,22 @@ fn every_leaf_size_splits_in_every_format() {
     fn split_down<F: Format>(t: &Tree<F>, leaf: F::Leaf, name: &str) {
         install(t, 4 * G, &leaf, Level::Pud);
         let probe = 4 * G + 2 * M + 5 * K + 123;
-        let before = t.lookup(probe).unwrap().0;
+        let before = t.lookup(a(probe)).unwrap().0;
         assert_eq!(map(t, 4 * G, 4, M), "GGGG", "{name}");
-        let pud = t.slot(4 * G, Level::Pud).unwrap().unwrap();
+        let pud = t.slot(a(4 * G), Level::Pud).unwrap().unwrap();
         assert!(t.split_leaf(pud).unwrap(), "{name}");
         assert_eq!(map(t, 4 * G, 4, M), "MMMM", "{name}");
-        let pmd = t.slot(4 * G + 2 * M, Level::Pmd).unwrap().unwrap();
+        let pmd = t.slot(a(4 * G + 2 * M), Level::Pmd).unwrap().unwrap();
         assert!(t.split_leaf(pmd).unwrap(), "{name}");
         assert_eq!(map(t, 4 * G, 4, M), "MMkM", "{name}");
         assert_eq!(map(t, 4 * G + 2 * M, 4, K), "kkkk", "{name}");
-        let (after, slot) = t.lookup(probe).unwrap();
+        let (after, slot) = t.lookup(a(probe)).unwrap();
         assert_eq!(slot.level, Level::Pte, "{name}");
         let want = before.first_pfn().as_u64() + ((probe - 4 * G) >> 12);
         assert_eq!(after.first_pfn().as_u64(), want, "{name}");
         assert_eq!(after, before.at(after.first_pfn(), Level::Pte), "{name}");
         // nothing to split at the PTE level or in an empty slot
-        let pte = t.slot(probe, Level::Pte).unwrap().unwrap();
+        let pte = t.slot(a(probe), Level::Pte).unwrap().unwrap();
         assert!(!t.split_leaf(pte).unwrap());
         assert_eq!(t.reachable_tables(), t.table_counts().total(), "{name}");
     }
@@ -197,16 +202,16 @@ fn every_leaf_size_splits_in_every_format() {
 fn writes_need_the_right_lock_and_a_lost_race_frees_its_table() {
     let phys = Arc::new(PhysMem::default());
     let t = x86_tree(&phys);
-    let pte = t.slot_alloc(5 * G, Level::Pte).unwrap();
-    let pmd = t.slot(5 * G, Level::Pmd).unwrap().unwrap();
-    let pud = t.slot(5 * G, Level::Pud).unwrap().unwrap();
+    let pte = t.slot_alloc(a(5 * G), Level::Pte).unwrap();
+    let pmd = t.slot(a(5 * G), Level::Pmd).unwrap().unwrap();
+    let pud = t.slot(a(5 * G), Level::Pud).unwrap().unwrap();
     // split locks: a PTE table's lock covers its entries only; the tree lock covers PUD and up
     assert!(t.lock(pte).covers(pte));
     assert!(!t.lock(pte).covers(pmd));
     assert!(t.lock(pud).covers(pud) && !t.lock(pud).covers(pmd));
     // a racing installer that loses frees its table: pretend the entry filled meanwhile
     let before = t.table_counts().total();
-    let other = t.slot_alloc(5 * G + G, Level::Pmd).unwrap(); // a new PMD table
+    let other = t.slot_alloc(a(5 * G + G), Level::Pmd).unwrap(); // a new PMD table
     assert_eq!(t.table_counts().total(), before + 1);
     t.install_table(other, true).unwrap(); // still none: installs
     let n = t.table_counts().total();
@@ -221,21 +226,21 @@ fn writes_need_the_right_lock_and_a_lost_race_frees_its_table() {
 fn a_corrupt_pointer_is_its_own_error_and_deferred_frees_wait_for_readers() {
     let phys = Arc::new(PhysMem::default());
     let t = x86_tree(&phys);
-    let top = t.top_slot(7 * G);
+    let top = t.top_slot(a(7 * G));
     // a table pointer into device memory (not RAM): no table frame there
     let bogus = PhysAddr::new(0x1000_0000_0000).unwrap();
     t.lock(top)
         .set(top, t.format().encode_table(bogus, top.level));
-    assert_eq!(t.slot(7 * G, Level::Pte), Err(WalkError::Corrupt(bogus)));
+    assert_eq!(t.slot(a(7 * G), Level::Pte), Err(WalkError::Corrupt(bogus)));
     assert_eq!(
-        t.slot_alloc(7 * G, Level::Pmd),
+        t.slot_alloc(a(7 * G), Level::Pmd),
         Err(WalkError::Corrupt(bogus))
     );
-    assert!(t.lookup(7 * G).is_none());
+    assert!(t.lookup(a(7 * G)).is_none());
     t.lock(top).set(top, 0);
     // an unlinked subtree waits for the lockless walker that may hold it
-    let pte = t.slot_alloc(9 * G, Level::Pte).unwrap();
-    let pmd = t.slot(9 * G, Level::Pmd).unwrap().unwrap();
+    let pte = t.slot_alloc(a(9 * G), Level::Pte).unwrap();
+    let pmd = t.slot(a(9 * G), Level::Pmd).unwrap().unwrap();
     let rcu = t.rcu_read_lock();
     t.lock(pmd).set(pmd, 0);
     t.free_subtree_deferred(pte.table, Level::Pte);
@@ -303,26 +308,26 @@ fn the_16k_granule_walks_splits_and_frees_in_its_own_sizes() {
     install(&t, high, &cpu_leaf(BAR_PFN, Level::Pte), Level::Pte);
     assert_eq!(map(&t, 0, 4, PMD), ".M.k", "one character per 32 MiB");
     assert_eq!(map(&t, 3 * PMD, 3, P), "kkt", "one character per 16 KiB");
-    assert_eq!(t.top_slot(high).index, 1);
-    assert_eq!(t.top_slot(high - (1 << 47)).index, 0);
+    assert_eq!(t.top_slot(a(high)).index, 1);
+    assert_eq!(t.top_slot(a(high - (1 << 47))).index, 0);
     // PGD, 2 PUD tables, 2 PMD tables, 2 PTE tables
     let c = t.table_counts();
     assert_eq!((c.pgd, c.pud, c.pmd, c.pte), (1, 2, 2, 2));
     assert_eq!(c.bytes_with(g), 7 * P);
     // the lookup of any byte of the block finds it, with the pfn of the block's start
-    let (leaf, slot) = t.lookup(PMD + PMD - 1).unwrap();
+    let (leaf, slot) = t.lookup(a(PMD + PMD - 1)).unwrap();
     assert_eq!((slot.level, leaf.pfn.as_u64()), (Level::Pmd, BAR_PFN));
     // a split gives 2048 pages of 16 KiB: model pfns 4 apart
-    let slot = t.slot(PMD, Level::Pmd).unwrap().unwrap();
+    let slot = t.slot(a(PMD), Level::Pmd).unwrap().unwrap();
     assert!(t.split_leaf(slot).unwrap());
-    assert_eq!(t.count_leaves(0, 1 << 48), [2048 + 3, 0, 0]);
-    let (leaf, slot) = t.lookup(PMD + 5 * P + 123).unwrap();
+    assert_eq!(t.count_leaves(a(0), a(1 << 48)), [2048 + 3, 0, 0]);
+    let (leaf, slot) = t.lookup(a(PMD + 5 * P + 123)).unwrap();
     assert_eq!((slot.level, leaf.pfn.as_u64()), (Level::Pte, BAR_PFN + 20));
-    let (leaf, _) = t.lookup(2 * PMD - 1).unwrap();
+    let (leaf, _) = t.lookup(a(2 * PMD - 1)).unwrap();
     assert_eq!(leaf.pfn.as_u64(), BAR_PFN + 2047 * 4);
     // a range walk sees 16 KiB entries, covered when whole
     let mut seen = Vec::new();
-    t.walk_range::<WalkError>(3 * PMD, 3 * PMD + P + 1, &mut |_, v| {
+    t.walk_range::<WalkError>(a(3 * PMD), a(3 * PMD + P + 1), &mut |_, v| {
         if v.slot.level == Level::Pte {
             seen.push((v.base - 3 * PMD, v.covered()));
         }
@@ -332,7 +337,7 @@ fn the_16k_granule_walks_splits_and_frees_in_its_own_sizes() {
         })
     })
     .unwrap();
-    assert_eq!(seen, [(0, true), (P, false)]);
+    assert_eq!(seen, [(a(0), true), (a(P), false)]);
     assert_eq!(t.reachable_tables(), t.table_counts().total());
     let phys = t.phys().clone();
     drop(t);
@@ -401,7 +406,7 @@ fn a_walk_cache_never_answers_from_an_unlinked_table() {
         Some(((BAR_PFN + 1) << 12, Level::Pte))
     );
     // The PTE table replaced by a 2 MiB leaf: the cached table is not read again.
-    let pmd = t.slot(va, Level::Pmd).unwrap().unwrap();
+    let pmd = t.slot(a(va), Level::Pmd).unwrap().unwrap();
     let leaf = t
         .format()
         .encode_leaf(&cpu_leaf(BAR_PFN + 512, Level::Pmd), Level::Pmd)
@@ -428,8 +433,11 @@ fn a_walk_cache_never_answers_from_an_unlinked_table() {
     // own cache (Tree::lookup) answer for it.
     let other = x86_tree(&phys);
     assert_eq!(both(&other, va, &mut cache), None);
-    assert_eq!(t.lookup(va).map(|(l, _)| l.pfn.as_u64()), Some(BAR_PFN + 9));
-    assert!(other.lookup(va).is_none());
+    assert_eq!(
+        t.lookup(a(va)).map(|(l, _)| l.pfn.as_u64()),
+        Some(BAR_PFN + 9)
+    );
+    assert!(other.lookup(a(va)).is_none());
     drop((t, other));
 }
 
@@ -442,7 +450,7 @@ fn a_locked_lookup_keeps_its_table_until_it_is_dropped() {
     let t = x86_tree(&phys);
     let va = 9 * G + 5 * K;
     install(&t, va, &cpu_leaf(BAR_PFN, Level::Pte), Level::Pte);
-    let locked = t.lookup_lock(va).unwrap();
+    let locked = t.lookup_lock(a(va)).unwrap();
     assert_eq!(
         (locked.seen, locked.now),
         (t.get(locked.slot), t.get(locked.slot))
@@ -451,7 +459,7 @@ fn a_locked_lookup_keeps_its_table_until_it_is_dropped() {
     let page = phys.table(locked.slot.table).unwrap();
     assert!(page.try_lock().is_none(), "the PTE table's lock is held");
     // unlinked meanwhile (under the PMD's lock, as a reclaim would): not freed yet
-    let pmd = t.slot(va, Level::Pmd).unwrap().unwrap();
+    let pmd = t.slot(a(va), Level::Pmd).unwrap().unwrap();
     t.lock(pmd).set(pmd, 0);
     t.free_subtree_deferred(locked.slot.table, Level::Pte);
     assert_eq!(t.reclaim_deferred(), 0, "freed under a held lookup");
@@ -459,7 +467,7 @@ fn a_locked_lookup_keeps_its_table_until_it_is_dropped() {
     drop(locked);
     assert_eq!(t.reclaim_deferred(), 1);
     // nothing mapped: no lock taken
-    assert!(t.lookup_lock(va).is_none());
+    assert!(t.lookup_lock(a(va)).is_none());
     drop(t);
     assert!(phys.leak_check().is_empty());
 }

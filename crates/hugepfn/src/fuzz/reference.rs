@@ -329,8 +329,8 @@ impl Reference {
                 .iter()
                 .map(|v| {
                     (
-                        v.start,
-                        v.end,
+                        v.start.as_u64(),
+                        v.end.as_u64(),
                         v.flags.contains(hugepfn_mm::VmFlags::READ),
                         v.flags.contains(hugepfn_mm::VmFlags::WRITE),
                     )
@@ -363,7 +363,7 @@ impl Reference {
             for va in sample {
                 // (a VA no mode can hold is in no VMA either)
                 let r = hugepfn_mm::VirtAddr::new(va, hugepfn_mm::PagingMode::Level5)
-                    .map_err(|_| MmError::NoVma(va))
+                    .map_err(|_| MmError::NoVma(hugepfn_mm::UserAddr::new(va)))
                     .and_then(|v| mm.follow_pfnmap(v));
                 let refv = p.find(va);
                 match (refv, r) {
@@ -684,8 +684,11 @@ impl Reference {
                 // the model's page tables (a failed or emulated write does not change it).
                 let mm = model.process(Some(&proc));
                 let present = |h: u64| {
-                    mm.as_ref()
-                        .is_some_and(|m| m.page_tables().lookup(h).is_some())
+                    mm.as_ref().is_some_and(|m| {
+                        m.page_tables()
+                            .lookup(hugepfn_mm::UserAddr::new(h))
+                            .is_some()
+                    })
                 };
                 p.errno = Some(guest_touch(pr, &self.devs, g, &present));
             }

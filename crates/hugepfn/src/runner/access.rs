@@ -146,7 +146,7 @@ impl ModelRun {
                     .collect();
                 let mut addr = start;
                 while addr < end {
-                    match pt.lookup(addr) {
+                    match pt.lookup(UserAddr::new(addr)) {
                         Some((leaf, _)) => {
                             let size = leaf.level.size();
                             let pa = leaf.pfn.as_u64() * 4096;
@@ -167,7 +167,7 @@ impl ModelRun {
             Some(host) => Space::Nested { guest: pt, host },
         };
         let mut mmu = Mmu::new(&cpu);
-        let r = match workload::run(&mut mmu, space, start, &w, &costs) {
+        let r = match workload::run(&mut mmu, space, UserAddr::new(start), &w, &costs) {
             Ok(r) => r,
             Err(_) => return (Some("EINVAL".into()), touched.no_vma, None),
         };

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use hugepfn_kvm::{KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KvmConfig, UserMemoryRegion, Vm};
+use hugepfn_mm::addr::{GuestPhysAddr, IoVirtAddr, UserAddr};
 use hugepfn_scenario::{Access, Counters, DmaMode, MemslotFlag, Step, StepReport};
 use hugepfn_vfio::iommu::CapReg;
 use hugepfn_vfio::type1::{DmaMapRequest, PfnLookup, VfioIommu};
@@ -89,7 +90,12 @@ impl ModelRun {
                     DmaMode::Batched => PfnLookup::Batched,
                     DmaMode::PerPage => PfnLookup::PerPage,
                 };
-                let req = DmaMapRequest::rw(va.wrapping_add(d.offset), d.iova, len, lookup);
+                let req = DmaMapRequest::rw(
+                    UserAddr::new(va.wrapping_add(d.offset)),
+                    IoVirtAddr::new(d.iova),
+                    len,
+                    lookup,
+                );
                 let (st, r) = container.map_dma_as(&mm, req);
                 self.consumers
                     .0
@@ -106,7 +112,7 @@ impl ModelRun {
                         Err(e) => return (Some(e.errno_name().into()), 0),
                     },
                 };
-                let r = container.unmap_dma(u.iova, u.len);
+                let r = container.unmap_dma(IoVirtAddr::new(u.iova), u.len);
                 (r.err().map(|e| e.errno_name().to_string()), 0)
             }
             Step::KvmMemslot(k) => {
@@ -134,12 +140,16 @@ impl ModelRun {
                     // The mmap failed: KVM accepts any user address; the guest will fault.
                     (None, _) => 0,
                 };
+                // A GPA past the physical width: KVM refuses the slot (`kvm_mmu_max_gfn`).
+                let Ok(guest_phys_addr) = GuestPhysAddr::new(k.gpa) else {
+                    return (Some("EINVAL".into()), 0);
+                };
                 let r = vm.set_user_memory_region(&UserMemoryRegion {
                     slot: k.slot,
                     flags,
-                    guest_phys_addr: k.gpa,
+                    guest_phys_addr,
                     memory_size: size,
-                    userspace_addr,
+                    userspace_addr: UserAddr::new(userspace_addr),
                 });
                 (r.err().map(|e| e.errno_name().to_string()), 0)
             }

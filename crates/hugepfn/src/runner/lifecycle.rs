@@ -118,9 +118,9 @@ impl ModelRun {
                                 for c in children {
                                     m.va_in.entry(c).or_insert(m.va);
                                 }
-                                m.va = Some(st.addr);
+                                m.va = Some(st.addr.as_u64());
                             } else {
-                                m.va_in.insert(proc, Some(st.addr));
+                                m.va_in.insert(proc, Some(st.addr.as_u64()));
                             }
                             m.len = new_len;
                         }

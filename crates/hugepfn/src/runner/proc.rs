@@ -45,7 +45,10 @@ impl ModelRun {
                             return Some("E2BIG".into());
                         }
                         let start = va.saturating_add(r.offset);
-                        Some((start, start.saturating_add(len)))
+                        Some((
+                            UserAddr::new(start),
+                            UserAddr::new(start.saturating_add(len)),
+                        ))
                     }
                 };
                 mm.read_proc(file(r.file), range)

@@ -139,7 +139,7 @@ fn a_stage_2_tree_maps_splits_and_frees_in_16k_pages() {
     ));
     let f = Arm64S2::new(Geometry::G16K, 47, true).unwrap();
     let t = Tree::new(phys.clone(), f).unwrap();
-    let ipa = 3 * (32u64 << 20);
+    let ipa = GuestPhysAddr::new(3 * (32u64 << 20)).unwrap();
     let slot = t.slot_alloc(ipa, Level::Pmd).unwrap();
     let raw = f
         .encode_leaf(&leaf(BAR, Level::Pmd, MemType::Uc, true), Level::Pmd)
@@ -150,7 +150,13 @@ fn a_stage_2_tree_maps_splits_and_frees_in_16k_pages() {
     assert!(t.split_leaf(slot).unwrap());
     let (l, s) = t.lookup(ipa + (5 << 14) + 7).unwrap();
     assert_eq!((s.level, l.pfn), (Level::Pte, (BAR >> 12) + 5 * 4));
-    assert_eq!(t.count_leaves(0, 1 << 47), [2048, 0, 0]);
+    assert_eq!(
+        t.count_leaves(
+            GuestPhysAddr::default(),
+            GuestPhysAddr::new(1 << 47).unwrap()
+        ),
+        [2048, 0, 0]
+    );
     // root (level 1), a PMD table, a PTE table
     assert_eq!(t.table_counts().total(), 3);
     drop(t);
