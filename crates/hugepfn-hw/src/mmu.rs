@@ -24,6 +24,7 @@
 //! Deliberate simplifications: no accessed/dirty-bit writes, no speculative or parallel walks,
 //! no prefetching of entries, true LRU everywhere, one address space (no PCID/VPID tags).
 
+use hugepfn_mm::addr::{GuestPhysAddr, InputAddr};
 use hugepfn_mm::{Level, UserAddr};
 
 use crate::assoc::SetAssoc;
@@ -35,14 +36,14 @@ use crate::walk::{Entry, RadixTable};
 #[derive(Clone, Copy)]
 pub enum Space<'a> {
     /// A process on bare metal: one page table.
-    Native(&'a dyn RadixTable),
+    Native(&'a dyn RadixTable<Addr = UserAddr>),
     /// A process in a VM: the guest's page table (its table addresses are guest-physical) and
     /// the second stage (EPT/NPT) that maps guest-physical to host-physical.
     Nested {
         /// The guest page table.
-        guest: &'a dyn RadixTable,
+        guest: &'a dyn RadixTable<Addr = UserAddr>,
         /// The second stage.
-        host: &'a dyn RadixTable,
+        host: &'a dyn RadixTable<Addr = GuestPhysAddr>,
     },
 }
 
@@ -357,9 +358,9 @@ impl Mmu {
     /// A walk of one dimension with its paging-structure caches. `xlate` turns a table's
     /// address into the host address the entry is read at (identity natively; a second-stage
     /// translation for guest tables); `None` from it aborts the walk.
-    fn walk_dim(
+    fn walk_dim<A: InputAddr>(
         &mut self,
-        t: &dyn RadixTable,
+        t: &dyn RadixTable<Addr = A>,
         addr: u64,
         host_dim: bool,
         xlate: &mut dyn FnMut(&mut Mmu, u64) -> Option<u64>,
@@ -405,7 +406,11 @@ impl Mmu {
 
     /// Guest-physical → host-physical for a guest page-table reference or the final address:
     /// the nested TLB, else a second-stage walk. Returns (host PA, host leaf level).
-    fn gpa_to_hpa(&mut self, host: &dyn RadixTable, gpa: u64) -> Option<(u64, Level)> {
+    fn gpa_to_hpa(
+        &mut self,
+        host: &dyn RadixTable<Addr = GuestPhysAddr>,
+        gpa: u64,
+    ) -> Option<(u64, Level)> {
         let key = gpa >> 12;
         if let Some(v) = self.ntlb.lookup(key) {
             self.counters.nested_tlb_hits += 1;

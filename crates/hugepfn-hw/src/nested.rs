@@ -32,6 +32,8 @@ pub struct EptTable {
 }
 
 impl RadixTable for EptTable {
+    type Addr = GuestPhysAddr;
+
     fn root(&self) -> u64 {
         RadixTable::root(self.ept.tree())
     }
@@ -248,14 +250,17 @@ mod tests {
             let n = Nested::build(LeafCap::Pmd, level, UserAddr::new(1 << 30), 4 << 20).unwrap();
             let gpa = GUEST_DATA_GPA + 0x20_1234;
             let mut reads = Vec::new();
-            let t = walk(&n.host, gpa, &mut reads).unwrap();
+            let t = walk(&n.host, gpa_of(gpa).unwrap(), &mut reads).unwrap();
             assert_eq!(t.pa, gpa + HOST_OFFSET);
             assert_eq!(t.level, level);
             assert_eq!(
                 n.host.ept.translate(gpa_of(gpa).unwrap()).unwrap().level,
                 level
             );
-            assert_eq!(n.host.walk_refs(gpa), 4 - level.idx() as u32);
+            assert_eq!(
+                n.host.walk_refs(gpa_of(gpa).unwrap()),
+                4 - level.idx() as u32
+            );
         }
     }
 
@@ -263,7 +268,7 @@ mod tests {
     fn guest_tables_are_mapped() {
         let n = Nested::build(LeafCap::Pte, Level::Pmd, UserAddr::new(1 << 30), 4 << 20).unwrap();
         let root = RadixTable::root(&n.guest);
-        assert!(n.host.leaf_level(root).is_some());
+        assert!(n.host.leaf_level(gpa_of(root).unwrap()).is_some());
     }
 
     #[test]
@@ -278,8 +283,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.ept.leaves().total(), 3);
-        assert_eq!(e.leaf_level(0x40_0000), Some(Level::Pmd));
-        assert_eq!(e.leaf_level(0x60_0000), None);
+        assert_eq!(e.leaf_level(gpa_of(0x40_0000).unwrap()), Some(Level::Pmd));
+        assert_eq!(e.leaf_level(gpa_of(0x60_0000).unwrap()), None);
         assert!(EptTable::covering(Level::P4d, [(0, 1)]).is_err());
     }
 

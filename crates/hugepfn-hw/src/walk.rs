@@ -12,7 +12,8 @@
 //! `remap_pfn_range` or by vfio-pci faults is walked exactly as it was built, leaf sizes
 //! included, in whichever format it was built.
 
-use hugepfn_mm::{Level, PageTables, PhysAddr};
+use hugepfn_mm::addr::InputAddr;
+use hugepfn_mm::{Level, PageTables, PhysAddr, UserAddr};
 use hugepfn_pt::format::LeafOps;
 use hugepfn_pt::{Entry as PtEntry, Format, Tree};
 
@@ -29,6 +30,9 @@ pub enum Entry {
 
 /// A radix page table the walker can read.
 pub trait RadixTable {
+    /// The address the table translates: a user address for a process's tables, a
+    /// guest-physical one for a second stage.
+    type Addr: InputAddr;
     /// Physical address of the top table (CR3, or the EPT pointer).
     fn root(&self) -> u64;
     /// Level of the top table's entries (`P4d` with 4-level paging, `Pgd` with 5).
@@ -41,6 +45,8 @@ pub trait RadixTable {
 /// level, the EPT, KVM/arm64's stage 2 (the walker indexes with [`Level`]'s 4 KiB shifts; a
 /// 16 or 64 KiB tree would be misread, and none reaches it: the mm core refuses them).
 impl<F: Format> RadixTable for Tree<F> {
+    type Addr = F::Addr;
+
     fn root(&self) -> u64 {
         Tree::root(self).as_u64()
     }
@@ -72,6 +78,8 @@ impl<F: Format> RadixTable for Tree<F> {
 }
 
 impl RadixTable for PageTables {
+    type Addr = UserAddr;
+
     fn root(&self) -> u64 {
         RadixTable::root(self.tree())
     }
@@ -105,13 +113,14 @@ pub struct Translation {
 
 /// Walks `t` for `addr` from the table `table` of `level` entries, pushing every entry read.
 /// `None`: no leaf maps `addr` (a fault).
-pub fn walk_from(
-    t: &(impl RadixTable + ?Sized),
+pub fn walk_from<T: RadixTable + ?Sized>(
+    t: &T,
     mut table: u64,
     mut level: Level,
-    addr: u64,
+    addr: T::Addr,
     reads: &mut Vec<EntryRead>,
 ) -> Option<Translation> {
+    let addr = addr.raw();
     loop {
         let index = level.index(addr);
         reads.push(EntryRead {
@@ -136,9 +145,9 @@ pub fn walk_from(
 }
 
 /// A cold walk of `t` for `addr` from the root.
-pub fn walk(
-    t: &(impl RadixTable + ?Sized),
-    addr: u64,
+pub fn walk<T: RadixTable + ?Sized>(
+    t: &T,
+    addr: T::Addr,
     reads: &mut Vec<EntryRead>,
 ) -> Option<Translation> {
     walk_from(t, t.root(), t.top(), addr, reads)
@@ -146,20 +155,24 @@ pub fn walk(
 
 /// The host (second) dimension of a nested walk, as the issue names it.
 pub trait SecondStage {
+    /// The address it translates (guest-physical for a second stage proper).
+    type Addr: InputAddr;
     /// Level of the leaf mapping guest-physical `gpa`, if any.
-    fn leaf_level(&self, gpa: u64) -> Option<Level>;
+    fn leaf_level(&self, gpa: Self::Addr) -> Option<Level>;
     /// Memory references a walk of `gpa` makes with no paging-structure cache hit (0 if
     /// nothing maps it).
-    fn walk_refs(&self, gpa: u64) -> u32;
+    fn walk_refs(&self, gpa: Self::Addr) -> u32;
 }
 
 impl<T: RadixTable + ?Sized> SecondStage for T {
-    fn leaf_level(&self, gpa: u64) -> Option<Level> {
+    type Addr = T::Addr;
+
+    fn leaf_level(&self, gpa: T::Addr) -> Option<Level> {
         let mut reads = Vec::with_capacity(5);
         walk(self, gpa, &mut reads).map(|t| t.level)
     }
 
-    fn walk_refs(&self, gpa: u64) -> u32 {
+    fn walk_refs(&self, gpa: T::Addr) -> u32 {
         let mut reads = Vec::with_capacity(5);
         match walk(self, gpa, &mut reads) {
             Some(_) => reads.len() as u32,
@@ -196,10 +209,10 @@ mod tests {
         ] {
             let pt = tables(cap);
             let va = (1 << 30) + 0x12_3456;
-            assert_eq!(pt.leaf_level(va), Some(level));
-            assert_eq!(pt.walk_refs(va), refs);
+            assert_eq!(pt.leaf_level(UserAddr::new(va)), Some(level));
+            assert_eq!(pt.walk_refs(UserAddr::new(va)), refs);
             let mut r = Vec::new();
-            let t = walk(&pt, va, &mut r).unwrap();
+            let t = walk(&pt, UserAddr::new(va), &mut r).unwrap();
             assert_eq!(t.pa, (64u64 << 30) + 0x12_3456);
             assert_eq!(r.last().unwrap().level, level);
         }
@@ -208,7 +221,7 @@ mod tests {
     #[test]
     fn unmapped_is_none() {
         let pt = tables(LeafCap::Pmd);
-        assert_eq!(pt.leaf_level(5 << 30), None);
-        assert_eq!(pt.walk_refs(5 << 30), 0);
+        assert_eq!(pt.leaf_level(UserAddr::new(5 << 30)), None);
+        assert_eq!(pt.walk_refs(UserAddr::new(5 << 30)), 0);
     }
 }

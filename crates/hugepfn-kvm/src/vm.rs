@@ -424,14 +424,16 @@ impl Vm {
     }
 
     /// The guest touches `count` addresses `gpa, gpa + stride, …`. Later strides inside the
-    /// leaf the previous access used are TLB hits. Stops at the first `-EFAULT`.
+    /// leaf the previous access used are TLB hits; strides past the guest-physical width are in
+    /// no memslot (MMIO exits). Stops at the first `-EFAULT`.
     pub fn guest_touch(
         &self,
-        gpa: u64,
+        gpa: GuestPhysAddr,
         count: u64,
         stride: u64,
         write: bool,
     ) -> (GuestTouch, Result<(), KvmError>) {
+        let gpa = gpa.as_u64();
         let mut out = GuestTouch::default();
         let stride = stride.max(1);
         let mut i = 0u64;

@@ -70,6 +70,11 @@ fn world_on(mm: MmConfig, align: u64, skew: u64, cfg: KvmConfig) -> World {
     }
 }
 
+/// A guest-physical address below 2^52.
+fn gpa(a: u64) -> GuestPhysAddr {
+    GuestPhysAddr::new(a).expect("a 52-bit GPA")
+}
+
 fn slot(id: u32, gpa: u64, size: u64, hva: u64, flags: u32) -> UserMemoryRegion {
     UserMemoryRegion {
         slot: id,
@@ -89,7 +94,7 @@ fn a_1g_host_mapping_gives_1g_ept_leaves() {
     let w = world(G, 0, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
         .expect("slot");
-    let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, true);
+    let (t, r) = w.vm.guest_touch(gpa(GPA), 4 * G / K4, K4, true);
     r.expect("touch");
     assert_eq!(t.violations, 4, "one EPT violation per GiB");
     assert_eq!(t.accesses, 4 * G / K4);
@@ -124,7 +129,7 @@ fn a_1g_host_mapping_gives_1g_ept_leaves() {
         Some(MemType::Uc)
     );
     // a second pass hits
-    let (t, _) = w.vm.guest_touch(GPA, 4 * G / K4, K4, false);
+    let (t, _) = w.vm.guest_touch(gpa(GPA), 4 * G / K4, K4, false);
     assert_eq!((t.violations, t.tlb_hits), (0, 4 * G / K4 - 4));
 }
 
@@ -135,7 +140,7 @@ fn a_4k_skewed_host_mapping_gives_4k_ept_leaves() {
     let w = world(G, K4, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA, 8 * M2, w.va, 0))
         .expect("slot");
-    let (t, r) = w.vm.guest_touch(GPA, 8 * M2 / K4, K4, true);
+    let (t, r) = w.vm.guest_touch(gpa(GPA), 8 * M2 / K4, K4, true);
     r.expect("touch");
     assert_eq!(t.violations, 8 * M2 / K4);
     assert_eq!(w.vm.ept_leaves(), leaves(0, 0, 8 * M2 / K4));
@@ -149,21 +154,22 @@ fn memslot_alignment_caps_the_level() {
     let w = world(G, 0, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA + M2, 4 * G - M2, w.va + M2, 0))
         .expect("slot");
-    let (_, r) = w.vm.guest_touch(GPA + M2, (4 * G - M2) / K4, K4, false);
+    let (_, r) =
+        w.vm.guest_touch(gpa(GPA + M2), (4 * G - M2) / K4, K4, false);
     r.expect("touch");
     assert_eq!(w.vm.ept_leaves(), leaves(3, 511, 0));
     // gpa congruent to the hva only modulo 2 MiB: lpage_info disallows 1 GiB everywhere
     let w = world(G, 0, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA + M2, 2 * G, w.va, 0))
         .expect("slot");
-    let (_, r) = w.vm.guest_touch(GPA + M2, 2 * G / K4, K4, false);
+    let (_, r) = w.vm.guest_touch(gpa(GPA + M2), 2 * G / K4, K4, false);
     r.expect("touch");
     assert_eq!(w.vm.ept_leaves(), leaves(0, 1024, 0));
     // ... and modulo 4 KiB only: 4 KiB everywhere
     let w = world(G, 0, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA + K4, M2, w.va, 0))
         .expect("slot");
-    let (t, _) = w.vm.guest_touch(GPA + K4, M2 / K4, K4, false);
+    let (t, _) = w.vm.guest_touch(gpa(GPA + K4), M2 / K4, K4, false);
     assert_eq!((t.violations, w.vm.ept_leaves()), (512, leaves(0, 0, 512)));
 }
 
@@ -179,7 +185,7 @@ fn without_1g_ept_pages_the_guest_gets_2m() {
     );
     w.vm.set_user_memory_region(&slot(0, GPA, G, w.va, 0))
         .expect("slot");
-    let (t, _) = w.vm.guest_touch(GPA, G / K4, K4, true);
+    let (t, _) = w.vm.guest_touch(gpa(GPA), G / K4, K4, true);
     assert_eq!((t.violations, w.vm.ept_leaves()), (512, leaves(0, 512, 0)));
     // one host fault served them all: the host leaf is 1 GiB
     assert_eq!(w.vm.stats().host_fixups, 1);
@@ -190,7 +196,7 @@ fn vfio_revoke_reaches_the_ept_through_the_mmu_notifier() {
     let w = world(G, 0, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
         .expect("slot");
-    w.vm.guest_touch(GPA, 4 * G / K4, K4, true)
+    w.vm.guest_touch(gpa(GPA), 4 * G / K4, K4, true)
         .1
         .expect("touch");
     let before = w.vm.stats();
@@ -205,7 +211,7 @@ fn vfio_revoke_reaches_the_ept_through_the_mmu_notifier() {
     assert_eq!(e.errno_name(), "EFAULT", "{e}");
     // decode back on: the next touch refaults at 1 GiB
     w.dev.set_memory_enable(true);
-    let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, false);
+    let (t, r) = w.vm.guest_touch(gpa(GPA), 4 * G / K4, K4, false);
     r.expect("refault");
     assert_eq!((t.violations, w.vm.ept_leaves()), (4, leaves(4, 0, 0)));
 }
@@ -215,7 +221,7 @@ fn munmap_and_memslot_delete_zap() {
     let w = world(G, 0, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
         .expect("slot");
-    w.vm.guest_touch(GPA, 4 * G / K4, K4, true)
+    w.vm.guest_touch(gpa(GPA), 4 * G / K4, K4, true)
         .1
         .expect("touch");
     w.mm.munmap(UserAddr::new(w.va + G), G).expect("munmap");
@@ -283,7 +289,7 @@ fn teardown_frees_every_table() {
     let w = world(G, K4, KvmConfig::default());
     w.vm.set_user_memory_region(&slot(0, GPA, 4 * M2, w.va, 0))
         .expect("slot");
-    w.vm.guest_touch(GPA, 4 * M2 / K4, K4, true)
+    w.vm.guest_touch(gpa(GPA), 4 * M2 / K4, K4, true)
         .1
         .expect("touch");
     assert!(w.vm.ept_table_pages() > 3);
@@ -309,7 +315,7 @@ fn regress_guest_touch_over_a_huge_gap_counts_every_exit() {
     w.vm.set_user_memory_region(&slot(0, tib, G, w.va, 0))
         .expect("slot at 1 TiB");
     let before = w.vm.stats();
-    let (t, r) = w.vm.guest_touch(0, (tib + G) / K4, K4, false);
+    let (t, r) = w.vm.guest_touch(gpa(0), (tib + G) / K4, K4, false);
     assert!(r.is_ok(), "{r:?}");
     let after = w.vm.stats();
     assert_eq!(t.mmio_exits, tib / K4);
@@ -345,7 +351,7 @@ fn arm64_stage_2_maps_1g_blocks_over_a_host_mapped_at_2m() {
     let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
     w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
         .expect("slot");
-    let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, true);
+    let (t, r) = w.vm.guest_touch(gpa(GPA), 4 * G / K4, K4, true);
     r.expect("touch");
     assert_eq!(t.violations, 4, "one stage-2 fault per GiB");
     assert_eq!(w.vm.ept_leaves(), leaves(4, 0, 0));
@@ -381,7 +387,7 @@ fn arm64_stage_2_blocks_ignore_the_host_thp_policy_but_not_the_memslot() {
     let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Never);
     w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
         .expect("slot");
-    let (t, r) = w.vm.guest_touch(GPA, 4 * G / K4, K4, false);
+    let (t, r) = w.vm.guest_touch(gpa(GPA), 4 * G / K4, K4, false);
     r.expect("touch");
     assert_eq!((t.violations, w.vm.ept_leaves()), (4, leaves(4, 0, 0)));
     assert_eq!(
@@ -393,7 +399,7 @@ fn arm64_stage_2_blocks_ignore_the_host_thp_policy_but_not_the_memslot() {
     let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
     w.vm.set_user_memory_region(&slot(0, GPA + M2, 2 * G, w.va, 0))
         .expect("slot");
-    let (t, r) = w.vm.guest_touch(GPA + M2, 64 * M2 / K4, K4, false);
+    let (t, r) = w.vm.guest_touch(gpa(GPA + M2), 64 * M2 / K4, K4, false);
     r.expect("touch");
     assert_eq!((t.violations, w.vm.ept_leaves()), (64, leaves(0, 64, 0)));
     drop(w);
@@ -401,7 +407,7 @@ fn arm64_stage_2_blocks_ignore_the_host_thp_policy_but_not_the_memslot() {
     let w = arm64_world(G, K4, hugepfn_mm::ThpPolicy::Always);
     w.vm.set_user_memory_region(&slot(0, GPA + K4, 4 * G, w.va, 0))
         .expect("slot");
-    let (t, r) = w.vm.guest_touch(GPA + K4, 16, K4, false);
+    let (t, r) = w.vm.guest_touch(gpa(GPA + K4), 16, K4, false);
     r.expect("touch");
     assert_eq!((t.violations, w.vm.ept_leaves()), (16, leaves(0, 0, 16)));
     let phys = w.phys.clone();
@@ -414,7 +420,7 @@ fn arm64_revoke_zaps_stage_2_through_the_mmu_notifier() {
     let w = arm64_world(G, 0, hugepfn_mm::ThpPolicy::Always);
     w.vm.set_user_memory_region(&slot(0, GPA, 4 * G, w.va, 0))
         .expect("slot");
-    w.vm.guest_touch(GPA, 2, G, false).1.expect("touch");
+    w.vm.guest_touch(gpa(GPA), 2, G, false).1.expect("touch");
     assert_eq!(w.vm.ept_leaves(), leaves(2, 0, 0));
     w.dev.set_memory_enable(false);
     assert_eq!(

@@ -65,7 +65,7 @@ pub struct MmConfig {
     /// Largest leaf `remap_pfn_range` installs (the RFC: PUD).
     pub remap_cap: LeafCap,
     /// Top of the mmap area (`mm->mmap_base`); default: 128 MiB below `DEFAULT_MAP_WINDOW`.
-    pub mmap_base: Option<u64>,
+    pub mmap_base: Option<UserAddr>,
     /// How drivers get to install huge leaves on fault (the RFC's three designs).
     pub fault_path: FaultPath,
     /// Known-buggy protocol variants, for the concurrency tests (empty: all fixed).
@@ -188,7 +188,7 @@ impl MmapCtx<'_> {
     pub fn remap_pfn_range(
         &mut self,
         addr: UserAddr,
-        pfn: u64,
+        pfn: Pfn,
         size: u64,
         prot: Pgprot,
     ) -> Result<LeafCounts, MmError> {
@@ -518,11 +518,9 @@ impl Mm {
     }
 
     pub(crate) fn mmap_base(&self) -> UserAddr {
-        UserAddr::new(
-            self.cfg
-                .mmap_base
-                .unwrap_or(self.cfg.arch.mmap_window() - (128 << 20)),
-        )
+        self.cfg
+            .mmap_base
+            .unwrap_or(UserAddr::new(self.cfg.arch.mmap_window() - (128 << 20)))
     }
 
     /// [`Mm::check_range`] for a system call's `(addr, len)`: the length is rounded up to
@@ -895,7 +893,6 @@ impl Mm {
         let addr = UserAddr::from(addr);
         self.check_range("remap_pfn_range", addr, size)?;
         self.check_pfn_on_page(pfn)?;
-        let pfn = pfn.as_u64();
         let mut tree = self.mmap_write();
         let key = tree
             .find(addr)
@@ -928,7 +925,7 @@ impl Mm {
         &self,
         vma: &mut Vma,
         addr: UserAddr,
-        pfn: u64,
+        first: Pfn,
         size: u64,
         prot: Pgprot,
         cap: LeafCap,
@@ -936,8 +933,8 @@ impl Mm {
         let end = self.check_range("remap_pfn_range", addr, size)?;
         // Every alignment before the VMA's bounds, as the public call checks them: one bad
         // input, one error, whichever path it comes by.
-        let first = Pfn::new(pfn)?;
         self.check_pfn_on_page(first)?;
+        let pfn = first.as_u64();
         if addr < vma.start || end > vma.end {
             return Err(MmError::OutsideVma {
                 start: addr,

@@ -45,7 +45,8 @@ impl FileOps for RemapPfnFile {
             });
         }
         let prot = ctx.vma.page_prot.with_cache(self.cache);
-        let (start, pfn) = (ctx.vma.start, self.base.as_u64() + ctx.vma.pgoff);
+        let start = ctx.vma.start;
+        let pfn = Pfn::new(self.base.as_u64() + ctx.vma.pgoff)?;
         ctx.remap_pfn_range(start, pfn, len, prot)?;
         Ok(())
     }

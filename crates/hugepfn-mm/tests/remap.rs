@@ -521,7 +521,7 @@ impl hugepfn_mm::FileOps for RemapAt {
     }
     fn mmap(&self, ctx: &mut hugepfn_mm::MmapCtx<'_>) -> Result<(), MmError> {
         let start = ctx.vma.start;
-        ctx.remap_pfn_range(start + self.at, self.phys >> 12, self.size, prot())
+        ctx.remap_pfn_range(start + self.at, upfn(self.phys >> 12), self.size, prot())
             .map(|_| ())
     }
 }

@@ -34,7 +34,7 @@ fn host(arch: Arch, size: u64) -> World {
             arch,
             pfnmap_cap: LeafCap::Pmd,
             // below 2^47: follow_pfnmap_start takes an x86-canonical VirtAddr
-            mmap_base: Some(1 << 46),
+            mmap_base: Some(UserAddr::new(1 << 46)),
             ..MmConfig::default()
         },
     )

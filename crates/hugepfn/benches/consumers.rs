@@ -71,7 +71,7 @@ fn kvm_benches(c: &mut Criterion) {
             for _ in 0..n {
                 vm.set_user_memory_region(&slot(BAR1)).expect("slot");
                 let t0 = Instant::now();
-                let (t, r) = vm.guest_touch(GUEST_BAR_GPA.as_u64(), BAR1 / 4096, 4096, true);
+                let (t, r) = vm.guest_touch(GUEST_BAR_GPA, BAR1 / 4096, 4096, true);
                 total += t0.elapsed();
                 r.expect("touch");
                 assert_eq!(t.violations, 128);

@@ -43,7 +43,7 @@ fn follow_benches(c: &mut Criterion) {
     c.bench_function("follow_pfnmap_start+end 4K leaf", |b| {
         b.iter(|| {
             let f = g
-                .follow_pfnmap_start(uva(std::hint::black_box(va + 0x1234_5000)))
+                .follow_pfnmap_start(uva(std::hint::black_box((va + 0x1234_5000).as_u64())))
                 .expect("mapped");
             f.args.pfn
         })

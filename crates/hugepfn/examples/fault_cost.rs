@@ -25,7 +25,7 @@ fn run() -> Result<String, Box<dyn std::error::Error>> {
             let (mm, va) = bench::remap_setup(1 << 30, LeafCap::Pte)?;
             bench::remap(&mm, va, 1 << 30)?;
             let g = mm.mmap_read();
-            let addr = VirtAddr::new_user(va + 12345 * 4096)?;
+            let addr = VirtAddr::new_user((va + 12345 * 4096).as_u64())?;
             let mut sum = 0u64;
             for _ in 0..arg(2, 1000) {
                 let f = g.follow_pfnmap_start(addr)?;

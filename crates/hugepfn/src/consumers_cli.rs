@@ -315,7 +315,7 @@ pub fn boot_world(
     let firmware_time = fw0.elapsed();
     // The guest driver touches the whole BAR.
     let g0 = Instant::now();
-    let (_, r) = vm.guest_touch(GUEST_BAR_GPA.as_u64(), bar_size / 4096, 4096, true);
+    let (_, r) = vm.guest_touch(GUEST_BAR_GPA, bar_size / 4096, 4096, true);
     r.map_err(|e| step_err("KVM_RUN", e.errno_name(), e))?;
     let guest_touch_time = g0.elapsed();
     let faults = mm.fault_counts().since(&faults0);

@@ -22,7 +22,7 @@ pub const BAR1_SIZE: u64 = 128 << 30;
 
 /// An mm with one empty shared VMA of `len` bytes at a 1 GiB-aligned VA, ready for
 /// `remap_pfn_range`.
-pub fn remap_setup(len: u64, cap: LeafCap) -> Result<(Arc<Mm>, u64), MmError> {
+pub fn remap_setup(len: u64, cap: LeafCap) -> Result<(Arc<Mm>, UserAddr), MmError> {
     let phys = Arc::new(PhysMem::default());
     let mm = Mm::new(
         phys,
@@ -40,13 +40,13 @@ pub fn remap_setup(len: u64, cap: LeafCap) -> Result<(Arc<Mm>, u64), MmError> {
         offset: 0,
         file: None,
     })?;
-    Ok((mm, va.as_u64()))
+    Ok((mm, va))
 }
 
 /// The timed part: `remap_pfn_range` of the whole VMA onto BAR1.
-pub fn remap(mm: &Mm, va: u64, len: u64) -> Result<u64, MmError> {
+pub fn remap(mm: &Mm, va: UserAddr, len: u64) -> Result<u64, MmError> {
     let c = mm.remap_pfn_range(
-        VirtAddr::new_user(va)?,
+        VirtAddr::new_user(va.as_u64())?,
         Pfn::new(BAR1_PHYS >> 12)?,
         len,
         Pgprot::SHARED.with_cache(CacheMode::UcMinus),
@@ -55,7 +55,7 @@ pub fn remap(mm: &Mm, va: u64, len: u64) -> Result<u64, MmError> {
 }
 
 /// A process with BAR1 of an H100 mmapped through vfio-pci at `align + skew`, nothing faulted.
-pub fn vfio_setup(len: u64, skew: u64) -> Result<(Arc<Mm>, Arc<VfioPciDevice>, u64), MmError> {
+pub fn vfio_setup(len: u64, skew: u64) -> Result<(Arc<Mm>, Arc<VfioPciDevice>, UserAddr), MmError> {
     vfio_setup_on(presets::h100_bars(), presets::H100_APERTURE, len, skew)
 }
 
@@ -66,7 +66,7 @@ pub fn vfio_setup_on(
     index: u8,
     len: u64,
     skew: u64,
-) -> Result<(Arc<Mm>, Arc<VfioPciDevice>, u64), MmError> {
+) -> Result<(Arc<Mm>, Arc<VfioPciDevice>, UserAddr), MmError> {
     let phys = Arc::new(PhysMem::default());
     let dev = VfioPciDevice::new(phys.clone(), "gpu", bars, HugeFaultLogic::Fixed)
         .map_err(|e| MmError::Invalid(e.to_string()))?;
@@ -81,13 +81,13 @@ pub fn vfio_setup_on(
         offset: region_offset(index),
         file: Some(&f),
     })?;
-    Ok((mm, dev, va.as_u64()))
+    Ok((mm, dev, va))
 }
 
 /// The timed part: touch every 4 KiB page of `[va, va + len)`. Returns the faults taken.
-pub fn touch(mm: &Mm, va: u64, len: u64) -> u64 {
+pub fn touch(mm: &Mm, va: UserAddr, len: u64) -> u64 {
     let before = mm.fault_counts().faults;
-    mm.access_range(UserAddr::new(va), len / 4096, 4096, true, false);
+    mm.access_range(va, len / 4096, 4096, true, false);
     mm.fault_counts().faults - before
 }
 
@@ -105,16 +105,10 @@ pub fn parallel_touch(len: u64, threads: u64, shared: bool) -> Result<(u64, Dura
                 if shared {
                     // Start at different places so the threads meet in the middle of the range.
                     let start = (t * part) % len;
-                    mm.access_range(
-                        UserAddr::new(va + start),
-                        (len - start) / 4096,
-                        4096,
-                        true,
-                        false,
-                    );
-                    mm.access_range(UserAddr::new(va), start / 4096, 4096, true, false);
+                    mm.access_range(va + start, (len - start) / 4096, 4096, true, false);
+                    mm.access_range(va, start / 4096, 4096, true, false);
                 } else {
-                    mm.access_range(UserAddr::new(va + t * part), part / 4096, 4096, true, false);
+                    mm.access_range(va + t * part, part / 4096, 4096, true, false);
                 }
             });
         }
@@ -208,7 +202,7 @@ pub fn run_all(quick: bool) -> Result<Vec<Figure>, MmError> {
                 } else {
                     12345
                 };
-                if let Ok(v) = VirtAddr::new_user(va + page * 4096)
+                if let Ok(v) = VirtAddr::new_user((va + page * 4096).as_u64())
                     && let Ok(f) = g.follow_pfnmap_start(v)
                 {
                     sum = sum.wrapping_add(f.args.pfn.as_u64());

@@ -634,9 +634,9 @@ pub fn mm_config(b: Behaviour, base: MmConfig) -> MmConfig {
         mincore_walks_pfnmap: b.mincore_walks_pfnmap(),
         mremap_moves_multiple_vmas: b.mremap_moves_multiple_vmas(),
         mmap_base: match base.mmap_base {
-            None if !aligned_base => {
-                Some(base.arch.mmap_window() - (128 << 20) - base.arch.page_size())
-            }
+            None if !aligned_base => Some(UserAddr::new(
+                base.arch.mmap_window() - (128 << 20) - base.arch.page_size(),
+            )),
             other => other,
         },
         thp_bypass_pfnmap: !b.thp_sysfs_gates_pfnmap(),
