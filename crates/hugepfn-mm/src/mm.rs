@@ -548,6 +548,20 @@ impl Mm {
         self.check_range(what, addr, aligned)
     }
 
+    /// EINVAL unless `addr` is on a page: a system call's address is never rounded.
+    pub(crate) fn check_page_aligned(&self, addr: UserAddr) -> Result<(), MmError> {
+        let page = self.page_size();
+        if addr.is_aligned(page) {
+            Ok(())
+        } else {
+            Err(MmError::Unaligned {
+                what: "address",
+                value: addr.as_u64(),
+                align: page,
+            })
+        }
+    }
+
     pub(crate) fn check_range(
         &self,
         what: &'static str,
@@ -557,14 +571,8 @@ impl Mm {
         if len == 0 {
             return Err(MmError::ZeroLength(what));
         }
+        self.check_page_aligned(addr)?;
         let page = self.page_size();
-        if !addr.is_aligned(page) {
-            return Err(MmError::Unaligned {
-                what: "address",
-                value: addr.as_u64(),
-                align: page,
-            });
-        }
         if !len.is_multiple_of(page) {
             return Err(MmError::Unaligned {
                 what: "length",

@@ -45,13 +45,7 @@ impl Mm {
         if len == 0 && addr.is_aligned(self.page_size()) {
             return Ok(st);
         }
-        if !addr.is_aligned(self.page_size()) {
-            return Err(MmError::Unaligned {
-                what: "address",
-                value: addr.as_u64(),
-                align: self.page_size(),
-            });
-        }
+        self.check_page_aligned(addr)?;
         // PAGE_ALIGN(len); `end <= start` is ENOMEM, and nothing else: a range past TASK_SIZE
         // is a hole like any other (found by `hugepfn fuzz`)
         let end = self

@@ -124,12 +124,7 @@ pub trait MmWalkOps {
     }
     /// `.pte_hole(start, end, depth)`: nothing mapped in `[start, end)` (`vma` is `None`
     /// outside every VMA).
-    fn pte_hole(
-        &mut self,
-        _start: UserAddr,
-        _end: UserAddr,
-        _vma: Option<&Vma>,
-    ) -> Result<(), Errno> {
+    fn pte_hole(&mut self, _: UserAddr, _: UserAddr, _: Option<&Vma>) -> Result<(), Errno> {
         Ok(())
     }
     /// `.pud_entry`.

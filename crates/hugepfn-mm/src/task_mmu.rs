@@ -119,13 +119,8 @@ impl MmWalkOps for PagemapOps {
     fn has_pte_hole(&self) -> bool {
         true
     }
-    fn pte_hole(
-        &mut self,
-        start: UserAddr,
-        end: UserAddr,
-        _vma: Option<&Vma>,
-    ) -> Result<(), Errno> {
-        self.fill(start, end, |_| 0);
+    fn pte_hole(&mut self, s: UserAddr, e: UserAddr, _: Option<&Vma>) -> Result<(), Errno> {
+        self.fill(s, e, |_| 0);
         Ok(())
     }
     fn pmd_entry(&mut self, pt: &PageTables, e: &WalkEntry, _vma: &Vma) -> WalkAction {
@@ -199,13 +194,8 @@ impl MmWalkOps for MincoreOps {
     fn has_pte_hole(&self) -> bool {
         true
     }
-    fn pte_hole(
-        &mut self,
-        start: UserAddr,
-        end: UserAddr,
-        _vma: Option<&Vma>,
-    ) -> Result<(), Errno> {
-        self.fill(start, end, 0);
+    fn pte_hole(&mut self, s: UserAddr, e: UserAddr, _: Option<&Vma>) -> Result<(), Errno> {
+        self.fill(s, e, 0);
         Ok(())
     }
     fn pud_entry(&mut self, _pt: &PageTables, e: &WalkEntry, _vma: &Vma) -> WalkAction {
@@ -374,14 +364,8 @@ impl Mm {
     /// ENOMEM where no VMA maps the range. Linux 6.12 skips a VM_PFNMAP VMA (its holes look up
     /// the device's empty page cache: 0); 7.3 walks it ([`crate::MmConfig::mincore_walks_pfnmap`]).
     pub fn mincore(&self, addr: UserAddr, len: u64) -> Result<(Vec<u8>, WalkStats), MmError> {
+        self.check_page_aligned(addr)?;
         let page = self.page_size();
-        if !addr.is_aligned(page) {
-            return Err(MmError::Unaligned {
-                what: "address",
-                value: addr.as_u64(),
-                align: page,
-            });
-        }
         let end = self
             .page_align(len)
             .and_then(|l| addr.checked_add(l))
