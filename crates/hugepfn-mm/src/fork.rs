@@ -73,16 +73,15 @@ impl Mm {
             st.vmas += 1;
         }
         if st.wrprotected > 0 {
-            // The parent's TLB must forget the writable entries it had.
+            // The parent's TLB must forget the writable entries it had: one flush
+            // (`dup_mmap`'s `flush_tlb_mm`) over its CoW mappings.
+            let mut tlb = self.pt.tlb_gather_mmu();
             for v in parent_tree.vmas.values() {
                 if v.flags.is_cow_mapping() {
-                    self.pt.flush_tlb_range(
-                        v.start,
-                        v.end,
-                        crate::pgtable::FlushReason::ForkWrprotect,
-                    );
+                    tlb.add_range(v.start, v.end, crate::pgtable::FlushReason::ForkWrprotect);
                 }
             }
+            tlb.finish();
         }
         drop(child_tree);
         let _: &VmaTree = &parent_tree;

@@ -748,10 +748,12 @@ impl Mm {
                 remapped: LeafCounts::default(),
             };
             if let Err(e) = file.mmap(&mut ctx) {
-                // unmap_region: undo whatever the handler mapped.
+                // unmap_region: undo whatever the handler mapped, in one gather.
                 let _ = self.pt.zap_range(start, end, PartialHuge::ZapWhole);
+                let mut tlb = self.pt.tlb_gather_mmu();
                 self.pt
-                    .free_pgtables(start, end, tree.floor(start), tree.ceiling(end));
+                    .free_pgtables(&mut tlb, start, end, tree.floor(start), tree.ceiling(end));
+                tlb.finish();
                 return Err(e);
             }
         }
@@ -999,6 +1001,8 @@ impl Mm {
         }
         // Page tables first, while the VMAs still say how to treat partial leaves; the MMU
         // notifier hears of the whole range once, as unmap_vmas tells it.
+        // One mmu_gather for the zaps and the tables freed (unmap_region): one flush at the end.
+        let mut tlb = self.pt.tlb_gather_mmu();
         let (mut lo, mut hi) = (addr, end);
         let mut failed = None;
         for v in &hit {
@@ -1009,7 +1013,7 @@ impl Mm {
             } else {
                 PartialHuge::Split
             };
-            let (z, r) = self.pt.zap_range_unnotified(s, e, policy);
+            let (z, r) = self.pt.zap_range_unnotified(&mut tlb, s, e, policy);
             let (zl, zh) = z.notify_range(s, e);
             (lo, hi) = (lo.min(zl), hi.max(zh));
             st.zapped += z.cleared;
@@ -1050,7 +1054,8 @@ impl Mm {
         }
         let floor = tree.floor(addr);
         let ceiling = tree.ceiling(end);
-        st.tables_freed = self.pt.free_pgtables(addr, end, floor, ceiling);
+        st.tables_freed = self.pt.free_pgtables(&mut tlb, addr, end, floor, ceiling);
+        tlb.finish();
         Ok(st)
     }
 

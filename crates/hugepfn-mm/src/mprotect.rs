@@ -64,6 +64,8 @@ impl Mm {
             }
         }
         let want = prot.vm_flags();
+        // One mmu_gather for the whole call: one flush at the end (do_mprotect_pkey).
+        let mut tlb = self.pt.tlb_gather_mmu();
         let mut cursor = addr;
         let mut error = None;
         while cursor < end {
@@ -93,7 +95,9 @@ impl Mm {
                     let newprot: Pgprot = vm_get_page_prot(flags).with_cache(v.page_prot.cache);
                     v.flags = flags;
                     v.page_prot = newprot;
-                    let c = self.pt.change_protection(cursor, piece_end, newprot);
+                    let c = self
+                        .pt
+                        .change_protection(&mut tlb, cursor, piece_end, newprot);
                     st.leaves.pud += c.pud;
                     st.leaves.pmd += c.pmd;
                     st.leaves.pte += c.pte;
@@ -102,6 +106,7 @@ impl Mm {
             }
             cursor = piece_end;
         }
+        tlb.finish();
         st.merges = self.merge_around(&mut tree, addr, end);
         match error {
             Some(e) => Err(e),

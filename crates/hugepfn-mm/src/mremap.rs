@@ -180,8 +180,10 @@ impl Mm {
         self.link(&mut tree, newv);
         let floor = tree.floor(old_addr);
         let ceiling = tree.ceiling(old_addr + len);
+        let mut tlb = self.pt.tlb_gather_mmu();
         self.pt
-            .free_pgtables(old_addr, old_addr + len, floor, ceiling);
+            .free_pgtables(&mut tlb, old_addr, old_addr + len, floor, ceiling);
+        tlb.finish();
         Ok((moved, zapped))
     }
 

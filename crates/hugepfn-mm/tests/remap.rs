@@ -559,3 +559,41 @@ fn remap_reports_the_same_error_from_a_driver_and_from_the_public_call() {
     }
     assert_eq!(public.to_string(), by_driver.to_string());
 }
+
+/// `unmap_region` and `do_mprotect_pkey` gather what they change in one `mmu_gather` and flush
+/// once at `tlb_finish_mmu`, whatever number of VMAs the range covers; a fork flushes the
+/// parent once (`flush_tlb_mm`). The model flushed once per VMA, and once more for the tables
+/// freed.
+#[test]
+fn munmap_and_mprotect_over_several_vmas_flush_once() {
+    let (phys, mm) = mm();
+    // three adjacent VM_PFNMAP VMAs (never merged) of a 2 MiB leaf each
+    for i in 0..3 {
+        let va = G + i * 2 * M;
+        vma(&mm, va, 2 * M);
+        mm.remap_pfn_range(uva(va), upfn((BAR1 + i * 2 * M) >> 12), 2 * M, prot())
+            .unwrap();
+    }
+    assert_eq!(mm.vmas().len(), 3);
+    let flushes = |mm: &hugepfn_mm::Mm| mm.page_tables().flush_log();
+    let before = flushes(&mm).count;
+    let st = mm
+        .mprotect(UserAddr::new(G), 6 * M, hugepfn_mm::Prot::R)
+        .unwrap();
+    assert_eq!((st.vmas, st.leaves.pmd), (3, 3));
+    assert_eq!(flushes(&mm).count, before + 1, "mprotect: one flush");
+    let before = flushes(&mm).count;
+    let st = mm.munmap(UserAddr::new(G), 6 * M).unwrap();
+    assert_eq!((st.vmas_removed, st.zapped.pmd), (3, 3));
+    assert!(st.tables_freed > 0);
+    let log = flushes(&mm);
+    assert_eq!(
+        log.count,
+        before + 1,
+        "munmap: one flush for the zaps and the tables"
+    );
+    let last = log.recent.back().unwrap();
+    assert_eq!((last.start, last.end), (ua(G), ua(G + 6 * M)));
+    drop(mm);
+    assert!(phys.leak_check().is_empty());
+}

@@ -434,8 +434,8 @@ macro_rules! addr_arith {
             #[inline]
             pub const fn checked_align_up(self, align: u64) -> Option<Self> {
                 match self.0.checked_add(align - 1) {
-                    Some(a) => Some($ty(a & !(align - 1))),
-                    None => None,
+                    Some(a) if fits(a & !(align - 1), $mask) => Some($ty(a & !(align - 1))),
+                    _ => None,
                 }
             }
 
@@ -565,6 +565,39 @@ pub type HostVirtAddr = UserAddr;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_arithmetic_stays_in_the_type() {
+        let va = UserAddr::new(0x7f00_0000_3000);
+        assert_eq!(va + 0x1000 - va, 0x1000);
+        assert_eq!(va.align_down(1 << 21), UserAddr::new(0x7f00_0000_0000));
+        assert_eq!(
+            va.checked_align_up(1 << 21),
+            Some(UserAddr::new(0x7f00_0020_0000))
+        );
+        assert_eq!(va.offset_in(1 << 21), 0x3000);
+        assert!(va.is_aligned(4096) && !va.is_aligned(1 << 14));
+        assert_eq!(UserAddr::new(u64::MAX - 1).checked_add(2), None);
+        assert_eq!(
+            UserAddr::new(u64::MAX - 1).saturating_add(2),
+            UserAddr::new(u64::MAX)
+        );
+        assert_eq!(UserAddr::new(5).checked_sub(6), None);
+        // a guest-physical address never leaves its 52 bits, whichever way it is computed
+        let top = GuestPhysAddr::new((1 << 52) - 4096).unwrap();
+        assert_eq!(
+            top.checked_add(4095),
+            GuestPhysAddr::new((1 << 52) - 1).ok()
+        );
+        assert_eq!(top.checked_add(4096), None);
+        assert_eq!(top.checked_align_up(1 << 30), None);
+        assert_eq!(top.saturating_add(1 << 20).as_u64(), (1 << 52) - 1);
+        assert_eq!(GuestPhysAddr::from_raw(1 << 52), GuestPhysAddr::default());
+        assert_eq!(
+            IoVirtAddr::new(0xfee0_0000).checked_add(0x10_0000),
+            Some(IoVirtAddr::new(0xfef0_0000))
+        );
+    }
 
     #[test]
     fn phys_width_is_checked() {

@@ -120,6 +120,57 @@ impl FlushLog {
     }
 }
 
+/// `struct mmu_gather` (`tlb_gather_mmu` … `tlb_finish_mmu`): what an operation over a range
+/// (munmap, mprotect, fork) has cleared, weakened or unlinked, flushed once at the end, over the
+/// union of the ranges, as `tlb_flush_mmu` does. The flush is recorded when the gather is
+/// finished or dropped. Its reason is the first one added (a munmap's `zap`, which the tables
+/// it frees ride along with: `tlb->freed_tables`).
+///
+/// A split is not gathered: `__split_huge_pmd`/`__split_huge_pud` flush the leaf at once
+/// (`pmdp_huge_clear_flush`), and so does the model.
+#[must_use = "a gather flushes when it is finished or dropped"]
+pub struct MmuGather<'a> {
+    pt: &'a PageTables,
+    range: Option<(UserAddr, UserAddr, FlushReason)>,
+    freed_tables: bool,
+}
+
+impl MmuGather<'_> {
+    /// `tlb_flush_pte_range` and its kind: `[start, end)` must be flushed before the gather
+    /// ends.
+    pub fn add_range(&mut self, start: UserAddr, end: UserAddr, reason: FlushReason) {
+        if end <= start {
+            return;
+        }
+        self.range = Some(match self.range {
+            None => (start, end, reason),
+            Some((s, e, r)) => (s.min(start), e.max(end), r),
+        });
+    }
+
+    /// `tlb->freed_tables`: page tables were unlinked under `[start, end)`.
+    pub fn add_freed_tables(&mut self, start: UserAddr, end: UserAddr) {
+        self.freed_tables = true;
+        self.add_range(start, end, FlushReason::FreePgtables);
+    }
+
+    /// Whether tables were unlinked in this gather.
+    pub fn freed_tables(&self) -> bool {
+        self.freed_tables
+    }
+
+    /// `tlb_finish_mmu`: the one flush of everything gathered.
+    pub fn finish(self) {}
+}
+
+impl Drop for MmuGather<'_> {
+    fn drop(&mut self) {
+        if let Some((start, end, reason)) = self.range.take() {
+            self.pt.flush_tlb_range(start, end, reason);
+        }
+    }
+}
+
 /// What to do with a huge leaf only partly inside a zapped range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartialHuge {
@@ -445,6 +496,15 @@ impl PageTables {
 
     fn lock_flushes(&self) -> MutexGuard<'_, FlushLog> {
         self.flushes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `tlb_gather_mmu`: a gather that flushes once, at its end ([`MmuGather`]).
+    pub fn tlb_gather_mmu(&self) -> MmuGather<'_> {
+        MmuGather {
+            pt: self,
+            range: None,
+            freed_tables: false,
+        }
     }
 
     /// Records a TLB flush of `[start, end)`.

@@ -8,12 +8,19 @@ impl PageTables {
     /// Rewrites the protection of every leaf in `[start, end)` (`change_protection`,
     /// `change_huge_pud`/`change_huge_pmd`/`change_pte_range`): access bits from `newprot`,
     /// while pfn, special, accessed, dirty and the memory type are kept (`pte_modify`). Leaves
-    /// must not straddle the range (split them first). Returns the leaves changed.
+    /// must not straddle the range (split them first). The flush goes into `tlb`
+    /// (`do_mprotect_pkey` gathers every VMA's, then flushes once). Returns the leaves changed.
     ///
     /// The MMU notifier is told about `[addr, end)` from the first `addr` whose PUD entry is
     /// populated (`change_pud_range`), whether or not a leaf changed: KVM/arm64 may map a
     /// stage-2 block over host addresses with no leaf.
-    pub fn change_protection(&self, start: UserAddr, end: UserAddr, newprot: Pgprot) -> LeafCounts {
+    pub fn change_protection(
+        &self,
+        tlb: &mut MmuGather<'_>,
+        start: UserAddr,
+        end: UserAddr,
+        newprot: Pgprot,
+    ) -> LeafCounts {
         let pud = self.geom.size(Level::Pud);
         let mut notify = None;
         let mut addr = start;
@@ -55,7 +62,7 @@ impl PageTables {
             }
         }
         if n.total() > 0 {
-            self.flush_tlb_range(start, end, FlushReason::Protect);
+            tlb.add_range(start, end, FlushReason::Protect);
         }
         if let Some(from) = notify {
             self.mmu_notifier_invalidate(from, end);

@@ -51,7 +51,9 @@ impl PageTables {
         end: UserAddr,
         partial: PartialHuge,
     ) -> Result<ZapStats, WalkError> {
-        let (st, r) = self.zap_range_unnotified(start, end, partial);
+        let mut tlb = self.tlb_gather_mmu();
+        let (st, r) = self.zap_range_unnotified(&mut tlb, start, end, partial);
+        tlb.finish();
         // The MMU notifier hears of the whole range, whatever it held (unmap_vmas,
         // zap_page_range_single invalidate their range unconditionally: a secondary MMU may map
         // more than the host does, as KVM/arm64's stage-2 blocks over a BAR the host maps in
@@ -62,11 +64,13 @@ impl PageTables {
         r.map(|()| st)
     }
 
-    /// [`PageTables::zap_range`] without the MMU notifier, for a caller that notifies once
-    /// for several zaps (munmap over several VMAs: `unmap_vmas` has one range). Returns what
-    /// was cleared even when the walk failed part-way.
+    /// [`PageTables::zap_range`] without the MMU notifier and into the caller's gather, for a
+    /// caller that notifies and flushes once for several zaps (munmap over several VMAs:
+    /// `unmap_vmas` has one range and one `mmu_gather`). Returns what was cleared even when the
+    /// walk failed part-way.
     pub fn zap_range_unnotified(
         &self,
+        tlb: &mut MmuGather<'_>,
         start: UserAddr,
         end: UserAddr,
         partial: PartialHuge,
@@ -78,7 +82,7 @@ impl PageTables {
         let r = self.zap_pmd_range(start, end, partial, &mut st);
         self.zapped.add_all(st.cleared);
         if st.cleared.total() > 0 {
-            self.flush_tlb_range(st.lo, st.hi, FlushReason::Zap);
+            tlb.add_range(st.lo, st.hi, FlushReason::Zap);
         }
         (st, r)
     }
@@ -121,10 +125,12 @@ impl PageTables {
     }
 
     /// Frees the tables under `[start, end)` whose whole span lies inside `[floor, ceiling)`,
-    /// the addresses no VMA uses (`free_pgtables`/`free_pgd_range`). Such tables are empty once
-    /// their range has been zapped. Returns how many were freed.
+    /// the addresses no VMA uses (`free_pgtables`/`free_pgd_range`), into the caller's gather
+    /// (`tlb_remove_table`: flushed when it ends, freed after a grace period). Such tables are
+    /// empty once their range has been zapped. Returns how many were freed.
     pub fn free_pgtables(
         &self,
+        tlb: &mut MmuGather<'_>,
         start: UserAddr,
         end: UserAddr,
         floor: UserAddr,
@@ -147,7 +153,7 @@ impl PageTables {
             Ok(Step::Next)
         });
         if freed > 0 {
-            self.flush_tlb_range(start, end, FlushReason::FreePgtables);
+            tlb.add_freed_tables(start, end);
         }
         freed
     }
