@@ -15,7 +15,7 @@ use crate::sync::atomic::Ordering;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
-use crate::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::sync::{RwLockReadGuard, StripedRwLock, StripedWriteGuard};
 
 use crate::addr::{PAGE_SIZE, Pfn, VirtAddr};
 use crate::entry::{Pgprot, ProtFlags};
@@ -213,7 +213,7 @@ impl MmapCtx<'_> {
 }
 
 /// The VMAs of an `Mm`, ordered by start address (Linux's maple tree).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct VmaTree {
     pub(crate) vmas: BTreeMap<UserAddr, Vma>,
 }
@@ -300,7 +300,9 @@ pub struct Mm {
     pub(crate) me: Weak<Mm>,
     pub(crate) cfg: MmConfig,
     pub(crate) pt: PageTables,
-    pub(crate) mmap_lock: RwLock<VmaTree>,
+    /// `mmap_lock`: split per thread ([`StripedRwLock`]), so that threads faulting at once
+    /// do not bounce its lock word (Linux's faults avoid it with `lock_vma_under_rcu`).
+    pub(crate) mmap_lock: StripedRwLock<VmaTree>,
     pub(crate) stats: FaultStats,
     /// Oopses a kernel with [`Bugs::SPLIT_VMA_IN_PUD_OOPS`] would have died of here.
     kernel_oopses: crate::sync::atomic::AtomicU64,
@@ -390,7 +392,7 @@ impl Mm {
             me: me.clone(),
             cfg,
             pt,
-            mmap_lock: RwLock::new(VmaTree::default()),
+            mmap_lock: StripedRwLock::new(VmaTree::default()),
             stats: FaultStats::default(),
             kernel_oopses: crate::sync::atomic::AtomicU64::new(0),
         }))
@@ -499,12 +501,12 @@ impl Mm {
     pub fn mmap_read(&self) -> MmapRead<'_> {
         MmapRead {
             mm: self,
-            tree: self.mmap_lock.read().unwrap_or_else(|e| e.into_inner()),
+            tree: self.mmap_lock.read(),
         }
     }
 
-    pub(crate) fn mmap_write(&self) -> RwLockWriteGuard<'_, VmaTree> {
-        self.mmap_lock.write().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn mmap_write(&self) -> StripedWriteGuard<'_, VmaTree> {
+        self.mmap_lock.write()
     }
 
     /// A copy of the VMA containing `addr`.
@@ -1306,7 +1308,7 @@ pub struct MunmapStats {
 impl Drop for Mm {
     /// `exit_mmap`: unlink every file VMA from its reverse map; the page tables free themselves.
     fn drop(&mut self) {
-        let tree = self.mmap_lock.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut tree = self.mmap_lock.write();
         for v in tree.vmas.values() {
             if let Some(m) = &v.mapping {
                 m.unlink(self.id, v.start);

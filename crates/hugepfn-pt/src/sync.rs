@@ -67,9 +67,103 @@ impl PerThreadCounter {
     }
 }
 
+/// A reader-writer lock split per thread stripe ([`stripe`]), each stripe guarding its own
+/// copy of the value: a reader locks its thread's stripe only, so readers on different threads
+/// never share a lock word (the shape of the kernel's per-CPU rw semaphores); a writer locks
+/// every stripe in order, changes the first copy, and copies it to the others before it lets go.
+/// Readers and writers exclude each other exactly as with one lock. For read-mostly state whose
+/// writers are rare: the mmap lock of a faulting process, a device's `memory_lock`.
+///
+/// Under the `shuttle` feature every thread of a test runs on one OS thread, hence on one
+/// stripe: the lock then behaves as one lock in every interleaving shuttle tries.
+#[derive(Debug)]
+pub struct StripedRwLock<T> {
+    stripes: Box<[PaddedLock<T>]>,
+}
+
+/// One stripe, on cache lines of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct PaddedLock<T>(RwLock<T>);
+
+impl<T: Clone> StripedRwLock<T> {
+    /// `value` in every stripe.
+    pub fn new(value: T) -> Self {
+        StripedRwLock {
+            stripes: (0..STRIPES)
+                .map(|_| PaddedLock(RwLock::new(value.clone())))
+                .collect(),
+        }
+    }
+
+    /// Read access through this thread's stripe.
+    #[inline]
+    pub fn read(&self) -> RwLockReadGuard<'_, T> {
+        self.stripes[stripe()]
+            .0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Write access: every stripe locked, in order.
+    pub fn write(&self) -> StripedWriteGuard<'_, T> {
+        StripedWriteGuard {
+            guards: self
+                .stripes
+                .iter()
+                .map(|s| s.0.write().unwrap_or_else(|e| e.into_inner()))
+                .collect(),
+        }
+    }
+}
+
+/// A [`StripedRwLock`] held for write: the first copy, copied to the others when dropped.
+pub struct StripedWriteGuard<'a, T: Clone> {
+    guards: Vec<RwLockWriteGuard<'a, T>>,
+}
+
+impl<T: Clone> std::ops::Deref for StripedWriteGuard<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.guards[0]
+    }
+}
+
+impl<T: Clone> std::ops::DerefMut for StripedWriteGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guards[0]
+    }
+}
+
+impl<T: Clone> Drop for StripedWriteGuard<'_, T> {
+    /// Every stripe's copy becomes the first one's before any stripe is unlocked.
+    fn drop(&mut self) {
+        if let Some((first, rest)) = self.guards.split_first_mut() {
+            for g in rest {
+                g.clone_from(first);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::PerThreadCounter;
+    use super::{PerThreadCounter, STRIPES, StripedRwLock};
+
+    #[test]
+    fn every_stripe_reads_what_the_last_writer_wrote() {
+        let lock = StripedRwLock::new(0u64);
+        for n in 1..=3 {
+            *lock.write() += 1;
+            std::thread::scope(|s| {
+                for _ in 0..2 * STRIPES {
+                    s.spawn(|| assert_eq!(*lock.read(), n));
+                }
+            });
+        }
+        assert!(lock.stripes.iter().all(|s| *s.0.read().unwrap() == 3));
+    }
 
     #[test]
     fn a_per_thread_counter_sums_every_threads_events() {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 // The mm's primitives: std's, or shuttle's with the `shuttle` feature, so the shuttle suite
 // schedules threads at the real `memory_lock` (tests/shuttle.rs).
 use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
-use hugepfn_mm::sync::{PerThreadCounter, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use hugepfn_mm::sync::{PerThreadCounter, RwLockReadGuard, StripedRwLock, StripedWriteGuard};
 
 use hugepfn_mm::error::{Errno, MmError};
 use hugepfn_mm::fault::{
@@ -108,7 +108,7 @@ pub struct DeviceStats {
     pub fallbacks: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct State {
     config: ConfigSpace,
     power: PowerState,
@@ -120,7 +120,9 @@ pub struct VfioPciDevice {
     name: String,
     bars: Vec<Bar>,
     /// `vdev->memory_lock`: config state that gates MMIO access, and revocation.
-    memory_lock: RwLock<State>,
+    /// Split per thread ([`StripedRwLock`]): faults on several threads take it for read
+    /// without bouncing one lock word (Linux's is one `rw_semaphore`).
+    memory_lock: StripedRwLock<State>,
     /// The device fd's address space (`vdev->vdev.inode->i_mapping`).
     mapping: Arc<AddressSpace>,
     logic: HugeFaultLogic,
@@ -166,7 +168,7 @@ impl VfioPciDevice {
         }
         Ok(Arc::new(VfioPciDevice {
             name: name.to_string(),
-            memory_lock: RwLock::new(State {
+            memory_lock: StripedRwLock::new(State {
                 config: ConfigSpace::new(&bars),
                 power: PowerState::D0,
             }),
@@ -217,11 +219,11 @@ impl VfioPciDevice {
     }
 
     fn state(&self) -> RwLockReadGuard<'_, State> {
-        self.memory_lock.read().unwrap_or_else(|e| e.into_inner())
+        self.memory_lock.read()
     }
 
-    fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
-        self.memory_lock.write().unwrap_or_else(|e| e.into_inner())
+    fn state_mut(&self) -> StripedWriteGuard<'_, State> {
+        self.memory_lock.write()
     }
 
     /// `__vfio_pci_memory_enabled`: D0 and MEMORY set.

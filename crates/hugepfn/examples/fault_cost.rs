@@ -7,7 +7,9 @@
 //!   4 KiB-skewed VA: every page is one 4 KiB fault;
 //! - `fault_cost follow N` calls `follow_pfnmap_start` + end `N` times on one address of a
 //!   1 GiB `remap_pfn_range` with 4 KiB leaves;
-//! - `fault_cost remap MIB` remaps `MIB` MiB with 4 KiB leaves.
+//! - `fault_cost remap MIB` remaps `MIB` MiB with 4 KiB leaves;
+//! - `fault_cost threads N MIB [shared]`: `N` threads fault in `MIB` MiB, each its own part or
+//!   (`shared`) all of it; prints faults per second (a timing, for ratios within one run).
 use hugepfn::bench;
 use hugepfn_mm::addr::VirtAddr;
 use hugepfn_mm::level::LeafCap;
@@ -33,6 +35,17 @@ fn run() -> Result<String, Box<dyn std::error::Error>> {
                 f.end();
             }
             format!("pfn sum {sum:#x}")
+        }
+        Some("threads") => {
+            // `fault_cost threads N MIB [shared]`: N threads fault in a 4 KiB-skewed mapping
+            let (threads, len) = (arg(2, 2).max(1), arg(3, 1024) << 20);
+            let shared = std::env::args().nth(4).as_deref() == Some("shared");
+            let (faults, t) = bench::parallel_touch(len, threads, shared)?;
+            format!(
+                "{faults} faults in {:.3} s: {:.2} M/s",
+                t.as_secs_f64(),
+                faults as f64 / t.as_secs_f64() / 1e6
+            )
         }
         Some("remap") => {
             let len = arg(2, 64) << 20;
