@@ -16,7 +16,7 @@
 use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{Mutex, SpinGuard, SpinLock};
 
 use thiserror::Error;
 
@@ -40,7 +40,7 @@ const CHUNK: usize = 8;
 /// walkers' hot path); a larger granule's others live in `more`.
 #[derive(Debug)]
 struct Frame {
-    lock: Mutex<()>,
+    lock: SpinLock,
     level: AtomicU8,
     refs: AtomicU32,
     entries: [AtomicU64; ENTRIES],
@@ -50,7 +50,7 @@ struct Frame {
 impl Frame {
     fn new(entries: usize) -> Self {
         Frame {
-            lock: Mutex::new(()),
+            lock: SpinLock::new(),
             level: AtomicU8::new(NO_LEVEL),
             refs: AtomicU32::new(0),
             entries: [const { AtomicU64::new(0) }; ENTRIES],
@@ -131,13 +131,13 @@ impl<'a> TablePage<'a> {
 
     /// Takes this page's split lock (`ptlock_ptr`).
     #[inline]
-    pub fn lock(self) -> MutexGuard<'a, ()> {
-        self.frame.lock.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn lock(self) -> SpinGuard<'a> {
+        self.frame.lock.lock()
     }
 
     /// Takes the split lock if it is free (tests use it to see that a lock is held).
-    pub fn try_lock(self) -> Option<MutexGuard<'a, ()>> {
-        self.frame.lock.try_lock().ok()
+    pub fn try_lock(self) -> Option<SpinGuard<'a>> {
+        self.frame.lock.try_lock()
     }
 
     /// The level of the entries this table holds.

@@ -19,6 +19,102 @@ pub mod atomic {
     pub use shuttle::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 }
 
+/// `spinlock_t`, as the page-table locks are: taking it is one compare-and-exchange, releasing it
+/// one release store (a `Mutex` releases with a read-modify-write, to wake a sleeper). A waiter
+/// spins a little, then yields its CPU, so that a holder that was preempted gets to run (user
+/// space cannot disable preemption as the kernel's spinlock does). Under the `shuttle` feature it
+/// is shuttle's mutex, so that the concurrency tests schedule threads at it.
+#[derive(Debug, Default)]
+pub struct SpinLock {
+    #[cfg(not(feature = "shuttle"))]
+    held: atomic::AtomicU8,
+    #[cfg(feature = "shuttle")]
+    inner: Mutex<()>,
+}
+
+/// A held [`SpinLock`]; dropping it releases the lock.
+#[derive(Debug)]
+pub struct SpinGuard<'a> {
+    #[cfg(not(feature = "shuttle"))]
+    lock: &'a SpinLock,
+    #[cfg(feature = "shuttle")]
+    _guard: MutexGuard<'a, ()>,
+}
+
+#[cfg(not(feature = "shuttle"))]
+impl SpinLock {
+    /// An unlocked lock.
+    pub const fn new() -> Self {
+        SpinLock {
+            held: atomic::AtomicU8::new(0),
+        }
+    }
+
+    /// `spin_lock`.
+    #[inline]
+    pub fn lock(&self) -> SpinGuard<'_> {
+        use atomic::Ordering::{Acquire, Relaxed};
+        loop {
+            if self
+                .held
+                .compare_exchange_weak(0, 1, Acquire, Relaxed)
+                .is_ok()
+            {
+                return SpinGuard { lock: self };
+            }
+            let mut spins = 0u32;
+            while self.held.load(Relaxed) != 0 {
+                if spins < 64 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// `spin_trylock`.
+    pub fn try_lock(&self) -> Option<SpinGuard<'_>> {
+        use atomic::Ordering::{Acquire, Relaxed};
+        self.held
+            .compare_exchange(0, 1, Acquire, Relaxed)
+            .ok()
+            .map(|_| SpinGuard { lock: self })
+    }
+}
+
+#[cfg(not(feature = "shuttle"))]
+impl Drop for SpinGuard<'_> {
+    /// `spin_unlock`.
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.held.store(0, atomic::Ordering::Release);
+    }
+}
+
+#[cfg(feature = "shuttle")]
+impl SpinLock {
+    /// An unlocked lock.
+    pub fn new() -> Self {
+        SpinLock {
+            inner: Mutex::new(()),
+        }
+    }
+
+    /// `spin_lock`.
+    pub fn lock(&self) -> SpinGuard<'_> {
+        SpinGuard {
+            _guard: self.inner.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    /// `spin_trylock`.
+    pub fn try_lock(&self) -> Option<SpinGuard<'_>> {
+        self.inner.try_lock().ok().map(|g| SpinGuard { _guard: g })
+    }
+}
+
 /// Counters split this many ways, one per cache line ([`stripe`]).
 pub const STRIPES: usize = 8;
 
@@ -150,6 +246,29 @@ impl<T: Clone> Drop for StripedWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::{PerThreadCounter, STRIPES, StripedRwLock};
+
+    #[test]
+    fn a_spin_lock_excludes() {
+        let lock = super::SpinLock::new();
+        let n = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        let _g = lock.lock();
+                        // a read-then-write that only exclusion keeps exact
+                        let v = n.load(std::sync::atomic::Ordering::Relaxed);
+                        n.store(v + 1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(n.into_inner(), 40_000);
+        let g = lock.lock();
+        assert!(lock.try_lock().is_none());
+        drop(g);
+        assert!(lock.try_lock().is_some());
+    }
 
     #[test]
     fn every_stripe_reads_what_the_last_writer_wrote() {

@@ -27,7 +27,7 @@ use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
 use crate::level::{Geometry, Level};
 use crate::phys::{LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Mutex, MutexGuard, STRIPES, stripe};
+use crate::sync::{Mutex, STRIPES, SpinGuard, SpinLock, stripe};
 
 /// Where one entry lives: a table and an index in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl From<EncodeError> for WalkError {
 
 /// A held page-table lock (`spinlock_t *ptl`): the proof a writer needs.
 pub struct Ptl<'a> {
-    _guard: MutexGuard<'a, ()>,
+    _guard: SpinGuard<'a>,
     phys: &'a PhysMem,
     /// The tree's count of changed table entries, for the walk caches ([`Tree::lookup`]).
     relinks: &'a AtomicU64,
@@ -319,7 +319,7 @@ pub struct Tree<F: Format> {
     tables: LevelCounters,
     allocated: AtomicU64,
     freed: AtomicU64,
-    tree_lock: Mutex<()>,
+    tree_lock: SpinLock,
     /// What lockless walkers share (boxed: the readers' stripes are cache-line aligned).
     walkers: Box<Walkers>,
     deferred: Mutex<Vec<(PhysAddr, Level)>>,
@@ -371,7 +371,7 @@ impl<F: Format> Tree<F> {
             tables,
             allocated: AtomicU64::new(1),
             freed: AtomicU64::new(0),
-            tree_lock: Mutex::new(()),
+            tree_lock: SpinLock::new(),
             walkers: Box::new(Walkers {
                 id: NEXT_TREE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 ..Walkers::default()
@@ -460,7 +460,7 @@ impl<F: Format> Tree<F> {
     /// The tree's lock (`mm->page_table_lock`; the whole tree for [`Locking::Single`]).
     pub fn lock_tree(&self) -> Ptl<'_> {
         Ptl {
-            _guard: self.tree_lock.lock().unwrap_or_else(|e| e.into_inner()),
+            _guard: self.tree_lock.lock(),
             phys: &self.phys,
             relinks: &self.walkers.relinks,
             scope: Scope::Tree(F::LOCKING),
