@@ -220,7 +220,13 @@ impl Memslots {
         {
             return inval("userspace_addr is not page aligned or not a user address range");
         }
-        if m.guest_phys_addr.checked_add(m.memory_size).is_none() {
+        // the slot's last byte must be a guest-physical address (Linux: the last gfn at most
+        // `kvm_mmu_max_gfn()`); a slot may end exactly at 2^52
+        if m.guest_phys_addr
+            .as_u64()
+            .checked_add(m.memory_size)
+            .is_none_or(|e| e > 1 << hugepfn_mm::addr::PHYS_ADDR_BITS)
+        {
             return inval(
                 "guest_phys_addr + memory_size runs past the guest-physical address width",
             );
@@ -373,11 +379,20 @@ mod tests {
             e(m.set(&region(1 << 16, 8 * G, G, hva), TASK)),
             Some("EINVAL")
         );
-        // a slot past the guest-physical width (no GPA can wrap 64 bits: the type holds 52)
+        // a slot past the guest-physical width (no GPA can wrap 64 bits: the type holds 52);
+        // one that ends at 2^52 exactly is fine (its last gfn is the last there is)
         assert_eq!(
             e(m.set(&region(1, (1 << 52) - 4096, G, hva), TASK)),
             Some("EINVAL")
         );
+        assert!(matches!(
+            m.set(&region(5, (1 << 52) - G, G, hva + 2 * G), TASK),
+            Ok(MemslotChange::Create(_))
+        ));
+        assert!(matches!(
+            m.set(&region(5, 0, 0, 0), TASK),
+            Ok(MemslotChange::Delete(_))
+        ));
         assert_eq!(
             e(m.set(&region(0, 4 * G, 2 * G, hva), TASK)),
             Some("EINVAL")

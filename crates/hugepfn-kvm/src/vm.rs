@@ -433,7 +433,18 @@ impl Vm {
         stride: u64,
         write: bool,
     ) -> (GuestTouch, Result<(), KvmError>) {
-        let gpa = gpa.as_u64();
+        self.guest_touch_raw(gpa.as_u64(), count, stride, write)
+    }
+
+    /// [`Vm::guest_touch`] from whatever address a guest puts in its register, 2^52 and above
+    /// included: those are in no memslot, and every access to them exits to the VMM.
+    pub fn guest_touch_raw(
+        &self,
+        gpa: u64,
+        count: u64,
+        stride: u64,
+        write: bool,
+    ) -> (GuestTouch, Result<(), KvmError>) {
         let mut out = GuestTouch::default();
         let stride = stride.max(1);
         let mut i = 0u64;
@@ -874,10 +885,13 @@ impl Inner {
     }
 }
 
-/// The guest-physical address `raw`, computed from a memslot's frames: below 2^52, as
-/// `KVM_SET_USER_MEMORY_REGION` refused any slot reaching past it.
+/// The guest-physical address `raw`, computed from a memslot's frames: at most 2^52, as
+/// `KVM_SET_USER_MEMORY_REGION` refused any slot reaching past it. A range's end of exactly
+/// 2^52 becomes its last byte, 2^52 - 1: a zap of `[start, end)` still meets every leaf it
+/// should.
 fn gpa_of(raw: u64) -> GuestPhysAddr {
-    GuestPhysAddr::from_raw(raw)
+    let last = (1 << hugepfn_mm::addr::PHYS_ADDR_BITS) - 1;
+    GuestPhysAddr::from_raw(raw.min(last))
 }
 
 /// `get_vma_page_shift(vma, hva)` (`arch/arm64/kvm/mmu.c`) for a VMA that is not hugetlb: for

@@ -751,8 +751,12 @@ impl Mm {
             };
             if let Err(e) = file.mmap(&mut ctx) {
                 // unmap_region: undo whatever the handler mapped, in one gather.
-                let _ = self.pt.zap_range(start, end, PartialHuge::ZapWhole);
                 let mut tlb = self.pt.tlb_gather_mmu();
+                let (z, _) =
+                    self.pt
+                        .zap_range_unnotified(&mut tlb, start, end, PartialHuge::ZapWhole);
+                let (lo, hi) = z.notify_range(start, end);
+                self.pt.mmu_notifier_invalidate(lo, hi);
                 self.pt
                     .free_pgtables(&mut tlb, start, end, tree.floor(start), tree.ceiling(end));
                 tlb.finish();

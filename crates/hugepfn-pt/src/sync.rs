@@ -37,6 +37,9 @@ pub struct SpinLock {
 pub struct SpinGuard<'a> {
     #[cfg(not(feature = "shuttle"))]
     lock: &'a SpinLock,
+    /// Not `Send`, as a `MutexGuard` is not (the shuttle build's guard is one).
+    #[cfg(not(feature = "shuttle"))]
+    _not_send: std::marker::PhantomData<*const ()>,
     #[cfg(feature = "shuttle")]
     _guard: MutexGuard<'a, ()>,
 }
@@ -60,7 +63,10 @@ impl SpinLock {
                 .compare_exchange_weak(0, 1, Acquire, Relaxed)
                 .is_ok()
             {
-                return SpinGuard { lock: self };
+                return SpinGuard {
+                    lock: self,
+                    _not_send: std::marker::PhantomData,
+                };
             }
             let mut spins = 0u32;
             while self.held.load(Relaxed) != 0 {
@@ -80,7 +86,10 @@ impl SpinLock {
         self.held
             .compare_exchange(0, 1, Acquire, Relaxed)
             .ok()
-            .map(|_| SpinGuard { lock: self })
+            .map(|_| SpinGuard {
+                lock: self,
+                _not_send: std::marker::PhantomData,
+            })
     }
 }
 
@@ -204,6 +213,7 @@ impl<T: Clone> StripedRwLock<T> {
     /// Write access: every stripe locked, in order.
     pub fn write(&self) -> StripedWriteGuard<'_, T> {
         StripedWriteGuard {
+            changed: false,
             guards: self
                 .stripes
                 .iter()
@@ -216,6 +226,8 @@ impl<T: Clone> StripedRwLock<T> {
 /// A [`StripedRwLock`] held for write: the first copy, copied to the others when dropped.
 pub struct StripedWriteGuard<'a, T: Clone> {
     guards: Vec<RwLockWriteGuard<'a, T>>,
+    /// Whether the value was borrowed mutably (only then are the other copies refreshed).
+    changed: bool,
 }
 
 impl<T: Clone> std::ops::Deref for StripedWriteGuard<'_, T> {
@@ -228,13 +240,18 @@ impl<T: Clone> std::ops::Deref for StripedWriteGuard<'_, T> {
 
 impl<T: Clone> std::ops::DerefMut for StripedWriteGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
+        self.changed = true;
         &mut self.guards[0]
     }
 }
 
 impl<T: Clone> Drop for StripedWriteGuard<'_, T> {
-    /// Every stripe's copy becomes the first one's before any stripe is unlocked.
+    /// Every stripe's copy becomes the first one's before any stripe is unlocked (if it was
+    /// borrowed mutably: a writer that only read leaves the copies as they are).
     fn drop(&mut self) {
+        if !self.changed {
+            return;
+        }
         if let Some((first, rest)) = self.guards.split_first_mut() {
             for g in rest {
                 g.clone_from(first);
@@ -268,6 +285,27 @@ mod tests {
         assert!(lock.try_lock().is_none());
         drop(g);
         assert!(lock.try_lock().is_some());
+    }
+
+    #[test]
+    fn a_writer_that_only_reads_copies_nothing() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CLONES: AtomicUsize = AtomicUsize::new(0);
+        #[derive(Debug)]
+        struct Counted(u64);
+        impl Clone for Counted {
+            fn clone(&self) -> Self {
+                CLONES.fetch_add(1, Ordering::Relaxed);
+                Counted(self.0)
+            }
+        }
+        let lock = StripedRwLock::new(Counted(1));
+        let before = CLONES.load(Ordering::Relaxed);
+        assert_eq!(lock.write().0, 1);
+        assert_eq!(CLONES.load(Ordering::Relaxed), before);
+        lock.write().0 = 2;
+        assert_eq!(CLONES.load(Ordering::Relaxed), before + STRIPES - 1);
+        assert_eq!(lock.read().0, 2);
     }
 
     #[test]

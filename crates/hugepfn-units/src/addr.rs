@@ -4,9 +4,13 @@
 //! with the invariants the x86-64 hardware imposes made part of the type: a [`PhysAddr`] fits
 //! in 52 bits (`MAXPHYADDR` of the page-table format), a [`Pfn`] in 40, and a [`VirtAddr`] is
 //! canonical for the paging mode (48 bits with 4-level paging, 57 with LA57). Fields are
-//! private; the only way in is a checked constructor, so an unchecked value never reaches the
-//! page-table code. Arithmetic that could leave the valid range is `checked_*` and returns an
-//! `Option`: nothing wraps or rounds silently.
+//! private; a value from outside comes in through a checked constructor (a [`GuestPhysAddr`]
+//! below 2^52; a [`UserAddr`] or [`IoVirtAddr`] is any 64-bit value, checked where it is used,
+//! as Linux checks a system call's address), so an unchecked value never reaches the page-table
+//! code. Arithmetic on a value from outside is `checked_*` and returns an `Option`. Two ways in
+//! are for the model's own arithmetic on values already in range, and say so: `+`/`-` of a
+//! length on an address inside a VMA, mapping or memslot (overflow is a bug, caught in debug
+//! builds), and [`InputAddr::from_raw`] for what a table walk computes within the table's reach.
 
 use std::fmt;
 
@@ -529,6 +533,7 @@ macro_rules! addr_arith {
 
             #[inline(always)]
             fn from_raw(raw: u64) -> Self {
+                debug_assert!(fits(raw, $mask), "a walk computed an address past the type");
                 $ty(raw & Self::MASK)
             }
         }
@@ -592,7 +597,6 @@ mod tests {
         assert_eq!(top.checked_add(4096), None);
         assert_eq!(top.checked_align_up(1 << 30), None);
         assert_eq!(top.saturating_add(1 << 20).as_u64(), (1 << 52) - 1);
-        assert_eq!(GuestPhysAddr::from_raw(1 << 52), GuestPhysAddr::default());
         assert_eq!(
             IoVirtAddr::new(0xfee0_0000).checked_add(0x10_0000),
             Some(IoVirtAddr::new(0xfef0_0000))

@@ -140,9 +140,12 @@ impl ModelRun {
                     // The mmap failed: KVM accepts any user address; the guest will fault.
                     (None, _) => 0,
                 };
-                // A GPA past the physical width: KVM refuses the slot (`kvm_mmu_max_gfn`).
-                let Ok(guest_phys_addr) = GuestPhysAddr::new(k.gpa) else {
-                    return (Some("EINVAL".into()), 0);
+                // A GPA past the physical width: KVM refuses a new slot (`kvm_mmu_max_gfn`); a
+                // delete (size 0) reads only its alignment.
+                let guest_phys_addr = match GuestPhysAddr::new(k.gpa) {
+                    Ok(g) => g,
+                    Err(_) if size == 0 && k.gpa.is_multiple_of(4096) => GuestPhysAddr::default(),
+                    Err(_) => return (Some("EINVAL".into()), 0),
                 };
                 let r = vm.set_user_memory_region(&UserMemoryRegion {
                     slot: k.slot,
@@ -162,12 +165,8 @@ impl ModelRun {
                     },
                 };
                 let count = g.len.div_ceil(g.stride);
-                // A guest address past the physical width is in no memslot: every access
-                // exits to the VMM, and no error comes of it.
-                let Ok(gpa) = GuestPhysAddr::new(g.gpa) else {
-                    return (None, 0);
-                };
-                let (_, r) = vm.guest_touch(gpa, count, g.stride, g.access == Access::Write);
+                // (a guest address past the physical width is in no memslot: MMIO exits)
+                let (_, r) = vm.guest_touch_raw(g.gpa, count, g.stride, g.access == Access::Write);
                 (r.err().map(|e| e.errno_name().to_string()), 0)
             }
             _ => (Some("EINVAL".into()), 0),
