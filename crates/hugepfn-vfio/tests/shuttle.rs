@@ -97,7 +97,7 @@ fn faults_racing_memory_disable_leave_no_leaf() {
 #[test]
 fn a_fault_racing_a_decode_toggle_ends_consistent() {
     check(|| {
-        let (phys, dev, mm, va) = bar_mapped();
+        let (_phys, dev, mm, va) = bar_mapped();
         let m2 = mm.clone();
         let fault = shuttle::thread::spawn(move || m2.access(UserAddr::new(va + 12288), false));
         let d2 = dev.clone();
