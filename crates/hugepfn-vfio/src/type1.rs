@@ -418,8 +418,8 @@ impl VfioIommu {
             )));
         }
         let dma = VfioDma {
-            iova: IoVirtAddr::new(iova),
-            vaddr: UserAddr::new(vaddr),
+            iova: req.iova,
+            vaddr: req.vaddr,
             size,
             prot,
         };
