@@ -16,7 +16,7 @@
 //! * A write fault in a private (CoW) pfnmap is not handled yet (`do_cow_fault`): it is SIGBUS.
 
 use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{STRIPES, stripe};
+use crate::sync::{Lease, STRIPES, lease, stripe_add};
 use std::fmt;
 
 use serde::Serialize;
@@ -427,29 +427,28 @@ impl FaultStats {
         }
     }
 
-    /// This thread's counters.
+    /// This thread's counters, and how to add to them ([`crate::sync::Lease`]).
     #[inline]
-    fn mine(&self) -> &StatStripe {
-        &self.stripes[stripe()]
+    fn mine(&self) -> (&StatStripe, Lease) {
+        let l = lease();
+        (&self.stripes[l.index], l)
     }
 
     /// `mm_account_fault`: errors and retries are not minor faults.
     /// `n` more faults that ended in `r` (SIGBUS or SIGSEGV), as many accesses of one page
     /// each took (`Mm::access_range` counts them without faulting each again).
     pub(crate) fn account_signals(&self, r: VmFaultResult, n: u64) {
-        let s = self.mine();
+        let (s, l) = self.mine();
         match r {
-            VmFaultResult::Sigbus => s.sigbus.fetch_add(n, Ordering::Relaxed),
-            VmFaultResult::Sigsegv => s.sigsegv.fetch_add(n, Ordering::Relaxed),
-            _ => 0,
-        };
+            VmFaultResult::Sigbus => stripe_add(&s.sigbus, n, l),
+            VmFaultResult::Sigsegv => stripe_add(&s.sigsegv, n, l),
+            _ => {}
+        }
     }
 
     pub(crate) fn account(&self, r: VmFaultResult, level: Level) {
-        let s = self.mine();
-        let inc = |a: &AtomicU64| {
-            a.fetch_add(1, Ordering::Relaxed);
-        };
+        let (s, l) = self.mine();
+        let inc = |a: &AtomicU64| stripe_add(a, 1, l);
         match r {
             VmFaultResult::Sigbus => inc(&s.sigbus),
             VmFaultResult::Sigsegv => inc(&s.sigsegv),
@@ -469,7 +468,8 @@ impl FaultStats {
 
     /// An insert that met a different pfn.
     pub(crate) fn account_insert_conflict(&self) {
-        self.mine().insert_conflicts.fetch_add(1, Ordering::Relaxed);
+        let (s, l) = self.mine();
+        stripe_add(&s.insert_conflicts, 1, l);
     }
 }
 

@@ -417,3 +417,58 @@ fn pte_insert_against_pmd_insert() {
 fn buggy_pte_insert_oom_is_caught() {
     assert!(caught("VM_FAULT_OOM", || pte_vs_pmd(Bugs::PTE_INSERT_OOM)));
 }
+
+// --- the CPU's walk against munmap and a table's reuse ---------------------------------------
+
+/// The simulated CPU's walk takes no RCU section (`Tree::hw_lookup_raw`): a munmap may free
+/// the PTE table it is reading, and another thread take the frame as the PTE table of another
+/// 2 MiB with a leaf at the walked index. The walk must never answer from that reused table:
+/// an address that was never mapped stays unmapped to it.
+fn cpu_walk_vs_unmap_and_reuse() {
+    let w = Arc::new(world(4 * M, ThpPolicy::Never, Bugs::empty(), true, false));
+    // a PTE table for the first 2 MiB
+    assert!(matches!(
+        w.mm.access(UserAddr::new(w.va), true),
+        Access::Ok { .. }
+    ));
+    let pt = w.mm.page_tables();
+    let table = pt
+        .slot(UserAddr::new(w.va), Level::Pte)
+        .unwrap()
+        .unwrap()
+        .table;
+    let never = UserAddr::new(w.va + 5 * 4096);
+    let a = {
+        let w = w.clone();
+        shuttle::thread::spawn(move || w.mm.page_tables().user_access(never, false))
+    };
+    let b = {
+        let w = w.clone();
+        shuttle::thread::spawn(move || {
+            w.mm.munmap(UserAddr::new(w.va), 2 * M).unwrap();
+            // the same index of the next 2 MiB: its new PTE table is the freed frame
+            let pt = w.mm.page_tables();
+            let there = UserAddr::new(w.va + 2 * M + 5 * 4096);
+            let slot = pt.slot_alloc(there, Level::Pte).unwrap();
+            assert_eq!(slot.table, table, "the frame was handed out again");
+            let leaf = hugepfn_mm::Leaf {
+                pfn: Pfn::new(BAR >> 12).unwrap(),
+                prot: hugepfn_mm::Pgprot::SHARED,
+                level: Level::Pte,
+            };
+            pt.ptl(slot).set(slot, pt.encode_leaf(leaf).unwrap());
+        })
+    };
+    let seen = a.join().unwrap();
+    b.join().unwrap();
+    assert_eq!(
+        seen, None,
+        "the CPU's walk found a leaf at a page never mapped"
+    );
+    no_leak(&w);
+}
+
+#[test]
+fn cpu_walk_against_unmap_and_table_reuse() {
+    check(cpu_walk_vs_unmap_and_reuse);
+}

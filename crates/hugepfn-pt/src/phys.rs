@@ -14,7 +14,7 @@
 //! walkers against a concurrent free is the concurrency issue's work.
 
 use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::sync::{Mutex, SpinGuard, SpinLock};
 
@@ -70,6 +70,44 @@ impl Frame {
     /// Every entry.
     fn all(&self) -> impl Iterator<Item = &AtomicU64> {
         self.entries.iter().chain(self.more.iter())
+    }
+}
+
+/// Where each frame lives: a directory of chunks of frames, each chunk made on first use and
+/// never moved. Shared by the memory and every tree on it, so that a walk reaches a table from
+/// its tree's own handle (the directory, then the chunk) without first loading the memory's
+/// address: one dependent load fewer on every entry read, a dozen of which a fault makes.
+#[derive(Debug, Clone)]
+pub(crate) struct Frames {
+    dir: Arc<[OnceLock<Box<[Frame; CHUNK]>>]>,
+    ram_base: u64,
+    ram_frames: u64,
+    /// `log2` of the frame size (the granule's page shift).
+    frame_shift: u32,
+}
+
+impl Frames {
+    /// The frame `pa` lies in.
+    #[inline]
+    fn index(&self, pa: PhysAddr) -> Option<u64> {
+        let off = pa.as_u64().checked_sub(self.ram_base)?;
+        let idx = off >> self.frame_shift;
+        (idx < self.ram_frames).then_some(idx)
+    }
+
+    /// Frame `idx` of an initialised chunk, if it is one.
+    #[inline]
+    fn page(&self, idx: u64) -> Option<TablePage<'_>> {
+        let chunk = self.dir.get((idx / CHUNK as u64) as usize)?.get()?;
+        Some(TablePage {
+            frame: &chunk[(idx % CHUNK as u64) as usize],
+        })
+    }
+
+    /// The page-table page at `pa`, if `pa` names a frame of an initialised chunk.
+    #[inline]
+    pub(crate) fn table(&self, pa: PhysAddr) -> Option<TablePage<'_>> {
+        self.page(self.index(pa)?)
     }
 }
 
@@ -323,9 +361,7 @@ impl LevelCounters {
 #[derive(Debug)]
 pub struct PhysMem {
     cfg: PhysConfig,
-    dir: Box<[OnceLock<Box<[Frame; CHUNK]>>]>,
-    /// `log2` of the frame size (the granule's page shift).
-    frame_shift: u32,
+    frames: Frames,
     alloc: Mutex<Alloc>,
     in_use: LevelCounters,
     allocs: AtomicU64,
@@ -347,8 +383,12 @@ impl PhysMem {
         let chunks = cfg.ram_frames.div_ceil(CHUNK as u64) as usize;
         PhysMem {
             cfg,
-            dir: (0..chunks).map(|_| OnceLock::new()).collect(),
-            frame_shift: cfg.granule.page_shift(),
+            frames: Frames {
+                dir: (0..chunks).map(|_| OnceLock::new()).collect(),
+                ram_base: cfg.ram_base,
+                ram_frames: cfg.ram_frames,
+                frame_shift: cfg.granule.page_shift(),
+            },
             alloc: Mutex::new(Alloc::default()),
             in_use: LevelCounters::default(),
             allocs: AtomicU64::new(0),
@@ -373,31 +413,30 @@ impl PhysMem {
     /// Bytes of one frame (a table page, an anonymous page).
     #[inline]
     pub fn frame_size(&self) -> u64 {
-        1 << self.frame_shift
+        1 << self.frames.frame_shift
     }
 
     /// The frame `pa` lies in.
     #[inline]
     fn frame_index(&self, pa: PhysAddr) -> Option<u64> {
-        let a = pa.as_u64();
-        let off = a.checked_sub(self.cfg.ram_base)?;
-        let idx = off >> self.frame_shift;
-        (idx < self.cfg.ram_frames).then_some(idx)
+        self.frames.index(pa)
     }
 
     /// The first byte of frame `idx`.
     #[inline]
     fn frame_addr(&self, idx: u64) -> PhysAddr {
-        PhysAddr::new(self.cfg.ram_base + (idx << self.frame_shift)).unwrap_or_default()
+        PhysAddr::new(self.cfg.ram_base + (idx << self.frames.frame_shift)).unwrap_or_default()
     }
 
     /// Frame `idx` of an initialised chunk, if it is one.
     #[inline]
     fn page(&self, idx: u64) -> Option<TablePage<'_>> {
-        let chunk = self.dir.get((idx / CHUNK as u64) as usize)?.get()?;
-        Some(TablePage {
-            frame: &chunk[(idx % CHUNK as u64) as usize],
-        })
+        self.frames.page(idx)
+    }
+
+    /// The frame directory, for a tree to keep a handle of its own ([`Frames`]).
+    pub(crate) fn frames(&self) -> &Frames {
+        &self.frames
     }
 
     /// Allocates a zeroed page-table page for entries of `level` (`pagetable_alloc` + `ptlock_init`).
@@ -485,7 +524,7 @@ impl PhysMem {
     /// Frame `idx`, its chunk initialised on first use.
     fn page_at(&self, idx: u64) -> TablePage<'_> {
         let entries = self.entries_per_table();
-        self.dir[(idx / CHUNK as u64) as usize].get_or_init(|| {
+        self.frames.dir[(idx / CHUNK as u64) as usize].get_or_init(|| {
             // built on the heap: a chunk of frames is too big for a thread's stack
             let frames: Box<[Frame]> = (0..CHUNK).map(|_| Frame::new(entries)).collect();
             frames
@@ -567,7 +606,7 @@ impl PhysMem {
     /// [`PhysMem::anon_pages`]).
     pub fn leak_check(&self) -> Vec<(PhysAddr, Level)> {
         let mut out = Vec::new();
-        for (c, chunk) in self.dir.iter().enumerate() {
+        for (c, chunk) in self.frames.dir.iter().enumerate() {
             let Some(chunk) = chunk.get() else { continue };
             for (i, frame) in chunk.iter().enumerate() {
                 if let Some(level) = Level::ALL
@@ -600,7 +639,7 @@ impl PhysMem {
         }
         let pa = PhysAddr::new(start).map_err(|_| bad())?;
         PhysAddr::new(end - 1).map_err(|_| bad())?;
-        let ram_end = self.cfg.ram_base + (self.cfg.ram_frames << self.frame_shift);
+        let ram_end = self.cfg.ram_base + (self.cfg.ram_frames << self.frames.frame_shift);
         let overlap = |s: u64, e: u64| start < e && s < end;
         if overlap(self.cfg.ram_base, ram_end) {
             return Err(PhysError::Overlap {

@@ -13,10 +13,10 @@ pub use shuttle::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteG
 /// Atomics.
 pub mod atomic {
     #[cfg(not(feature = "shuttle"))]
-    pub use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
     #[cfg(feature = "shuttle")]
-    pub use shuttle::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use shuttle::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 }
 
 /// `spinlock_t`, as the page-table locks are: taking it is one compare-and-exchange, releasing it
@@ -127,23 +127,122 @@ impl SpinLock {
 /// Counters split this many ways, one per cache line ([`stripe`]).
 pub const STRIPES: usize = 8;
 
-/// This thread's stripe of a per-thread-split counter (`0..STRIPES`), like the kernel's per-CPU
+/// The stripe that threads share once every other stripe is leased (the last one).
+const SHARED_STRIPE: usize = STRIPES - 1;
+
+/// This thread's stripe of per-thread state (`0..STRIPES`), like the kernel's per-CPU
 /// counters: threads counting the same event do not bounce one cache line between their cores.
-/// Threads get stripes round-robin on first use; readers fold all stripes.
 #[inline]
 pub fn stripe() -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicUsize as StdAtomicUsize, Ordering as StdOrdering};
-    static NEXT: StdAtomicUsize = StdAtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|c| {
-        if c.get() == usize::MAX {
-            c.set(NEXT.fetch_add(1, StdOrdering::Relaxed) % STRIPES);
+    lease().index
+}
+
+/// A thread's claim on a stripe. The first `STRIPES - 1` stripes are leased to one live thread
+/// each, as a CPU's per-CPU area belongs to the CPU: only the holder writes them, so its
+/// counters need no atomic read-modify-write (`this_cpu_inc`, where another CPU's area needs
+/// `atomic_inc`). A thread that finds them all taken shares the last stripe with the others
+/// like it, with read-modify-writes. A lease ends with its thread (the stripe's counts stay:
+/// the next holder goes on from them).
+///
+/// Under the `shuttle` feature every test thread runs on one OS thread and so shares its
+/// lease: no stripe is owned there, every update is a read-modify-write.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease {
+    /// The stripe.
+    pub index: usize,
+    /// Whether this thread alone writes it.
+    pub owned: bool,
+}
+
+/// Leased stripes: bit `i` set while a live thread holds stripe `i`.
+static LEASED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// No lease taken yet.
+const UNSET: Lease = Lease {
+    index: usize::MAX,
+    owned: false,
+};
+
+/// The shared stripe's lease.
+const SHARED: Lease = Lease {
+    index: SHARED_STRIPE,
+    owned: false,
+};
+
+thread_local! {
+    /// This thread's lease (`UNSET` until first use): a plain cell, read on every count.
+    static LEASE: std::cell::Cell<Lease> = const { std::cell::Cell::new(UNSET) };
+    /// Returns the owned stripe when the thread ends.
+    static RETURN: LeaseReturn = const { LeaseReturn(std::cell::Cell::new(None)) };
+}
+
+/// Gives an owned stripe back at thread exit.
+struct LeaseReturn(std::cell::Cell<Option<usize>>);
+
+impl Drop for LeaseReturn {
+    fn drop(&mut self) {
+        if let Some(i) = self.0.take() {
+            // Counting after this (another destructor) goes to the shared stripe.
+            let _ = LEASE.try_with(|l| l.set(SHARED));
+            // Release: this thread's writes to the stripe happen before the next holder's.
+            LEASED.fetch_and(!(1u64 << i), std::sync::atomic::Ordering::Release);
         }
-        c.get()
-    })
+    }
+}
+
+/// Takes a stripe: the lowest free one, or the shared one.
+#[cold]
+fn take_lease() -> Lease {
+    use std::sync::atomic::Ordering::{Acquire, Relaxed};
+    let all = (1u64 << SHARED_STRIPE) - 1;
+    let mut cur = LEASED.load(Relaxed);
+    let lease = loop {
+        let free = !cur & all;
+        if free == 0 || cfg!(feature = "shuttle") {
+            break SHARED;
+        }
+        let bit = free.trailing_zeros() as usize;
+        // Acquire: the last holder's writes to the stripe happen before ours.
+        match LEASED.compare_exchange_weak(cur, cur | 1 << bit, Acquire, Relaxed) {
+            Ok(_) => {
+                // A thread already past its destructors cannot give it back: it shares.
+                if RETURN.try_with(|r| r.0.set(Some(bit))).is_ok() {
+                    break Lease {
+                        index: bit,
+                        owned: true,
+                    };
+                }
+                LEASED.fetch_and(!(1u64 << bit), std::sync::atomic::Ordering::Release);
+                break SHARED;
+            }
+            Err(now) => cur = now,
+        }
+    };
+    let _ = LEASE.try_with(|l| l.set(lease));
+    lease
+}
+
+/// This thread's [`Lease`], taken on first use.
+#[inline]
+pub fn lease() -> Lease {
+    let l = LEASE.try_with(std::cell::Cell::get).unwrap_or(SHARED);
+    if l.index == usize::MAX {
+        take_lease()
+    } else {
+        l
+    }
+}
+
+/// Adds `n` to `c`, the counter of this thread's stripe under `lease`: a plain load and store if
+/// the thread owns the stripe, a read-modify-write if it shares it.
+#[inline]
+pub fn stripe_add(c: &atomic::AtomicU64, n: u64, lease: Lease) {
+    use atomic::Ordering::Relaxed;
+    if lease.owned {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    } else {
+        c.fetch_add(n, Relaxed);
+    }
 }
 
 /// An event counter split per thread ([`stripe`]): `add` touches this thread's cache line only,
@@ -159,7 +258,8 @@ impl PerThreadCounter {
     /// Counts `n` events.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0[stripe()].0.fetch_add(n, atomic::Ordering::Relaxed);
+        let l = lease();
+        stripe_add(&self.0[l.index].0, n, l);
     }
 
     /// The events counted so far (a sum over the stripes: exact once the counting threads
@@ -320,6 +420,52 @@ mod tests {
             });
         }
         assert!(lock.stripes.iter().all(|s| *s.0.read().unwrap() == 3));
+    }
+
+    /// Twelve threads alive at once and seven stripes to lease: no stripe is leased to two of
+    /// them, the others share the last one, and the counts stay exact although the owners add
+    /// with a plain load and store.
+    #[test]
+    fn a_stripe_is_leased_to_one_live_thread_and_counts_stay_exact() {
+        let c = PerThreadCounter::default();
+        let all_alive = std::sync::Barrier::new(12);
+        let leases = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..12 {
+                s.spawn(|| {
+                    let l = super::lease();
+                    all_alive.wait();
+                    for _ in 0..10_000 {
+                        c.add(1);
+                    }
+                    leases.lock().unwrap().push(l);
+                    all_alive.wait();
+                });
+            }
+        });
+        let leases = leases.into_inner().unwrap();
+        let mut owned: Vec<usize> = leases.iter().filter(|l| l.owned).map(|l| l.index).collect();
+        let n = owned.len();
+        owned.sort_unstable();
+        owned.dedup();
+        assert_eq!(
+            owned.len(),
+            n,
+            "a stripe leased to two live threads: {leases:?}"
+        );
+        assert!(n < STRIPES, "{leases:?}");
+        assert!(
+            leases
+                .iter()
+                .all(|l| l.owned || l.index == super::SHARED_STRIPE),
+            "{leases:?}"
+        );
+        assert_eq!(c.get(), 120_000);
+        // A lease ends with its thread: later threads get stripes of their own again (other
+        // tests' threads may hold some for a while, never all for long).
+        let owned_again =
+            (0..1000).any(|_| std::thread::spawn(|| super::lease().owned).join().unwrap());
+        assert!(owned_again, "leases were never returned");
     }
 
     #[test]

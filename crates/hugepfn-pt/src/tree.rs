@@ -25,9 +25,9 @@ use thiserror::Error;
 use crate::addr::{InputAddr, PAGE_SHIFT, Pfn, PhysAddr};
 use crate::format::{EncodeError, Entry, Format, LeafOps, Locking};
 use crate::level::{Geometry, Level};
-use crate::phys::{LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
-use crate::sync::atomic::{AtomicU64, Ordering};
-use crate::sync::{Mutex, STRIPES, SpinGuard, SpinLock, stripe};
+use crate::phys::{Frames, LevelCounters, PhysError, PhysMem, TableCounts, TablePage};
+use crate::sync::atomic::{AtomicU64, Ordering, fence};
+use crate::sync::{Mutex, STRIPES, SpinGuard, SpinLock, lease};
 
 /// Where one entry lives: a table and an index in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ impl From<EncodeError> for WalkError {
 /// A held page-table lock (`spinlock_t *ptl`): the proof a writer needs.
 pub struct Ptl<'a> {
     _guard: SpinGuard<'a>,
-    phys: &'a PhysMem,
+    frames: &'a Frames,
     /// The tree's count of changed table entries, for the walk caches ([`Tree::lookup`]).
     relinks: &'a AtomicU64,
     scope: Scope,
@@ -112,7 +112,7 @@ impl Ptl<'_> {
         );
         match (self.scope, self.page) {
             (Scope::Table(t), Some(p)) if t == slot.table => Some(p),
-            _ => self.phys.table(slot.table),
+            _ => self.frames.table(slot.table),
         }
     }
 
@@ -121,7 +121,10 @@ impl Ptl<'_> {
     pub fn get(&self, slot: Slot) -> u64 {
         match (self.scope, self.page) {
             (Scope::Table(t), Some(p)) if t == slot.table => p.get(slot.index),
-            _ => self.phys.table(slot.table).map_or(0, |t| t.get(slot.index)),
+            _ => self
+                .frames
+                .table(slot.table)
+                .map_or(0, |t| t.get(slot.index)),
         }
     }
 
@@ -179,11 +182,22 @@ impl Ptl<'_> {
 /// gup-fast): tables unlinked meanwhile are not freed until it ends.
 pub struct RcuReadGuard<'a> {
     readers: &'a AtomicU64,
+    /// Whether this thread owns the counter's stripe ([`crate::sync::Lease`]).
+    owned: bool,
 }
 
 impl Drop for RcuReadGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
-        self.readers.fetch_sub(1, Ordering::SeqCst);
+        if self.owned {
+            // Only this thread writes its stripe: a release store ends the section (the
+            // grace period's SeqCst loads read it), as `rcu_read_unlock` is no atomic
+            // instruction in the kernel.
+            let n = self.readers.load(Ordering::Relaxed);
+            self.readers.store(n - 1, Ordering::Release);
+        } else {
+            self.readers.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -218,10 +232,11 @@ impl Default for Readers {
 }
 
 impl Readers {
-    /// This thread's counter.
+    /// This thread's counter, and whether the thread owns it.
     #[inline]
-    fn mine(&self) -> &AtomicU64 {
-        &self.0[stripe()].0
+    fn mine(&self) -> (&AtomicU64, bool) {
+        let l = lease();
+        (&self.0[l.index].0, l.owned)
     }
 
     /// Whether no walk is in progress on any thread.
@@ -313,6 +328,8 @@ static NEXT_TREE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// A radix tree of page tables in format `F`.
 pub struct Tree<F: Format> {
     phys: Arc<PhysMem>,
+    /// The memory's frame directory, held here too: walks read tables through it.
+    frames: Frames,
     fmt: F,
     geo: Geometry,
     root: PhysAddr,
@@ -364,6 +381,7 @@ impl<F: Format> Tree<F> {
         let tables = LevelCounters::default();
         tables.add(acct, 1);
         Ok(Tree {
+            frames: phys.frames().clone(),
             phys,
             fmt,
             geo,
@@ -422,13 +440,15 @@ impl<F: Format> Tree<F> {
     /// The table page at `pa`, or [`WalkError::Corrupt`].
     #[inline]
     pub fn table(&self, pa: PhysAddr) -> Result<TablePage<'_>, WalkError> {
-        self.phys.table(pa).ok_or(WalkError::Corrupt(pa))
+        self.frames.table(pa).ok_or(WalkError::Corrupt(pa))
     }
 
     /// Reads the entry in `slot` (0 if the slot names no table frame).
     #[inline]
     pub fn get(&self, slot: Slot) -> u64 {
-        self.phys.table(slot.table).map_or(0, |t| t.get(slot.index))
+        self.frames
+            .table(slot.table)
+            .map_or(0, |t| t.get(slot.index))
     }
 
     /// Decodes the entry in `slot`.
@@ -442,10 +462,10 @@ impl<F: Format> Tree<F> {
     pub fn lock(&self, slot: Slot) -> Ptl<'_> {
         match F::LOCKING {
             Locking::Split if slot.level <= Level::Pmd => {
-                if let Some(t) = self.phys.table(slot.table) {
+                if let Some(t) = self.frames.table(slot.table) {
                     return Ptl {
                         _guard: t.lock(),
-                        phys: &self.phys,
+                        frames: &self.frames,
                         relinks: &self.walkers.relinks,
                         scope: Scope::Table(slot.table),
                         page: Some(t),
@@ -461,7 +481,7 @@ impl<F: Format> Tree<F> {
     pub fn lock_tree(&self) -> Ptl<'_> {
         Ptl {
             _guard: self.tree_lock.lock(),
-            phys: &self.phys,
+            frames: &self.frames,
             relinks: &self.walkers.relinks,
             scope: Scope::Tree(F::LOCKING),
             page: None,
@@ -638,9 +658,11 @@ impl<F: Format> Tree<F> {
 
     /// Enters a lockless walk.
     pub fn rcu_read_lock(&self) -> RcuReadGuard<'_> {
-        let readers = self.walkers.readers.mine();
+        let (readers, owned) = self.walkers.readers.mine();
+        // A read-modify-write even on an owned stripe: the entry must be ordered before the
+        // walk's loads (the store-load order a grace period relies on).
         readers.fetch_add(1, Ordering::SeqCst);
-        RcuReadGuard { readers }
+        RcuReadGuard { readers, owned }
     }
 
     /// Lockless lookup of the leaf mapping `va`, with its slot (the hardware walk, gup-fast,
@@ -667,6 +689,34 @@ impl<F: Format> Tree<F> {
         // the walk ends, and one unlinked before it changed `relinks`.
         let relinks = self.walkers.relinks.load(Ordering::SeqCst);
         self.walk_cached(va.raw(), relinks)
+    }
+
+    /// The hardware walker's lookup (the simulated CPU's page walk before and after a fault):
+    /// [`Tree::lookup_raw`] without an RCU section, as a hardware walk takes none. It reads the
+    /// relink count before and after, like a seqlock reader: a table can be freed under it only
+    /// after being unlinked, which changes the count, and a walk that saw the count change is
+    /// done again. So the answer is the one a walk from the root gives at some instant of the
+    /// call, and the walk costs no atomic read-modify-write (Linux's hardware walker is kept off
+    /// freed tables by the TLB shootdown before the free, which the model does not simulate).
+    #[inline(always)]
+    pub fn hw_lookup_raw(&self, va: F::Addr) -> Option<(u64, Slot)> {
+        self.hw_lookup_with(va.raw(), || {})
+    }
+
+    /// [`Tree::hw_lookup_raw`], calling `between` after each walk and before its recheck (the
+    /// white-box tests' window for another CPU's unlink).
+    #[inline(always)]
+    fn hw_lookup_with(&self, va: u64, mut between: impl FnMut()) -> Option<(u64, Slot)> {
+        loop {
+            let relinks = self.walkers.relinks.load(Ordering::Acquire);
+            let found = self.walk_cached(va, relinks);
+            between();
+            // The walk's reads before the recheck (the seqlock reader's fence).
+            fence(Ordering::Acquire);
+            if self.walkers.relinks.load(Ordering::Relaxed) == relinks {
+                return found;
+            }
+        }
     }
 
     /// The walk of [`Tree::walk_leaf`] through this thread's cache. The cache is copied out
@@ -728,7 +778,7 @@ impl<F: Format> Tree<F> {
         };
         loop {
             let index = self.geo.index(level, va);
-            let raw = self.phys.table(table)?.get(index);
+            let raw = self.frames.table(table)?.get(index);
             if let Some(pa) = self.fmt.table_of(raw, level) {
                 (table, level) = (pa, level.lower()?);
                 if level == Level::Pte {

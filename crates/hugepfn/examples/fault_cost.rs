@@ -7,6 +7,8 @@
 //!   4 KiB-skewed VA: every page is one 4 KiB fault;
 //! - `fault_cost follow N` calls `follow_pfnmap_start` + end `N` times on one address of a
 //!   1 GiB `remap_pfn_range` with 4 KiB leaves;
+//! - `fault_cost floor N`: the locks of one 4 KiB fault alone, `N` times
+//!   ([`bench::fault_lock_floor`]; a timing);
 //! - `fault_cost remap MIB` remaps `MIB` MiB with 4 KiB leaves;
 //! - `fault_cost threads N MIB [shared]`: `N` threads fault in `MIB` MiB, each its own part or
 //!   (`shared`) all of it; prints faults per second (a timing, for ratios within one run).
@@ -47,6 +49,14 @@ fn run() -> Result<String, Box<dyn std::error::Error>> {
                 faults as f64 / t.as_secs_f64() / 1e6
             )
         }
+        Some("floor") => {
+            let n = arg(2, 1 << 22);
+            let d = bench::fault_lock_floor(n)?;
+            format!(
+                "lock floor: {:.1} ns per fault",
+                d.as_nanos() as f64 / n as f64
+            )
+        }
         Some("remap") => {
             let len = arg(2, 64) << 20;
             let (mm, va) = bench::remap_setup(len, LeafCap::Pte)?;
@@ -55,7 +65,14 @@ fn run() -> Result<String, Box<dyn std::error::Error>> {
         _ => {
             let len = arg(1, 64) << 20;
             let (mm, _dev, va) = bench::vfio_setup(len, 4096)?;
-            format!("{} faults", bench::touch(&mm, va, len))
+            let t0 = std::time::Instant::now();
+            let n = bench::touch(&mm, va, len);
+            let t = t0.elapsed();
+            format!(
+                "{n} faults in {:.3} s: {:.1} ns each",
+                t.as_secs_f64(),
+                t.as_nanos() as f64 / n.max(1) as f64
+            )
         }
     })
 }

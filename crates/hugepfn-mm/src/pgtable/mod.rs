@@ -527,10 +527,20 @@ impl PageTables {
         self.tree.get(slot)
     }
 
-    /// Decodes the entry in `slot`.
+    /// Decodes the entry in `slot`. A none entry and a table pointer (what a fault's walk
+    /// meets at every level but the last) are told apart from the raw bits, without the
+    /// attribute decode a leaf needs.
     #[inline]
     pub fn decode(&self, slot: Slot) -> Decoded {
-        self.tree.decode(slot)
+        let raw = self.get(slot);
+        if raw == 0 {
+            debug_assert!(matches!(self.decode_raw(0, slot.level), Decoded::None));
+            return Decoded::None;
+        }
+        if let Some(pa) = self.format().table_of(raw, slot.level) {
+            return Decoded::Table(pa);
+        }
+        self.decode_raw(raw, slot.level)
     }
 
     /// The lock protecting `slot`'s entry: `pud_lock` (= `mm->page_table_lock`) for PUD and
@@ -583,9 +593,10 @@ impl PageTables {
     }
 
     /// The CPU's access to `va` (a user access; a write if `write`): the level of the leaf
-    /// that lets it through, if one does. A walk that decodes nothing.
+    /// that lets it through, if one does. A walk that decodes nothing and, like the hardware's,
+    /// enters no RCU section ([`hugepfn_pt::Tree::hw_lookup_raw`]).
     pub fn user_access(&self, va: UserAddr, write: bool) -> Option<Level> {
-        let (raw, slot) = self.tree.lookup_raw(va)?;
+        let (raw, slot) = self.tree.hw_lookup_raw(va)?;
         self.format()
             .user_access(raw, slot.level, write)
             .then_some(slot.level)

@@ -372,6 +372,52 @@ fn every_format_reads_an_all_zero_entry_as_none() {
     );
 }
 
+/// The hardware walk enters no RCU section, so a table can be unlinked, freed and handed out
+/// again while it reads it: the relink count makes it walk again. Here another CPU unlinks and
+/// frees the PTE table between the walk and its recheck, and a new table for another 2 MiB
+/// takes the same frame with a leaf at the walked index: the first answer (from the old
+/// table) is dropped, and the walk's answer is the tree's as it is now.
+#[test]
+fn a_hardware_walk_that_met_a_relink_walks_again() {
+    let phys = Arc::new(PhysMem::default());
+    let t = x86_tree(&phys);
+    let va = 5 * G + 3 * M + 7 * K;
+    install(&t, va, &cpu_leaf(BAR_PFN, Level::Pte), Level::Pte);
+    // `va`'s neighbour in the same PTE table, never mapped
+    let never = va + K;
+    let mut walks = 0;
+    let found = t.hw_lookup_with(never, || {
+        walks += 1;
+        if walks == 1 {
+            // another CPU: unlink and free the PTE table, then map the same index in a
+            // different 2 MiB (the free list hands the frame out again)
+            let pmd = t.slot(a(va), Level::Pmd).unwrap().unwrap();
+            let old = t.lock(pmd).swap(pmd, 0);
+            let Entry::Table(table) = t.format().decode(old, Level::Pmd) else {
+                panic!("{old:#x} was not a table")
+            };
+            t.free(table, Level::Pte);
+            install(
+                &t,
+                never + 4 * M,
+                &cpu_leaf(BAR_PFN + 1, Level::Pte),
+                Level::Pte,
+            );
+            let reused = t.slot(a(never + 4 * M), Level::Pte).unwrap().unwrap();
+            assert_eq!(reused.table, table, "the frame was handed out again");
+        }
+    });
+    assert_eq!(
+        walks, 2,
+        "the walk that overlapped the unlink was done again"
+    );
+    assert_eq!(found, None, "{:#x} was never mapped", never);
+    // Without a relink in the window, one walk answers.
+    let mut walks = 0;
+    let found = t.hw_lookup_with(never + 4 * M, || walks += 1);
+    assert_eq!((walks, found.map(|(_, s)| s.level)), (1, Some(Level::Pte)));
+}
+
 /// A walk through a [`WalkCache`] answers what a walk from the root answers, whatever changed
 /// above the PTEs since the cache was filled (the model's paging-structure cache is never stale).
 #[test]
