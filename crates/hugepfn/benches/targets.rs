@@ -77,6 +77,11 @@ fn fault_benches(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
+    // The floor under a fault's cost: its locks alone (hugepfn::bench::fault_lock_floor).
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("the locks of one 4 KiB fault, alone", |b| {
+        b.iter_custom(|iters| hugepfn::bench::fault_lock_floor(iters).expect("setup"))
+    });
     g.finish();
 }
 
