@@ -431,7 +431,7 @@ impl FaultStats {
     #[inline]
     fn mine(&self) -> (&StatStripe, Lease) {
         let l = lease();
-        (&self.stripes[l.index], l)
+        (&self.stripes[l.index()], l)
     }
 
     /// `mm_account_fault`: errors and retries are not minor faults.

@@ -13,7 +13,7 @@
 //! Deliberate difference: frames are freed at once. The RCU-deferred free that protects lockless
 //! walkers against a concurrent free is the concurrency issue's work.
 
-use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, OnceLock};
 
 use crate::sync::{Mutex, SpinGuard, SpinLock};
@@ -462,6 +462,10 @@ impl PhysMem {
         let Some(level) = page.level() else {
             return false;
         };
+        // A lockless reader that reads one of the zeros below and then fences (the hardware
+        // walk's recheck, `Tree::hw_lookup_raw`) sees what preceded the free: the unlink's
+        // relink count.
+        fence(Ordering::Release);
         for e in &page.frame.entries {
             e.store(0, Ordering::Relaxed);
         }

@@ -146,28 +146,47 @@ pub fn stripe() -> usize {
 ///
 /// Under the `shuttle` feature every test thread runs on one OS thread and so shares its
 /// lease: no stripe is owned there, every update is a read-modify-write.
+///
+/// Only [`lease`] makes one, and it is not `Send`: a lease is good on its own thread only.
 #[derive(Debug, Clone, Copy)]
 pub struct Lease {
     /// The stripe.
-    pub index: usize,
+    index: usize,
     /// Whether this thread alone writes it.
-    pub owned: bool,
+    owned: bool,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Lease {
+    const fn new(index: usize, owned: bool) -> Lease {
+        Lease {
+            index,
+            owned,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// The stripe.
+    #[inline]
+    pub fn index(self) -> usize {
+        self.index
+    }
+
+    /// Whether this thread alone writes it (then a count is a plain load and store).
+    #[inline]
+    pub fn owned(self) -> bool {
+        self.owned
+    }
 }
 
 /// Leased stripes: bit `i` set while a live thread holds stripe `i`.
 static LEASED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// No lease taken yet.
-const UNSET: Lease = Lease {
-    index: usize::MAX,
-    owned: false,
-};
+const UNSET: Lease = Lease::new(usize::MAX, false);
 
 /// The shared stripe's lease.
-const SHARED: Lease = Lease {
-    index: SHARED_STRIPE,
-    owned: false,
-};
+const SHARED: Lease = Lease::new(SHARED_STRIPE, false);
 
 thread_local! {
     /// This thread's lease (`UNSET` until first use): a plain cell, read on every count.
@@ -207,10 +226,7 @@ fn take_lease() -> Lease {
             Ok(_) => {
                 // A thread already past its destructors cannot give it back: it shares.
                 if RETURN.try_with(|r| r.0.set(Some(bit))).is_ok() {
-                    break Lease {
-                        index: bit,
-                        owned: true,
-                    };
+                    break Lease::new(bit, true);
                 }
                 LEASED.fetch_and(!(1u64 << bit), std::sync::atomic::Ordering::Release);
                 break SHARED;
@@ -259,7 +275,7 @@ impl PerThreadCounter {
     #[inline]
     pub fn add(&self, n: u64) {
         let l = lease();
-        stripe_add(&self.0[l.index].0, n, l);
+        stripe_add(&self.0[l.index()].0, n, l);
     }
 
     /// The events counted so far (a sum over the stripes: exact once the counting threads
@@ -438,13 +454,13 @@ mod tests {
                     for _ in 0..10_000 {
                         c.add(1);
                     }
-                    leases.lock().unwrap().push(l);
+                    leases.lock().unwrap().push((l.index, l.owned));
                     all_alive.wait();
                 });
             }
         });
         let leases = leases.into_inner().unwrap();
-        let mut owned: Vec<usize> = leases.iter().filter(|l| l.owned).map(|l| l.index).collect();
+        let mut owned: Vec<usize> = leases.iter().filter(|l| l.1).map(|l| l.0).collect();
         let n = owned.len();
         owned.sort_unstable();
         owned.dedup();
@@ -457,7 +473,7 @@ mod tests {
         assert!(
             leases
                 .iter()
-                .all(|l| l.owned || l.index == super::SHARED_STRIPE),
+                .all(|&(index, owned)| owned || index == super::SHARED_STRIPE),
             "{leases:?}"
         );
         assert_eq!(c.get(), 120_000);

@@ -184,6 +184,9 @@ pub struct RcuReadGuard<'a> {
     readers: &'a AtomicU64,
     /// Whether this thread owns the counter's stripe ([`crate::sync::Lease`]).
     owned: bool,
+    /// Not `Send`: it leaves the section on the thread that entered it (an owned stripe is
+    /// written by its thread alone).
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Drop for RcuReadGuard<'_> {
@@ -236,7 +239,7 @@ impl Readers {
     #[inline]
     fn mine(&self) -> (&AtomicU64, bool) {
         let l = lease();
-        (&self.0[l.index].0, l.owned)
+        (&self.0[l.index()].0, l.owned())
     }
 
     /// Whether no walk is in progress on any thread.
@@ -662,7 +665,11 @@ impl<F: Format> Tree<F> {
         // A read-modify-write even on an owned stripe: the entry must be ordered before the
         // walk's loads (the store-load order a grace period relies on).
         readers.fetch_add(1, Ordering::SeqCst);
-        RcuReadGuard { readers, owned }
+        RcuReadGuard {
+            readers,
+            owned,
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// Lockless lookup of the leaf mapping `va`, with its slot (the hardware walk, gup-fast,
@@ -698,19 +705,21 @@ impl<F: Format> Tree<F> {
     /// done again. So the answer is the one a walk from the root gives at some instant of the
     /// call, and the walk costs no atomic read-modify-write (Linux's hardware walker is kept off
     /// freed tables by the TLB shootdown before the free, which the model does not simulate).
+    /// Any relink in the tree during the walk makes it walk again: a thread that relinks
+    /// without pause could hold it off (the model's price; a hardware walk has none).
     #[inline(always)]
     pub fn hw_lookup_raw(&self, va: F::Addr) -> Option<(u64, Slot)> {
         self.hw_lookup_with(va.raw(), || {})
     }
 
-    /// [`Tree::hw_lookup_raw`], calling `between` after each walk and before its recheck (the
-    /// white-box tests' window for another CPU's unlink).
+    /// [`Tree::hw_lookup_raw`], calling `between` after each read of the count and before the
+    /// walk (the white-box tests' window for another CPU's unlink).
     #[inline(always)]
     fn hw_lookup_with(&self, va: u64, mut between: impl FnMut()) -> Option<(u64, Slot)> {
         loop {
             let relinks = self.walkers.relinks.load(Ordering::Acquire);
-            let found = self.walk_cached(va, relinks);
             between();
+            let found = self.walk_cached(va, relinks);
             // The walk's reads before the recheck (the seqlock reader's fence).
             fence(Ordering::Acquire);
             if self.walkers.relinks.load(Ordering::Relaxed) == relinks {

@@ -373,16 +373,19 @@ fn every_format_reads_an_all_zero_entry_as_none() {
 }
 
 /// The hardware walk enters no RCU section, so a table can be unlinked, freed and handed out
-/// again while it reads it: the relink count makes it walk again. Here another CPU unlinks and
-/// frees the PTE table between the walk and its recheck, and a new table for another 2 MiB
-/// takes the same frame with a leaf at the walked index: the first answer (from the old
-/// table) is dropped, and the walk's answer is the tree's as it is now.
+/// again while it reads it: the relink count makes it walk again. Here the thread's walk cache
+/// holds `va`'s PTE table at the count the walk reads; then, before the walk reads the table,
+/// another CPU unlinks and frees it, and a new table for another 2 MiB takes the same frame
+/// with a leaf at the walked index. The walk through the cache finds that leaf for an address
+/// never mapped; the recheck sees the count changed, drops the answer and walks again.
 #[test]
 fn a_hardware_walk_that_met_a_relink_walks_again() {
     let phys = Arc::new(PhysMem::default());
     let t = x86_tree(&phys);
     let va = 5 * G + 3 * M + 7 * K;
     install(&t, va, &cpu_leaf(BAR_PFN, Level::Pte), Level::Pte);
+    // this thread's walk cache: `va`'s PTE table, at the current count
+    assert!(t.hw_lookup_raw(a(va)).is_some());
     // `va`'s neighbour in the same PTE table, never mapped
     let never = va + K;
     let mut walks = 0;
@@ -407,11 +410,11 @@ fn a_hardware_walk_that_met_a_relink_walks_again() {
             assert_eq!(reused.table, table, "the frame was handed out again");
         }
     });
+    assert_eq!(found, None, "{never:#x} was never mapped");
     assert_eq!(
         walks, 2,
         "the walk that overlapped the unlink was done again"
     );
-    assert_eq!(found, None, "{:#x} was never mapped", never);
     // Without a relink in the window, one walk answers.
     let mut walks = 0;
     let found = t.hw_lookup_with(never + 4 * M, || walks += 1);
