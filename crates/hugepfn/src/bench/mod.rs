@@ -409,3 +409,23 @@ pub fn format(figs: &[Figure]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floor locks a PTE table's lock: its setup must leave a 4 KiB leaf (a skewed VA, no
+    /// huge leaf), or it has no PTE slot and fails rather than time another lock.
+    #[test]
+    fn the_lock_floor_times_a_pte_tables_lock() {
+        assert!(fault_lock_floor(1000).unwrap() > Duration::ZERO);
+        let (mm, _dev, va) = vfio_setup(1 << 30, 4096).unwrap();
+        assert!(matches!(
+            mm.access(va, true),
+            hugepfn_mm::Access::Ok {
+                level: hugepfn_mm::Level::Pte,
+                ..
+            }
+        ));
+    }
+}
