@@ -15,7 +15,7 @@ use crate::sync::atomic::Ordering;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
-use crate::sync::{RwLockReadGuard, StripedRwLock, StripedWriteGuard};
+use crate::sync::{StripedReadGuard, StripedRwLock, StripedWriteGuard};
 
 use crate::addr::{PAGE_SIZE, Pfn, VirtAddr};
 use crate::entry::{Pgprot, ProtFlags};
@@ -357,7 +357,7 @@ pub struct RangeAccess {
 /// The mmap lock held for read (`mmap_read_lock`).
 pub struct MmapRead<'a> {
     mm: &'a Mm,
-    tree: RwLockReadGuard<'a, VmaTree>,
+    tree: StripedReadGuard<'a, VmaTree>,
 }
 
 impl<'a> MmapRead<'a> {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 // The mm's primitives: std's, or shuttle's with the `shuttle` feature, so the shuttle suite
 // schedules threads at the real `memory_lock` (tests/shuttle.rs).
 use hugepfn_mm::sync::atomic::{AtomicU64, Ordering};
-use hugepfn_mm::sync::{PerThreadCounter, RwLockReadGuard, StripedRwLock, StripedWriteGuard};
+use hugepfn_mm::sync::{PerThreadCounter, StripedReadGuard, StripedRwLock, StripedWriteGuard};
 
 use hugepfn_mm::error::{Errno, MmError};
 use hugepfn_mm::fault::{
@@ -218,7 +218,7 @@ impl VfioPciDevice {
         }
     }
 
-    fn state(&self) -> RwLockReadGuard<'_, State> {
+    fn state(&self) -> StripedReadGuard<'_, State> {
         self.memory_lock.read()
     }
 

@@ -9,6 +9,8 @@
 //!   1 GiB `remap_pfn_range` with 4 KiB leaves;
 //! - `fault_cost floor N`: the locks of one 4 KiB fault alone, `N` times
 //!   ([`bench::fault_lock_floor`]; a timing);
+//! - `fault_cost mmaps N`: `N` private 1 MiB mmaps into one process (a timing: the VMA
+//!   tree's cost per change);
 //! - `fault_cost remap MIB` remaps `MIB` MiB with 4 KiB leaves;
 //! - `fault_cost threads N MIB [shared]`: `N` threads fault in `MIB` MiB, each its own part or
 //!   (`shared`) all of it; prints faults per second (a timing, for ratios within one run).
@@ -55,6 +57,33 @@ fn run() -> Result<String, Box<dyn std::error::Error>> {
             format!(
                 "lock floor: {:.1} ns per fault",
                 d.as_nanos() as f64 / n as f64
+            )
+        }
+        Some("mmaps") => {
+            // `fault_cost mmaps N`: N private 1 MiB mmaps, none merging with the last (each
+            // changes the VMA tree under the mmap lock for write)
+            let n = arg(2, 1000);
+            let mm = hugepfn_mm::Mm::new(
+                std::sync::Arc::new(hugepfn_mm::PhysMem::default()),
+                hugepfn_mm::MmConfig::default(),
+            )?;
+            let t0 = std::time::Instant::now();
+            for _ in 0..n {
+                mm.mmap(hugepfn_mm::MmapRequest {
+                    addr: hugepfn_mm::MmapAddr::Kernel,
+                    len: 1 << 20,
+                    prot: hugepfn_mm::Prot::RW,
+                    shared: false,
+                    offset: 0,
+                    file: None,
+                })?;
+            }
+            let t = t0.elapsed();
+            format!(
+                "{} VMAs, {n} mmaps in {:.3} s: {:.1} us each",
+                mm.vmas().len(),
+                t.as_secs_f64(),
+                t.as_secs_f64() * 1e6 / n.max(1) as f64
             )
         }
         Some("remap") => {
